@@ -1,0 +1,541 @@
+#!/usr/bin/env python3
+"""Overhead benchmark: what the gateway adds on top of the provider, next to LiteLLM's proxy.
+
+One run starts every process it needs, measures four targets at each concurrency with
+wrk, prints a markdown table and writes it into bench/README.md:
+
+  (a) upstream     the fake provider itself (tests.fake_upstream), the baseline
+  (b) passthrough  mnx-gateway with every mnx feature off
+  (c) features     mnx-gateway with history + system prompt + state loading on
+  (d) litellm      LiteLLM's own proxy (litellm==1.102.4, one worker, no database)
+
+"Added" latency is a target's percentile minus the upstream's at the same concurrency.
+"CPU ms/req" is the CPU time the target's own process used (user + system, from /proc)
+divided by the requests it answered; for the upstream row it is the fake provider's.
+
+Usage (from the repository root, with the venv that has the gateway installed):
+
+    /tmp/venv/bin/python bench/overhead/run.py [--duration 10] [--warmup 2] [--rounds 1]
+
+Every child process is started in its own process group and stopped (SIGTERM, then
+SIGKILL) when the run ends, fails or is interrupted. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+README = ROOT / "bench" / "README.md"
+LUA = HERE / "post.lua"
+
+HOST = "127.0.0.1"
+UPSTREAM_PORT = 9100  # fixed in gateway.yaml and litellm.yaml too
+GATEWAY_PORT = 8787
+LITELLM_PORT = 4000
+GATEWAY_KEY = "mnx_bench_key"
+PROVIDER_KEY = "sk-fake"
+CHAT_PATH = "/v1/chat/completions"
+PLAIN_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+PASSTHROUGH_MNX = {"log": False, "history": False, "system_prompt": False, "learn": False}
+FEATURES_MNX = {"subject_id": "bench_user", "history": True, "log": True, "system_prompt": True,
+                "state": {"load": True, "key": "task"}}
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RESULTS_START = "<!-- overhead-results:start -->"
+RESULTS_END = "<!-- overhead-results:end -->"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- child processes ----------------------------------------------------------------------
+
+
+def _proc_stat(pid: str) -> tuple[int, int] | None:
+    """(process group, utime + stime ticks) of one process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def group_cpu_seconds(pgids: set[int]) -> dict[int, float]:
+    """CPU seconds used so far by every live process of each process group."""
+    totals = {pgid: 0.0 for pgid in pgids}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(entry)
+            if stat and stat[0] in totals:
+                totals[stat[0]] += stat[1] / CLK_TCK
+    return totals
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "wb")
+        # A session of its own: Ctrl-C in the terminal does not reach it (we stop it
+        # ourselves, in order), and the whole group is stopped together.
+        self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    @property
+    def pgid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self.popen is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Reap anything left in the group (a worker the parent did not wait for).
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((HOST, port)) != 0
+
+
+def http_call(port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+              timeout: float = 10.0) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        payload = None if body is None else json.dumps(body).encode()
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        conn.request(method, path, body=payload, headers=all_headers)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(raw) if raw else None
+    except ValueError:
+        return response.status, raw.decode(errors="replace")
+
+
+def wait_ready(child: Child, port: int, health_path: str | None, timeout: float) -> None:
+    """Poll until the port answers (and health_path says 200); fail if the child dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited with {child.popen.returncode} during start-up:\n{child.log_tail()}")
+        if not port_is_free(port):
+            if health_path is None:
+                return
+            try:
+                status, _ = http_call(port, "GET", health_path, timeout=2.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise BenchError(f"{child.name} not ready on port {port} after {timeout:.0f} s:\n{child.log_tail()}")
+
+
+# -- targets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    port: int
+    mode: str  # the post.lua mode
+    api_key: str
+    child: str  # whose CPU is charged to this target
+
+
+TARGETS = [
+    Target("a", "(a) upstream direct", UPSTREAM_PORT, "plain", PROVIDER_KEY, "upstream"),
+    Target("b", "(b) gateway passthrough", GATEWAY_PORT, "passthrough", GATEWAY_KEY, "gateway"),
+    Target("c", "(c) gateway history+prompt+state", GATEWAY_PORT, "features", GATEWAY_KEY, "gateway"),
+    Target("d", "(d) LiteLLM proxy", LITELLM_PORT, "plain", PROVIDER_KEY, "litellm"),
+]
+
+
+def request_body(target: Target, chat_id: str) -> dict[str, Any]:
+    if target.mode == "passthrough":
+        return {**PLAIN_BODY, "mnx": PASSTHROUGH_MNX}
+    if target.mode == "features":
+        return {**PLAIN_BODY, "mnx": {**FEATURES_MNX, "chat_id": chat_id}}
+    return dict(PLAIN_BODY)
+
+
+def check_answer(target: Target, chat_id: str = "bench-check") -> None:
+    """One request by hand: it must be a 200 carrying the assistant's echo."""
+    status, body = http_call(target.port, "POST", CHAT_PATH, request_body(target, chat_id),
+                             {"authorization": f"Bearer {target.api_key}"})
+    try:
+        message = body["choices"][0]["message"]
+        ok = status == 200 and message["role"] == "assistant" and message["content"] == "echo: hello"
+    except (KeyError, IndexError, TypeError):
+        ok = False
+    if not ok:
+        raise BenchError(f"{target.label} did not answer 200 with the assistant's echo: HTTP {status} {body!r:.500}")
+
+
+def seed_gateway() -> None:
+    """The project default system prompt and the subject's state that (c) loads."""
+    auth = {"x-mnexium-key": GATEWAY_KEY}
+    status, body = http_call(GATEWAY_PORT, "POST", "/api/v1/prompts",
+                             {"name": "bench", "prompt_text": "You are a helpful assistant.", "is_default": True},
+                             auth)
+    if status not in (200, 201):
+        raise BenchError(f"creating the system prompt failed: HTTP {status} {body!r:.500}")
+    status, body = http_call(GATEWAY_PORT, "PUT", "/api/v1/state/task", {"value": {"step": 1}},
+                             {**auth, "x-subject-id": "bench_user"})
+    if status not in (200, 201):
+        raise BenchError(f"storing the state failed: HTTP {status} {body!r:.500}")
+
+
+def check_features(target: Target) -> None:
+    """Two turns in one chat: both answered, and both recorded in the chat's history."""
+    chat_id = "bench-check-features"
+    check_answer(target, chat_id)
+    check_answer(target, chat_id)
+    status, body = http_call(GATEWAY_PORT, "GET", f"/api/v1/chat/history/read?chat_id={chat_id}&subject_id=bench_user",
+                             headers={"x-mnexium-key": GATEWAY_KEY})
+    if status != 200 or not isinstance(body, dict) or body.get("count") != 4:
+        raise BenchError(f"(c) did not record its turns in history: HTTP {status} {body!r:.500}")
+
+
+# -- wrk ------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    target: Target
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_req: float
+    wrk_cpu_pct: float  # of one core
+    foreign_cpu_pct: float  # of one core: machine busy time not spent in this benchmark's processes
+    requests: int
+
+
+_RESULT = re.compile(r"BENCH_RESULT (.*)")
+
+
+def run_wrk(target: Target, concurrency: int, seconds: float, tag: str, log_path: Path) -> dict[str, int]:
+    threads = 1 if concurrency == 1 else 2
+    argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
+            "-s", str(LUA), f"http://{HOST}:{target.port}{CHAT_PATH}",
+            "--", target.mode, target.api_key, tag, str(concurrency // threads)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk against {target.label} did not finish in time") from None
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(argv)}\n{done.stdout}{done.stderr}\n")
+    match = _RESULT.search(done.stdout)
+    if done.returncode != 0 or not match:
+        raise BenchError(f"wrk failed against {target.label} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    result = {k: int(float(v)) for k, v in (pair.split("=") for pair in match.group(1).split())}
+    errors = {k: v for k, v in result.items() if k.startswith("err_") and v}
+    if errors or result["requests"] == 0:
+        raise BenchError(f"{target.label} at concurrency {concurrency}: {result['requests']} requests, errors {errors} "
+                         f"(err_status counts non-2xx/3xx answers)\n{done.stdout}")
+    return result
+
+
+def wait_idle(children: dict[str, Child], timeout: float = 15.0) -> None:
+    """Let the previous run's tail (queued writes, GC) finish before the next one starts."""
+    pgids = {c.pgid for c in children.values()}
+    deadline = time.monotonic() + timeout
+    before = sum(group_cpu_seconds(pgids).values())
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(group_cpu_seconds(pgids).values())
+        if now - before < 0.05:  # under 10 % of one core over the last half second
+            return
+        before = now
+    print(f"  note: benchmark processes still busy after {timeout:.0f} s; measuring anyway", flush=True)
+
+
+def measure(target: Target, concurrency: int, args: argparse.Namespace, children: dict[str, Child],
+            tag: str, wrk_log: Path) -> Measurement:
+    for child in children.values():
+        if not child.alive():
+            raise BenchError(f"{child.name} died:\n{child.log_tail()}")
+    wait_idle(children)
+    run_wrk(target, concurrency, args.warmup, f"{tag}-warm", wrk_log)
+    pgids = {name: c.pgid for name, c in children.items()}
+    cpu_before = group_cpu_seconds(set(pgids.values()))
+    busy_before = machine_busy_seconds()
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall_before = time.monotonic()
+    result = run_wrk(target, concurrency, args.duration, tag, wrk_log)
+    wall = time.monotonic() - wall_before
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = machine_busy_seconds() - busy_before
+    cpu_after = group_cpu_seconds(set(pgids.values()))
+    wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+    ours = sum(cpu_after[p] - cpu_before[p] for p in pgids.values()) + wrk_cpu
+    target_cpu = cpu_after[pgids[target.child]] - cpu_before[pgids[target.child]]
+    requests = result["requests"]
+    return Measurement(
+        target=target, concurrency=concurrency,
+        rps=requests / (result["duration_us"] / 1e6),
+        p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
+        cpu_ms_per_req=target_cpu * 1000 / requests,
+        wrk_cpu_pct=100 * wrk_cpu / wall, foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall),
+        requests=requests)
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    """Per-metric median across rounds (each metric on its own)."""
+    first = runs[0]
+    med = lambda attr: statistics.median(getattr(r, attr) for r in runs)  # noqa: E731
+    return Measurement(first.target, first.concurrency, med("rps"), med("p50_ms"), med("p99_ms"),
+                       med("cpu_ms_per_req"), med("wrk_cpu_pct"), max(r.foreign_cpu_pct for r in runs),
+                       int(med("requests")))
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def render(results: list[Measurement]) -> tuple[str, str]:
+    """The markdown table, and the lines about the targets."""
+    base = {m.concurrency: m for m in results if m.target.key == "a"}
+    rows = ["| target | concurrency | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms/req |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m in results:
+        a = base[m.concurrency]
+        added = ("—", "—") if m.target.key == "a" else (f"{m.p50_ms - a.p50_ms:+.2f}", f"{m.p99_ms - a.p99_ms:+.2f}")
+        rows.append(f"| {m.target.label} | {m.concurrency} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
+                    f"{added[0]} | {added[1]} | {m.cpu_ms_per_req:.2f} |")
+    by = {(m.target.key, m.concurrency): m for m in results}
+    lines = []
+    for conc in sorted(base):
+        d = by.get(("d", conc))
+        if d is None:
+            continue
+        for key, goal in (("b", 5.0), ("c", 3.0)):
+            m = by.get((key, conc))
+            if m:
+                ratio = m.rps / d.rps
+                verdict = "met" if ratio >= goal else "MISSED"
+                lines.append(f"- {m.target.label} / LiteLLM req/s at concurrency {conc}: **{ratio:.1f}x** "
+                             f"(target ≥ {goal:g}x: {verdict})")
+    if ("b", 1) in by and 1 in base:
+        added = by[("b", 1)].p50_ms - base[1].p50_ms
+        verdict = "met" if added < 1.0 else "MISSED"
+        lines.append(f"- (b) added p50 latency at concurrency 1: **{added:.2f} ms** (target < 1 ms: {verdict})")
+    noise = max(m.foreign_cpu_pct for m in results)
+    wrk = max(m.wrk_cpu_pct for m in results)
+    lines.append(f"- wrk used at most {wrk:.0f}% of one core; CPU busy outside the benchmark's processes "
+                 f"(other work on the machine, kernel threads) peaked at {noise:.0f}% of one core during a run.")
+    return "\n".join(rows), "\n".join(lines)
+
+
+def machine_description() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()} {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+def write_readme(section: str) -> None:
+    text = README.read_text() if README.exists() else ""
+    if RESULTS_START in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_START, 1)
+        tail = rest.split(RESULTS_END, 1)[1]
+        text = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
+    else:
+        text += f"\n## Results\n\n{RESULTS_START}\n{section}\n{RESULTS_END}\n"
+    README.write_text(text)
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_arg = str(script.relative_to(ROOT))
+    except ValueError:
+        script_arg = str(script)
+    return shlex.join([sys.executable, script_arg, *sys.argv[1:]])
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def start_children(workdir: Path) -> dict[str, Child]:
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    litellm_env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    for name in ("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST", "REDIS_URL"):
+        litellm_env.pop(name, None)
+    bindir = Path(sys.executable).parent
+    return {
+        "upstream": Child("fake upstream", [sys.executable, "-m", "tests.fake_upstream", "--port", str(UPSTREAM_PORT)],
+                          env, workdir / "upstream.log"),
+        "gateway": Child("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(HERE / "gateway.yaml")],
+                         {**env, "MNX_BENCH_DIR": str(workdir)}, workdir / "gateway.log"),
+        "litellm": Child("LiteLLM proxy", [str(bindir / "litellm"), "--config", str(HERE / "litellm.yaml"),
+                                           "--host", HOST, "--port", str(LITELLM_PORT), "--num_workers", "1",
+                                           "--telemetry", "False", "--log_config", str(HERE / "litellm_logging.json")],
+                         litellm_env, workdir / "litellm.log"),
+    }
+
+
+def preflight() -> None:
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
+    if not (Path(sys.executable).parent / "litellm").exists():
+        raise BenchError(f"no litellm CLI next to {sys.executable}: pip install 'litellm[proxy]==1.102.4'")
+    busy = [p for p in (UPSTREAM_PORT, GATEWAY_PORT, LITELLM_PORT) if not port_is_free(p)]
+    if busy:
+        raise BenchError(f"port(s) {busy} on {HOST} already in use: stop whatever listens there first")
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per target and concurrency")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated connection counts (default 1,32)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole matrix, interleaved, and report each metric's median")
+    parser.add_argument("--no-readme", action="store_true", help="print the table only; leave bench/README.md alone")
+    parser.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, database)")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 300 or not 0 <= args.warmup <= 60:
+        parser.error("rounds must be 1..10, duration 1..300 s, warmup 0..60 s")
+
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    children: dict[str, Child] = {}
+    try:
+        preflight()
+        children = start_children(workdir)
+        started = time.monotonic()
+        print(f"starting the fake upstream, the gateway and LiteLLM's proxy (logs in {workdir})", flush=True)
+        for child in children.values():
+            child.start()
+        wait_ready(children["upstream"], UPSTREAM_PORT, None, 30)
+        check_answer(TARGETS[0])
+        wait_ready(children["gateway"], GATEWAY_PORT, "/health", 60)
+        seed_gateway()
+        check_answer(TARGETS[1])
+        check_features(TARGETS[2])
+        wait_ready(children["litellm"], LITELLM_PORT, "/health/liveliness", 120)
+        check_answer(TARGETS[3])
+        print(f"all four targets answer 200 with the assistant's echo ({time.monotonic() - started:.1f} s)", flush=True)
+
+        wrk_log = workdir / "wrk.log"
+        runs: dict[tuple[str, int], list[Measurement]] = {}
+        for round_no in range(args.rounds):
+            for conc in concurrencies:
+                for target in TARGETS:
+                    tag = f"r{round_no}-c{conc}-{target.key}-{int(time.time())}"
+                    m = measure(target, conc, args, children, tag, wrk_log)
+                    runs.setdefault((target.key, conc), []).append(m)
+                    print(f"  round {round_no + 1}/{args.rounds} c={conc:<3} {target.label:<34} {m.rps:8,.0f} req/s  "
+                          f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  CPU {m.cpu_ms_per_req:5.2f} ms/req  "
+                          f"(wrk {m.wrk_cpu_pct:.0f}%, other {m.foreign_cpu_pct:.0f}% of a core)", flush=True)
+        results = [median_of(runs[(t.key, c)]) for c in concurrencies for t in TARGETS]
+        table, notes = render(results)
+
+        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        rounds_note = "" if args.rounds == 1 else f", median of {args.rounds} interleaved rounds"
+        section = (f"Measured {when} on {machine_description()}; one gateway worker, one LiteLLM worker; "
+                   f"wrk -t1 at concurrency 1, -t2 above; {args.warmup:g} s warm-up then {args.duration:g} s "
+                   f"per cell{rounds_note}.\n\nCommand (from the repository root):\n\n"
+                   f"```\n{command_line()}\n```\n\n{table}\n\n{notes}\n")
+        print()
+        print(section)
+        if not args.no_readme:
+            write_readme(section)
+            print(f"(written to {README.relative_to(ROOT)})")
+        return 0
+    except BenchError as error:
+        print(f"\nbenchmark failed: {error}", file=sys.stderr)
+        if args.keep_dir is False:
+            args.keep_dir = True
+            print(f"(logs kept in {workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        for child in reversed(list(children.values())):
+            child.stop()
+        if not args.keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

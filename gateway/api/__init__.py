@@ -1,0 +1,1 @@
+"""The Mnexium REST resources, one module each."""

@@ -1,0 +1,35 @@
+"""``/chat/history/*`` (contract §5)."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse, Response
+
+from gateway.routing import Call
+from gateway.validation import Query
+
+
+async def list_chats(call: Call) -> Response:
+    query = Query(call.request)
+    subject_id = query.string("subject_id", required=True)
+    chats = await call.services.history.list_chats(
+        call.project_id, subject_id,
+        limit=query.integer("limit", default=50, minimum=1, maximum=500),
+        offset=query.integer("offset", default=0, minimum=0, maximum=1_000_000))
+    return JSONResponse({"chats": chats})
+
+
+async def read_chat(call: Call) -> Response:
+    query = Query(call.request)
+    chat_id = query.string("chat_id", required=True)
+    messages = await call.services.history.read(
+        call.project_id, chat_id, query.string("subject_id"),
+        limit=query.integer("limit", default=200, minimum=1, maximum=1000))
+    # The docs read "messages", the mnexium SDK reads "data": both carry the same list.
+    return JSONResponse({"messages": messages, "data": messages, "count": len(messages), "chat_id": chat_id})
+
+
+async def delete_chat(call: Call) -> Response:
+    query = Query(call.request)
+    chat_id = query.string("chat_id", required=True)
+    removed = await call.services.history.delete_chat(call.project_id, chat_id, query.string("subject_id"))
+    return JSONResponse({"success": True, "deleted_messages": removed})

@@ -1,0 +1,83 @@
+"""The application factory: the one place routes, lifespan and error pages are wired."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.api import history, prompts, state
+from gateway.config import GatewayConfig
+from gateway.errors import Surface
+from gateway.proxy.chat_completions import chat_completions
+from gateway.routing import endpoint
+from gateway.services import Services
+
+API = "/api/v1"
+
+
+def _routes() -> list[Route]:
+    chat = endpoint(chat_completions, scope="chat:write", surface=Surface.OPENAI)
+    return [
+        # The OpenAI surface, also at /v1 so a plain OpenAI base_url of http://host/v1 works.
+        Route(f"{API}/chat/completions", chat, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route(f"{API}/chat/history/list", endpoint(history.list_chats, scope="history:read"), methods=["GET"]),
+        Route(f"{API}/chat/history/read", endpoint(history.read_chat, scope="history:read"), methods=["GET"]),
+        Route(f"{API}/chat/history/delete", endpoint(history.delete_chat, scope="history:delete"),
+              methods=["DELETE"]),
+        Route(f"{API}/prompts", endpoint(prompts.list_prompts, scope="prompts:read"), methods=["GET"]),
+        Route(f"{API}/prompts", endpoint(prompts.create_prompt, scope="prompts:write"), methods=["POST"]),
+        # Declared before /prompts/{id} so "resolve" is never taken for an id.
+        Route(f"{API}/prompts/resolve", endpoint(prompts.resolve_prompts, scope="prompts:read"), methods=["GET"]),
+        Route(f"{API}/prompts/{{prompt_id}}", endpoint(prompts.get_prompt, scope="prompts:read"), methods=["GET"]),
+        Route(f"{API}/prompts/{{prompt_id}}", endpoint(prompts.update_prompt, scope="prompts:write"),
+              methods=["PATCH"]),
+        Route(f"{API}/prompts/{{prompt_id}}", endpoint(prompts.delete_prompt, scope="prompts:write"),
+              methods=["DELETE"]),
+        Route(f"{API}/state/{{key:path}}", endpoint(state.get_state, scope="state:read"), methods=["GET"]),
+        Route(f"{API}/state/{{key:path}}", endpoint(state.put_state, scope="state:write"), methods=["PUT"]),
+        Route(f"{API}/state/{{key:path}}", endpoint(state.delete_state, scope="state:delete"), methods=["DELETE"]),
+        Route("/health", _health, methods=["GET"]),
+    ]
+
+
+async def _health(request: Request) -> Response:
+    """Liveness and storage reachability; no key needed, nothing about the data revealed."""
+    try:
+        await request.app.state.services.store.ping()
+    except Exception:
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        body = {"error": "not_found", "message": "no such route", "path": request.url.path, "method": request.method}
+    elif exc.status_code == 405:
+        body = {"error": "method_not_allowed", "message": f"{request.method} is not allowed here",
+                "path": request.url.path, "method": request.method}
+    else:
+        body = {"error": "http_error", "message": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(config: GatewayConfig, services: Services | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        built = services or Services.build(config)
+        built.upstream.warm_up()
+        await built.store.ping()
+        app.state.services = built
+        try:
+            yield
+        finally:
+            await built.aclose()
+
+    return Starlette(routes=_routes(), lifespan=lifespan, exception_handlers={HTTPException: _http_error})

@@ -1,0 +1,207 @@
+"""gateway.yaml: loading, ``${ENV}`` interpolation and validation.
+
+The file is validated once, at startup, by pydantic models that forbid unknown
+keys, so a typo fails loudly with its key path instead of silently doing nothing.
+Secrets never need to sit in the file: any string may be ``${VAR}`` or
+``${VAR:-default}`` and is filled from the environment before validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    # Requests larger than this are refused with 413 before their body is read in full.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # One log line per request; off by default because it costs CPU on every call.
+    access_log: bool = False
+
+
+class SqliteConfig(_Strict):
+    path: str = "./data/gateway.db"
+
+
+class RedisConfig(_Strict):
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key the gateway writes starts with this, so one Redis can host several gateways.
+    key_prefix: str = "mnx:"
+
+
+class StorageConfig(_Strict):
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    sqlite: SqliteConfig = SqliteConfig()
+    redis: RedisConfig = RedisConfig()
+
+
+class ProjectKey(_Strict):
+    """One API key of a project: the key itself (from the environment) or its SHA-256."""
+
+    name: str = "default"
+    key: SecretStr | None = None
+    key_sha256: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["*"])
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be the 64-character hex SHA-256 of the key")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> "ProjectKey":
+        has_key = self.key is not None and self.key.get_secret_value() != ""
+        if has_key == (self.key_sha256 is not None):
+            raise ValueError("give exactly one of 'key' or 'key_sha256'")
+        return self
+
+    def digest(self) -> str:
+        if self.key_sha256:
+            return self.key_sha256
+        assert self.key is not None
+        return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+
+
+class ProjectConfig(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = ""
+    keys: list[ProjectKey] = Field(min_length=1)
+
+
+class Timeouts(_Strict):
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=600.0, gt=0)
+
+
+class ProviderConfig(_Strict):
+    """One upstream. ``api_base`` can point at Azure, OpenRouter, vLLM or a local fake."""
+
+    api_base: str
+    # Used when the request carries no key of its own for this provider.
+    api_key: SecretStr | None = None
+    timeout: Timeouts = Timeouts()
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or value.get_secret_value() == "" else value
+
+    @field_validator("api_base")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class ProvidersConfig(_Strict):
+    openai: ProviderConfig = ProviderConfig(api_base="https://api.openai.com/v1")
+    anthropic: ProviderConfig = ProviderConfig(api_base="https://api.anthropic.com")
+    gemini: ProviderConfig = ProviderConfig(api_base="https://generativelanguage.googleapis.com")
+
+
+class MnxDefaults(_Strict):
+    """Defaults for the ``mnx`` options a request leaves unset."""
+
+    log: bool = True
+    learn: bool | Literal["force"] = True
+    recall: bool = False
+    history: bool = True
+    system_prompt: bool = True
+
+
+class HistoryConfig(_Strict):
+    # Prior turns prepended with history: true are cut to this many (estimated) tokens,
+    # dropping the oldest first, so a long chat cannot overflow the model's context.
+    token_budget: int = Field(default=8000, ge=0)
+    # Upper bound on stored turns read per request, whatever their size.
+    max_messages: int = Field(default=500, ge=1)
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    projects: list[ProjectConfig] = Field(min_length=1)
+    providers: ProvidersConfig = ProvidersConfig()
+    defaults: MnxDefaults = MnxDefaults()
+    history: HistoryConfig = HistoryConfig()
+
+    @model_validator(mode="after")
+    def _unique_projects_and_keys(self) -> "GatewayConfig":
+        ids = [p.id for p in self.projects]
+        if len(ids) != len(set(ids)):
+            raise ValueError("project ids must be unique")
+        digests = [k.digest() for p in self.projects for k in p.keys]
+        if len(digests) != len(set(digests)):
+            raise ValueError("the same API key is configured twice")
+        return self
+
+
+def interpolate_env(value: Any, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: interpolate_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_env(v, f"{path}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a fallback)")
+
+    return _ENV_PATTERN.sub(substitute, value)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "gateway.yaml") -> GatewayConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return GatewayConfig.model_validate(interpolate_env(data))
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {file}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file} is not valid YAML: {error}") from None
+    return parse_config(data, str(file))

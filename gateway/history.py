@@ -1,0 +1,178 @@
+"""Chat history: the turns of each conversation, per project / subject / chat.
+
+Turns are stored as they were exchanged, tool calls included, so replaying them
+gives the provider a valid sequence (an assistant ``tool_calls`` message followed
+by its ``tool`` results). Replay is cut to a token budget, oldest turns first.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any, Iterable
+
+from gateway.clock import now_iso
+from gateway.store import Collection, DocumentStore
+
+MESSAGES = Collection("chat_messages", indexes=(("subject_id", "chat_id"), ("chat_id",), ("subject_id",)))
+CHATS = Collection("chats", indexes=(("subject_id",), ("chat_id",)))
+
+
+def content_text(content: Any) -> str:
+    """The readable text of an OpenAI message content (string, parts list or null)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        return "\n".join(texts)
+    return json.dumps(content, ensure_ascii=False)
+
+
+def estimate_tokens(message: dict[str, Any]) -> int:
+    """A cheap, tokenizer-free estimate (about 4 characters a token, plus framing).
+
+    It only has to keep replayed history safely inside a budget; exact counts would
+    need a model-specific tokenizer on the hot path.
+    """
+    size = len(content_text(message.get("content")))
+    if message.get("tool_calls"):
+        size += len(json.dumps(message["tool_calls"]))
+    if isinstance(message.get("content"), list):
+        # Non-text parts (images, audio) cost tokens the text length doesn't show.
+        size += 340 * sum(1 for p in message["content"] if isinstance(p, dict) and "text" not in p)
+    return 4 + (size + 3) // 4
+
+
+def _chat_doc_id(subject_id: str, chat_id: str) -> str:
+    return f"{len(subject_id)}:{subject_id}:{chat_id}"
+
+
+def fit_to_budget(messages: list[dict[str, Any]], token_budget: int) -> list[dict[str, Any]]:
+    """The newest messages whose estimated size fits the budget, in order.
+
+    A kept ``tool`` message whose assistant ``tool_calls`` message was cut is dropped
+    too: providers reject a tool result with no call before it.
+    """
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for message in reversed(messages):
+        cost = estimate_tokens(message)
+        if used + cost > token_budget:
+            break
+        kept.append(message)
+        used += cost
+    kept.reverse()
+    while kept and kept[0].get("role") == "tool":
+        kept.pop(0)
+    return kept
+
+
+def to_stored(message: dict[str, Any], *, subject_id: str, chat_id: str, event_time: str,
+              metadata: dict[str, Any] | None, model: str | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "subject_id": subject_id,
+        "chat_id": chat_id,
+        "role": message.get("role", "user"),
+        "content": message.get("content"),
+        "event_time": event_time,
+    }
+    for optional in ("tool_calls", "tool_call_id", "name"):
+        if message.get(optional):
+            doc[optional] = message[optional]
+    if metadata:
+        doc["metadata"] = metadata
+    if model:
+        doc["model"] = model
+    return doc
+
+
+def to_replay(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored turn as an OpenAI Chat Completions message."""
+    message: dict[str, Any] = {"role": doc["role"], "content": doc.get("content")}
+    for optional in ("tool_calls", "tool_call_id", "name"):
+        if doc.get(optional):
+            message[optional] = doc[optional]
+    if message["content"] is None and doc["role"] != "assistant":
+        message["content"] = ""
+    return message
+
+
+def to_api(doc: dict[str, Any], index: int) -> dict[str, Any]:
+    """A stored turn in the shape ``GET /chat/history/read`` returns (contract §5)."""
+    text = content_text(doc.get("content"))
+    return {
+        "role": doc["role"],
+        "message": text,
+        "content": text,
+        "message_index": index,
+        "event_time": doc["event_time"],
+        "created_at": doc["event_time"],
+        "tool_call_id": doc.get("tool_call_id") or "",
+        "tool_calls": json.dumps(doc["tool_calls"], ensure_ascii=False) if doc.get("tool_calls") else "",
+        "memory_ids": doc.get("memory_ids", []),
+        "chat_id": doc["chat_id"],
+        "subject_id": doc["subject_id"],
+    }
+
+
+class ChatHistory:
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+
+    async def append(self, project_id: str, subject_id: str, chat_id: str, messages: Iterable[dict[str, Any]],
+                     *, metadata: dict[str, Any] | None = None, model: str | None = None) -> None:
+        stamp = now_iso()
+        docs = [("msg_" + secrets.token_hex(10),
+                 to_stored(m, subject_id=subject_id, chat_id=chat_id, event_time=stamp, metadata=metadata, model=model))
+                for m in messages]
+        if not docs:
+            return
+        chat_key = _chat_doc_id(subject_id, chat_id)
+        chat = await self._store.get(CHATS, project_id, chat_key)
+        await self._store.put_many(MESSAGES, project_id, docs)
+        await self._store.put(CHATS, project_id, chat_key, {
+            "subject_id": subject_id, "chat_id": chat_id,
+            "created_at": chat["created_at"] if chat else stamp, "last_time": stamp,
+        })
+
+    async def replay(self, project_id: str, subject_id: str, chat_id: str, *, token_budget: int,
+                     max_messages: int) -> list[dict[str, Any]]:
+        """The chat's prior turns as provider messages, cut to the budget."""
+        docs = await self._store.find(MESSAGES, project_id, {"subject_id": subject_id, "chat_id": chat_id},
+                                      limit=max_messages, newest_first=True)
+        docs.reverse()
+        return fit_to_budget([to_replay(d) for d in docs], token_budget)
+
+    async def read(self, project_id: str, chat_id: str, subject_id: str | None, limit: int) -> list[dict[str, Any]]:
+        where = {"subject_id": subject_id, "chat_id": chat_id} if subject_id else {"chat_id": chat_id}
+        docs = await self._store.find(MESSAGES, project_id, where, limit=limit)
+        return [to_api(doc, index) for index, doc in enumerate(docs)]
+
+    async def list_chats(self, project_id: str, subject_id: str, *, limit: int, offset: int) -> list[dict[str, Any]]:
+        chats = await self._store.find(CHATS, project_id, {"subject_id": subject_id})
+        chats.sort(key=lambda c: c["last_time"], reverse=True)
+        page = chats[offset:offset + limit]
+        rows = []
+        for chat in page:
+            count = await self._store.count(MESSAGES, project_id,
+                                            {"subject_id": subject_id, "chat_id": chat["chat_id"]})
+            rows.append({
+                "chat_id": chat["chat_id"], "subject_id": subject_id, "message_count": count,
+                "created_at": chat["created_at"], "last_time": chat["last_time"],
+                "last_message_at": chat["last_time"], "updated_at": chat["last_time"],
+            })
+        return rows
+
+    async def delete_chat(self, project_id: str, chat_id: str, subject_id: str | None) -> int:
+        if subject_id:
+            removed = await self._store.delete_where(MESSAGES, project_id, {"subject_id": subject_id, "chat_id": chat_id})
+            await self._store.delete(CHATS, project_id, _chat_doc_id(subject_id, chat_id))
+            return removed
+        removed = await self._store.delete_where(MESSAGES, project_id, {"chat_id": chat_id})
+        await self._store.delete_where(CHATS, project_id, {"chat_id": chat_id})
+        return removed

@@ -1,0 +1,76 @@
+"""Context assembly: each layer of seed 003's order is one stage of one pipeline.
+
+Stages only read, so they run concurrently; their results are then composed in
+the fixed order of the stage list, whatever order they finished in:
+
+    system prompt -> agent state -> memories -> records  (one gateway system message)
+    -> chat history                                     (prepended messages)
+    -> the request's own messages
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from gateway.options import MnxOptions
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What a stage may know about the request it assembles context for."""
+
+    project_id: str
+    options: MnxOptions
+    # The request's messages in OpenAI Chat Completions form (surfaces convert to it).
+    messages: Sequence[dict[str, Any]]
+    model: str
+
+
+@dataclass(frozen=True)
+class ContextLayer:
+    # A section of the gateway's system message.
+    system_text: str | None = None
+    # Messages placed between the system message and the request's messages.
+    messages: Sequence[dict[str, Any]] = ()
+    # Ids of what was injected, for audit (prompt ids, state keys, memory ids...).
+    sources: dict[str, Any] = field(default_factory=dict)
+
+
+class ContextStage(Protocol):
+    name: str
+
+    async def run(self, turn: TurnContext) -> ContextLayer | None:
+        """This stage's layer for the turn, or None when it contributes nothing."""
+
+
+@dataclass(frozen=True)
+class AssembledContext:
+    system_text: str | None
+    history: list[dict[str, Any]]
+    sources: dict[str, Any]
+
+    def chat_messages(self, request_messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The full message list for an OpenAI-format upstream."""
+        head = [{"role": "system", "content": self.system_text}] if self.system_text else []
+        return head + self.history + list(request_messages)
+
+
+SECTION_SEPARATOR = "\n\n"
+
+
+async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> AssembledContext:
+    layers = await asyncio.gather(*(stage.run(turn) for stage in stages))
+    sections: list[str] = []
+    history: list[dict[str, Any]] = []
+    sources: dict[str, Any] = {}
+    for stage, layer in zip(stages, layers):
+        if layer is None:
+            continue
+        if layer.system_text:
+            sections.append(layer.system_text)
+        history.extend(layer.messages)
+        if layer.sources:
+            sources[stage.name] = layer.sources
+    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, sources)

@@ -1,0 +1,64 @@
+"""The built-in context stages of the foundation: system prompt, agent state, history.
+
+Memories and records plug in as further stages between state and history.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.config import HistoryConfig
+from gateway.history import ChatHistory
+from gateway.pipeline.context import ContextLayer, TurnContext
+from gateway.prompts import SystemPrompts, combined_text
+from gateway.state import AgentState
+
+
+class SystemPromptStage:
+    name = "system_prompt"
+
+    def __init__(self, prompts: SystemPrompts) -> None:
+        self._prompts = prompts
+
+    async def run(self, turn: TurnContext) -> ContextLayer | None:
+        options = turn.options
+        chosen = await self._prompts.for_request(turn.project_id, options.system_prompt, options.subject_id,
+                                                 options.chat_id)
+        if not chosen:
+            return None
+        return ContextLayer(system_text=combined_text(chosen), sources={"prompt_ids": [p["id"] for p in chosen]})
+
+
+class AgentStateStage:
+    name = "state"
+
+    def __init__(self, state: AgentState) -> None:
+        self._state = state
+
+    async def run(self, turn: TurnContext) -> ContextLayer | None:
+        wanted = turn.options.state
+        if wanted is None or not wanted.load:
+            return None
+        doc = await self._state.get(turn.project_id, turn.options.subject_id, wanted.key)
+        if doc is None:
+            return None  # Missing state is not an error: the task simply has none yet.
+        value = json.dumps(doc["value"], ensure_ascii=False, sort_keys=True)
+        # State is data the app wrote, so it is framed as data, not as instructions.
+        text = f"Current agent state (key \"{wanted.key}\"), as JSON data:\n{value}"
+        return ContextLayer(system_text=text, sources={"key": wanted.key})
+
+
+class HistoryStage:
+    name = "history"
+
+    def __init__(self, history: ChatHistory, config: HistoryConfig) -> None:
+        self._history = history
+        self._config = config
+
+    async def run(self, turn: TurnContext) -> ContextLayer | None:
+        if not turn.options.history:
+            return None
+        messages = await self._history.replay(turn.project_id, turn.options.subject_id, turn.options.chat_id,
+                                              token_budget=self._config.token_budget,
+                                              max_messages=self._config.max_messages)
+        return ContextLayer(messages=messages, sources={"messages": len(messages)}) if messages else None

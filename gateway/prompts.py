@@ -1,0 +1,150 @@
+"""System prompts, scoped project -> subject -> chat (contract §11).
+
+A prompt belongs to one scope level: the project, one subject (``scope_id`` =
+subject_id) or one chat (``scope_id`` = chat_id). At most one prompt per level is
+the default; setting ``is_default`` on one clears it on its siblings. Resolution
+layers the active defaults project, then subject, then chat (each level ordered
+by ``priority``, lower first) and joins their texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from gateway.clock import now_iso
+from gateway.errors import BadRequest, NotFound
+from gateway.store import Collection, DocumentStore
+from gateway.validation import Body
+
+PROMPTS = Collection("prompts", indexes=(("scope", "scope_id"),))
+SCOPES = ("project", "subject", "chat")
+LAYER_SEPARATOR = "\n\n"
+
+
+def _validate_scope(scope: str, scope_id: str | None) -> str:
+    if scope not in SCOPES:
+        raise BadRequest("scope must be one of project, subject, chat", code="invalid_scope", param="scope")
+    if scope == "project":
+        return ""
+    if not scope_id:
+        raise BadRequest(f"scope_id is required for {scope}-scoped prompts", code="scope_id_required", param="scope_id")
+    return scope_id
+
+
+def layered(prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order resolved prompts project -> subject -> chat, then by priority."""
+    return sorted(prompts, key=lambda p: (SCOPES.index(p["scope"]), p["priority"], p["created_at"]))
+
+
+def combined_text(prompts: list[dict[str, Any]]) -> str:
+    return LAYER_SEPARATOR.join(p["prompt_text"] for p in prompts if p["prompt_text"])
+
+
+class SystemPrompts:
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+
+    async def create(self, project_id: str, raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create (or, when ``id`` names an existing prompt, replace) a prompt. Returns (prompt, created)."""
+        body = Body(raw)
+        name = body.string("name", required=True, code="name_required", max_length=200)
+        prompt_text = body.string("prompt_text", required=True, code="prompt_text_required", max_length=100_000)
+        scope = body.string("scope") or "project"
+        scope_id = _validate_scope(scope, body.string("scope_id", max_length=256))
+        prompt_id = body.string("id", max_length=128) or "sp_" + secrets.token_hex(10)
+        existing = await self._store.get(PROMPTS, project_id, prompt_id)
+        stamp = now_iso()
+        prompt = {
+            "id": prompt_id,
+            "project_id": project_id,
+            "name": name,
+            "prompt_text": prompt_text,
+            "scope": scope,
+            "scope_id": scope_id,
+            "is_default": body.flag("is_default", default=False),
+            "is_active": body.flag("is_active", default=True),
+            "priority": body.integer("priority", default=100, minimum=-1_000_000, maximum=1_000_000),
+            "template": body.obj("template"),
+            "metadata": body.obj("metadata"),
+            "created_at": existing["created_at"] if existing else stamp,
+            "updated_at": stamp,
+        }
+        await self._save(project_id, prompt)
+        return prompt, existing is None
+
+    async def get(self, project_id: str, prompt_id: str) -> dict[str, Any]:
+        prompt = await self._store.get(PROMPTS, project_id, prompt_id)
+        if prompt is None:
+            raise NotFound(f"no prompt with id {prompt_id!r}", code="prompt_not_found")
+        return prompt
+
+    async def list(self, project_id: str, scope: str | None = None) -> list[dict[str, Any]]:
+        prompts = await self._store.find(PROMPTS, project_id)
+        return [p for p in prompts if scope is None or p["scope"] == scope]
+
+    async def update(self, project_id: str, prompt_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+        prompt = dict(await self.get(project_id, prompt_id))
+        body = Body(raw)
+        if body.has("name"):
+            prompt["name"] = body.string("name", required=True, code="name_required", max_length=200)
+        if body.has("prompt_text"):
+            prompt["prompt_text"] = body.string("prompt_text", required=True, code="prompt_text_required",
+                                                max_length=100_000)
+        if body.has("scope") or body.has("scope_id"):
+            scope = body.string("scope") or prompt["scope"]
+            prompt["scope_id"] = _validate_scope(scope, body.string("scope_id", max_length=256) or prompt["scope_id"])
+            prompt["scope"] = scope
+        if body.has("is_default"):
+            prompt["is_default"] = body.flag("is_default", default=False)
+        if body.has("is_active"):
+            prompt["is_active"] = body.flag("is_active", default=True)
+        if body.has("priority"):
+            prompt["priority"] = body.integer("priority", default=100, minimum=-1_000_000, maximum=1_000_000)
+        for field in ("template", "metadata"):
+            if body.has(field):
+                prompt[field] = body.obj(field)
+        prompt["updated_at"] = now_iso()
+        await self._save(project_id, prompt)
+        return prompt
+
+    async def delete(self, project_id: str, prompt_id: str) -> bool:
+        return await self._store.delete(PROMPTS, project_id, prompt_id)
+
+    async def _save(self, project_id: str, prompt: dict[str, Any]) -> None:
+        if prompt["is_default"]:
+            siblings = await self._store.find(PROMPTS, project_id,
+                                              {"scope": prompt["scope"], "scope_id": prompt["scope_id"]})
+            for sibling in siblings:
+                if sibling["id"] != prompt["id"] and sibling["is_default"]:
+                    await self._store.put(PROMPTS, project_id, sibling["id"], {**sibling, "is_default": False})
+        await self._store.put(PROMPTS, project_id, prompt["id"], prompt)
+
+    async def resolve(self, project_id: str, subject_id: str | None, chat_id: str | None,
+                      *, default_only: bool = True) -> list[dict[str, Any]]:
+        """The prompts that apply to a request, in injection order."""
+        levels = [("project", "")]
+        if subject_id:
+            levels.append(("subject", subject_id))
+        if chat_id:
+            levels.append(("chat", chat_id))
+        found = await asyncio.gather(*(self._store.find(PROMPTS, project_id, {"scope": s, "scope_id": i})
+                                       for s, i in levels))
+        return layered([p for level in found for p in level
+                        if p["is_active"] and (p["is_default"] or not default_only)])
+
+    async def for_request(self, project_id: str, selection: bool | str, subject_id: str,
+                          chat_id: str) -> list[dict[str, Any]]:
+        """What ``mnx.system_prompt`` selects: the resolved defaults, nothing, or one prompt by id."""
+        if selection is False:
+            return []
+        if selection is True:
+            return await self.resolve(project_id, subject_id, chat_id)
+        prompt = await self._store.get(PROMPTS, project_id, selection)
+        if prompt is None:
+            raise BadRequest(f"mnx.system_prompt names no prompt of this project: {selection!r}",
+                             code="prompt_not_found", param="mnx.system_prompt")
+        if not prompt["is_active"]:
+            raise BadRequest(f"prompt {selection!r} is inactive", code="prompt_inactive", param="mnx.system_prompt")
+        return [prompt]

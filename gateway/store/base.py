@@ -1,0 +1,82 @@
+"""The document-store protocol every backend implements.
+
+A document is a JSON object stored under (collection, project, id). Tenancy is
+part of every call: there is no method that reads or writes across projects, and
+an empty project id is refused rather than treated as "all".
+
+Queries are equality filters over *declared* indexes only (``Collection.indexes``),
+so every read is an index lookup on both backends; there is no way to ask for a
+scan by accident. Results come back in insertion order (or newest first), and
+replacing a document keeps its original position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    # Each entry is a set of fields that ``find``/``count``/``delete_where`` may filter on together.
+    indexes: tuple[tuple[str, ...], ...] = field(default_factory=tuple)
+    # Documents may carry a TTL; backends then skip (and clean up) expired entries on read.
+    expiring: bool = False
+
+    def index_for(self, where: Mapping[str, str]) -> tuple[str, ...]:
+        """The declared index that answers ``where`` exactly (fields in declared order)."""
+        if not where:
+            return ()
+        wanted = set(where)
+        for fields in self.indexes:
+            if set(fields) == wanted:
+                return fields
+        raise ValueError(f"collection {self.name!r} has no index on {sorted(wanted)}")
+
+    def index_entries(self, doc: Mapping[str, Any]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """(index fields, values) for every declared index the document has all values for."""
+        entries = []
+        for fields in self.indexes:
+            values = tuple(doc.get(name) for name in fields)
+            if all(isinstance(v, str) for v in values):
+                entries.append((fields, values))  # type: ignore[arg-type]
+        return entries
+
+
+def require_project(project_id: str) -> None:
+    if not project_id:
+        raise ValueError("a project id is required for every storage operation")
+
+
+class DocumentStore(Protocol):
+    async def put(self, collection: Collection, project_id: str, doc_id: str, doc: Document,
+                  *, ttl_seconds: float | None = None) -> None:
+        """Insert or replace one document; ``ttl_seconds`` makes it disappear after that long."""
+
+    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
+        """Insert or replace several documents in one round trip, in the given order."""
+
+    async def get(self, collection: Collection, project_id: str, doc_id: str) -> Document | None:
+        """One document, or None when it is missing or expired."""
+
+    async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
+        """Remove one document; True when something was removed."""
+
+    async def find(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None,
+                   *, limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[Document]:
+        """Documents matching ``where`` (an exact declared index), in insertion order."""
+
+    async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
+        """How many documents match ``where``."""
+
+    async def delete_where(self, collection: Collection, project_id: str, where: Mapping[str, str]) -> int:
+        """Remove every document matching ``where``; returns how many."""
+
+    async def ping(self) -> None:
+        """Raise if the backend is unreachable."""
+
+    async def close(self) -> None:
+        """Release connections and files."""

@@ -1,0 +1,140 @@
+"""Reading request bodies and query strings field by field, with 400s that name the field.
+
+JSON ``null`` counts as absent everywhere (the mnexium SDK sends nulls for unset
+options). Booleans also accept 1/0, as the Mnexium docs encode them that way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, PayloadTooLarge
+
+
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object; 413 as soon as it passes ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes", max=max_bytes)
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            # Stop reading here: the rest of an oversized body is never buffered.
+            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes", max=max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON object", code="invalid_json_body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON", code="invalid_json_body") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json_body")
+    return data
+
+
+def _invalid(field: str, expected: str, code: str | None = None) -> BadRequest:
+    return BadRequest(f"{field} must be {expected}", code=code or f"invalid_{field}", param=field)
+
+
+class Body:
+    """Typed access to the fields of a JSON object body."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def has(self, field: str) -> bool:
+        return field in self._data
+
+    def string(self, field: str, *, required: bool = False, code: str | None = None,
+               max_length: int | None = None) -> str | None:
+        value = self._data.get(field)
+        if value is None or (required and isinstance(value, str) and not value.strip()):
+            if required:
+                raise BadRequest(f"{field} is required", code=code or f"{field}_required", param=field)
+            return None
+        if not isinstance(value, str):
+            raise _invalid(field, "a string")
+        if max_length is not None and len(value) > max_length:
+            raise _invalid(field, f"at most {max_length} characters", code=f"{field}_too_long")
+        return value
+
+    def flag(self, field: str, *, default: bool) -> bool:
+        value = self._data.get(field)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if value in (0, 1) and type(value) is int:
+            return bool(value)
+        raise _invalid(field, "a boolean")
+
+    def integer(self, field: str, *, default: int | None, minimum: int, maximum: int) -> int | None:
+        value = self._data.get(field)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise _invalid(field, "an integer")
+        if not minimum <= value <= maximum:
+            raise _invalid(field, f"between {minimum} and {maximum}")
+        return int(value)
+
+    def obj(self, field: str) -> dict[str, Any] | None:
+        value = self._data.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise _invalid(field, "an object")
+        return value
+
+
+class Query:
+    """Typed access to query-string parameters."""
+
+    def __init__(self, request: Request) -> None:
+        self._params = request.query_params
+
+    def string(self, name: str, *, required: bool = False, code: str | None = None) -> str | None:
+        value = self._params.get(name)
+        if value is None or value == "":
+            if required:
+                raise BadRequest(f"the {name} query parameter is required", code=code or f"{name}_required",
+                                 param=name)
+            return None
+        return value
+
+    def integer(self, name: str, *, default: int, minimum: int, maximum: int) -> int:
+        """Out-of-range values are clamped, not rejected (clients send e.g. limit=1000)."""
+        value = self._params.get(name)
+        if value is None or value == "":
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer", code=f"invalid_{name}", param=name) from None
+        return max(minimum, min(maximum, number))
+
+    def flag(self, name: str, *, default: bool) -> bool:
+        value = self._params.get(name)
+        if value is None or value == "":
+            return default
+        lowered = value.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise BadRequest(f"{name} must be true or false", code=f"invalid_{name}", param=name)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

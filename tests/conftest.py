@@ -1,0 +1,161 @@
+"""Shared fixtures: a fake provider, real gateways on free ports, real Redis.
+
+The provider is the only thing faked. Gateways run the real app under uvicorn,
+and Redis-backed tests use the server on 127.0.0.1:6379: skipped locally when it
+is down, a failure when CI=true (CI must never silently skip them).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import redis
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from tests.fake_upstream import FakeProvider, ServerThread
+
+REDIS_URL = os.environ.get("MNX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+KEY = "mnx_live_test_key_project_a"
+KEY_B = "mnx_live_test_key_project_b"
+PROVIDER_KEY = "sk-test-provider-key"
+
+
+def redis_available() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def require_redis() -> None:
+    if redis_available():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but Redis at {REDIS_URL} is unreachable: Redis-backed tests must run in CI")
+    pytest.skip(f"Redis at {REDIS_URL} is unreachable")
+
+
+def drop_redis_prefix(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider()
+    server = ServerThread(fake).start()
+    fake.url = server.url  # type: ignore[attr-defined]
+    yield fake
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear_provider_log(provider: FakeProvider) -> None:
+    provider.requests.clear()
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: GatewayConfig
+    provider: FakeProvider
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1"
+
+    def rest(self, key: str = KEY) -> httpx.Client:
+        """A plain HTTP client speaking the Mnexium REST API with a project key."""
+        return httpx.Client(base_url=self.api, headers={"x-mnexium-key": key}, timeout=30)
+
+    def openai(self, key: str = KEY, **kwargs: Any):
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0,
+                             default_headers={"x-openai-key": PROVIDER_KEY}, **kwargs)
+
+    def forwarded(self) -> list[dict[str, Any]]:
+        """Requests the fake provider received (what the gateway forwarded)."""
+        return self.provider.requests
+
+
+def base_config(provider_url: str, storage: dict[str, Any], **overrides: Any) -> GatewayConfig:
+    data: dict[str, Any] = {
+        "storage": storage,
+        "projects": [
+            {"id": "project-a", "keys": [{"name": "main", "key": KEY, "scopes": ["*"]}]},
+            {"id": "project-b", "keys": [{"name": "main", "key": KEY_B, "scopes": ["*"]}]},
+        ],
+        "providers": {
+            "openai": {"api_base": provider_url + "/v1", "timeout": {"connect": 2, "read": 5}},
+            "anthropic": {"api_base": provider_url, "timeout": {"connect": 2, "read": 5}},
+        },
+        "defaults": {"learn": False},
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return parse_config(data)
+
+
+@pytest.fixture
+def storage_sqlite(tmp_path) -> dict[str, Any]:
+    return {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "gateway.db")}}
+
+
+@pytest.fixture
+def storage_redis() -> Iterator[dict[str, Any]]:
+    require_redis()
+    prefix = f"mnxtest:{secrets.token_hex(6)}:"
+    yield {"backend": "redis", "redis": {"url": REDIS_URL, "key_prefix": prefix}}
+    drop_redis_prefix(prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def storage(request) -> dict[str, Any]:
+    """Run a test once per storage backend."""
+    return request.getfixturevalue(f"storage_{request.param}")
+
+
+@pytest.fixture
+def start_gateway(provider: FakeProvider):
+    servers: list[ServerThread] = []
+
+    def start(storage: dict[str, Any], **overrides: Any) -> Gateway:
+        config = base_config(provider.url, storage, **overrides)  # type: ignore[attr-defined]
+        server = ServerThread(create_app(config)).start()
+        servers.append(server)
+        return Gateway(server.url, config, provider)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def gateway(start_gateway, storage_sqlite) -> Gateway:
+    """A gateway on the embedded default backend."""
+    return start_gateway(storage_sqlite)
+
+
+@pytest.fixture
+def gateway_on(start_gateway, storage) -> Gateway:
+    """A gateway on each backend in turn (SQLite, then Redis)."""
+    return start_gateway(storage)
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,256 @@
+"""A fake LLM provider: OpenAI Chat Completions and Anthropic Messages, streamed or not.
+
+The one thing the test suite fakes is the provider. This server answers like one,
+records every request it receives (path, headers, JSON body) so tests can assert
+what the gateway forwarded, and misbehaves on demand through the model name:
+
+    fail-<status>   answer with that HTTP status and a provider error body
+    slow-stream     stream one chunk every 50 ms for 10 s (client-disconnect tests)
+    cut-stream      stream two chunks, then drop the connection without finishing
+    tool-call       answer with an assistant tool call instead of text
+    sleep-<secs>    wait that long before answering (timeout tests)
+
+Any other model answers "echo: <text of the last user message>". It is a bare
+ASGI app (no framework) so that, as the benchmark's upstream, it costs little CPU.
+Run standalone: ``python -m tests.fake_upstream --port 9100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        # Set when a streamed answer stopped because the gateway closed the connection.
+        self.stream_cancelled = threading.Event()
+        self.record = True
+
+    # -- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        payload = json.loads(body) if body else {}
+        if self.record:
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            self.requests.append({"path": path, "headers": headers, "body": payload})
+        if path.endswith("/chat/completions"):
+            await self._openai(payload, receive, send)
+        elif path.endswith("/messages"):
+            await self._anthropic(payload, send)
+        else:
+            await self._respond(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+    async def _respond(self, send: Any, status: int, payload: dict[str, Any]) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+    async def _misbehave(self, model: str, send: Any, anthropic: bool) -> bool:
+        if model.startswith("fail-"):
+            status = int(model.split("-", 1)[1])
+            if anthropic:
+                error = {"type": "error", "error": {"type": "api_error", "message": f"provider failed with {status}"}}
+            else:
+                error = {"error": {"message": f"provider failed with {status}", "type": "server_error",
+                                   "code": f"fake_{status}"}}
+            await self._respond(send, status, error)
+            return True
+        if model.startswith("sleep-"):
+            await asyncio.sleep(float(model.split("-", 1)[1]))
+        return False
+
+    # -- OpenAI Chat Completions ----------------------------------------------------------
+
+    async def _openai(self, payload: dict[str, Any], receive: Any, send: Any) -> None:
+        model = payload.get("model", "")
+        if await self._misbehave(model, send, anthropic=False):
+            return
+        text = "echo: " + _last_user_text(payload.get("messages", []))
+        tool_calls = None
+        if model == "tool-call":
+            tool_calls = [{"id": "call_1", "type": "function",
+                           "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]
+        if payload.get("stream"):
+            await self._openai_stream(payload, model, text, tool_calls, receive, send)
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        await self._respond(send, 200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if tool_calls else "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        })
+
+    async def _openai_stream(self, payload: dict[str, Any], model: str, text: str,
+                             tool_calls: list[dict[str, Any]] | None, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        async def emit(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        await emit(chunk({"role": "assistant", "content": ""}))
+        if model == "slow-stream":
+            disconnected = asyncio.ensure_future(self._until_disconnect(receive))
+            for i in range(200):
+                if disconnected.done():
+                    self.stream_cancelled.set()
+                    return
+                await emit(chunk({"content": f"tick{i} "}))
+                await asyncio.sleep(0.05)
+            disconnected.cancel()
+        elif model == "cut-stream":
+            await emit(chunk({"content": "partial "}))
+            raise ConnectionAbortedError("fake provider drops the stream")
+        elif tool_calls:
+            call = tool_calls[0]
+            await emit(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                              "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            await emit(chunk({"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]}))
+        else:
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                await emit(chunk({"content": word if i == 0 else " " + word}))
+        await emit(chunk({}, "tool_calls" if tool_calls else "stop"))
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model, "choices": [],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+            await emit(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    @staticmethod
+    async def _until_disconnect(receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    # -- Anthropic Messages ---------------------------------------------------------------
+
+    async def _anthropic(self, payload: dict[str, Any], send: Any) -> None:
+        model = payload.get("model", "")
+        if await self._misbehave(model, send, anthropic=True):
+            return
+        messages = payload.get("messages", [])
+        text = ""
+        for message in reversed(messages):
+            if message.get("role") == "user":
+                content = message.get("content")
+                text = content if isinstance(content, str) else " ".join(
+                    b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+                break
+        text = "echo: " + text
+        if not payload.get("stream"):
+            await self._respond(send, 200, {
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 5},
+            })
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+
+        async def event(name: str, data: dict[str, Any], more: bool = True) -> None:
+            frame = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            await send({"type": "http.response.body", "body": frame, "more_body": more})
+
+        await event("message_start", {"type": "message_start", "message": {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 0}}})
+        await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}})
+        for i, word in enumerate(text.split(" ")):
+            await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
+        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        await event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                         "stop_sequence": None},
+                                      "usage": {"output_tokens": 5}})
+        await event("message_stop", {"type": "message_stop"}, more=False)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class ServerThread:
+    """Runs an ASGI app under uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app: Any, **uvicorn_options: Any) -> None:
+        self._sock = free_socket()
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        deadline = time.time() + 30
+        while not self._server.started:
+            if time.time() > deadline or not self._thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    provider = FakeProvider()
+    provider.record = False  # a long benchmark run must not grow memory
+    uvicorn.run(provider, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

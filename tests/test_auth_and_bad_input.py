@@ -1,0 +1,197 @@
+"""Keys, scopes, tenant isolation, and bad input: a clear 4xx, nothing stored, nothing forwarded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+
+import httpx
+import pytest
+
+from tests.conftest import KEY, KEY_B, PROVIDER_KEY
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}],
+        "mnx": {"subject_id": "victim", "chat_id": "c1"}}
+
+
+def post_chat(gateway, body=None, *, headers=None, content=None):
+    sent = {"authorization": f"Bearer {KEY}", "x-openai-key": PROVIDER_KEY, **(headers or {})}
+    if content is not None:
+        return httpx.post(gateway.url + "/v1/chat/completions", headers=sent, content=content)
+    return httpx.post(gateway.url + "/v1/chat/completions", headers=sent, json=CHAT if body is None else body)
+
+
+def assert_nothing_stored_or_forwarded(gateway):
+    assert gateway.forwarded() == []
+    with gateway.rest() as rest:
+        assert rest.get("/chat/history/list", params={"subject_id": "victim"}).json()["chats"] == []
+
+
+# -- authentication ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"authorization": "NotBearer x"},
+    {"authorization": "Bearer"},  # httpx refuses a trailing space; same meaning: no token
+    {"authorization": "Bearer mnx_live_wrong"},
+    {"x-mnexium-key": "mnx_live_wrong"},
+    {"x-mnexium-key": ""},
+])
+def test_missing_malformed_or_unknown_keys_are_401_on_every_surface(gateway, headers):
+    chat = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, json=CHAT)
+    assert chat.status_code == 401
+    assert chat.json()["error"]["code"] == "unauthorized"
+    rest = httpx.get(gateway.api + "/chat/history/list", params={"subject_id": "x"}, headers=headers)
+    assert rest.status_code == 401
+    assert rest.json()["error"] == "unauthorized"
+    assert gateway.forwarded() == []
+
+
+def test_keys_can_be_configured_as_sha256_and_scopes_are_enforced(start_gateway, storage_sqlite):
+    reader = "mnx_live_read_only"
+    gw = start_gateway(storage_sqlite, projects=[
+        {"id": "p", "keys": [
+            {"name": "reader", "key_sha256": hashlib.sha256(reader.encode()).hexdigest(),
+             "scopes": ["history:read", "prompts:read"]},
+            {"name": "coarse", "key": "mnx_live_coarse", "scopes": ["read"]},
+            {"name": "admin", "key": KEY, "scopes": ["*"]},
+        ]}])
+    with gw.rest(reader) as rest:
+        assert rest.get("/chat/history/list", params={"subject_id": "s"}).status_code == 200
+        denied = rest.post("/prompts", json={"name": "n", "prompt_text": "t"})
+        assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
+        assert rest.put("/state/k", headers={"x-subject-id": "s"}, json={"value": 1}).status_code == 403
+    with gw.rest("mnx_live_coarse") as rest:
+        assert rest.get("/prompts").status_code == 200
+        assert rest.delete("/chat/history/delete", params={"chat_id": "c"}).status_code == 403
+    chat = httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
+                      headers={"authorization": f"Bearer {reader}", "x-openai-key": PROVIDER_KEY})
+    assert chat.status_code == 403 and chat.json()["error"]["code"] == "forbidden"
+    assert gw.forwarded() == []
+    with gw.rest() as rest:
+        assert rest.post("/prompts", json={"name": "n", "prompt_text": "t"}).status_code == 201
+
+
+def test_the_same_subject_in_two_projects_shares_nothing(gateway_on):
+    a = gateway_on.openai(KEY)
+    b = gateway_on.openai(KEY_B)
+    ids = {"mnx": {"subject_id": "shared-name", "chat_id": "same-chat"}}
+    a.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "A's secret"}],
+                              extra_body=ids)
+    with gateway_on.rest(KEY) as rest_a, gateway_on.rest(KEY_B) as rest_b:
+        rest_a.put("/state/task", headers={"x-subject-id": "shared-name"}, json={"value": "A state"})
+        rest_a.post("/prompts", json={"name": "a", "prompt_text": "A PROMPT", "is_default": True})
+        b.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "B here"}],
+                                  extra_body={"mnx": {**ids["mnx"], "state": {"load": True, "key": "task"}}})
+        assert gateway_on.forwarded()[-1]["body"]["messages"] == [{"role": "user", "content": "B here"}]
+        listed = rest_b.get("/chat/history/list", params={"subject_id": "shared-name"}).json()["chats"]
+        assert [c["message_count"] for c in listed] == [2]
+        read = rest_b.get("/chat/history/read", params={"chat_id": "same-chat"}).json()["messages"]
+        assert "A's secret" not in json.dumps(read)
+        assert rest_b.get("/state/task", headers={"x-subject-id": "shared-name"}).status_code == 404
+        assert rest_b.get("/prompts").json()["prompts"] == []
+        prompt_id = rest_a.get("/prompts").json()["prompts"][0]["id"]
+        assert rest_b.get(f"/prompts/{prompt_id}").status_code == 404
+        assert rest_b.delete(f"/prompts/{prompt_id}").json()["deleted"] is False
+        rest_b.delete("/chat/history/delete", params={"chat_id": "same-chat"})
+        assert len(rest_a.get("/chat/history/read", params={"chat_id": "same-chat"}).json()["messages"]) == 2
+
+
+# -- bad input on chat completions ---------------------------------------------------------
+
+@pytest.mark.parametrize("body, code", [
+    ({"messages": [{"role": "user", "content": "x"}]}, "model_required"),
+    ({"model": "", "messages": [{"role": "user", "content": "x"}]}, "model_required"),
+    ({"model": "gpt-4o-mini"}, "messages_required"),
+    ({"model": "gpt-4o-mini", "messages": []}, "invalid_messages"),
+    ({"model": "gpt-4o-mini", "messages": "hello"}, "invalid_messages"),
+    ({"model": "gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]}, "invalid_messages"),
+    ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 42}]}, "invalid_messages"),
+    ({"model": "gpt-4o-mini", "messages": [{"role": "tool", "content": "x"}]}, "invalid_messages"),
+    ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, "model_required"),
+    ({**CHAT, "stream": "yes"}, "invalid_stream"),
+    ({**CHAT, "mnx": "not-an-object"}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"history": "sometimes"}}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"learn": "always"}}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"subject_id": 123}}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"subject_id": "x" * 300}}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"state": {"load": True}}}, "invalid_mnx"),
+])
+def test_invalid_chat_bodies_are_400_in_the_openai_shape(gateway, body, code):
+    response = post_chat(gateway, body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
+    assert_nothing_stored_or_forwarded(gateway)
+
+
+def test_bad_header_options_are_400(gateway):
+    response = post_chat(gateway, headers={"x-mnx-history": "perhaps"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "mnx.history"
+    assert_nothing_stored_or_forwarded(gateway)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe"])
+def test_malformed_json_is_400(gateway, content):
+    response = post_chat(gateway, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json_body"
+    assert_nothing_stored_or_forwarded(gateway)
+
+
+def test_unknown_mnx_keys_and_nulls_are_ignored(gateway):
+    body = {**CHAT, "mnx": {"subject_id": None, "chat_id": None, "metadata": None, "future_option": {"x": 1},
+                            "summarize": False, "regenerate_key": False}}
+    assert post_chat(gateway, body).status_code == 200
+
+
+def test_missing_provider_key_is_400_key_required(gateway):
+    response = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                          json=CHAT)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "openai_key_required"
+    claude = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                        json={**CHAT, "model": "claude-3-5-sonnet"})
+    assert claude.json()["error"]["code"] == "anthropic_key_required"
+    assert_nothing_stored_or_forwarded(gateway)
+
+
+def test_oversized_body_is_413_from_its_declared_length(start_gateway, storage_sqlite):
+    gw = start_gateway(storage_sqlite, server={"max_body_bytes": 2048})
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+    response = post_chat(gw, big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert_nothing_stored_or_forwarded(gw)
+
+
+def test_oversized_chunked_body_is_refused_before_it_is_read_in_full(start_gateway, storage_sqlite):
+    """No Content-Length: the gateway counts as it reads and answers 413 without waiting for the rest."""
+    gw = start_gateway(storage_sqlite, server={"max_body_bytes": 2048})
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                      f"x-openai-key: {PROVIDER_KEY}\r\nContent-Type: application/json\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n").encode())
+        chunk = b"x" * 4096
+        sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        # The body is not finished (no terminating chunk), yet the answer arrives.
+        reply = sock.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413")
+    assert gw.forwarded() == []
+
+
+# -- bad input on REST resources -----------------------------------------------------------
+
+def test_rest_errors_use_the_mnexium_shape(gateway):
+    with gateway.rest() as rest:
+        assert rest.get("/chat/history/list").json() == {
+            "error": "subject_id_required", "message": "the subject_id query parameter is required",
+            "param": "subject_id"}
+        assert rest.get("/chat/history/read").json()["error"] == "chat_id_required"
+        assert rest.delete("/chat/history/delete").json()["error"] == "chat_id_required"
+        missing = rest.get("/no/such/route")
+        assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+        assert rest.post("/prompts", content=b"{oops", headers={"content-type": "application/json"}).json()[
+            "error"] == "invalid_json_body"
