@@ -116,7 +116,8 @@ class ProviderConfig(_Strict):
 class ProvidersConfig(_Strict):
     openai: ProviderConfig = ProviderConfig(api_base="https://api.openai.com/v1")
     anthropic: ProviderConfig = ProviderConfig(api_base="https://api.anthropic.com")
-    gemini: ProviderConfig = ProviderConfig(api_base="https://generativelanguage.googleapis.com")
+    # LiteLLM appends /models/{model}:generateContent to this, so it carries the API version.
+    gemini: ProviderConfig = ProviderConfig(api_base="https://generativelanguage.googleapis.com/v1beta")
 
 
 class MnxDefaults(_Strict):

@@ -24,6 +24,8 @@ class ConfigError(Exception):
 class GatewayError(Exception):
     status: int = 500
     code: str = "server_error"
+    # Response headers the error must still carry (e.g. X-Mnx-Chat-Id on a failed proxy call).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None, **extra: Any) -> None:
         super().__init__(message)

@@ -132,13 +132,11 @@ class ChatHistory:
                 for m in messages]
         if not docs:
             return
-        chat_key = _chat_doc_id(subject_id, chat_id)
-        chat = await self._store.get(CHATS, project_id, chat_key)
         await self._store.put_many(MESSAGES, project_id, docs)
-        await self._store.put(CHATS, project_id, chat_key, {
-            "subject_id": subject_id, "chat_id": chat_id,
-            "created_at": chat["created_at"] if chat else stamp, "last_time": stamp,
-        })
+        # One small document per chat makes listing a subject's chats cheap; it holds
+        # only what changes (the chat's start is its first message, read on listing).
+        await self._store.put(CHATS, project_id, _chat_doc_id(subject_id, chat_id),
+                              {"subject_id": subject_id, "chat_id": chat_id, "last_time": stamp})
 
     async def replay(self, project_id: str, subject_id: str, chat_id: str, *, token_budget: int,
                      max_messages: int) -> list[dict[str, Any]]:
@@ -159,11 +157,12 @@ class ChatHistory:
         page = chats[offset:offset + limit]
         rows = []
         for chat in page:
-            count = await self._store.count(MESSAGES, project_id,
-                                            {"subject_id": subject_id, "chat_id": chat["chat_id"]})
+            where = {"subject_id": subject_id, "chat_id": chat["chat_id"]}
+            count = await self._store.count(MESSAGES, project_id, where)
+            first = await self._store.find(MESSAGES, project_id, where, limit=1)
             rows.append({
                 "chat_id": chat["chat_id"], "subject_id": subject_id, "message_count": count,
-                "created_at": chat["created_at"], "last_time": chat["last_time"],
+                "created_at": first[0]["event_time"] if first else chat["last_time"], "last_time": chat["last_time"],
                 "last_message_at": chat["last_time"], "updated_at": chat["last_time"],
             })
         return rows

@@ -42,7 +42,7 @@ def endpoint(handler: Handler, *, scope: str, surface: Surface = Surface.MNEXIUM
             credentials.principal.require(scope, request.method)
             return await handler(Call(request, services, credentials))
         except GatewayError as error:
-            return error_response(error, surface, headers=getattr(error, "headers", None))
+            return error_response(error, surface, headers=error.headers)
         except Exception:
             # The traceback goes to the log (never to the caller, never with request headers).
             log.exception("unhandled error on %s %s", request.method, request.url.path)

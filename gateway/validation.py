@@ -135,6 +135,3 @@ class Query:
             return False
         raise BadRequest(f"{name} must be true or false", code=f"invalid_{name}", param=name)
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -98,6 +98,7 @@ def base_config(provider_url: str, storage: dict[str, Any], **overrides: Any) ->
         "providers": {
             "openai": {"api_base": provider_url + "/v1", "timeout": {"connect": 2, "read": 5}},
             "anthropic": {"api_base": provider_url, "timeout": {"connect": 2, "read": 5}},
+            "gemini": {"api_base": provider_url + "/v1beta", "timeout": {"connect": 2, "read": 5}},
         },
         "defaults": {"learn": False},
     }

@@ -195,3 +195,39 @@ def test_rest_errors_use_the_mnexium_shape(gateway):
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
         assert rest.post("/prompts", content=b"{oops", headers={"content-type": "application/json"}).json()[
             "error"] == "invalid_json_body"
+
+
+# -- the same refusals as the SDKs see them ------------------------------------------------
+
+def test_openai_sdk_users_get_typed_errors_with_the_gateway_code(start_gateway, storage_sqlite):
+    import openai
+
+    gw = start_gateway(storage_sqlite, server={"max_body_bytes": 4096})
+    client = gw.openai()
+    cases = [
+        (dict(extra_body={"mnx": {"history": "maybe"}}), openai.BadRequestError, "invalid_mnx"),
+        (dict(extra_headers={"x-openai-key": ""}), openai.BadRequestError, "openai_key_required"),
+        (dict(extra_body={"messages": []}), openai.BadRequestError, "invalid_messages"),
+        (dict(extra_body={"model": None}), openai.BadRequestError, "model_required"),
+        (dict(messages=[{"role": "user", "content": "x" * 8000}]), openai.APIStatusError, "payload_too_large"),
+    ]
+    for overrides, exception, code in cases:
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **overrides}
+        with pytest.raises(exception) as error:
+            client.chat.completions.create(**request)
+        assert error.value.code == code, overrides
+    with pytest.raises(openai.AuthenticationError):
+        gw.openai("mnx_live_not_a_key").chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert gw.forwarded() == []
+
+
+def test_mnexium_sdk_users_get_a_readable_message_for_a_missing_provider_key(gateway):
+    from mnexium import APIError, Mnexium
+
+    with Mnexium(api_key=KEY, base_url=gateway.api, max_retries=0) as client:
+        with pytest.raises(APIError) as error:
+            client.process("hello")
+    assert error.value.status == 400
+    assert "x-openai-key" in str(error.value)
+    assert gateway.forwarded() == []

@@ -225,6 +225,18 @@ def test_claude_model_goes_through_litellm_to_anthropic_with_the_callers_key(gat
     assert anthropic_messages[0]["role"] == "user" and len(anthropic_messages) == 3
 
 
+def test_gemini_model_goes_through_litellm_to_google_with_the_callers_key(gateway):
+    # The fake speaks no Gemini, so it answers 404; what matters is where the call went.
+    with pytest.raises(openai.NotFoundError):
+        gateway.openai().chat.completions.create(model="gemini-2.0-flash",
+                                                 messages=[{"role": "user", "content": "hi gemini"}],
+                                                 extra_headers={"x-google-key": "goog-caller-key"})
+    forwarded = gateway.forwarded()[-1]
+    assert forwarded["path"] == "/v1beta/models/gemini-2.0-flash:generateContent"
+    assert forwarded["headers"]["x-goog-api-key"] == "goog-caller-key"
+    assert forwarded["body"]["contents"][-1]["parts"][0]["text"] == "hi gemini"
+
+
 def test_bearer_is_the_provider_key_when_x_mnexium_key_carries_the_project_key(gateway):
     response = httpx.post(gateway.url + "/v1/chat/completions",
                           headers={"x-mnexium-key": KEY, "authorization": "Bearer sk-from-bearer"},

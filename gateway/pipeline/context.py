@@ -41,6 +41,9 @@ class ContextLayer:
 class ContextStage(Protocol):
     name: str
 
+    def applies(self, turn: TurnContext) -> bool:
+        """Whether the request's options ask for this layer at all (checked without I/O)."""
+
     async def run(self, turn: TurnContext) -> ContextLayer | None:
         """This stage's layer for the turn, or None when it contributes nothing."""
 
@@ -61,7 +64,11 @@ SECTION_SEPARATOR = "\n\n"
 
 
 async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> AssembledContext:
-    layers = await asyncio.gather(*(stage.run(turn) for stage in stages))
+    stages = [stage for stage in stages if stage.applies(turn)]
+    if len(stages) > 1:
+        layers = await asyncio.gather(*(stage.run(turn) for stage in stages))
+    else:  # Nothing to overlap: skip the cost of scheduling tasks (the passthrough case).
+        layers = [await stage.run(turn) for stage in stages]
     sections: list[str] = []
     history: list[dict[str, Any]] = []
     sources: dict[str, Any] = {}

@@ -20,6 +20,9 @@ class SystemPromptStage:
     def __init__(self, prompts: SystemPrompts) -> None:
         self._prompts = prompts
 
+    def applies(self, turn: TurnContext) -> bool:
+        return turn.options.system_prompt is not False
+
     async def run(self, turn: TurnContext) -> ContextLayer | None:
         options = turn.options
         chosen = await self._prompts.for_request(turn.project_id, options.system_prompt, options.subject_id,
@@ -35,10 +38,12 @@ class AgentStateStage:
     def __init__(self, state: AgentState) -> None:
         self._state = state
 
+    def applies(self, turn: TurnContext) -> bool:
+        return turn.options.state is not None and turn.options.state.load
+
     async def run(self, turn: TurnContext) -> ContextLayer | None:
         wanted = turn.options.state
-        if wanted is None or not wanted.load:
-            return None
+        assert wanted is not None
         doc = await self._state.get(turn.project_id, turn.options.subject_id, wanted.key)
         if doc is None:
             return None  # Missing state is not an error: the task simply has none yet.
@@ -55,9 +60,10 @@ class HistoryStage:
         self._history = history
         self._config = config
 
+    def applies(self, turn: TurnContext) -> bool:
+        return turn.options.history
+
     async def run(self, turn: TurnContext) -> ContextLayer | None:
-        if not turn.options.history:
-            return None
         messages = await self._history.replay(turn.project_id, turn.options.subject_id, turn.options.chat_id,
                                               token_budget=self._config.token_budget,
                                               max_messages=self._config.max_messages)

@@ -86,7 +86,7 @@ async def chat_completions(call: Call) -> Response:
                                      headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         answer = await services.upstream.complete(upstream_call)
     except GatewayError as error:
-        error.headers = ids  # type: ignore[attr-defined]
+        error.headers = ids
         raise
     message = _assistant_message(answer)
     if message is not None:

@@ -25,6 +25,7 @@ import httpx
 from gateway.config import ProviderConfig, ProvidersConfig
 from gateway.errors import UpstreamError
 from gateway.proxy.providers import Route
+from gateway.proxy.sharded_transport import ShardedTransport
 from gateway.proxy.sse import DONE_FRAME, sse_frame
 
 log = logging.getLogger("gateway.upstream")
@@ -98,9 +99,11 @@ class Upstream:
         timeout = providers.openai.timeout
         self._openai = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.read, pool=timeout.connect),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            transport=ShardedTransport(shards=8, limits=httpx.Limits(max_connections=250, max_keepalive_connections=32)),
         )
         self._litellm: Any = None
+        # Parsed once per upstream: httpx's URL parsing is a visible share of a passthrough call.
+        self._chat_urls: dict[str, httpx.URL] = {}
 
     def warm_up(self) -> None:
         """Import LiteLLM now (it takes seconds), not on the first Claude or Gemini request."""
@@ -125,8 +128,11 @@ class Upstream:
     # -- OpenAI-compatible passthrough ----------------------------------------------------
 
     def _openai_request(self, call: UpstreamCall) -> httpx.Request:
+        url = self._chat_urls.get(call.settings.api_base)
+        if url is None:
+            url = self._chat_urls[call.settings.api_base] = httpx.URL(f"{call.settings.api_base}/chat/completions")
         return self._openai.build_request(
-            "POST", f"{call.settings.api_base}/chat/completions",
+            "POST", url,
             content=json.dumps(call.body, ensure_ascii=False).encode(),
             headers={"authorization": f"Bearer {call.api_key}", "content-type": "application/json"},
         )

@@ -193,8 +193,3 @@ class RedisDocumentStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-    async def drop_all(self) -> None:
-        """Delete every key under this store's prefix (tests and `reset` tooling only)."""
-        async for key in self._redis.scan_iter(match=self._prefix.replace("*", r"\*") + "*", count=1000):
-            await self._redis.delete(key)
