@@ -16,6 +16,7 @@ from gateway.api import history, prompts, state
 from gateway.config import GatewayConfig
 from gateway.errors import Surface
 from gateway.proxy.chat_completions import chat_completions
+from gateway.proxy.messages import messages
 from gateway.routing import endpoint
 from gateway.services import Services
 
@@ -24,10 +25,14 @@ API = "/api/v1"
 
 def _routes() -> list[Route]:
     chat = endpoint(chat_completions, scope="chat:write", surface=Surface.OPENAI)
+    anthropic_messages = endpoint(messages, scope="chat:write", surface=Surface.ANTHROPIC)
     return [
         # The OpenAI surface, also at /v1 so a plain OpenAI base_url of http://host/v1 works.
         Route(f"{API}/chat/completions", chat, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        # The Anthropic surface, also at /v1/messages where the Anthropic SDK's base_url leads.
+        Route(f"{API}/messages", anthropic_messages, methods=["POST"]),
+        Route("/v1/messages", anthropic_messages, methods=["POST"]),
         Route(f"{API}/chat/history/list", endpoint(history.list_chats, scope="history:read"), methods=["GET"]),
         Route(f"{API}/chat/history/read", endpoint(history.read_chat, scope="history:read"), methods=["GET"]),
         Route(f"{API}/chat/history/delete", endpoint(history.delete_chat, scope="history:delete"),

@@ -5,6 +5,7 @@ renders the envelope native to the surface the client speaks:
 
 * Mnexium REST:  ``{"error": "snake_code", "message": "...", ...extra}``
 * OpenAI:        ``{"error": {"message", "type", "param", "code"}}``
+* Anthropic:     ``{"type": "error", "error": {"type", "message"}}``
 
 Messages are written for the caller and never contain a secret.
 """
@@ -75,13 +76,23 @@ class UpstreamError(GatewayError):
 class Surface(str, Enum):
     MNEXIUM = "mnexium"
     OPENAI = "openai"
+    ANTHROPIC = "anthropic"
 
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                  404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
 
 
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    529: "overloaded_error"}
+
+
 def error_body(error: GatewayError, surface: Surface) -> dict[str, Any]:
+    if surface is Surface.ANTHROPIC:
+        # "code" is ours (Anthropic has none); the SDK keeps unknown keys in the error body.
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
+                                           "message": error.message, "code": error.code}}
     if surface is Surface.OPENAI:
         body: dict[str, Any] = {
             "error": {

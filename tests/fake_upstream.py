@@ -7,7 +7,8 @@ what the gateway forwarded, and misbehaves on demand through the model name:
     fail-<status>   answer with that HTTP status and a provider error body
     slow-stream     stream one chunk every 50 ms for 10 s (client-disconnect tests)
     cut-stream      stream two chunks, then drop the connection without finishing
-    tool-call       answer with an assistant tool call instead of text
+    tool-call       answer with an assistant tool call instead of text (any model ending so,
+                    on Anthropic)
     sleep-<secs>    wait that long before answering (timeout tests)
 
 Any other model answers "echo: <text of the last user message>". It is a bare
@@ -182,10 +183,13 @@ class FakeProvider:
                     b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
                 break
         text = "echo: " + text
+        tool_use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+        wants_tool = model.endswith("tool-call")
         if not payload.get("stream"):
             await self._respond(send, 200, {
                 "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                "content": [tool_use] if wants_tool else [{"type": "text", "text": text}],
+                "stop_reason": "tool_use" if wants_tool else "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": 10, "output_tokens": 5},
             })
             return
@@ -198,15 +202,22 @@ class FakeProvider:
         await event("message_start", {"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 0}}})
-        await event("content_block_start", {"type": "content_block_start", "index": 0,
-                                            "content_block": {"type": "text", "text": ""}})
-        for i, word in enumerate(text.split(" ")):
-            await event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
+        if wants_tool:
+            await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {**tool_use, "input": {}}})
+            for piece in ('{"city": ', '"Paris"}'):
+                await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "input_json_delta", "partial_json": piece}})
+        else:
+            await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})
+            for i, word in enumerate(text.split(" ")):
+                delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
+                await event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
         await event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        await event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
-                                                                         "stop_sequence": None},
-                                      "usage": {"output_tokens": 5}})
+        await event("message_delta", {"type": "message_delta", "delta": {
+            "stop_reason": "tool_use" if wants_tool else "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 5}})
         await event("message_stop", {"type": "message_stop"}, more=False)
 
 

@@ -7,9 +7,8 @@ bad input is a 4xx that stores and forwards nothing.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
-import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.errors import BadRequest, GatewayError
@@ -17,13 +16,16 @@ from gateway.options import parse_options
 from gateway.pipeline.context import TurnContext, assemble
 from gateway.pipeline.record import record_turn
 from gateway.proxy.providers import provider_key, provider_settings, route_model
+from gateway.proxy.relay import relay
 from gateway.proxy.sse import ChatStreamAccumulator, sse_frame
-from gateway.proxy.upstream import UpstreamCall, UpstreamStream
+from gateway.proxy.upstream import UpstreamCall
 from gateway.routing import Call
-from gateway.services import Services
 from gateway.validation import read_json_object
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# OpenAI clients raise on a stream event carrying "error".
+_INTERRUPTED = sse_frame({"error": {"message": "the provider's stream ended before the answer was complete",
+                                    "type": "api_error", "code": "upstream_stream_interrupted"}})
 
 
 def validate_chat_body(body: dict[str, Any]) -> None:
@@ -82,7 +84,8 @@ async def chat_completions(call: Call) -> Response:
                                              "messages": context.chat_messages(body["messages"])}, api_key, settings)
         if body.get("stream"):
             stream = await services.upstream.open_stream(upstream_call)
-            return StreamingResponse(_relay(services, turn, stream), media_type="text/event-stream",
+            return StreamingResponse(relay(services, turn, stream, ChatStreamAccumulator(), _INTERRUPTED),
+                                     media_type="text/event-stream",
                                      headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         answer = await services.upstream.complete(upstream_call)
     except GatewayError as error:
@@ -96,30 +99,3 @@ async def chat_completions(call: Call) -> Response:
         await record_turn(services, turn, message)
     answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
     return JSONResponse(answer, headers=ids)
-
-
-async def _relay(services: Services, turn: TurnContext, stream: UpstreamStream) -> AsyncIterator[bytes]:
-    """Forward the provider's bytes unchanged; record the turn before its final frame leaves.
-
-    If the client disconnects, Starlette cancels this generator and the ``finally``
-    closes the upstream response, which cancels the provider's generation.
-    """
-    accumulator = ChatStreamAccumulator()
-    recorded = False
-    try:
-        async for chunk in stream:
-            accumulator.feed(chunk)
-            if accumulator.done and accumulator.completed and not recorded:
-                recorded = True
-                await record_turn(services, turn, accumulator.message())
-            yield chunk
-        if accumulator.completed and not recorded:
-            await record_turn(services, turn, accumulator.message())
-        elif not accumulator.completed:
-            # The provider stopped mid-answer. Say so in-band (the status line is long
-            # gone): OpenAI clients raise on an event carrying "error".
-            yield sse_frame({"error": {"message": "the provider's stream ended before the answer was complete",
-                                       "type": "api_error", "code": "upstream_stream_interrupted"}})
-    finally:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()

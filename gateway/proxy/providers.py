@@ -56,9 +56,14 @@ def provider_settings(providers: ProvidersConfig, name: ProviderName) -> Provide
     return getattr(providers, name)
 
 
-def provider_key(name: ProviderName, headers: Headers, provider_bearer: str | None, settings: ProviderConfig) -> str:
-    """The key for this call: a per-request header, then a spare Bearer token, then the configured one."""
-    for header in _KEY_HEADERS[name]:
+def provider_key(name: ProviderName, headers: Headers, provider_bearer: str | None, settings: ProviderConfig,
+                 *, native_header: str | None = None) -> str:
+    """The key for this call: a per-request header, then a spare Bearer token, then the configured one.
+
+    ``native_header`` is the header the surface's own SDK puts the key in (``x-api-key``
+    for the Anthropic SDK on /messages), checked first.
+    """
+    for header in ((native_header,) if native_header else ()) + _KEY_HEADERS[name]:
         value = headers.get(header)
         if value and value.strip():
             return value.strip()

@@ -1,0 +1,221 @@
+"""Anthropic Messages <-> the OpenAI message form that history is stored in.
+
+History is kept in one form (OpenAI Chat Completions messages) whatever surface
+wrote it, so a conversation started on one surface replays on another. These
+functions convert at the Anthropic surface's edges: its request messages in,
+stored history out, and its answers (whole or streamed) back in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# -- Anthropic -> OpenAI ----------------------------------------------------------------------
+
+
+def _image_part(block: dict[str, Any]) -> dict[str, Any] | None:
+    source = block.get("source") or {}
+    if source.get("type") == "base64":
+        return {"type": "image_url",
+                "image_url": {"url": f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"}}
+    if source.get("type") == "url":
+        return {"type": "image_url", "image_url": {"url": source.get("url", "")}}
+    return None
+
+
+def _tool_result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return "" if content is None else json.dumps(content, ensure_ascii=False)
+
+
+def to_openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Anthropic request messages as OpenAI messages (tool results become ``tool`` messages)."""
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if message["role"] == "assistant":
+            converted.append(assistant_to_openai(content))
+            continue
+        if isinstance(content, str):
+            converted.append({"role": "user", "content": content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for block in content:
+            kind = block.get("type")
+            if kind == "tool_result":
+                converted.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""),
+                                  "content": _tool_result_text(block.get("content"))})
+            elif kind == "text":
+                parts.append({"type": "text", "text": block.get("text", "")})
+            elif kind == "image":
+                image = _image_part(block)
+                if image:
+                    parts.append(image)
+        if parts:
+            only_text = all(p["type"] == "text" for p in parts)
+            converted.append({"role": "user",
+                              "content": "\n".join(p["text"] for p in parts) if only_text else parts})
+    return converted
+
+
+def assistant_to_openai(content: Any) -> dict[str, Any]:
+    """An Anthropic assistant content (string or blocks) as one OpenAI assistant message."""
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
+    calls = [{"id": b.get("id", ""), "type": "function",
+              "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
+             for b in content or [] if b.get("type") == "tool_use"]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+# -- OpenAI -> Anthropic ----------------------------------------------------------------------
+
+
+def _user_blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    blocks = []
+    for part in content or []:
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                media_type, data = url[5:].split(";base64,", 1)
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+            else:
+                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+    return blocks
+
+
+def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI messages (stored history) as Anthropic messages, merging same-role neighbours."""
+    result: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if result and result[-1]["role"] == role:
+            previous = result[-1]["content"]
+            if isinstance(previous, str):
+                previous = [{"type": "text", "text": previous}]
+            result[-1]["content"] = previous + blocks
+        else:
+            result.append({"role": role, "content": blocks})
+
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant":
+            blocks = [{"type": "text", "text": message["content"]}] if message.get("content") else []
+            for call in message.get("tool_calls") or []:
+                try:
+                    arguments = json.loads(call["function"].get("arguments") or "{}")
+                except ValueError:
+                    arguments = {}
+                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": call["function"].get("name", ""),
+                               "input": arguments})
+            add("assistant", blocks)
+        elif role == "tool":
+            add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
+                          "content": _tool_result_text(message.get("content"))}])
+        elif role == "user":
+            add("user", _user_blocks(message.get("content")))
+    return result
+
+
+def merge_messages(head: list[dict[str, Any]], tail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replayed history followed by the request's messages, with no two same-role turns in a row."""
+    if head and tail and head[-1]["role"] == tail[0]["role"]:
+        first = tail[0]["content"]
+        first_blocks = [{"type": "text", "text": first}] if isinstance(first, str) else list(first)
+        joined = {"role": tail[0]["role"], "content": list(head[-1]["content"]) + first_blocks}
+        return head[:-1] + [joined] + tail[1:]
+    return head + tail
+
+
+def with_system(system: Any, context: str | None) -> Any:
+    """The request's ``system`` with the gateway's context placed before it."""
+    if not context:
+        return system
+    if system is None or system == "" or system == []:
+        return context
+    if isinstance(system, str):
+        return f"{context}\n\n{system}"
+    return [{"type": "text", "text": context}] + list(system)
+
+
+# -- streamed answers -------------------------------------------------------------------------
+
+
+class MessagesStreamAccumulator:
+    """Rebuilds the assistant message from Anthropic stream events as they pass through."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self.stop_reason: str | None = None
+        self.done = False
+        self.error: Any = None
+
+    @property
+    def completed(self) -> bool:
+        return self.error is None and self.done
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                try:
+                    event = json.loads(line[5:])
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self._event(event)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "content_block_start":
+            block = dict(event.get("content_block") or {})
+            block.setdefault("text", "")
+            block["partial_json"] = ""
+            self._blocks[event.get("index", 0)] = block
+        elif kind == "content_block_delta":
+            block = self._blocks.setdefault(event.get("index", 0), {"type": "text", "text": "", "partial_json": ""})
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                block["text"] += delta.get("text", "")
+            elif delta.get("type") == "input_json_delta":
+                block["partial_json"] += delta.get("partial_json", "")
+        elif kind == "message_delta":
+            self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            self.error = event.get("error") or event
+
+    def message(self) -> dict[str, Any]:
+        return assistant_to_openai(self.content())
+
+    def content(self) -> list[dict[str, Any]]:
+        blocks = []
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            if block.get("type") == "tool_use":
+                try:
+                    arguments = json.loads(block["partial_json"]) if block["partial_json"] else block.get("input") or {}
+                except ValueError:
+                    arguments = {}
+                blocks.append({"type": "tool_use", "id": block.get("id", ""), "name": block.get("name", ""),
+                               "input": arguments})
+            elif block.get("type") == "text":
+                blocks.append({"type": "text", "text": block["text"]})
+        return blocks

@@ -1,0 +1,55 @@
+"""Relaying a provider's event stream to the client, whatever its format.
+
+The provider's bytes are forwarded unchanged (nothing lost, nothing re-framed)
+while an accumulator for the format rebuilds the answer on the side. The turn is
+recorded before the stream's final frame leaves, so history is written even if
+the client hangs up at the very end. If the client disconnects earlier, Starlette
+cancels this generator and the ``finally`` closes the upstream response, which
+cancels the provider's generation; nothing is recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Protocol
+
+import anyio
+
+from gateway.pipeline.context import TurnContext
+from gateway.pipeline.record import record_turn
+from gateway.proxy.upstream import UpstreamStream
+from gateway.services import Services
+
+
+class StreamAccumulator(Protocol):
+    done: bool  # the format's end-of-stream event has been seen
+
+    @property
+    def completed(self) -> bool:
+        """The stream ended as the provider ends a full answer, with no error event."""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the stream."""
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message so far, in the OpenAI form history is stored in."""
+
+
+async def relay(services: Services, turn: TurnContext, stream: UpstreamStream, accumulator: StreamAccumulator,
+                interrupted_frame: bytes) -> AsyncIterator[bytes]:
+    recorded = False
+    try:
+        async for chunk in stream:
+            accumulator.feed(chunk)
+            if accumulator.done and accumulator.completed and not recorded:
+                recorded = True
+                await record_turn(services, turn, accumulator.message())
+            yield chunk
+        if accumulator.completed and not recorded:
+            await record_turn(services, turn, accumulator.message())
+        elif not accumulator.completed:
+            # The provider stopped mid-answer. Say so in-band (the status line is long
+            # gone) with the format's own error event, on which its SDKs raise.
+            yield interrupted_frame
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
