@@ -9,18 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
-from gateway.errors import BadRequest, GatewayError
-from gateway.options import parse_options
-from gateway.pipeline.context import TurnContext, assemble
-from gateway.pipeline.record import record_turn
-from gateway.proxy.providers import provider_key, provider_settings, route_model
-from gateway.proxy.relay import relay
+from gateway.errors import BadRequest
 from gateway.proxy.sse import ChatStreamAccumulator, sse_frame
-from gateway.proxy.upstream import UpstreamCall
+from gateway.proxy.surface import SurfaceSpec, proxy_turn
+from gateway.proxy.upstream import Upstream
 from gateway.routing import Call
-from gateway.validation import read_json_object
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # OpenAI clients raise on a stream event carrying "error".
@@ -68,34 +63,25 @@ def _assistant_message(answer: dict[str, Any]) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
-async def chat_completions(call: Call) -> Response:
-    services = call.services
-    body = await read_json_object(call.request, services.config.server.max_body_bytes)
-    options = parse_options(body.pop("mnx", None), call.request.headers, services.config.defaults)
-    ids = {"X-Mnx-Chat-Id": options.chat_id, "X-Mnx-Subject-Id": options.subject_id}
-    try:
-        validate_chat_body(body)
-        route = route_model(body["model"])
-        settings = provider_settings(services.config.providers, route.provider)
-        api_key = provider_key(route.provider, call.request.headers, call.credentials.provider_bearer, settings)
-        turn = TurnContext(call.project_id, options, body["messages"], body["model"])
-        context = await assemble(turn, services.stages)
-        upstream_call = UpstreamCall(route, {**body, "model": route.model,
-                                             "messages": context.chat_messages(body["messages"])}, api_key, settings)
-        if body.get("stream"):
-            stream = await services.upstream.open_stream(upstream_call)
-            return StreamingResponse(relay(services, turn, stream, ChatStreamAccumulator(), _INTERRUPTED),
-                                     media_type="text/event-stream",
-                                     headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = await services.upstream.complete(upstream_call)
-    except GatewayError as error:
-        error.headers = ids
-        raise
+def _recordable(answer: dict[str, Any]) -> dict[str, Any] | None:
     message = _assistant_message(answer)
-    if message is not None:
-        if message.get("content") is None:
-            # The mnexium SDK turns a null content into the text "None"; "" is what it expects.
-            message["content"] = ""
-        await record_turn(services, turn, message)
-    answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
-    return JSONResponse(answer, headers=ids)
+    if message is not None and message.get("content") is None:
+        # The mnexium SDK turns a null content into the text "None"; "" is what it expects.
+        message["content"] = ""
+    return message
+
+
+CHAT_COMPLETIONS = SurfaceSpec(
+    validate=validate_chat_body,
+    request_messages=lambda body: body["messages"],
+    with_context=lambda body, context: {**body, "messages": context.chat_messages(body["messages"])},
+    complete=Upstream.complete,
+    open_stream=Upstream.open_stream,
+    answer_message=_recordable,
+    new_accumulator=ChatStreamAccumulator,
+    interrupted_frame=_INTERRUPTED,
+)
+
+
+async def chat_completions(call: Call) -> Response:
+    return await proxy_turn(call, CHAT_COMPLETIONS)

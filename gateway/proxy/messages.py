@@ -14,24 +14,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
-from gateway.errors import BadRequest, GatewayError
-from gateway.options import parse_options
-from gateway.pipeline.context import TurnContext, assemble
-from gateway.pipeline.record import record_turn
+from gateway.errors import BadRequest
+from gateway.pipeline.context import AssembledContext
 from gateway.proxy.anthropic_format import (
     MessagesStreamAccumulator, assistant_to_openai, merge_messages, to_anthropic_messages, to_openai_messages,
     with_system,
 )
-from gateway.proxy.providers import provider_key, provider_settings, route_model
-from gateway.proxy.relay import relay
-from gateway.proxy.upstream import UpstreamCall
+from gateway.proxy.surface import SurfaceSpec, proxy_turn
+from gateway.proxy.upstream import Upstream
 from gateway.routing import Call
-from gateway.validation import read_json_object
-
-# Anthropic request headers a native passthrough keeps (API version and opt-in betas).
-_FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 _INTERRUPTED = ("event: error\ndata: " + json.dumps({"type": "error", "error": {
     "type": "api_error", "message": "the provider's stream ended before the answer was complete"}}) + "\n\n").encode()
 
@@ -73,37 +66,32 @@ def validate_messages_body(body: dict[str, Any]) -> None:
         raise _bad("tools must be an array", "tools", "invalid_tools")
 
 
+def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
+    forwarded = {**body, "messages": merge_messages(to_anthropic_messages(context.history), body["messages"])}
+    system = with_system(body.get("system"), context.system_text)
+    if system is not None:
+        forwarded["system"] = system
+    return forwarded
+
+
+def _recordable(answer: dict[str, Any]) -> dict[str, Any] | None:
+    return assistant_to_openai(answer["content"]) if isinstance(answer.get("content"), list) else None
+
+
+MESSAGES = SurfaceSpec(
+    validate=validate_messages_body,
+    request_messages=lambda body: to_openai_messages(body["messages"]),
+    with_context=_with_context,
+    complete=Upstream.complete_messages,
+    open_stream=Upstream.open_messages_stream,
+    answer_message=_recordable,
+    new_accumulator=MessagesStreamAccumulator,
+    interrupted_frame=_INTERRUPTED,
+    # On /messages, x-api-key is always the caller's Anthropic key (contract §1).
+    native_key_header=lambda route: "x-api-key" if route.provider == "anthropic" else None,
+    forwarded_headers=("anthropic-version", "anthropic-beta"),
+)
+
+
 async def messages(call: Call) -> Response:
-    services = call.services
-    headers = call.request.headers
-    body = await read_json_object(call.request, services.config.server.max_body_bytes)
-    options = parse_options(body.pop("mnx", None), headers, services.config.defaults)
-    ids = {"X-Mnx-Chat-Id": options.chat_id, "X-Mnx-Subject-Id": options.subject_id}
-    try:
-        validate_messages_body(body)
-        route = route_model(body["model"])
-        settings = provider_settings(services.config.providers, route.provider)
-        api_key = provider_key(route.provider, headers, call.credentials.provider_bearer, settings,
-                               native_header="x-api-key" if route.provider == "anthropic" else None)
-        turn = TurnContext(call.project_id, options, to_openai_messages(body["messages"]), body["model"])
-        context = await assemble(turn, services.stages)
-        upstream_body = {**body, "model": route.model,
-                         "messages": merge_messages(to_anthropic_messages(context.history), body["messages"])}
-        system = with_system(body.get("system"), context.system_text)
-        if system is not None:
-            upstream_body["system"] = system
-        forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
-        upstream_call = UpstreamCall(route, upstream_body, api_key, settings, headers=forwarded)
-        if body.get("stream"):
-            stream = await services.upstream.open_messages_stream(upstream_call)
-            return StreamingResponse(relay(services, turn, stream, MessagesStreamAccumulator(), _INTERRUPTED),
-                                     media_type="text/event-stream",
-                                     headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = await services.upstream.complete_messages(upstream_call)
-    except GatewayError as error:
-        error.headers = ids
-        raise
-    if isinstance(answer.get("content"), list):
-        await record_turn(services, turn, assistant_to_openai(answer["content"]))
-    answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
-    return JSONResponse(answer, headers=ids)
+    return await proxy_turn(call, MESSAGES)

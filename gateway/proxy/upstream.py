@@ -144,6 +144,18 @@ class Upstream:
             return await self._native_stream(self._anthropic_request(call))
         return await self._litellm_messages(call, stream=True)
 
+    async def complete_responses(self, call: UpstreamCall) -> dict[str, Any]:
+        """An OpenAI Responses answer."""
+        if call.route.provider == "openai":
+            return await self._native_complete(self._openai_request(call, "/responses"))
+        return await self._litellm_responses(call, stream=False)
+
+    async def open_responses_stream(self, call: UpstreamCall) -> UpstreamStream:
+        """Start a streamed Responses answer (Responses events)."""
+        if call.route.provider == "openai":
+            return await self._native_stream(self._openai_request(call, "/responses"))
+        return await self._litellm_responses(call, stream=True)
+
     # -- native passthrough ---------------------------------------------------------------
 
     def _url(self, base: str, path: str) -> httpx.URL:
@@ -153,9 +165,9 @@ class Upstream:
             url = self._urls[key] = httpx.URL(key)
         return url
 
-    def _openai_request(self, call: UpstreamCall) -> httpx.Request:
+    def _openai_request(self, call: UpstreamCall, path: str = "/chat/completions") -> httpx.Request:
         return self._openai.build_request(
-            "POST", self._url(call.settings.api_base, "/chat/completions"),
+            "POST", self._url(call.settings.api_base, path),
             content=json.dumps(call.body, ensure_ascii=False).encode(),
             headers={"authorization": f"Bearer {call.api_key}", "content-type": "application/json"},
         )
@@ -210,11 +222,12 @@ class Upstream:
     def _litellm_arguments(self, call: UpstreamCall) -> dict[str, Any]:
         if self._litellm is None:
             self.warm_up()
-        params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "stream")}
+        params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "input", "stream")}
         return {
             **params,
             "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-            "messages": call.body["messages"],
+            # The conversation, whichever format's field carries it.
+            "messages": call.body["messages"] if "messages" in call.body else call.body["input"],
             "api_key": call.api_key,
             "api_base": call.settings.api_base,
             "timeout": call.settings.timeout.read,
@@ -252,6 +265,33 @@ class Upstream:
 
         async def close() -> None:
             closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+
+        return UpstreamStream(chunks(), close)
+
+    async def _litellm_responses(self, call: UpstreamCall, *, stream: bool) -> Any:
+        """A Responses-format request to a provider without a Responses API, via LiteLLM's bridge."""
+        arguments = self._litellm_arguments(call)
+        arguments.pop("num_retries", None)
+        arguments["input"] = arguments.pop("messages")
+        try:
+            answer = await self._litellm.aresponses(**arguments, stream=stream)
+        except Exception as error:
+            raise self._litellm_error(error) from None
+        if not stream:
+            return json.loads(answer.model_dump_json(exclude_none=True))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for event in answer:
+                    payload = event.model_dump_json(exclude_none=True)
+                    yield f"event: {event.type}\ndata: {payload}\n\n".encode()
+            except Exception as error:  # Mid-stream failure: no response.completed, an incomplete turn.
+                log.warning("upstream stream broke off: %s", type(error).__name__)
+
+        async def close() -> None:
+            closer = getattr(answer, "aclose", None)
             if closer is not None:
                 await closer()
 

@@ -1,0 +1,128 @@
+"""OpenAI Responses items <-> the OpenAI chat message form that history is stored in."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _text_and_images(content: Any) -> Any:
+    """A Responses message content as chat content: a string when it is only text."""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content or []:
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": part.get("text", "")})
+        elif kind == "input_image":
+            url = part.get("image_url") or ""
+            parts.append({"type": "image_url", "image_url": {"url": url if isinstance(url, str) else url.get("url", "")}})
+    if all(p["type"] == "text" for p in parts):
+        return "\n".join(p["text"] for p in parts)
+    return parts
+
+
+def input_to_messages(input_value: Any) -> list[dict[str, Any]]:
+    """A request's ``input`` as chat messages (function calls and their outputs included)."""
+    if isinstance(input_value, str):
+        return [{"role": "user", "content": input_value}]
+    messages: list[dict[str, Any]] = []
+    for item in input_value:
+        kind = item.get("type", "message")
+        if kind == "message" and item.get("role") in ("user", "assistant", "system", "developer"):
+            messages.append({"role": item["role"], "content": _text_and_images(item.get("content"))})
+        elif kind == "function_call":
+            call = {"id": item.get("call_id", ""), "type": "function",
+                    "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")}}
+            if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls") is not None:
+                messages[-1]["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id", ""),
+                             "content": output if isinstance(output, str) else json.dumps(output)})
+    return messages
+
+
+def messages_to_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored history as Responses input items."""
+    items: list[dict[str, Any]] = []
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if role == "user":
+            parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else [
+                {"type": "input_text", "text": p.get("text", "")} if p.get("type") == "text"
+                else {"type": "input_image", "image_url": (p.get("image_url") or {}).get("url", "")}
+                for p in content or []]
+            items.append({"role": "user", "content": parts})
+        elif role == "assistant":
+            if content:
+                text = content if isinstance(content, str) else "".join(
+                    p.get("text", "") for p in content if isinstance(p, dict))
+                items.append({"role": "assistant", "content": [{"type": "output_text", "text": text}]})
+            for call in message.get("tool_calls") or []:
+                items.append({"type": "function_call", "call_id": call.get("id", ""),
+                              "name": call["function"].get("name", ""),
+                              "arguments": call["function"].get("arguments", "")})
+        elif role == "tool":
+            items.append({"type": "function_call_output", "call_id": message.get("tool_call_id", ""),
+                          "output": content if isinstance(content, str) else json.dumps(content)})
+    return items
+
+
+def output_to_message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """A response's ``output`` items as one assistant chat message (reasoning items are not history)."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for item in output or []:
+        if item.get("type") == "message":
+            texts.extend(p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text")
+        elif item.get("type") == "function_call":
+            calls.append({"id": item.get("call_id", ""), "type": "function",
+                          "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")}})
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def with_instructions(instructions: str | None, context: str | None) -> str | None:
+    if not context:
+        return instructions
+    return f"{context}\n\n{instructions}" if instructions else context
+
+
+class ResponsesStreamAccumulator:
+    """Reads a Responses event stream; the final ``response.completed`` event carries the whole answer."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._response: dict[str, Any] | None = None
+        self.done = False
+        self.error: Any = None
+
+    @property
+    def completed(self) -> bool:
+        return self.error is None and self.done
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                event = json.loads(line[5:])
+            except ValueError:
+                continue
+            kind = event.get("type") if isinstance(event, dict) else None
+            if kind == "response.completed":
+                self._response = event.get("response") or {}
+                self.done = True
+            elif kind in ("response.failed", "response.incomplete", "error"):
+                self.error = event
+
+    def message(self) -> dict[str, Any]:
+        return output_to_message((self._response or {}).get("output") or [])

@@ -1,0 +1,84 @@
+"""One proxied turn, for any provider-native surface.
+
+Every surface (Chat Completions, Responses, Anthropic Messages) runs the same
+steps: read and validate the body before anything is stored or forwarded, resolve
+the ``mnx`` options, pick the provider and key, assemble the context layers,
+forward (streamed or not), record the turn, answer with the mnx ids. A
+``SurfaceSpec`` holds only what differs: the format's validation, where context
+goes in its body, how its messages and answers map to the stored history form,
+and which upstream calls speak it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.errors import GatewayError
+from gateway.options import parse_options
+from gateway.pipeline.context import AssembledContext, TurnContext, assemble
+from gateway.pipeline.record import record_turn
+from gateway.proxy.providers import Route, provider_key, provider_settings, route_model
+from gateway.proxy.relay import StreamAccumulator, relay
+from gateway.proxy.upstream import Upstream, UpstreamCall, UpstreamStream
+from gateway.routing import Call
+from gateway.validation import read_json_object
+
+
+@dataclass(frozen=True)
+class SurfaceSpec:
+    # Raise BadRequest for a body this format does not accept.
+    validate: Callable[[dict[str, Any]], None]
+    # The request's conversation in the stored (OpenAI chat) form.
+    request_messages: Callable[[dict[str, Any]], list[dict[str, Any]]]
+    # The body to forward: the request's, with the assembled context placed where this format keeps it.
+    with_context: Callable[[dict[str, Any], AssembledContext], dict[str, Any]]
+    complete: Callable[[Upstream, UpstreamCall], Awaitable[dict[str, Any]]]
+    open_stream: Callable[[Upstream, UpstreamCall], Awaitable[UpstreamStream]]
+    # The assistant message of a whole answer, in the stored form (None: nothing to record).
+    answer_message: Callable[[dict[str, Any]], dict[str, Any] | None]
+    new_accumulator: Callable[[], StreamAccumulator]
+    # The format's own error event, sent when the provider's stream breaks off.
+    interrupted_frame: bytes
+    # The header this format's SDK carries the provider key in, per provider.
+    native_key_header: Callable[[Route], str | None] = lambda route: None
+    # Client headers a native passthrough forwards.
+    forwarded_headers: tuple[str, ...] = ()
+    # mnx.history's default on this surface, when it differs from the configured one.
+    history_default: bool | None = None
+
+
+async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
+    services = call.services
+    headers = call.request.headers
+    body = await read_json_object(call.request, services.config.server.max_body_bytes)
+    options = parse_options(body.pop("mnx", None), headers, services.config.defaults,
+                            history_default=spec.history_default)
+    ids = {"X-Mnx-Chat-Id": options.chat_id, "X-Mnx-Subject-Id": options.subject_id}
+    try:
+        spec.validate(body)
+        route = route_model(body["model"])
+        settings = provider_settings(services.config.providers, route.provider)
+        api_key = provider_key(route.provider, headers, call.credentials.provider_bearer, settings,
+                               native_header=spec.native_key_header(route))
+        turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"])
+        context = await assemble(turn, services.stages)
+        forwarded = {name: headers[name] for name in spec.forwarded_headers if name in headers}
+        upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
+                                     api_key, settings, headers=forwarded)
+        if body.get("stream"):
+            stream = await spec.open_stream(services.upstream, upstream_call)
+            return StreamingResponse(relay(services, turn, stream, spec.new_accumulator(), spec.interrupted_frame),
+                                     media_type="text/event-stream",
+                                     headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        answer = await spec.complete(services.upstream, upstream_call)
+    except GatewayError as error:
+        error.headers = ids
+        raise
+    message = spec.answer_message(answer)
+    if message is not None:
+        await record_turn(services, turn, message)
+    answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
+    return JSONResponse(answer, headers=ids)
