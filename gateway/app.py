@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import Surface
 from gateway.proxy.chat_completions import chat_completions
 from gateway.proxy.messages import messages
+from gateway.proxy.responses import responses
 from gateway.routing import endpoint
 from gateway.services import Services
 
@@ -26,10 +27,13 @@ API = "/api/v1"
 def _routes() -> list[Route]:
     chat = endpoint(chat_completions, scope="chat:write", surface=Surface.OPENAI)
     anthropic_messages = endpoint(messages, scope="chat:write", surface=Surface.ANTHROPIC)
+    openai_responses = endpoint(responses, scope="responses:write", surface=Surface.OPENAI)
     return [
         # The OpenAI surface, also at /v1 so a plain OpenAI base_url of http://host/v1 works.
         Route(f"{API}/chat/completions", chat, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route(f"{API}/responses", openai_responses, methods=["POST"]),
+        Route("/v1/responses", openai_responses, methods=["POST"]),
         # The Anthropic surface, also at /v1/messages where the Anthropic SDK's base_url leads.
         Route(f"{API}/messages", anthropic_messages, methods=["POST"]),
         Route("/v1/messages", anthropic_messages, methods=["POST"]),

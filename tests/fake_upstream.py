@@ -1,4 +1,4 @@
-"""A fake LLM provider: OpenAI Chat Completions and Anthropic Messages, streamed or not.
+"""A fake LLM provider: OpenAI Chat Completions and Responses, Anthropic Messages, streamed or not.
 
 The one thing the test suite fakes is the provider. This server answers like one,
 records every request it receives (path, headers, JSON body) so tests can assert
@@ -76,6 +76,8 @@ class FakeProvider:
             await self._openai(payload, receive, send)
         elif path.endswith("/messages"):
             await self._anthropic(payload, send)
+        elif path.endswith("/responses"):
+            await self._responses(payload, send)
         else:
             await self._respond(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
@@ -167,6 +169,55 @@ class FakeProvider:
     async def _until_disconnect(receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+
+    # -- OpenAI Responses -----------------------------------------------------------------
+
+    async def _responses(self, payload: dict[str, Any], send: Any) -> None:
+        model = payload.get("model", "")
+        if await self._misbehave(model, send, anthropic=False):
+            return
+        value = payload.get("input")
+        text = value if isinstance(value, str) else ""
+        if isinstance(value, list):
+            for item in reversed(value):
+                if item.get("role") == "user":
+                    content = item.get("content")
+                    text = content if isinstance(content, str) else " ".join(
+                        p.get("text", "") for p in content if p.get("type") == "input_text")
+                    break
+        text = "echo: " + text
+        if model == "tool-call":
+            item = {"type": "function_call", "id": "fc_1", "call_id": "call_r1", "name": "get_weather",
+                    "arguments": "{\"city\": \"Paris\"}", "status": "completed"}
+        else:
+            item = {"type": "message", "id": "msg_r1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        response = {"id": "resp_fake", "object": "response", "created_at": int(time.time()), "model": model,
+                    "status": "completed", "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": [], "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}}
+        if not payload.get("stream"):
+            await self._respond(send, 200, response)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        sequence = 0
+
+        async def event(data: dict[str, Any], more: bool = True) -> None:
+            nonlocal sequence
+            data = {**data, "sequence_number": sequence}
+            sequence += 1
+            frame = f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
+            await send({"type": "http.response.body", "body": frame, "more_body": more})
+
+        await event({"type": "response.created", "response": {**response, "status": "in_progress", "output": []}})
+        await event({"type": "response.output_item.added", "output_index": 0, "item": item})
+        if item["type"] == "message":
+            for i, word in enumerate(text.split(" ")):
+                await event({"type": "response.output_text.delta", "item_id": "msg_r1", "output_index": 0,
+                             "content_index": 0, "delta": word if i == 0 else " " + word})
+            await event({"type": "response.output_text.done", "item_id": "msg_r1", "output_index": 0,
+                         "content_index": 0, "text": text})
+        await event({"type": "response.output_item.done", "output_index": 0, "item": item})
+        await event({"type": "response.completed", "response": response}, more=False)
 
     # -- Anthropic Messages ---------------------------------------------------------------
 

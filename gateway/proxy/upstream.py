@@ -1,6 +1,6 @@
 """Calling the provider a model names, in the wire format the client spoke.
 
-Two formats (OpenAI Chat Completions and Anthropic Messages), two paths each:
+Three formats (OpenAI Chat Completions, OpenAI Responses, Anthropic Messages), two paths each:
 
 * When the provider speaks the request's format natively (an OpenAI-compatible
   upstream for chat completions, Anthropic for Messages), the request is forwarded
