@@ -16,6 +16,7 @@ from gateway.api import history, prompts, state
 from gateway.config import GatewayConfig
 from gateway.errors import Surface
 from gateway.proxy.chat_completions import chat_completions
+from gateway.proxy.gemini import generate_content
 from gateway.proxy.messages import messages
 from gateway.proxy.responses import responses
 from gateway.routing import endpoint
@@ -28,6 +29,7 @@ def _routes() -> list[Route]:
     chat = endpoint(chat_completions, scope="chat:write", surface=Surface.OPENAI)
     anthropic_messages = endpoint(messages, scope="chat:write", surface=Surface.ANTHROPIC)
     openai_responses = endpoint(responses, scope="responses:write", surface=Surface.OPENAI)
+    gemini = endpoint(generate_content, scope="chat:write", surface=Surface.GEMINI)
     return [
         # The OpenAI surface, also at /v1 so a plain OpenAI base_url of http://host/v1 works.
         Route(f"{API}/chat/completions", chat, methods=["POST"]),
@@ -53,6 +55,10 @@ def _routes() -> list[Route]:
         Route(f"{API}/state/{{key:path}}", endpoint(state.get_state, scope="state:read"), methods=["GET"]),
         Route(f"{API}/state/{{key:path}}", endpoint(state.put_state, scope="state:write"), methods=["PUT"]),
         Route(f"{API}/state/{{key:path}}", endpoint(state.delete_state, scope="state:delete"), methods=["DELETE"]),
+        # Gemini-native, at the root where the google-genai SDK's base_url leads (v1beta, or
+        # v1, the default API version of google-genai 3.x).
+        Route("/v1beta/models/{target}", gemini, methods=["POST"]),
+        Route("/v1/models/{target}", gemini, methods=["POST"]),
         Route("/health", _health, methods=["GET"]),
     ]
 

@@ -6,6 +6,7 @@ renders the envelope native to the surface the client speaks:
 * Mnexium REST:  ``{"error": "snake_code", "message": "...", ...extra}``
 * OpenAI:        ``{"error": {"message", "type", "param", "code"}}``
 * Anthropic:     ``{"type": "error", "error": {"type", "message"}}``
+* Gemini:        ``{"error": {"code", "message", "status", "details"}}``
 
 Messages are written for the caller and never contain a secret.
 """
@@ -77,6 +78,7 @@ class Surface(str, Enum):
     MNEXIUM = "mnexium"
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
 
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -88,7 +90,18 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 4
                     529: "overloaded_error"}
 
 
+_GRPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+                504: "DEADLINE_EXCEEDED"}
+
+
 def error_body(error: GatewayError, surface: Surface) -> dict[str, Any]:
+    if surface is Surface.GEMINI:
+        # Google's ErrorInfo detail is the native place for a machine-readable reason.
+        return {"error": {"code": error.status, "message": error.message,
+                          "status": _GRPC_STATUS.get(error.status, "INTERNAL"),
+                          "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": error.code,
+                                       "domain": "mnx-gateway"}]}}
     if surface is Surface.ANTHROPIC:
         # "code" is ours (Anthropic has none); the SDK keeps unknown keys in the error body.
         return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"),

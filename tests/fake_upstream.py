@@ -1,4 +1,5 @@
-"""A fake LLM provider: OpenAI Chat Completions and Responses, Anthropic Messages, streamed or not.
+"""A fake LLM provider: OpenAI Chat Completions and Responses, Anthropic Messages and
+Gemini generateContent, streamed or not.
 
 The one thing the test suite fakes is the provider. This server answers like one,
 records every request it receives (path, headers, JSON body) so tests can assert
@@ -78,6 +79,9 @@ class FakeProvider:
             await self._anthropic(payload, send)
         elif path.endswith("/responses"):
             await self._responses(payload, send)
+        elif ":generateContent" in path or ":streamGenerateContent" in path:
+            model, _, action = path.rsplit("/", 1)[1].partition(":")
+            await self._gemini(model, action == "streamGenerateContent", payload, send)
         else:
             await self._respond(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
@@ -169,6 +173,42 @@ class FakeProvider:
     async def _until_disconnect(receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+
+    # -- Gemini generateContent -----------------------------------------------------------
+
+    async def _gemini(self, model: str, stream: bool, payload: dict[str, Any], send: Any) -> None:
+        if model.startswith("fail-"):
+            status = int(model.split("-", 1)[1])
+            await self._respond(send, status, {"error": {"code": status, "message": f"provider failed with {status}",
+                                                         "status": "RESOURCE_EXHAUSTED"}})
+            return
+        text = ""
+        for content in reversed(payload.get("contents", [])):
+            if content.get("role", "user") == "user":
+                text = "".join(p.get("text", "") for p in content.get("parts", []))
+                break
+        text = "echo: " + text
+        usage = {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}
+
+        def response(parts: list[dict[str, Any]], finish: str | None) -> dict[str, Any]:
+            candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+            if finish:
+                candidate["finishReason"] = finish
+            return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
+
+        call = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+        if not stream:
+            await self._respond(send, 200, response([call] if model.endswith("tool-call") else [{"text": text}],
+                                                    "STOP"))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        words = text.split(" ")
+        chunks = [response([call], "STOP")] if model.endswith("tool-call") else [
+            response([{"text": w if i == 0 else " " + w}], "STOP" if i == len(words) - 1 else None)
+            for i, w in enumerate(words)]
+        for i, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n",
+                        "more_body": i < len(chunks) - 1})
 
     # -- OpenAI Responses -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.errors import GatewayError
@@ -48,12 +49,18 @@ class SurfaceSpec:
     forwarded_headers: tuple[str, ...] = ()
     # mnx.history's default on this surface, when it differs from the configured one.
     history_default: bool | None = None
+    # Fills in what this format carries in the URL rather than the body (Gemini: model, stream).
+    from_path: Callable[[Request, dict[str, Any]], None] | None = None
+    # Whether JSON answers carry the "mnx" block (not where the SDK rejects unknown fields).
+    mnx_in_body: bool = True
 
 
 async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     services = call.services
     headers = call.request.headers
     body = await read_json_object(call.request, services.config.server.max_body_bytes)
+    if spec.from_path is not None:
+        spec.from_path(call.request, body)
     options = parse_options(body.pop("mnx", None), headers, services.config.defaults,
                             history_default=spec.history_default)
     ids = {"X-Mnx-Chat-Id": options.chat_id, "X-Mnx-Subject-Id": options.subject_id}
@@ -80,5 +87,6 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     message = spec.answer_message(answer)
     if message is not None:
         await record_turn(services, turn, message)
-    answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
+    if spec.mnx_in_body:
+        answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
     return JSONResponse(answer, headers=ids)

@@ -1,0 +1,88 @@
+"""Gemini-native ``generateContent`` / ``streamGenerateContent`` (contract §4.4).
+
+Mounted at ``/v1beta/models/{model}:{action}`` and ``/v1/models/...``, where the
+google-genai SDK's base URL leads. ``x-goog-api-key`` stays the caller's Google key; the project key travels in
+``x-mnexium-key`` or ``Authorization: Bearer``, and ``mnx`` in ``x-mnx-*`` headers
+(the SDK sends no unknown body fields, and rejects unknown response fields, so the
+mnx ids come back in the ``X-Mnx-*`` headers only). The gateway's context goes into
+``systemInstruction``, replayed history in front of ``contents``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import BadRequest, NotFound
+from gateway.pipeline.context import AssembledContext
+from gateway.proxy.gemini_format import (
+    GeminiStreamAccumulator, contents_to_messages, merge_contents, messages_to_contents, response_message,
+    with_system_instruction,
+)
+from gateway.proxy.surface import SurfaceSpec, proxy_turn
+from gateway.proxy.upstream import Upstream
+from gateway.routing import Call
+
+_ACTIONS = {"generateContent": False, "streamGenerateContent": True}
+_INTERRUPTED = b"data: " + json.dumps({"error": {
+    "code": 502, "status": "UNAVAILABLE",
+    "message": "the provider's stream ended before the answer was complete"}}).encode() + b"\n\n"
+
+
+def _from_path(request: Request, body: dict[str, Any]) -> None:
+    model, _, action = request.path_params["target"].rpartition(":")
+    if action not in _ACTIONS or not model:
+        raise NotFound(f"unknown Gemini method {request.path_params['target']!r}", code="not_found")
+    body["model"] = model
+    body["stream"] = _ACTIONS[action]
+
+
+def _bad(message: str, param: str, code: str) -> BadRequest:
+    return BadRequest(message, code=code, param=param)
+
+
+def validate_gemini_body(body: dict[str, Any]) -> None:
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _bad("contents must be a non-empty array", "contents", "invalid_contents")
+    for index, content in enumerate(contents):
+        where = f"contents[{index}]"
+        if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
+            raise _bad(f"{where}.role must be user or model", f"{where}.role", "invalid_contents")
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+            raise _bad(f"{where}.parts must be a non-empty array of parts", f"{where}.parts", "invalid_contents")
+    for field, kind, name in (("systemInstruction", dict, "an object"), ("generationConfig", dict, "an object"),
+                              ("tools", list, "an array")):
+        if body.get(field) is not None and not isinstance(body[field], kind):
+            raise _bad(f"{field} must be {name}", field, f"invalid_{field}")
+
+
+def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
+    forwarded = {**body, "contents": merge_contents(messages_to_contents(context.history), body["contents"])}
+    instruction = with_system_instruction(body.get("systemInstruction"), context.system_text)
+    if instruction is not None:
+        forwarded["systemInstruction"] = instruction
+    return forwarded
+
+
+GEMINI = SurfaceSpec(
+    validate=validate_gemini_body,
+    request_messages=lambda body: contents_to_messages(body["contents"]),
+    with_context=_with_context,
+    complete=Upstream.complete_gemini,
+    open_stream=Upstream.open_gemini_stream,
+    answer_message=response_message,
+    new_accumulator=GeminiStreamAccumulator,
+    interrupted_frame=_INTERRUPTED,
+    native_key_header=lambda route: "x-goog-api-key" if route.provider == "gemini" else None,
+    from_path=_from_path,
+    mnx_in_body=False,
+)
+
+
+async def generate_content(call: Call) -> Response:
+    return await proxy_turn(call, GEMINI)

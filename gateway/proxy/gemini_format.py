@@ -1,0 +1,163 @@
+"""Gemini ``generateContent`` <-> the OpenAI chat message form that history is stored in."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# The fields of a GenerateContentResponse; the google-genai SDK rejects any other.
+RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata", "modelVersion", "responseId", "createTime")
+
+
+def contents_to_messages(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gemini ``contents`` as chat messages (function responses become ``tool`` messages)."""
+    messages: list[dict[str, Any]] = []
+    for content in contents:
+        parts = content.get("parts") or []
+        if content.get("role") == "model":
+            messages.append(parts_to_assistant(parts))
+            continue
+        chat_parts: list[dict[str, Any]] = []
+        for part in parts:
+            if "text" in part:
+                chat_parts.append({"type": "text", "text": part["text"]})
+            elif "inlineData" in part:
+                data = part["inlineData"]
+                chat_parts.append({"type": "image_url", "image_url": {
+                    "url": f"data:{data.get('mimeType', 'image/png')};base64,{data.get('data', '')}"}})
+            elif "functionResponse" in part:
+                response = part["functionResponse"]
+                messages.append({"role": "tool", "tool_call_id": response.get("id") or response.get("name", ""),
+                                 "name": response.get("name", ""),
+                                 "content": json.dumps(response.get("response", {}), ensure_ascii=False)})
+        if chat_parts:
+            only_text = all(p["type"] == "text" for p in chat_parts)
+            messages.append({"role": "user",
+                             "content": "".join(p["text"] for p in chat_parts) if only_text else chat_parts})
+    return messages
+
+
+def parts_to_assistant(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought"))
+    calls = [{"id": p["functionCall"].get("id") or p["functionCall"].get("name", ""), "type": "function",
+              "function": {"name": p["functionCall"].get("name", ""),
+                           "arguments": json.dumps(p["functionCall"].get("args") or {})}}
+             for p in parts if "functionCall" in p]
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def messages_to_contents(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored history as Gemini ``contents``, merging same-role neighbours."""
+    contents: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+
+    def add(role: str, parts: list[dict[str, Any]]) -> None:
+        if not parts:
+            return
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if role == "user":
+            if isinstance(content, str):
+                add("user", [{"text": content}])
+            else:
+                parts = []
+                for part in content or []:
+                    url = (part.get("image_url") or {}).get("url", "")
+                    if part.get("type") == "text":
+                        parts.append({"text": part.get("text", "")})
+                    elif url.startswith("data:") and ";base64," in url:
+                        mime, data = url[5:].split(";base64,", 1)
+                        parts.append({"inlineData": {"mimeType": mime, "data": data}})
+                add("user", parts)
+        elif role == "assistant":
+            parts = [{"text": content}] if isinstance(content, str) and content else []
+            for call in message.get("tool_calls") or []:
+                name = call["function"].get("name", "")
+                call_names[call.get("id", "")] = name
+                try:
+                    args = json.loads(call["function"].get("arguments") or "{}")
+                except ValueError:
+                    args = {}
+                parts.append({"functionCall": {"name": name, "args": args}})
+            add("model", parts)
+        elif role == "tool":
+            call_id = message.get("tool_call_id", "")
+            try:
+                response = json.loads(content) if isinstance(content, str) else content
+            except ValueError:
+                response = {"content": content}
+            if not isinstance(response, dict):
+                response = {"content": response}
+            add("user", [{"functionResponse": {"name": message.get("name") or call_names.get(call_id, call_id),
+                                               "response": response}}])
+    return contents
+
+
+def merge_contents(head: list[dict[str, Any]], tail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if head and tail and head[-1]["role"] == tail[0].get("role", "user"):
+        joined = {"role": head[-1]["role"], "parts": list(head[-1]["parts"]) + list(tail[0].get("parts") or [])}
+        return head[:-1] + [joined] + tail[1:]
+    return head + tail
+
+
+def with_system_instruction(existing: Any, context: str | None) -> Any:
+    if not context:
+        return existing
+    parts = [{"text": context}]
+    if isinstance(existing, dict):
+        return {**existing, "parts": parts + list(existing.get("parts") or [])}
+    if isinstance(existing, str):
+        parts.append({"text": existing})
+    return {"parts": parts}
+
+
+def response_message(response: dict[str, Any]) -> dict[str, Any] | None:
+    candidates = response.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        return None
+    return parts_to_assistant(((candidates[0] or {}).get("content") or {}).get("parts") or [])
+
+
+class GeminiStreamAccumulator:
+    """Rebuilds the answer from streamed GenerateContentResponse chunks; a finishReason ends it."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._parts: list[dict[str, Any]] = []
+        self.done = False
+        self.error: Any = None
+
+    @property
+    def completed(self) -> bool:
+        return self.error is None and self.done
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                self.error = chunk["error"]
+                continue
+            for candidate in (chunk.get("candidates") or [])[:1]:
+                self._parts.extend((candidate.get("content") or {}).get("parts") or [])
+                if candidate.get("finishReason"):
+                    self.done = True
+
+    def message(self) -> dict[str, Any]:
+        return parts_to_assistant(self._parts)
