@@ -14,7 +14,7 @@ from starlette.responses import Response
 from gateway.errors import BadRequest
 from gateway.proxy.sse import ChatStreamAccumulator, sse_frame
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -75,8 +75,7 @@ CHAT_COMPLETIONS = SurfaceSpec(
     validate=validate_chat_body,
     request_messages=lambda body: body["messages"],
     with_context=lambda body, context: {**body, "messages": context.chat_messages(body["messages"])},
-    complete=Upstream.complete,
-    open_stream=Upstream.open_stream,
+    wire=WireFormat.CHAT,
     answer_message=_recordable,
     new_accumulator=ChatStreamAccumulator,
     interrupted_frame=_INTERRUPTED,

@@ -23,7 +23,7 @@ from gateway.proxy.gemini_format import (
     with_system_instruction,
 )
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
 
 _ACTIONS = {"generateContent": False, "streamGenerateContent": True}
@@ -73,8 +73,7 @@ GEMINI = SurfaceSpec(
     validate=validate_gemini_body,
     request_messages=lambda body: contents_to_messages(body["contents"]),
     with_context=_with_context,
-    complete=Upstream.complete_gemini,
-    open_stream=Upstream.open_gemini_stream,
+    wire=WireFormat.GEMINI,
     answer_message=response_message,
     new_accumulator=GeminiStreamAccumulator,
     interrupted_frame=_INTERRUPTED,

@@ -23,7 +23,7 @@ from gateway.proxy.anthropic_format import (
     with_system,
 )
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
 _INTERRUPTED = ("event: error\ndata: " + json.dumps({"type": "error", "error": {
     "type": "api_error", "message": "the provider's stream ended before the answer was complete"}}) + "\n\n").encode()
@@ -82,8 +82,7 @@ MESSAGES = SurfaceSpec(
     validate=validate_messages_body,
     request_messages=lambda body: to_openai_messages(body["messages"]),
     with_context=_with_context,
-    complete=Upstream.complete_messages,
-    open_stream=Upstream.open_messages_stream,
+    wire=WireFormat.MESSAGES,
     answer_message=_recordable,
     new_accumulator=MessagesStreamAccumulator,
     interrupted_frame=_INTERRUPTED,

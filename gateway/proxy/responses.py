@@ -21,7 +21,7 @@ from gateway.proxy.responses_format import (
     ResponsesStreamAccumulator, input_to_messages, messages_to_input, output_to_message, with_instructions,
 )
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
 
 _INTERRUPTED = ("event: error\ndata: " + json.dumps({
@@ -78,8 +78,7 @@ RESPONSES = SurfaceSpec(
     validate=validate_responses_body,
     request_messages=lambda body: input_to_messages(body["input"]),
     with_context=_with_context,
-    complete=Upstream.complete_responses,
-    open_stream=Upstream.open_responses_stream,
+    wire=WireFormat.RESPONSES,
     answer_message=_recordable,
     new_accumulator=ResponsesStreamAccumulator,
     interrupted_frame=_INTERRUPTED,

@@ -12,7 +12,7 @@ and which upstream calls speak it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -23,7 +23,7 @@ from gateway.pipeline.context import AssembledContext, TurnContext, assemble
 from gateway.pipeline.record import record_turn
 from gateway.proxy.providers import Route, provider_key, provider_settings, route_model
 from gateway.proxy.relay import StreamAccumulator, relay
-from gateway.proxy.upstream import Upstream, UpstreamCall, UpstreamStream
+from gateway.proxy.upstream import UpstreamCall, WireFormat
 from gateway.routing import Call
 from gateway.validation import read_json_object
 
@@ -36,8 +36,8 @@ class SurfaceSpec:
     request_messages: Callable[[dict[str, Any]], list[dict[str, Any]]]
     # The body to forward: the request's, with the assembled context placed where this format keeps it.
     with_context: Callable[[dict[str, Any], AssembledContext], dict[str, Any]]
-    complete: Callable[[Upstream, UpstreamCall], Awaitable[dict[str, Any]]]
-    open_stream: Callable[[Upstream, UpstreamCall], Awaitable[UpstreamStream]]
+    # The format requests and answers travel in, upstream.
+    wire: WireFormat
     # The assistant message of a whole answer, in the stored form (None: nothing to record).
     answer_message: Callable[[dict[str, Any]], dict[str, Any] | None]
     new_accumulator: Callable[[], StreamAccumulator]
@@ -76,11 +76,11 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
                                      api_key, settings, headers=forwarded)
         if body.get("stream"):
-            stream = await spec.open_stream(services.upstream, upstream_call)
+            stream = await services.upstream.open_stream(upstream_call, spec.wire)
             return StreamingResponse(relay(services, turn, stream, spec.new_accumulator(), spec.interrupted_frame),
                                      media_type="text/event-stream",
                                      headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        answer = await spec.complete(services.upstream, upstream_call)
+        answer = await services.upstream.complete(upstream_call, spec.wire)
     except GatewayError as error:
         error.headers = ids
         raise

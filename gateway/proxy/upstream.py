@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -106,11 +107,30 @@ def _transport_error(error: httpx.HTTPError, provider: str) -> UpstreamError:
     return UpstreamError(f"cannot reach {provider}: {type(error).__name__}", status=502, code="upstream_unreachable")
 
 
+class WireFormat(str, Enum):
+    """The request/answer format a surface speaks."""
+
+    CHAT = "chat"            # OpenAI Chat Completions
+    RESPONSES = "responses"  # OpenAI Responses
+    MESSAGES = "messages"    # Anthropic Messages
+    GEMINI = "gemini"        # Gemini generateContent
+
+
+# Which provider speaks each format natively (and so gets the request untranslated).
+_NATIVE_PROVIDER = {WireFormat.CHAT: "openai", WireFormat.RESPONSES: "openai", WireFormat.MESSAGES: "anthropic",
+                    WireFormat.GEMINI: "gemini"}
+
+
+def _timeout(settings: ProviderConfig) -> httpx.Timeout:
+    return httpx.Timeout(connect=settings.timeout.connect, read=settings.timeout.read,
+                         write=settings.timeout.read, pool=settings.timeout.connect)
+
+
 class Upstream:
     def __init__(self, providers: ProvidersConfig) -> None:
-        timeout = providers.openai.timeout
-        self._openai = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.read, pool=timeout.connect),
+        # One pooled client for every native passthrough; timeouts are set per request,
+        # from the provider being called.
+        self._http = httpx.AsyncClient(
             transport=ShardedTransport(shards=8, limits=httpx.Limits(max_connections=250, max_keepalive_connections=32)),
         )
         self._litellm: Any = None
@@ -118,103 +138,55 @@ class Upstream:
         self._urls: dict[str, httpx.URL] = {}
 
     def warm_up(self) -> None:
-        """Import LiteLLM now (it takes seconds), not on the first Claude or Gemini request."""
+        """Import LiteLLM now (it takes seconds), not on the first translated request."""
         self._litellm = load_litellm()
 
     async def aclose(self) -> None:
-        await self._openai.aclose()
+        await self._http.aclose()
 
     # -- public interface -----------------------------------------------------------------
 
-    async def complete(self, call: UpstreamCall) -> dict[str, Any]:
-        """A Chat Completions answer."""
-        if call.route.provider == "openai":
-            return await self._native_complete(self._openai_request(call))
-        return await self._litellm_complete(call)
+    async def complete(self, call: UpstreamCall, wire: WireFormat) -> dict[str, Any]:
+        """A whole answer, in ``wire`` format."""
+        if call.route.provider == _NATIVE_PROVIDER[wire]:
+            return await self._native_complete(self._native_request(call, wire))
+        return await self._bridge(call, wire, stream=False)
 
-    async def open_stream(self, call: UpstreamCall) -> UpstreamStream:
-        """Start a streamed Chat Completions answer; provider errors raise here, before any byte is relayed."""
-        if call.route.provider == "openai":
-            return await self._native_stream(self._openai_request(call))
-        return await self._litellm_stream(call)
-
-    async def complete_messages(self, call: UpstreamCall) -> dict[str, Any]:
-        """An Anthropic Messages answer."""
-        if call.route.provider == "anthropic":
-            return await self._native_complete(self._anthropic_request(call))
-        return await self._litellm_messages(call, stream=False)
-
-    async def open_messages_stream(self, call: UpstreamCall) -> UpstreamStream:
-        """Start a streamed Anthropic Messages answer (Anthropic's event stream)."""
-        if call.route.provider == "anthropic":
-            return await self._native_stream(self._anthropic_request(call))
-        return await self._litellm_messages(call, stream=True)
-
-    async def complete_responses(self, call: UpstreamCall) -> dict[str, Any]:
-        """An OpenAI Responses answer."""
-        if call.route.provider == "openai":
-            return await self._native_complete(self._openai_request(call, "/responses"))
-        return await self._litellm_responses(call, stream=False)
-
-    async def open_responses_stream(self, call: UpstreamCall) -> UpstreamStream:
-        """Start a streamed Responses answer (Responses events)."""
-        if call.route.provider == "openai":
-            return await self._native_stream(self._openai_request(call, "/responses"))
-        return await self._litellm_responses(call, stream=True)
-
-    async def complete_gemini(self, call: UpstreamCall) -> dict[str, Any]:
-        """A Gemini generateContent answer."""
-        if call.route.provider == "gemini":
-            return await self._native_complete(self._gemini_request(call, stream=False))
-        return await self._litellm_gemini(call, stream=False)
-
-    async def open_gemini_stream(self, call: UpstreamCall) -> UpstreamStream:
-        """Start a streamed Gemini answer (``data:`` GenerateContentResponse chunks)."""
-        if call.route.provider == "gemini":
-            return await self._native_stream(self._gemini_request(call, stream=True))
-        return await self._litellm_gemini(call, stream=True)
+    async def open_stream(self, call: UpstreamCall, wire: WireFormat) -> UpstreamStream:
+        """Start a streamed answer in ``wire`` format's events; provider errors raise here, before any byte is relayed."""
+        if call.route.provider == _NATIVE_PROVIDER[wire]:
+            return await self._native_stream(self._native_request(call, wire))
+        return await self._bridge(call, wire, stream=True)
 
     # -- native passthrough ---------------------------------------------------------------
 
-    def _url(self, base: str, path: str) -> httpx.URL:
-        key = base + path
-        url = self._urls.get(key)
+    def _url(self, address: str) -> httpx.URL:
+        url = self._urls.get(address)
         if url is None:
-            url = self._urls[key] = httpx.URL(key)
+            url = self._urls[address] = httpx.URL(address)
         return url
 
-    def _openai_request(self, call: UpstreamCall, path: str = "/chat/completions") -> httpx.Request:
-        return self._openai.build_request(
-            "POST", self._url(call.settings.api_base, path),
-            content=json.dumps(call.body, ensure_ascii=False).encode(),
-            headers={"authorization": f"Bearer {call.api_key}", "content-type": "application/json"},
-        )
-
-    def _anthropic_request(self, call: UpstreamCall) -> httpx.Request:
-        headers = {"anthropic-version": "2023-06-01", **call.headers,
-                   "x-api-key": call.api_key, "content-type": "application/json"}
-        return self._openai.build_request(
-            "POST", self._url(call.settings.api_base, "/v1/messages"),
-            content=json.dumps(call.body, ensure_ascii=False).encode(), headers=headers,
-            timeout=httpx.Timeout(connect=call.settings.timeout.connect, read=call.settings.timeout.read,
-                                  write=call.settings.timeout.read, pool=call.settings.timeout.connect),
-        )
-
-    def _gemini_request(self, call: UpstreamCall, *, stream: bool) -> httpx.Request:
-        # Gemini carries the model and the streaming choice in the URL, not the body.
-        body = {k: v for k, v in call.body.items() if k not in ("model", "stream")}
-        action = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        return self._openai.build_request(
-            "POST", f"{call.settings.api_base}/models/{call.route.model}:{action}",
-            content=json.dumps(body, ensure_ascii=False).encode(),
-            headers={"x-goog-api-key": call.api_key, "content-type": "application/json"},
-            timeout=httpx.Timeout(connect=call.settings.timeout.connect, read=call.settings.timeout.read,
-                                  write=call.settings.timeout.read, pool=call.settings.timeout.connect),
-        )
+    def _native_request(self, call: UpstreamCall, wire: WireFormat) -> httpx.Request:
+        base, body = call.settings.api_base, call.body
+        if wire is WireFormat.MESSAGES:
+            url = self._url(base + "/v1/messages")
+            headers = {"anthropic-version": "2023-06-01", **call.headers, "x-api-key": call.api_key}
+        elif wire is WireFormat.GEMINI:
+            # Gemini carries the model and the streaming choice in the URL, not the body.
+            action = "streamGenerateContent?alt=sse" if body.get("stream") else "generateContent"
+            url = httpx.URL(f"{base}/models/{call.route.model}:{action}")
+            body = {k: v for k, v in body.items() if k not in ("model", "stream")}
+            headers = {"x-goog-api-key": call.api_key}
+        else:
+            url = self._url(base + ("/responses" if wire is WireFormat.RESPONSES else "/chat/completions"))
+            headers = {"authorization": f"Bearer {call.api_key}"}
+        return self._http.build_request("POST", url, content=json.dumps(body, ensure_ascii=False).encode(),
+                                        headers={**headers, "content-type": "application/json"},
+                                        timeout=_timeout(call.settings))
 
     async def _native_complete(self, request: httpx.Request) -> dict[str, Any]:
         try:
-            response = await self._openai.send(request)
+            response = await self._http.send(request)
         except httpx.HTTPError as error:
             raise _transport_error(error, request.url.host) from None
         if response.status_code >= 400:
@@ -229,7 +201,7 @@ class Upstream:
 
     async def _native_stream(self, request: httpx.Request) -> UpstreamStream:
         try:
-            response = await self._openai.send(request, stream=True)
+            response = await self._http.send(request, stream=True)
         except httpx.HTTPError as error:
             raise _transport_error(error, request.url.host) from None
         if response.status_code >= 400:
@@ -247,11 +219,21 @@ class Upstream:
 
         return UpstreamStream(chunks(), response.aclose)
 
+    async def _bridge(self, call: UpstreamCall, wire: WireFormat, *, stream: bool) -> Any:
+        """Translate through LiteLLM for a provider that doesn't speak ``wire``."""
+        if self._litellm is None:
+            self.warm_up()
+        if wire is WireFormat.CHAT:
+            return await (self._litellm_stream(call) if stream else self._litellm_complete(call))
+        if wire is WireFormat.RESPONSES:
+            return await self._litellm_responses(call, stream=stream)
+        if wire is WireFormat.MESSAGES:
+            return await self._litellm_messages(call, stream=stream)
+        return await self._litellm_gemini(call, stream=stream)
+
     # -- LiteLLM translation --------------------------------------------------------------
 
     def _litellm_arguments(self, call: UpstreamCall) -> dict[str, Any]:
-        if self._litellm is None:
-            self.warm_up()
         params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "input", "stream")}
         return {
             **params,
@@ -329,8 +311,6 @@ class Upstream:
 
     async def _litellm_gemini(self, call: UpstreamCall, *, stream: bool) -> Any:
         """A Gemini-format request to another provider, via LiteLLM's google_genai bridge."""
-        if self._litellm is None:
-            self.warm_up()
         from litellm.google_genai import agenerate_content, agenerate_content_stream
 
         body = call.body
@@ -365,8 +345,6 @@ class Upstream:
 
     async def _litellm_messages(self, call: UpstreamCall, *, stream: bool) -> Any:
         """A Messages-format request to a provider that speaks another format, via LiteLLM's bridge."""
-        if self._litellm is None:
-            self.warm_up()
         from litellm.anthropic_interface import messages
 
         arguments = self._litellm_arguments(call)
