@@ -1,20 +1,20 @@
--- wrk script: POST one OpenAI chat completion per request.
+-- wrk script: POST the same JSON request over and over, as run.py describes it.
 --
---   wrk ... -s post.lua URL -- <mode> <api_key> <run_tag> <connections_per_thread>
+--   wrk ... -s post.lua URL -- <run_tag> <connections_per_thread> <body> [<header>: <value> ...]
 --
--- mode:
---   plain        {"model","messages"} only: for the fake upstream and LiteLLM's proxy
---   passthrough  the gateway with every mnx feature off
---   features     the gateway with history + system prompt + state on. Each thread
---                spreads its requests over one chat per connection and moves each
---                chat to a fresh chat_id after TURNS_PER_CHAT requests, so a request
---                replays 0..19 prior turns (about 10 on average) and the history
---                replayed does not grow over the run.
+-- run.py owns every request's shape (the surface's body, the mnx options, the headers),
+-- so the request it checks by hand before the load is the one measured. <body> is the
+-- JSON body; if it contains CHAT_ID (below), each request gets a chat id there
+-- instead: each thread spreads its requests over one chat per connection and moves
+-- each chat to a fresh chat_id after TURNS_PER_CHAT requests, so a request replays
+-- 0..19 prior turns (about 10 on average) and the history replayed does not grow
+-- over the run. The remaining arguments are request headers.
 --
 -- Kept cheap on purpose: no response() callback (wrk then does no Lua work per
 -- answer) and a few string concatenations per request.
 
 local TURNS_PER_CHAT = 20
+local CHAT_ID = "@CHAT_ID@"
 
 local counter = 0
 local thread_count = 0
@@ -25,26 +25,23 @@ function setup(thread)
 end
 
 function init(args)
-   mode = args[1] or "plain"
-   api_key = args[2] or "sk-fake"
-   run_tag = args[3] or "run"
-   conns = tonumber(args[4] or "1")
-   headers = {
-      ["Content-Type"] = "application/json",
-      ["Authorization"] = "Bearer " .. api_key,
-   }
-   local messages = '"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]'
-   if mode == "plain" then
-      fixed_body = "{" .. messages .. "}"
-   elseif mode == "passthrough" then
-      fixed_body = "{" .. messages ..
-         ',"mnx":{"log":false,"history":false,"system_prompt":false,"learn":false}}'
-   elseif mode == "features" then
-      body_head = "{" .. messages .. ',"mnx":{"subject_id":"bench_user","chat_id":"'
-      body_tail = '","history":true,"log":true,"system_prompt":true,' ..
-         '"state":{"load":true,"key":"task"}}}'
+   run_tag = args[1] or "run"
+   conns = tonumber(args[2] or "1")
+   local body = args[3] or error("post.lua: no request body given")
+   headers = {}
+   for i = 4, #args do
+      local name, value = args[i]:match("^([^:]+):%s*(.*)$")
+      if not name then
+         error("post.lua: header argument " .. args[i] .. " is not 'name: value'")
+      end
+      headers[name] = value
+   end
+   local at = body:find(CHAT_ID, 1, true)
+   if at then
+      body_head = body:sub(1, at - 1)
+      body_tail = body:sub(at + #CHAT_ID)
    else
-      error("unknown mode " .. mode)
+      fixed_body = body
    end
 end
 

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Overhead benchmark: what the gateway adds on top of the provider, next to LiteLLM's proxy.
 
-One run starts every process it needs, measures four targets at each concurrency with
+One run starts every process it needs, measures these targets at each concurrency with
 wrk, prints a markdown table and writes it into bench/README.md:
 
-  (a) upstream     the fake provider itself (tests.fake_upstream), the baseline
-  (b) passthrough  mnx-gateway with every mnx feature off
-  (c) features     mnx-gateway with history + system prompt + state loading on
+  (a) upstream     the fake provider itself (tests.fake_upstream), the baseline, once per
+                   surface: chat completions, messages, responses
+  (b) passthrough  mnx-gateway on /v1/chat/completions with every mnx feature off
+  (c) features     mnx-gateway on /v1/chat/completions with history + system prompt + state on
   (d) litellm      LiteLLM's own proxy (litellm==1.102.4, one worker, no database)
+  (e) messages     mnx-gateway on /v1/messages (a Claude model, forwarded natively), features off
+  (f) responses    mnx-gateway on /v1/responses (forwarded natively), features off
 
-"Added" latency is a target's percentile minus the upstream's at the same concurrency.
+"Added" latency is a target's percentile minus the upstream's on the same surface at the
+same concurrency.
 "CPU ms/req" is the CPU time the target's own process used (user + system, from /proc)
-divided by the requests it answered; for the upstream row it is the fake provider's.
+divided by the requests it answered; for the upstream rows it is the fake provider's.
 
 Usage (from the repository root, with the venv that has the gateway installed):
 
@@ -42,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -54,9 +58,9 @@ UPSTREAM_PORT = 9100  # fixed in gateway.yaml and litellm.yaml too
 GATEWAY_PORT = 8787
 LITELLM_PORT = 4000
 GATEWAY_KEY = "mnx_bench_key"
-PROVIDER_KEY = "sk-fake"
-CHAT_PATH = "/v1/chat/completions"
-PLAIN_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+PROVIDER_KEY = "sk-fake"  # the OpenAI key: providers.openai.api_key in gateway.yaml, and LiteLLM's
+ANTHROPIC_KEY = "sk-ant-fake"  # sent by the caller in x-api-key, as the Anthropic SDK does
+CHAT_ID = "@CHAT_ID@"  # where post.lua puts each request's chat id (features mode)
 PASSTHROUGH_MNX = {"log": False, "history": False, "system_prompt": False, "learn": False}
 FEATURES_MNX = {"subject_id": "bench_user", "history": True, "log": True, "system_prompt": True,
                 "state": {"load": True, "key": "task"}}
@@ -198,42 +202,86 @@ def wait_ready(child: Child, port: int, health_path: str | None, timeout: float)
 
 
 @dataclass(frozen=True)
+class Surface:
+    """One provider-native API: its path, the request every target on it sends, and where
+    the answer's text is (``answer_text`` raises KeyError/IndexError/TypeError on another shape)."""
+    name: str
+    path: str
+    body: dict[str, Any]
+    answer_text: Callable[[Any], str]
+
+
+def _assistant(message: Any) -> Any:
+    if message["role"] != "assistant":
+        raise KeyError("role")
+    return message
+
+
+CHAT = Surface("chat completions", "/v1/chat/completions",
+               {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]},
+               lambda answer: _assistant(answer["choices"][0]["message"])["content"])
+MESSAGES = Surface("messages", "/v1/messages",
+                   {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}]},
+                   lambda answer: _assistant(answer)["content"][0]["text"])
+RESPONSES = Surface("responses", "/v1/responses", {"model": "gpt-4o-mini", "input": "hello"},
+                    lambda answer: _assistant(answer["output"][0])["content"][0]["text"])
+
+
+@dataclass(frozen=True)
 class Target:
     key: str
     label: str
     port: int
-    mode: str  # the post.lua mode
-    api_key: str
+    surface: Surface
+    headers: dict[str, str]  # besides content-type
     child: str  # whose CPU is charged to this target
+    mnx: str | None = None  # None: the surface's plain body; "passthrough" or "features": with that mnx block
+    baseline: str | None = "a"  # the upstream-direct row "added" is taken against; None on those rows
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 TARGETS = [
-    Target("a", "(a) upstream direct", UPSTREAM_PORT, "plain", PROVIDER_KEY, "upstream"),
-    Target("b", "(b) gateway passthrough", GATEWAY_PORT, "passthrough", GATEWAY_KEY, "gateway"),
-    Target("c", "(c) gateway history+prompt+state", GATEWAY_PORT, "features", GATEWAY_KEY, "gateway"),
-    Target("d", "(d) LiteLLM proxy", LITELLM_PORT, "plain", PROVIDER_KEY, "litellm"),
+    Target("a", "(a) upstream direct", UPSTREAM_PORT, CHAT, bearer(PROVIDER_KEY), "upstream", baseline=None),
+    Target("b", "(b) gateway passthrough", GATEWAY_PORT, CHAT, bearer(GATEWAY_KEY), "gateway", "passthrough"),
+    Target("c", "(c) gateway history+prompt+state", GATEWAY_PORT, CHAT, bearer(GATEWAY_KEY), "gateway", "features"),
+    Target("d", "(d) LiteLLM proxy", LITELLM_PORT, CHAT, bearer(PROVIDER_KEY), "litellm"),
+    Target("a-messages", "(a) upstream direct, messages", UPSTREAM_PORT, MESSAGES, {"x-api-key": ANTHROPIC_KEY},
+           "upstream", baseline=None),
+    Target("e", "(e) gateway passthrough, messages", GATEWAY_PORT, MESSAGES,
+           {"x-mnexium-key": GATEWAY_KEY, "x-api-key": ANTHROPIC_KEY}, "gateway", "passthrough", "a-messages"),
+    Target("a-responses", "(a) upstream direct, responses", UPSTREAM_PORT, RESPONSES, bearer(PROVIDER_KEY),
+           "upstream", baseline=None),
+    Target("f", "(f) gateway passthrough, responses", GATEWAY_PORT, RESPONSES, bearer(GATEWAY_KEY), "gateway",
+           "passthrough", "a-responses"),
 ]
 
 
 def request_body(target: Target, chat_id: str) -> dict[str, Any]:
-    if target.mode == "passthrough":
-        return {**PLAIN_BODY, "mnx": PASSTHROUGH_MNX}
-    if target.mode == "features":
-        return {**PLAIN_BODY, "mnx": {**FEATURES_MNX, "chat_id": chat_id}}
-    return dict(PLAIN_BODY)
+    if target.mnx == "passthrough":
+        return {**target.surface.body, "mnx": PASSTHROUGH_MNX}
+    if target.mnx == "features":
+        return {**target.surface.body, "mnx": {**FEATURES_MNX, "chat_id": chat_id}}
+    return dict(target.surface.body)
+
+
+def request_headers(target: Target) -> dict[str, str]:
+    return {"content-type": "application/json", **target.headers}
 
 
 def check_answer(target: Target, chat_id: str = "bench-check") -> None:
     """One request by hand: it must be a 200 carrying the assistant's echo."""
-    status, body = http_call(target.port, "POST", CHAT_PATH, request_body(target, chat_id),
-                             {"authorization": f"Bearer {target.api_key}"})
+    status, body = http_call(target.port, "POST", target.surface.path, request_body(target, chat_id),
+                             request_headers(target))
     try:
-        message = body["choices"][0]["message"]
-        ok = status == 200 and message["role"] == "assistant" and message["content"] == "echo: hello"
+        ok = status == 200 and target.surface.answer_text(body) == "echo: hello"
     except (KeyError, IndexError, TypeError):
         ok = False
     if not ok:
-        raise BenchError(f"{target.label} did not answer 200 with the assistant's echo: HTTP {status} {body!r:.500}")
+        raise BenchError(f"{target.label} ({target.surface.path} on port {target.port}) did not answer 200 with "
+                         f"the assistant's echo: HTTP {status} {body!r:.500}")
 
 
 def seed_gateway() -> None:
@@ -283,8 +331,9 @@ _RESULT = re.compile(r"BENCH_RESULT (.*)")
 def run_wrk(target: Target, concurrency: int, seconds: float, tag: str, log_path: Path) -> dict[str, int]:
     threads = 1 if concurrency == 1 else 2
     argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
-            "-s", str(LUA), f"http://{HOST}:{target.port}{CHAT_PATH}",
-            "--", target.mode, target.api_key, tag, str(concurrency // threads)]
+            "-s", str(LUA), f"http://{HOST}:{target.port}{target.surface.path}",
+            "--", tag, str(concurrency // threads), json.dumps(request_body(target, CHAT_ID), separators=(",", ":")),
+            *(f"{name}: {value}" for name, value in request_headers(target).items())]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired:
@@ -376,18 +425,24 @@ def median_of(runs: list[Measurement]) -> Measurement:
 
 def render(results: list[Measurement]) -> tuple[str, str]:
     """The markdown table, and the lines about the targets."""
-    base = {m.concurrency: m for m in results if m.target.key == "a"}
+    by = {(m.target.key, m.concurrency): m for m in results}
+
+    def added(m: Measurement) -> tuple[float, float] | None:
+        """(p50, p99) above the target's upstream-direct row at the same concurrency."""
+        base = by.get((m.target.baseline, m.concurrency)) if m.target.baseline else None
+        return None if base is None else (m.p50_ms - base.p50_ms, m.p99_ms - base.p99_ms)
+
     rows = ["| target | concurrency | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms/req "
             "| other load |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in results:
-        a = base[m.concurrency]
-        added = ("—", "—") if m.target.key == "a" else (f"{m.p50_ms - a.p50_ms:+.2f}", f"{m.p99_ms - a.p99_ms:+.2f}")
+        extra = added(m)
+        cells = ("—", "—") if extra is None else (f"{extra[0]:+.2f}", f"{extra[1]:+.2f}")
         rows.append(f"| {m.target.label} | {m.concurrency} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
-                    f"{added[0]} | {added[1]} | {m.cpu_ms_per_req:.2f} | {m.foreign_cpu_pct:.0f}% |")
-    by = {(m.target.key, m.concurrency): m for m in results}
+                    f"{cells[0]} | {cells[1]} | {m.cpu_ms_per_req:.2f} | {m.foreign_cpu_pct:.0f}% |")
+    concurrencies = sorted({m.concurrency for m in results})
     lines = []
-    for conc in sorted(base):
+    for conc in concurrencies:
         d = by.get(("d", conc))
         if d is None:
             continue
@@ -398,10 +453,30 @@ def render(results: list[Measurement]) -> tuple[str, str]:
                 verdict = "met" if ratio >= goal else "MISSED"
                 lines.append(f"- {m.target.label} / LiteLLM req/s at concurrency {conc}: **{ratio:.1f}x** "
                              f"(target ≥ {goal:g}x: {verdict})")
-    if ("b", 1) in by and 1 in base:
-        added = by[("b", 1)].p50_ms - base[1].p50_ms
-        verdict = "met" if added < 1.0 else "MISSED"
-        lines.append(f"- (b) added p50 latency at concurrency 1: **{added:.2f} ms** (target < 1 ms: {verdict})")
+    if ("b", 1) in by and ("a", 1) in by:
+        b_added = added(by[("b", 1)])[0]
+        verdict = "met" if b_added < 1.0 else "MISSED"
+        lines.append(f"- (b) added p50 latency at concurrency 1: **{b_added:.2f} ms** (target < 1 ms: {verdict})")
+    # The other surfaces in passthrough: added latency against their own upstream row, and
+    # throughput next to chat completions' (b) and LiteLLM's (d).
+    for key in ("e", "f"):
+        m = by.get((key, 1))
+        extra = added(m) if m else None
+        if extra is not None:
+            lines.append(f"- ({key}) added p50 latency at concurrency 1, {m.target.surface.name} "
+                         f"(against {by[(m.target.baseline, 1)].target.label}): **{extra[0]:.2f} ms**")
+    for conc in concurrencies:
+        b, d = by.get(("b", conc)), by.get(("d", conc))
+        if b is None:
+            continue
+        parts = [f"(b) chat completions **{b.rps:,.0f}**"]
+        for key in ("e", "f"):
+            m = by.get((key, conc))
+            if m:
+                litellm = f", {m.rps / d.rps:.1f}x LiteLLM" if d else ""
+                parts.append(f"({key}) {m.target.surface.name} **{m.rps:,.0f}** ({m.rps / b.rps:.2f}x (b){litellm})")
+        if len(parts) > 1:
+            lines.append(f"- gateway passthrough req/s at concurrency {conc}: " + "; ".join(parts))
     wrk = max(m.wrk_cpu_pct for m in results)
     lines.append(f"- wrk used at most {wrk:.0f}% of one core. \"other load\" is the CPU the machine spent "
                  "outside the benchmark's processes during the cell (other jobs, kernel threads), in % of one core.")
@@ -515,15 +590,19 @@ def main() -> int:
         print(f"starting the fake upstream, the gateway and LiteLLM's proxy (logs in {workdir})", flush=True)
         for child in children.values():
             child.start()
-        wait_ready(children["upstream"], UPSTREAM_PORT, None, 30)
-        check_answer(TARGETS[0])
-        wait_ready(children["gateway"], GATEWAY_PORT, "/health", 60)
-        seed_gateway()
-        check_answer(TARGETS[1])
-        check_features(TARGETS[2])
-        wait_ready(children["litellm"], LITELLM_PORT, "/health/liveliness", 120)
-        check_answer(TARGETS[3])
-        print(f"all four targets answer 200 with the assistant's echo ({time.monotonic() - started:.1f} s)", flush=True)
+        for name, port, health_path, timeout in (("upstream", UPSTREAM_PORT, None, 30),
+                                                 ("gateway", GATEWAY_PORT, "/health", 60),
+                                                 ("litellm", LITELLM_PORT, "/health/liveliness", 120)):
+            wait_ready(children[name], port, health_path, timeout)
+            if name == "gateway":
+                seed_gateway()
+            for target in (t for t in TARGETS if t.child == name):
+                if target.mnx == "features":
+                    check_features(target)
+                else:
+                    check_answer(target)
+        print(f"all {len(TARGETS)} targets answer 200 with the assistant's echo "
+              f"({time.monotonic() - started:.1f} s)", flush=True)
 
         wrk_log = workdir / "wrk.log"
         runs: dict[tuple[str, int], list[Measurement]] = {}
