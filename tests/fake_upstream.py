@@ -7,7 +7,7 @@ what the gateway forwarded, and misbehaves on demand through the model name:
 
     fail-<status>   answer with that HTTP status and a provider error body
     slow-stream     stream one chunk every 50 ms for 10 s (client-disconnect tests)
-    cut-stream      stream two chunks, then drop the connection without finishing
+    cut-stream      stream a first piece, then drop the connection without finishing
     tool-call       answer with an assistant tool call instead of text (any model ending so,
                     on Anthropic)
     sleep-<secs>    wait that long before answering (timeout tests)
@@ -202,6 +202,11 @@ class FakeProvider:
                                                     "STOP"))
             return
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        if model.endswith("cut-stream"):
+            partial = response([{"text": "partial"}], None)
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(partial).encode() + b"\r\n\r\n",
+                        "more_body": True})
+            raise ConnectionAbortedError("fake provider drops the stream")
         words = text.split(" ")
         chunks = [response([call], "STOP")] if model.endswith("tool-call") else [
             response([{"text": w if i == 0 else " " + w}], "STOP" if i == len(words) - 1 else None)
@@ -250,6 +255,10 @@ class FakeProvider:
 
         await event({"type": "response.created", "response": {**response, "status": "in_progress", "output": []}})
         await event({"type": "response.output_item.added", "output_index": 0, "item": item})
+        if model == "cut-stream":
+            await event({"type": "response.output_text.delta", "item_id": "msg_r1", "output_index": 0,
+                         "content_index": 0, "delta": "partial"})
+            raise ConnectionAbortedError("fake provider drops the stream")
         if item["type"] == "message":
             for i, word in enumerate(text.split(" ")):
                 await event({"type": "response.output_text.delta", "item_id": "msg_r1", "output_index": 0,
@@ -293,6 +302,12 @@ class FakeProvider:
         await event("message_start", {"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 0}}})
+        if model == "cut-stream":
+            await event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})
+            await event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": "partial"}})
+            raise ConnectionAbortedError("fake provider drops the stream")
         if wants_tool:
             await event("content_block_start", {"type": "content_block_start", "index": 0,
                                                 "content_block": {**tool_use, "input": {}}})
