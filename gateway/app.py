@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api import history, prompts, state
+from gateway.api import history, memory_policies, prompts, state
 from gateway.config import GatewayConfig
 from gateway.errors import Surface
 from gateway.proxy.chat_completions import chat_completions
@@ -52,6 +52,18 @@ def _routes() -> list[Route]:
               methods=["PATCH"]),
         Route(f"{API}/prompts/{{prompt_id}}", endpoint(prompts.delete_prompt, scope="prompts:write"),
               methods=["DELETE"]),
+        Route(f"{API}/memory/policies", endpoint(memory_policies.list_policies, scope="memory_policies:read"),
+              methods=["GET"]),
+        Route(f"{API}/memory/policies", endpoint(memory_policies.create_policy, scope="memory_policies:write"),
+              methods=["POST"]),
+        Route(f"{API}/memory/policies/resolve",
+              endpoint(memory_policies.resolve_policies, scope="memory_policies:read"), methods=["GET"]),
+        Route(f"{API}/memory/policies/{{policy_id}}",
+              endpoint(memory_policies.get_policy, scope="memory_policies:read"), methods=["GET"]),
+        Route(f"{API}/memory/policies/{{policy_id}}",
+              endpoint(memory_policies.update_policy, scope="memory_policies:write"), methods=["PATCH"]),
+        Route(f"{API}/memory/policies/{{policy_id}}",
+              endpoint(memory_policies.delete_policy, scope="memory_policies:delete"), methods=["DELETE"]),
         Route(f"{API}/state/{{key:path}}", endpoint(state.get_state, scope="state:read"), methods=["GET"]),
         Route(f"{API}/state/{{key:path}}", endpoint(state.put_state, scope="state:write"), methods=["PUT"]),
         Route(f"{API}/state/{{key:path}}", endpoint(state.delete_state, scope="state:delete"), methods=["DELETE"]),

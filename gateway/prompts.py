@@ -9,33 +9,17 @@ by ``priority``, lower first) and joins their texts.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import Any
 
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
-from gateway.store import Collection, DocumentStore
+from gateway.scoped import resolve_levels, save_with_unique_default, scoped_collection, validate_scope
+from gateway.store import DocumentStore
 from gateway.validation import Body
 
-PROMPTS = Collection("prompts", indexes=(("scope", "scope_id"),))
-SCOPES = ("project", "subject", "chat")
+PROMPTS = scoped_collection("prompts")
 LAYER_SEPARATOR = "\n\n"
-
-
-def _validate_scope(scope: str, scope_id: str | None) -> str:
-    if scope not in SCOPES:
-        raise BadRequest("scope must be one of project, subject, chat", code="invalid_scope", param="scope")
-    if scope == "project":
-        return ""
-    if not scope_id:
-        raise BadRequest(f"scope_id is required for {scope}-scoped prompts", code="scope_id_required", param="scope_id")
-    return scope_id
-
-
-def layered(prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Order resolved prompts project -> subject -> chat, then by priority."""
-    return sorted(prompts, key=lambda p: (SCOPES.index(p["scope"]), p["priority"], p["created_at"]))
 
 
 def combined_text(prompts: list[dict[str, Any]]) -> str:
@@ -52,7 +36,7 @@ class SystemPrompts:
         name = body.string("name", required=True, code="name_required", max_length=200)
         prompt_text = body.string("prompt_text", required=True, code="prompt_text_required", max_length=100_000)
         scope = body.string("scope") or "project"
-        scope_id = _validate_scope(scope, body.string("scope_id", max_length=256))
+        scope_id = validate_scope(scope, body.string("scope_id", max_length=256), "prompts")
         prompt_id = body.string("id", max_length=128) or "sp_" + secrets.token_hex(10)
         existing = await self._store.get(PROMPTS, project_id, prompt_id)
         stamp = now_iso()
@@ -94,7 +78,8 @@ class SystemPrompts:
                                                 max_length=100_000)
         if body.has("scope") or body.has("scope_id"):
             scope = body.string("scope") or prompt["scope"]
-            prompt["scope_id"] = _validate_scope(scope, body.string("scope_id", max_length=256) or prompt["scope_id"])
+            prompt["scope_id"] = validate_scope(scope, body.string("scope_id", max_length=256) or prompt["scope_id"],
+                                               "prompts")
             prompt["scope"] = scope
         if body.has("is_default"):
             prompt["is_default"] = body.flag("is_default", default=False)
@@ -113,26 +98,12 @@ class SystemPrompts:
         return await self._store.delete(PROMPTS, project_id, prompt_id)
 
     async def _save(self, project_id: str, prompt: dict[str, Any]) -> None:
-        if prompt["is_default"]:
-            siblings = await self._store.find(PROMPTS, project_id,
-                                              {"scope": prompt["scope"], "scope_id": prompt["scope_id"]})
-            for sibling in siblings:
-                if sibling["id"] != prompt["id"] and sibling["is_default"]:
-                    await self._store.put(PROMPTS, project_id, sibling["id"], {**sibling, "is_default": False})
-        await self._store.put(PROMPTS, project_id, prompt["id"], prompt)
+        await save_with_unique_default(self._store, PROMPTS, project_id, prompt)
 
     async def resolve(self, project_id: str, subject_id: str | None, chat_id: str | None,
                       *, default_only: bool = True) -> list[dict[str, Any]]:
         """The prompts that apply to a request, in injection order."""
-        levels = [("project", "")]
-        if subject_id:
-            levels.append(("subject", subject_id))
-        if chat_id:
-            levels.append(("chat", chat_id))
-        found = await asyncio.gather(*(self._store.find(PROMPTS, project_id, {"scope": s, "scope_id": i})
-                                       for s, i in levels))
-        return layered([p for level in found for p in level
-                        if p["is_active"] and (p["is_default"] or not default_only)])
+        return await resolve_levels(self._store, PROMPTS, project_id, subject_id, chat_id, default_only=default_only)
 
     async def for_request(self, project_id: str, selection: bool | str, subject_id: str,
                           chat_id: str) -> list[dict[str, Any]]:

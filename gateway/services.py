@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
 from gateway.history import ChatHistory
+from gateway.memory_policies import MemoryPolicies
 from gateway.pipeline.context import ContextStage
 from gateway.pipeline.stages import AgentStateStage, HistoryStage, SystemPromptStage
 from gateway.prompts import SystemPrompts
@@ -23,6 +24,7 @@ class Services:
     history: ChatHistory
     prompts: SystemPrompts
     state: AgentState
+    policies: MemoryPolicies
     upstream: Upstream
     # The context layers, in seed 003's order (memories and records slot in before history).
     stages: list[ContextStage]
@@ -40,6 +42,7 @@ class Services:
             history=history,
             prompts=prompts,
             state=state,
+            policies=MemoryPolicies(store),
             upstream=Upstream(config.providers),
             stages=[SystemPromptStage(prompts), AgentStateStage(state), HistoryStage(history, config.history)],
         )

@@ -66,6 +66,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     ids = {"X-Mnx-Chat-Id": options.chat_id, "X-Mnx-Subject-Id": options.subject_id}
     try:
         spec.validate(body)
+        if isinstance(options.memory_policy, str):
+            await services.policies.require_usable(call.project_id, options.memory_policy)
         route = route_model(body["model"])
         settings = provider_settings(services.config.providers, route.provider)
         api_key = provider_key(route.provider, headers, call.credentials.provider_bearer, settings,

@@ -1,0 +1,60 @@
+"""Documents scoped project -> subject -> chat: system prompts and memory policies.
+
+Both live at one scope level (the project, one subject, or one chat, named by
+``scope_id``), have at most one default per level, and resolve by layering the
+levels that apply to a request in that order, each ordered by ``priority``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.errors import BadRequest
+from gateway.store import Collection, DocumentStore
+
+SCOPES = ("project", "subject", "chat")
+
+
+def scoped_collection(name: str) -> Collection:
+    return Collection(name, indexes=(("scope", "scope_id"),))
+
+
+def validate_scope(scope: str, scope_id: str | None, noun: str) -> str:
+    """The stored scope_id for ``scope`` ("" for the project level)."""
+    if scope not in SCOPES:
+        raise BadRequest("scope must be one of project, subject, chat", code="invalid_scope", param="scope")
+    if scope == "project":
+        return ""
+    if not scope_id:
+        raise BadRequest(f"scope_id is required for {scope}-scoped {noun}", code="scope_id_required", param="scope_id")
+    return scope_id
+
+
+def layered(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order resolved documents project -> subject -> chat, then by priority (lower first)."""
+    return sorted(docs, key=lambda d: (SCOPES.index(d["scope"]), d["priority"], d["created_at"]))
+
+
+async def resolve_levels(store: DocumentStore, collection: Collection, project_id: str, subject_id: str | None,
+                         chat_id: str | None, *, default_only: bool) -> list[dict[str, Any]]:
+    """The active documents of every level that applies, in resolution order."""
+    levels = [("project", "")]
+    if subject_id:
+        levels.append(("subject", subject_id))
+    if chat_id:
+        levels.append(("chat", chat_id))
+    found = await asyncio.gather(*(store.find(collection, project_id, {"scope": s, "scope_id": i})
+                                   for s, i in levels))
+    return layered([d for level in found for d in level if d["is_active"] and (d["is_default"] or not default_only)])
+
+
+async def save_with_unique_default(store: DocumentStore, collection: Collection, project_id: str,
+                                   doc: dict[str, Any]) -> None:
+    """Store ``doc``; if it is a default, its level's previous default stops being one."""
+    if doc["is_default"]:
+        siblings = await store.find(collection, project_id, {"scope": doc["scope"], "scope_id": doc["scope_id"]})
+        for sibling in siblings:
+            if sibling["id"] != doc["id"] and sibling["is_default"]:
+                await store.put(collection, project_id, sibling["id"], {**sibling, "is_default": False})
+    await store.put(collection, project_id, doc["id"], doc)
