@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.proxy.sse import JsonEventStream
+
 # -- Anthropic -> OpenAI ----------------------------------------------------------------------
 
 
@@ -155,33 +157,15 @@ def with_system(system: Any, context: str | None) -> Any:
 # -- streamed answers -------------------------------------------------------------------------
 
 
-class MessagesStreamAccumulator:
+class MessagesStreamAccumulator(JsonEventStream):
     """Rebuilds the assistant message from Anthropic stream events as they pass through."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        super().__init__()
         self._blocks: dict[int, dict[str, Any]] = {}
         self.stop_reason: str | None = None
-        self.done = False
-        self.error: Any = None
 
-    @property
-    def completed(self) -> bool:
-        return self.error is None and self.done
-
-    def feed(self, data: bytes) -> None:
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                try:
-                    event = json.loads(line[5:])
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    self._event(event)
-
-    def _event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "content_block_start":
             block = dict(event.get("content_block") or {})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.proxy.sse import JsonEventStream
+
 # The fields of a GenerateContentResponse; the google-genai SDK rejects any other.
 RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata", "modelVersion", "responseId", "createTime")
 
@@ -126,38 +128,21 @@ def response_message(response: dict[str, Any]) -> dict[str, Any] | None:
     return parts_to_assistant(((candidates[0] or {}).get("content") or {}).get("parts") or [])
 
 
-class GeminiStreamAccumulator:
+class GeminiStreamAccumulator(JsonEventStream):
     """Rebuilds the answer from streamed GenerateContentResponse chunks; a finishReason ends it."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        super().__init__()
         self._parts: list[dict[str, Any]] = []
-        self.done = False
-        self.error: Any = None
 
-    @property
-    def completed(self) -> bool:
-        return self.error is None and self.done
-
-    def feed(self, data: bytes) -> None:
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                chunk = json.loads(line[5:])
-            except ValueError:
-                continue
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("error"):
-                self.error = chunk["error"]
-                continue
-            for candidate in (chunk.get("candidates") or [])[:1]:
-                self._parts.extend((candidate.get("content") or {}).get("parts") or [])
-                if candidate.get("finishReason"):
-                    self.done = True
+    def on_event(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("error"):
+            self.error = chunk["error"]
+            return
+        for candidate in (chunk.get("candidates") or [])[:1]:
+            self._parts.extend((candidate.get("content") or {}).get("parts") or [])
+            if candidate.get("finishReason"):
+                self.done = True
 
     def message(self) -> dict[str, Any]:
         return parts_to_assistant(self._parts)

@@ -10,31 +10,18 @@ cancels the provider's generation; nothing is recorded.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Protocol
+from typing import AsyncIterator
 
 import anyio
 
 from gateway.pipeline.context import TurnContext
 from gateway.pipeline.record import record_turn
+from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.upstream import UpstreamStream
 from gateway.services import Services
 
 
-class StreamAccumulator(Protocol):
-    done: bool  # the format's end-of-stream event has been seen
-
-    @property
-    def completed(self) -> bool:
-        """The stream ended as the provider ends a full answer, with no error event."""
-
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes of the stream."""
-
-    def message(self) -> dict[str, Any]:
-        """The assistant message so far, in the OpenAI form history is stored in."""
-
-
-async def relay(services: Services, turn: TurnContext, stream: UpstreamStream, accumulator: StreamAccumulator,
+async def relay(services: Services, turn: TurnContext, stream: UpstreamStream, accumulator: JsonEventStream,
                 interrupted_frame: bytes) -> AsyncIterator[bytes]:
     recorded = False
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.proxy.sse import JsonEventStream
+
 
 def _text_and_images(content: Any) -> Any:
     """A Responses message content as chat content: a string when it is only text."""
@@ -94,35 +96,20 @@ def with_instructions(instructions: str | None, context: str | None) -> str | No
     return f"{context}\n\n{instructions}" if instructions else context
 
 
-class ResponsesStreamAccumulator:
+class ResponsesStreamAccumulator(JsonEventStream):
     """Reads a Responses event stream; the final ``response.completed`` event carries the whole answer."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        super().__init__()
         self._response: dict[str, Any] | None = None
-        self.done = False
-        self.error: Any = None
 
-    @property
-    def completed(self) -> bool:
-        return self.error is None and self.done
-
-    def feed(self, data: bytes) -> None:
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                event = json.loads(line[5:])
-            except ValueError:
-                continue
-            kind = event.get("type") if isinstance(event, dict) else None
-            if kind == "response.completed":
-                self._response = event.get("response") or {}
-                self.done = True
-            elif kind in ("response.failed", "response.incomplete", "error"):
-                self.error = event
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "response.completed":
+            self._response = event.get("response") or {}
+            self.done = True
+        elif kind in ("response.failed", "response.incomplete", "error"):
+            self.error = event
 
     def message(self) -> dict[str, Any]:
         return output_to_message((self._response or {}).get("output") or [])

@@ -19,37 +19,60 @@ def sse_frame(payload: dict[str, Any]) -> bytes:
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
-class ChatStreamAccumulator:
+class JsonEventStream:
+    """Reads server-sent events as they pass, handing each ``data:`` JSON object to ``on_event``.
+
+    Subclasses rebuild one format's answer; ``done`` is set when the format's own end
+    marker arrives and ``error`` when the stream carries an error event.
+    """
+
     def __init__(self) -> None:
         self._pending = b""
+        self.done = False
+        self.error: Any = None
+
+    @property
+    def completed(self) -> bool:
+        return self.error is None and self.done
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            raw = line[5:].strip()
+            if raw == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue  # Comments and keep-alives are not ours to judge.
+            if isinstance(event, dict):
+                self.on_event(event)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message so far, in the OpenAI form history is stored in."""
+        raise NotImplementedError
+
+
+class ChatStreamAccumulator(JsonEventStream):
+    def __init__(self) -> None:
+        super().__init__()
         self._text: list[str] = []
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
-        self.done = False
-        self.error: Any = None
         self.usage: dict[str, Any] | None = None
 
     @property
     def completed(self) -> bool:
         return self.error is None and (self.done or self.finish_reason is not None)
 
-    def feed(self, data: bytes) -> None:
-        self._pending += data
-        *lines, self._pending = self._pending.split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                self._data(line[5:].strip())
-
-    def _data(self, raw: bytes) -> None:
-        if raw == b"[DONE]":
-            self.done = True
-            return
-        try:
-            chunk = json.loads(raw)
-        except ValueError:
-            return  # Comments and keep-alives are not ours to judge.
-        if not isinstance(chunk, dict):
-            return
+    def on_event(self, chunk: dict[str, Any]) -> None:
         if chunk.get("error"):
             self.error = chunk["error"]
             return

@@ -22,7 +22,8 @@ from gateway.options import parse_options
 from gateway.pipeline.context import AssembledContext, TurnContext, assemble
 from gateway.pipeline.record import record_turn
 from gateway.proxy.providers import Route, provider_key, provider_settings, route_model
-from gateway.proxy.relay import StreamAccumulator, relay
+from gateway.proxy.relay import relay
+from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.upstream import UpstreamCall, WireFormat
 from gateway.routing import Call
 from gateway.validation import read_json_object
@@ -40,7 +41,7 @@ class SurfaceSpec:
     wire: WireFormat
     # The assistant message of a whole answer, in the stored form (None: nothing to record).
     answer_message: Callable[[dict[str, Any]], dict[str, Any] | None]
-    new_accumulator: Callable[[], StreamAccumulator]
+    new_accumulator: Callable[[], JsonEventStream]
     # The format's own error event, sent when the provider's stream breaks off.
     interrupted_frame: bytes
     # The header this format's SDK carries the provider key in, per provider.

@@ -223,149 +223,119 @@ class Upstream:
         """Translate through LiteLLM for a provider that doesn't speak ``wire``."""
         if self._litellm is None:
             self.warm_up()
-        if wire is WireFormat.CHAT:
-            return await (self._litellm_stream(call) if stream else self._litellm_complete(call))
-        if wire is WireFormat.RESPONSES:
-            return await self._litellm_responses(call, stream=stream)
-        if wire is WireFormat.MESSAGES:
-            return await self._litellm_messages(call, stream=stream)
-        return await self._litellm_gemini(call, stream=stream)
-
-    # -- LiteLLM translation --------------------------------------------------------------
-
-    def _litellm_arguments(self, call: UpstreamCall) -> dict[str, Any]:
-        params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "input", "stream")}
-        return {
-            **params,
-            "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-            # The conversation, whichever format's field carries it.
-            "messages": call.body["messages"] if "messages" in call.body else call.body["input"],
-            "api_key": call.api_key,
-            "api_base": call.settings.api_base,
-            "timeout": call.settings.timeout.read,
-            "num_retries": 0,
-        }
-
-    def _litellm_error(self, error: Exception) -> UpstreamError:
-        status = getattr(error, "status_code", None)
-        if not isinstance(status, int):
-            status = 502
-        message = getattr(error, "message", None) or str(error)
-        return UpstreamError(f"provider error: {message}"[:2000], status=status, code="upstream_error")
-
-    async def _litellm_complete(self, call: UpstreamCall) -> dict[str, Any]:
+        bridge = _BRIDGES[wire](self._litellm, call)
         try:
-            response = await self._litellm.acompletion(**self._litellm_arguments(call))
+            answer = await bridge.request(stream)
         except Exception as error:  # LiteLLM raises its own tree, all carrying status_code.
-            raise self._litellm_error(error) from None
-        return json.loads(response.model_dump_json(exclude_none=True))
-
-    async def _litellm_stream(self, call: UpstreamCall) -> UpstreamStream:
-        try:
-            stream = await self._litellm.acompletion(**self._litellm_arguments(call), stream=True)
-        except Exception as error:
-            raise self._litellm_error(error) from None
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in stream:
-                    yield sse_frame(json.loads(chunk.model_dump_json(exclude_none=True)))
-            except Exception as error:  # Mid-stream failure: stop without [DONE], an incomplete turn.
-                log.warning("upstream stream broke off: %s", type(error).__name__)
-                return
-            yield DONE_FRAME
-
-        async def close() -> None:
-            closer = getattr(stream, "aclose", None)
-            if closer is not None:
-                await closer()
-
-        return UpstreamStream(chunks(), close)
-
-    async def _litellm_responses(self, call: UpstreamCall, *, stream: bool) -> Any:
-        """A Responses-format request to a provider without a Responses API, via LiteLLM's bridge."""
-        arguments = self._litellm_arguments(call)
-        arguments.pop("num_retries", None)
-        arguments["input"] = arguments.pop("messages")
-        try:
-            answer = await self._litellm.aresponses(**arguments, stream=stream)
-        except Exception as error:
-            raise self._litellm_error(error) from None
+            raise _litellm_error(error) from None
         if not stream:
-            return json.loads(answer.model_dump_json(exclude_none=True))
+            return bridge.whole(answer)
+        return _litellm_stream(answer, bridge.frames, bridge.trailer)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for event in answer:
-                    payload = event.model_dump_json(exclude_none=True)
-                    yield f"event: {event.type}\ndata: {payload}\n\n".encode()
-            except Exception as error:  # Mid-stream failure: no response.completed, an incomplete turn.
-                log.warning("upstream stream broke off: %s", type(error).__name__)
 
-        async def close() -> None:
-            closer = getattr(answer, "aclose", None)
-            if closer is not None:
-                await closer()
+# -- LiteLLM translation ------------------------------------------------------------------
 
-        return UpstreamStream(chunks(), close)
 
-    async def _litellm_gemini(self, call: UpstreamCall, *, stream: bool) -> Any:
-        """A Gemini-format request to another provider, via LiteLLM's google_genai bridge."""
-        from litellm.google_genai import agenerate_content, agenerate_content_stream
+@dataclass(frozen=True)
+class _Bridge:
+    """How one format travels through LiteLLM: the call, a whole answer, and stream items as frames."""
 
-        body = call.body
-        arguments = {
-            "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-            "contents": body["contents"], "config": body.get("generationConfig"), "tools": body.get("tools"),
-            "systemInstruction": body.get("systemInstruction"),
-            "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
-        }
+    request: Callable[[bool], Awaitable[Any]]
+    whole: Callable[[Any], dict[str, Any]]
+    frames: Callable[[Any], list[bytes]]
+    trailer: bytes = b""  # sent after the last item when the stream ends normally
+
+
+def _model_json(model: Any) -> dict[str, Any]:
+    return json.loads(model.model_dump_json(exclude_none=True))
+
+
+def _litellm_arguments(call: UpstreamCall) -> dict[str, Any]:
+    params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "input", "stream")}
+    return {
+        **params,
+        "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
+        # The conversation, whichever format's field carries it.
+        "messages": call.body["messages"] if "messages" in call.body else call.body["input"],
+        "api_key": call.api_key,
+        "api_base": call.settings.api_base,
+        "timeout": call.settings.timeout.read,
+    }
+
+
+def _chat_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
+    arguments = {**_litellm_arguments(call), "num_retries": 0}
+    return _Bridge(request=lambda stream: litellm.acompletion(**arguments, stream=stream), whole=_model_json,
+                   frames=lambda chunk: [sse_frame(_model_json(chunk))], trailer=DONE_FRAME)
+
+
+def _responses_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
+    arguments = _litellm_arguments(call)
+    arguments["input"] = arguments.pop("messages")
+    return _Bridge(request=lambda stream: litellm.aresponses(**arguments, stream=stream), whole=_model_json,
+                   frames=lambda event: [f"event: {event.type}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
+                                         .encode()])
+
+
+def _messages_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
+    from litellm.anthropic_interface import messages
+
+    arguments = _litellm_arguments(call)
+    return _Bridge(request=lambda stream: messages.acreate(**arguments, stream=stream),
+                   whole=lambda answer: answer if isinstance(answer, dict) else _model_json(answer),
+                   frames=lambda chunk: [chunk if isinstance(chunk, bytes) else str(chunk).encode()])
+
+
+def _gemini_frames(chunk: Any) -> list[bytes]:
+    raw = chunk if isinstance(chunk, bytes) else str(chunk).encode()
+    return [b"data: " + json.dumps(gemini_response_only(json.loads(line[5:]))).encode() + b"\n\n"
+            for line in raw.split(b"\n") if line.startswith(b"data:")]
+
+
+def _gemini_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
+    from litellm.google_genai import agenerate_content, agenerate_content_stream
+
+    body = call.body
+    arguments = {
+        "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
+        "contents": body["contents"], "config": body.get("generationConfig"), "tools": body.get("tools"),
+        "systemInstruction": body.get("systemInstruction"),
+        "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
+    }
+    return _Bridge(request=lambda stream: (agenerate_content_stream if stream else agenerate_content)(**arguments),
+                   whole=lambda answer: gemini_response_only(answer if isinstance(answer, dict) else _model_json(answer)),
+                   frames=_gemini_frames)
+
+
+_BRIDGES: dict[WireFormat, Callable[[Any, UpstreamCall], _Bridge]] = {
+    WireFormat.CHAT: _chat_bridge, WireFormat.RESPONSES: _responses_bridge,
+    WireFormat.MESSAGES: _messages_bridge, WireFormat.GEMINI: _gemini_bridge,
+}
+
+
+def _litellm_error(error: Exception) -> UpstreamError:
+    status = getattr(error, "status_code", None)
+    if not isinstance(status, int):
+        status = 502
+    message = getattr(error, "message", None) or str(error)
+    return UpstreamError(f"provider error: {message}"[:2000], status=status, code="upstream_error")
+
+
+def _litellm_stream(source: Any, frames: Callable[[Any], list[bytes]], trailer: bytes) -> UpstreamStream:
+    async def chunks() -> AsyncIterator[bytes]:
         try:
-            answer = await (agenerate_content_stream if stream else agenerate_content)(**arguments)
-        except Exception as error:
-            raise self._litellm_error(error) from None
-        if not stream:
-            return gemini_response_only(answer if isinstance(answer, dict) else json.loads(answer.model_dump_json()))
+            async for item in source:
+                for frame in frames(item):
+                    yield frame
+        except Exception as error:  # Mid-stream failure: no end marker follows, so the turn stays incomplete.
+            log.warning("upstream stream broke off: %s", type(error).__name__)
+            return
+        if trailer:
+            yield trailer
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in answer:
-                    for line in (chunk if isinstance(chunk, bytes) else str(chunk).encode()).split(b"\n"):
-                        if line.startswith(b"data:"):
-                            yield b"data: " + json.dumps(gemini_response_only(json.loads(line[5:]))).encode() + b"\n\n"
-            except Exception as error:  # Mid-stream failure: no finishReason, an incomplete turn.
-                log.warning("upstream stream broke off: %s", type(error).__name__)
+    async def close() -> None:
+        closer = getattr(source, "aclose", None)
+        if closer is not None:
+            await closer()
 
-        async def close() -> None:
-            closer = getattr(answer, "aclose", None)
-            if closer is not None:
-                await closer()
-
-        return UpstreamStream(chunks(), close)
-
-    async def _litellm_messages(self, call: UpstreamCall, *, stream: bool) -> Any:
-        """A Messages-format request to a provider that speaks another format, via LiteLLM's bridge."""
-        from litellm.anthropic_interface import messages
-
-        arguments = self._litellm_arguments(call)
-        arguments.pop("num_retries", None)
-        try:
-            answer = await messages.acreate(**arguments, stream=stream)
-        except Exception as error:
-            raise self._litellm_error(error) from None
-        if not stream:
-            return answer if isinstance(answer, dict) else json.loads(answer.model_dump_json(exclude_none=True))
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in answer:
-                    yield chunk if isinstance(chunk, bytes) else str(chunk).encode()
-            except Exception as error:  # Mid-stream failure: no message_stop, an incomplete turn.
-                log.warning("upstream stream broke off: %s", type(error).__name__)
-
-        async def close() -> None:
-            closer = getattr(answer, "aclose", None)
-            if closer is not None:
-                await closer()
-
-        return UpstreamStream(chunks(), close)
+    return UpstreamStream(chunks(), close)
