@@ -14,7 +14,9 @@ from typing import Any
 
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
-from gateway.scoped import resolve_levels, save_with_unique_default, scoped_collection, validate_scope
+from gateway.scoped import (
+    check_scope_name, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
+)
 from gateway.store import DocumentStore
 from gateway.validation import Body
 
@@ -78,19 +80,12 @@ class MemoryPolicies:
 
     async def create(self, project_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         body = Body(raw)
-        name = body.string("name", required=True, code="name_required", max_length=200)
-        policy_text = body.string("policy_text", required=True, code="policy_text_required", max_length=50_000)
-        scope = body.string("scope") or "project"
-        scope_id = validate_scope(scope, body.string("scope_id", max_length=256), "policies")
+        fields = read_scoped_fields(body, "policy_text", 50_000, "policies")
         policy_id = body.string("id", max_length=128) or "mp_" + secrets.token_hex(10)
         existing = await self._store.get(POLICIES, project_id, policy_id)
         stamp = now_iso()
         policy = {
-            "id": policy_id, "project_id": project_id, "name": name, "policy_text": policy_text,
-            "scope": scope, "scope_id": scope_id,
-            "is_active": body.flag("is_active", default=True),
-            "is_default": body.flag("is_default", default=False),
-            "priority": body.integer("priority", default=100, minimum=-1_000_000, maximum=1_000_000),
+            "id": policy_id, "project_id": project_id, **fields,
             "config": validate_config(body.obj("config")),
             "metadata": body.obj("metadata") or {},
             "created_at": existing["created_at"] if existing else stamp, "updated_at": stamp,
@@ -106,28 +101,14 @@ class MemoryPolicies:
 
     async def list(self, project_id: str, *, scope: str | None, include_inactive: bool) -> list[dict[str, Any]]:
         if scope is not None:
-            validate_scope(scope, "-", "policies")
+            check_scope_name(scope)
         return [p for p in await self._store.find(POLICIES, project_id)
                 if (scope is None or p["scope"] == scope) and (include_inactive or p["is_active"])]
 
     async def update(self, project_id: str, policy_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         policy = dict(await self.get(project_id, policy_id))
         body = Body(raw)
-        if body.has("name"):
-            policy["name"] = body.string("name", required=True, code="name_required", max_length=200)
-        if body.has("policy_text"):
-            policy["policy_text"] = body.string("policy_text", required=True, code="policy_text_required",
-                                                max_length=50_000)
-        if body.has("scope") or body.has("scope_id"):
-            scope = body.string("scope") or policy["scope"]
-            policy["scope_id"] = validate_scope(scope, body.string("scope_id", max_length=256) or policy["scope_id"],
-                                                "policies")
-            policy["scope"] = scope
-        for flag in ("is_active", "is_default"):
-            if body.has(flag):
-                policy[flag] = body.flag(flag, default=policy[flag])
-        if body.has("priority"):
-            policy["priority"] = body.integer("priority", default=100, minimum=-1_000_000, maximum=1_000_000)
+        policy.update(read_scoped_fields(body, "policy_text", 50_000, "policies", current=policy))
         if body.has("config"):
             policy["config"] = validate_config(body.obj("config"))
         if body.has("metadata"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
-from gateway.scoped import resolve_levels, save_with_unique_default, scoped_collection, validate_scope
+from gateway.scoped import read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection
 from gateway.store import DocumentStore
 from gateway.validation import Body
 
@@ -33,23 +33,14 @@ class SystemPrompts:
     async def create(self, project_id: str, raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create (or, when ``id`` names an existing prompt, replace) a prompt. Returns (prompt, created)."""
         body = Body(raw)
-        name = body.string("name", required=True, code="name_required", max_length=200)
-        prompt_text = body.string("prompt_text", required=True, code="prompt_text_required", max_length=100_000)
-        scope = body.string("scope") or "project"
-        scope_id = validate_scope(scope, body.string("scope_id", max_length=256), "prompts")
+        fields = read_scoped_fields(body, "prompt_text", 100_000, "prompts")
         prompt_id = body.string("id", max_length=128) or "sp_" + secrets.token_hex(10)
         existing = await self._store.get(PROMPTS, project_id, prompt_id)
         stamp = now_iso()
         prompt = {
             "id": prompt_id,
             "project_id": project_id,
-            "name": name,
-            "prompt_text": prompt_text,
-            "scope": scope,
-            "scope_id": scope_id,
-            "is_default": body.flag("is_default", default=False),
-            "is_active": body.flag("is_active", default=True),
-            "priority": body.integer("priority", default=100, minimum=-1_000_000, maximum=1_000_000),
+            **fields,
             "template": body.obj("template"),
             "metadata": body.obj("metadata"),
             "created_at": existing["created_at"] if existing else stamp,
@@ -71,22 +62,7 @@ class SystemPrompts:
     async def update(self, project_id: str, prompt_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         prompt = dict(await self.get(project_id, prompt_id))
         body = Body(raw)
-        if body.has("name"):
-            prompt["name"] = body.string("name", required=True, code="name_required", max_length=200)
-        if body.has("prompt_text"):
-            prompt["prompt_text"] = body.string("prompt_text", required=True, code="prompt_text_required",
-                                                max_length=100_000)
-        if body.has("scope") or body.has("scope_id"):
-            scope = body.string("scope") or prompt["scope"]
-            prompt["scope_id"] = validate_scope(scope, body.string("scope_id", max_length=256) or prompt["scope_id"],
-                                               "prompts")
-            prompt["scope"] = scope
-        if body.has("is_default"):
-            prompt["is_default"] = body.flag("is_default", default=False)
-        if body.has("is_active"):
-            prompt["is_active"] = body.flag("is_active", default=True)
-        if body.has("priority"):
-            prompt["priority"] = body.integer("priority", default=100, minimum=-1_000_000, maximum=1_000_000)
+        prompt.update(read_scoped_fields(body, "prompt_text", 100_000, "prompts", current=prompt))
         for field in ("template", "metadata"):
             if body.has(field):
                 prompt[field] = body.obj(field)

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.errors import BadRequest
 from gateway.store import Collection, DocumentStore
+from gateway.validation import Body
 
 SCOPES = ("project", "subject", "chat")
 
@@ -20,15 +21,45 @@ def scoped_collection(name: str) -> Collection:
     return Collection(name, indexes=(("scope", "scope_id"),))
 
 
-def validate_scope(scope: str, scope_id: str | None, noun: str) -> str:
-    """The stored scope_id for ``scope`` ("" for the project level)."""
+def check_scope_name(scope: str) -> None:
     if scope not in SCOPES:
         raise BadRequest("scope must be one of project, subject, chat", code="invalid_scope", param="scope")
+
+
+def validate_scope(scope: str, scope_id: str | None, noun: str) -> str:
+    """The stored scope_id for ``scope`` ("" for the project level)."""
+    check_scope_name(scope)
     if scope == "project":
         return ""
     if not scope_id:
         raise BadRequest(f"scope_id is required for {scope}-scoped {noun}", code="scope_id_required", param="scope_id")
     return scope_id
+
+
+def read_scoped_fields(body: Body, text_field: str, text_max: int, noun: str,
+                       current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields every scoped document has, read from a request body.
+
+    Creating (``current`` is None): every field, with its default when absent.
+    Patching: only the fields the body names; ``null`` keeps the current value.
+    """
+    creating = current is None
+    base = current or {"scope": "project", "scope_id": "", "is_active": True, "is_default": False, "priority": 100}
+    fields: dict[str, Any] = {}
+    if creating or body.has("name"):
+        fields["name"] = body.string("name", required=True, code="name_required", max_length=200)
+    if creating or body.has(text_field):
+        fields[text_field] = body.string(text_field, required=True, code=f"{text_field}_required", max_length=text_max)
+    if creating or body.has("scope") or body.has("scope_id"):
+        scope = body.string("scope") or base["scope"]
+        fields["scope_id"] = validate_scope(scope, body.string("scope_id", max_length=256) or base["scope_id"], noun)
+        fields["scope"] = scope
+    for flag in ("is_active", "is_default"):
+        if creating or body.has(flag):
+            fields[flag] = body.flag(flag, default=base[flag])
+    if creating or body.has("priority"):
+        fields["priority"] = body.integer("priority", default=base["priority"], minimum=-1_000_000, maximum=1_000_000)
+    return fields
 
 
 def layered(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
