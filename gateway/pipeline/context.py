@@ -11,7 +11,7 @@ the fixed order of the stage list, whatever order they finished in:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from gateway.options import MnxOptions
@@ -34,8 +34,6 @@ class ContextLayer:
     system_text: str | None = None
     # Messages placed between the system message and the request's messages.
     messages: Sequence[dict[str, Any]] = ()
-    # Ids of what was injected, for audit (prompt ids, state keys, memory ids...).
-    sources: dict[str, Any] = field(default_factory=dict)
 
 
 class ContextStage(Protocol):
@@ -52,7 +50,6 @@ class ContextStage(Protocol):
 class AssembledContext:
     system_text: str | None
     history: list[dict[str, Any]]
-    sources: dict[str, Any]
 
     def chat_messages(self, request_messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The full message list for an OpenAI-format upstream."""
@@ -71,13 +68,10 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
         layers = [await stage.run(turn) for stage in stages]
     sections: list[str] = []
     history: list[dict[str, Any]] = []
-    sources: dict[str, Any] = {}
-    for stage, layer in zip(stages, layers):
+    for layer in layers:
         if layer is None:
             continue
         if layer.system_text:
             sections.append(layer.system_text)
         history.extend(layer.messages)
-        if layer.sources:
-            sources[stage.name] = layer.sources
-    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, sources)
+    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history)

@@ -29,7 +29,7 @@ class SystemPromptStage:
                                                  options.chat_id)
         if not chosen:
             return None
-        return ContextLayer(system_text=combined_text(chosen), sources={"prompt_ids": [p["id"] for p in chosen]})
+        return ContextLayer(system_text=combined_text(chosen))
 
 
 class AgentStateStage:
@@ -50,7 +50,7 @@ class AgentStateStage:
         value = json.dumps(doc["value"], ensure_ascii=False, sort_keys=True)
         # State is data the app wrote, so it is framed as data, not as instructions.
         text = f"Current agent state (key \"{wanted.key}\"), as JSON data:\n{value}"
-        return ContextLayer(system_text=text, sources={"key": wanted.key})
+        return ContextLayer(system_text=text)
 
 
 class HistoryStage:
@@ -67,4 +67,4 @@ class HistoryStage:
         messages = await self._history.replay(turn.project_id, turn.options.subject_id, turn.options.chat_id,
                                               token_budget=self._config.token_budget,
                                               max_messages=self._config.max_messages)
-        return ContextLayer(messages=messages, sources={"messages": len(messages)}) if messages else None
+        return ContextLayer(messages=messages) if messages else None

@@ -163,7 +163,6 @@ class MessagesStreamAccumulator(JsonEventStream):
     def __init__(self) -> None:
         super().__init__()
         self._blocks: dict[int, dict[str, Any]] = {}
-        self.stop_reason: str | None = None
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -179,8 +178,6 @@ class MessagesStreamAccumulator(JsonEventStream):
                 block["text"] += delta.get("text", "")
             elif delta.get("type") == "input_json_delta":
                 block["partial_json"] += delta.get("partial_json", "")
-        elif kind == "message_delta":
-            self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":

@@ -66,7 +66,6 @@ class ChatStreamAccumulator(JsonEventStream):
         self._text: list[str] = []
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
 
     @property
     def completed(self) -> bool:
@@ -76,8 +75,6 @@ class ChatStreamAccumulator(JsonEventStream):
         if chunk.get("error"):
             self.error = chunk["error"]
             return
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
