@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api import history, memory_policies, prompts, state
+from gateway.api import history, memories, memory_policies, prompts, state, subjects
 from gateway.config import GatewayConfig
 from gateway.errors import Surface
 from gateway.proxy.chat_completions import chat_completions
@@ -42,6 +42,26 @@ def _routes() -> list[Route]:
         Route(f"{API}/chat/history/list", endpoint(history.list_chats, scope="history:read"), methods=["GET"]),
         Route(f"{API}/chat/history/read", endpoint(history.read_chat, scope="history:read"), methods=["GET"]),
         Route(f"{API}/chat/history/delete", endpoint(history.delete_chat, scope="history:delete"),
+              methods=["DELETE"]),
+        # Fixed paths before /memories/{memory_id}, so "search" is never taken for an id.
+        Route(f"{API}/memories", endpoint(memories.list_memories, scope="memories:read"), methods=["GET"]),
+        Route(f"{API}/memories", endpoint(memories.create_memory, scope="memories:write"), methods=["POST"]),
+        Route(f"{API}/memories/search", endpoint(memories.search_memories, scope="memories:search"),
+              methods=["GET"]),
+        Route(f"{API}/memories/superseded", endpoint(memories.list_superseded, scope="memories:read"),
+              methods=["GET"]),
+        Route(f"{API}/memories/recalls", endpoint(memories.list_recalls, scope="memories:read"), methods=["GET"]),
+        Route(f"{API}/memories/{{memory_id}}", endpoint(memories.get_memory, scope="memories:read"),
+              methods=["GET"]),
+        Route(f"{API}/memories/{{memory_id}}", endpoint(memories.update_memory, scope="memories:write"),
+              methods=["PATCH"]),
+        Route(f"{API}/memories/{{memory_id}}", endpoint(memories.delete_memory, scope="memories:delete"),
+              methods=["DELETE"]),
+        Route(f"{API}/memories/{{memory_id}}/restore", endpoint(memories.restore_memory, scope="memories:write"),
+              methods=["POST"]),
+        Route(f"{API}/memories/{{memory_id}}/claims", endpoint(memories.memory_claims, scope="memories:read"),
+              methods=["GET"]),
+        Route(f"{API}/subjects/{{subject_id}}", endpoint(subjects.erase_subject, scope="subjects:delete"),
               methods=["DELETE"]),
         Route(f"{API}/prompts", endpoint(prompts.list_prompts, scope="prompts:read"), methods=["GET"]),
         Route(f"{API}/prompts", endpoint(prompts.create_prompt, scope="prompts:write"), methods=["POST"]),
@@ -101,7 +121,7 @@ def create_app(config: GatewayConfig, services: Services | None = None) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services or Services.build(config)
         built.upstream.warm_up()
-        await built.store.ping()
+        await built.start()
         # Importing LiteLLM leaves hundreds of thousands of long-lived objects. Freezing
         # them keeps every later full collection from rescanning them mid-request (p99).
         gc.collect()

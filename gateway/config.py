@@ -138,6 +138,109 @@ class HistoryConfig(_Strict):
     max_messages: int = Field(default=500, ge=1)
 
 
+class EdgeVectorsConfig(_Strict):
+    # One directory holds the whole index; only one gateway process may open it.
+    path: str = "./data/memories"
+
+
+class QdrantVectorsConfig(_Strict):
+    """A Qdrant server or cluster, through qdrant-client."""
+
+    # http(s)://host:6333 for a server. Alternatively ``location``: ":memory:" or a
+    # directory, which runs qdrant-client's local mode (for tests; far too slow to serve).
+    url: str | None = None
+    location: str | None = None
+    api_key: SecretStr | None = None
+    collection: str = Field(default="mnx_memories", min_length=1)
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or value.get_secret_value() == "" else value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "QdrantVectorsConfig":
+        if bool(self.url) == bool(self.location):
+            raise ValueError("give exactly one of 'url' (a Qdrant server) or 'location' (local mode)")
+        return self
+
+
+class VectorsConfig(_Strict):
+    backend: Literal["edge", "qdrant"] = "edge"
+    edge: EdgeVectorsConfig = EdgeVectorsConfig()
+    qdrant: QdrantVectorsConfig | None = None
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> "VectorsConfig":
+        if self.backend == "qdrant" and self.qdrant is None:
+            raise ValueError("backend 'qdrant' needs a 'qdrant' section with a url or location")
+        return self
+
+
+class EmbedderConfig(_Strict):
+    """The dense embedding model. BM25 (lexical) search is always on and needs none."""
+
+    # "none": BM25 only. "litellm": a provider's embedding model (e.g. text-embedding-3-small).
+    # "sentence-transformers": a local model (pip install 'mnx-gateway[local-embeddings]').
+    # Anything else names a plugin registered under the "mnx_gateway.embedders" entry point.
+    provider: str = "none"
+    model: str | None = None
+    # The vector size the model returns; the index is created with it and checked on start.
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
+    api_key: SecretStr | None = None
+    api_base: str | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or value.get_secret_value() == "" else value
+
+    @model_validator(mode="after")
+    def _model_given(self) -> "EmbedderConfig":
+        if self.provider != "none" and not self.model:
+            raise ValueError(f"embedder '{self.provider}' needs a 'model'")
+        return self
+
+
+class VersioningConfig(_Strict):
+    """When a new memory skips, supersedes or sits beside the memories a subject has.
+
+    Similarities are 0-1. The defaults are justified by tests/data/versioning_pairs.json
+    (see tests/test_versioning_pairs.py for their precision and recall).
+    """
+
+    duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
+    supersede_threshold: float = Field(default=0.65, gt=0, le=1)
+    # How many of the subject's closest active memories are compared with a new one.
+    candidates: int = Field(default=8, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "VersioningConfig":
+        if self.supersede_threshold > self.duplicate_threshold:
+            raise ValueError("supersede_threshold must not exceed duplicate_threshold")
+        return self
+
+
+class RecallConfig(_Strict):
+    """How ``mnx.recall`` picks the memories injected into a request."""
+
+    limit: int = Field(default=8, ge=1, le=100)
+    # Memories whose relevance (0-1) is below this are not injected.
+    min_score: float = Field(default=0.3, ge=0, le=1)
+    # The last few user/assistant messages are added to the query, most weight on the last.
+    context_messages: int = Field(default=2, ge=0, le=10)
+    # Recency decay: a memory's weight halves after this many days without being recalled.
+    half_life_days: float = Field(default=180, gt=0)
+    temporal_half_life_days: float = Field(default=14, gt=0)
+
+
+class MemoryConfig(_Strict):
+    vectors: VectorsConfig = VectorsConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    versioning: VersioningConfig = VersioningConfig()
+    recall: RecallConfig = RecallConfig()
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -145,6 +248,7 @@ class GatewayConfig(_Strict):
     providers: ProvidersConfig = ProvidersConfig()
     defaults: MnxDefaults = MnxDefaults()
     history: HistoryConfig = HistoryConfig()
+    memory: MemoryConfig = MemoryConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> "GatewayConfig":

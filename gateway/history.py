@@ -175,3 +175,9 @@ class ChatHistory:
         removed = await self._store.delete_where(MESSAGES, project_id, {"chat_id": chat_id})
         await self._store.delete_where(CHATS, project_id, {"chat_id": chat_id})
         return removed
+
+    async def delete_subject(self, project_id: str, subject_id: str) -> int:
+        """Every message and chat of one subject (erasure); returns the messages removed."""
+        removed = await self._store.delete_where(MESSAGES, project_id, {"subject_id": subject_id})
+        await self._store.delete_where(CHATS, project_id, {"subject_id": subject_id})
+        return removed

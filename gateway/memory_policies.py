@@ -15,7 +15,7 @@ from typing import Any
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
 from gateway.scoped import (
-    check_scope_name, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
+    check_scope_name, delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
 )
 from gateway.store import DocumentStore
 from gateway.validation import Body
@@ -77,6 +77,9 @@ def combine(policies: list[dict[str, Any]]) -> dict[str, Any]:
 class MemoryPolicies:
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
+
+    async def delete_subject_scoped(self, project_id: str, subject_id: str) -> int:
+        return await delete_subject_scoped(self._store, POLICIES, project_id, subject_id)
 
     async def create(self, project_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         body = Body(raw)

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
-from gateway.scoped import read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection
+from gateway.scoped import delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection
 from gateway.store import DocumentStore
 from gateway.validation import Body
 
@@ -29,6 +29,9 @@ def combined_text(prompts: list[dict[str, Any]]) -> str:
 class SystemPrompts:
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
+
+    async def delete_subject_scoped(self, project_id: str, subject_id: str) -> int:
+        return await delete_subject_scoped(self._store, PROMPTS, project_id, subject_id)
 
     async def create(self, project_id: str, raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create (or, when ``id`` names an existing prompt, replace) a prompt. Returns (prompt, created)."""

@@ -89,3 +89,8 @@ async def save_with_unique_default(store: DocumentStore, collection: Collection,
             if sibling["id"] != doc["id"] and sibling["is_default"]:
                 await store.put(collection, project_id, sibling["id"], {**sibling, "is_default": False})
     await store.put(collection, project_id, doc["id"], doc)
+
+
+async def delete_subject_scoped(store: DocumentStore, collection: Collection, project_id: str, subject_id: str) -> int:
+    """Every document scoped to one subject (erasure)."""
+    return await store.delete_where(collection, project_id, {"scope": "subject", "scope_id": subject_id})

@@ -50,6 +50,10 @@ class AgentState:
     async def delete(self, project_id: str, subject_id: str, key: str) -> bool:
         return await self._store.delete(STATE, project_id, _doc_id(subject_id, key))
 
+    async def delete_subject(self, project_id: str, subject_id: str) -> int:
+        """Every state key of one subject (erasure)."""
+        return await self._store.delete_where(STATE, project_id, {"subject_id": subject_id})
+
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
     return {

@@ -126,11 +126,18 @@ def storage(request) -> dict[str, Any]:
     return request.getfixturevalue(f"storage_{request.param}")
 
 
+def edge_memory(path: Any) -> dict[str, Any]:
+    """The memory section for a gateway whose Qdrant Edge index lives at ``path``."""
+    return {"vectors": {"backend": "edge", "edge": {"path": str(path)}}}
+
+
 @pytest.fixture
-def start_gateway(provider: FakeProvider):
+def start_gateway(provider: FakeProvider, tmp_path_factory):
     servers: list[ServerThread] = []
 
     def start(storage: dict[str, Any], **overrides: Any) -> Gateway:
+        # Each gateway gets its own embedded memory index unless the test names one.
+        overrides.setdefault("memory", edge_memory(tmp_path_factory.mktemp("memories")))
         config = base_config(provider.url, storage, **overrides)  # type: ignore[attr-defined]
         server = ServerThread(create_app(config)).start()
         servers.append(server)

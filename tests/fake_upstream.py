@@ -12,6 +12,10 @@ what the gateway forwarded, and misbehaves on demand through the model name:
                     on Anthropic)
     sleep-<secs>    wait that long before answering (timeout tests)
 
+Embeddings (``/embeddings``) are bags of words hashed into 32 dimensions, where a
+few food words share one dimension: enough "meaning" for a dense model to find
+what shares no word with the query.
+
 Any other model answers "echo: <text of the last user message>". It is a bare
 ASGI app (no framework) so that, as the benchmark's upstream, it costs little CPU.
 Run standalone: ``python -m tests.fake_upstream --port 9100``.
@@ -25,6 +29,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from typing import Any
 
 import uvicorn
@@ -42,6 +47,19 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
             if isinstance(content, list):
                 return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+EMBEDDING_DIMENSIONS = 32
+_FOOD = {"food", "foods", "cuisine", "vegetarian", "meal", "meals", "eat", "eats", "pizza", "pasta", "dinner"}
+
+
+def fake_embedding(text: str) -> list[float]:
+    vector = [0.0] * EMBEDDING_DIMENSIONS
+    for word in text.lower().replace(".", " ").replace(",", " ").split():
+        bucket = 0 if word in _FOOD else 1 + zlib.crc32(word.encode()) % (EMBEDDING_DIMENSIONS - 1)
+        vector[bucket] += 1.0
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [v / norm for v in vector]
 
 
 class FakeProvider:
@@ -75,6 +93,8 @@ class FakeProvider:
             self.requests.append({"path": path, "headers": headers, "body": payload})
         if path.endswith("/chat/completions"):
             await self._openai(payload, receive, send)
+        elif path.endswith("/embeddings"):
+            await self._embeddings(payload, send)
         elif path.endswith("/messages"):
             await self._anthropic(payload, send)
         elif path.endswith("/responses"):
@@ -102,6 +122,16 @@ class FakeProvider:
         if model.startswith("sleep-"):
             await asyncio.sleep(float(model.split("-", 1)[1]))
         return False
+
+    # -- OpenAI Embeddings ------------------------------------------------------------------
+
+    async def _embeddings(self, payload: dict[str, Any], send: Any) -> None:
+        if await self._misbehave(payload.get("model", ""), send, anthropic=False):
+            return
+        texts = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(t)} for i, t in enumerate(texts)]
+        await self._respond(send, 200, {"object": "list", "data": data, "model": payload.get("model"),
+                                        "usage": {"prompt_tokens": 1, "total_tokens": 1}})
 
     # -- OpenAI Chat Completions ----------------------------------------------------------
 

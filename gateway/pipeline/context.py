@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from gateway.options import MnxOptions
 
@@ -26,6 +26,10 @@ class TurnContext:
     # The request's messages in OpenAI Chat Completions form (surfaces convert to it).
     messages: Sequence[dict[str, Any]]
     model: str
+    # Which surface the request came through: chat, responses, messages or gemini.
+    request_type: str = "chat"
+    # The request's headers, for stages that call a paid model with the caller's own key.
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

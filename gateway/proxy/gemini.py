@@ -70,6 +70,7 @@ def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, 
 
 
 GEMINI = SurfaceSpec(
+    request_type="gemini",
     validate=validate_gemini_body,
     request_messages=lambda body: contents_to_messages(body["contents"]),
     with_context=_with_context,

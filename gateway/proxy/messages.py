@@ -79,6 +79,7 @@ def _recordable(answer: dict[str, Any]) -> dict[str, Any] | None:
 
 
 MESSAGES = SurfaceSpec(
+    request_type="messages",
     validate=validate_messages_body,
     request_messages=lambda body: to_openai_messages(body["messages"]),
     with_context=_with_context,

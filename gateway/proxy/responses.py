@@ -75,6 +75,7 @@ def _recordable(answer: dict[str, Any]) -> dict[str, Any] | None:
 
 
 RESPONSES = SurfaceSpec(
+    request_type="responses",
     validate=validate_responses_body,
     request_messages=lambda body: input_to_messages(body["input"]),
     with_context=_with_context,

@@ -54,6 +54,8 @@ class SurfaceSpec:
     from_path: Callable[[Request, dict[str, Any]], None] | None = None
     # Whether JSON answers carry the "mnx" block (not where the SDK rejects unknown fields).
     mnx_in_body: bool = True
+    # What recall events and audit call requests of this surface.
+    request_type: str = "chat"
 
 
 async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
@@ -73,7 +75,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         settings = provider_settings(services.config.providers, route.provider)
         api_key = provider_key(route.provider, headers, call.credentials.provider_bearer, settings,
                                native_header=spec.native_key_header(route))
-        turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"])
+        turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
+                           request_type=spec.request_type, headers=headers)
         context = await assemble(turn, services.stages)
         forwarded = {name: headers[name] for name in spec.forwarded_headers if name in headers}
         upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},

@@ -1,0 +1,125 @@
+"""``/memories`` (contract §6, seed 002)."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import BadRequest
+from gateway.memory.memories import to_api
+from gateway.routing import Call
+from gateway.validation import Query, read_json_object
+
+MAX_PAGE = 200
+
+
+def _embedding_key(call: Call) -> str | None:
+    """The caller's own key for a pay-per-call embedding model, when one is configured."""
+    embedder = call.services.memories.embedder
+    return embedder.key_for(call.request.headers) if embedder is not None else None
+
+
+def _subject(query: Query) -> str:
+    subject_id = query.string("subject_id", required=True)
+    assert subject_id is not None
+    return subject_id
+
+
+async def list_memories(call: Call) -> Response:
+    query = Query(call.request)
+    docs = await call.services.memories.list(
+        call.project_id, _subject(query), limit=query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE),
+        offset=query.integer("offset", default=0, minimum=0, maximum=10**9),
+        include_superseded=query.flag("include_superseded", default=False),
+        include_deleted=query.flag("include_deleted", default=False))
+    return JSONResponse({"data": [to_api(d) for d in docs], "count": len(docs)})
+
+
+async def create_memory(call: Call) -> Response:
+    body = await read_json_object(call.request, call.services.config.server.max_body_bytes)
+    result, created = await call.services.memories.create(call.project_id, body, api_key=_embedding_key(call))
+    return JSONResponse(result, status_code=201 if created else 200)
+
+
+async def get_memory(call: Call) -> Response:
+    doc = await call.services.memories.get(call.project_id, call.request.path_params["memory_id"])
+    return JSONResponse({"data": to_api(doc)})
+
+
+async def update_memory(call: Call) -> Response:
+    memory_id = call.request.path_params["memory_id"]
+    body = await read_json_object(call.request, call.services.config.server.max_body_bytes)
+    await call.services.memories.update(call.project_id, memory_id, body, api_key=_embedding_key(call))
+    return JSONResponse({"id": memory_id, "updated": True})
+
+
+async def delete_memory(call: Call) -> Response:
+    deleted = await call.services.memories.delete(call.project_id, call.request.path_params["memory_id"])
+    return JSONResponse({"ok": True, "deleted": deleted})
+
+
+def _min_score(query: Query) -> float:
+    """min_score (alias distance) on either scale: a value above 1 is a percentage."""
+    raw = query.string("min_score") or query.string("distance")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest("min_score must be a number", code="invalid_min_score", param="min_score") from None
+    if not 0 <= value <= 100:
+        raise BadRequest("min_score must be between 0 and 1 (or 0 and 100)", code="invalid_min_score",
+                         param="min_score")
+    return value / 100 if value > 1 else value
+
+
+async def search_memories(call: Call) -> Response:
+    query = Query(call.request)
+    subject_id = _subject(query)
+    q = query.string("q", required=True)
+    assert q is not None
+    hits = await call.services.memories.search(
+        call.project_id, subject_id, q, limit=query.integer("limit", default=25, minimum=1, maximum=MAX_PAGE),
+        min_score=_min_score(query), context=call.request.query_params.getlist("context"),
+        api_key=_embedding_key(call))
+    engine = "hybrid" if call.services.memories.embedder is not None else "bm25"
+    return JSONResponse({"data": [h.to_api() for h in hits], "query": q, "count": len(hits), "engine": engine,
+                         "mode": "simple"})
+
+
+async def list_superseded(call: Call) -> Response:
+    query = Query(call.request)
+    docs = await call.services.memories.superseded(
+        call.project_id, _subject(query), limit=query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE),
+        offset=query.integer("offset", default=0, minimum=0, maximum=10**9))
+    return JSONResponse({"data": [to_api(d) for d in docs], "count": len(docs)})
+
+
+async def restore_memory(call: Call) -> Response:
+    doc, restored = await call.services.memories.restore(call.project_id, call.request.path_params["memory_id"])
+    if not restored:
+        return JSONResponse({"ok": True, "restored": False, "message": "Memory is already active"})
+    return JSONResponse({"ok": True, "restored": True, "id": doc["id"], "subject_id": doc["subject_id"],
+                         "text": doc["text"]})
+
+
+async def list_recalls(call: Call) -> Response:
+    query = Query(call.request)
+    chat_id, memory_id = query.string("chat_id"), query.string("memory_id")
+    limit = query.integer("limit", default=100, minimum=1, maximum=1000)
+    recalls = call.services.recalls
+    if chat_id:
+        events = await recalls.for_chat(call.project_id, chat_id, limit)
+        return JSONResponse({"data": events, "count": len(events), "chat_id": chat_id})
+    if not memory_id:
+        raise BadRequest("give chat_id or memory_id", code="missing_parameter")
+    if query.flag("stats", default=False):
+        return JSONResponse({"memory_id": memory_id, "stats": await recalls.stats(call.project_id, memory_id)})
+    events = await recalls.for_memory(call.project_id, memory_id, limit)
+    return JSONResponse({"data": events, "count": len(events), "memory_id": memory_id})
+
+
+async def memory_claims(call: Call) -> Response:
+    rows = await call.services.memories.claims(call.project_id, call.request.path_params["memory_id"])
+    data = [{k: row[k] for k in ("id", "predicate", "type", "value", "confidence", "status", "first_seen_at",
+                                 "last_seen_at")} for row in rows]
+    return JSONResponse({"data": data, "count": len(data)})

