@@ -225,8 +225,10 @@ class RecallConfig(_Strict):
     """How ``mnx.recall`` picks the memories injected into a request."""
 
     limit: int = Field(default=8, ge=1, le=100)
-    # Memories whose relevance (0-1) is below this are not injected.
-    min_score: float = Field(default=0.3, ge=0, le=1)
+    # Memories whose relevance (0-1: the share of the message's key terms they contain, or
+    # cosine similarity with a dense model) is below this are not injected. Questions carry
+    # several terms and a memory answering one matches only some of them, hence low.
+    min_score: float = Field(default=0.2, ge=0, le=1)
     # The last few user/assistant messages are added to the query, most weight on the last.
     context_messages: int = Field(default=2, ge=0, le=10)
     # Recency decay: a memory's weight halves after this many days without being recalled.

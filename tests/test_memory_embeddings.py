@@ -1,0 +1,78 @@
+"""Hybrid search with a provider embedding model through LiteLLM (the provider faked)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.errors import ConfigError
+from gateway.services import Services
+from tests.conftest import PROVIDER_KEY, edge_memory
+from tests.fake_upstream import EMBEDDING_DIMENSIONS
+
+SUBJECT = "diner"
+
+
+def hybrid_memory(path) -> dict:
+    return {**edge_memory(path), "embedder": {"provider": "litellm", "model": "text-embedding-3-small",
+                                              "dimensions": EMBEDDING_DIMENSIONS}}
+
+
+@pytest.fixture
+def hybrid(start_gateway, storage_sqlite, tmp_path):
+    return start_gateway(storage_sqlite, memory=hybrid_memory(tmp_path / "index"))
+
+
+def test_dense_search_finds_what_shares_no_word_with_the_callers_own_key(hybrid):
+    with hybrid.rest() as rest:
+        byok = {"x-openai-key": PROVIDER_KEY}
+        created = rest.post("/memories", headers=byok,
+                            json={"subject_id": SUBJECT, "text": "User is vegetarian and enjoys Italian cuisine"})
+        assert created.status_code == 201
+        rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "User works as a nurse"})
+        embedding_calls = [r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")]
+        assert embedding_calls[0]["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+        assert embedding_calls[0]["body"]["input"] == ["User is vegetarian and enjoys Italian cuisine"]
+        found = rest.get("/memories/search", headers=byok, params={"subject_id": SUBJECT, "q": "food preferences"})
+        body = found.json()
+        assert body["engine"] == "hybrid"
+        assert body["data"][0]["id"] == created.json()["id"] and body["data"][0]["score"] > 0.3
+
+
+def test_without_a_key_for_the_embedding_model_nothing_is_stored(hybrid):
+    with hybrid.rest() as rest:
+        refused = rest.post("/memories", json={"subject_id": SUBJECT, "text": "User keeps bees"})
+        assert refused.status_code == 400 and refused.json()["error"] == "openai_key_required"
+        assert rest.get("/memories", params={"subject_id": SUBJECT}).json()["count"] == 0
+
+
+def test_a_failing_embedding_model_is_a_clean_upstream_error(start_gateway, storage_sqlite, tmp_path):
+    memory = hybrid_memory(tmp_path / "index")
+    memory["embedder"]["model"] = "fail-503"
+    gateway = start_gateway(storage_sqlite, memory=memory)
+    with gateway.rest() as rest:
+        failed = rest.post("/memories", headers={"x-openai-key": PROVIDER_KEY},
+                           json={"subject_id": SUBJECT, "text": "User keeps bees"})
+        assert failed.status_code == 503 and failed.json()["error"] == "upstream_error"
+        assert rest.get("/memories", params={"subject_id": SUBJECT}).json()["count"] == 0
+
+
+def test_an_index_built_for_another_model_fails_at_startup(provider, storage_sqlite, tmp_path):
+    def config(memory: dict):
+        return parse_config({"storage": storage_sqlite, "memory": memory,
+                             "projects": [{"id": "p", "keys": [{"key": "mnx_live_k"}]}],
+                             "providers": {"openai": {"api_base": provider.url + "/v1"}}})
+
+    # The index is created without dense vectors by a BM25-only gateway...
+    asyncio.run(Services.build(config(edge_memory(tmp_path / "index"))).aclose())
+    # ...so a gateway configured with an embedding model refuses to start on it.
+    with pytest.raises(ConfigError, match="created without dense vectors"):
+        Services.build(config(hybrid_memory(tmp_path / "index")))
+    with pytest.raises(ConfigError, match="dimensions is required"):
+        Services.build(config({**edge_memory(tmp_path / "other"),
+                               "embedder": {"provider": "litellm", "model": "text-embedding-3-small"}}))
+    with pytest.raises(ConfigError, match="unknown embedder"):
+        Services.build(config({**edge_memory(tmp_path / "other"), "embedder": {"provider": "word2vec",
+                                                                                "model": "x"}}))
