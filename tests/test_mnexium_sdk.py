@@ -63,3 +63,24 @@ def test_wrong_key_raises_the_sdks_authentication_error(gateway):
         with pytest.raises(AuthenticationError):
             client.process("hello")
     assert gateway.forwarded() == []
+
+
+def test_memories_through_the_sdk(sdk):
+    alice = sdk.subject("alice")
+    first = alice.memories.add("Favorite fruit is blueberry", source="sdk-test")
+    assert first["created"] is True
+    dark = alice.memories.add("User prefers dark mode interfaces", visibility="private", metadata={"from": "sdk"})
+    # The SDK searches with min_score 0.7 unless told otherwise; a direct match scores 1.0.
+    hits = alice.memories.search("dark mode", limit=5, min_score=0.7)
+    assert [h["id"] for h in hits] == [dark["id"]] and hits[0]["score"] == 1.0
+    alice.memories.update(dark["id"], text="User prefers dark mode everywhere")
+    assert alice.memories.get(dark["id"])["data"]["text"] == "User prefers dark mode everywhere"
+    newer = alice.memories.add("my new favorite fruit is strawberry")
+    assert newer["superseded_ids"] == [first["id"]]
+    assert [m["id"] for m in alice.memories.superseded()] == [first["id"]]
+    assert alice.memories.restore(first["id"])["restored"] is True
+    assert {m["id"] for m in alice.memories.list()} == {first["id"], dark["id"], newer["id"]}
+    alice.create_chat(ChatOptions(learn=False, recall=True)).process("what is my favorite fruit?")
+    assert {r["memory_id"] for r in alice.memories.recalls(memory_id=newer["id"])} == {newer["id"]}
+    alice.memories.delete(dark["id"])
+    assert dark["id"] not in {m["id"] for m in alice.memories.list()}
