@@ -166,3 +166,17 @@ def test_missing_anthropic_key_is_400(gateway):
         "type": "invalid_request_error", "code": "anthropic_key_required",
         "message": response.json()["error"]["message"]}}
     assert gateway.forwarded() == []
+
+
+def test_memories_are_recalled_into_the_anthropic_system(claude, gateway):
+    with gateway.rest() as rest:
+        rest.post("/memories", json={"subject_id": "ann", "text": "Ann's favorite fruit is mango"})
+    claude.messages.create(model="claude-gateway-test", max_tokens=64, system="REQUEST SYSTEM",
+                           messages=[{"role": "user", "content": "Which fruit should I buy?"}],
+                           extra_headers={"x-mnx-recall": "true", "x-mnx-subject-id": "ann",
+                                          "x-mnx-chat-id": "fruit-chat"})
+    system = content_text(gateway.forwarded()[-1]["body"]["system"])
+    assert "Ann's favorite fruit is mango" in system and "REQUEST SYSTEM" in system
+    with gateway.rest() as rest:
+        events = rest.get("/memories/recalls", params={"chat_id": "fruit-chat"}).json()["data"]
+    assert [(e["request_type"], e["memory_text"]) for e in events] == [("messages", "Ann's favorite fruit is mango")]

@@ -28,7 +28,8 @@ def memory(memory_id: str, subject: str, text: str, *, status: str = "active", v
            dense: list[float] | None = None) -> IndexedMemory:
     fields = {"text": text, "status": status, "visibility": visibility, "audience": audience(subject, visibility),
               "importance": 50, "created_at": 1.0, "seen_count": 0}
-    return IndexedMemory(memory_id, subject, fields, LEXICON.document_vector(text), dense)
+    vector = LEXICON.document_vector(text)
+    return IndexedMemory(memory_id, subject, fields, vector, vector, dense)
 
 
 def query(subject: str, text: str, **kwargs: Any) -> IndexQuery:

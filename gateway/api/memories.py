@@ -57,11 +57,15 @@ async def delete_memory(call: Call) -> Response:
     return JSONResponse({"ok": True, "deleted": deleted})
 
 
+# The Mnexium engine's default (30 on its 0-100 scale).
+DEFAULT_MIN_SCORE = 0.3
+
+
 def _min_score(query: Query) -> float:
     """min_score (alias distance) on either scale: a value above 1 is a percentage."""
     raw = query.string("min_score") or query.string("distance")
     if raw is None:
-        return 0.0
+        return DEFAULT_MIN_SCORE
     try:
         value = float(raw)
     except ValueError:

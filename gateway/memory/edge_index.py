@@ -16,13 +16,10 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Modifier,
                          PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
 
-from gateway.memory.vector_index import (DENSE, SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
-                                         check_dimensions, point_id, require_project)
+from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN,
+                                         SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
+                                         check_dimensions, point_id, require_project, search_legs)
 
-# Fusion of the lexical and dense rankings (reciprocal rank fusion's usual constant).
-RRF_K = 60
-# Each ranking contributes this many candidates (at least) before fusion.
-PREFETCH_MIN = 50
 _INTERNAL = ("project", "subject", "memory_id", "audience")
 
 
@@ -46,13 +43,14 @@ class EdgeIndex:
     @staticmethod
     def _config(dense_dimensions: int | None) -> EdgeConfig:
         dense = {DENSE: EdgeVectorParams(size=dense_dimensions, distance=Distance.Cosine)} if dense_dimensions else {}
-        return EdgeConfig(vectors=dense or None, sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)})
+        sparse = {name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in (SPARSE, CONTEXT_SPARSE)}
+        return EdgeConfig(vectors=dense or None, sparse_vectors=sparse)
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
         require_project(project_id)
         points = []
         for memory in memories:
-            vectors: dict[str, Any] = {SPARSE: memory.sparse}
+            vectors: dict[str, Any] = {SPARSE: memory.sparse, CONTEXT_SPARSE: memory.context_sparse}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
             payload = dict(memory.fields, project=project_id, subject=memory.subject_id, memory_id=memory.memory_id)
@@ -75,18 +73,21 @@ class EdgeIndex:
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
         where = self._filter(project_id, query)
-        lexical = Query.Nearest(query.sparse, using=SPARSE) if query.sparse.indices else None
-        if query.dense is not None and self.dense_dimensions:
-            depth = max(PREFETCH_MIN, query.limit)
-            prefetches = [Prefetch(limit=depth, query=Query.Nearest(query.dense, using=DENSE), filter=where)]
-            if lexical is not None:
-                prefetches.append(Prefetch(limit=depth, query=lexical, filter=where))
-            request = QueryRequest(limit=query.limit, prefetches=prefetches, query=Fusion.Rrf(k=RRF_K),
-                                   with_payload=True, with_vector=[DENSE])
-        elif lexical is not None:
-            request = QueryRequest(limit=query.limit, query=lexical, filter=where, with_payload=True)
-        else:
+        legs = search_legs(query, bool(self.dense_dimensions))
+        with_vector = [DENSE] if query.dense is not None and self.dense_dimensions else None
+        if not legs:
             return []  # Only stopwords and no dense model: nothing to match on.
+        if len(legs) == 1:
+            using, vector = legs[0]
+            request = QueryRequest(limit=query.limit, query=Query.Nearest(vector, using=using), filter=where,
+                                   with_payload=True, with_vector=with_vector)
+        else:
+            depth = max(PREFETCH_MIN, query.limit)
+            prefetches = [Prefetch(limit=depth, query=Query.Nearest(vector, using=using), filter=where)
+                          for using, vector in legs]
+            fusion = Fusion.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs])
+            request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion, with_payload=True,
+                                   with_vector=with_vector)
         hits = []
         for point in self._shard.query(request):
             payload = point.payload or {}

@@ -36,8 +36,10 @@ KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction
 VISIBILITIES = ("private", "shared", "public")
 # Weight of conversation context next to the query itself, in the lexical query.
 CONTEXT_TERM_WEIGHT = 0.3
+# A memory found through the memory stored before it (its context) matches at most half as well.
+CONTEXT_MATCH_WEIGHT = 0.5
 MAX_CONTEXT = 5
-_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen")
+_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text")
 
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +94,7 @@ def _index_fields(doc: dict[str, Any], claims: Sequence[Claim]) -> dict[str, Any
         "importance": doc["importance"], "confidence": doc["confidence"], "is_temporal": doc["is_temporal"],
         "created_at": doc["_created"], "last_seen_at": doc.get("_last_seen"), "seen_count": doc["seen_count"],
         "claims": [[c.predicate, c.value] for c in claims],
+        "context": doc.get("_previous_text", ""),
     }
 
 
@@ -180,6 +183,8 @@ class Memories:
             return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
                     "duplicate_of": decision.duplicate_of}, False
 
+        previous = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, limit=1,
+                                          newest_first=True)
         now = time.time()
         stamp = from_timestamp(now)
         doc = {
@@ -190,6 +195,8 @@ class Memories:
             "created_at": stamp, "updated_at": stamp, "last_seen_at": None, "seen_count": 0,
             "reinforcement_count": 0, "last_reinforced_at": None,
             "listing": "active", "is_deleted": False, "_created": now,
+            # What the subject's memory before this one said: indexed with it (vector_index.CONTEXT_SPARSE).
+            "_previous_text": previous[0]["text"] if previous else "",
         }
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         await self._save_claims(project_id, doc, claims, stamp)
@@ -283,7 +290,8 @@ class Memories:
         ranked = []
         for hit in hits:
             text = hit.fields.get("text", "")
-            score = coverage(query_terms, self._lexicon.terms(text))
+            score = max(coverage(query_terms, self._lexicon.terms(text)),
+                        CONTEXT_MATCH_WEIGHT * coverage(query_terms, self._lexicon.terms(hit.fields.get("context", ""))))
             if dense is not None and hit.dense is not None:
                 score = max(score, cosine(dense, hit.dense))
             if score < min_score:
@@ -300,8 +308,10 @@ class Memories:
         return await self.embedder.embed(texts, api_key=api_key)
 
     def _indexed(self, doc: dict[str, Any], claims: Sequence[Claim], dense: list[float] | None) -> IndexedMemory:
+        with_context = f"{doc.get('_previous_text', '')}\n{doc['text']}".strip()
         return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc, claims),
-                             self._lexicon.document_vector(doc["text"]), dense)
+                             self._lexicon.document_vector(doc["text"]),
+                             self._lexicon.document_vector(with_context), dense)
 
     async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],
                           dense: list[float] | None) -> list[Candidate]:

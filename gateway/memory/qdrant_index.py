@@ -13,9 +13,9 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.edge_index import PREFETCH_MIN, RRF_K
-from gateway.memory.vector_index import (DENSE, SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
-                                         check_dimensions, point_id, require_project)
+from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN,
+                                         SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
+                                         check_dimensions, point_id, require_project, search_legs)
 
 _INTERNAL = ("project", "subject", "memory_id", "audience")
 
@@ -51,7 +51,8 @@ class QdrantIndex:
                  if self.dense_dimensions else {})
         await self._client.create_collection(
             name, vectors_config=dense,
-            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+            sparse_vectors_config={name: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                                   for name in (SPARSE, CONTEXT_SPARSE)})
         if not self._wants_payload_indexes:
             return
         await self._client.create_payload_index(
@@ -63,7 +64,8 @@ class QdrantIndex:
         require_project(project_id)
         points = []
         for memory in memories:
-            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse)}
+            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse),
+                                       CONTEXT_SPARSE: _sparse(memory.context_sparse)}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
             payload = dict(memory.fields, project=project_id, subject=memory.subject_id, memory_id=memory.memory_id)
@@ -88,21 +90,21 @@ class QdrantIndex:
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
         where = self._filter(project_id, query)
-        has_lexical = bool(query.sparse.indices)
-        if query.dense is not None and self.dense_dimensions:
-            depth = max(PREFETCH_MIN, query.limit)
-            prefetch = [models.Prefetch(query=query.dense, using=DENSE, limit=depth, filter=where)]
-            if has_lexical:
-                prefetch.append(models.Prefetch(query=_sparse(query.sparse), using=SPARSE, limit=depth, filter=where))
-            result = await self._client.query_points(
-                self._collection, prefetch=prefetch, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                limit=query.limit, with_payload=True, with_vectors=[DENSE])
-        elif has_lexical:
-            result = await self._client.query_points(
-                self._collection, query=_sparse(query.sparse), using=SPARSE, query_filter=where,
-                limit=query.limit, with_payload=True)
-        else:
+        legs = [(using, _sparse(vector) if isinstance(vector, SparseVector) else vector)
+                for using, vector in search_legs(query, bool(self.dense_dimensions))]
+        with_vectors = [DENSE] if query.dense is not None and self.dense_dimensions else False
+        if not legs:
             return []
+        if len(legs) == 1:
+            using, vector = legs[0]
+            result = await self._client.query_points(self._collection, query=vector, using=using, query_filter=where,
+                                                     limit=query.limit, with_payload=True, with_vectors=with_vectors)
+        else:
+            depth = max(PREFETCH_MIN, query.limit)
+            prefetch = [models.Prefetch(query=vector, using=using, limit=depth, filter=where) for using, vector in legs]
+            fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs]))
+            result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
+                                                     limit=query.limit, with_payload=True, with_vectors=with_vectors)
         hits = []
         for point in result.points:
             payload = point.payload or {}

@@ -17,6 +17,10 @@ from typing import Any, Protocol, Sequence
 from qdrant_edge import SparseVector
 
 SPARSE = "bm25"
+# BM25 over the memory together with the one stored just before it for the same subject:
+# a memory's neighbour often carries the words a later question uses ("it", "there", "that
+# trip" in one turn, the names and places in the turn before).
+CONTEXT_SPARSE = "bm25_context"
 DENSE = "dense"
 SHARED_AUDIENCE = "shared"
 
@@ -50,6 +54,7 @@ class IndexedMemory:
     # is_temporal, created_at / last_seen_at (epoch seconds), seen_count.
     fields: dict[str, Any]
     sparse: SparseVector
+    context_sparse: SparseVector
     dense: list[float] | None = None
 
 
@@ -70,6 +75,25 @@ class VectorHit:
     rank_score: float
     fields: dict[str, Any]
     dense: list[float] | None = field(default=None, repr=False)
+
+
+# Hybrid ranking: each leg (lexical, lexical-with-context, dense) ranks its own candidates,
+# and Qdrant fuses the rankings by reciprocal rank. A small k lets the top of each leg
+# count (tuned on bench/locomo; see bench/README.md).
+FUSION_K = 2
+LEG_WEIGHTS = {SPARSE: 1.0, CONTEXT_SPARSE: 1.0, DENSE: 1.0}
+# Each leg contributes this many candidates (at least) before fusion.
+PREFETCH_MIN = 50
+
+
+def search_legs(query: IndexQuery, has_dense: bool) -> list[tuple[str, Any]]:
+    """(vector name, query vector) for each ranking a search fuses."""
+    legs: list[tuple[str, Any]] = []
+    if query.sparse.indices:
+        legs += [(SPARSE, query.sparse), (CONTEXT_SPARSE, query.sparse)]
+    if query.dense is not None and has_dense:
+        legs.append((DENSE, query.dense))
+    return legs
 
 
 class VectorIndex(Protocol):
