@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api import history, memories, memory_policies, prompts, state, subjects
+from gateway.api import history, jobs, memories, memory_policies, prompts, state, subjects
 from gateway.config import GatewayConfig
 from gateway.errors import Surface
 from gateway.proxy.chat_completions import chat_completions
@@ -61,6 +61,7 @@ def _routes() -> list[Route]:
               methods=["POST"]),
         Route(f"{API}/memories/{{memory_id}}/claims", endpoint(memories.memory_claims, scope="memories:read"),
               methods=["GET"]),
+        Route(f"{API}/jobs", endpoint(jobs.list_jobs, scope="jobs:read"), methods=["GET"]),
         Route(f"{API}/subjects/{{subject_id}}", endpoint(subjects.erase_subject, scope="subjects:delete"),
               methods=["DELETE"]),
         Route(f"{API}/prompts", endpoint(prompts.list_prompts, scope="prompts:read"), methods=["GET"]),

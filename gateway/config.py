@@ -243,6 +243,40 @@ class MemoryConfig(_Strict):
     recall: RecallConfig = RecallConfig()
 
 
+class ExtractorConfig(_Strict):
+    """What turns a conversation turn into memories (``mnx.learn``)."""
+
+    # "heuristic": first-person patterns, no model (the offline default). "litellm": an LLM
+    # with a JSON-schema answer. Anything else names a plugin ("mnx_gateway.extractors").
+    provider: str = "heuristic"
+    model: str | None = None
+    api_key: SecretStr | None = None
+    api_base: str | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or value.get_secret_value() == "" else value
+
+    @model_validator(mode="after")
+    def _model_given(self) -> "ExtractorConfig":
+        if self.provider == "litellm" and not self.model:
+            raise ValueError("the litellm extractor needs a 'model'")
+        return self
+
+
+class LearningConfig(_Strict):
+    extractor: ExtractorConfig = ExtractorConfig()
+    # A claimed job not finished within this long (its worker died) runs again.
+    lease_seconds: float = Field(default=120, gt=0)
+    # Failed jobs are retried after retry_base_seconds, doubling each time, at most retry_max_seconds.
+    retry_base_seconds: float = Field(default=2, gt=0)
+    retry_max_seconds: float = Field(default=3600, gt=0)
+    # How often the worker looks for jobs it was not woken for (retries, other gateways' jobs).
+    poll_seconds: float = Field(default=1, gt=0)
+    batch: int = Field(default=16, ge=1, le=1000)
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -251,6 +285,7 @@ class GatewayConfig(_Strict):
     defaults: MnxDefaults = MnxDefaults()
     history: HistoryConfig = HistoryConfig()
     memory: MemoryConfig = MemoryConfig()
+    learning: LearningConfig = LearningConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> "GatewayConfig":

@@ -125,18 +125,20 @@ class ChatHistory:
         self._store = store
 
     async def append(self, project_id: str, subject_id: str, chat_id: str, messages: Iterable[dict[str, Any]],
-                     *, metadata: dict[str, Any] | None = None, model: str | None = None) -> None:
+                     *, metadata: dict[str, Any] | None = None, model: str | None = None) -> list[str]:
+        """Store a turn's messages; returns their ids, in order."""
         stamp = now_iso()
         docs = [("msg_" + secrets.token_hex(10),
                  to_stored(m, subject_id=subject_id, chat_id=chat_id, event_time=stamp, metadata=metadata, model=model))
                 for m in messages]
         if not docs:
-            return
+            return []
         await self._store.put_many(MESSAGES, project_id, docs)
         # One small document per chat makes listing a subject's chats cheap; it holds
         # only what changes (the chat's start is its first message, read on listing).
         await self._store.put(CHATS, project_id, _chat_doc_id(subject_id, chat_id),
                               {"subject_id": subject_id, "chat_id": chat_id, "last_time": stamp})
+        return [doc_id for doc_id, _ in docs]
 
     async def replay(self, project_id: str, subject_id: str, chat_id: str, *, token_budget: int,
                      max_messages: int) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from gateway.config import MemoryConfig
 from gateway.errors import BadRequest, NotFound
 from gateway.memory.claims import Claim, extract_claims
 from gateway.memory.embedding import Embedder
+from gateway.memory.events import MemoryEvents
 from gateway.memory.lexical import Lexicon, coverage
 from gateway.memory.scoring import weight
 from gateway.memory.vector_index import IndexedMemory, IndexQuery, VectorHit, VectorIndex, audience
@@ -117,8 +118,10 @@ class SearchHit:
 
 class Memories:
     def __init__(self, store: DocumentStore, index: VectorIndex, config: MemoryConfig,
-                 embedder: Embedder | None = None, lexicon: Lexicon | None = None) -> None:
+                 embedder: Embedder | None = None, lexicon: Lexicon | None = None,
+                 events: MemoryEvents | None = None) -> None:
         self._store = store
+        self.events = events or MemoryEvents()
         self._index = index
         self._config = config
         self.embedder = embedder
@@ -126,6 +129,9 @@ class Memories:
         self._comparer = Comparer(self._lexicon)
 
     # --- reading -------------------------------------------------------------------------
+
+    async def exists(self, project_id: str, memory_id: str) -> bool:
+        return await self._store.get(MEMORIES, project_id, memory_id) is not None
 
     async def get(self, project_id: str, memory_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
         doc = await self._store.get(MEMORIES, project_id, memory_id)
@@ -156,8 +162,13 @@ class Memories:
     # --- writing -------------------------------------------------------------------------
 
     async def create(self, project_id: str, data: dict[str, Any], *, source_type: str = "explicit",
-                     api_key: str | None = None) -> tuple[dict[str, Any], bool]:
-        """(response body, created); a near-duplicate is skipped and reinforces the original."""
+                     api_key: str | None = None, origin: dict[str, Any] | None = None,
+                     claims: Sequence[Claim] | None = None) -> tuple[dict[str, Any], bool]:
+        """(response body, created); a near-duplicate is skipped and reinforces the original.
+
+        ``origin`` records where a learned memory came from (chat, messages, job);
+        ``claims`` are an extractor's own, used instead of those read from the text.
+        """
         body = Body(data)
         subject_id = body.string("subject_id", required=True)
         text = body.string("text", required=True, max_length=MAX_TEXT)
@@ -167,7 +178,8 @@ class Memories:
         memory_id = body.string("id") or f"mem_{secrets.token_hex(12)}"
         no_supersede = body.flag("no_supersede", default=False)
         source = body.string("source_type") or body.string("source") or source_type
-        claims = extract_claims(text) if body.flag("extract_claims", default=True) else []
+        if claims is None:
+            claims = extract_claims(text) if body.flag("extract_claims", default=True) else []
         if await self._store.get(MEMORIES, project_id, memory_id) is not None:
             raise BadRequest(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
 
@@ -198,11 +210,18 @@ class Memories:
             # What the subject's memory before this one said: indexed with it (vector_index.CONTEXT_SPARSE).
             "_previous_text": previous[0]["text"] if previous else "",
         }
+        if origin is not None:
+            doc["origin"] = origin
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         await self._save_claims(project_id, doc, claims, stamp)
         await self._index.upsert(project_id, [self._indexed(doc, claims, dense)])
+        self.events.publish(project_id, subject_id, "memory.created", {
+            "id": memory_id, "subject_id": subject_id, "text": text, "kind": doc["kind"],
+            "visibility": doc["visibility"], "importance": doc["importance"], "tags": doc["tags"],
+            "created_at": stamp})
         for old_id in decision.superseded_ids:
             await self._set_status(project_id, old_id, "superseded", superseded_by=memory_id)
+            self.events.publish(project_id, subject_id, "memory.superseded", {"id": old_id, "superseded_by": memory_id})
         return {"id": memory_id, **summary, "created": True, "superseded_count": len(decision.superseded_ids),
                 "superseded_ids": decision.superseded_ids}, True
 
@@ -218,6 +237,8 @@ class Memories:
         doc.update(fields, updated_at=from_timestamp(time.time()))
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         claims = extract_claims(doc["text"])
+        self.events.publish(project_id, doc["subject_id"], "memory.updated",
+                            {"id": memory_id, "subject_id": doc["subject_id"]})
         if "text" in fields:
             await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
             await self._save_claims(project_id, doc, claims, doc["updated_at"])
@@ -233,6 +254,7 @@ class Memories:
         doc.update(is_deleted=True, listing="deleted", updated_at=from_timestamp(time.time()))
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         await self._index.update_fields(project_id, memory_id, {"status": "deleted"})
+        self.events.publish(project_id, doc["subject_id"], "memory.deleted", {"id": memory_id})
         return True
 
     async def restore(self, project_id: str, memory_id: str) -> tuple[dict[str, Any], bool]:
@@ -242,6 +264,7 @@ class Memories:
         if doc["status"] == "active":
             return doc, False
         await self._set_status(project_id, memory_id, "active", superseded_by=None)
+        self.events.publish(project_id, doc["subject_id"], "memory.updated", {"id": memory_id, "status": "active"})
         return doc, True
 
     async def erase_subject(self, project_id: str, subject_id: str) -> dict[str, int]:
@@ -349,8 +372,9 @@ class Memories:
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
             return
-        doc.update(status=status, listing=status, superseded_by=superseded_by,
-                   updated_at=from_timestamp(time.time()))
+        stamp = from_timestamp(time.time())
+        doc.update(status=status, listing=status, superseded_by=superseded_by, updated_at=stamp,
+                   superseded_at=stamp if status == "superseded" else None)
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         for row in await self._store.find(CLAIMS, project_id, {"memory_id": memory_id}):
             row["status"] = "active" if status == "active" else "superseded"

@@ -1,15 +1,18 @@
-"""What happens once a turn has been answered: the turn is written to history.
+"""What happens once a turn has been answered: history, then a durable learn job.
 
 Only a complete answer is recorded: a provider error, a cut-off stream or a
 client that hung up mid-answer leaves no trace, so a retried turn is not stored
-twice and history never holds half an answer. (Learning from the turn plugs in
-here too.)
+twice, history never holds half an answer, and nothing is learned from one.
+Both writes happen before the answer's last byte leaves; extraction itself runs
+later, in the job worker, off the request path.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from gateway.errors import GatewayError
+from gateway.memory.learning import LEARN_JOB, learn_payload
 from gateway.pipeline.context import TurnContext
 from gateway.services import Services
 
@@ -30,7 +33,21 @@ def new_turn_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
 
 async def record_turn(services: Services, turn: TurnContext, answer: dict[str, Any]) -> None:
     options = turn.options
+    new_messages = new_turn_messages(turn.messages)
+    message_ids: list[str] = []
     if options.log:
-        await services.history.append(turn.project_id, options.subject_id, options.chat_id,
-                                      new_turn_messages(turn.messages) + [answer],
-                                      metadata=options.metadata, model=turn.model)
+        message_ids = await services.history.append(turn.project_id, options.subject_id, options.chat_id,
+                                                    new_messages + [answer], metadata=options.metadata,
+                                                    model=turn.model)
+    payload = learn_payload(subject_id=options.subject_id, chat_id=options.chat_id, learn=options.learn,
+                            memory_policy=options.memory_policy, new_messages=new_messages, answer=answer,
+                            model=turn.model, request_type=turn.request_type, message_ids=message_ids)
+    if payload is None:
+        return
+    job_id = await services.jobs.enqueue(turn.project_id, LEARN_JOB, payload)
+    try:
+        # A paid extractor may use the caller's own key, held in memory for this job only.
+        services.learner.remember_key(job_id, services.learner.extractor.key_for(turn.headers or {}))
+    except GatewayError:
+        pass  # No key of the caller's: the extractor falls back to a configured one.
+    services.worker.wake()

@@ -1,0 +1,108 @@
+"""The shared job queue on Redis, for any number of gateways.
+
+Layout, for key prefix ``P`` (``{jobs}`` is a Cluster hash tag: one slot, so the
+Lua scripts stay atomic on a cluster):
+
+* ``P{jobs}:due``        sorted set of job ids scored by when each is due
+* ``P{jobs}:job:<id>``   hash: project_id, kind, payload, status, attempts, last_error, created_at
+* ``P{jobs}:p:<project>`` sorted set of a project's unfinished job ids, by creation time
+
+A sorted set rather than a stream: one structure gives delayed retries (the score
+is the retry time), leases (claiming pushes the score to the lease's end, so a job
+whose worker died becomes due again by itself) and a cheap list of what is waiting.
+With Redis's append-only file on, an enqueued job survives a Redis restart too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+
+from gateway.jobs.queue import Job
+
+# KEYS: due set, job key prefix. ARGV: now, limit, lease end.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local jobs = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[3], id)
+  local key = KEYS[2] .. id
+  redis.call('HINCRBY', key, 'attempts', 1)
+  jobs[#jobs + 1] = {id, redis.call('HGETALL', key)}
+end
+return jobs
+"""
+
+
+class RedisJobQueue:
+    def __init__(self, url: str, key_prefix: str) -> None:
+        self._redis = redis_asyncio.Redis.from_url(url, decode_responses=True)
+        base = f"{key_prefix}{{jobs}}:"
+        self._due = base + "due"
+        self._job_prefix = base + "job:"
+        self._project_prefix = base + "p:"
+        self._claim = self._redis.register_script(_CLAIM)
+
+    def _job(self, job_id: str, fields: dict[str, str], due_at: float) -> Job:
+        return Job(job_id, fields["project_id"], fields["kind"], json.loads(fields["payload"]), fields["status"],
+                   int(fields.get("attempts", 0)), fields.get("last_error") or None, due_at,
+                   float(fields["created_at"]))
+
+    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:
+        job_id = f"job_{secrets.token_hex(12)}"
+        now = time.time()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._job_prefix + job_id, mapping={
+                "project_id": project_id, "kind": kind, "payload": json.dumps(payload, ensure_ascii=False),
+                "status": "pending", "attempts": 0, "last_error": "", "created_at": now})
+            pipe.zadd(self._due, {job_id: now})
+            pipe.zadd(self._project_prefix + project_id, {job_id: now})
+            await pipe.execute()
+        return job_id
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
+        now = time.time()
+        lease_end = now + lease_seconds
+        rows = await self._claim(keys=[self._due, self._job_prefix], args=[now, limit, lease_end])
+        jobs = []
+        for job_id, flat in rows:
+            fields = dict(zip(flat[::2], flat[1::2]))
+            if fields:
+                jobs.append(self._job(job_id, fields, lease_end))
+            else:  # Removed between enqueue and claim: nothing to run.
+                await self._redis.zrem(self._due, job_id)
+        return jobs
+
+    async def complete(self, job_id: str) -> None:
+        project_id = await self._redis.hget(self._job_prefix + job_id, "project_id")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._due, job_id)
+            pipe.delete(self._job_prefix + job_id)
+            if project_id:
+                pipe.zrem(self._project_prefix + project_id, job_id)
+            await pipe.execute()
+
+    async def retry_later(self, job_id: str, error: str, delay_seconds: float) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._job_prefix + job_id, mapping={"status": "failed", "last_error": error[:2000]})
+            pipe.zadd(self._due, {job_id: time.time() + delay_seconds})
+            await pipe.execute()
+
+    async def list(self, project_id: str, limit: int) -> list[Job]:
+        jobs = []
+        for job_id in await self._redis.zrange(self._project_prefix + project_id, 0, limit - 1):
+            fields = await self._redis.hgetall(self._job_prefix + job_id)
+            due = await self._redis.zscore(self._due, job_id)
+            if fields and due is not None:
+                jobs.append(self._job(job_id, fields, due))
+        return jobs
+
+    async def release_leases(self) -> int:
+        return 0  # Other gateways may hold leases: expiry alone brings abandoned jobs back.
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,120 @@
+"""The extraction hook: what a turn teaches about its subject, as candidate memories.
+
+Built-in extractors (``plugins/extractors.py``): an LLM through LiteLLM, answering
+in the JSON schema below, and a heuristic one that needs no model, so the embedded
+default learns offline. Third-party extractors register under the
+``mnx_gateway.extractors`` entry point.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answered turn, as the extractor sees it."""
+
+    user_messages: Sequence[str]
+    assistant_message: str
+    # The resolved memory policy's text (project -> subject -> chat), "" when none.
+    policy_text: str = ""
+    # learn: "force": the extractor should find at least one memory if it possibly can.
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ExtractedClaim:
+    predicate: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ExtractedMemory:
+    text: str
+    kind: str = "fact"
+    importance: float = 50
+    confidence: float = 0.8
+    tags: Sequence[str] = ()
+    visibility: str = "private"
+    is_temporal: bool = False
+    claims: Sequence[ExtractedClaim] = field(default_factory=tuple)
+
+
+class Extractor(Protocol):
+    def key_for(self, headers: Any) -> str | None:
+        """The caller's own provider key, when the extractor calls a paid model with it."""
+
+    async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
+        """Candidate memories, best first; policy filtering happens after."""
+
+
+class ExtractionError(Exception):
+    """The extractor's answer was not valid JSON or broke the schema: nothing is stored."""
+
+
+class _Claim(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    predicate: str = Field(min_length=1, max_length=100)
+    value: str = Field(max_length=500)
+
+
+class _Memory(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: str = Field(min_length=1, max_length=10_000)
+    kind: str = "fact"
+    importance: float = Field(default=50, ge=0, le=100)
+    confidence: float = Field(default=0.8, ge=0, le=1)
+    tags: list[str] = Field(default_factory=list)
+    visibility: str = "private"
+    is_temporal: bool = False
+    claims: list[_Claim] = Field(default_factory=list)
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    memories: list[_Memory]
+
+
+# The JSON schema the LLM extractor asks for (OpenAI structured outputs, strict).
+EXTRACTION_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["memories"],
+    "properties": {"memories": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False,
+        "required": ["text", "kind", "importance", "confidence", "tags", "visibility", "is_temporal", "claims"],
+        "properties": {
+            "text": {"type": "string", "description": "one self-contained fact about the user, third person"},
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "importance": {"type": "number", "description": "0-100"},
+            "confidence": {"type": "number", "description": "0-1"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "visibility": {"type": "string", "enum": ["private", "shared", "public"]},
+            "is_temporal": {"type": "boolean", "description": "true when it will stop being true soon"},
+            "claims": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False, "required": ["predicate", "value"],
+                "properties": {"predicate": {"type": "string", "description": "snake_case slot, e.g. favorite_fruit"},
+                               "value": {"type": "string"}}}},
+        }}}},
+}
+
+
+def parse_extraction(raw: str) -> list[ExtractedMemory]:
+    """An extractor's JSON answer as memories; ExtractionError if it is not what the schema says."""
+    try:
+        answer = _Answer.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as error:
+        raise ExtractionError(f"the extractor's answer does not match the schema: {str(error)[:300]}") from None
+    memories = []
+    for item in answer.memories:
+        kind = item.kind if item.kind in KINDS else "fact"
+        visibility = item.visibility if item.visibility in ("private", "shared", "public") else "private"
+        memories.append(ExtractedMemory(item.text.strip(), kind, item.importance, item.confidence,
+                                        tuple(item.tags), visibility, item.is_temporal,
+                                        tuple(ExtractedClaim(c.predicate, c.value) for c in item.claims)))
+    return memories

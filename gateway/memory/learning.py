@@ -1,0 +1,113 @@
+"""Learning from a turn (``mnx.learn``): a durable job per answered turn, run by the worker.
+
+The proxy enqueues the job before the answer's last byte leaves (``learn_payload``
+says what goes in it: the turn's user messages and the answer, never a key). The
+worker then resolves the memory policy, asks the extractor for candidates, keeps
+those the policy allows, and stores them through memory versioning, so a new
+favourite supersedes the old one. Memory ids derive from the job id, so a job
+run twice (after a crash) stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Sequence
+
+from gateway.history import content_text
+from gateway.jobs.queue import Job
+from gateway.memory.claims import Claim
+from gateway.memory.extraction import Exchange, ExtractedMemory, ExtractionError, Extractor
+from gateway.memory.memories import Memories
+from gateway.memory_policies import MemoryPolicies, combine
+
+log = logging.getLogger("gateway.learning")
+
+LEARN_JOB = "learn"
+# What learn: "force" stores when nothing else qualifies: the user's own words, as a note.
+FORCED_KIND = "note"
+
+
+def learn_payload(*, subject_id: str, chat_id: str, learn: Any, memory_policy: bool | str,
+                  new_messages: Sequence[dict[str, Any]], answer: dict[str, Any], model: str,
+                  request_type: str, message_ids: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The job for one answered turn, or None when there is nothing to learn from."""
+    if learn is False:
+        return None
+    user_messages = [content_text(m.get("content")) for m in new_messages if m.get("role") == "user"]
+    user_messages = [text for text in user_messages if text.strip()]
+    if not user_messages:
+        return None
+    return {"subject_id": subject_id, "chat_id": chat_id, "learn": learn, "memory_policy": memory_policy,
+            "user_messages": user_messages, "assistant": content_text(answer.get("content")), "model": model,
+            "request_type": request_type, "message_ids": list(message_ids)}
+
+
+def apply_policy(candidates: Sequence[ExtractedMemory], config: dict[str, Any]) -> list[ExtractedMemory]:
+    """The candidates a policy config lets through, most important first, capped per turn."""
+    include = config.get("include_kinds")
+    exclude = set(config.get("exclude_kinds") or ())
+    kept = [m for m in candidates
+            if (not include or m.kind in include) and m.kind not in exclude
+            and m.confidence >= config.get("confidence_min", 0) and m.importance >= config.get("importance_min", 0)]
+    kept.sort(key=lambda m: m.importance, reverse=True)
+    cap = config.get("max_memories_per_turn")
+    return kept[:cap] if cap else kept
+
+
+def memory_id_for(job_id: str, position: int) -> str:
+    return "mem_" + hashlib.sha256(f"{job_id}:{position}".encode()).hexdigest()[:24]
+
+
+class Learner:
+    def __init__(self, memories: Memories, policies: MemoryPolicies, extractor: Extractor) -> None:
+        self._memories = memories
+        self._policies = policies
+        self.extractor = extractor
+        # Callers' own provider keys for a job's first run, in memory only: never persisted.
+        self._keys: dict[str, str] = {}
+
+    def remember_key(self, job_id: str, api_key: str | None) -> None:
+        if api_key:
+            self._keys[job_id] = api_key
+
+    async def _policy(self, project_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        choice = payload.get("memory_policy", True)
+        if choice is False:
+            return combine([])
+        if isinstance(choice, str):
+            policy = await self._policies.get(project_id, choice)
+            return combine([policy] if policy["is_active"] else [])
+        return combine(await self._policies.resolve(project_id, payload["subject_id"], payload["chat_id"],
+                                                    default_only=True))
+
+    async def handle(self, job: Job) -> None:
+        payload = job.payload
+        policy = await self._policy(job.project_id, payload)
+        force = payload["learn"] == "force"
+        exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force)
+        try:
+            candidates = await self.extractor.extract(exchange, api_key=self._keys.get(job.id))
+        except ExtractionError as error:
+            # A malformed answer is the model's mistake, not a reason to retry forever.
+            log.warning("job %s: %s; nothing stored", job.id, error)
+            candidates = []
+        kept = apply_policy(candidates, policy["config"])
+        forced = force and not kept
+        if forced:
+            kept = [ExtractedMemory(payload["user_messages"][-1][:10_000], FORCED_KIND, 50, 1.0)]
+        origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
+                  "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
+        for position, memory in enumerate(kept):
+            memory_id = memory_id_for(job.id, position)
+            if await self._memories.exists(job.project_id, memory_id):
+                continue  # Stored by an earlier run of this job.
+            await self._memories.create(job.project_id, {
+                "id": memory_id, "subject_id": payload["subject_id"], "text": memory.text, "kind": memory.kind,
+                "importance": memory.importance, "confidence": memory.confidence, "tags": list(memory.tags),
+                "visibility": memory.visibility, "is_temporal": memory.is_temporal,
+                # A forced note is stored even if it repeats something: that is what force asks for.
+                "no_supersede": forced,
+            }, source_type="inferred", origin=origin,
+                claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
+        self._keys.pop(job.id, None)

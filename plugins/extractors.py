@@ -1,0 +1,207 @@
+"""Built-in memory extractors: an LLM through LiteLLM, and a heuristic one for offline use.
+
+Both satisfy ``gateway.memory.extraction.Extractor``; ``load_extractor`` picks one
+from ``learning.extractor`` in gateway.yaml (or a third-party plugin by entry point).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.metadata import entry_points
+from typing import Any
+
+from gateway.config import ExtractorConfig, ProvidersConfig
+from gateway.errors import ConfigError
+from gateway.memory.extraction import EXTRACTION_SCHEMA, Exchange, ExtractedMemory, Extractor, parse_extraction
+from gateway.proxy.providers import provider_key, provider_settings, route_model
+
+ENTRY_POINT_GROUP = "mnx_gateway.extractors"
+
+# --- the heuristic extractor -----------------------------------------------------------------
+
+_OPENERS = re.compile(r"^(?:(?:actually|well|also|and|so|oh|btw|by the way|anyway|honestly|fyi|just so you know|"
+                      r"for the record|you know what)[,\s]+)+", re.I)
+_GREETING = re.compile(r"^(?:hi|hello|hey|thanks|thank you|good (?:morning|evening|night|afternoon)|bye|ok|okay|"
+                       r"cool|great|sure|yes|no|yeah|nope)\b", re.I)
+_QUESTION_START = re.compile(r"^(?:what|who|whom|whose|when|where|why|how|which|is|are|am|do|does|did|can|could|"
+                             r"would|should|will|shall|may|might|have|has)\b", re.I)
+# "I have a question", "I'm not sure": what a person has or is in the moment, not about them.
+_FLEETING_OBJECTS = re.compile(r"^(?:a |an |one |another |some )?(?:question|problem|issue|idea|moment|minute|"
+                               r"second|look|feeling|doubt|request|favou?r)\b", re.I)
+_FLEETING_STATES = re.compile(r"^(?:not sure|sure|fine|good|ok|okay|here|back|done|ready|sorry|confused|"
+                              r"wondering|trying|asking|looking|curious|glad|happy to|just)\b", re.I)
+_THIRD_PERSON = [(re.compile(rf"\b{w}\b", re.I), r) for w, r in (
+    ("i'm", "they're"), ("i am", "they are"), ("i've", "they've"), ("i'd", "they'd"), ("i'll", "they'll"),
+    ("myself", "themselves"), ("my", "their"), ("mine", "theirs"), ("me", "them"), ("i", "they"))]
+_IRREGULAR = {"have": "has", "do": "does", "go": "goes", "am": "is", "can": "can", "will": "will",
+              "can't": "can't", "don't": "doesn't", "won't": "won't"}
+
+
+def _third_person_verb(verb: str) -> str:
+    lowered = verb.lower()
+    if lowered in _IRREGULAR:
+        return _IRREGULAR[lowered]
+    if lowered.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return lowered + "es"
+    if len(lowered) > 2 and lowered.endswith("y") and lowered[-2] not in "aeiou":
+        return lowered[:-1] + "ies"
+    return lowered + "s"
+
+
+def _about_user(rest: str) -> str:
+    for pattern, replacement in _THIRD_PERSON:
+        rest = pattern.sub(replacement, rest)
+    return rest.strip().rstrip(".!,;")
+
+
+# (pattern on one sentence, what it makes) -- first match wins. Groups: "verb", "rest".
+_RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
+    (re.compile(r"^my name is (?P<rest>.+)", re.I),
+     {"lead": "User's name is", "kind": "fact", "importance": 80}),
+    (re.compile(r"^(?:i am|i'm) called (?P<rest>.+)", re.I),
+     {"lead": "User's name is", "kind": "fact", "importance": 80}),
+    (re.compile(r"^my (?P<rest>(?:\w+\s+)?favou?rite\s.+)", re.I),
+     {"lead": "User's", "kind": "preference", "importance": 65}),
+    (re.compile(r"^(?:i|we) (?:really |absolutely |just |also |totally |actually )?(?P<verb>like|love|enjoy|prefer|"
+                r"adore|hate|dislike|detest)s? (?P<rest>.+)", re.I),
+     {"kind": "preference", "importance": 60}),
+    (re.compile(r"^(?:i|we) (?:really )?(?P<verb>don't|do not|can't|cannot|never) (?P<rest>(?:like|eat|drink|"
+                r"stand|use|watch|play|enjoy).+)", re.I),
+     {"kind": "preference", "importance": 60, "negative": True}),
+    (re.compile(r"^(?:i am|i'm) (?P<rest>\d{1,3} (?:years?|yrs?) old.*)", re.I),
+     {"lead": "User is", "kind": "fact", "importance": 70}),
+    (re.compile(r"^(?:i am|i'm) (?P<rest>(?:going|planning|about|traveling|travelling|flying|moving|visiting|"
+                r"starting|getting married|having a baby)\b.+)", re.I),
+     {"lead": "User is", "kind": "event", "importance": 55, "is_temporal": True}),
+    (re.compile(r"^(?:i|we) (?P<verb>will|plan to|intend to|hope to|want to|'ll) (?P<rest>.+)", re.I),
+     {"kind": "event", "importance": 50, "is_temporal": True}),
+    (re.compile(r"^(?:next|this|in a) (?:week|month|year|weekend|few days)[, ]+(?:i|we) (?P<rest>.+)", re.I),
+     {"lead": "User", "kind": "event", "importance": 50, "is_temporal": True}),
+    (re.compile(r"^(?:i|we) (?P<verb>live|work|study|grew up|moved|relocated|stay) (?P<rest>(?:in|at|for|as|to|"
+                r"from|near|with)\b.+)", re.I),
+     {"kind": "fact", "importance": 70}),
+    (re.compile(r"^(?:i|we) (?P<verb>have|own|got|adopted|bought|drive|ride|speak|play|use|"
+                r"work on|volunteer)(?! to\b) (?P<rest>.+)", re.I),
+     {"kind": "fact", "importance": 55}),
+    (re.compile(r"^(?:i|we) (?P<verb>usually|always|often|never|regularly|normally) (?P<rest>.+)", re.I),
+     {"kind": "preference", "importance": 50}),
+    (re.compile(r"^(?:i am|i'm) (?P<rest>(?:a|an|from|originally|based|allergic|vegetarian|vegan|married|single|"
+                r"divorced|engaged|retired|pregnant|left-handed|right-handed|lactose|gluten)\b.+)", re.I),
+     {"lead": "User is", "kind": "fact", "importance": 70}),
+    (re.compile(r"^my (?P<rest>[a-z][a-z' ]{0,40}? (?:is|are|was|were) .+)", re.I),
+     {"lead": "User's", "kind": "fact", "importance": 60}),
+]
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+
+
+def heuristic_memories(text: str) -> list[ExtractedMemory]:
+    """First-person statements of preference, identity, possession and plans in one message."""
+    found = []
+    for sentence in _sentences(text):
+        if sentence.endswith("?") or len(sentence) > 400:
+            continue
+        clause = _OPENERS.sub("", sentence).strip()
+        if len(clause.split()) < 3 or _GREETING.match(clause) or _QUESTION_START.match(clause):
+            continue
+        for pattern, made in _RULES:
+            match = pattern.match(clause)
+            if not match:
+                continue
+            rest = match.group("rest")
+            if _FLEETING_OBJECTS.match(rest) or _FLEETING_STATES.match(rest):
+                break
+            verb = match.groupdict().get("verb")
+            if made.get("negative"):
+                lead = "User does not" if verb and verb.lower() in ("don't", "do not") else f"User {verb.lower()}"
+            elif verb:
+                lead = f"User {_third_person_verb(verb)}" if " " not in verb else f"User {verb.lower()}"
+            else:
+                lead = made["lead"]
+            memory_text = f"{lead} {_about_user(rest)}"
+            found.append(ExtractedMemory(memory_text, made["kind"], made["importance"], 0.7,
+                                         is_temporal=made.get("is_temporal", False)))
+            break
+    return found
+
+
+class HeuristicExtractor:
+    """No model, no key: plain patterns over the user's own messages."""
+
+    def key_for(self, headers: Any) -> str | None:
+        return None
+
+    async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
+        memories = []
+        for message in exchange.user_messages:
+            memories.extend(heuristic_memories(message))
+        return memories
+
+
+# --- the LLM extractor -----------------------------------------------------------------------
+
+SYSTEM_PROMPT = """You extract long-term memories about the user from one conversation turn.
+Return JSON: {"memories": [...]} following the schema. A memory is one self-contained fact about
+the user that will still be useful in later conversations: preferences, identity, relationships,
+possessions, work, plans, standing instructions. Write each in the third person, starting with
+"User" (e.g. "User's favorite fruit is strawberry"). Skip greetings, questions, small talk, and
+anything only about the assistant. importance is 0-100 (how much it matters later), confidence
+0-1 (how sure the user was). Add claims as snake_case predicate / value pairs for single-valued
+facts (favorite_fruit = strawberry, lives_in = Berlin). Return {"memories": []} when there is
+nothing worth remembering."""
+FORCE_PROMPT = "The application asked to remember something from this turn: return at least one memory."
+
+
+class LLMExtractor:
+    """A model through LiteLLM with a JSON-schema answer; the policy text joins its instructions."""
+
+    def __init__(self, config: ExtractorConfig, providers: ProvidersConfig) -> None:
+        route = route_model(config.model or "")
+        self._provider = route.provider
+        self._settings = provider_settings(providers, route.provider)
+        self._model = f"{route.provider}/{route.model}"
+        self._api_base = config.api_base or self._settings.api_base
+        self._api_key = config.api_key.get_secret_value() if config.api_key else None
+
+    def key_for(self, headers: Any) -> str | None:
+        if self._api_key:
+            return self._api_key
+        return provider_key(self._provider, headers, None, self._settings)
+
+    async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
+        from gateway.proxy.upstream import load_litellm
+
+        key = api_key or self._api_key or (
+            self._settings.api_key.get_secret_value() if self._settings.api_key else None)
+        if not key:
+            raise RuntimeError(f"no {self._provider} API key for the extraction model (configure "
+                               f"learning.extractor.api_key or providers.{self._provider}.api_key)")
+        instructions = SYSTEM_PROMPT
+        if exchange.policy_text:
+            instructions += f"\n\nMemory policy of this application:\n{exchange.policy_text}"
+        if exchange.force:
+            instructions += f"\n\n{FORCE_PROMPT}"
+        turn = {"user": list(exchange.user_messages), "assistant": exchange.assistant_message}
+        litellm = load_litellm()
+        answer = await litellm.acompletion(
+            model=self._model, api_key=key, api_base=self._api_base, timeout=self._settings.timeout.read,
+            temperature=0, messages=[{"role": "system", "content": instructions},
+                                     {"role": "user", "content": json.dumps(turn, ensure_ascii=False)}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "memories", "schema": EXTRACTION_SCHEMA, "strict": True}})
+        return parse_extraction(answer.choices[0].message.content or "")
+
+
+def load_extractor(config: ExtractorConfig, providers: ProvidersConfig) -> Extractor:
+    if config.provider == "heuristic":
+        return HeuristicExtractor()
+    if config.provider == "litellm":
+        return LLMExtractor(config, providers)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == config.provider:
+            return entry.load()(config)  # type: ignore[no-any-return]
+    raise ConfigError(f"learning.extractor.provider: unknown extractor {config.provider!r} "
+                      f"(built in: heuristic, litellm; or a plugin in {ENTRY_POINT_GROUP})")
