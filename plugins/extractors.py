@@ -34,6 +34,8 @@ _FLEETING_STATES = re.compile(r"^(?:not sure|sure|fine|good|ok|okay|here|back|do
 _THIRD_PERSON = [(re.compile(rf"\b{w}\b", re.I), r) for w, r in (
     ("i'm", "they're"), ("i am", "they are"), ("i've", "they've"), ("i'd", "they'd"), ("i'll", "they'll"),
     ("myself", "themselves"), ("my", "their"), ("mine", "theirs"), ("me", "them"), ("i", "they"))]
+_CONTRACTIONS = re.compile(r"^(?:i'll|i've|we'll|we've)\b", re.I)
+_EXPANDED = {"i'll": "I will", "i've": "I have", "we'll": "we will", "we've": "we have"}
 _IRREGULAR = {"have": "has", "do": "does", "go": "goes", "am": "is", "can": "can", "will": "will",
               "can't": "can't", "don't": "doesn't", "won't": "won't"}
 
@@ -74,7 +76,7 @@ _RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
     (re.compile(r"^(?:i am|i'm) (?P<rest>(?:going|planning|about|traveling|travelling|flying|moving|visiting|"
                 r"starting|getting married|having a baby)\b.+)", re.I),
      {"lead": "User is", "kind": "event", "importance": 55, "is_temporal": True}),
-    (re.compile(r"^(?:i|we) (?P<verb>will|plan to|intend to|hope to|want to|'ll) (?P<rest>.+)", re.I),
+    (re.compile(r"^(?:i|we) (?P<verb>will|plan to|intend to|hope to|want to) (?P<rest>.+)", re.I),
      {"kind": "event", "importance": 50, "is_temporal": True}),
     (re.compile(r"^(?:next|this|in a) (?:week|month|year|weekend|few days)[, ]+(?:i|we) (?P<rest>.+)", re.I),
      {"lead": "User", "kind": "event", "importance": 50, "is_temporal": True}),
@@ -85,7 +87,7 @@ _RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
                 r"work on|volunteer)(?! to\b) (?P<rest>.+)", re.I),
      {"kind": "fact", "importance": 55}),
     (re.compile(r"^(?:i|we) (?P<verb>usually|always|often|never|regularly|normally) (?P<rest>.+)", re.I),
-     {"kind": "preference", "importance": 50}),
+     {"kind": "preference", "importance": 50, "adverb": True}),
     (re.compile(r"^(?:i am|i'm) (?P<rest>(?:a|an|from|originally|based|allergic|vegetarian|vegan|married|single|"
                 r"divorced|engaged|retired|pregnant|left-handed|right-handed|lactose|gluten)\b.+)", re.I),
      {"lead": "User is", "kind": "fact", "importance": 70}),
@@ -104,7 +106,7 @@ def heuristic_memories(text: str) -> list[ExtractedMemory]:
     for sentence in _sentences(text):
         if sentence.endswith("?") or len(sentence) > 400:
             continue
-        clause = _OPENERS.sub("", sentence).strip()
+        clause = _CONTRACTIONS.sub(lambda m: _EXPANDED[m.group(0).lower()], _OPENERS.sub("", sentence).strip())
         if len(clause.split()) < 3 or _GREETING.match(clause) or _QUESTION_START.match(clause):
             continue
         for pattern, made in _RULES:
@@ -117,8 +119,13 @@ def heuristic_memories(text: str) -> list[ExtractedMemory]:
             verb = match.groupdict().get("verb")
             if made.get("negative"):
                 lead = "User does not" if verb and verb.lower() in ("don't", "do not") else f"User {verb.lower()}"
+            elif made.get("adverb") and verb:
+                # "I usually drink tea": the adverb stays, the verb after it agrees with "User".
+                first, _, remainder = rest.partition(" ")
+                lead, rest = f"User {verb.lower()} {_third_person_verb(first)}", remainder
             elif verb:
-                lead = f"User {_third_person_verb(verb)}" if " " not in verb else f"User {verb.lower()}"
+                head, _, tail = verb.lower().partition(" ")  # "plan to" -> "plans to"
+                lead = f"User {_third_person_verb(head)} {tail}".rstrip()
             else:
                 lead = made["lead"]
             memory_text = f"{lead} {_about_user(rest)}"

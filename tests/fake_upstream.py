@@ -12,6 +12,10 @@ what the gateway forwarded, and misbehaves on demand through the model name:
                     on Anthropic)
     sleep-<secs>    wait that long before answering (timeout tests)
 
+Models starting with ``extractor`` answer like a memory extractor: the next of
+``provider.extraction_answers`` (raw text, so tests can send broken JSON) if any,
+else one memory per user message of the turn; ``extractor-sleep-<secs>`` waits first.
+
 Embeddings (``/embeddings``) are bags of words hashed into 32 dimensions, where a
 few food words share one dimension: enough "meaning" for a dense model to find
 what shares no word with the query.
@@ -68,6 +72,8 @@ class FakeProvider:
         # Set when a streamed answer stopped because the gateway closed the connection.
         self.stream_cancelled = threading.Event()
         self.record = True
+        # Scripted answers for extractor models, used in order.
+        self.extraction_answers: list[str] = []
 
     # -- ASGI ---------------------------------------------------------------------------
 
@@ -123,6 +129,14 @@ class FakeProvider:
             await asyncio.sleep(float(model.split("-", 1)[1]))
         return False
 
+    def _extraction(self, payload: dict[str, Any]) -> str:
+        if self.extraction_answers:
+            return self.extraction_answers.pop(0)
+        turn = json.loads(_last_user_text(payload["messages"]))
+        memories = [{"text": f"User said: {said}", "kind": "fact", "importance": 60, "confidence": 0.9, "tags": [],
+                     "visibility": "private", "is_temporal": False, "claims": []} for said in turn["user"]]
+        return json.dumps({"memories": memories})
+
     # -- OpenAI Embeddings ------------------------------------------------------------------
 
     async def _embeddings(self, payload: dict[str, Any], send: Any) -> None:
@@ -140,6 +154,10 @@ class FakeProvider:
         if await self._misbehave(model, send, anthropic=False):
             return
         text = "echo: " + _last_user_text(payload.get("messages", []))
+        if model.startswith("extractor"):
+            if model.startswith("extractor-sleep-"):
+                await asyncio.sleep(float(model.rsplit("-", 1)[1]))
+            text = self._extraction(payload)
         tool_calls = None
         if model == "tool-call":
             tool_calls = [{"id": "call_1", "type": "function",

@@ -133,6 +133,16 @@ class LoadMeter:
         return max(0.0, (busy - own) / wall * 100) if wall > 0 else 0.0
 
 
+def wait_quiet(limit_pct: float, max_wait: float) -> None:
+    """Give other work on the machine up to ``max_wait`` s to calm down below ``limit_pct``."""
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        busy0 = machine_busy_seconds()
+        time.sleep(0.5)
+        if (machine_busy_seconds() - busy0) / 0.5 * 100 <= limit_pct:
+            return
+
+
 def dir_size_mb(path: Path) -> float:
     total = 0
     for entry in path.rglob("*"):
@@ -495,6 +505,7 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
     for p in passes:
         attempts = []
         for attempt in range(args.retries + 1):
+            wait_quiet(args.noise_limit, 10.0 if attempt else 3.0)
             r = await time_pass(p, args.warmup, total, exact, timer)
             attempts.append(r)
             recall = f", recall@10 {r['recall']:.4f}" if "recall" in r else ""
@@ -698,6 +709,7 @@ def measure_http(size: int, workdir: Path, args: argparse.Namespace) -> dict[str
             raise BenchError(f"the gateway's search answered {status}: {body[:300]!r}")
         attempts = []
         for attempt in range(args.retries + 1):
+            wait_quiet(args.noise_limit, 10.0 if attempt else 3.0)
             for j in range(args.warmup):
                 http_get(conn, path_for(j))
             latencies, counts = [], []

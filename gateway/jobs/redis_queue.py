@@ -48,9 +48,10 @@ class RedisJobQueue:
         self._claim = self._redis.register_script(_CLAIM)
 
     def _job(self, job_id: str, fields: dict[str, str], due_at: float) -> Job:
-        return Job(job_id, fields["project_id"], fields["kind"], json.loads(fields["payload"]), fields["status"],
-                   int(fields.get("attempts", 0)), fields.get("last_error") or None, due_at,
-                   float(fields["created_at"]))
+        return Job(id=job_id, project_id=fields["project_id"], kind=fields["kind"],
+                   payload=json.loads(fields["payload"]), status=fields["status"],
+                   attempts=int(fields.get("attempts", 0)), last_error=fields.get("last_error") or None,
+                   due_at=due_at, created_at=float(fields["created_at"]))
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:
         job_id = f"job_{secrets.token_hex(12)}"

@@ -36,7 +36,9 @@ _COLUMNS = "id, project_id, kind, payload, status, attempts, last_error, due_at,
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    return Job(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7], row[8])
+    job_id, project_id, kind, payload, status, attempts, last_error, due_at, created_at = row
+    return Job(id=job_id, project_id=project_id, kind=kind, payload=json.loads(payload), status=status,
+               attempts=attempts, last_error=last_error, due_at=due_at, created_at=created_at)
 
 
 class SqliteJobQueue:
