@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Learning benchmark: how fast the worker learns, and what learn: true costs the client.
+
+(a) worker throughput: N learn jobs are enqueued, then the worker runs them (the
+    heuristic extractor, which needs no network, then versioning and storage in
+    SQLite + Qdrant Edge, as the embedded default does): jobs/s and memories/s.
+(b) added latency: the gateway (``mnx-gateway serve``, embedded default) in front of
+    the fake provider (``tests/fake_upstream.py``); one client sends non-streamed chat
+    completions one at a time, alternating learn: false and learn: true, so both see
+    the same conditions. The difference of the two medians is what writing the learn
+    job (before the answer's last byte) and the worker running in the same process
+    add to the client's response.
+
+Usage (from the repository root, with the venv that has the gateway installed):
+
+    /tmp/venv/bin/python bench/learn/run.py [--jobs 2000] [--requests 2000]
+
+Prints a markdown table and writes it into bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+README = ROOT / "bench" / "README.md"
+RESULTS_START = "<!-- learn-results:start -->"
+RESULTS_END = "<!-- learn-results:end -->"
+KEY = "mnx_bench_key"
+
+STATEMENTS = ["I have a dog named Rex{i}", "My favorite color is shade {i}", "I live in town number {i}",
+              "I really enjoy puzzle {i}", "I work at company {i}"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def worker_throughput(jobs: int, directory: Path) -> dict[str, float]:
+    from gateway.config import parse_config
+    from gateway.memory.learning import LEARN_JOB
+    from gateway.services import Services
+
+    config = parse_config({
+        "storage": {"backend": "sqlite", "sqlite": {"path": str(directory / "throughput.db")}},
+        "memory": {"vectors": {"edge": {"path": str(directory / "throughput-index")}}},
+        "projects": [{"id": "bench", "keys": [{"key": KEY}]}]})
+    services = Services.build(config)
+    for i in range(jobs):
+        await services.jobs.enqueue("bench", LEARN_JOB, {
+            "subject_id": f"s{i % 200}", "chat_id": f"c{i}", "learn": True, "memory_policy": True,
+            "user_messages": [STATEMENTS[i % len(STATEMENTS)].format(i=i)], "assistant": "noted",
+            "model": "bench", "request_type": "chat", "message_ids": []})
+    started = time.perf_counter()
+    done = 0
+    while True:
+        ran = await services.worker.run_once()
+        if not ran:
+            break
+        done += ran
+    elapsed = time.perf_counter() - started
+    stored = sum([await services.vector_index.count("bench")])
+    await services.aclose()
+    return {"jobs": done, "seconds": elapsed, "jobs_per_s": done / elapsed, "memories": stored}
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_up(url: str) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def added_latency(requests: int, directory: Path) -> dict[str, float]:
+    upstream_port, gateway_port = free_port(), free_port()
+    config = {
+        "server": {"port": gateway_port},
+        "storage": {"backend": "sqlite", "sqlite": {"path": str(directory / "latency.db")}},
+        "memory": {"vectors": {"edge": {"path": str(directory / "latency-index")}}},
+        "projects": [{"id": "bench", "keys": [{"key": KEY}]}],
+        "providers": {"openai": {"api_base": f"http://127.0.0.1:{upstream_port}/v1", "api_key": "sk-fake"}},
+    }
+    config_path = directory / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    upstream = start([sys.executable, "-m", "tests.fake_upstream", "--port", str(upstream_port)])
+    gateway = start([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)])
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        wait_up(f"http://127.0.0.1:{upstream_port}/")
+        wait_up(f"http://127.0.0.1:{gateway_port}/health")
+        url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        with httpx.Client(headers={"x-mnexium-key": KEY}) as client:
+            for i in range(-200, requests):  # the first 200 warm up
+                learn = i % 2 == 1
+                body = {"model": "gpt-4o-mini", "messages": [
+                    {"role": "user", "content": STATEMENTS[i % len(STATEMENTS)].format(i=i)}],
+                    "mnx": {"subject_id": f"u{i % 500}", "learn": learn, "log": False, "history": False,
+                            "system_prompt": False}}
+                began = time.perf_counter()
+                response = client.post(url, json=body)
+                elapsed = time.perf_counter() - began
+                response.raise_for_status()
+                if i >= 0:
+                    timings[learn].append(elapsed * 1000)
+        jobs_left = httpx.get(f"http://127.0.0.1:{gateway_port}/api/v1/jobs",
+                              headers={"x-mnexium-key": KEY}).json()["count"]
+    finally:
+        stop(gateway)
+        stop(upstream)
+
+    def pct(values: list[float], q: float) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] if q < 100 else max(values)
+
+    off, on = timings[False], timings[True]
+    return {"off_p50": statistics.median(off), "on_p50": statistics.median(on), "off_p99": pct(off, 99),
+            "on_p99": pct(on, 99), "added_p50": statistics.median(on) - statistics.median(off),
+            "requests": len(off) + len(on), "jobs_left": jobs_left}
+
+
+def table(throughput: dict[str, float], latency: dict[str, float], args: argparse.Namespace) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        f"Run {stamp} on {platform.node()} ({os.cpu_count()} CPUs), "
+        f"`python bench/learn/run.py --jobs {args.jobs} --requests {args.requests}`:",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| (a) learn jobs through the worker (heuristic extractor, versioning, SQLite + Qdrant Edge) | "
+        f"{throughput['jobs_per_s']:.0f} jobs/s ({throughput['jobs']:.0f} jobs in {throughput['seconds']:.2f} s, "
+        f"{throughput['memories']:.0f} memories stored) |",
+        f"| (b) client p50, learn: false | {latency['off_p50']:.3f} ms |",
+        f"| (b) client p50, learn: true | {latency['on_p50']:.3f} ms |",
+        f"| (b) **added p50** (target < 0.5 ms) | **{latency['added_p50']:.3f} ms** |",
+        f"| (b) client p99, learn: false / true | {latency['off_p99']:.3f} / {latency['on_p99']:.3f} ms |",
+        f"| (b) learn jobs left unfinished after the run | {latency['jobs_left']:.0f} |",
+    ])
+
+
+def write_readme(text: str) -> None:
+    readme = README.read_text()
+    block = f"{RESULTS_START}\n{text}\n{RESULTS_END}"
+    if RESULTS_START in readme:
+        before, rest = readme.split(RESULTS_START, 1)
+        readme = before + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
+    README.write_text(readme)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    with tempfile.TemporaryDirectory(prefix="mnx-learn-bench-") as tmp:
+        throughput = asyncio.run(worker_throughput(args.jobs, Path(tmp)))
+        print(f"worker: {throughput}")
+        latency = added_latency(args.requests, Path(tmp))
+        print(f"latency: {latency}")
+    text = table(throughput, latency, args)
+    print(text)
+    if not args.no_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()
