@@ -234,18 +234,19 @@ class Memories:
             fields["text"] = text.strip()
         if not fields:
             return
+        # Embed first: if the model fails, nothing has changed yet.
+        dense = (await self._embed([fields["text"]], api_key))[0] if self.embedder and "text" in fields else None
         doc.update(fields, updated_at=from_timestamp(time.time()))
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         claims = extract_claims(doc["text"])
-        self.events.publish(project_id, doc["subject_id"], "memory.updated",
-                            {"id": memory_id, "subject_id": doc["subject_id"]})
         if "text" in fields:
             await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
             await self._save_claims(project_id, doc, claims, doc["updated_at"])
-            dense = (await self._embed([doc["text"]], api_key))[0] if self.embedder else None
             await self._index.upsert(project_id, [self._indexed(doc, claims, dense)])
         else:
             await self._index.update_fields(project_id, memory_id, _index_fields(doc, claims))
+        self.events.publish(project_id, doc["subject_id"], "memory.updated",
+                            {"id": memory_id, "subject_id": doc["subject_id"]})
 
     async def delete(self, project_id: str, memory_id: str) -> bool:
         doc = await self._store.get(MEMORIES, project_id, memory_id)
