@@ -83,7 +83,7 @@ class VectorHit:
 FUSION_K = 2
 LEG_WEIGHTS = {SPARSE: 1.0, CONTEXT_SPARSE: 1.0, DENSE: 1.0}
 # Each leg contributes this many candidates (at least) before fusion.
-PREFETCH_MIN = 50
+PREFETCH_MIN = 100
 
 
 def search_legs(query: IndexQuery, has_dense: bool) -> list[tuple[str, Any]]:
