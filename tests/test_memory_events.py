@@ -1,0 +1,43 @@
+"""Memory events (contract §13) published by every change, with the learned memory's origin."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.config import parse_config
+from gateway.services import Services
+from tests.conftest import edge_memory
+
+
+def test_create_supersede_update_restore_delete_publish_events(tmp_path):
+    async def scenario() -> list[tuple[str, dict]]:
+        services = Services.build(parse_config({
+            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
+            "memory": edge_memory(tmp_path / "index"), "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
+        memories = services.memories
+        seen: list[tuple[str, dict]] = []
+        with memories.events.subscribe("p", "ann") as mine, memories.events.subscribe("other", None) as theirs:
+            old, _ = await memories.create("p", {"subject_id": "ann", "text": "Favorite fruit is blueberry"})
+            new, _ = await memories.create("p", {"subject_id": "ann", "text": "Favorite fruit is mango"},
+                                           source_type="inferred", origin={"chat_id": "c1", "job_id": "job_1"})
+            await memories.create("p", {"subject_id": "bob", "text": "Bob keeps bees"})  # another subject
+            await memories.update("p", new["id"], {"importance": 90})
+            await memories.restore("p", old["id"])
+            await memories.delete("p", new["id"])
+            while not mine.queue.empty():
+                seen.append(mine.queue.get_nowait())
+            assert theirs.queue.empty()  # another project hears nothing
+            stored = await memories.get("p", new["id"], allow_deleted=True)
+            assert (stored["source_type"], stored["origin"]) == ("inferred", {"chat_id": "c1", "job_id": "job_1"})
+        await services.aclose()
+        return seen
+
+    events = asyncio.run(scenario())
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["memory.created", "memory.created", "memory.superseded", "memory.updated", "memory.updated",
+                     "memory.deleted"]
+    assert events[0][1]["text"] == "Favorite fruit is blueberry" and events[0][1]["subject_id"] == "ann"
+    superseded = events[2][1]
+    assert superseded["superseded_by"] == events[1][1]["id"] and superseded["id"] == events[0][1]["id"]
+    assert events[4][1]["status"] == "active" and events[5][1] == {"id": events[1][1]["id"],
+                                                                    "timestamp": events[5][1]["timestamp"]}
