@@ -12,14 +12,23 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 from gateway.errors import ConfigError
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _blank_is_none(value: SecretStr | None) -> SecretStr | None:
+    return None if value is None or value.get_secret_value() == "" else value
+
+
+# A key that may be left empty (``${OPENAI_API_KEY:-}``): empty means "none configured".
+OptionalSecret = Annotated[SecretStr | None, AfterValidator(_blank_is_none)]
 
 
 class _Strict(BaseModel):
@@ -97,13 +106,8 @@ class ProviderConfig(_Strict):
 
     api_base: str
     # Used when the request carries no key of its own for this provider.
-    api_key: SecretStr | None = None
+    api_key: OptionalSecret = None
     timeout: Timeouts = Timeouts()
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None or value.get_secret_value() == "" else value
 
     @field_validator("api_base")
     @classmethod
@@ -150,13 +154,8 @@ class QdrantVectorsConfig(_Strict):
     # directory, which runs qdrant-client's local mode (for tests; far too slow to serve).
     url: str | None = None
     location: str | None = None
-    api_key: SecretStr | None = None
+    api_key: OptionalSecret = None
     collection: str = Field(default="mnx_memories", min_length=1)
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None or value.get_secret_value() == "" else value
 
     @model_validator(mode="after")
     def _one_target(self) -> "QdrantVectorsConfig":
@@ -187,13 +186,8 @@ class EmbedderConfig(_Strict):
     model: str | None = None
     # The vector size the model returns; the index is created with it and checked on start.
     dimensions: int | None = Field(default=None, ge=1, le=65536)
-    api_key: SecretStr | None = None
+    api_key: OptionalSecret = None
     api_base: str | None = None
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None or value.get_secret_value() == "" else value
 
     @model_validator(mode="after")
     def _model_given(self) -> "EmbedderConfig":
@@ -250,13 +244,8 @@ class ExtractorConfig(_Strict):
     # with a JSON-schema answer. Anything else names a plugin ("mnx_gateway.extractors").
     provider: str = "heuristic"
     model: str | None = None
-    api_key: SecretStr | None = None
+    api_key: OptionalSecret = None
     api_base: str | None = None
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None or value.get_secret_value() == "" else value
 
     @model_validator(mode="after")
     def _model_given(self) -> "ExtractorConfig":

@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from gateway.config import EmbedderConfig, ProvidersConfig
 from gateway.errors import BadRequest, ConfigError, UpstreamError
 from gateway.memory.embedding import Embedder
-from gateway.proxy.providers import provider_key, provider_settings, route_model
+from plugins.provider_model import ProviderModel
 
 ENTRY_POINT_GROUP = "mnx_gateway.embedders"
 
@@ -32,29 +32,22 @@ class LiteLLMEmbedder:
             raise ConfigError("memory.embedder.dimensions is required for the litellm embedder "
                               "(the size of the vectors the model returns)")
         self.dimensions = config.dimensions
-        route = route_model(config.model or "")
-        self._provider = route.provider
-        self._settings = provider_settings(providers, route.provider)
-        self._model = f"{route.provider}/{route.model}"
-        self._api_base = config.api_base or self._settings.api_base
-        self._api_key = config.api_key.get_secret_value() if config.api_key else None
+        self._model = ProviderModel(config.model or "", config.api_key, config.api_base, providers)
 
     def key_for(self, headers: Headers) -> str | None:
-        if self._api_key:
-            return self._api_key
-        return provider_key(self._provider, headers, None, self._settings)
+        return self._model.key_for(headers)
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         from gateway.proxy.upstream import load_litellm
 
-        key = api_key or self._api_key or (
-            self._settings.api_key.get_secret_value() if self._settings.api_key else None)
+        model = self._model
+        key = model.key(api_key)
         if not key:
-            raise BadRequest(f"no {self._provider} API key for the embedding model", code="embedding_key_required")
+            raise BadRequest(f"no {model.provider} API key for the embedding model", code="embedding_key_required")
         litellm = load_litellm()
         try:
-            result = await litellm.aembedding(model=self._model, input=list(texts), api_key=key,
-                                              api_base=self._api_base, timeout=self._settings.timeout.read)
+            result = await litellm.aembedding(model=model.litellm_model, input=list(texts), api_key=key,
+                                              api_base=model.api_base, timeout=model.settings.timeout.read)
         except Exception as error:
             status = getattr(error, "status_code", None)
             raise UpstreamError(f"the embedding model failed: {type(error).__name__}",

@@ -14,7 +14,7 @@ from typing import Any
 from gateway.config import ExtractorConfig, ProvidersConfig
 from gateway.errors import ConfigError
 from gateway.memory.extraction import EXTRACTION_SCHEMA, Exchange, ExtractedMemory, Extractor, parse_extraction
-from gateway.proxy.providers import provider_key, provider_settings, route_model
+from plugins.provider_model import ProviderModel
 
 ENTRY_POINT_GROUP = "mnx_gateway.extractors"
 
@@ -166,26 +166,19 @@ class LLMExtractor:
     """A model through LiteLLM with a JSON-schema answer; the policy text joins its instructions."""
 
     def __init__(self, config: ExtractorConfig, providers: ProvidersConfig) -> None:
-        route = route_model(config.model or "")
-        self._provider = route.provider
-        self._settings = provider_settings(providers, route.provider)
-        self._model = f"{route.provider}/{route.model}"
-        self._api_base = config.api_base or self._settings.api_base
-        self._api_key = config.api_key.get_secret_value() if config.api_key else None
+        self._model = ProviderModel(config.model or "", config.api_key, config.api_base, providers)
 
     def key_for(self, headers: Any) -> str | None:
-        if self._api_key:
-            return self._api_key
-        return provider_key(self._provider, headers, None, self._settings)
+        return self._model.key_for(headers)
 
     async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
         from gateway.proxy.upstream import load_litellm
 
-        key = api_key or self._api_key or (
-            self._settings.api_key.get_secret_value() if self._settings.api_key else None)
+        model = self._model
+        key = model.key(api_key)
         if not key:
-            raise RuntimeError(f"no {self._provider} API key for the extraction model (configure "
-                               f"learning.extractor.api_key or providers.{self._provider}.api_key)")
+            raise RuntimeError(f"no {model.provider} API key for the extraction model (configure "
+                               f"learning.extractor.api_key or providers.{model.provider}.api_key)")
         instructions = SYSTEM_PROMPT
         if exchange.policy_text:
             instructions += f"\n\nMemory policy of this application:\n{exchange.policy_text}"
@@ -194,7 +187,7 @@ class LLMExtractor:
         turn = {"user": list(exchange.user_messages), "assistant": exchange.assistant_message}
         litellm = load_litellm()
         answer = await litellm.acompletion(
-            model=self._model, api_key=key, api_base=self._api_base, timeout=self._settings.timeout.read,
+            model=model.litellm_model, api_key=key, api_base=model.api_base, timeout=model.settings.timeout.read,
             temperature=0, messages=[{"role": "system", "content": instructions},
                                      {"role": "user", "content": json.dumps(turn, ensure_ascii=False)}],
             response_format={"type": "json_schema",

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 from gateway.jobs.queue import Job
+from gateway.store.sqlite import connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,11 +42,7 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 class SqliteJobQueue:
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path)
         self._db.executescript(_SCHEMA)
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:

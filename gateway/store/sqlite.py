@@ -49,14 +49,21 @@ def _index_key(fields: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "\x1f".join(fields) + "=" + json.dumps(values, ensure_ascii=False)
 
 
+def connect(path: str) -> sqlite3.Connection:
+    """A connection to the gateway's SQLite file as every embedded component uses it:
+    autocommit, WAL (a commit survives the process being killed), NORMAL sync."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=OFF")
+    return db
+
+
 class SqliteDocumentStore:
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db = connect(path)
         self._db.executescript(_SCHEMA)
         self._next_sweep = 0.0
 
