@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import httpx
 import pytest
 
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.services import Services
-from tests.conftest import PROVIDER_KEY, edge_memory
+from tests.conftest import KEY, PROVIDER_KEY, edge_memory, wait_until
 from tests.fake_upstream import EMBEDDING_DIMENSIONS
 
 SUBJECT = "diner"
@@ -76,3 +78,26 @@ def test_an_index_built_for_another_model_fails_at_startup(provider, storage_sql
     with pytest.raises(ConfigError, match="unknown embedder"):
         Services.build(config({**edge_memory(tmp_path / "other"), "embedder": {"provider": "word2vec",
                                                                                 "model": "x"}}))
+
+
+def test_learning_and_recall_use_the_callers_key_and_recall_degrades_without_one(hybrid):
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(hybrid.url + "/v1/chat/completions", headers={
+            "x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY}, json={
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "I am vegetarian and love pasta"}],
+            "mnx": {"subject_id": SUBJECT, "learn": True}})
+        assert answer.status_code == 200
+        with hybrid.rest() as rest:
+            assert wait_until(lambda: rest.get("/memories", params={"subject_id": SUBJECT}).json()["count"] == 1)
+        embedded = [r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")]
+        assert embedded[-1]["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+
+        # A Claude request carries no OpenAI key: recall still works, lexically.
+        calls = len([r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")])
+        claude = client.post(hybrid.url + "/v1/chat/completions", headers={
+            "x-mnexium-key": KEY, "x-anthropic-key": "sk-ant-caller"}, json={
+            "model": "claude-gateway-test", "messages": [{"role": "user", "content": "Suggest a pasta dish"}],
+            "mnx": {"subject_id": SUBJECT, "recall": True, "learn": False}})
+        assert claude.status_code == 200
+        assert "User is vegetarian and love pasta" in json.dumps(hybrid.forwarded()[-1]["body"])
+        assert len([r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")]) == calls

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
+from gateway.errors import GatewayError
 from gateway.history import content_text
 from gateway.jobs.queue import Job
 from gateway.memory.claims import Claim
@@ -59,17 +61,34 @@ def memory_id_for(job_id: str, position: int) -> str:
     return "mem_" + hashlib.sha256(f"{job_id}:{position}".encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class CallerKeys:
+    """The caller's own provider keys for the paid models a job may call."""
+
+    extractor: str | None = None
+    embedder: str | None = None
+
+
+def _key_or_none(plugin: Any, headers: Mapping[str, str]) -> str | None:
+    try:
+        return plugin.key_for(headers) if plugin is not None else None
+    except GatewayError:
+        return None  # The caller brought no key for it: the plugin falls back to a configured one.
+
+
 class Learner:
     def __init__(self, memories: Memories, policies: MemoryPolicies, extractor: Extractor) -> None:
         self._memories = memories
         self._policies = policies
         self.extractor = extractor
-        # Callers' own provider keys for a job's first run, in memory only: never persisted.
-        self._keys: dict[str, str] = {}
+        # Callers' own provider keys for a job's first run, in memory only: never persisted,
+        # so a job re-run after a restart uses the configured keys.
+        self._keys: dict[str, CallerKeys] = {}
 
-    def remember_key(self, job_id: str, api_key: str | None) -> None:
-        if api_key:
-            self._keys[job_id] = api_key
+    def remember_keys(self, job_id: str, headers: Mapping[str, str]) -> None:
+        keys = CallerKeys(_key_or_none(self.extractor, headers), _key_or_none(self._memories.embedder, headers))
+        if keys.extractor or keys.embedder:
+            self._keys[job_id] = keys
 
     async def _policy(self, project_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         choice = payload.get("memory_policy", True)
@@ -86,8 +105,9 @@ class Learner:
         policy = await self._policy(job.project_id, payload)
         force = payload["learn"] == "force"
         exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force)
+        keys = self._keys.get(job.id, CallerKeys())
         try:
-            candidates = await self.extractor.extract(exchange, api_key=self._keys.get(job.id))
+            candidates = await self.extractor.extract(exchange, api_key=keys.extractor)
         except ExtractionError as error:
             # A malformed answer is the model's mistake, not a reason to retry forever.
             log.warning("job %s: %s; nothing stored", job.id, error)
@@ -108,6 +128,6 @@ class Learner:
                 "visibility": memory.visibility, "is_temporal": memory.is_temporal,
                 # A forced note is stored even if it repeats something: that is what force asks for.
                 "no_supersede": forced,
-            }, source_type="inferred", origin=origin,
+            }, source_type="inferred", origin=origin, api_key=keys.embedder,
                 claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
         self._keys.pop(job.id, None)

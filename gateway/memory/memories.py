@@ -278,8 +278,12 @@ class Memories:
     # --- search and recall ---------------------------------------------------------------
 
     async def search(self, project_id: str, subject_id: str, query: str, *, limit: int, min_score: float = 0.0,
-                     context: Sequence[str] = (), api_key: str | None = None) -> list[SearchHit]:
-        dense = (await self._embed([query], api_key))[0] if self.embedder else None
+                     context: Sequence[str] = (), api_key: str | None = None,
+                     use_dense: bool = True) -> list[SearchHit]:
+        """The subject's (and the project's shared) active memories best matching ``query``.
+
+        ``use_dense=False`` searches lexically only, even with an embedder configured."""
+        dense = (await self._embed([query], api_key))[0] if self.embedder and use_dense else None
         sparse = self._query_vector(query, context[-MAX_CONTEXT:])
         hits = await self._index.search(project_id, IndexQuery(subject_id, sparse, dense, limit=limit))
         return self._rank(query, dense, hits, min_score)

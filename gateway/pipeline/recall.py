@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 
 from gateway.clock import now_iso
 from gateway.config import RecallConfig
+from gateway.errors import GatewayError
 from gateway.history import content_text
 from gateway.memory.memories import Memories, SearchHit
 from gateway.memory.recalls import RecallEvents
@@ -58,11 +59,18 @@ class MemoryRecallStage:
         query, context, message_index = recall_query(turn.messages, self._config.context_messages)
         if not query:
             return None
-        embedder = self._memories.embedder
-        api_key = embedder.key_for(Headers(turn.headers or {})) if embedder is not None else None
+        api_key, use_dense = None, self._memories.embedder is not None
+        if use_dense:
+            try:
+                api_key = self._memories.embedder.key_for(Headers(turn.headers or {}))  # type: ignore[union-attr]
+            except GatewayError:
+                # No key for the embedding model on this request: recall lexically rather
+                # than fail a chat that never asked for embeddings itself.
+                use_dense = False
         options = turn.options
         hits = await self._memories.search(turn.project_id, options.subject_id, query, limit=self._config.limit,
-                                           min_score=self._config.min_score, context=context, api_key=api_key)
+                                           min_score=self._config.min_score, context=context, api_key=api_key,
+                                           use_dense=use_dense)
         if not hits:
             return None
         stamp = now_iso()

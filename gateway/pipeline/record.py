@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from gateway.errors import GatewayError
 from gateway.memory.learning import LEARN_JOB, learn_payload
 from gateway.pipeline.context import TurnContext
 from gateway.services import Services
@@ -45,9 +44,7 @@ async def record_turn(services: Services, turn: TurnContext, answer: dict[str, A
     if payload is None:
         return
     job_id = await services.jobs.enqueue(turn.project_id, LEARN_JOB, payload)
-    try:
-        # A paid extractor may use the caller's own key, held in memory for this job only.
-        services.learner.remember_key(job_id, services.learner.extractor.key_for(turn.headers or {}))
-    except GatewayError:
-        pass  # No key of the caller's: the extractor falls back to a configured one.
+    # Paid extraction and embedding models may use the caller's own keys, held in memory
+    # for this job's first run only.
+    services.learner.remember_keys(job_id, turn.headers or {})
     services.worker.wake()
