@@ -42,6 +42,15 @@ def test_dense_search_finds_what_shares_no_word_with_the_callers_own_key(hybrid)
         assert body["engine"] == "hybrid"
         assert body["data"][0]["id"] == created.json()["id"] and body["data"][0]["score"] > 0.3
 
+        # A new text is embedded again: the dense vector follows the text.
+        memory_id = created.json()["id"]
+        assert rest.patch(f"/memories/{memory_id}", headers=byok, json={"text": "User works night shifts"}).json()[
+            "updated"] is True
+        embedding_calls = [r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")]
+        assert embedding_calls[-1]["body"]["input"] == ["User works night shifts"]
+        found = rest.get("/memories/search", headers=byok, params={"subject_id": SUBJECT, "q": "food preferences"})
+        assert memory_id not in [hit["id"] for hit in found.json()["data"] if hit["score"] > 0.3]
+
 
 def test_without_a_key_for_the_embedding_model_nothing_is_stored(hybrid):
     with hybrid.rest() as rest:
