@@ -71,7 +71,10 @@ class SentenceTransformerEmbedder:
             raise ConfigError("memory.embedder.provider is sentence-transformers but it is not installed: "
                               "pip install 'mnx-gateway[local-embeddings]'") from None
         self._model: Any = SentenceTransformer(config.model, device="cpu")
-        self.dimensions = int(self._model.get_sentence_embedding_dimension())
+        # sentence-transformers 6 renamed the method; older releases only have the old name.
+        dimension = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        self.dimensions = int(dimension())
         if config.dimensions is not None and config.dimensions != self.dimensions:
             raise ConfigError(f"memory.embedder.dimensions is {config.dimensions} but {config.model} "
                               f"gives {self.dimensions}")

@@ -79,7 +79,7 @@ class VectorHit:
 
 # Hybrid ranking: each leg (lexical, lexical-with-context, dense) ranks its own candidates,
 # and Qdrant fuses the rankings by reciprocal rank. A small k lets the top of each leg
-# count (tuned on bench/locomo; see bench/README.md).
+# count (tuned on LoCoMo: see bench/locomo/README.md).
 FUSION_K = 2
 LEG_WEIGHTS = {SPARSE: 1.0, CONTEXT_SPARSE: 1.0, DENSE: 1.0}
 # Each leg contributes this many candidates (at least) before fusion.
