@@ -15,7 +15,7 @@ from gateway.config import QdrantVectorsConfig
 from gateway.memory.edge_index import EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
-from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery, audience
+from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery
 
 LEXICON = Lexicon()
 
@@ -26,8 +26,8 @@ def run(coroutine: Any) -> Any:
 
 def memory(memory_id: str, subject: str, text: str, *, status: str = "active", visibility: str = "private",
            dense: list[float] | None = None) -> IndexedMemory:
-    fields = {"text": text, "status": status, "visibility": visibility, "audience": audience(subject, visibility),
-              "importance": 50, "created_at": 1.0, "seen_count": 0}
+    fields = {"text": text, "status": status, "visibility": visibility, "importance": 50, "created_at": 1.0,
+              "seen_count": 0}
     vector = LEXICON.document_vector(text)
     return IndexedMemory(memory_id, subject, fields, vector, vector, dense)
 
@@ -91,9 +91,10 @@ def test_status_changes_and_subject_erasure(kind, tmp_path):
         index = await open_index(kind, tmp_path, None)
         await index.upsert("p", [memory("m1", "alice", "Favorite fruit is blueberry"),
                                  memory("m2", "carol", "Favorite fruit is mango")])
-        await index.update_fields("p", "m1", {"status": "superseded"})
+        fields = {"text": "Favorite fruit is blueberry", "visibility": "private", "created_at": 1.0}
+        await index.update_fields("p", "alice", "m1", {**fields, "status": "superseded", "seen_count": 0})
         assert ids(await index.search("p", query("alice", "favorite fruit"))) == []
-        await index.update_fields("p", "m1", {"status": "active", "seen_count": 3})
+        await index.update_fields("p", "alice", "m1", {**fields, "status": "active", "seen_count": 3})
         hits = await index.search("p", query("alice", "favorite fruit"))
         assert ids(hits) == ["m1"] and hits[0].fields["seen_count"] == 3
         await index.delete_subject("p", "alice")
@@ -111,7 +112,10 @@ def test_dense_vectors_find_what_shares_no_word(kind, tmp_path):
                                  memory("job", "a", "Works as a nurse", dense=[0.0, 1.0, 0.0])])
         hits = await index.search("p", query("a", "food preferences", dense=[0.9, 0.1, 0.0]))
         assert ids(hits)[0] == "veg"
-        assert hits[0].dense is not None and len(hits[0].dense) == 3
+        # The cosine similarity to the query comes with each hit, fused or dense-only.
+        assert hits[0].similarity == pytest.approx(0.9 / (0.82 ** 0.5), abs=1e-4)
+        dense_only = await index.search("p", IndexQuery("a", LEXICON.query_vector("the"), dense=[0.0, 2.0, 0.0]))
+        assert ids(dense_only)[0] == "job" and dense_only[0].similarity == pytest.approx(1.0, abs=1e-4)
         await index.close()
 
     run(scenario())

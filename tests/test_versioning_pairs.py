@@ -25,7 +25,7 @@ LABELS = ("duplicate", "conflict", "unrelated")
 
 def classify(config: VersioningConfig) -> list[str]:
     comparer = Comparer(Lexicon())
-    return [relation(comparer, config, pair["new"], extract_claims(pair["new"]), None,
+    return [relation(comparer, config, pair["new"], extract_claims(pair["new"]),
                      Candidate("old", pair["old"], extract_claims(pair["old"]))) for pair in PAIRS]
 
 
@@ -67,9 +67,9 @@ def test_a_duplicate_anywhere_skips_and_every_conflict_is_superseded():
     text = "my new favorite fruit is strawberry"
     conflicting = [Candidate("a", "Favorite fruit is blueberry", extract_claims("Favorite fruit is blueberry")),
                    Candidate("b", "User works remotely")]
-    decision = decide(comparer, config, text, extract_claims(text), None, conflicting)
+    decision = decide(comparer, config, text, extract_claims(text), conflicting)
     assert (decision.action, decision.superseded_ids) == ("supersede", ["a"])
     repeated = conflicting + [Candidate("c", "Strawberry is my favorite fruit",
                                         extract_claims("Strawberry is my favorite fruit"))]
-    decision = decide(comparer, config, text, extract_claims(text), None, repeated)
+    decision = decide(comparer, config, text, extract_claims(text), repeated)
     assert (decision.action, decision.duplicate_of) == ("skip", "c")

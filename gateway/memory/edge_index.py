@@ -16,11 +16,10 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Modifier,
                          PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
 
-from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN,
-                                         SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
-                                         check_dimensions, point_id, require_project, search_legs)
-
-_INTERNAL = ("project", "subject", "memory_id", "audience")
+from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
+                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
+                                         packed_payload, point_id, require_project, search_legs, searchable_by,
+                                         unit, unpacked_fields)
 
 
 class EdgeIndex:
@@ -37,7 +36,7 @@ class EdgeIndex:
             self._shard = EdgeShard.create(str(directory), self._config(dense_dimensions))
             # The project is the tenant key: Qdrant keeps each tenant's points together.
             self._shard.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
-            for name in ("subject", "audience", "status", "memory_id"):
+            for name in ("subject", "access", "memory_id"):
                 self._shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
 
     @staticmethod
@@ -53,30 +52,28 @@ class EdgeIndex:
             vectors: dict[str, Any] = {SPARSE: memory.sparse, CONTEXT_SPARSE: memory.context_sparse}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
-            payload = dict(memory.fields, project=project_id, subject=memory.subject_id, memory_id=memory.memory_id)
+            payload = packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields)
             points.append(Point(point_id(project_id, memory.memory_id), vectors, payload))
         if points:
             self._shard.update(UpdateOperation.upsert_points(points))
 
-    async def update_fields(self, project_id: str, memory_id: str, fields: dict[str, Any]) -> None:
+    async def update_fields(self, project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> None:
         require_project(project_id)
-        self._shard.update(UpdateOperation.set_payload([point_id(project_id, memory_id)], fields))
-
-    def _filter(self, project_id: str, query: IndexQuery) -> Filter:
-        if query.include_shared:
-            who = FieldCondition("audience", match=MatchAny([f"s:{query.subject_id}", SHARED_AUDIENCE]))
-        else:
-            who = FieldCondition("subject", match=MatchValue(query.subject_id))
-        return Filter(must=[FieldCondition("project", match=MatchValue(project_id)),
-                            FieldCondition("status", match=MatchValue("active")), who])
+        payload = packed_payload(project_id, subject_id, memory_id, fields)
+        self._shard.update(UpdateOperation.set_payload([point_id(project_id, memory_id)],
+                                                       {"access": payload["access"], "fields": payload["fields"]}))
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
-        where = self._filter(project_id, query)
+        keys = searchable_by(project_id, query)
+        where = Filter(must=[FieldCondition("access", match=MatchAny(keys) if len(keys) > 1 else MatchValue(keys[0]))])
         legs = search_legs(query, bool(self.dense_dimensions))
-        with_vector = [DENSE] if query.dense is not None and self.dense_dimensions else None
         if not legs:
             return []  # Only stopwords and no dense model: nothing to match on.
+        dense_only = len(legs) == 1 and legs[0][0] == DENSE
+        # Fused results need the stored vector to say how similar they are; a dense-only
+        # search's own score already is the cosine.
+        with_vector = [DENSE] if any(using == DENSE for using, _ in legs) and not dense_only else None
         if len(legs) == 1:
             using, vector = legs[0]
             request = QueryRequest(limit=query.limit, query=Query.Nearest(vector, using=using), filter=where,
@@ -88,13 +85,16 @@ class EdgeIndex:
             fusion = Fusion.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs])
             request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion, with_payload=True,
                                    with_vector=with_vector)
+        query_unit = unit(query.dense) if with_vector else None
         hits = []
         for point in self._shard.query(request):
+            similarity = None
+            if dense_only:
+                similarity = point.score
+            elif query_unit is not None and isinstance(point.vector, dict) and DENSE in point.vector:
+                similarity = dot(query_unit, point.vector[DENSE])
             payload = point.payload or {}
-            vector = point.vector
-            dense = vector.get(DENSE) if isinstance(vector, dict) else None
-            fields = {k: v for k, v in payload.items() if k not in _INTERNAL}
-            hits.append(VectorHit(payload["memory_id"], point.score, fields, dense))
+            hits.append(VectorHit(payload["memory_id"], point.score, unpacked_fields(payload), similarity))
         return hits
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:

@@ -23,8 +23,8 @@ from gateway.memory.embedding import Embedder
 from gateway.memory.events import MemoryEvents
 from gateway.memory.lexical import Lexicon, coverage
 from gateway.memory.scoring import weight
-from gateway.memory.vector_index import IndexedMemory, IndexQuery, VectorHit, VectorIndex, audience
-from gateway.memory.versioning import Candidate, Comparer, Decision, cosine, decide
+from gateway.memory.vector_index import IndexedMemory, IndexQuery, VectorHit, VectorIndex
+from gateway.memory.versioning import Candidate, Comparer, Decision, decide
 from gateway.store import Collection, DocumentStore
 from gateway.validation import Body
 
@@ -40,7 +40,7 @@ CONTEXT_TERM_WEIGHT = 0.3
 # A memory found through the memory stored before it (its context) matches at most half as well.
 CONTEXT_MATCH_WEIGHT = 0.5
 MAX_CONTEXT = 5
-_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text")
+_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text", "_claims")
 
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
@@ -88,14 +88,13 @@ def _editable_fields(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _index_fields(doc: dict[str, Any], claims: Sequence[Claim]) -> dict[str, Any]:
+def _index_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the vector index keeps of a memory: enough to filter, score and show a hit."""
     return {
         "text": doc["text"], "kind": doc["kind"], "status": doc["listing"], "visibility": doc["visibility"],
-        "audience": audience(doc["subject_id"], doc["visibility"]),
         "importance": doc["importance"], "confidence": doc["confidence"], "is_temporal": doc["is_temporal"],
         "created_at": doc["_created"], "last_seen_at": doc.get("_last_seen"), "seen_count": doc["seen_count"],
-        "claims": [[c.predicate, c.value] for c in claims],
-        "context": doc.get("_previous_text", ""),
+        "claims": doc.get("_claims", []), "context": doc.get("_previous_text", ""),
     }
 
 
@@ -187,7 +186,7 @@ class Memories:
         decision = Decision("create")
         if not no_supersede:
             candidates = await self._candidates(project_id, subject_id, text, claims, dense)
-            decision = decide(self._comparer, self._config.versioning, text, claims, dense, candidates)
+            decision = decide(self._comparer, self._config.versioning, text, claims, candidates)
         summary = {"subject_id": subject_id, "text": text, "kind": fields.get("kind", "fact")}
         if decision.action == "skip":
             assert decision.duplicate_of is not None
@@ -209,12 +208,13 @@ class Memories:
             "listing": "active", "is_deleted": False, "_created": now,
             # What the subject's memory before this one said: indexed with it (vector_index.CONTEXT_SPARSE).
             "_previous_text": previous[0]["text"] if previous else "",
+            "_claims": [[c.predicate, c.value] for c in claims],
         }
         if origin is not None:
             doc["origin"] = origin
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         await self._save_claims(project_id, doc, claims, stamp)
-        await self._index.upsert(project_id, [self._indexed(doc, claims, dense)])
+        await self._index.upsert(project_id, [self._indexed(doc, dense)])
         self.events.publish(project_id, subject_id, "memory.created", {
             "id": memory_id, "subject_id": subject_id, "text": text, "kind": doc["kind"],
             "visibility": doc["visibility"], "importance": doc["importance"], "tags": doc["tags"],
@@ -237,14 +237,16 @@ class Memories:
         # Embed first: if the model fails, nothing has changed yet.
         dense = (await self._embed([fields["text"]], api_key))[0] if self.embedder and "text" in fields else None
         doc.update(fields, updated_at=from_timestamp(time.time()))
+        if "text" in fields:
+            claims = extract_claims(doc["text"])
+            doc["_claims"] = [[c.predicate, c.value] for c in claims]
         await self._store.put(MEMORIES, project_id, memory_id, doc)
-        claims = extract_claims(doc["text"])
         if "text" in fields:
             await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
             await self._save_claims(project_id, doc, claims, doc["updated_at"])
-            await self._index.upsert(project_id, [self._indexed(doc, claims, dense)])
+            await self._index.upsert(project_id, [self._indexed(doc, dense)])
         else:
-            await self._index.update_fields(project_id, memory_id, _index_fields(doc, claims))
+            await self._update_index(project_id, doc)
         self.events.publish(project_id, doc["subject_id"], "memory.updated",
                             {"id": memory_id, "subject_id": doc["subject_id"]})
 
@@ -254,7 +256,7 @@ class Memories:
             return False
         doc.update(is_deleted=True, listing="deleted", updated_at=from_timestamp(time.time()))
         await self._store.put(MEMORIES, project_id, memory_id, doc)
-        await self._index.update_fields(project_id, memory_id, {"status": "deleted"})
+        await self._update_index(project_id, doc)
         self.events.publish(project_id, doc["subject_id"], "memory.deleted", {"id": memory_id})
         return True
 
@@ -297,8 +299,7 @@ class Memories:
                 continue
             doc.update(seen_count=doc["seen_count"] + 1, last_seen_at=from_timestamp(now), _last_seen=now)
             await self._store.put(MEMORIES, project_id, hit.memory_id, doc)
-            await self._index.update_fields(project_id, hit.memory_id,
-                                            {"seen_count": doc["seen_count"], "last_seen_at": now})
+            await self._update_index(project_id, doc)
 
     def _query_vector(self, query: str, context: Sequence[str]) -> SparseVector:
         weights = {index: 1.0 for index in self._lexicon.query_vector(query).indices}
@@ -320,8 +321,8 @@ class Memories:
             text = hit.fields.get("text", "")
             score = max(coverage(query_terms, self._lexicon.terms(text)),
                         CONTEXT_MATCH_WEIGHT * coverage(query_terms, self._lexicon.terms(hit.fields.get("context", ""))))
-            if dense is not None and hit.dense is not None:
-                score = max(score, cosine(dense, hit.dense))
+            if hit.similarity is not None:
+                score = max(score, hit.similarity)
             if score < min_score:
                 continue
             effective = hit.rank_score / best * weight(hit.fields, now, self._config.recall)
@@ -335,9 +336,12 @@ class Memories:
         assert self.embedder is not None
         return await self.embedder.embed(texts, api_key=api_key)
 
-    def _indexed(self, doc: dict[str, Any], claims: Sequence[Claim], dense: list[float] | None) -> IndexedMemory:
+    async def _update_index(self, project_id: str, doc: dict[str, Any]) -> None:
+        await self._index.update_fields(project_id, doc["subject_id"], doc["id"], _index_fields(doc))
+
+    def _indexed(self, doc: dict[str, Any], dense: list[float] | None) -> IndexedMemory:
         with_context = f"{doc.get('_previous_text', '')}\n{doc['text']}".strip()
-        return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc, claims),
+        return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc),
                              self._lexicon.document_vector(doc["text"]),
                              self._lexicon.document_vector(with_context), dense)
 
@@ -347,7 +351,7 @@ class Memories:
         query = IndexQuery(subject_id, self._lexicon.query_vector(text), dense, include_shared=False,
                            limit=self._config.versioning.candidates)
         found = {hit.memory_id: Candidate(hit.memory_id, hit.fields["text"],
-                                          [Claim(p, v) for p, v in hit.fields.get("claims", [])], hit.dense)
+                                          [Claim(p, v) for p, v in hit.fields.get("claims", [])], hit.similarity)
                  for hit in await self._index.search(project_id, query)}
         # Same-slot memories count whatever their wording, even if search did not surface them.
         for claim in claims:
@@ -384,7 +388,7 @@ class Memories:
         for row in await self._store.find(CLAIMS, project_id, {"memory_id": memory_id}):
             row["status"] = "active" if status == "active" else "superseded"
             await self._store.put(CLAIMS, project_id, row["id"], row)
-        await self._index.update_fields(project_id, memory_id, {"status": status})
+        await self._update_index(project_id, doc)
 
     async def _reinforce(self, project_id: str, memory_id: str) -> None:
         """Stating a remembered fact again strengthens it and restarts its decay."""
@@ -395,4 +399,4 @@ class Memories:
         doc.update(reinforcement_count=doc["reinforcement_count"] + 1, last_reinforced_at=from_timestamp(now),
                    _last_seen=max(now, doc.get("_last_seen") or 0))
         await self._store.put(MEMORIES, project_id, memory_id, doc)
-        await self._index.update_fields(project_id, memory_id, {"last_seen_at": now})
+        await self._update_index(project_id, doc)

@@ -13,15 +13,19 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN,
-                                         SHARED_AUDIENCE, SPARSE, IndexedMemory, IndexQuery, VectorHit,
-                                         check_dimensions, point_id, require_project, search_legs)
-
-_INTERNAL = ("project", "subject", "memory_id", "audience")
+from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
+                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
+                                         packed_payload, point_id, require_project, search_legs, searchable_by,
+                                         unit, unpacked_fields)
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _match(keys: list[str]) -> models.FieldCondition:
+    match = models.MatchAny(any=keys) if len(keys) > 1 else models.MatchValue(value=keys[0])
+    return models.FieldCondition(key="access", match=match)
 
 
 class QdrantIndex:
@@ -57,44 +61,37 @@ class QdrantIndex:
             return
         await self._client.create_payload_index(
             name, "project", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True))
-        for field in ("subject", "audience", "status", "memory_id"):
+        for field in ("subject", "access", "memory_id"):
             await self._client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
         require_project(project_id)
         points = []
         for memory in memories:
-            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse),
-                                       CONTEXT_SPARSE: _sparse(memory.context_sparse)}
+            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse), CONTEXT_SPARSE: _sparse(memory.context_sparse)}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
-            payload = dict(memory.fields, project=project_id, subject=memory.subject_id, memory_id=memory.memory_id)
-            points.append(models.PointStruct(id=point_id(project_id, memory.memory_id), vector=vectors,
-                                             payload=payload))
+            points.append(models.PointStruct(
+                id=point_id(project_id, memory.memory_id), vector=vectors,
+                payload=packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields)))
         if points:
             await self._client.upsert(self._collection, points, wait=True)
 
-    async def update_fields(self, project_id: str, memory_id: str, fields: dict[str, Any]) -> None:
+    async def update_fields(self, project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> None:
         require_project(project_id)
-        await self._client.set_payload(self._collection, fields, points=[point_id(project_id, memory_id)], wait=True)
-
-    def _filter(self, project_id: str, query: IndexQuery) -> models.Filter:
-        if query.include_shared:
-            who = models.FieldCondition(
-                key="audience", match=models.MatchAny(any=[f"s:{query.subject_id}", SHARED_AUDIENCE]))
-        else:
-            who = models.FieldCondition(key="subject", match=models.MatchValue(value=query.subject_id))
-        return models.Filter(must=[models.FieldCondition(key="project", match=models.MatchValue(value=project_id)),
-                                   models.FieldCondition(key="status", match=models.MatchValue(value="active")), who])
+        payload = packed_payload(project_id, subject_id, memory_id, fields)
+        await self._client.set_payload(self._collection, {"access": payload["access"], "fields": payload["fields"]},
+                                       points=[point_id(project_id, memory_id)], wait=True)
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
-        where = self._filter(project_id, query)
+        where = models.Filter(must=[_match(searchable_by(project_id, query))])
         legs = [(using, _sparse(vector) if isinstance(vector, SparseVector) else vector)
                 for using, vector in search_legs(query, bool(self.dense_dimensions))]
-        with_vectors = [DENSE] if query.dense is not None and self.dense_dimensions else False
         if not legs:
             return []
+        dense_only = len(legs) == 1 and legs[0][0] == DENSE
+        with_vectors: Any = [DENSE] if any(using == DENSE for using, _ in legs) and not dense_only else False
         if len(legs) == 1:
             using, vector = legs[0]
             result = await self._client.query_points(self._collection, query=vector, using=using, query_filter=where,
@@ -105,13 +102,16 @@ class QdrantIndex:
             fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs]))
             result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
                                                      limit=query.limit, with_payload=True, with_vectors=with_vectors)
+        query_unit = unit(query.dense) if with_vectors else None
         hits = []
         for point in result.points:
+            similarity = None
+            if dense_only:
+                similarity = point.score
+            elif query_unit is not None and isinstance(point.vector, dict) and DENSE in point.vector:
+                similarity = dot(query_unit, unit(point.vector[DENSE]))  # type: ignore[arg-type]
             payload = point.payload or {}
-            vector = point.vector
-            dense = vector.get(DENSE) if isinstance(vector, dict) else None
-            fields = {k: v for k, v in payload.items() if k not in _INTERNAL}
-            hits.append(VectorHit(payload["memory_id"], point.score, fields, dense))  # type: ignore[arg-type]
+            hits.append(VectorHit(payload["memory_id"], point.score, unpacked_fields(payload), similarity))
         return hits
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:

@@ -10,8 +10,11 @@ it inside the adapter, and an empty project is refused, never read as "all".
 
 from __future__ import annotations
 
+import json
+import math
+import operator
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from qdrant_edge import SparseVector
@@ -22,7 +25,6 @@ SPARSE = "bm25"
 # trip" in one turn, the names and places in the turn before).
 CONTEXT_SPARSE = "bm25_context"
 DENSE = "dense"
-SHARED_AUDIENCE = "shared"
 
 # Point ids must be UUIDs; deriving them from (project, memory id) keeps two projects'
 # memories apart even if a client chose the same id in both.
@@ -33,11 +35,27 @@ def point_id(project_id: str, memory_id: str) -> str:
     return str(uuid.uuid5(_POINT_NAMESPACE, f"{project_id}\x00{memory_id}"))
 
 
-def audience(subject_id: str, visibility: str) -> list[str]:
-    """Who may recall a memory: its own subject, plus everyone in the project if shared."""
-    keys = [f"s:{subject_id}"]
+def own_key(project_id: str, subject_id: str) -> str:
+    return f"s\x1f{project_id}\x1f{subject_id}"
+
+
+def shared_key(project_id: str) -> str:
+    return f"p\x1f{project_id}"
+
+
+def access_keys(project_id: str, subject_id: str, status: str, visibility: str) -> list[str]:
+    """Which searches may find a memory, as keywords: its own subject's, plus the whole
+    project's if shared; none once it is superseded or deleted.
+
+    Search filters on this one field (any of the asker's keys). One condition instead of
+    project + status + visibility makes every filtered search leg markedly cheaper at a
+    million memories, and the project in every key keeps tenants apart.
+    """
+    if status != "active":
+        return []
+    keys = [own_key(project_id, subject_id)]
     if visibility in ("shared", "public"):
-        keys.append(SHARED_AUDIENCE)
+        keys.append(shared_key(project_id))
     return keys
 
 
@@ -51,7 +69,8 @@ class IndexedMemory:
     memory_id: str
     subject_id: str
     # Search-time fields: text, kind, status, visibility, importance, confidence,
-    # is_temporal, created_at / last_seen_at (epoch seconds), seen_count.
+    # is_temporal, created_at / last_seen_at (epoch seconds), seen_count, claims, context.
+    # Backends keep them as one packed value: only the keys above are filtered on.
     fields: dict[str, Any]
     sparse: SparseVector
     context_sparse: SparseVector
@@ -74,7 +93,39 @@ class VectorHit:
     # The backend's ranking score (BM25, or fused rank when hybrid): comparable within one query only.
     rank_score: float
     fields: dict[str, Any]
-    dense: list[float] | None = field(default=None, repr=False)
+    # Cosine similarity to the query's dense vector, when the query had one.
+    similarity: float | None = None
+
+
+def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A point's payload: the keys search filters on, and every other field packed in one
+    JSON string (turning a many-key payload into the engine's own form costs more than
+    the engine's insert itself)."""
+    return {"project": project_id, "subject": subject_id, "memory_id": memory_id,
+            "access": access_keys(project_id, subject_id, fields["status"], fields["visibility"]),
+            "fields": json.dumps(fields, ensure_ascii=False, separators=(",", ":"))}
+
+
+def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(payload["fields"])  # type: ignore[no-any-return]
+
+
+def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
+    """The access keys a search may match: the subject's own, plus the project's shared."""
+    keys = [own_key(project_id, query.subject_id)]
+    if query.include_shared:
+        keys.append(shared_key(project_id))
+    return keys
+
+
+def unit(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+def dot(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity of two unit vectors (Qdrant stores cosine vectors normalised)."""
+    return sum(map(operator.mul, a, b))
 
 
 # Hybrid ranking: each leg (lexical, lexical-with-context, dense) ranks its own candidates,
@@ -102,8 +153,8 @@ class VectorIndex(Protocol):
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
         """Insert or replace memories (vectors and fields) in one batch."""
 
-    async def update_fields(self, project_id: str, memory_id: str, fields: dict[str, Any]) -> None:
-        """Change some search-time fields of one memory (status, seen_count...)."""
+    async def update_fields(self, project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> None:
+        """Replace one memory's search-time fields (all of them: status, seen_count...)."""
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         """Active memories matching the query, best first."""

@@ -15,7 +15,6 @@ overlap of the two texts' key terms and, with a dense model, their cosine.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -48,7 +47,8 @@ class Candidate:
     memory_id: str
     text: str
     claims: Sequence[Claim] = ()
-    dense: Sequence[float] | None = None
+    # Cosine similarity of its dense vector to the new memory's, when there is a dense model.
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,19 +69,10 @@ class Comparer:
                  if w not in _SUBJECT_WORDS and w not in _FILLER_WORDS]
         return self._lexicon.terms(" ".join(words))
 
-    def similarity(self, a: str, b: str, dense_a: Sequence[float] | None = None,
-                   dense_b: Sequence[float] | None = None) -> float:
+    def similarity(self, a: str, b: str, dense_similarity: float | None = None) -> float:
         terms_a, terms_b = self.key_terms(a), self.key_terms(b)
         lexical = 2 * len(terms_a & terms_b) / (len(terms_a) + len(terms_b)) if terms_a and terms_b else 0.0
-        if dense_a is not None and dense_b is not None:
-            return max(lexical, cosine(dense_a, dense_b))
-        return lexical
-
-
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
-    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+        return max(lexical, dense_similarity) if dense_similarity is not None else lexical
 
 
 def negated(text: str) -> bool:
@@ -89,13 +80,13 @@ def negated(text: str) -> bool:
 
 
 def relation(comparer: Comparer, config: VersioningConfig, text: str, claims: Sequence[Claim],
-             dense: Sequence[float] | None, other: Candidate) -> Literal["duplicate", "conflict", "unrelated"]:
+             other: Candidate) -> Literal["duplicate", "conflict", "unrelated"]:
     """How one existing memory relates to a new one."""
     slots = {c.predicate: c.value for c in claims}
     for claim in other.claims:
         if claim.predicate in slots:
             return "duplicate" if slots[claim.predicate] == claim.value else "conflict"
-    similarity = comparer.similarity(text, other.text, dense, other.dense)
+    similarity = comparer.similarity(text, other.text, other.similarity)
     if similarity >= config.supersede_threshold and negated(text) != negated(other.text):
         return "conflict"
     if similarity >= config.duplicate_threshold:
@@ -106,10 +97,10 @@ def relation(comparer: Comparer, config: VersioningConfig, text: str, claims: Se
 
 
 def decide(comparer: Comparer, config: VersioningConfig, text: str, claims: Sequence[Claim],
-           dense: Sequence[float] | None, candidates: Sequence[Candidate]) -> Decision:
+           candidates: Sequence[Candidate]) -> Decision:
     conflicts = []
     for candidate in candidates:
-        kind = relation(comparer, config, text, claims, dense, candidate)
+        kind = relation(comparer, config, text, claims, candidate)
         if kind == "duplicate":
             return Decision("skip", duplicate_of=candidate.memory_id)
         if kind == "conflict":
