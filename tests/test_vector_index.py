@@ -28,8 +28,7 @@ def memory(memory_id: str, subject: str, text: str, *, status: str = "active", v
            dense: list[float] | None = None) -> IndexedMemory:
     fields = {"text": text, "status": status, "visibility": visibility, "importance": 50, "created_at": 1.0,
               "seen_count": 0}
-    vector = LEXICON.document_vector(text)
-    return IndexedMemory(memory_id, subject, fields, vector, vector, dense)
+    return IndexedMemory(memory_id, subject, fields, LEXICON.document_vector(text), dense)
 
 
 def query(subject: str, text: str, **kwargs: Any) -> IndexQuery:

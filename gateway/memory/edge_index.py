@@ -16,7 +16,7 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Modifier,
                          PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
 
-from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
+from gateway.memory.vector_index import (DENSE, FUSION_K, PREFETCH_MIN, SPARSE,
                                          IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
                                          packed_payload, point_id, require_project, search_legs, searchable_by,
                                          unit, unpacked_fields)
@@ -42,14 +42,13 @@ class EdgeIndex:
     @staticmethod
     def _config(dense_dimensions: int | None) -> EdgeConfig:
         dense = {DENSE: EdgeVectorParams(size=dense_dimensions, distance=Distance.Cosine)} if dense_dimensions else {}
-        sparse = {name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in (SPARSE, CONTEXT_SPARSE)}
-        return EdgeConfig(vectors=dense or None, sparse_vectors=sparse)
+        return EdgeConfig(vectors=dense or None, sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)})
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
         require_project(project_id)
         points = []
         for memory in memories:
-            vectors: dict[str, Any] = {SPARSE: memory.sparse, CONTEXT_SPARSE: memory.context_sparse}
+            vectors: dict[str, Any] = {SPARSE: memory.sparse}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
             payload = packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields)
@@ -82,7 +81,7 @@ class EdgeIndex:
             depth = max(PREFETCH_MIN, query.limit)
             prefetches = [Prefetch(limit=depth, query=Query.Nearest(vector, using=using), filter=where)
                           for using, vector in legs]
-            fusion = Fusion.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs])
+            fusion = Fusion.Rrf(k=FUSION_K)
             request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion, with_payload=True,
                                    with_vector=with_vector)
         query_unit = unit(query.dense) if with_vector else None

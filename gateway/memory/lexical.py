@@ -20,6 +20,25 @@ class Lexicon:
     def document_vector(self, text: str) -> SparseVector:
         return self._bm25.embed_document(text)
 
+    def memory_vector(self, text: str, previous: str) -> SparseVector:
+        """The vector a memory is indexed with: BM25 of its text, plus BM25 of the memory
+        stored just before it (same subject) joined with its text.
+
+        A memory's neighbour often carries the words a later question uses: "we went there
+        in May" after "I visited Kyoto". Adding the two vectors makes a search score the sum
+        of both matches in one lookup (a dot product is linear), which measured as well on
+        LoCoMo as fusing two separate lexical searches, at the cost of one.
+        """
+        own = self._bm25.embed_document(text)
+        if not previous:
+            return own
+        weights = dict(zip(own.indices, own.values))
+        joined = self._bm25.embed_document(f"{previous}\n{text}")
+        for index, value in zip(joined.indices, joined.values):
+            weights[index] = weights.get(index, 0.0) + value
+        ordered = sorted(weights)
+        return SparseVector(ordered, [weights[i] for i in ordered])
+
     def query_vector(self, text: str) -> SparseVector:
         return self._bm25.embed_query(text)
 

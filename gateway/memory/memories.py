@@ -206,7 +206,7 @@ class Memories:
             "created_at": stamp, "updated_at": stamp, "last_seen_at": None, "seen_count": 0,
             "reinforcement_count": 0, "last_reinforced_at": None,
             "listing": "active", "is_deleted": False, "_created": now,
-            # What the subject's memory before this one said: indexed with it (vector_index.CONTEXT_SPARSE).
+            # What the subject's memory before this one said: indexed with it (Lexicon.memory_vector).
             "_previous_text": previous[0]["text"] if previous else "",
             "_claims": [[c.predicate, c.value] for c in claims],
         }
@@ -340,10 +340,8 @@ class Memories:
         await self._index.update_fields(project_id, doc["subject_id"], doc["id"], _index_fields(doc))
 
     def _indexed(self, doc: dict[str, Any], dense: list[float] | None) -> IndexedMemory:
-        with_context = f"{doc.get('_previous_text', '')}\n{doc['text']}".strip()
         return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc),
-                             self._lexicon.document_vector(doc["text"]),
-                             self._lexicon.document_vector(with_context), dense)
+                             self._lexicon.memory_vector(doc["text"], doc.get("_previous_text", "")), dense)
 
     async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],
                           dense: list[float] | None) -> list[Candidate]:

@@ -13,7 +13,7 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.vector_index import (CONTEXT_SPARSE, DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
+from gateway.memory.vector_index import (DENSE, FUSION_K, PREFETCH_MIN, SPARSE,
                                          IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
                                          packed_payload, point_id, require_project, search_legs, searchable_by,
                                          unit, unpacked_fields)
@@ -55,8 +55,7 @@ class QdrantIndex:
                  if self.dense_dimensions else {})
         await self._client.create_collection(
             name, vectors_config=dense,
-            sparse_vectors_config={name: models.SparseVectorParams(modifier=models.Modifier.IDF)
-                                   for name in (SPARSE, CONTEXT_SPARSE)})
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)})
         if not self._wants_payload_indexes:
             return
         await self._client.create_payload_index(
@@ -68,7 +67,7 @@ class QdrantIndex:
         require_project(project_id)
         points = []
         for memory in memories:
-            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse), CONTEXT_SPARSE: _sparse(memory.context_sparse)}
+            vectors: dict[str, Any] = {SPARSE: _sparse(memory.sparse)}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
             points.append(models.PointStruct(
@@ -99,7 +98,7 @@ class QdrantIndex:
         else:
             depth = max(PREFETCH_MIN, query.limit)
             prefetch = [models.Prefetch(query=vector, using=using, limit=depth, filter=where) for using, vector in legs]
-            fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs]))
+            fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K))
             result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
                                                      limit=query.limit, with_payload=True, with_vectors=with_vectors)
         query_unit = unit(query.dense) if with_vectors else None

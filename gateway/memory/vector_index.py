@@ -19,11 +19,9 @@ from typing import Any, Protocol, Sequence
 
 from qdrant_edge import SparseVector
 
+# One BM25 vector per memory: its own text's, plus that of its text joined with the
+# memory stored just before it for the same subject (see Lexicon.memory_vector).
 SPARSE = "bm25"
-# BM25 over the memory together with the one stored just before it for the same subject:
-# a memory's neighbour often carries the words a later question uses ("it", "there", "that
-# trip" in one turn, the names and places in the turn before).
-CONTEXT_SPARSE = "bm25_context"
 DENSE = "dense"
 
 # Point ids must be UUIDs; deriving them from (project, memory id) keeps two projects'
@@ -73,7 +71,6 @@ class IndexedMemory:
     # Backends keep them as one packed value: only the keys above are filtered on.
     fields: dict[str, Any]
     sparse: SparseVector
-    context_sparse: SparseVector
     dense: list[float] | None = None
 
 
@@ -128,11 +125,10 @@ def dot(a: Sequence[float], b: Sequence[float]) -> float:
     return sum(map(operator.mul, a, b))
 
 
-# Hybrid ranking: each leg (lexical, lexical-with-context, dense) ranks its own candidates,
-# and Qdrant fuses the rankings by reciprocal rank. A small k lets the top of each leg
-# count (tuned on LoCoMo: see bench/locomo/README.md).
+# Hybrid ranking: the lexical and the dense leg each rank their own candidates, and Qdrant
+# fuses the two rankings by reciprocal rank. A small k lets the top of each leg count
+# (tuned on LoCoMo: see bench/locomo/README.md).
 FUSION_K = 2
-LEG_WEIGHTS = {SPARSE: 1.0, CONTEXT_SPARSE: 1.0, DENSE: 1.0}
 # Each leg contributes this many candidates (at least) before fusion.
 PREFETCH_MIN = 100
 
@@ -141,7 +137,7 @@ def search_legs(query: IndexQuery, has_dense: bool) -> list[tuple[str, Any]]:
     """(vector name, query vector) for each ranking a search fuses."""
     legs: list[tuple[str, Any]] = []
     if query.sparse.indices:
-        legs += [(SPARSE, query.sparse), (CONTEXT_SPARSE, query.sparse)]
+        legs.append((SPARSE, query.sparse))
     if query.dense is not None and has_dense:
         legs.append((DENSE, query.dense))
     return legs
