@@ -16,7 +16,7 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Modifier,
                          PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
 
-from gateway.memory.vector_index import (DENSE, FUSION_K, PREFETCH_MIN, SPARSE,
+from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
                                          IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
                                          packed_payload, point_id, require_project, search_legs, searchable_by,
                                          unit, unpacked_fields)
@@ -81,7 +81,7 @@ class EdgeIndex:
             depth = max(PREFETCH_MIN, query.limit)
             prefetches = [Prefetch(limit=depth, query=Query.Nearest(vector, using=using), filter=where)
                           for using, vector in legs]
-            fusion = Fusion.Rrf(k=FUSION_K)
+            fusion = Fusion.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs])
             request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion, with_payload=True,
                                    with_vector=with_vector)
         query_unit = unit(query.dense) if with_vector else None

@@ -13,7 +13,7 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.vector_index import (DENSE, FUSION_K, PREFETCH_MIN, SPARSE,
+from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
                                          IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
                                          packed_payload, point_id, require_project, search_legs, searchable_by,
                                          unit, unpacked_fields)
@@ -98,7 +98,7 @@ class QdrantIndex:
         else:
             depth = max(PREFETCH_MIN, query.limit)
             prefetch = [models.Prefetch(query=vector, using=using, limit=depth, filter=where) for using, vector in legs]
-            fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K))
+            fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs]))
             result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
                                                      limit=query.limit, with_payload=True, with_vectors=with_vectors)
         query_unit = unit(query.dense) if with_vectors else None
