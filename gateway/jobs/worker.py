@@ -18,6 +18,11 @@ log = logging.getLogger("gateway.jobs")
 
 Handler = Callable[[Job], Awaitable[None]]
 
+# A job runs on the event loop (the embedded stores are synchronous), so waking the worker
+# at once would run it before the answer that enqueued it has left. A few milliseconds'
+# grace lets that answer go first.
+WAKE_DELAY_SECONDS = 0.005
+
 
 class JobWorker:
     def __init__(self, queue: JobQueue, handler: Handler, *, batch: int = 16, lease_seconds: float = 120.0,
@@ -38,7 +43,8 @@ class JobWorker:
         return min(self._retry_max, self._retry_base * 2 ** max(0, attempts - 1))
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._task is not None and not self._wake.is_set():
+            asyncio.get_running_loop().call_later(WAKE_DELAY_SECONDS, self._wake.set)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="job-worker")
@@ -57,6 +63,8 @@ class JobWorker:
         """Claim and run one batch; returns how many jobs it ran."""
         jobs = await self._queue.claim(self._batch, self._lease)
         for job in jobs:
+            # Let requests that arrived meanwhile run between jobs: a batch never holds the loop.
+            await asyncio.sleep(0)
             try:
                 await self._handler(job)
             except asyncio.CancelledError:
