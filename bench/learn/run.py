@@ -42,6 +42,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from bench import results  # noqa: E402
+
 README = ROOT / "bench" / "README.md"
 RESULTS_START = "<!-- learn-results:start -->"
 RESULTS_END = "<!-- learn-results:end -->"
@@ -165,7 +167,7 @@ def table(throughput: dict[str, float], latency: dict[str, float], args: argpars
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
         f"Run {stamp} on {platform.node()} ({os.cpu_count()} CPUs), "
-        f"`python bench/learn/run.py --jobs {args.jobs} --requests {args.requests}`:",
+        f"`{results.command_line()}`:",
         "",
         "| measure | value |",
         "| --- | --- |",
@@ -185,17 +187,6 @@ def table(throughput: dict[str, float], latency: dict[str, float], args: argpars
     ])
 
 
-def write_readme(text: str) -> None:
-    readme = README.read_text()
-    block = f"{RESULTS_START}\n{text}\n{RESULTS_END}"
-    if RESULTS_START in readme:
-        before, rest = readme.split(RESULTS_START, 1)
-        readme = before + block + rest.split(RESULTS_END, 1)[1]
-    else:
-        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
-    README.write_text(readme)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
@@ -211,7 +202,7 @@ def main() -> None:
     text = table(throughput, latency, args)
     print(text)
     if not args.no_readme:
-        write_readme(text)
+        results.write_readme(README, RESULTS_START, RESULTS_END, text)
 
 
 if __name__ == "__main__":

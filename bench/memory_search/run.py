@@ -39,7 +39,6 @@ import http.client
 import json
 import os
 import platform
-import shlex
 import shutil
 import signal
 import socket
@@ -59,6 +58,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from bench import results  # noqa: E402
 
 HOST = "127.0.0.1"
 PROJECT = "default"
@@ -886,7 +887,6 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    import qdrant_edge  # noqa: F401
     from importlib.metadata import version
     return (f"{os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, qdrant-edge-py {version('qdrant-edge-py')}")
@@ -905,23 +905,7 @@ def code_version() -> str:
 
 
 def write_readme(section: str) -> None:
-    text = README.read_text() if README.exists() else ""
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        tail = rest.split(RESULTS_END, 1)[1]
-        text = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
-    else:
-        text += f"\n## Results\n\n{RESULTS_START}\n{section}\n{RESULTS_END}\n"
-    README.write_text(text)
-
-
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_arg = str(script.relative_to(ROOT))
-    except ValueError:
-        script_arg = str(script)
-    return shlex.join([sys.executable, script_arg, *sys.argv[1:]])
+    results.write_readme(README, RESULTS_START, RESULTS_END, section)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -1002,7 +986,7 @@ def main() -> int:
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         section = (f"Measured {when} on {machine_description()}; {version}; {args.subjects:,} subjects, {DIM}-d vectors, "
                    f"seed {args.seed}; whole run {(time.monotonic() - started) / 60:.0f} min.\n\n"
-                   f"Command (from the repository root):\n\n```\n{command_line()}\n```\n\n"
+                   f"Command (from the repository root):\n\n```\n{results.command_line()}\n```\n\n"
                    f"{render(results, args)}\n")
         print()
         print(section)

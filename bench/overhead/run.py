@@ -50,6 +50,10 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench import results  # noqa: E402
+
 README = ROOT / "bench" / "README.md"
 LUA = HERE / "post.lua"
 
@@ -497,23 +501,7 @@ def machine_description() -> str:
 
 
 def write_readme(section: str) -> None:
-    text = README.read_text() if README.exists() else ""
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        tail = rest.split(RESULTS_END, 1)[1]
-        text = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
-    else:
-        text += f"\n## Results\n\n{RESULTS_START}\n{section}\n{RESULTS_END}\n"
-    README.write_text(text)
-
-
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_arg = str(script.relative_to(ROOT))
-    except ValueError:
-        script_arg = str(script)
-    return shlex.join([sys.executable, script_arg, *sys.argv[1:]])
+    results.write_readme(README, RESULTS_START, RESULTS_END, section)
 
 
 # -- main -----------------------------------------------------------------------------
@@ -622,7 +610,7 @@ def main() -> int:
         section = (f"Measured {when} on {machine_description()}; one gateway worker, one LiteLLM worker; "
                    f"wrk -t1 at concurrency 1, -t2 above; {args.warmup:g} s warm-up then {args.duration:g} s "
                    f"per cell{rounds_note}.\n\nCommand (from the repository root):\n\n"
-                   f"```\n{command_line()}\n```\n\n{table}\n\n{notes}\n")
+                   f"```\n{results.command_line()}\n```\n\n{table}\n\n{notes}\n")
         print()
         print(section)
         if not args.no_readme:

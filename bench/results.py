@@ -1,0 +1,31 @@
+"""What every benchmark script shares: writing its results into a README between markers."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_readme(readme: Path, start: str, end: str, section: str) -> None:
+    """Replace the text between the ``start`` and ``end`` markers (or append a Results section)."""
+    text = readme.read_text() if readme.exists() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        text = f"{head}{start}\n{section}\n{end}{tail}"
+    else:
+        text += f"\n## Results\n\n{start}\n{section}\n{end}\n"
+    readme.write_text(text)
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, relative to the repository when it can be."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_arg = str(script.relative_to(ROOT))
+    except ValueError:
+        script_arg = str(script)
+    return shlex.join([sys.executable, script_arg, *sys.argv[1:]])
