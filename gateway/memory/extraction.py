@@ -14,7 +14,7 @@ from typing import Any, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
+from gateway.memory.memories import KINDS, VISIBILITIES
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ EXTRACTION_SCHEMA: dict[str, Any] = {
             "importance": {"type": "number", "description": "0-100"},
             "confidence": {"type": "number", "description": "0-1"},
             "tags": {"type": "array", "items": {"type": "string"}},
-            "visibility": {"type": "string", "enum": ["private", "shared", "public"]},
+            "visibility": {"type": "string", "enum": list(VISIBILITIES)},
             "is_temporal": {"type": "boolean", "description": "true when it will stop being true soon"},
             "claims": {"type": "array", "items": {
                 "type": "object", "additionalProperties": False, "required": ["predicate", "value"],
@@ -113,7 +113,7 @@ def parse_extraction(raw: str) -> list[ExtractedMemory]:
     memories = []
     for item in answer.memories:
         kind = item.kind if item.kind in KINDS else "fact"
-        visibility = item.visibility if item.visibility in ("private", "shared", "public") else "private"
+        visibility = item.visibility if item.visibility in VISIBILITIES else "private"
         memories.append(ExtractedMemory(item.text.strip(), kind, item.importance, item.confidence,
                                         tuple(item.tags), visibility, item.is_temporal,
                                         tuple(ExtractedClaim(c.predicate, c.value) for c in item.claims)))

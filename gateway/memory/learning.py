@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, NotFound
 from gateway.history import content_text
 from gateway.jobs.queue import Job
 from gateway.memory.claims import Claim
@@ -95,7 +95,10 @@ class Learner:
         if choice is False:
             return combine([])
         if isinstance(choice, str):
-            policy = await self._policies.get(project_id, choice)
+            try:
+                policy = await self._policies.get(project_id, choice)
+            except NotFound:  # Deleted since the request named it: learn without a policy.
+                return combine([])
             return combine([policy] if policy["is_active"] else [])
         return combine(await self._policies.resolve(project_id, payload["subject_id"], payload["chat_id"],
                                                     default_only=True))
