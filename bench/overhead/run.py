@@ -66,7 +66,7 @@ PROVIDER_KEY = "sk-fake"  # the OpenAI key: providers.openai.api_key in gateway.
 ANTHROPIC_KEY = "sk-ant-fake"  # sent by the caller in x-api-key, as the Anthropic SDK does
 CHAT_ID = "@CHAT_ID@"  # where post.lua puts each request's chat id (features mode)
 PASSTHROUGH_MNX = {"log": False, "history": False, "system_prompt": False, "learn": False}
-FEATURES_MNX = {"subject_id": "bench_user", "history": True, "log": True, "system_prompt": True,
+FEATURES_MNX = {"subject_id": "bench_user", "history": True, "log": True, "system_prompt": True, "learn": False,
                 "state": {"load": True, "key": "task"}}
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
