@@ -83,7 +83,7 @@ _RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
     (re.compile(r"^(?:i|we) (?P<verb>live|work|study|grew up|moved|relocated|stay) (?P<rest>(?:in|at|for|as|to|"
                 r"from|near|with)\b.+)", re.I),
      {"kind": "fact", "importance": 70}),
-    (re.compile(r"^(?:i|we) (?P<verb>have|own|got|adopted|bought|drive|ride|speak|play|use|"
+    (re.compile(r"^(?:i|we) (?P<verb>have|own|keep|got|adopted|bought|drive|ride|speak|play|use|"
                 r"work on|volunteer)(?! to\b) (?P<rest>.+)", re.I),
      {"kind": "fact", "importance": 55}),
     (re.compile(r"^(?:i|we) (?P<verb>usually|always|often|never|regularly|normally) (?P<rest>.+)", re.I),

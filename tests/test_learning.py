@@ -67,6 +67,7 @@ SHOULD_LEARN = [
     ("I live in Lisbon with my partner", "User lives in Lisbon with their partner", "fact"),
     ("I work at Acme as a designer", "User works at Acme as a designer", "fact"),
     ("I have two cats named Miso and Tofu", "User has two cats named Miso and Tofu", "fact"),
+    ("I keep three beehives in the garden", "User keeps three beehives in the garden", "fact"),
     ("I'll be in Berlin for the conference", "User will be in Berlin for the conference", "event"),
     ("My sister's name is Ana", "User's sister's name is Ana", "fact"),
     ("I'm going to Japan next month", "User is going to Japan next month", "event"),

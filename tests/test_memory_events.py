@@ -41,3 +41,31 @@ def test_create_supersede_update_restore_delete_publish_events(tmp_path):
     assert superseded["superseded_by"] == events[1][1]["id"] and superseded["id"] == events[0][1]["id"]
     assert events[4][1]["status"] == "active" and events[5][1] == {"id": events[1][1]["id"],
                                                                     "timestamp": events[5][1]["timestamp"]}
+
+
+def test_a_rerun_learn_job_finishes_an_index_write_a_crash_interrupted(tmp_path):
+    """The store holds the learned memory but the index lost it (the process died between
+    the two writes): running the job again makes it searchable, and stores nothing twice."""
+    from gateway.jobs.queue import Job
+    from gateway.memory.learning import LEARN_JOB
+
+    async def scenario() -> None:
+        services = Services.build(parse_config({
+            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
+            "memory": edge_memory(tmp_path / "index"), "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
+        job = Job(id="job_1", project_id="p", kind=LEARN_JOB, attempts=1, status="pending", last_error=None,
+                  due_at=0.0, created_at=0.0, payload={
+                      "subject_id": "ann", "chat_id": "c", "learn": True, "memory_policy": True,
+                      "user_messages": ["I keep three beehives"], "assistant": "nice", "message_ids": []})
+        await services.learner.handle(job)
+        assert [h.text for h in await services.memories.search("p", "ann", "beehives", limit=5)] == [
+            "User keeps three beehives"]
+        await services.vector_index.delete_subject("p", "ann")  # the index write that never happened
+        assert await services.memories.search("p", "ann", "beehives", limit=5) == []
+        await services.learner.handle(job)
+        hits = await services.memories.search("p", "ann", "beehives", limit=5)
+        assert [h.text for h in hits] == ["User keeps three beehives"]
+        assert len(await services.memories.list("p", "ann", limit=10, offset=0)) == 1
+        await services.aclose()
+
+    asyncio.run(scenario())

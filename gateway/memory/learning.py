@@ -124,7 +124,9 @@ class Learner:
         for position, memory in enumerate(kept):
             memory_id = memory_id_for(job.id, position)
             if await self._memories.exists(job.project_id, memory_id):
-                continue  # Stored by an earlier run of this job.
+                # Stored by an earlier run of this job, which may have died before indexing it.
+                await self._memories.reindex(job.project_id, memory_id, api_key=keys.embedder)
+                continue
             await self._memories.create(job.project_id, {
                 "id": memory_id, "subject_id": payload["subject_id"], "text": memory.text, "kind": memory.kind,
                 "importance": memory.importance, "confidence": memory.confidence, "tags": list(memory.tags),

@@ -132,6 +132,16 @@ class Memories:
     async def exists(self, project_id: str, memory_id: str) -> bool:
         return await self._store.get(MEMORIES, project_id, memory_id) is not None
 
+    async def reindex(self, project_id: str, memory_id: str, *, api_key: str | None = None) -> None:
+        """Write a stored memory's index point again (idempotent). A process that died between
+        the store write and the index write left the memory listed but unsearchable; a job
+        re-run after the crash calls this to finish the write."""
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None:
+            return
+        dense = (await self._embed([doc["text"]], api_key))[0] if self.embedder else None
+        await self._index.upsert(project_id, [self._indexed(doc, dense)])
+
     async def get(self, project_id: str, memory_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
