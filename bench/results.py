@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -29,3 +31,17 @@ def command_line() -> str:
     except ValueError:
         script_arg = str(script)
     return shlex.join([sys.executable, script_arg, *sys.argv[1:]])
+
+
+def machine_description() -> str:
+    """Cores, CPU model, OS and Python: the line every results table starts from."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -166,7 +165,7 @@ def added_latency(requests: int, directory: Path) -> dict[str, float]:
 def table(throughput: dict[str, float], latency: dict[str, float], args: argparse.Namespace) -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
-        f"Run {stamp} on {platform.node()} ({os.cpu_count()} CPUs), "
+        f"Run {stamp} on {results.machine_description()}, "
         f"`{results.command_line()}`:",
         "",
         "| measure | value |",

@@ -38,7 +38,6 @@ import gc
 import http.client
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -879,17 +878,8 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def machine_description() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from importlib.metadata import version
-    return (f"{os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, qdrant-edge-py {version('qdrant-edge-py')}")
+    return f"{results.machine_description()}, qdrant-edge-py {version('qdrant-edge-py')}"
 
 
 def code_version() -> str:

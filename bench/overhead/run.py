@@ -32,7 +32,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -488,16 +487,7 @@ def render(results: list[Measurement]) -> tuple[str, str]:
 
 
 def machine_description() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}, {platform.system()} {platform.release()}, " \
-           f"Python {platform.python_version()}"
+    return results.machine_description()
 
 
 def write_readme(section: str) -> None:

@@ -36,8 +36,6 @@ class JobWorker:
         self._retry_max = retry_max_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Set whenever the worker finds nothing due: lets tests and benchmarks wait for it.
-        self.idle = asyncio.Event()
 
     def backoff(self, attempts: int) -> float:
         return min(self._retry_max, self._retry_base * 2 ** max(0, attempts - 1))
@@ -89,10 +87,8 @@ class JobWorker:
                 ran = 0
             if ran:
                 continue
-            self.idle.set()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             except asyncio.TimeoutError:
                 pass
-            self.idle.clear()

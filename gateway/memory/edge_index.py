@@ -17,9 +17,9 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
 
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
-                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
+                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, hit,
                                          packed_payload, point_id, require_project, search_legs, searchable_by,
-                                         unit, unpacked_fields)
+                                         unit)
 
 
 class EdgeIndex:
@@ -85,16 +85,8 @@ class EdgeIndex:
             request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion, with_payload=True,
                                    with_vector=with_vector)
         query_unit = unit(query.dense) if with_vector else None
-        hits = []
-        for point in self._shard.query(request):
-            similarity = None
-            if dense_only:
-                similarity = point.score
-            elif query_unit is not None and isinstance(point.vector, dict) and DENSE in point.vector:
-                similarity = dot(query_unit, point.vector[DENSE])
-            payload = point.payload or {}
-            hits.append(VectorHit(payload["memory_id"], point.score, unpacked_fields(payload), similarity))
-        return hits
+        return [hit(point.score, point.payload, point.vector, dense_only=dense_only, query_unit=query_unit)
+                for point in self._shard.query(request)]
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:
         require_project(project_id)

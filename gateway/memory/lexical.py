@@ -29,11 +29,11 @@ class Lexicon:
         of both matches in one lookup (a dot product is linear), which measured as well on
         LoCoMo as fusing two separate lexical searches, at the cost of one.
         """
-        own = self._bm25.embed_document(text)
+        own = self.document_vector(text)
         if not previous:
             return own
         weights = dict(zip(own.indices, own.values))
-        joined = self._bm25.embed_document(f"{previous}\n{text}")
+        joined = self.document_vector(f"{previous}\n{text}")
         for index, value in zip(joined.indices, joined.values):
             weights[index] = weights.get(index, 0.0) + value
         ordered = sorted(weights)

@@ -14,9 +14,9 @@ from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
-                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, dot,
+                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, hit,
                                          packed_payload, point_id, require_project, search_legs, searchable_by,
-                                         unit, unpacked_fields)
+                                         unit)
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:
@@ -102,16 +102,8 @@ class QdrantIndex:
             result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
                                                      limit=query.limit, with_payload=True, with_vectors=with_vectors)
         query_unit = unit(query.dense) if with_vectors else None
-        hits = []
-        for point in result.points:
-            similarity = None
-            if dense_only:
-                similarity = point.score
-            elif query_unit is not None and isinstance(point.vector, dict) and DENSE in point.vector:
-                similarity = dot(query_unit, unit(point.vector[DENSE]))  # type: ignore[arg-type]
-            payload = point.payload or {}
-            hits.append(VectorHit(payload["memory_id"], point.score, unpacked_fields(payload), similarity))
-        return hits
+        return [hit(point.score, point.payload, point.vector, dense_only=dense_only, query_unit=query_unit)
+                for point in result.points]
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:
         require_project(project_id)

@@ -115,6 +115,20 @@ def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
     return keys
 
 
+def hit(score: float, payload: dict[str, Any] | None, vector: Any, *, dense_only: bool,
+        query_unit: list[float] | None) -> VectorHit:
+    """One search result, as every backend reports it. A dense-only search's own score is
+    the cosine; a fused one gets it from the returned dense vector (Qdrant stores cosine
+    vectors normalised, on every backend) against the unit query."""
+    similarity = None
+    if dense_only:
+        similarity = score
+    elif query_unit is not None and isinstance(vector, dict) and DENSE in vector:
+        similarity = dot(query_unit, vector[DENSE])
+    payload = payload or {}
+    return VectorHit(payload["memory_id"], score, unpacked_fields(payload), similarity)
+
+
 def unit(vector: Sequence[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
