@@ -168,6 +168,10 @@ class VectorsConfig(_Strict):
     backend: Literal["edge", "qdrant"] = "edge"
     edge: EdgeVectorsConfig = EdgeVectorsConfig()
     qdrant: QdrantVectorsConfig | None = None
+    # A memory write notes a repair job before it touches the store; if the index write has
+    # not completed (and removed the note) this many seconds later, the job worker rewrites
+    # the memory's index point from the store.
+    repair_after_seconds: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _backend_configured(self) -> "VectorsConfig":

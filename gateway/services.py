@@ -11,7 +11,7 @@ from gateway.jobs import Job, JobQueue, open_queue
 from gateway.jobs.worker import JobWorker
 from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.learning import LEARN_JOB, Learner
-from gateway.memory.memories import Memories
+from gateway.memory.memories import REINDEX_JOB, Memories
 from gateway.memory.recalls import RecallEvents
 from gateway.memory.vector_index import VectorIndex
 from gateway.memory_policies import MemoryPolicies
@@ -54,17 +54,20 @@ class Services:
         memory = config.memory
         embedder = load_embedder(memory.embedder, config.providers)
         vector_index = open_vector_index(memory.vectors, embedder.dimensions if embedder else None)
-        memories = Memories(store, vector_index, memory, embedder)
+        jobs = open_queue(config.storage)
+        memories = Memories(store, vector_index, memory, embedder, repairs=jobs)
         recalls = RecallEvents(store)
         policies = MemoryPolicies(store)
-        jobs = open_queue(config.storage)
         learner = Learner(memories, policies, load_extractor(config.learning.extractor, config.providers))
         learning = config.learning
 
         async def run_job(job: Job) -> None:
-            if job.kind != LEARN_JOB:
+            if job.kind == LEARN_JOB:
+                await learner.handle(job)
+            elif job.kind == REINDEX_JOB:
+                await memories.repair(job.project_id, job.payload["memory_ids"])
+            else:
                 raise ValueError(f"unknown job kind {job.kind!r}")
-            await learner.handle(job)
 
         worker = JobWorker(jobs, run_job, batch=learning.batch, lease_seconds=learning.lease_seconds,
                            poll_seconds=learning.poll_seconds, retry_base_seconds=learning.retry_base_seconds,

@@ -429,7 +429,7 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
     from gateway.memory.lexical import Lexicon
     from gateway.memory.memories import Memories
     from gateway.memory import vector_index
-    from gateway.memory.vector_index import DENSE, IndexQuery
+    from gateway.memory.vector_index import DENSE, IndexQuery, own_key
     from gateway.store import open_store
 
     assert isinstance(index, EdgeIndex)
@@ -464,7 +464,7 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
 
     async def raw(j: int) -> list[str]:
         request = QueryRequest(limit=TOP_K, query=Query.Nearest(lists[j], using=DENSE),
-                               filter=Filter(must=[FieldCondition("subject", match=MatchValue(subjects[j]))]),
+                               filter=Filter(must=[FieldCondition("access", match=MatchValue(own_key(PROJECT, subjects[j])))]),
                                with_payload=False)
         return [str(point.id) for point in shard.query(request)]
 
@@ -488,7 +488,7 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
         return [h.memory_id for h in await memories_lexical.search(PROJECT, subjects[j], texts[j], limit=TOP_K)]
 
     passes = [
-        Pass("raw", "Qdrant Edge alone: shard.query, dense, subject filter", raw, "point"),
+        Pass("raw", "Qdrant Edge alone: shard.query, dense, one subject key", raw, "point"),
         Pass("adapter_dense", "EdgeIndex.search, dense-only", adapter_dense, "memory"),
         Pass("adapter_hybrid", "EdgeIndex.search, hybrid (BM25 + dense, RRF)", adapter_hybrid, None),
         Pass("memories_dense", "Memories.search, dense-only (q = \"\")", memories_dense, "memory_scored"),
@@ -951,7 +951,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     tmp = Path(tempfile.mkdtemp(prefix="bench-memsearch-"))
-    results: dict[int, dict[str, Any]] = {}
+    measured: dict[int, dict[str, Any]] = {}
     started = time.monotonic()
     version = code_version()
     ok = False
@@ -961,23 +961,23 @@ def main() -> int:
             workdir.mkdir()
             log(f"== {n:,} memories over {args.subjects:,} subjects (work directory {workdir})")
             t0 = time.monotonic()
-            results[n] = {"build": run_worker("build", n, workdir, args, False)}
-            results[n]["search"] = run_worker("search", n, workdir, args, n in args.optimize_sizes)
+            measured[n] = {"build": run_worker("build", n, workdir, args, False)}
+            measured[n]["search"] = run_worker("search", n, workdir, args, n in args.optimize_sizes)
             if n in args.http_sizes:
                 log("    HTTP: lexical-only gateway (mnx-gateway serve) on the pre-built BM25 index")
                 h = measure_http(n, workdir, args)
-                results[n]["http"] = h
+                measured[n]["http"] = h
                 log(f"      gateway start-up {h['startup_seconds']:.1f} s, RSS {h['rss_ready_mb']:,.0f} -> "
                     f"{h['rss_after_mb']:,.0f} MiB")
             log(f"   {n:,} done in {time.monotonic() - t0:.0f} s")
-            (tmp / "results.json").write_text(json.dumps(results, indent=1))
+            (tmp / "results.json").write_text(json.dumps(measured, indent=1))
             if not args.keep_dir:
                 shutil.rmtree(workdir, ignore_errors=True)
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         section = (f"Measured {when} on {machine_description()}; {version}; {args.subjects:,} subjects, {DIM}-d vectors, "
                    f"seed {args.seed}; whole run {(time.monotonic() - started) / 60:.0f} min.\n\n"
                    f"Command (from the repository root):\n\n```\n{results.command_line()}\n```\n\n"
-                   f"{render(results, args)}\n")
+                   f"{render(measured, args)}\n")
         print()
         print(section)
         if not args.no_readme:

@@ -36,8 +36,11 @@ class Job:
 
 
 class JobQueue(Protocol):
-    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:
-        """Persist a job (durably, before returning) and return its id."""
+    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
+                      delay_seconds: float = 0.0) -> str:
+        """Persist a job (durably, before returning) and return its id. It is due after
+        ``delay_seconds``: a job that only matters if its enqueuer dies first (an index
+        repair) is completed by the enqueuer long before it is due."""
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         """Lease up to ``limit`` due jobs, oldest due first."""

@@ -53,14 +53,15 @@ class RedisJobQueue:
                    attempts=int(fields.get("attempts", 0)), last_error=fields.get("last_error") or None,
                    due_at=due_at, created_at=float(fields["created_at"]))
 
-    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:
+    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
+                      delay_seconds: float = 0.0) -> str:
         job_id = f"job_{secrets.token_hex(12)}"
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._job_prefix + job_id, mapping={
                 "project_id": project_id, "kind": kind, "payload": json.dumps(payload, ensure_ascii=False),
                 "status": "pending", "attempts": 0, "last_error": "", "created_at": now})
-            pipe.zadd(self._due, {job_id: now})
+            pipe.zadd(self._due, {job_id: now + delay_seconds})
             pipe.zadd(self._project_prefix + project_id, {job_id: now})
             await pipe.execute()
         return job_id

@@ -45,12 +45,13 @@ class SqliteJobQueue:
         self._db = connect(path)
         self._db.executescript(_SCHEMA)
 
-    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:
+    async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
+                      delay_seconds: float = 0.0) -> str:
         job_id = f"job_{secrets.token_hex(12)}"
         now = time.time()
         self._db.execute("INSERT INTO jobs (id, project_id, kind, payload, status, due_at, created_at) "
                          "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                         (job_id, project_id, kind, json.dumps(payload, ensure_ascii=False), now, now))
+                         (job_id, project_id, kind, json.dumps(payload, ensure_ascii=False), now + delay_seconds, now))
         return job_id
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:

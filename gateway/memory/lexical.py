@@ -8,7 +8,20 @@ of the query's words does this memory contain" agrees with what BM25 matched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Collection
+
 from qdrant_edge import Bm25, Bm25Config, SparseVector
+
+
+@dataclass(frozen=True)
+class IndexedText:
+    vector: SparseVector
+    # The memory's own terms, and those only the memory before it has: kept with the
+    # memory so that scoring a hit needs no tokenizing.
+    terms: list[int]
+    context_terms: list[int]
+
 
 class Lexicon:
     def __init__(self, language: str = "english") -> None:
@@ -20,9 +33,9 @@ class Lexicon:
     def document_vector(self, text: str) -> SparseVector:
         return self._bm25.embed_document(text)
 
-    def memory_vector(self, text: str, previous: str) -> SparseVector:
-        """The vector a memory is indexed with: BM25 of its text, plus BM25 of the memory
-        stored just before it (same subject) joined with its text.
+    def index_text(self, text: str, previous: str) -> IndexedText:
+        """How a memory is indexed: BM25 of its text, plus BM25 of the memory stored just
+        before it (same subject) joined with its text, as one vector; and its terms.
 
         A memory's neighbour often carries the words a later question uses: "we went there
         in May" after "I visited Kyoto". Adding the two vectors makes a search score the sum
@@ -31,13 +44,15 @@ class Lexicon:
         """
         own = self.document_vector(text)
         if not previous:
-            return own
-        weights = dict(zip(own.indices, own.values))
+            return IndexedText(own, list(own.indices), [])
         joined = self.document_vector(f"{previous}\n{text}")
-        for index, value in zip(joined.indices, joined.values):
+        weights = dict(zip(joined.indices, joined.values))
+        for index, value in zip(own.indices, own.values):
             weights[index] = weights.get(index, 0.0) + value
-        ordered = sorted(weights)
-        return SparseVector(ordered, [weights[i] for i in ordered])
+        terms = list(own.indices)
+        mine = set(terms)
+        return IndexedText(SparseVector(list(weights), list(weights.values())), terms,
+                           [index for index in joined.indices if index not in mine])
 
     def query_vector(self, text: str) -> SparseVector:
         return self._bm25.embed_query(text)
@@ -47,8 +62,8 @@ class Lexicon:
         return frozenset(self._bm25.embed_query(text).indices)
 
 
-def coverage(query_terms: frozenset[int], doc_terms: frozenset[int]) -> float:
+def coverage(query_terms: frozenset[int], doc_terms: Collection[int]) -> float:
     """The share of the query's terms the document contains: 1.0 when it has them all."""
     if not query_terms:
         return 0.0
-    return len(query_terms & doc_terms) / len(query_terms)
+    return len(query_terms.intersection(doc_terms)) / len(query_terms)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import secrets
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from qdrant_edge import SparseVector
 
 from gateway.clock import from_timestamp
 from gateway.config import MemoryConfig
 from gateway.errors import BadRequest, NotFound
+from gateway.jobs.queue import JobQueue
 from gateway.memory.claims import Claim, extract_claims
 from gateway.memory.embedding import Embedder
 from gateway.memory.events import MemoryEvents
@@ -33,11 +35,14 @@ MEMORIES = Collection("memories", indexes=(("subject_id",), ("subject_id", "list
 CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
 
 MAX_TEXT = 10_000
+# The job kind of an index repair (see Memories._index_repair).
+REINDEX_JOB = "memory.reindex"
 KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
 VISIBILITIES = ("private", "shared", "public")
 # Weight of conversation context next to the query itself, in the lexical query.
 CONTEXT_TERM_WEIGHT = 0.3
-# A memory found through the memory stored before it (its context) matches at most half as well.
+# A query term found only in the memory stored before a memory (its context) counts half:
+# a hit's score is the share of query terms in its text plus half the share only in its context.
 CONTEXT_MATCH_WEIGHT = 0.5
 MAX_CONTEXT = 5
 _HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text", "_claims")
@@ -94,7 +99,7 @@ def _index_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "text": doc["text"], "kind": doc["kind"], "status": doc["listing"], "visibility": doc["visibility"],
         "importance": doc["importance"], "confidence": doc["confidence"], "is_temporal": doc["is_temporal"],
         "created_at": doc["_created"], "last_seen_at": doc.get("_last_seen"), "seen_count": doc["seen_count"],
-        "claims": doc.get("_claims", []), "context": doc.get("_previous_text", ""),
+        "claims": doc.get("_claims", []), "terms": doc["_terms"], "context_terms": doc["_context_terms"],
     }
 
 
@@ -118,8 +123,10 @@ class SearchHit:
 class Memories:
     def __init__(self, store: DocumentStore, index: VectorIndex, config: MemoryConfig,
                  embedder: Embedder | None = None, lexicon: Lexicon | None = None,
-                 events: MemoryEvents | None = None) -> None:
+                 events: MemoryEvents | None = None, repairs: JobQueue | None = None) -> None:
         self._store = store
+        # Where index repairs are noted before a write (see _index_repair); None: not noted.
+        self._repairs = repairs
         self.events = events or MemoryEvents()
         self._index = index
         self._config = config
@@ -133,9 +140,10 @@ class Memories:
         return await self._store.get(MEMORIES, project_id, memory_id) is not None
 
     async def reindex(self, project_id: str, memory_id: str, *, api_key: str | None = None) -> None:
-        """Write a stored memory's index point again (idempotent). A process that died between
-        the store write and the index write left the memory listed but unsearchable; a job
-        re-run after the crash calls this to finish the write."""
+        """Write a stored memory's index point again from the store (idempotent). A process
+        that died between the store write and the index write left the memory listed but
+        unsearchable (or deleted but findable); a re-run learn job or an index repair job
+        calls this to finish the write."""
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
             return
@@ -216,21 +224,24 @@ class Memories:
             "created_at": stamp, "updated_at": stamp, "last_seen_at": None, "seen_count": 0,
             "reinforcement_count": 0, "last_reinforced_at": None,
             "listing": "active", "is_deleted": False, "_created": now,
-            # What the subject's memory before this one said: indexed with it (Lexicon.memory_vector).
+            # What the subject's memory before this one said: indexed with it (Lexicon.index_text).
             "_previous_text": previous[0]["text"] if previous else "",
             "_claims": [[c.predicate, c.value] for c in claims],
         }
         if origin is not None:
             doc["origin"] = origin
-        await self._store.put(MEMORIES, project_id, memory_id, doc)
-        await self._save_claims(project_id, doc, claims, stamp)
-        await self._index.upsert(project_id, [self._indexed(doc, dense)])
+        indexed = self._indexed(doc, dense)
+        async with self._index_repair(project_id, [memory_id, *decision.superseded_ids]):
+            await self._store.put(MEMORIES, project_id, memory_id, doc)
+            await self._save_claims(project_id, doc, claims, stamp)
+            await self._index.upsert(project_id, [indexed])
+            for old_id in decision.superseded_ids:
+                await self._set_status(project_id, old_id, "superseded", superseded_by=memory_id)
         self.events.publish(project_id, subject_id, "memory.created", {
             "id": memory_id, "subject_id": subject_id, "text": text, "kind": doc["kind"],
             "visibility": doc["visibility"], "importance": doc["importance"], "tags": doc["tags"],
             "created_at": stamp})
         for old_id in decision.superseded_ids:
-            await self._set_status(project_id, old_id, "superseded", superseded_by=memory_id)
             self.events.publish(project_id, subject_id, "memory.superseded", {"id": old_id, "superseded_by": memory_id})
         return {"id": memory_id, **summary, "created": True, "superseded_count": len(decision.superseded_ids),
                 "superseded_ids": decision.superseded_ids}, True
@@ -250,13 +261,16 @@ class Memories:
         if "text" in fields:
             claims = extract_claims(doc["text"])
             doc["_claims"] = [[c.predicate, c.value] for c in claims]
-        await self._store.put(MEMORIES, project_id, memory_id, doc)
-        if "text" in fields:
-            await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
-            await self._save_claims(project_id, doc, claims, doc["updated_at"])
-            await self._index.upsert(project_id, [self._indexed(doc, dense)])
-        else:
-            await self._update_index(project_id, doc)
+            doc.pop("_terms", None)
+            indexed = self._indexed(doc, dense)
+        async with self._index_repair(project_id, [memory_id]):
+            await self._store.put(MEMORIES, project_id, memory_id, doc)
+            if "text" in fields:
+                await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
+                await self._save_claims(project_id, doc, claims, doc["updated_at"])
+                await self._index.upsert(project_id, [indexed])
+            else:
+                await self._update_index(project_id, doc)
         self.events.publish(project_id, doc["subject_id"], "memory.updated",
                             {"id": memory_id, "subject_id": doc["subject_id"]})
 
@@ -265,8 +279,9 @@ class Memories:
         if doc is None or doc.get("is_deleted"):
             return False
         doc.update(is_deleted=True, listing="deleted", updated_at=from_timestamp(time.time()))
-        await self._store.put(MEMORIES, project_id, memory_id, doc)
-        await self._update_index(project_id, doc)
+        async with self._index_repair(project_id, [memory_id]):
+            await self._store.put(MEMORIES, project_id, memory_id, doc)
+            await self._update_index(project_id, doc)
         self.events.publish(project_id, doc["subject_id"], "memory.deleted", {"id": memory_id})
         return True
 
@@ -276,15 +291,18 @@ class Memories:
             raise BadRequest("memory was deleted and cannot be restored", code="memory_deleted")
         if doc["status"] == "active":
             return doc, False
-        await self._set_status(project_id, memory_id, "active", superseded_by=None)
+        async with self._index_repair(project_id, [memory_id]):
+            await self._set_status(project_id, memory_id, "active", superseded_by=None)
         self.events.publish(project_id, doc["subject_id"], "memory.updated", {"id": memory_id, "status": "active"})
         return doc, True
 
     async def erase_subject(self, project_id: str, subject_id: str) -> dict[str, int]:
         """Remove every memory, claim and vector of one subject (not a soft delete)."""
+        # The index first: if the process dies half-way, what is left is listed (and erased
+        # by the next call), never findable without a stored memory behind it.
+        await self._index.delete_subject(project_id, subject_id)
         memories = await self._store.delete_where(MEMORIES, project_id, {"subject_id": subject_id})
         claims = await self._store.delete_where(CLAIMS, project_id, {"subject_id": subject_id})
-        await self._index.delete_subject(project_id, subject_id)
         return {"memories": memories, "claims": claims}
 
     # --- search and recall ---------------------------------------------------------------
@@ -329,8 +347,8 @@ class Memories:
         ranked = []
         for hit in hits:
             text = hit.fields.get("text", "")
-            score = max(coverage(query_terms, self._lexicon.terms(text)),
-                        CONTEXT_MATCH_WEIGHT * coverage(query_terms, self._lexicon.terms(hit.fields.get("context", ""))))
+            score = (coverage(query_terms, hit.fields.get("terms", ()))
+                     + CONTEXT_MATCH_WEIGHT * coverage(query_terms, hit.fields.get("context_terms", ())))
             if hit.similarity is not None:
                 score = max(score, hit.similarity)
             if score < min_score:
@@ -346,12 +364,43 @@ class Memories:
         assert self.embedder is not None
         return await self.embedder.embed(texts, api_key=api_key)
 
+    @asynccontextmanager
+    async def _index_repair(self, project_id: str, memory_ids: Sequence[str]) -> AsyncIterator[None]:
+        """A durable note, written before the store and index writes for ``memory_ids`` and
+        removed once both are done, that those memories' index points are being rewritten.
+
+        The store is the source of truth and is written first; if the process dies (or the
+        index write fails) before the index catches up, the note stays and, once it is due
+        (``memory.vectors.repair_after_seconds`` later), the job worker re-indexes the
+        memories from the store. Without it, such a memory would stay listed but unfindable,
+        or deleted but still recalled. Recall bookkeeping (seen counts) is not noted: a
+        lost update there only shifts a score.
+        """
+        if self._repairs is None:
+            yield
+            return
+        job_id = await self._repairs.enqueue(project_id, REINDEX_JOB, {"memory_ids": list(memory_ids)},
+                                             delay_seconds=self._config.vectors.repair_after_seconds)
+        yield
+        await self._repairs.complete(job_id)
+
+    async def repair(self, project_id: str, memory_ids: Sequence[str]) -> None:
+        """Run an index-repair job: rewrite each memory's index point from the store."""
+        for memory_id in memory_ids:
+            await self.reindex(project_id, memory_id)
+
     async def _update_index(self, project_id: str, doc: dict[str, Any]) -> None:
+        if "_terms" not in doc:
+            self._indexed(doc, None)  # a memory stored before terms were kept: add them
         await self._index.update_fields(project_id, doc["subject_id"], doc["id"], _index_fields(doc))
 
     def _indexed(self, doc: dict[str, Any], dense: list[float] | None) -> IndexedMemory:
-        return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc),
-                             self._lexicon.memory_vector(doc["text"], doc.get("_previous_text", "")), dense)
+        """The memory's index entry. Also keeps its terms in ``doc`` (when not there yet),
+        so a later payload-only index update need not tokenize it again."""
+        lexical = self._lexicon.index_text(doc["text"], doc.get("_previous_text", ""))
+        if "_terms" not in doc:
+            doc["_terms"], doc["_context_terms"] = lexical.terms, lexical.context_terms
+        return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc), lexical.vector, dense)
 
     async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],
                           dense: list[float] | None) -> list[Candidate]:

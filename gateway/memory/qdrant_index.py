@@ -13,10 +13,9 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE,
-                                         IndexedMemory, IndexQuery, VectorHit, check_dimensions, hit,
-                                         packed_payload, point_id, require_project, search_legs, searchable_by,
-                                         unit)
+from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
+                                         IndexQuery, VectorHit, check_dimensions, owner_key, packed_payload, point_id,
+                                         require_project, scored_hits, search_legs, searchable_by)
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:
@@ -60,8 +59,7 @@ class QdrantIndex:
             return
         await self._client.create_payload_index(
             name, "project", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True))
-        for field in ("subject", "access", "memory_id"):
-            await self._client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+        await self._client.create_payload_index(name, "access", models.PayloadSchemaType.KEYWORD)
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
         require_project(project_id)
@@ -101,22 +99,19 @@ class QdrantIndex:
             fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs]))
             result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
                                                      limit=query.limit, with_payload=True, with_vectors=with_vectors)
-        query_unit = unit(query.dense) if with_vectors else None
-        return [hit(point.score, point.payload, point.vector, dense_only=dense_only, query_unit=query_unit)
-                for point in result.points]
+        return scored_hits([(point.score, point.payload, point.vector) for point in result.points],
+                           dense_only=dense_only, query_dense=query.dense)
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:
         require_project(project_id)
-        await self._client.delete(self._collection, models.FilterSelector(filter=models.Filter(must=[
-            models.FieldCondition(key="project", match=models.MatchValue(value=project_id)),
-            models.FieldCondition(key="subject", match=models.MatchValue(value=subject_id))])), wait=True)
+        owner = models.FieldCondition(key="access", match=models.MatchValue(value=owner_key(project_id, subject_id)))
+        await self._client.delete(self._collection, models.FilterSelector(filter=models.Filter(must=[owner])), wait=True)
 
     async def count(self, project_id: str, subject_id: str | None = None) -> int:
         require_project(project_id)
-        must = [models.FieldCondition(key="project", match=models.MatchValue(value=project_id))]
-        if subject_id is not None:
-            must.append(models.FieldCondition(key="subject", match=models.MatchValue(value=subject_id)))
-        result = await self._client.count(self._collection, count_filter=models.Filter(must=must), exact=True)
+        condition = (models.FieldCondition(key="project", match=models.MatchValue(value=project_id)) if subject_id is None
+                     else models.FieldCondition(key="access", match=models.MatchValue(value=owner_key(project_id, subject_id))))
+        result = await self._client.count(self._collection, count_filter=models.Filter(must=[condition]), exact=True)
         return result.count
 
     async def close(self) -> None:

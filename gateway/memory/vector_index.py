@@ -10,17 +10,17 @@ it inside the adapter, and an empty project is refused, never read as "all".
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import operator
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+import numpy as np
 from qdrant_edge import SparseVector
 
 # One BM25 vector per memory: its own text's, plus that of its text joined with the
-# memory stored just before it for the same subject (see Lexicon.memory_vector).
+# memory stored just before it for the same subject (see Lexicon.index_text).
 SPARSE = "bm25"
 DENSE = "dense"
 
@@ -30,7 +30,13 @@ _POINT_NAMESPACE = uuid.UUID("0b6f4a52-2f0e-4a43-9a51-6c1f5e0f6d11")
 
 
 def point_id(project_id: str, memory_id: str) -> str:
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{project_id}\x00{memory_id}"))
+    """``uuid.uuid5(_POINT_NAMESPACE, project + NUL + memory id)``, spelled out: the same id
+    in a third of the time, which shows on bulk inserts."""
+    digest = bytearray(hashlib.sha1(_POINT_NAMESPACE.bytes + f"{project_id}\x00{memory_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def own_key(project_id: str, subject_id: str) -> str:
@@ -41,19 +47,25 @@ def shared_key(project_id: str) -> str:
     return f"p\x1f{project_id}"
 
 
+def owner_key(project_id: str, subject_id: str) -> str:
+    return f"o\x1f{project_id}\x1f{subject_id}"
+
+
 def access_keys(project_id: str, subject_id: str, status: str, visibility: str) -> list[str]:
-    """Which searches may find a memory, as keywords: its own subject's, plus the whole
-    project's if shared; none once it is superseded or deleted.
+    """Keywords saying who may find a memory and whose it is: its own subject's search key,
+    plus the whole project's if shared (both only while active), and always its owner key,
+    which no search asks for and erasure and counting filter on.
 
     Search filters on this one field (any of the asker's keys). One condition instead of
     project + status + visibility makes every filtered search leg markedly cheaper at a
-    million memories, and the project in every key keeps tenants apart.
+    million memories, and the project in every key keeps tenants apart. Keeping the owner
+    here too spares a payload field and its index, which every insert pays for.
     """
-    if status != "active":
-        return []
-    keys = [own_key(project_id, subject_id)]
-    if visibility in ("shared", "public"):
-        keys.append(shared_key(project_id))
+    keys = [owner_key(project_id, subject_id)]
+    if status == "active":
+        keys.append(own_key(project_id, subject_id))
+        if visibility in ("shared", "public"):
+            keys.append(shared_key(project_id))
     return keys
 
 
@@ -95,12 +107,13 @@ class VectorHit:
 
 
 def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """A point's payload: the keys search filters on, and every other field packed in one
-    JSON string (turning a many-key payload into the engine's own form costs more than
-    the engine's insert itself)."""
-    return {"project": project_id, "subject": subject_id, "memory_id": memory_id,
-            "access": access_keys(project_id, subject_id, fields["status"], fields["visibility"]),
-            "fields": json.dumps(fields, ensure_ascii=False, separators=(",", ":"))}
+    """A point's payload: the two keys the engine indexes (the project, its tenant key, and
+    the access keys) and everything else, the memory id included, packed in one JSON
+    string. Qdrant Edge's Python binding takes about 4 µs per payload string it converts,
+    more than a point's whole dense vector, so fewer values is a faster bulk insert."""
+    packed = json.dumps({"memory_id": memory_id, **fields}, ensure_ascii=False, separators=(",", ":"))
+    return {"project": project_id, "access": access_keys(project_id, subject_id, fields["status"], fields["visibility"]),
+            "fields": packed}
 
 
 def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
@@ -115,28 +128,28 @@ def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
     return keys
 
 
-def hit(score: float, payload: dict[str, Any] | None, vector: Any, *, dense_only: bool,
-        query_unit: list[float] | None) -> VectorHit:
-    """One search result, as every backend reports it. A dense-only search's own score is
-    the cosine; a fused one gets it from the returned dense vector (Qdrant stores cosine
-    vectors normalised, on every backend) against the unit query."""
-    similarity = None
-    if dense_only:
-        similarity = score
-    elif query_unit is not None and isinstance(vector, dict) and DENSE in vector:
-        similarity = dot(query_unit, vector[DENSE])
-    payload = payload or {}
-    return VectorHit(payload["memory_id"], score, unpacked_fields(payload), similarity)
+def scored_hits(points: Sequence[tuple[float, dict[str, Any] | None, Any]], *, dense_only: bool,
+                query_dense: Sequence[float] | None) -> list[VectorHit]:
+    """Search results, as every backend reports them, from (score, payload, vectors) triples.
 
-
-def unit(vector: Sequence[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-    return [x / norm for x in vector]
-
-
-def dot(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity of two unit vectors (Qdrant stores cosine vectors normalised)."""
-    return sum(map(operator.mul, a, b))
+    A dense-only search's own score is the cosine. A fused one gets it from the returned
+    dense vectors (Qdrant stores cosine vectors normalised, on every backend) against the
+    normalised query, in one matrix product: per hit in Python it cost more than the engine.
+    """
+    similarities: list[float | None] = [score if dense_only else None for score, _, _ in points]
+    if not dense_only and query_dense is not None:
+        rows = [i for i, (_, _, vectors) in enumerate(points) if isinstance(vectors, dict) and DENSE in vectors]
+        if rows:
+            query = np.asarray(query_dense, dtype=np.float32)
+            query /= float(np.linalg.norm(query)) or 1.0
+            matrix = np.asarray([points[i][2][DENSE] for i in rows], dtype=np.float32)
+            for i, similarity in zip(rows, (matrix @ query).tolist()):
+                similarities[i] = similarity
+    hits = []
+    for (score, payload, _), similarity in zip(points, similarities):
+        fields = unpacked_fields(payload or {})
+        hits.append(VectorHit(fields.pop("memory_id"), score, fields, similarity))
+    return hits
 
 
 # Hybrid ranking: the lexical and the dense leg each rank their own candidates, and Qdrant
