@@ -58,7 +58,9 @@ def test_the_seed_002_walkthrough(gateway_on):
         listed = rest.get("/memories", params={"subject_id": SUBJECT}).json()
         assert listed["count"] == 3
         assert [m["text"] for m in listed["data"]][0] == "Favorite fruit is blueberry"  # newest first
-        assert not any(key in listed["data"][0] for key in ("listing", "is_deleted", "_created"))
+        # Internal bookkeeping (listing, term ids, the previous memory's text...) never leaks.
+        assert not any(key in listed["data"][0] for key in ("listing", "is_deleted"))
+        assert not [key for memory in listed["data"] for key in memory if key.startswith("_")]
 
         found = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "dark mode", "limit": 5}).json()
         assert found["query"] == "dark mode" and found["count"] >= 1
@@ -74,6 +76,7 @@ def test_the_seed_002_walkthrough(gateway_on):
         assert patched.json() == {"id": dark["id"], "updated": True}
         got = rest.get(f"/memories/{dark['id']}").json()["data"]
         assert (got["text"], got["importance"]) == ("User strongly prefers dark mode", 90)
+        assert not [key for key in got if key.startswith("_")]
         hits = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "strongly"}).json()["data"]
         assert [h["id"] for h in hits] == [dark["id"]]  # re-indexed with the new text
 

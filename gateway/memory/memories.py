@@ -45,7 +45,7 @@ CONTEXT_TERM_WEIGHT = 0.3
 # a hit's score is the share of query terms in its text plus half the share only in its context.
 CONTEXT_MATCH_WEIGHT = 0.5
 MAX_CONTEXT = 5
-_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text", "_claims")
+_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text", "_claims", "_terms", "_context_terms")
 
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
