@@ -261,7 +261,6 @@ class Memories:
         if "text" in fields:
             claims = extract_claims(doc["text"])
             doc["_claims"] = [[c.predicate, c.value] for c in claims]
-            doc.pop("_terms", None)
             indexed = self._indexed(doc, dense)
         async with self._index_repair(project_id, [memory_id]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
@@ -395,11 +394,10 @@ class Memories:
         await self._index.update_fields(project_id, doc["subject_id"], doc["id"], _index_fields(doc))
 
     def _indexed(self, doc: dict[str, Any], dense: list[float] | None) -> IndexedMemory:
-        """The memory's index entry. Also keeps its terms in ``doc`` (when not there yet),
-        so a later payload-only index update need not tokenize it again."""
+        """The memory's index entry. Also keeps its terms in ``doc`` (the caller stores
+        it), so a later payload-only index update need not tokenize it again."""
         lexical = self._lexicon.index_text(doc["text"], doc.get("_previous_text", ""))
-        if "_terms" not in doc:
-            doc["_terms"], doc["_context_terms"] = lexical.terms, lexical.context_terms
+        doc["_terms"], doc["_context_terms"] = lexical.terms, lexical.context_terms
         return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc), lexical.vector, dense)
 
     async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],

@@ -27,6 +27,10 @@ def _match(keys: list[str]) -> models.FieldCondition:
     return models.FieldCondition(key="access", match=match)
 
 
+def _owned_by(project_id: str, subject_id: str) -> models.FieldCondition:
+    return models.FieldCondition(key="access", match=models.MatchValue(value=owner_key(project_id, subject_id)))
+
+
 class QdrantIndex:
     def __init__(self, config: QdrantVectorsConfig, dense_dimensions: int | None) -> None:
         self.dense_dimensions = dense_dimensions
@@ -104,13 +108,13 @@ class QdrantIndex:
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:
         require_project(project_id)
-        owner = models.FieldCondition(key="access", match=models.MatchValue(value=owner_key(project_id, subject_id)))
-        await self._client.delete(self._collection, models.FilterSelector(filter=models.Filter(must=[owner])), wait=True)
+        owned = models.Filter(must=[_owned_by(project_id, subject_id)])
+        await self._client.delete(self._collection, models.FilterSelector(filter=owned), wait=True)
 
     async def count(self, project_id: str, subject_id: str | None = None) -> int:
         require_project(project_id)
-        condition = (models.FieldCondition(key="project", match=models.MatchValue(value=project_id)) if subject_id is None
-                     else models.FieldCondition(key="access", match=models.MatchValue(value=owner_key(project_id, subject_id))))
+        condition = (models.FieldCondition(key="project", match=models.MatchValue(value=project_id))
+                     if subject_id is None else _owned_by(project_id, subject_id))
         result = await self._client.count(self._collection, count_filter=models.Filter(must=[condition]), exact=True)
         return result.count
 

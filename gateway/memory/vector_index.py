@@ -112,8 +112,8 @@ def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dic
     string. Qdrant Edge's Python binding takes about 4 µs per payload string it converts,
     more than a point's whole dense vector, so fewer values is a faster bulk insert."""
     packed = json.dumps({"memory_id": memory_id, **fields}, ensure_ascii=False, separators=(",", ":"))
-    return {"project": project_id, "access": access_keys(project_id, subject_id, fields["status"], fields["visibility"]),
-            "fields": packed}
+    access = access_keys(project_id, subject_id, fields["status"], fields["visibility"])
+    return {"project": project_id, "access": access, "fields": packed}
 
 
 def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
