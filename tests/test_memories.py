@@ -78,7 +78,9 @@ def test_the_seed_002_walkthrough(gateway_on):
         assert (got["text"], got["importance"]) == ("User strongly prefers dark mode", 90)
         assert not [key for key in got if key.startswith("_")]
         hits = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "strongly"}).json()["data"]
-        assert [h["id"] for h in hits] == [dark["id"]]  # re-indexed with the new text
+        # Re-indexed with the new text; the memory stored after it now gets the new words as context.
+        assert [(h["id"], h["score"]) for h in hits][0] == (dark["id"], 1.0)
+        assert all(h["score"] == 0.5 for h in hits[1:])
 
         strawberry = add(rest, "my new favorite fruit is strawberry")
         assert strawberry["created"] is True and strawberry["superseded_ids"] == [blueberry]
@@ -201,6 +203,47 @@ def test_search_ranks_by_weight_and_accepts_both_score_scales(gateway):
         assert half["count"] == 2 and all(h["score"] == 0.5 for h in half["data"])
         bad = rest.get("/memories/search", params={**params, "min_score": 150})
         assert bad.status_code == 400 and bad.json()["error"] == "invalid_min_score"
+
+
+def search_ids(rest: httpx.Client, q: str, subject: str = SUBJECT) -> list[str]:
+    response = rest.get("/memories/search", params={"subject_id": subject, "q": q, "limit": 10})
+    assert response.status_code == 200, response.text
+    return [hit["id"] for hit in response.json()["data"]]
+
+
+def test_neighbouring_memories_lend_each_other_their_words(gateway):
+    with gateway.rest() as rest:
+        trip = add(rest, "I visited Kyoto last spring", no_supersede=True)
+        company = add(rest, "We went there with my sister Anna", no_supersede=True)
+        after = add(rest, "The temples were beautiful", no_supersede=True)
+        add(rest, "My cat is called Miso", no_supersede=True)
+        hits = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "sister"}).json()["data"]
+        # The memory that says it ranks first; the ones told just before and just after it are
+        # found through it, with half credit; the unrelated one is not found at all.
+        assert hits[0]["id"] == company["id"] and hits[0]["score"] == 1.0
+        assert {hit["id"] for hit in hits[1:]} == {trip["id"], after["id"]}
+        assert all(hit["score"] == 0.5 for hit in hits[1:])
+        assert search_ids(rest, "Kyoto")[0] == trip["id"]
+
+
+def test_adjacent_words_and_statements_outrank_scattered_words_and_questions(gateway):
+    with gateway.rest() as rest:
+        # Fillers around each pair of rivals give both the same kind of neighbours, and
+        # the rival stored later would win a tie (newer first).
+        fillers = iter(["My cat is called Miso", "I bought new running shoes", "The kettle is broken",
+                        "We repainted the kitchen", "Tea is better than coffee", "The bus was late again"])
+        add(rest, next(fillers), no_supersede=True)
+        phrase = add(rest, "I joined a support group for parents", no_supersede=True)
+        add(rest, next(fillers), no_supersede=True)
+        scattered = add(rest, "Support came from my running group", no_supersede=True)
+        add(rest, next(fillers), no_supersede=True)
+        statement = add(rest, "I really like Lisbon.", no_supersede=True)
+        add(rest, next(fillers), no_supersede=True)
+        question = add(rest, "Do you really like Lisbon?", no_supersede=True)
+        add(rest, next(fillers), no_supersede=True)
+        assert search_ids(rest, "support group")[:2] == [phrase["id"], scattered["id"]]
+        lisbon = search_ids(rest, "like Lisbon")
+        assert lisbon[0] == statement["id"] and question["id"] in lisbon[1:]
 
 
 @pytest.mark.parametrize("body, code", [

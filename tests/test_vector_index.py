@@ -120,6 +120,27 @@ def test_dense_vectors_find_what_shares_no_word(kind, tmp_path):
     run(scenario())
 
 
+def test_a_lexical_update_replaces_words_and_fields_but_keeps_the_dense_vector(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, 3)
+        await index.upsert("p", [memory("trip", "a", "Visited Kyoto in spring", dense=[1.0, 0.0, 0.0]),
+                                 memory("pet", "a", "Has a cat named Miso", dense=[0.0, 1.0, 0.0])])
+        assert ids(await index.search("p", query("a", "sister"))) == []
+        # What Memories does when the next memory arrives: the earlier one gets its words as context.
+        rewritten = LEXICON.index_text("Visited Kyoto in spring", "", "Went there with my sister")
+        fields = {"text": "Visited Kyoto in spring", "status": "active", "visibility": "private", "importance": 50,
+                  "created_at": 1.0, "seen_count": 4, "context_terms": rewritten.context_terms}
+        await index.update_lexical("p", "a", "trip", rewritten.vector, fields)
+        hits = await index.search("p", query("a", "sister"))
+        assert ids(hits) == ["trip"] and hits[0].fields["seen_count"] == 4
+        assert ids(await index.search("p", query("a", "Kyoto"))) == ["trip"]  # its own words stay
+        dense_only = await index.search("p", IndexQuery("a", LEXICON.query_vector("the"), dense=[0.9, 0.1, 0.0]))
+        assert ids(dense_only)[0] == "trip"
+        await index.close()
+
+    run(scenario())
+
+
 def test_edge_index_survives_a_restart_and_checks_its_dimensions(tmp_path):
     async def scenario() -> None:
         index = EdgeIndex(str(tmp_path / "idx"), None)

@@ -5,7 +5,7 @@ For each size (default 10k, 100k and 1M memories over 1,000 subjects) one run:
 
   build    a fresh process generates the synthetic memories (384-d unit vectors and short
            made-up texts, fixed seed), inserts them through ``EdgeIndex.upsert`` in batches,
-           BM25 document vectors (``Lexicon.document_vector``) built inside the timed loop,
+           BM25 vectors (``Memories._indexed``: ``Lexicon.index_text``) built inside the timed loop,
            then builds a second, lexical-only index (no dense vectors) for the HTTP gateway,
            and computes the exact (numpy brute-force cosine) top-10 of every query;
   search   a second fresh process opens the dense index (RSS measured right after) and times,
@@ -190,9 +190,10 @@ class Dataset:
     vectors: np.ndarray  # (n, DIM) float32, unit length
     subjects: np.ndarray  # (n,) int
     texts: list[str]
-    # The text of the same subject's memory stored just before (what Memories.create puts in
-    # doc["_previous_text"] and the index keeps as the memory's BM25 context).
+    # The texts of the same subject's memories stored just before and just after (what
+    # Memories keeps in doc["_previous_text"] / doc["_next_text"] and indexes as BM25 context).
     previous: list[str]
+    following: list[str]
     created_at: np.ndarray  # (n,) epoch seconds
     vocabulary: list[str]
 
@@ -210,13 +211,16 @@ def make_dataset(n: int, subjects: int, seed: int, lexicon: Any) -> Dataset:
     words = rng.choice(VOCABULARY, size=int(lengths.sum()), p=zipf_probabilities())
     ends = np.cumsum(lengths)
     texts = [" ".join(vocabulary[w] for w in words[e - l:e]) for e, l in zip(ends.tolist(), lengths.tolist())]
-    last: dict[int, str] = {}
-    previous = []
-    for owner, text in zip(owners.tolist(), texts):
-        previous.append(last.get(owner, ""))
-        last[owner] = text
+    last: dict[int, int] = {}
+    previous = [""] * n
+    following = [""] * n
+    for i, owner in enumerate(owners.tolist()):
+        if owner in last:
+            previous[i] = texts[last[owner]]
+            following[last[owner]] = texts[i]
+        last[owner] = i
     created_at = time.time() - rng.uniform(0, 365 * 86400, n)
-    return Dataset(vectors, owners, texts, previous, created_at, vocabulary)
+    return Dataset(vectors, owners, texts, previous, following, created_at, vocabulary)
 
 
 def memory_doc(data: Dataset, i: int) -> dict[str, Any]:
@@ -224,7 +228,7 @@ def memory_doc(data: Dataset, i: int) -> dict[str, Any]:
     return {"id": memory_name(i), "subject_id": subject_name(int(data.subjects[i])), "text": data.texts[i],
             "kind": "fact", "listing": "active", "visibility": "private", "importance": 50, "confidence": 0.8,
             "is_temporal": False, "_created": float(data.created_at[i]), "seen_count": 0,
-            "_previous_text": data.previous[i]}
+            "_previous_text": data.previous[i], "_next_text": data.following[i]}
 
 
 # -- worker: build ---------------------------------------------------------------------------

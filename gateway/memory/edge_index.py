@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
                          FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Memory, Modifier,
-                         PayloadSchemaType, Point, Prefetch, Query, QueryRequest, UpdateOperation)
+                         PayloadSchemaType, Point, PointVectors, Prefetch, Query, QueryRequest, SparseVector,
+                         UpdateOperation)
 
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
                                          IndexQuery, VectorHit, check_dimensions, owner_key, packed_payload, point_id,
@@ -62,6 +63,13 @@ class EdgeIndex:
         payload = packed_payload(project_id, subject_id, memory_id, fields)
         self._shard.update(UpdateOperation.set_payload([point_id(project_id, memory_id)],
                                                        {"access": payload["access"], "fields": payload["fields"]}))
+
+    async def update_lexical(self, project_id: str, subject_id: str, memory_id: str, sparse: SparseVector,
+                             fields: dict[str, Any]) -> None:
+        require_project(project_id)
+        self._shard.update(UpdateOperation.update_vectors([PointVectors(point_id(project_id, memory_id),
+                                                                        {SPARSE: sparse})]))
+        await self.update_fields(project_id, subject_id, memory_id, fields)
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)

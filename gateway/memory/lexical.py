@@ -8,17 +8,39 @@ of the query's words does this memory contain" agrees with what BM25 matched.
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Collection
 
 from qdrant_edge import Bm25, Bm25Config, SparseVector
 
+# How much each part of a memory's vector counts (Lexicon.index_text): its own text, its
+# text joined with the memory stored before it, and joined with the one stored after it.
+OWN_WEIGHT = 1.0
+PREVIOUS_WEIGHT = 1.5
+FOLLOWING_WEIGHT = 0.5
+# Adjacent-term pairs ("support group") next to single terms, relative to a term's weight.
+PAIR_WEIGHT = 0.25
+# A memory that only asks (every sentence a question) weighs this share of one that states:
+# in a conversation the question often shares more words with a later search than the
+# answer does, yet the answer is what the search is after (and gets the question's words
+# through its context).
+QUESTION_FACTOR = 0.6
+
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Pair ids are hashed into the 32-bit id space of single terms (see _pairs).
+_PAIR_MULTIPLIER = 0x9E3779B1
+_PAIR_SALT = 0x5BD1E995
+_WORD_CACHE_LIMIT = 200_000
+
 
 @dataclass(frozen=True)
 class IndexedText:
     vector: SparseVector
-    # The memory's own terms, and those only the memory before it has: kept with the
-    # memory so that scoring a hit needs no tokenizing.
+    # The memory's own terms, and those only its neighbours have: kept with the memory
+    # so that scoring a hit needs no tokenizing.
     terms: list[int]
     context_terms: list[int]
 
@@ -29,37 +51,102 @@ class Lexicon:
         # short memories (8-32 tokens) measured worse on bench/locomo: it over-rewards
         # the shortest memories.
         self._bm25 = Bm25(Bm25Config(language=language))
+        self._word_cache: dict[str, int | None] = {}
 
     def document_vector(self, text: str) -> SparseVector:
         return self._bm25.embed_document(text)
 
-    def index_text(self, text: str, previous: str) -> IndexedText:
-        """How a memory is indexed: BM25 of its text, plus BM25 of the memory stored just
-        before it (same subject) joined with its text, as one vector; and its terms.
+    def index_text(self, text: str, previous: str, following: str = "") -> IndexedText:
+        """How a memory is indexed: one vector, the weighted sum of BM25 of its text, of
+        the memory stored just before it (same subject) joined with its text, and of its
+        text joined with the memory stored just after it (once there is one), each with
+        its adjacent-term pairs; and its terms.
 
-        A memory's neighbour often carries the words a later question uses: "we went there
-        in May" after "I visited Kyoto". Adding the two vectors makes a search score the sum
-        of both matches in one lookup (a dot product is linear), which measured as well on
-        LoCoMo as fusing two separate lexical searches, at the cost of one.
+        A memory's neighbours often carry the words a later question uses: "we went there
+        in May" after "I visited Kyoto", or the answer after the question that names the
+        topic. Summing the vectors makes a search score the weighted sum of the matches in
+        one lookup (a dot product is linear): on LoCoMo this ranks better than fusing
+        separate lexical searches, at the cost of one (bench/locomo/README.md).
         """
-        own = self.document_vector(text)
-        if not previous:
-            return IndexedText(own, list(own.indices), [])
-        joined = self.document_vector(f"{previous}\n{text}")
-        weights = dict(zip(joined.indices, joined.values))
-        for index, value in zip(own.indices, own.values):
-            weights[index] = weights.get(index, 0.0) + value
-        terms = list(own.indices)
+        weights: defaultdict[int, float] = defaultdict(float)
+        own_words = self._word_ids(text)
+        own_pairs = _pairs(own_words)
+        terms = self._add(weights, text, own_pairs, OWN_WEIGHT)
+        neighbours: list[int] = []
+        if previous:
+            words = self._word_ids(previous)
+            pairs = _pairs(words) | own_pairs | _pairs(words[-1:] + own_words[:1])
+            neighbours += self._add(weights, f"{previous}\n{text}", pairs, PREVIOUS_WEIGHT)
+        if following:
+            words = self._word_ids(following)
+            pairs = own_pairs | _pairs(words) | _pairs(own_words[-1:] + words[:1])
+            neighbours += self._add(weights, f"{text}\n{following}", pairs, FOLLOWING_WEIGHT)
+        scale = 1.0 - (1.0 - QUESTION_FACTOR) * question_share(text)
+        ordered = sorted(weights)
         mine = set(terms)
-        return IndexedText(SparseVector(list(weights), list(weights.values())), terms,
-                           [index for index in joined.indices if index not in mine])
+        context_terms = sorted({index for index in neighbours if index not in mine})
+        return IndexedText(SparseVector(ordered, [weights[i] * scale for i in ordered]), terms, context_terms)
 
     def query_vector(self, text: str) -> SparseVector:
-        return self._bm25.embed_query(text)
+        """BM25 query terms (weight 1 each: the engine applies IDF) and their adjacent pairs."""
+        weights = dict.fromkeys(self._bm25.embed_query(text).indices, 1.0)
+        if PAIR_WEIGHT:
+            for pair in _pairs(self._word_ids(text)):
+                weights.setdefault(pair, 1.0)
+        ordered = sorted(weights)
+        return SparseVector(ordered, [weights[i] for i in ordered])
 
     def terms(self, text: str) -> frozenset[int]:
         """The distinct stemmed, stopword-free terms of ``text`` (as BM25 token ids)."""
         return frozenset(self._bm25.embed_query(text).indices)
+
+    def _add(self, weights: defaultdict[int, float], text: str, pairs: set[int], factor: float) -> list[int]:
+        """Add ``factor`` × BM25(text), and the text's adjacent-term ``pairs``, to ``weights``;
+        return the text's terms."""
+        vector = self.document_vector(text)
+        indices, values = vector.indices, vector.values
+        if not indices:
+            return indices
+        for index, value in zip(indices, values):
+            weights[index] += factor * value
+        if PAIR_WEIGHT:
+            # A pair weighs a share of this text's mean term weight (BM25's saturation and
+            # length normalisation already applied), since BM25 has no weight for it.
+            pair_value = factor * PAIR_WEIGHT * sum(values) / len(values)
+            for pair in pairs:
+                weights[pair] += pair_value
+        return indices
+
+    def _word_ids(self, text: str) -> list[int]:
+        """The text's words as BM25 term ids, in order, stopwords left out (cached per word:
+        texts repeat words, and one BM25 call per word is the cost here)."""
+        cache = self._word_cache
+        ids = []
+        for word in _WORD.findall(text.lower()):
+            term = cache.get(word, -1)
+            if term == -1:
+                if len(cache) > _WORD_CACHE_LIMIT:
+                    cache.clear()
+                indices = self._bm25.embed_query(word).indices
+                term = cache[word] = indices[0] if len(indices) == 1 else None
+            if term is not None:
+                ids.append(term)
+        return ids
+
+
+def _pairs(words: list[int]) -> set[int]:
+    """Ids of ordered pairs of adjacent terms: "support group" matches a memory that says
+    "support group" more than one with both words apart. Hashed into the term-id space
+    (a collision with a term is as unlikely as between two terms)."""
+    return {((a * _PAIR_MULTIPLIER + b) & 0xFFFFFFFF) ^ _PAIR_SALT for a, b in zip(words, words[1:]) if a != b}
+
+
+def question_share(text: str) -> float:
+    """The share of the text's sentences that are questions (0 for a statement)."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    if not sentences:
+        return 0.0
+    return sum(s.rstrip().endswith("?") for s in sentences) / len(sentences)
 
 
 def coverage(query_terms: frozenset[int], doc_terms: Collection[int]) -> float:

@@ -45,7 +45,8 @@ CONTEXT_TERM_WEIGHT = 0.3
 # a hit's score is the share of query terms in its text plus half the share only in its context.
 CONTEXT_MATCH_WEIGHT = 0.5
 MAX_CONTEXT = 5
-_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_text", "_claims", "_terms", "_context_terms")
+_HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_id", "_previous_text", "_next_id",
+           "_next_text", "_claims", "_terms", "_context_terms")
 
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +92,11 @@ def _editable_fields(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("is_temporal") is not None:
         fields["is_temporal"] = body.flag("is_temporal", default=False)
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _neighbours(doc: dict[str, Any]) -> list[str]:
+    """The ids of the memories stored just before and just after this one (same subject)."""
+    return [i for i in (doc.get("_previous_id"), doc.get("_next_id")) if i]
 
 
 def _index_fields(doc: dict[str, Any]) -> dict[str, Any]:
@@ -212,8 +218,12 @@ class Memories:
             return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
                     "duplicate_of": decision.duplicate_of}, False
 
-        previous = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, limit=1,
-                                          newest_first=True)
+        # The subject's memory stored just before this one: each lends the other its words
+        # as context (Lexicon.index_text), while both are active.
+        newest = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, limit=1, newest_first=True)
+        previous = newest[0] if newest else None
+        lends = previous is not None and previous["listing"] == "active" and (
+            previous["id"] not in decision.superseded_ids)
         now = time.time()
         stamp = from_timestamp(now)
         doc = {
@@ -224,17 +234,20 @@ class Memories:
             "created_at": stamp, "updated_at": stamp, "last_seen_at": None, "seen_count": 0,
             "reinforcement_count": 0, "last_reinforced_at": None,
             "listing": "active", "is_deleted": False, "_created": now,
-            # What the subject's memory before this one said: indexed with it (Lexicon.index_text).
-            "_previous_text": previous[0]["text"] if previous else "",
+            "_previous_id": previous["id"] if previous else None, "_next_id": None,
+            "_previous_text": previous["text"] if lends and previous else "", "_next_text": "",
             "_claims": [[c.predicate, c.value] for c in claims],
         }
         if origin is not None:
             doc["origin"] = origin
         indexed = self._indexed(doc, dense)
-        async with self._index_repair(project_id, [memory_id, *decision.superseded_ids]):
+        before = [previous["id"]] if previous else []
+        async with self._index_repair(project_id, [memory_id, *before, *decision.superseded_ids]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             await self._save_claims(project_id, doc, claims, stamp)
             await self._index.upsert(project_id, [indexed])
+            if previous is not None:
+                await self._link_next(project_id, previous["id"], memory_id)
             for old_id in decision.superseded_ids:
                 await self._set_status(project_id, old_id, "superseded", superseded_by=memory_id)
         self.events.publish(project_id, subject_id, "memory.created", {
@@ -262,12 +275,13 @@ class Memories:
             claims = extract_claims(doc["text"])
             doc["_claims"] = [[c.predicate, c.value] for c in claims]
             indexed = self._indexed(doc, dense)
-        async with self._index_repair(project_id, [memory_id]):
+        async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             if "text" in fields:
                 await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
                 await self._save_claims(project_id, doc, claims, doc["updated_at"])
                 await self._index.upsert(project_id, [indexed])
+                await self._refresh_context(project_id, _neighbours(doc))
             else:
                 await self._update_index(project_id, doc)
         self.events.publish(project_id, doc["subject_id"], "memory.updated",
@@ -278,9 +292,10 @@ class Memories:
         if doc is None or doc.get("is_deleted"):
             return False
         doc.update(is_deleted=True, listing="deleted", updated_at=from_timestamp(time.time()))
-        async with self._index_repair(project_id, [memory_id]):
+        async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             await self._update_index(project_id, doc)
+            await self._refresh_context(project_id, _neighbours(doc))
         self.events.publish(project_id, doc["subject_id"], "memory.deleted", {"id": memory_id})
         return True
 
@@ -290,7 +305,7 @@ class Memories:
             raise BadRequest("memory was deleted and cannot be restored", code="memory_deleted")
         if doc["status"] == "active":
             return doc, False
-        async with self._index_repair(project_id, [memory_id]):
+        async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
             await self._set_status(project_id, memory_id, "active", superseded_by=None)
         self.events.publish(project_id, doc["subject_id"], "memory.updated", {"id": memory_id, "status": "active"})
         return doc, True
@@ -396,9 +411,40 @@ class Memories:
     def _indexed(self, doc: dict[str, Any], dense: list[float] | None) -> IndexedMemory:
         """The memory's index entry. Also keeps its terms in ``doc`` (the caller stores
         it), so a later payload-only index update need not tokenize it again."""
-        lexical = self._lexicon.index_text(doc["text"], doc.get("_previous_text", ""))
+        lexical = self._lexicon.index_text(doc["text"], doc.get("_previous_text", ""), doc.get("_next_text", ""))
         doc["_terms"], doc["_context_terms"] = lexical.terms, lexical.context_terms
         return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc), lexical.vector, dense)
+
+    async def _link_next(self, project_id: str, memory_id: str, next_id: str) -> None:
+        """Record the memory stored after ``memory_id``; it lends its words as context."""
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None:
+            return
+        doc["_next_id"] = next_id
+        await self._store.put(MEMORIES, project_id, memory_id, doc)
+        await self._refresh_context(project_id, [memory_id])
+
+    async def _refresh_context(self, project_id: str, memory_ids: Sequence[str]) -> None:
+        """Give each memory the current text of its active neighbours as context, and index
+        it again if that changed: a neighbour deleted, superseded or edited must not keep
+        lending its old words (a deleted memory's words must not find anything)."""
+        for memory_id in dict.fromkeys(memory_ids):
+            doc = await self._store.get(MEMORIES, project_id, memory_id)
+            if doc is None or "_previous_id" not in doc:
+                continue  # stored before neighbours were linked: its context stays as it was
+            previous = await self._active_text(project_id, doc["_previous_id"])
+            following = await self._active_text(project_id, doc.get("_next_id"))
+            if (previous, following) == (doc.get("_previous_text", ""), doc.get("_next_text", "")):
+                continue
+            doc["_previous_text"], doc["_next_text"] = previous, following
+            indexed = self._indexed(doc, None)
+            await self._store.put(MEMORIES, project_id, memory_id, doc)
+            await self._index.update_lexical(project_id, doc["subject_id"], memory_id, indexed.sparse,
+                                             indexed.fields)
+
+    async def _active_text(self, project_id: str, memory_id: str | None) -> str:
+        doc = await self._store.get(MEMORIES, project_id, memory_id) if memory_id else None
+        return doc["text"] if doc is not None and doc["listing"] == "active" else ""
 
     async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],
                           dense: list[float] | None) -> list[Candidate]:
@@ -444,6 +490,8 @@ class Memories:
             row["status"] = "active" if status == "active" else "superseded"
             await self._store.put(CLAIMS, project_id, row["id"], row)
         await self._update_index(project_id, doc)
+        # Its neighbours gain or lose its words; a restored memory's own neighbours may have changed.
+        await self._refresh_context(project_id, [*_neighbours(doc), *([memory_id] if status == "active" else [])])
 
     async def _reinforce(self, project_id: str, memory_id: str) -> None:
         """Stating a remembered fact again strengthens it and restarts its decay."""

@@ -84,6 +84,13 @@ class QdrantIndex:
         await self._client.set_payload(self._collection, {"access": payload["access"], "fields": payload["fields"]},
                                        points=[point_id(project_id, memory_id)], wait=True)
 
+    async def update_lexical(self, project_id: str, subject_id: str, memory_id: str, sparse: SparseVector,
+                             fields: dict[str, Any]) -> None:
+        require_project(project_id)
+        await self._client.update_vectors(self._collection, [models.PointVectors(
+            id=point_id(project_id, memory_id), vector={SPARSE: _sparse(sparse)})], wait=True)
+        await self.update_fields(project_id, subject_id, memory_id, fields)
+
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
         where = models.Filter(must=[_match(searchable_by(project_id, query))])

@@ -19,8 +19,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from qdrant_edge import SparseVector
 
-# One BM25 vector per memory: its own text's, plus that of its text joined with the
-# memory stored just before it for the same subject (see Lexicon.index_text).
+# One BM25 vector per memory: its own text's, plus those of its text joined with the
+# memories stored just before and just after it for the same subject (Lexicon.index_text).
 SPARSE = "bm25"
 DENSE = "dense"
 
@@ -181,6 +181,10 @@ class VectorIndex(Protocol):
 
     async def update_fields(self, project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> None:
         """Replace one memory's search-time fields (all of them: status, seen_count...)."""
+
+    async def update_lexical(self, project_id: str, subject_id: str, memory_id: str, sparse: SparseVector,
+                             fields: dict[str, Any]) -> None:
+        """Replace one memory's lexical vector and its fields; its dense vector stays."""
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         """Active memories matching the query, best first."""
