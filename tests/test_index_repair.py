@@ -22,22 +22,27 @@ from tests.conftest import edge_memory
 
 
 class IndexOutage:
-    """The real index, unreachable for the next write (upsert or field update)."""
+    """The real index, unreachable for the next write (``down = True``), or for the next
+    write of one kind (``down = "update_lexical"``)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.down = False
+        self.down: bool | str = False
 
     async def upsert(self, project_id, memories):  # noqa: ANN001
-        self._fail_if_down()
+        self._fail_if_down("upsert")
         await self.inner.upsert(project_id, memories)
 
     async def update_fields(self, project_id, subject_id, memory_id, fields):  # noqa: ANN001
-        self._fail_if_down()
+        self._fail_if_down("update_fields")
         await self.inner.update_fields(project_id, subject_id, memory_id, fields)
 
-    def _fail_if_down(self) -> None:
-        if self.down:
+    async def update_lexical(self, project_id, subject_id, memory_id, sparse, fields):  # noqa: ANN001
+        self._fail_if_down("update_lexical")
+        await self.inner.update_lexical(project_id, subject_id, memory_id, sparse, fields)
+
+    def _fail_if_down(self, write: str) -> None:
+        if self.down is True or self.down == write:
             self.down = False
             raise ConnectionError("memory index unreachable")
 
@@ -107,6 +112,29 @@ def test_a_deleted_memory_the_index_still_had_stops_being_found(tmp_path):
         async def repaired() -> bool:
             return await found(services, "beehives") == []
         await eventually(repaired)
+        await services.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_neighbour_the_index_missed_stops_lending_a_deleted_memorys_words(tmp_path):
+    """Deleting a memory re-indexes its neighbour without the deleted words; if that index
+    write is lost, the repair job finishes it."""
+    async def scenario() -> None:
+        services, outage = build(tmp_path, repair_after=0.3)
+        await services.start()
+        await services.memories.create("p", {"subject_id": "ann", "text": "Ann keeps three beehives"})
+        sold, _ = await services.memories.create("p", {"subject_id": "ann", "text": "She sells honey at the market"})
+        assert await found(services, "honey") == ["She sells honey at the market", "Ann keeps three beehives"]
+        outage.down = "update_lexical"
+        with pytest.raises(ConnectionError):
+            await services.memories.delete("p", sold["id"])
+        assert await found(services, "honey") == ["Ann keeps three beehives"]  # a stale context
+
+        async def repaired() -> bool:
+            return await found(services, "honey") == []
+        await eventually(repaired)
+        assert await found(services, "beehives") == ["Ann keeps three beehives"]
         await services.aclose()
 
     asyncio.run(scenario())
