@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.edge_index import EdgeIndex
+from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
 from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery
@@ -26,9 +26,10 @@ def run(coroutine: Any) -> Any:
 
 def memory(memory_id: str, subject: str, text: str, *, status: str = "active", visibility: str = "private",
            dense: list[float] | None = None) -> IndexedMemory:
+    lexical = LEXICON.index_text(text, "")
     fields = {"text": text, "status": status, "visibility": visibility, "importance": 50, "created_at": 1.0,
-              "seen_count": 0}
-    return IndexedMemory(memory_id, subject, fields, LEXICON.document_vector(text), dense)
+              "seen_count": 0, "terms": lexical.terms, "context_terms": lexical.context_terms}
+    return IndexedMemory(memory_id, subject, fields, lexical.vector, dense)
 
 
 def query(subject: str, text: str, **kwargs: Any) -> IndexQuery:
@@ -153,6 +154,109 @@ def test_edge_index_survives_a_restart_and_checks_its_dimensions(tmp_path):
             EdgeIndex(str(tmp_path / "idx"), 384)
 
     run(scenario())
+
+
+def test_a_visibility_change_moves_a_memory_between_readers(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p", [memory("wifi", "alice", "The office wifi password is kumquat")])
+        assert ids(await index.search("p", query("bob", "wifi password"))) == []
+        shared = {**memory("wifi", "alice", "The office wifi password is kumquat").fields, "visibility": "shared"}
+        await index.update_fields("p", "alice", "wifi", shared)
+        assert ids(await index.search("p", query("bob", "wifi password"))) == ["wifi"]
+        assert ids(await index.search("p", query("alice", "kumquat"))) == ["wifi"]
+        assert ids(await index.search("p", query("alice", "kumquat", include_shared=False))) == ["wifi"]
+        await index.update_fields("p", "alice", "wifi", {**shared, "visibility": "private", "seen_count": 2})
+        assert ids(await index.search("p", query("bob", "wifi password"))) == []
+        hits = await index.search("p", query("alice", "wifi password"))
+        assert ids(hits) == ["wifi"] and hits[0].fields["seen_count"] == 2
+        await index.close()
+
+    run(scenario())
+
+
+def test_a_word_the_whole_project_uses_weighs_less_than_a_rare_one(tmp_path):
+    """The embedded index posts each subject's words apart, yet weighs a query word by how
+    many of the project's memories hold it: other subjects' coffee makes Alice's coffee
+    memory a weaker match than her Kenya one (alone, the shorter coffee one would win).
+    Another project's words change nothing; erasing the coffee drinkers restores the order."""
+    async def scenario() -> None:
+        index = EdgeIndex(str(tmp_path / "idx"), None)
+        alice = [memory("coffee", "alice", "Coffee daily"), memory("kenya", "alice", "A long trip to Kenya last year")]
+        await index.upsert("p", alice)
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["coffee", "kenya"]
+        await index.upsert("other", [memory(f"k{i}", "zed", f"Kenya safari number {i}") for i in range(20)])
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["coffee", "kenya"]
+        await index.upsert("p", [memory(f"c{i}", f"drinker{i}", f"Drinks coffee with oat milk {i}") for i in range(20)])
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["kenya", "coffee"]
+        for i in range(20):
+            await index.delete_subject("p", f"drinker{i}")
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["coffee", "kenya"]
+        await index.close()
+
+    run(scenario())
+
+
+def test_word_counts_survive_a_restart_and_are_recounted_after_a_crash(tmp_path):
+    async def scenario() -> None:
+        path = tmp_path / "idx"
+        index = EdgeIndex(str(path), None)
+        await index.upsert("p", [memory("coffee", "alice", "Coffee daily"),
+                                 memory("kenya", "alice", "A long trip to Kenya last year"),
+                                 *[memory(f"c{i}", f"d{i}", f"Drinks coffee {i}") for i in range(20)]])
+        async def ranking(opened: EdgeIndex) -> tuple[list[str], list[float]]:
+            hits = await opened.search("p", query("alice", "coffee kenya"))
+            return ids(hits), [hit.rank_score for hit in hits]
+
+        order, scores = await ranking(index)
+        assert order == ["kenya", "coffee"]
+        await index.close()
+        assert (path / FREQUENCIES_FILE).exists()
+        reopened = EdgeIndex(str(path), None)
+        # Read and removed: a process that dies from here on leaves no stale counts behind.
+        assert not (path / FREQUENCIES_FILE).exists()
+        assert (await ranking(reopened))[0] == order
+        assert (await ranking(reopened))[1] == pytest.approx(scores)
+        await reopened.close()
+        (path / FREQUENCIES_FILE).unlink()  # as a crash leaves it
+        recounted = EdgeIndex(str(path), None)
+        assert (await ranking(recounted))[0] == order
+        assert (await ranking(recounted))[1] == pytest.approx(scores)
+        await recounted.close()
+
+    run(scenario())
+
+
+def test_an_index_written_before_per_reader_postings_is_migrated_on_open(tmp_path):
+    from qdrant_edge import (EdgeConfig, EdgeShard, EdgeSparseVectorParams, Memory, Modifier, PayloadSchemaType,
+                             Point, UpdateOperation)
+
+    from gateway.memory.vector_index import SPARSE, packed_payload, point_id
+
+    path = tmp_path / "idx"
+    # The earlier layout: the engine's IDF, and every subject's words in one set of postings.
+    old = EdgeShard.create(str(path), EdgeConfig(
+        sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)}, payload_memory=Memory.Pinned))
+    old.update(UpdateOperation.create_field_index("access", PayloadSchemaType.Keyword))
+    written = [memory("bees", "alice", "Alice keeps bees"),
+               memory("team", "alice", "The office wifi password is kumquat", visibility="shared")]
+    old.update(UpdateOperation.upsert_points([
+        Point(point_id("p", m.memory_id), {SPARSE: m.sparse}, packed_payload("p", m.subject_id, m.memory_id, m.fields))
+        for m in written]))
+    old.flush()
+    old.close()
+
+    async def scenario() -> None:
+        index = EdgeIndex(str(path), None)
+        assert ids(await index.search("p", query("alice", "bees"))) == ["bees"]
+        assert ids(await index.search("p", query("bob", "wifi password"))) == ["team"]
+        assert ids(await index.search("p", query("bob", "bees"))) == []
+        assert await index.count("p") == 2
+        await index.close()
+
+    run(scenario())
+    assert (path / LAYOUT_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
 def test_qdrant_collection_checks_its_dimensions(tmp_path):

@@ -9,73 +9,102 @@ directory: the embedded default is one gateway process.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
-                         FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Memory, Modifier,
-                         PayloadSchemaType, Point, PointVectors, Prefetch, Query, QueryRequest, SparseVector,
-                         UpdateOperation)
+                         FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Memory,
+                         PayloadSchemaType, Point, PointVectors, Prefetch, Query, QueryRequest, ScrollRequest,
+                         SparseVector, UpdateOperation)
 
+from gateway.memory.document_frequencies import DocumentFrequencies
+from gateway.memory.lexical_postings import key_salt, lexical_key, posted, query_postings
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexQuery, VectorHit, check_dimensions, owner_key, packed_payload, point_id,
-                                         require_project, scored_hits, search_legs, searchable_by)
+                                         IndexQuery, VectorHit, check_dimensions, owner_key, owner_of, packed_payload, point_id,
+                                         require_project, scored_hits, search_legs, searchable_by, unpacked_fields)
+
+
+# What the directory holds besides the engine's files: the lexical layout it was built
+# with (an index without it predates per-reader postings and is migrated on open), and
+# the document frequencies as of the last clean close.
+LAYOUT_FILE = "lexical_layout.json"
+LAYOUT = {"postings": "per-reader", "idf": "gateway"}
+FREQUENCIES_FILE = "document_frequencies.npz"
+_PAGE = 2000
 
 
 class EdgeIndex:
     def __init__(self, path: str, dense_dimensions: int | None) -> None:
         self.dense_dimensions = dense_dimensions
-        directory = Path(path)
+        self._directory = directory = Path(path)
+        _recover_interrupted_migration(directory)
         stored_config = directory / "edge_config.json"
         if stored_config.exists():
             vectors = json.loads(stored_config.read_text()).get("vectors") or {}
             check_dimensions((vectors.get(DENSE) or {}).get("size"), dense_dimensions, f"the memory index at {path}")
+            if not (directory / LAYOUT_FILE).exists():
+                _migrate_layout(directory, dense_dimensions)
             self._shard = EdgeShard.load(str(directory))
         else:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._shard = EdgeShard.create(str(directory), self._config(dense_dimensions))
-            # The project is the tenant key: Qdrant keeps each tenant's points together.
-            self._shard.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
-            self._shard.update(UpdateOperation.create_field_index("access", PayloadSchemaType.Keyword))
-
-    @staticmethod
-    def _config(dense_dimensions: int | None) -> EdgeConfig:
-        dense = {DENSE: EdgeVectorParams(size=dense_dimensions, distance=Distance.Cosine)} if dense_dimensions else {}
-        # Payloads in RAM (Pinned): on disk, returning the ten hits' payloads took longer
-        # than the whole filtered search at a million memories (bench/memory_search).
-        return EdgeConfig(vectors=dense or None, sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
-                          payload_memory=Memory.Pinned)
+            self._shard = _create_shard(directory, dense_dimensions)
+        self._frequencies = self._load_frequencies()
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
         require_project(project_id)
         points = []
         for memory in memories:
-            vectors: dict[str, Any] = {SPARSE: memory.sparse}
+            vectors: dict[str, Any] = {SPARSE: posted(project_id, memory.subject_id, memory.fields, memory.sparse)}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
             payload = packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields)
             points.append(Point(point_id(project_id, memory.memory_id), vectors, payload))
-        if points:
-            self._shard.update(UpdateOperation.upsert_points(points))
+        if not points:
+            return
+        replaced = self._shard.retrieve([point.id for point in points], with_payload=True, with_vector=False)
+        self._shard.update(UpdateOperation.upsert_points(points))
+        for record in replaced:
+            self._frequencies.remove(project_id, unpacked_fields(record.payload or {}))
+        for memory in memories:
+            self._frequencies.add(project_id, memory.fields)
 
     async def update_fields(self, project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> None:
-        require_project(project_id)
-        payload = packed_payload(project_id, subject_id, memory_id, fields)
-        self._shard.update(UpdateOperation.set_payload([point_id(project_id, memory_id)],
-                                                       {"access": payload["access"], "fields": payload["fields"]}))
+        await self._replace(project_id, subject_id, memory_id, fields, None)
 
     async def update_lexical(self, project_id: str, subject_id: str, memory_id: str, sparse: SparseVector,
                              fields: dict[str, Any]) -> None:
+        await self._replace(project_id, subject_id, memory_id, fields, sparse)
+
+    async def _replace(self, project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any],
+                       sparse: SparseVector | None) -> None:
+        """Replace a point's fields and, given ``sparse``, its lexical vector. A visibility
+        change moves the vector to the other key's postings even without a new one."""
         require_project(project_id)
-        self._shard.update(UpdateOperation.update_vectors([PointVectors(point_id(project_id, memory_id),
-                                                                        {SPARSE: sparse})]))
-        await self.update_fields(project_id, subject_id, memory_id, fields)
+        pid = point_id(project_id, memory_id)
+        found = self._shard.retrieve([pid], with_payload=True, with_vector=[SPARSE] if sparse is None else False)
+        old_fields = unpacked_fields(found[0].payload or {}) if found else None
+        vector = posted(project_id, subject_id, fields, sparse) if sparse is not None else None
+        if vector is None and found and old_fields is not None and (
+                lexical_key(project_id, subject_id, old_fields) != lexical_key(project_id, subject_id, fields)):
+            stored = (found[0].vector or {})[SPARSE]
+            salt = key_salt(lexical_key(project_id, subject_id, old_fields)) ^ key_salt(
+                lexical_key(project_id, subject_id, fields))
+            vector = SparseVector([index ^ salt for index in stored.indices], stored.values)
+        if vector is not None:
+            self._shard.update(UpdateOperation.update_vectors([PointVectors(pid, {SPARSE: vector})]))
+        payload = packed_payload(project_id, subject_id, memory_id, fields)
+        self._shard.update(UpdateOperation.set_payload([pid], {"access": payload["access"],
+                                                                "fields": payload["fields"]}))
+        if old_fields is not None:
+            self._frequencies.remove(project_id, old_fields)
+            self._frequencies.add(project_id, fields)
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
         keys = searchable_by(project_id, query)
         where = Filter(must=[FieldCondition("access", match=MatchAny(keys) if len(keys) > 1 else MatchValue(keys[0]))])
-        legs = search_legs(query, bool(self.dense_dimensions))
+        legs = [(using, self._lexical_query(project_id, query) if using == SPARSE else vector)
+                for using, vector in search_legs(query, bool(self.dense_dimensions))]
         if not legs:
             return []  # Only stopwords and no dense model: nothing to match on.
         dense_only = len(legs) == 1 and legs[0][0] == DENSE
@@ -96,10 +125,19 @@ class EdgeIndex:
         return scored_hits([(point.score, point.payload, point.vector) for point in self._shard.query(request)],
                            dense_only=dense_only, query_dense=query.dense)
 
+    def _lexical_query(self, project_id: str, query: IndexQuery) -> SparseVector:
+        """The query's terms weighted by their IDF over the project, in the asker's postings."""
+        indices, values = query.sparse.indices, query.sparse.values
+        idf = self._frequencies.idf(project_id, indices)
+        return query_postings(project_id, query.subject_id, indices, [v * w for v, w in zip(values, idf)])
+
     async def delete_subject(self, project_id: str, subject_id: str) -> None:
         require_project(project_id)
-        self._shard.update(UpdateOperation.delete_points_by_filter(
-            Filter(must=[FieldCondition("access", match=MatchValue(owner_key(project_id, subject_id)))])))
+        owned = Filter(must=[FieldCondition("access", match=MatchValue(owner_key(project_id, subject_id)))])
+        erased = [unpacked_fields(payload) for _, payload in _payloads(self._shard, owned)]
+        self._shard.update(UpdateOperation.delete_points_by_filter(owned))
+        for fields in erased:
+            self._frequencies.remove(project_id, fields)
 
     async def count(self, project_id: str, subject_id: str | None = None) -> int:
         require_project(project_id)
@@ -110,7 +148,94 @@ class EdgeIndex:
     async def close(self) -> None:
         self._shard.flush()
         self._shard.close()
+        self._frequencies.save(self._directory / FREQUENCIES_FILE)
+
+    def _load_frequencies(self) -> DocumentFrequencies:
+        """The counts saved at the last clean close, or counted again from the points. The
+        saved file is removed once read: if this process dies, the next one counts again
+        rather than trust counts that missed its writes."""
+        saved = self._directory / FREQUENCIES_FILE
+        if saved.exists():
+            frequencies = DocumentFrequencies.load(saved)
+            saved.unlink()
+            return frequencies
+        frequencies = DocumentFrequencies()
+        for project_id, payload in _payloads(self._shard, None):
+            frequencies.add(project_id, unpacked_fields(payload))
+        return frequencies
 
     def optimize(self) -> bool:
         """Build HNSW and merge segments; blocking, so for maintenance and benchmarks only."""
         return self._shard.optimize()
+
+
+def _config(dense_dimensions: int | None) -> EdgeConfig:
+    dense = {DENSE: EdgeVectorParams(size=dense_dimensions, distance=Distance.Cosine)} if dense_dimensions else {}
+    # No IDF modifier: the engine would count one subject's postings (lexical_postings);
+    # queries carry the project's IDF instead (document_frequencies).
+    # Payloads in RAM (Pinned): on disk, returning the ten hits' payloads took longer
+    # than the whole filtered search at a million memories (bench/memory_search).
+    return EdgeConfig(vectors=dense or None, sparse_vectors={SPARSE: EdgeSparseVectorParams()},
+                      payload_memory=Memory.Pinned)
+
+
+def _create_shard(directory: Path, dense_dimensions: int | None) -> EdgeShard:
+    directory.mkdir(parents=True, exist_ok=True)
+    shard = EdgeShard.create(str(directory), _config(dense_dimensions))
+    # The project is the tenant key: Qdrant keeps each tenant's points together.
+    shard.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
+    shard.update(UpdateOperation.create_field_index("access", PayloadSchemaType.Keyword))
+    (directory / LAYOUT_FILE).write_text(json.dumps(LAYOUT))
+    return shard
+
+
+def _payloads(shard: EdgeShard, where: Filter | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(project, payload) of every point matching ``where``, page by page."""
+    offset = None
+    while True:
+        records, offset = shard.scroll(ScrollRequest(offset=offset, limit=_PAGE, filter=where, with_payload=True,
+                                                     with_vector=False))
+        for record in records:
+            payload = record.payload or {}
+            yield payload.get("project", ""), payload
+        if offset is None:
+            return
+
+
+def _migrate_layout(directory: Path, dense_dimensions: int | None) -> None:
+    """Rebuild an index written before per-reader postings: the same points, their lexical
+    vectors moved to their readers' postings, in a new shard that then replaces the old one."""
+    building = directory.with_name(directory.name + ".migrating")
+    shutil.rmtree(building, ignore_errors=True)
+    old = EdgeShard.load(str(directory))
+    new = _create_shard(building, dense_dimensions)
+    offset = None
+    while True:
+        records, offset = old.scroll(ScrollRequest(offset=offset, limit=_PAGE, with_payload=True, with_vector=True))
+        points = []
+        for record in records:
+            payload = record.payload or {}
+            vectors = dict(record.vector or {})
+            if SPARSE in vectors:
+                project_id = payload["project"]
+                vectors[SPARSE] = posted(project_id, owner_of(project_id, payload["access"]), unpacked_fields(payload),
+                                         vectors[SPARSE])
+            points.append(Point(record.id, vectors, payload))
+        if points:
+            new.update(UpdateOperation.upsert_points(points))
+        if offset is None:
+            break
+    new.flush()
+    new.close()
+    old.close()
+    retired = directory.with_name(directory.name + ".retired")
+    directory.rename(retired)
+    building.rename(directory)
+    shutil.rmtree(retired)
+
+
+def _recover_interrupted_migration(directory: Path) -> None:
+    """A migration that died between its two renames left the old index retired: put it back."""
+    retired = directory.with_name(directory.name + ".retired")
+    if retired.exists() and not directory.exists():
+        retired.rename(directory)

@@ -421,26 +421,33 @@ class Memories:
         if doc is None:
             return
         doc["_next_id"] = next_id
-        await self._store.put(MEMORIES, project_id, memory_id, doc)
-        await self._refresh_context(project_id, [memory_id])
+        if "_previous_id" in doc:
+            await self._lend_context(project_id, doc, unsaved=True)
+        else:  # stored before neighbours were linked: its context stays as it was
+            await self._store.put(MEMORIES, project_id, memory_id, doc)
 
     async def _refresh_context(self, project_id: str, memory_ids: Sequence[str]) -> None:
-        """Give each memory the current text of its active neighbours as context, and index
-        it again if that changed: a neighbour deleted, superseded or edited must not keep
-        lending its old words (a deleted memory's words must not find anything)."""
+        """Give each memory the current text of its active neighbours as context: a neighbour
+        deleted, superseded or edited must not keep lending its old words (a deleted
+        memory's words must not find anything)."""
         for memory_id in dict.fromkeys(memory_ids):
             doc = await self._store.get(MEMORIES, project_id, memory_id)
-            if doc is None or "_previous_id" not in doc:
-                continue  # stored before neighbours were linked: its context stays as it was
-            previous = await self._active_text(project_id, doc["_previous_id"])
-            following = await self._active_text(project_id, doc.get("_next_id"))
-            if (previous, following) == (doc.get("_previous_text", ""), doc.get("_next_text", "")):
-                continue
-            doc["_previous_text"], doc["_next_text"] = previous, following
-            indexed = self._indexed(doc, None)
-            await self._store.put(MEMORIES, project_id, memory_id, doc)
-            await self._index.update_lexical(project_id, doc["subject_id"], memory_id, indexed.sparse,
-                                             indexed.fields)
+            if doc is not None and "_previous_id" in doc:  # else stored before neighbours were linked
+                await self._lend_context(project_id, doc, unsaved=False)
+
+    async def _lend_context(self, project_id: str, doc: dict[str, Any], *, unsaved: bool) -> None:
+        """Store ``doc`` with its neighbours' current text, and index it again if that changed
+        (``unsaved``: store it even if not, it has other changes)."""
+        previous = await self._active_text(project_id, doc["_previous_id"])
+        following = await self._active_text(project_id, doc.get("_next_id"))
+        if (previous, following) == (doc.get("_previous_text", ""), doc.get("_next_text", "")):
+            if unsaved:
+                await self._store.put(MEMORIES, project_id, doc["id"], doc)
+            return
+        doc["_previous_text"], doc["_next_text"] = previous, following
+        indexed = self._indexed(doc, None)
+        await self._store.put(MEMORIES, project_id, doc["id"], doc)
+        await self._index.update_lexical(project_id, doc["subject_id"], doc["id"], indexed.sparse, indexed.fields)
 
     async def _active_text(self, project_id: str, memory_id: str | None) -> str:
         doc = await self._store.get(MEMORIES, project_id, memory_id) if memory_id else None

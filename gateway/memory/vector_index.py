@@ -51,6 +51,16 @@ def owner_key(project_id: str, subject_id: str) -> str:
     return f"o\x1f{project_id}\x1f{subject_id}"
 
 
+def owner_of(project_id: str, access: Sequence[str]) -> str:
+    """The subject a point's access keys say it belongs to."""
+    prefix = owner_key(project_id, "")
+    return next(key[len(prefix):] for key in access if key.startswith(prefix))
+
+
+def is_shared(visibility: str) -> bool:
+    return visibility in ("shared", "public")
+
+
 def access_keys(project_id: str, subject_id: str, status: str, visibility: str) -> list[str]:
     """Keywords saying who may find a memory and whose it is: its own subject's search key,
     plus the whole project's if shared (both only while active), and always its owner key,
@@ -64,7 +74,7 @@ def access_keys(project_id: str, subject_id: str, status: str, visibility: str) 
     keys = [owner_key(project_id, subject_id)]
     if status == "active":
         keys.append(own_key(project_id, subject_id))
-        if visibility in ("shared", "public"):
+        if is_shared(visibility):
             keys.append(shared_key(project_id))
     return keys
 
