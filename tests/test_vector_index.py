@@ -227,7 +227,8 @@ def test_word_counts_survive_a_restart_and_are_recounted_after_a_crash(tmp_path)
     run(scenario())
 
 
-def test_an_index_written_before_per_reader_postings_is_migrated_on_open(tmp_path):
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_an_index_written_before_per_reader_postings_is_migrated_on_open(tmp_path, interrupted):
     from qdrant_edge import (EdgeConfig, EdgeShard, EdgeSparseVectorParams, Memory, Modifier, PayloadSchemaType,
                              Point, UpdateOperation)
 
@@ -245,6 +246,9 @@ def test_an_index_written_before_per_reader_postings_is_migrated_on_open(tmp_pat
         for m in written]))
     old.flush()
     old.close()
+    if interrupted:  # a migration that died between retiring the old index and putting the new one in place
+        path.rename(tmp_path / "idx.retired")
+        (tmp_path / "idx.migrating").mkdir()
 
     async def scenario() -> None:
         index = EdgeIndex(str(path), None)

@@ -19,10 +19,11 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          SparseVector, UpdateOperation)
 
 from gateway.memory.document_frequencies import DocumentFrequencies
-from gateway.memory.lexical_postings import key_salt, lexical_key, posted, query_postings
+from gateway.memory.lexical_postings import posted, query_postings, reposted
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexQuery, VectorHit, check_dimensions, owner_key, owner_of, packed_payload, point_id,
-                                         require_project, scored_hits, search_legs, searchable_by, unpacked_fields)
+                                         IndexQuery, VectorHit, check_dimensions, owner_key, owner_of, packed_payload,
+                                         point_id, require_project, scored_hits, search_legs, searchable_by,
+                                         unpacked_fields)
 
 
 # What the directory holds besides the engine's files: the lexical layout it was built
@@ -83,13 +84,12 @@ class EdgeIndex:
         pid = point_id(project_id, memory_id)
         found = self._shard.retrieve([pid], with_payload=True, with_vector=[SPARSE] if sparse is None else False)
         old_fields = unpacked_fields(found[0].payload or {}) if found else None
-        vector = posted(project_id, subject_id, fields, sparse) if sparse is not None else None
-        if vector is None and found and old_fields is not None and (
-                lexical_key(project_id, subject_id, old_fields) != lexical_key(project_id, subject_id, fields)):
-            stored = (found[0].vector or {})[SPARSE]
-            salt = key_salt(lexical_key(project_id, subject_id, old_fields)) ^ key_salt(
-                lexical_key(project_id, subject_id, fields))
-            vector = SparseVector([index ^ salt for index in stored.indices], stored.values)
+        if sparse is not None:
+            vector: SparseVector | None = posted(project_id, subject_id, fields, sparse)
+        elif found and old_fields is not None:
+            vector = reposted(project_id, subject_id, old_fields, fields, (found[0].vector or {})[SPARSE])
+        else:
+            vector = None
         if vector is not None:
             self._shard.update(UpdateOperation.update_vectors([PointVectors(pid, {SPARSE: vector})]))
         payload = packed_payload(project_id, subject_id, memory_id, fields)
@@ -235,7 +235,12 @@ def _migrate_layout(directory: Path, dense_dimensions: int | None) -> None:
 
 
 def _recover_interrupted_migration(directory: Path) -> None:
-    """A migration that died between its two renames left the old index retired: put it back."""
+    """A migration that died between its two renames left the old index retired: put it back
+    (it is migrated again). One that died after them left it behind: remove it."""
     retired = directory.with_name(directory.name + ".retired")
-    if retired.exists() and not directory.exists():
+    if not retired.exists():
+        return
+    if directory.exists():
+        shutil.rmtree(retired)
+    else:
         retired.rename(directory)

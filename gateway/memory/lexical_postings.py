@@ -5,7 +5,8 @@ own key if private, the project's shared key if shared. A term then has one post
 list per subject (and one for the project's shared memories) instead of one across
 every tenant, and a filtered lexical search reads the asker's postings only. Qdrant's
 filtered sparse search walks the query terms' posting lists, so at a million memories
-over 1,000 subjects this made it about five times faster (bench/memory_search/README.md).
+over 1,000 subjects this made the gateway's BM25 search 3.2 → 0.9 ms p50
+(bench/memory_search/README.md).
 
 The IDF then has to come from elsewhere (document_frequencies): the engine's would
 count one subject's memories only.
@@ -37,6 +38,17 @@ def posted(project_id: str, subject_id: str, fields: dict[str, Any], vector: Spa
     bijection, so one key's terms stay distinct)."""
     salt = key_salt(lexical_key(project_id, subject_id, fields))
     return SparseVector([index ^ salt for index in vector.indices], vector.values)
+
+
+def reposted(project_id: str, subject_id: str, old_fields: dict[str, Any], fields: dict[str, Any],
+             stored: SparseVector) -> SparseVector | None:
+    """A stored vector moved to the postings of its new fields' key (a visibility change),
+    or None if its key stays the same."""
+    old_key, new_key = lexical_key(project_id, subject_id, old_fields), lexical_key(project_id, subject_id, fields)
+    if old_key == new_key:
+        return None
+    salt = key_salt(old_key) ^ key_salt(new_key)
+    return SparseVector([index ^ salt for index in stored.indices], stored.values)
 
 
 def query_postings(project_id: str, subject_id: str, indices: Sequence[int],
