@@ -19,7 +19,7 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
                          SparseVector, UpdateOperation)
 
 from gateway.memory.document_frequencies import DocumentFrequencies
-from gateway.memory.lexical_postings import posted, query_postings, reposted
+from gateway.memory.lexical_postings import posted, query_postings, reposting_salt, salted
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
                                          IndexQuery, VectorHit, check_dimensions, owner_key, owner_of, packed_payload,
                                          point_id, require_project, scored_hits, search_legs, searchable_by,
@@ -82,14 +82,16 @@ class EdgeIndex:
         change moves the vector to the other key's postings even without a new one."""
         require_project(project_id)
         pid = point_id(project_id, memory_id)
-        found = self._shard.retrieve([pid], with_payload=True, with_vector=[SPARSE] if sparse is None else False)
+        found = self._shard.retrieve([pid], with_payload=True, with_vector=False)
         old_fields = unpacked_fields(found[0].payload or {}) if found else None
+        vector: SparseVector | None = None
         if sparse is not None:
-            vector: SparseVector | None = posted(project_id, subject_id, fields, sparse)
-        elif found and old_fields is not None:
-            vector = reposted(project_id, subject_id, old_fields, fields, (found[0].vector or {})[SPARSE])
-        else:
-            vector = None
+            vector = posted(project_id, subject_id, fields, sparse)
+        elif old_fields is not None:
+            move = reposting_salt(project_id, subject_id, old_fields, fields)
+            if move:
+                stored = self._shard.retrieve([pid], with_payload=False, with_vector=[SPARSE])[0]
+                vector = salted((stored.vector or {})[SPARSE], move)
         if vector is not None:
             self._shard.update(UpdateOperation.update_vectors([PointVectors(pid, {SPARSE: vector})]))
         payload = packed_payload(project_id, subject_id, memory_id, fields)

@@ -33,22 +33,21 @@ def key_salt(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little")
 
 
-def posted(project_id: str, subject_id: str, fields: dict[str, Any], vector: SparseVector) -> SparseVector:
-    """A memory's lexical vector as the index stores it: each id XOR its key's salt (a
-    bijection, so one key's terms stay distinct)."""
-    salt = key_salt(lexical_key(project_id, subject_id, fields))
+def salted(vector: SparseVector, salt: int) -> SparseVector:
+    """The vector with each id XOR ``salt``: a bijection, so one key's terms stay distinct."""
     return SparseVector([index ^ salt for index in vector.indices], vector.values)
 
 
-def reposted(project_id: str, subject_id: str, old_fields: dict[str, Any], fields: dict[str, Any],
-             stored: SparseVector) -> SparseVector | None:
-    """A stored vector moved to the postings of its new fields' key (a visibility change),
-    or None if its key stays the same."""
+def posted(project_id: str, subject_id: str, fields: dict[str, Any], vector: SparseVector) -> SparseVector:
+    """A memory's lexical vector as the index stores it, in its reader's postings."""
+    return salted(vector, key_salt(lexical_key(project_id, subject_id, fields)))
+
+
+def reposting_salt(project_id: str, subject_id: str, old_fields: dict[str, Any], fields: dict[str, Any]) -> int:
+    """What moves a stored vector to the postings of its new fields' key (a visibility
+    change): the salt to apply with ``salted``, or 0 if its key stays the same."""
     old_key, new_key = lexical_key(project_id, subject_id, old_fields), lexical_key(project_id, subject_id, fields)
-    if old_key == new_key:
-        return None
-    salt = key_salt(old_key) ^ key_salt(new_key)
-    return SparseVector([index ^ salt for index in stored.indices], stored.values)
+    return 0 if old_key == new_key else key_salt(old_key) ^ key_salt(new_key)
 
 
 def query_postings(project_id: str, subject_id: str, indices: Sequence[int],
