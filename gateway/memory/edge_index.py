@@ -191,17 +191,23 @@ def _create_shard(directory: Path, dense_dimensions: int | None) -> EdgeShard:
     return shard
 
 
-def _payloads(shard: EdgeShard, where: Filter | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(project, payload) of every point matching ``where``, page by page."""
+def _pages(shard: EdgeShard, where: Filter | None, with_vector: bool) -> Iterator[list[Any]]:
+    """Every point matching ``where`` (payload, and vectors if asked), a page at a time."""
     offset = None
     while True:
         records, offset = shard.scroll(ScrollRequest(offset=offset, limit=_PAGE, filter=where, with_payload=True,
-                                                     with_vector=False))
+                                                     with_vector=with_vector))
+        yield records
+        if offset is None:
+            return
+
+
+def _payloads(shard: EdgeShard, where: Filter | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(project, payload) of every point matching ``where``."""
+    for records in _pages(shard, where, with_vector=False):
         for record in records:
             payload = record.payload or {}
             yield payload.get("project", ""), payload
-        if offset is None:
-            return
 
 
 def _migrate_layout(directory: Path, dense_dimensions: int | None) -> None:
@@ -211,9 +217,7 @@ def _migrate_layout(directory: Path, dense_dimensions: int | None) -> None:
     shutil.rmtree(building, ignore_errors=True)
     old = EdgeShard.load(str(directory))
     new = _create_shard(building, dense_dimensions)
-    offset = None
-    while True:
-        records, offset = old.scroll(ScrollRequest(offset=offset, limit=_PAGE, with_payload=True, with_vector=True))
+    for records in _pages(old, None, with_vector=True):
         points = []
         for record in records:
             payload = record.payload or {}
@@ -225,8 +229,6 @@ def _migrate_layout(directory: Path, dense_dimensions: int | None) -> None:
             points.append(Point(record.id, vectors, payload))
         if points:
             new.update(UpdateOperation.upsert_points(points))
-        if offset is None:
-            break
     new.flush()
     new.close()
     old.close()
