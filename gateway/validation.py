@@ -7,11 +7,16 @@ options). Booleans also accept 1/0, as the Mnexium docs encode them that way.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
 
 from gateway.errors import BadRequest, PayloadTooLarge
+
+# A \u escape of a UTF-16 surrogate: JSON lets one stand alone ("\ud800"), Unicode text
+# cannot hold it, and no store, index or provider can take it.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -40,7 +45,26 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise BadRequest("request body is not valid JSON", code="invalid_json_body") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json_body")
+    if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(data):
+        raise BadRequest("request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                         "Unicode text", code="invalid_json_body")
     return data
+
+
+def _is_unicode(value: Any) -> bool:
+    """False if any string (key or value) in parsed JSON holds a lone surrogate. Only looked
+    for when the body has a surrogate escape: a pair of them (an emoji) is fine."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_unicode(key) and _is_unicode(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_is_unicode(item) for item in value)
+    return True
 
 
 def _invalid(field: str, expected: str, code: str | None = None) -> BadRequest:

@@ -132,7 +132,10 @@ def test_bad_header_options_are_400(gateway):
     assert_nothing_stored_or_forwarded(gateway)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe"])
+# The last: a lone UTF-16 surrogate escape, valid JSON but not Unicode text.
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", (
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi \\ud800"}], '
+    b'"mnx": {"subject_id": "u1", "learn": true}}')])
 def test_malformed_json_is_400(gateway, content):
     response = post_chat(gateway, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 400

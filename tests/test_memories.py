@@ -270,6 +270,19 @@ def test_invalid_memories_are_400_and_store_nothing(gateway, body, code):
             "error"] == "invalid_json_body"
 
 
+def test_a_lone_surrogate_escape_is_400_and_an_escaped_emoji_is_stored(gateway):
+    with gateway.rest() as rest:
+        for text in (b"\\ud800 alone", b"low \\udc00 first", b"\\ud83d then \\ud83d"):
+            response = rest.post("/memories", content=b'{"subject_id": "%s", "text": "%s"}' % (SUBJECT.encode(), text),
+                                 headers={"content-type": "application/json"})
+            assert response.status_code == 400 and response.json()["error"] == "invalid_json_body"
+        assert rest.get("/memories", params={"subject_id": SUBJECT, "include_deleted": "true"}).json()["count"] == 0
+        emoji = rest.post("/memories", content=b'{"subject_id": "%s", "text": "Loves \\ud83d\\ude00 pizza"}'
+                          % SUBJECT.encode(), headers={"content-type": "application/json"})
+        assert emoji.status_code == 201
+        assert rest.get(f"/memories/{emoji.json()['id']}").json()["data"]["text"] == "Loves \U0001F600 pizza"
+
+
 def test_bad_queries_unknown_ids_and_other_projects(gateway):
     with gateway.rest() as rest:
         mine = add(rest, "User keeps bees")["id"]
