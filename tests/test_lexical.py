@@ -1,0 +1,61 @@
+"""A memory's lexical vector is Qdrant's own BM25, however it is computed.
+
+Lexicon.index_text tokenizes each text once and adds up the BM25 of a memory joined
+with its neighbours from the parts' term counts. What a search matches must still be
+what Qdrant's BM25 gives for the joined texts, for any text a user can store.
+"""
+
+from __future__ import annotations
+
+import pytest
+from qdrant_edge import Bm25, Bm25Config
+
+from gateway.memory.lexical import (FOLLOWING_WEIGHT, OWN_WEIGHT, PREVIOUS_WEIGHT, QUESTION_FACTOR, Lexicon,
+                                    question_share)
+
+QDRANT_BM25 = Bm25(Bm25Config(language="english"))
+
+TRIPLES = [
+    ("I visited Kyoto in May", "We talked about travel plans", "It rained every day in Kyoto"),
+    ("Running, runs and ran: the stemmer folds them", "", "Ran again today"),
+    ("Café, naïve, straße and 東京 are words too", "e-mail me at bob@example.com", ""),
+    ("Do you like hiking?", "I hiked the trail twice, twice!", "Yes, hiking hiking hiking"),
+    ("the and of", "the a an", "only stopwords before this"),
+    ("ha " * 3000, "ha ha", "ho " * 2000),
+]
+
+
+def bm25(text: str) -> dict[int, float]:
+    vector = QDRANT_BM25.embed_document(text)
+    return dict(zip(vector.indices, vector.values))
+
+
+@pytest.mark.parametrize("text,previous,following", TRIPLES)
+def test_a_memory_and_its_neighbours_weigh_what_qdrant_bm25_gives_the_joined_texts(text, previous, following):
+    indexed = Lexicon().index_text(text, previous, following)
+    stored = dict(zip(indexed.vector.indices, indexed.vector.values))
+    parts = [(bm25(text), OWN_WEIGHT)]
+    if previous:
+        parts.append((bm25(f"{previous}\n{text}"), PREVIOUS_WEIGHT))
+    if following:
+        parts.append((bm25(f"{text}\n{following}"), FOLLOWING_WEIGHT))
+    scale = 1.0 - (1.0 - QUESTION_FACTOR) * question_share(text)
+    expected: dict[int, float] = {}
+    for weights, factor in parts:
+        for term, weight in weights.items():
+            expected[term] = expected.get(term, 0.0) + factor * weight * scale
+    # Every single term is there with BM25's weight (the rest of the vector are word pairs).
+    assert set(expected) <= set(stored)
+    for term, weight in expected.items():
+        assert stored[term] == pytest.approx(weight, rel=1e-5)
+    assert indexed.terms == sorted(bm25(text))
+    neighbours = set().union(*(weights for weights, _ in parts[1:])) - set(bm25(text))
+    assert indexed.context_terms == sorted(neighbours)
+
+
+def test_a_text_indexed_again_as_context_gives_the_same_vector():
+    lexicon = Lexicon()
+    first = lexicon.index_text("We went there in May", "I visited Kyoto")
+    lexicon.index_text("I visited Kyoto", "", "We went there in May")
+    again = lexicon.index_text("We went there in May", "I visited Kyoto")
+    assert (again.vector.indices, again.vector.values) == (first.vector.indices, first.vector.values)
