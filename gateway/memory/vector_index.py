@@ -11,12 +11,12 @@ it inside the adapter, and an empty project is refused, never read as "all".
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+import orjson
 from qdrant_edge import SparseVector
 
 # One BM25 vector per memory: its own text's, plus those of its text joined with the
@@ -120,14 +120,15 @@ def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dic
     """A point's payload: the two keys the engine indexes (the project, its tenant key, and
     the access keys) and everything else, the memory id included, packed in one JSON
     string. Qdrant Edge's Python binding takes about 4 µs per payload string it converts,
-    more than a point's whole dense vector, so fewer values is a faster bulk insert."""
-    packed = json.dumps({"memory_id": memory_id, **fields}, ensure_ascii=False, separators=(",", ":"))
+    more than a point's whole dense vector, so fewer values is a faster bulk insert.
+    orjson packs it in a ninth of json's time and unpacks a hit in a quarter (bench/memory_search)."""
+    packed = orjson.dumps({"memory_id": memory_id, **fields}).decode()
     access = access_keys(project_id, subject_id, fields["status"], fields["visibility"])
     return {"project": project_id, "access": access, "fields": packed}
 
 
 def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(payload["fields"])  # type: ignore[no-any-return]
+    return orjson.loads(payload["fields"])  # type: ignore[no-any-return]
 
 
 def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
