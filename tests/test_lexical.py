@@ -1,8 +1,8 @@
-"""A memory's lexical vector is Qdrant's own BM25, however it is computed.
+"""A memory's lexical vector is Qdrant's own BM25 of it and of it joined with its neighbours.
 
-Lexicon.index_text tokenizes each text once and adds up the BM25 of a memory joined
-with its neighbours from the parts' term counts. What a search matches must still be
-what Qdrant's BM25 gives for the joined texts, for any text a user can store.
+Lexicon.index_text sums those vectors with their weights (and adds word pairs); for any
+text a user can store, every single term must carry what Qdrant's BM25 gives it, since
+that is what a search's query terms match.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_a_memory_and_its_neighbours_weigh_what_qdrant_bm25_gives_the_joined_tex
     assert indexed.context_terms == sorted(neighbours)
 
 
-def test_a_text_indexed_again_as_context_gives_the_same_vector():
+def test_indexing_is_deterministic_whatever_came_before():
     lexicon = Lexicon()
     first = lexicon.index_text("We went there in May", "I visited Kyoto")
     lexicon.index_text("I visited Kyoto", "", "We went there in May")
