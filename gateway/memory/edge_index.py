@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
-                         FieldCondition, Filter, Fusion, KeywordIndexParams, MatchAny, MatchValue, Memory,
+                         FieldCondition, Filter, Fusion, KeywordIndexParams, MatchValue, Memory,
                          PayloadSchemaType, Point, PointVectors, Prefetch, Query, QueryRequest, ScrollRequest,
                          SparseVector, UpdateOperation)
 
@@ -104,7 +104,9 @@ class EdgeIndex:
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
         keys = searchable_by(project_id, query)
-        where = Filter(must=[FieldCondition("access", match=MatchAny(keys) if len(keys) > 1 else MatchValue(keys[0]))])
+        # Any of the keys, as one condition per key: at a million memories a leg filtered this
+        # way took 0.1-0.2 ms less than with one MatchAny condition (bench/memory_search).
+        where = Filter(should=[FieldCondition("access", match=MatchValue(key)) for key in keys])
         legs = [(using, self._lexical_query(project_id, query) if using == SPARSE else vector)
                 for using, vector in search_legs(query, bool(self.dense_dimensions))]
         if not legs:
