@@ -179,9 +179,13 @@ class SqliteDocumentStore:
     async def find(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None,
                    *, limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[Document]:
         require_project(project_id)
+        # Filtered, order by the index row's seq (the same number): SQLite then reads the
+        # index in order and stops at the limit. Ordered by d.seq it sorted every match first,
+        # reading all their bodies, so "the newest one" cost as much as the whole list.
+        column = "i.seq" if where else "d.seq"
         order = "DESC" if newest_first else "ASC"
         rows = self._select("d.body", collection, project_id, where,
-                            f" ORDER BY d.seq {order} LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
+                            f" ORDER BY {column} {order} LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
         return [json.loads(body) for (body,) in rows]
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
