@@ -126,6 +126,34 @@ def test_the_seed_002_walkthrough(gateway_on):
         assert hits == []
 
 
+def test_listing_with_superseded_or_deleted_pages_newest_first_through_a_long_history(gateway):
+    """More memories than the listing reads per store call, in every status, every page exact."""
+    with gateway.rest() as rest:
+        created: list[str] = []
+        superseded: set[str] = set()
+        for i in range(230):
+            if i % 40 == 10:  # a slot claim, superseded by the next one some memories later
+                made = add(rest, f"My favorite color is {['red', 'blue', 'green', 'teal', 'gold', 'pink'][i // 40]}")
+                superseded.update(made["superseded_ids"])
+            else:
+                made = add(rest, f"Note number {i} about topic {i * 7919 % 1000}", no_supersede=True)
+            created.append(made["id"])
+        deleted = {created[i] for i in range(230) if i % 7 == 5 and i % 40 != 10}  # the colours stay
+        for memory_id in deleted:
+            assert rest.delete(f"/memories/{memory_id}").json()["deleted"] is True
+        assert len(superseded) == 5 and not superseded & deleted
+        newest_first = created[::-1]
+        for flags, hidden in (({"include_superseded": "true"}, deleted),
+                              ({"include_deleted": "true"}, superseded),
+                              ({"include_superseded": "true", "include_deleted": "true"}, set())):
+            expected = [m for m in newest_first if m not in hidden]
+            for offset, limit in ((0, 50), (150, 60), (195, 100), (400, 10)):
+                page = rest.get("/memories", params={"subject_id": SUBJECT, "offset": offset, "limit": limit,
+                                                     **flags}).json()
+                assert [m["id"] for m in page["data"]] == expected[offset:offset + limit], (flags, offset)
+                assert page["count"] == len(expected[offset:offset + limit])
+
+
 def test_duplicates_are_skipped_and_reinforce_the_original(gateway):
     with gateway.rest() as rest:
         original = add(rest, "User likes coffee")

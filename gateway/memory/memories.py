@@ -169,10 +169,23 @@ class Memories:
         if not include_superseded and not include_deleted:
             return await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "active"},
                                           limit=limit, offset=offset, newest_first=True)
-        shown = {"active"} | ({"superseded"} if include_superseded else set()) | (
-            {"deleted"} if include_deleted else set())
-        docs = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, newest_first=True)
-        return [d for d in docs if d["listing"] in shown][offset:offset + limit]
+        everyone = {"subject_id": subject_id}
+        if include_superseded and include_deleted:
+            return await self._store.find(MEMORIES, project_id, everyone, limit=limit, offset=offset, newest_first=True)
+        shown = {"active", "superseded" if include_superseded else "deleted"}
+        # Read newest first, a chunk at a time (as many as the page would take if nothing were
+        # hidden), until the page is full: a page costs what it skips, not the whole history.
+        chunk_size = offset + limit
+        matches: list[dict[str, Any]] = []
+        start = 0
+        while len(matches) < offset + limit:
+            chunk = await self._store.find(MEMORIES, project_id, everyone, limit=chunk_size, offset=start,
+                                           newest_first=True)
+            matches += [doc for doc in chunk if doc["listing"] in shown]
+            if len(chunk) < chunk_size:
+                break
+            start += chunk_size
+        return matches[offset:offset + limit]
 
     async def superseded(self, project_id: str, subject_id: str, *, limit: int, offset: int) -> list[dict[str, Any]]:
         return await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "superseded"},
