@@ -348,12 +348,15 @@ class Memories:
     async def mark_recalled(self, project_id: str, hits: Sequence[SearchHit]) -> None:
         """Reinforce recalled memories: seen_count up, decay restarted from now."""
         now = time.time()
+        docs = []
         for hit in hits:
             doc = await self._store.get(MEMORIES, project_id, hit.memory_id)
-            if doc is None:
-                continue
-            doc.update(seen_count=doc["seen_count"] + 1, last_seen_at=from_timestamp(now), _last_seen=now)
-            await self._store.put(MEMORIES, project_id, hit.memory_id, doc)
+            if doc is not None:
+                doc.update(seen_count=doc["seen_count"] + 1, last_seen_at=from_timestamp(now), _last_seen=now)
+                docs.append((hit.memory_id, doc))
+        # One write for all of them: this runs before the chat is forwarded.
+        await self._store.put_many(MEMORIES, project_id, docs)
+        for _, doc in docs:
             await self._update_index(project_id, doc)
 
     def _query_vector(self, query: str, context: Sequence[str]) -> SparseVector:
