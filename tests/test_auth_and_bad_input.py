@@ -132,10 +132,19 @@ def test_bad_header_options_are_400(gateway):
     assert_nothing_stored_or_forwarded(gateway)
 
 
-# The last: a lone UTF-16 surrogate escape, valid JSON but not Unicode text.
-@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", (
-    b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi \\ud800"}], '
-    b'"mnx": {"subject_id": "u1", "learn": true}}')])
+# Valid JSON that is not Unicode text: a lone UTF-16 surrogate escape.
+LONE_SURROGATE = (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi \\ud800"}], '
+                  b'"mnx": {"subject_id": "u1", "learn": true}}')
+
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """A body whose metadata is ``depth`` arrays deep."""
+    return b'{"model": "gpt-4o-mini", "metadata": ' + b"[" * depth + inner + b"]" * depth + b"}"
+
+
+# Nested deeper than the parser recurses, or about as deep with a lone surrogate at the bottom.
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", LONE_SURROGATE, nested(50_000),
+                                     *(nested(depth, b'"\\ud800"') for depth in (900, 950, 990))])
 def test_malformed_json_is_400(gateway, content):
     response = post_chat(gateway, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 400
