@@ -41,16 +41,15 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise BadRequest("request body is empty; expected a JSON object", code="invalid_json_body")
     try:
         data = json.loads(raw)
+        # Walking the parsed body recurses as deep as json.loads did: one handler for both.
+        lone_surrogate = (isinstance(data, dict) and _SURROGATE_ESCAPE.search(raw) is not None
+                          and not _is_unicode(data))
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON", code="invalid_json_body") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply", code="invalid_json_body") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json_body")
-    try:
-        lone_surrogate = _SURROGATE_ESCAPE.search(raw) is not None and not _is_unicode(data)
-    except RecursionError:  # as deep as json.loads allows, plus this call's own frames
-        raise BadRequest("request body is nested too deeply", code="invalid_json_body") from None
     if lone_surrogate:
         raise BadRequest("request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
                          "Unicode text", code="invalid_json_body")
