@@ -14,8 +14,8 @@ from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexQuery, VectorHit, check_dimensions, owner_key, packed_payload, point_id,
-                                         require_project, scored_hits, search_legs, searchable_by)
+                                         IndexQuery, VectorHit, check_dimensions, cosines, owner_key, packed_payload,
+                                         point_id, require_project, scored_hits, search_legs, searchable_by)
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:
@@ -110,8 +110,15 @@ class QdrantIndex:
             fusion = models.RrfQuery(rrf=models.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs]))
             result = await self._client.query_points(self._collection, prefetch=prefetch, query=fusion,
                                                      limit=query.limit, with_payload=True, with_vectors=with_vectors)
-        return scored_hits([(point.score, point.payload, point.vector) for point in result.points],
-                           dense_only=dense_only, query_dense=query.dense)
+        points = result.points
+        # A dense-only search's own score is the cosine; a fused one's comes from the vectors.
+        if dense_only:
+            similarities: list[float | None] = [point.score for point in points]
+        elif with_vectors:
+            similarities = cosines([point.vector for point in points], query.dense or [])
+        else:
+            similarities = [None] * len(points)
+        return scored_hits([(point.score, point.payload) for point in points], similarities)
 
     async def delete_subject(self, project_id: str, subject_id: str) -> None:
         require_project(project_id)

@@ -139,28 +139,30 @@ def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
     return keys
 
 
-def scored_hits(points: Sequence[tuple[float, dict[str, Any] | None, Any]], *, dense_only: bool,
-                query_dense: Sequence[float] | None) -> list[VectorHit]:
-    """Search results, as every backend reports them, from (score, payload, vectors) triples.
-
-    A dense-only search's own score is the cosine. A fused one gets it from the returned
-    dense vectors (Qdrant stores cosine vectors normalised, on every backend) against the
-    normalised query, in one matrix product: per hit in Python it cost more than the engine.
-    """
-    similarities: list[float | None] = [score if dense_only else None for score, _, _ in points]
-    if not dense_only and query_dense is not None:
-        rows = [i for i, (_, _, vectors) in enumerate(points) if isinstance(vectors, dict) and DENSE in vectors]
-        if rows:
-            query = np.asarray(query_dense, dtype=np.float32)
-            query /= float(np.linalg.norm(query)) or 1.0
-            matrix = np.asarray([points[i][2][DENSE] for i in rows], dtype=np.float32)
-            for i, similarity in zip(rows, (matrix @ query).tolist()):
-                similarities[i] = similarity
+def scored_hits(points: Sequence[tuple[float, dict[str, Any] | None]],
+                similarities: Sequence[float | None]) -> list[VectorHit]:
+    """Search results, as every backend reports them, from (score, payload) pairs and each
+    hit's cosine to the query's dense vector (None without one)."""
     hits = []
-    for (score, payload, _), similarity in zip(points, similarities):
+    for (score, payload), similarity in zip(points, similarities):
         fields = unpacked_fields(payload or {})
         hits.append(VectorHit(fields.pop("memory_id"), score, fields, similarity))
     return hits
+
+
+def cosines(vectors: Sequence[Any], query_dense: Sequence[float]) -> list[float | None]:
+    """Each hit's cosine to the query from its returned dense vector (Qdrant stores cosine
+    vectors normalised, on every backend) against the normalised query, in one matrix
+    product: per hit in Python it cost more than the engine."""
+    similarities: list[float | None] = [None] * len(vectors)
+    rows = [i for i, named in enumerate(vectors) if isinstance(named, dict) and DENSE in named]
+    if rows:
+        query = np.asarray(query_dense, dtype=np.float32)
+        query /= float(np.linalg.norm(query)) or 1.0
+        matrix = np.asarray([vectors[i][DENSE] for i in rows], dtype=np.float32)
+        for i, similarity in zip(rows, (matrix @ query).tolist()):
+            similarities[i] = similarity
+    return similarities
 
 
 # Hybrid ranking: the lexical and the dense leg each rank their own candidates, and Qdrant
