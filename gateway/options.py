@@ -8,7 +8,6 @@ wrong type is a 400 that names it.
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from starlette.datastructures import Headers
 
 from gateway.config import MnxDefaults
 from gateway.errors import BadRequest
+from gateway.validation import parse_json
 
 MAX_ID_LENGTH = 256
 
@@ -63,7 +63,7 @@ def _header_bool(raw: str, field: str) -> bool:
 
 def _header_json(raw: str, field: str) -> Any:
     try:
-        return json.loads(raw)
+        return parse_json(raw)
     except ValueError:
         raise _invalid(field, "valid JSON") from None
 

@@ -7,6 +7,7 @@ options). Booleans also accept 1/0, as the Mnexium docs encode them that way.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -17,6 +18,28 @@ from gateway.errors import BadRequest, PayloadTooLarge
 # A \u escape of a UTF-16 surrogate: JSON lets one stand alone ("\ud800"), Unicode text
 # cannot hold it, and no store, index or provider can take it.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class NotFiniteNumber(ValueError):
+    """NaN, Infinity or a number too large for a float: Python's json reads them, JSON has
+    none of them, and no store or provider would write them back (a stored one made every
+    later read of the memory a 500)."""
+
+
+def _not_a_json_constant(name: str) -> float:
+    raise NotFiniteNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise NotFiniteNumber(f"{literal} is too large for a number")
+    return value
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """``json.loads`` that refuses what is not standard JSON: NaN, Infinity and overflowing numbers."""
+    return json.loads(raw, parse_constant=_not_a_json_constant, parse_float=_finite_float)
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -40,10 +63,12 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object", code="invalid_json_body")
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
         # Walking the parsed body recurses as deep as json.loads did: one handler for both.
         lone_surrogate = (isinstance(data, dict) and _SURROGATE_ESCAPE.search(raw) is not None
                           and not _is_unicode(data))
+    except NotFiniteNumber as error:
+        raise BadRequest(f"request body is not valid JSON: {error}", code="invalid_json_body") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON", code="invalid_json_body") from None
     except RecursionError:
@@ -94,8 +119,10 @@ class Body:
             return None
         if not isinstance(value, str):
             raise _invalid(field, "a string")
-        if max_length is not None and len(value) > max_length:
-            raise _invalid(field, f"at most {max_length} characters", code=f"{field}_too_long")
+        # Measured as stored: surrounding whitespace is trimmed before it is kept.
+        if max_length is not None and len(value.strip()) > max_length:
+            raise BadRequest(f"{field} must be at most {max_length} characters", code=f"{field}_too_long",
+                             param=field, max=max_length)
         return value
 
     def flag(self, field: str, *, default: bool) -> bool:
@@ -135,7 +162,7 @@ class Query:
 
     def string(self, name: str, *, required: bool = False, code: str | None = None) -> str | None:
         value = self._params.get(name)
-        if value is None or value == "":
+        if value is None or not value.strip():
             if required:
                 raise BadRequest(f"the {name} query parameter is required", code=code or f"{name}_required",
                                  param=name)

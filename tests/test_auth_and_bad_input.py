@@ -126,9 +126,12 @@ def test_invalid_chat_bodies_are_400_in_the_openai_shape(gateway, body, code):
     assert_nothing_stored_or_forwarded(gateway)
 
 
-def test_bad_header_options_are_400(gateway):
-    response = post_chat(gateway, headers={"x-mnx-history": "perhaps"})
-    assert response.status_code == 400 and response.json()["error"]["param"] == "mnx.history"
+@pytest.mark.parametrize("header, value", [("x-mnx-history", "perhaps"), ("x-mnx-metadata", '{"score": NaN}'),
+                                           ("x-mnx-metadata", "{not json")])
+def test_bad_header_options_are_400(gateway, header, value):
+    response = post_chat(gateway, headers={header: value})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "mnx." + header.removeprefix("x-mnx-")
     assert_nothing_stored_or_forwarded(gateway)
 
 
@@ -144,7 +147,9 @@ def nested(depth: int, inner: bytes = b"1") -> bytes:
 
 # Nested deeper than the parser recurses, or about as deep with a lone surrogate at the bottom.
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", LONE_SURROGATE, nested(50_000),
-                                     *(nested(depth, b'"\\ud800"') for depth in (900, 950, 990))])
+                                     *(nested(depth, b'"\\ud800"') for depth in (900, 950, 990)),
+                                     *(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+                                       b'"temperature": %s}' % number for number in (b"NaN", b"-Infinity", b"1e999"))])
 def test_malformed_json_is_400(gateway, content):
     response = post_chat(gateway, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 400

@@ -311,6 +311,92 @@ def test_a_lone_surrogate_escape_is_400_and_an_escaped_emoji_is_stored(gateway):
         assert rest.get(f"/memories/{emoji.json()['id']}").json()["data"]["text"] == "Loves \U0001F600 pizza"
 
 
+def test_text_length_is_counted_as_stored_and_the_limit_is_in_the_error(gateway):
+    with gateway.rest() as rest:
+        padded = add(rest, "  " + "y" * 10_000 + "\n")
+        assert rest.get(f"/memories/{padded['id']}").json()["data"]["text"] == "y" * 10_000
+        for response in (rest.post("/memories", json={"subject_id": SUBJECT, "text": "z" * 10_001}),
+                         rest.patch(f"/memories/{padded['id']}", json={"text": "z" * 10_001})):
+            assert response.status_code == 400
+            assert response.json() == {"error": "text_too_long", "message": response.json()["message"],
+                                       "param": "text", "max": 10_000}
+        assert [m["text"] for m in rest.get("/memories", params={"subject_id": SUBJECT}).json()["data"]] == [
+            "y" * 10_000]
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_numbers_json_cannot_carry_are_400_and_nothing_is_stored(gateway, number):
+    """Python's json reads NaN, Infinity and 1e400 (as inf); stored, they made every later read a 500."""
+    with gateway.rest() as rest:
+        kept = add(rest, "User keeps a blue kayak")["id"]
+        json_headers = {"content-type": "application/json"}
+        created = rest.post("/memories", headers=json_headers, content=b'{"subject_id": "%s", "text": "Owns a canoe", '
+                            b'"metadata": {"length": %s}}' % (SUBJECT.encode(), number))
+        patched = rest.patch(f"/memories/{kept}", headers=json_headers,
+                             content=b'{"metadata": {"length": [1, %s]}}' % number)
+        for response in (created, patched):
+            assert response.status_code == 400 and response.json()["error"] == "invalid_json_body"
+        listed = rest.get("/memories", params={"subject_id": SUBJECT, "include_deleted": "true"})
+        assert listed.status_code == 200
+        assert [(m["id"], m["metadata"]) for m in listed.json()["data"]] == [(kept, {})]
+
+
+def test_blank_query_parameters_count_as_missing(gateway):
+    with gateway.rest() as rest:
+        add(rest, "User keeps bees")
+        blank_q = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "   "})
+        assert blank_q.status_code == 400 and blank_q.json()["error"] == "q_required"
+        blank_subject = rest.get("/memories", params={"subject_id": "  "})
+        assert blank_subject.status_code == 400 and blank_subject.json()["error"] == "subject_id_required"
+
+
+def test_supersedes_replaces_the_named_memory(gateway):
+    with gateway.rest() as rest:
+        paris = add(rest, "User lives in Paris")["id"]
+        tennis = add(rest, "User enjoys tennis", supersedes=paris)
+        assert tennis["created"] is True and tennis["superseded_ids"] == [paris] and tennis["superseded_count"] == 1
+        old = rest.get(f"/memories/{paris}").json()["data"]
+        assert old["status"] == "superseded" and old["superseded_by"] == tennis["id"]
+        # Naming the memory it repeats replaces it instead of being skipped as its duplicate.
+        again = add(rest, "User enjoys tennis", supersedes=tennis["id"])
+        assert again["created"] is True and again["superseded_ids"] == [tennis["id"]]
+        assert [m["text"] for m in rest.get("/memories", params={"subject_id": SUBJECT}).json()["data"]] == [
+            "User enjoys tennis"]
+
+
+def test_a_bad_supersedes_is_refused_and_stores_nothing(gateway):
+    with gateway.rest() as rest:
+        theirs = add(rest, "Bob keeps goats", subject="bob")["id"]
+        gone = add(rest, "User once had a boat")["id"]
+        rest.delete(f"/memories/{gone}")
+        for supersedes, status, code in ((theirs, 404, "memory_not_found"), ("mem_nope", 404, "memory_not_found"),
+                                         (gone, 404, "memory_deleted"), (42, 400, "invalid_supersedes")):
+            response = rest.post("/memories", json={"subject_id": SUBJECT, "text": "User sails", "supersedes": supersedes})
+            assert response.status_code == status and response.json()["error"] == code
+        assert rest.get(f"/memories/{theirs}").json()["data"]["status"] == "active"
+        listed = rest.get("/memories", params={"subject_id": SUBJECT, "include_deleted": "true"}).json()["data"]
+        assert [m["id"] for m in listed] == [gone]
+    with gateway.rest(KEY_B) as other:
+        mine = other.post("/memories", json={"subject_id": SUBJECT, "text": "User sails", "supersedes": gone})
+        assert mine.status_code == 404 and mine.json()["error"] == "memory_not_found"
+
+
+def test_client_chosen_ids_must_be_addressable_and_unique(gateway):
+    with gateway.rest() as rest:
+        for bad in ("a/b", "search", "recalls", "..", " padded", "tab\there", "x" * 201):
+            response = rest.post("/memories", json={"subject_id": SUBJECT, "text": "User sails", "id": bad})
+            assert response.status_code == 400 and response.json()["error"] == "invalid_id", bad
+        assert rest.get("/memories", params={"subject_id": SUBJECT}).json()["count"] == 0
+        chosen = add(rest, "User sails", id="sailing:2026 ü")
+        assert chosen["id"] == "sailing:2026 ü"
+        assert rest.get("/memories/sailing:2026 ü").json()["data"]["text"] == "User sails"
+        again = rest.post("/memories", json={"subject_id": SUBJECT, "text": "User rows", "id": "sailing:2026 ü"})
+        assert again.status_code == 409 and again.json()["error"] == "memory_exists"
+    with gateway.rest(KEY_B) as other:
+        # Ids are per project: another project may use the same one.
+        assert add(other, "User rows", id="sailing:2026 ü")["id"] == "sailing:2026 ü"
+
+
 def test_bad_queries_unknown_ids_and_other_projects(gateway):
     with gateway.rest() as rest:
         mine = add(rest, "User keeps bees")["id"]

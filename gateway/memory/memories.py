@@ -18,7 +18,7 @@ from qdrant_edge import SparseVector
 
 from gateway.clock import from_timestamp
 from gateway.config import MemoryConfig
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.jobs.queue import JobQueue
 from gateway.memory.claims import Claim, extract_claims
 from gateway.memory.embedding import Embedder
@@ -35,6 +35,10 @@ MEMORIES = Collection("memories", indexes=(("subject_id",), ("subject_id", "list
 CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
 
 MAX_TEXT = 10_000
+# A client-chosen memory id must be addressable as /memories/{id}: no slash, no control
+# character, and not a name the /memories routes take for themselves.
+MAX_ID = 200
+_RESERVED_IDS = ("search", "superseded", "recalls", ".", "..")
 # The job kind of an index repair (see Memories._index_repair).
 REINDEX_JOB = "memory.reindex"
 KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
@@ -76,6 +80,16 @@ def _tags(data: dict[str, Any]) -> list[str] | None:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadRequest("tags must be an array of strings", code="invalid_tags", param="tags")
     return tags
+
+
+def _client_id(memory_id: str | None) -> str | None:
+    if memory_id is None or memory_id == "":
+        return None
+    if (len(memory_id) > MAX_ID or memory_id.strip() != memory_id or memory_id in _RESERVED_IDS
+            or any(char == "/" or not char.isprintable() for char in memory_id)):
+        raise BadRequest(f"id must be at most {MAX_ID} printable characters without '/' or surrounding spaces, "
+                         f"and not one of {', '.join(_RESERVED_IDS)}", code="invalid_id", param="id")
+    return memory_id
 
 
 def _editable_fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -211,18 +225,23 @@ class Memories:
         assert subject_id is not None and text is not None
         text = text.strip()
         fields = _editable_fields(data)
-        memory_id = body.string("id") or f"mem_{secrets.token_hex(12)}"
+        memory_id = _client_id(body.string("id")) or f"mem_{secrets.token_hex(12)}"
         no_supersede = body.flag("no_supersede", default=False)
         source = body.string("source_type") or body.string("source") or source_type
         if claims is None:
             claims = extract_claims(text) if body.flag("extract_claims", default=True) else []
+        replaces = body.string("supersedes") or None
         if await self._store.get(MEMORIES, project_id, memory_id) is not None:
-            raise BadRequest(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
+            raise Conflict(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
+        if replaces is not None:
+            await self._check_replaceable(project_id, subject_id, replaces)
 
         dense = (await self._embed([text], api_key))[0] if self.embedder else None
         decision = Decision("create")
         if not no_supersede:
-            candidates = await self._candidates(project_id, subject_id, text, claims, dense)
+            # The memory named in ``supersedes`` is replaced, never a reason to skip this one.
+            candidates = [candidate for candidate in await self._candidates(project_id, subject_id, text, claims, dense)
+                          if candidate.memory_id != replaces]
             decision = decide(self._comparer, self._config.versioning, text, claims, candidates)
         summary = {"subject_id": subject_id, "text": text, "kind": fields.get("kind", "fact")}
         if decision.action == "skip":
@@ -230,6 +249,10 @@ class Memories:
             await self._reinforce(project_id, decision.duplicate_of)
             return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
                     "duplicate_of": decision.duplicate_of}, False
+        if replaces is not None and replaces not in decision.superseded_ids:
+            replaced = await self._store.get(MEMORIES, project_id, replaces)
+            if replaced is not None and replaced["status"] == "active":
+                decision = Decision("supersede", superseded_ids=[*decision.superseded_ids, replaces])
 
         # The subject's memory stored just before this one: each lends the other its words
         # as context (Lexicon.index_text), while both are active.
@@ -271,6 +294,15 @@ class Memories:
             self.events.publish(project_id, subject_id, "memory.superseded", {"id": old_id, "superseded_by": memory_id})
         return {"id": memory_id, **summary, "created": True, "superseded_count": len(decision.superseded_ids),
                 "superseded_ids": decision.superseded_ids}, True
+
+    async def _check_replaceable(self, project_id: str, subject_id: str, memory_id: str) -> None:
+        """A memory named in ``supersedes`` must be one of the subject's own, not deleted."""
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None or doc["subject_id"] != subject_id:
+            raise NotFound(f"supersedes names no memory of subject {subject_id}", code="memory_not_found",
+                           param="supersedes")
+        if doc.get("is_deleted"):
+            raise NotFound("supersedes names a deleted memory", code="memory_deleted", param="supersedes")
 
     async def update(self, project_id: str, memory_id: str, data: dict[str, Any], *,
                      api_key: str | None = None) -> None:
