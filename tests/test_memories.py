@@ -121,7 +121,9 @@ def test_the_seed_002_walkthrough(gateway_on):
         assert rest.delete(f"/memories/{strawberry['id']}").json() == {"ok": True, "deleted": False}
         assert rest.post(f"/memories/{strawberry['id']}/restore").json()["error"] == "memory_deleted"
         kept = rest.get("/memories", params={"subject_id": SUBJECT, "include_deleted": "true"}).json()["data"]
-        assert strawberry["id"] in [m["id"] for m in kept]
+        # Kept for audit, and marked as deleted: when, next to the memories still in use (no deleted_at).
+        deleted_at = {m["id"]: m.get("deleted_at") for m in kept}
+        assert deleted_at.pop(strawberry["id"]).endswith("Z") and set(deleted_at.values()) == {None}
         hits = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "strawberry"}).json()["data"]
         assert hits == []
 

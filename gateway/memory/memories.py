@@ -336,7 +336,9 @@ class Memories:
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None or doc.get("is_deleted"):
             return False
-        doc.update(is_deleted=True, listing="deleted", updated_at=from_timestamp(time.time()))
+        stamp = from_timestamp(time.time())
+        # deleted_at shows in listings that include deleted memories (is_deleted stays internal).
+        doc.update(is_deleted=True, listing="deleted", updated_at=stamp, deleted_at=stamp)
         async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             await self._update_index(project_id, doc)
