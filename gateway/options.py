@@ -109,6 +109,9 @@ class _Reader:
             raise _invalid(field, "a non-empty string")
         if len(value) > MAX_ID_LENGTH:
             raise _invalid(field, f"at most {MAX_ID_LENGTH} characters")
+        if not value.isprintable():
+            # Ids come back in response headers and are stored: no control characters.
+            raise _invalid(field, "printable text without control characters")
         return value
 
     def bool_or_id(self, field: str, default: bool) -> bool | str:

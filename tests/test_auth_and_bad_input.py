@@ -116,6 +116,8 @@ def test_the_same_subject_in_two_projects_shares_nothing(gateway_on):
     ({**CHAT, "mnx": {"learn": "always"}}, "invalid_mnx"),
     ({**CHAT, "mnx": {"subject_id": 123}}, "invalid_mnx"),
     ({**CHAT, "mnx": {"subject_id": "x" * 300}}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"subject_id": "victim\u0000"}}, "invalid_mnx"),
+    ({**CHAT, "mnx": {"chat_id": "line\nbreak"}}, "invalid_mnx"),
     ({**CHAT, "mnx": {"state": {"load": True}}}, "invalid_mnx"),
 ])
 def test_invalid_chat_bodies_are_400_in_the_openai_shape(gateway, body, code):

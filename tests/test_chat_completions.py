@@ -31,6 +31,25 @@ def test_non_streamed_completion_carries_mnx_ids_in_headers_and_body(gateway):
     assert "mnx" not in forwarded["body"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_ids_a_header_cannot_carry_come_back_percent_encoded(gateway, stream):
+    """Header values are Latin-1: a non-ASCII id is echoed as UTF-8 percent-escapes (it was a 500,
+    and streamed, an upstream connection left open), and the chat is stored under the id itself."""
+    with httpx.Client(timeout=30) as client:
+        response = client.post(gateway.url + "/v1/chat/completions", json={
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+            "mnx": {"subject_id": "Zoë", "chat_id": "chat 😀"}}, headers={"x-mnexium-key": KEY,
+                                                                         "x-openai-key": PROVIDER_KEY})
+        assert response.status_code == 200
+        assert response.headers["x-mnx-chat-id"] == "chat %F0%9F%98%80"
+        assert response.headers["x-mnx-subject-id"] == "Zo%C3%AB"
+        if not stream:
+            assert response.json()["mnx"] == {"chat_id": "chat 😀", "subject_id": "Zoë"}
+        with gateway.rest() as rest:
+            chats = rest.get("/chat/history/list", params={"subject_id": "Zoë"}).json()["chats"]
+            assert [chat["chat_id"] for chat in chats] == ["chat 😀"]
+
+
 def test_ids_are_generated_when_the_request_gives_none(gateway):
     raw = gateway.openai().chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

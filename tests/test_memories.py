@@ -399,6 +399,35 @@ def test_client_chosen_ids_must_be_addressable_and_unique(gateway):
         assert add(other, "User rows", id="sailing:2026 ü")["id"] == "sailing:2026 ü"
 
 
+def test_a_turn_that_fails_records_no_recall(gateway):
+    """Recall events and reinforcement are written once the turn is answered, not when a
+    request that then fails (another layer's 4xx, a provider error, a broken stream) recalled."""
+    with gateway.rest() as rest:
+        pizza = add(rest, "User loves pizza")["id"]
+
+    def turn(model: str, stream: bool = False, **mnx: Any) -> httpx.Response:
+        with httpx.Client(timeout=30) as client:
+            return client.post(gateway.url + "/v1/chat/completions", json={
+                "model": model, "stream": stream, "messages": [{"role": "user", "content": "Any pizza ideas?"}],
+                "mnx": {"subject_id": SUBJECT, "chat_id": "chat-f", "history": False, "recall": True, **mnx}},
+                headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY})
+
+    unknown_prompt = turn("gpt-4o-mini", system_prompt="no-such-prompt")
+    assert unknown_prompt.status_code == 400 and unknown_prompt.json()["error"]["code"] == "prompt_not_found"
+    assert turn("fail-500").status_code >= 500
+    cut = turn("cut-stream", stream=True)
+    assert cut.status_code == 200 and "upstream_stream_interrupted" in cut.text
+    with gateway.rest() as rest:
+        assert rest.get("/memories/recalls", params={"memory_id": pizza}).json()["count"] == 0
+        assert rest.get(f"/memories/{pizza}").json()["data"]["seen_count"] == 0
+    for stream in (False, True):
+        assert turn("gpt-4o-mini", stream=stream).status_code == 200
+    with gateway.rest() as rest:
+        events = rest.get("/memories/recalls", params={"memory_id": pizza}).json()["data"]
+        assert [(e["chat_id"], e["memory_text"]) for e in events] == [("chat-f", "User loves pizza")] * 2
+        assert rest.get(f"/memories/{pizza}").json()["data"]["seen_count"] == 2
+
+
 def test_bad_queries_unknown_ids_and_other_projects(gateway):
     with gateway.rest() as rest:
         mine = add(rest, "User keeps bees")["id"]

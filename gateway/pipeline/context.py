@@ -1,7 +1,10 @@
 """Context assembly: each layer of seed 003's order is one stage of one pipeline.
 
-Stages only read, so they run concurrently; their results are then composed in
-the fixed order of the stage list, whatever order they finished in:
+Stages only read, so they run concurrently; what a stage writes because of a turn
+(recall events, reinforcement) it hands back as ``on_answered``, run only once the
+turn is answered, so a request that fails (another stage's 4xx, a provider error,
+a broken stream) leaves no trace. The results are composed in the fixed order of
+the stage list, whatever order they finished in:
 
     system prompt -> agent state -> memories -> records  (one gateway system message)
     -> chat history                                     (prepended messages)
@@ -11,8 +14,8 @@ the fixed order of the stage list, whatever order they finished in:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from gateway.options import MnxOptions
 
@@ -38,6 +41,8 @@ class ContextLayer:
     system_text: str | None = None
     # Messages placed between the system message and the request's messages.
     messages: Sequence[dict[str, Any]] = ()
+    # What the stage writes once the turn has been answered (see the module docstring).
+    on_answered: Callable[[], Awaitable[None]] | None = None
 
 
 class ContextStage(Protocol):
@@ -54,6 +59,12 @@ class ContextStage(Protocol):
 class AssembledContext:
     system_text: str | None
     history: list[dict[str, Any]]
+    on_answered: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def answered(self) -> None:
+        """Run the stages' writes for an answered turn, in stage order."""
+        for write in self.on_answered:
+            await write()
 
     def chat_messages(self, request_messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The full message list for an OpenAI-format upstream."""
@@ -72,10 +83,13 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
         layers = [await stage.run(turn) for stage in stages]
     sections: list[str] = []
     history: list[dict[str, Any]] = []
+    writes: list[Callable[[], Awaitable[None]]] = []
     for layer in layers:
         if layer is None:
             continue
         if layer.system_text:
             sections.append(layer.system_text)
         history.extend(layer.messages)
-    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history)
+        if layer.on_answered is not None:
+            writes.append(layer.on_answered)
+    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, writes)

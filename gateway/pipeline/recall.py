@@ -3,8 +3,9 @@
 The latest user message is the query; the messages just before it add a little
 context. Recalled memories are written into the system message as a JSON list of
 strings, so a stored "ignore previous instructions" reaches the model as a quoted
-fact about the user, never as an instruction. Each recall is logged as a recall
-event and reinforces the memory (seen_count, last_seen_at).
+fact about the user, never as an instruction. Once the turn is answered, each
+recall is logged as a recall event and reinforces the memory (seen_count,
+last_seen_at).
 """
 
 from __future__ import annotations
@@ -74,11 +75,15 @@ class MemoryRecallStage:
         if not hits:
             return None
         stamp = now_iso()
-        await self._recalls.record(turn.project_id, [{
-            "subject_id": options.subject_id, "memory_id": hit.memory_id, "memory_text": hit.text,
-            "chat_id": options.chat_id, "message_index": message_index, "chat_logged": int(options.log),
-            "similarity_score": round(hit.score * 100, 1), "request_type": turn.request_type, "model": turn.model,
-            "metadata": options.metadata or {}, "recalled_at": stamp,
-        } for hit in hits])
-        await self._memories.mark_recalled(turn.project_id, hits)
-        return ContextLayer(system_text=render(hits))
+
+        async def record_recall() -> None:
+            await self._recalls.record(turn.project_id, [{
+                "subject_id": options.subject_id, "memory_id": hit.memory_id, "memory_text": hit.text,
+                "chat_id": options.chat_id, "message_index": message_index, "chat_logged": int(options.log),
+                "similarity_score": round(hit.score * 100, 1), "request_type": turn.request_type,
+                "model": turn.model, "metadata": options.metadata or {}, "recalled_at": stamp,
+            } for hit in hits])
+            await self._memories.mark_recalled(turn.project_id, hits)
+
+        # Written once the turn is answered: a request that fails recalled nothing.
+        return ContextLayer(system_text=render(hits), on_answered=record_recall)

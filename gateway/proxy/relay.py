@@ -10,29 +10,27 @@ cancels the provider's generation; nothing is recorded.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 
-from gateway.pipeline.context import TurnContext
-from gateway.pipeline.record import record_turn
 from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.upstream import UpstreamStream
-from gateway.services import Services
 
 
-async def relay(services: Services, turn: TurnContext, stream: UpstreamStream, accumulator: JsonEventStream,
-                interrupted_frame: bytes) -> AsyncIterator[bytes]:
+async def relay(stream: UpstreamStream, accumulator: JsonEventStream, interrupted_frame: bytes,
+                answered: Callable[[dict[str, Any]], Awaitable[None]]) -> AsyncIterator[bytes]:
+    """Relay ``stream``; ``answered`` records the rebuilt answer once it is complete."""
     recorded = False
     try:
         async for chunk in stream:
             accumulator.feed(chunk)
             if accumulator.done and accumulator.completed and not recorded:
                 recorded = True
-                await record_turn(services, turn, accumulator.message())
+                await answered(accumulator.message())
             yield chunk
         if accumulator.completed and not recorded:
-            await record_turn(services, turn, accumulator.message())
+            await answered(accumulator.message())
         elif not accumulator.completed:
             # The provider stopped mid-answer. Say so in-band (the status line is long
             # gone) with the format's own error event, on which its SDKs raise.

@@ -11,6 +11,8 @@ and which upstream calls speak it.
 
 from __future__ import annotations
 
+import string
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +29,10 @@ from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.upstream import UpstreamCall, WireFormat
 from gateway.routing import Call
 from gateway.validation import read_json_object
+
+
+# Everything printable in ASCII but "%", which starts an escape.
+_PRINTABLE_ASCII = "".join(c for c in string.printable if c not in "%\t\n\r\x0b\x0c")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,14 @@ class SurfaceSpec:
     request_type: str = "chat"
 
 
+def header_value(value: str) -> str:
+    """``value`` as an HTTP header can carry it: header values are Latin-1 on the wire, so an id
+    with other characters comes back percent-encoded as UTF-8 (``%F0%9F%98%80``), as URLs spell them."""
+    if value.isascii() and value.isprintable():
+        return value
+    return urllib.parse.quote(value, safe=_PRINTABLE_ASCII)
+
+
 async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     services = call.services
     headers = call.request.headers
@@ -66,7 +80,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         spec.from_path(call.request, body)
     options = parse_options(body.pop("mnx", None), headers, services.config.defaults,
                             history_default=spec.history_default)
-    ids = {"X-Mnx-Chat-Id": options.chat_id, "X-Mnx-Subject-Id": options.subject_id}
+    ids = {"X-Mnx-Chat-Id": header_value(options.chat_id), "X-Mnx-Subject-Id": header_value(options.subject_id)}
     try:
         spec.validate(body)
         if isinstance(options.memory_policy, str):
@@ -81,18 +95,28 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         forwarded = {name: headers[name] for name in spec.forwarded_headers if name in headers}
         upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
                                      api_key, settings, headers=forwarded)
+
+        async def answered(message: dict[str, Any] | None) -> None:
+            """A complete answer: the stages' writes (recall events), then history and learning."""
+            await context.answered()
+            if message is not None:
+                await record_turn(services, turn, message)
+
         if body.get("stream"):
             stream = await services.upstream.open_stream(upstream_call, spec.wire)
-            return StreamingResponse(relay(services, turn, stream, spec.new_accumulator(), spec.interrupted_frame),
-                                     media_type="text/event-stream",
-                                     headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            try:
+                return StreamingResponse(relay(stream, spec.new_accumulator(), spec.interrupted_frame, answered),
+                                         media_type="text/event-stream",
+                                         headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            except BaseException:
+                # Until the response owns the stream, an open provider connection is ours to close.
+                await stream.aclose()
+                raise
         answer = await services.upstream.complete(upstream_call, spec.wire)
     except GatewayError as error:
         error.headers = ids
         raise
-    message = spec.answer_message(answer)
-    if message is not None:
-        await record_turn(services, turn, message)
+    await answered(spec.answer_message(answer))
     if spec.mnx_in_body:
         answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
     return JSONResponse(answer, headers=ids)
