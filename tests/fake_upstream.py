@@ -96,7 +96,8 @@ class FakeProvider:
         payload = json.loads(body) if body else {}
         if self.record:
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            self.requests.append({"path": path, "headers": headers, "body": payload})
+            self.requests.append({"path": path, "query": scope.get("query_string", b"").decode(), "headers": headers,
+                                  "body": payload})
         if path.endswith("/chat/completions"):
             await self._openai(payload, receive, send)
         elif path.endswith("/embeddings"):

@@ -165,6 +165,25 @@ def test_unknown_mnx_keys_and_nulls_are_ignored(gateway):
     assert post_chat(gateway, body).status_code == 200
 
 
+@pytest.mark.parametrize("path, headers, code", [
+    ("/v1/chat/completions", {"x-openai-key": "sk-caf\xe9".encode("latin-1")}, "invalid_provider_key"),
+    ("/v1/chat/completions", {"authorization": "Bearer sk-\xe9t\xe9".encode("latin-1")}, "invalid_provider_key"),
+    ("/v1/messages", {"x-api-key": "sk-ant-\xe9".encode("latin-1")}, "invalid_provider_key"),
+    ("/v1/messages", {"x-anthropic-key": PROVIDER_KEY, "anthropic-beta": "b\xeata".encode("latin-1")},
+     "invalid_header"),
+])
+def test_header_values_no_provider_request_could_carry_are_400(gateway, path, headers, code):
+    """A provider key (or a forwarded header) outside printable ASCII was a 500 when the
+    provider request was built, after recall and context had run."""
+    body = {"model": "claude-3-5-haiku" if path == "/v1/messages" else "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}], "mnx": {"subject_id": "victim", "chat_id": "c"}}
+    response = httpx.post(gateway.url + path, json=body, headers={"x-mnexium-key": KEY, **headers})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert_nothing_stored_or_forwarded(gateway)
+
+
 def test_missing_provider_key_is_400_key_required(gateway):
     response = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
                           json=CHAT)

@@ -139,3 +139,20 @@ def test_missing_google_key_and_unknown_methods(gateway):
                          json={"contents": [{"parts": [{"text": "x"}]}]})
     assert unknown.status_code == 404
     assert gateway.forwarded() == []
+
+
+def test_the_model_in_the_url_stays_one_path_segment_upstream(gateway):
+    """A model name is escaped into the provider's URL: its "?" or "#" cannot add a query (a key,
+    alt=sse) to the forwarded request; one with a control character is refused."""
+    headers = {"x-mnexium-key": KEY, "x-goog-api-key": GOOGLE_KEY}
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    odd = httpx.post(gateway.url + "/v1beta/models/gemini-pro%3Fkey=x%26alt=sse%23:generateContent", json=body,
+                     headers=headers)
+    assert odd.status_code == 200, odd.text
+    forwarded = gateway.forwarded()[-1]
+    assert forwarded["path"] == "/v1beta/models/gemini-pro?key=x&alt=sse#:generateContent"
+    assert forwarded["query"] == "" and forwarded["headers"]["x-goog-api-key"] == GOOGLE_KEY
+    control = httpx.post(gateway.url + "/v1beta/models/gemini%0A-pro:generateContent", json=body, headers=headers)
+    assert control.status_code == 400
+    assert control.json()["error"]["details"][0]["reason"] == "invalid_model"
+    assert len(gateway.forwarded()) == 1

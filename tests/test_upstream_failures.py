@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import openai
@@ -88,3 +89,46 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_provider_request(gatew
     # The provider would stream for 10 s; it must see its connection closed long before.
     assert wait_until(gateway.provider.stream_cancelled.is_set, timeout=3)
     assert history_of(gateway, "hung-up") == []
+
+
+@pytest.mark.parametrize("path, body, key_header", [
+    ("/v1/chat/completions", {"model": "anthropic/fail-503", "max_tokens": 5,
+                              "messages": [{"role": "user", "content": "x"}]}, "x-anthropic-key"),
+    ("/v1/messages", {"model": "openai/fail-503", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+     "x-openai-key"),
+    ("/v1/responses", {"model": "anthropic/fail-503", "max_output_tokens": 5, "input": "x"}, "x-anthropic-key"),
+    ("/v1beta/models/fail-503:generateContent", {"contents": [{"role": "user", "parts": [{"text": "x"}]}]},
+     "x-openai-key"),
+])
+def test_a_failing_provider_behind_litellm_is_called_once_and_its_error_carries_no_traceback(
+        gateway, path, body, key_header):
+    """The gateway does not retry a provider on the caller's behalf (the client's SDK decides), on any
+    surface; and what the caller reads of the error is a message, not the bridge's Python traceback."""
+    response = httpx.post(gateway.url + path, json=body, timeout=30,
+                          headers={"x-mnexium-key": KEY, key_header: PROVIDER_KEY})
+    assert response.status_code == 503, response.text
+    assert len(gateway.forwarded()) == 1
+    assert "Traceback" not in response.text and "site-packages" not in response.text
+
+
+def test_a_provider_too_slow_behind_litellm_is_a_504_within_the_configured_time(start_gateway, storage_sqlite,
+                                                                               provider):
+    gw = start_gateway(storage_sqlite, providers={
+        "openai": {"api_base": provider.url + "/v1", "timeout": {"connect": 1, "read": 0.5}}})
+    started = time.monotonic()
+    response = httpx.post(gw.url + "/v1/messages", timeout=30, headers={"x-mnexium-key": KEY,
+                                                                         "x-openai-key": PROVIDER_KEY},
+                          json={"model": "openai/sleep-3", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["type"] == "api_error" and "Traceback" not in response.text
+    assert time.monotonic() - started < 2.5  # one attempt, not LiteLLM's retries
+
+
+def test_what_litellm_cannot_translate_comes_back_without_its_traceback(gateway):
+    response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                          headers={"x-mnexium-key": KEY, "x-anthropic-key": PROVIDER_KEY},
+                          json={"model": "anthropic/claude-3-5-haiku", "max_tokens": 5,
+                                "tools": [{"type": "function", "function": None}],
+                                "messages": [{"role": "user", "content": "x"}]})
+    assert 400 <= response.status_code < 600 and response.json()["error"]["message"].startswith("provider error: ")
+    assert "Traceback" not in response.text and "site-packages" not in response.text

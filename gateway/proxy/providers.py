@@ -41,6 +41,9 @@ def route_model(model: str) -> Route:
     An explicit ``openai/``, ``anthropic/``, ``gemini/`` prefix overrides the rule, so
     any OpenAI-compatible model (vLLM, OpenRouter...) can be named whatever it is called.
     """
+    if not model.isprintable():
+        raise BadRequest("model must be printable text without control characters", code="invalid_model",
+                         param="model")
     for prefix, provider in _EXPLICIT_PREFIXES.items():
         if model.startswith(prefix):
             return Route(provider, model[len(prefix):])
@@ -66,11 +69,20 @@ def provider_key(name: ProviderName, headers: Headers, provider_bearer: str | No
     for header in ((native_header,) if native_header else ()) + _KEY_HEADERS[name]:
         value = headers.get(header)
         if value and value.strip():
-            return value.strip()
+            return _sendable(value.strip(), header)
     if provider_bearer:
-        return provider_bearer
+        return _sendable(provider_bearer, "authorization")
     if settings.api_key is not None:
         return settings.api_key.get_secret_value()
     header = _KEY_HEADERS[name][0]
     raise BadRequest(f"no {name} API key: send it in the {header} header or configure providers.{name}.api_key",
                      code=_KEY_ERROR_CODES[name])
+
+
+def _sendable(key: str, header: str) -> str:
+    """A caller's key as it can go upstream: printable ASCII, as every provider's keys are
+    (anything else could not even be written into the provider request's header)."""
+    if not (key.isascii() and key.isprintable()):
+        raise BadRequest(f"the provider key in the {header} header must be printable ASCII",
+                         code="invalid_provider_key", param=header)
+    return key

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 from gateway.options import parse_options
 from gateway.pipeline.context import AssembledContext, TurnContext, assemble
 from gateway.pipeline.record import record_turn
@@ -72,6 +72,12 @@ def header_value(value: str) -> str:
     return urllib.parse.quote(value, safe=_PRINTABLE_ASCII)
 
 
+def _forwardable(name: str, value: str) -> str:
+    if not (value.isascii() and value.isprintable()):
+        raise BadRequest(f"the {name} header must be printable ASCII", code="invalid_header", param=name)
+    return value
+
+
 async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     services = call.services
     headers = call.request.headers
@@ -92,7 +98,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
                            request_type=spec.request_type, headers=headers)
         context = await assemble(turn, services.stages)
-        forwarded = {name: headers[name] for name in spec.forwarded_headers if name in headers}
+        forwarded = {name: _forwardable(name, headers[name]) for name in spec.forwarded_headers if name in headers}
         upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
                                      api_key, settings, headers=forwarded)
 

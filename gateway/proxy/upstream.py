@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -174,7 +175,8 @@ class Upstream:
         elif wire is WireFormat.GEMINI:
             # Gemini carries the model and the streaming choice in the URL, not the body.
             action = "streamGenerateContent?alt=sse" if body.get("stream") else "generateContent"
-            url = httpx.URL(f"{base}/models/{call.route.model}:{action}")
+            # The model is one path segment: escaped, a "?" or "#" in it cannot add to the URL.
+            url = httpx.URL(f"{base}/models/{urllib.parse.quote(call.route.model, safe='')}:{action}")
             body = {k: v for k, v in body.items() if k not in ("model", "stream")}
             headers = {"x-goog-api-key": call.api_key}
         else:
@@ -250,6 +252,12 @@ def _model_json(model: Any) -> dict[str, Any]:
     return json.loads(model.model_dump_json(exclude_none=True))
 
 
+# The gateway answers with the provider's first error and leaves retrying to the caller's
+# SDK: LiteLLM's own retries (and those of the provider SDK it drives) would multiply the
+# calls and stretch a timeout past the configured one.
+_NO_RETRIES = {"num_retries": 0, "max_retries": 0}
+
+
 def _litellm_arguments(call: UpstreamCall) -> dict[str, Any]:
     params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "input", "stream")}
     return {
@@ -260,11 +268,12 @@ def _litellm_arguments(call: UpstreamCall) -> dict[str, Any]:
         "api_key": call.api_key,
         "api_base": call.settings.api_base,
         "timeout": call.settings.timeout.read,
+        **_NO_RETRIES,
     }
 
 
 def _chat_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    arguments = {**_litellm_arguments(call), "num_retries": 0}
+    arguments = _litellm_arguments(call)
     return _Bridge(request=lambda stream: litellm.acompletion(**arguments, stream=stream), whole=_model_json,
                    frames=lambda chunk: [sse_frame(_model_json(chunk))], trailer=DONE_FRAME)
 
@@ -301,6 +310,7 @@ def _gemini_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
         "contents": body["contents"], "config": body.get("generationConfig"), "tools": body.get("tools"),
         "systemInstruction": body.get("systemInstruction"),
         "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
+        **_NO_RETRIES,
     }
     return _Bridge(request=lambda stream: (agenerate_content_stream if stream else agenerate_content)(**arguments),
                    whole=lambda answer: gemini_response_only(answer if isinstance(answer, dict) else _model_json(answer)),
@@ -314,11 +324,31 @@ _BRIDGES: dict[WireFormat, Callable[[Any, UpstreamCall], _Bridge]] = {
 
 
 def _litellm_error(error: Exception) -> UpstreamError:
-    status = getattr(error, "status_code", None)
-    if not isinstance(status, int):
-        status = 502
-    message = getattr(error, "message", None) or str(error)
-    return UpstreamError(f"provider error: {message}"[:2000], status=status, code="upstream_error")
+    """A LiteLLM exception as the caller should see it: with the provider's own status, which
+    LiteLLM's adapters may wrap in a generic error of theirs (a Gemini-format call to a 503
+    surfaced as a 500), and a message without the Python traceback LiteLLM appends."""
+    chain = _causes(error)
+    for cause in chain:
+        if isinstance(cause, httpx.HTTPError) and not isinstance(cause, httpx.HTTPStatusError):
+            return _transport_error(cause, "the provider")
+    statuses = [cause.status_code for cause in chain if isinstance(getattr(cause, "status_code", None), int)]
+    # The innermost status is the one closest to the provider's HTTP answer.
+    status = next((s for s in reversed(statuses) if 400 <= s <= 599), 502)
+    if any(type(cause).__name__ == "Timeout" for cause in chain):
+        status = 504  # LiteLLM's Timeout says 408, but the provider is what ran out of time, as on the native path.
+    message = (getattr(error, "message", None) or str(error)).split("Traceback (most recent call last)", 1)[0]
+    code = "upstream_timeout" if status == 504 else "upstream_error"
+    return UpstreamError(f"provider error: {message.strip()}"[:2000], status=status, code=code)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and what it was raised from or during, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def _litellm_stream(source: Any, frames: Callable[[Any], list[bytes]], trailer: bytes) -> UpstreamStream:
