@@ -18,28 +18,74 @@ from gateway.errors import BadRequest, PayloadTooLarge
 # A \u escape of a UTF-16 surrogate: JSON lets one stand alone ("\ud800"), Unicode text
 # cannot hold it, and no store, index or provider can take it.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Deeper than any real request nests (a tool's JSON schema: a dozen levels), and far enough
+# below Python's recursion limit that storing, forwarding or answering with the value
+# cannot hit it (a body nested ~960 deep parsed, was stored, and every read was a 500).
+MAX_JSON_DEPTH = 100
 
 
-class NotFiniteNumber(ValueError):
-    """NaN, Infinity or a number too large for a float: Python's json reads them, JSON has
-    none of them, and no store or provider would write them back (a stored one made every
-    later read of the memory a 500)."""
+class InvalidJson(ValueError):
+    """Text that is not JSON the gateway can keep: a parse error, NaN or Infinity (Python's
+    json reads them, JSON has none, nothing would write them back), a lone surrogate, or
+    nesting deeper than MAX_JSON_DEPTH."""
 
 
 def _not_a_json_constant(name: str) -> float:
-    raise NotFiniteNumber(f"{name} is not a JSON number")
+    raise InvalidJson(f"{name} is not a JSON number")
 
 
 def _finite_float(literal: str) -> float:
     value = float(literal)
     if math.isinf(value):
-        raise NotFiniteNumber(f"{literal} is too large for a number")
+        raise InvalidJson(f"{literal} is too large for a number")
     return value
 
 
 def parse_json(raw: str | bytes) -> Any:
-    """``json.loads`` that refuses what is not standard JSON: NaN, Infinity and overflowing numbers."""
-    return json.loads(raw, parse_constant=_not_a_json_constant, parse_float=_finite_float)
+    """``json.loads`` that refuses what the gateway cannot store or forward (see InvalidJson)."""
+    try:
+        value = json.loads(raw, parse_constant=_not_a_json_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidJson(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except InvalidJson:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJson("not valid JSON") from None
+    encoded = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    # Only a text with that many brackets can nest that deep, and only one with a
+    # surrogate escape can hold a lone one: most bodies skip the walk.
+    deep = encoded.count(b"[") + encoded.count(b"{") > MAX_JSON_DEPTH
+    surrogates = _SURROGATE_ESCAPE.search(encoded) is not None
+    if deep or surrogates:
+        _check_value(value, surrogates)
+    return value
+
+
+def _is_text(value: str) -> bool:
+    """False if ``value`` holds a lone surrogate (it cannot be encoded as UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_value(value: Any, strings: bool) -> None:
+    """Raise InvalidJson if parsed JSON nests deeper than MAX_JSON_DEPTH or (``strings``)
+    holds a lone surrogate in a key or a string. Iterative: depth is what it checks."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if strings and not _is_text(item):
+                raise InvalidJson("a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not Unicode text")
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children)
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -64,37 +110,11 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise BadRequest("request body is empty; expected a JSON object", code="invalid_json_body")
     try:
         data = parse_json(raw)
-        # Walking the parsed body recurses as deep as json.loads did: one handler for both.
-        lone_surrogate = (isinstance(data, dict) and _SURROGATE_ESCAPE.search(raw) is not None
-                          and not _is_unicode(data))
-    except NotFiniteNumber as error:
-        raise BadRequest(f"request body is not valid JSON: {error}", code="invalid_json_body") from None
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON", code="invalid_json_body") from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply", code="invalid_json_body") from None
+    except InvalidJson as error:
+        raise BadRequest(f"request body is not usable JSON: {error}", code="invalid_json_body") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json_body")
-    if lone_surrogate:
-        raise BadRequest("request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
-                         "Unicode text", code="invalid_json_body")
     return data
-
-
-def _is_unicode(value: Any) -> bool:
-    """False if any string (key or value) in parsed JSON holds a lone surrogate. Only looked
-    for when the body has a surrogate escape: a pair of them (an emoji) is fine."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_is_unicode(key) and _is_unicode(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_is_unicode(item) for item in value)
-    return True
 
 
 def _invalid(field: str, expected: str, code: str | None = None) -> BadRequest:

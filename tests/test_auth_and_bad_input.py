@@ -129,7 +129,9 @@ def test_invalid_chat_bodies_are_400_in_the_openai_shape(gateway, body, code):
 
 
 @pytest.mark.parametrize("header, value", [("x-mnx-history", "perhaps"), ("x-mnx-metadata", '{"score": NaN}'),
-                                           ("x-mnx-metadata", "{not json")])
+                                           ("x-mnx-metadata", "{not json"), ("x-mnx-state", "[" * 5000),
+                                           ("x-mnx-metadata", '{"k": "\\ud800"}'),
+                                           ("x-mnx-metadata", '{"k": ' + "[" * 120 + "]" * 120 + "}")])
 def test_bad_header_options_are_400(gateway, header, value):
     response = post_chat(gateway, headers={header: value})
     assert response.status_code == 400

@@ -343,6 +343,26 @@ def test_numbers_json_cannot_carry_are_400_and_nothing_is_stored(gateway, number
         assert [(m["id"], m["metadata"]) for m in listed.json()["data"]] == [(kept, {})]
 
 
+def test_json_nested_deeper_than_100_levels_is_400_and_up_to_it_round_trips(gateway):
+    """A body nested ~960 deep used to parse, be stored, and make every later read a 500."""
+    def body(arrays: int) -> bytes:  # levels: the body, metadata, then the arrays
+        return (b'{"subject_id": "%s", "text": "Owns a canoe", "metadata": {"deep": ' % SUBJECT.encode()
+                + b"[" * arrays + b"]" * arrays + b"}}")
+    with gateway.rest() as rest:
+        json_headers = {"content-type": "application/json"}
+        for arrays in (99, 960):
+            refused = rest.post("/memories", content=body(arrays), headers=json_headers)
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_json_body"
+            assert "nested deeper than 100" in refused.json()["message"]
+        assert rest.get("/memories", params={"subject_id": SUBJECT}).json()["count"] == 0
+        kept = rest.post("/memories", content=body(98), headers=json_headers)
+        assert kept.status_code == 201
+        deep = rest.get(f"/memories/{kept.json()['id']}").json()["data"]["metadata"]["deep"]
+        for _ in range(97):
+            deep = deep[0]
+        assert deep == []
+
+
 def test_blank_query_parameters_count_as_missing(gateway):
     with gateway.rest() as rest:
         add(rest, "User keeps bees")
