@@ -18,7 +18,7 @@ from gateway.scoped import (
     check_scope_name, delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
 )
 from gateway.store import DocumentStore
-from gateway.validation import Body
+from gateway.validation import Body, addressable_id
 
 POLICIES = scoped_collection("memory_policies")
 TEXT_SEPARATOR = "\n\n"
@@ -84,7 +84,7 @@ class MemoryPolicies:
     async def create(self, project_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         body = Body(raw)
         fields = read_scoped_fields(body, "policy_text", 50_000, "policies")
-        policy_id = body.string("id", max_length=128) or "mp_" + secrets.token_hex(10)
+        policy_id = addressable_id(body.string("id"), 128, ("resolve",)) or "mp_" + secrets.token_hex(10)
         existing = await self._store.get(POLICIES, project_id, policy_id)
         stamp = now_iso()
         policy = {

@@ -16,7 +16,7 @@ from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
 from gateway.scoped import delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection
 from gateway.store import DocumentStore
-from gateway.validation import Body
+from gateway.validation import Body, addressable_id
 
 PROMPTS = scoped_collection("prompts")
 LAYER_SEPARATOR = "\n\n"
@@ -37,7 +37,7 @@ class SystemPrompts:
         """Create (or, when ``id`` names an existing prompt, replace) a prompt. Returns (prompt, created)."""
         body = Body(raw)
         fields = read_scoped_fields(body, "prompt_text", 100_000, "prompts")
-        prompt_id = body.string("id", max_length=128) or "sp_" + secrets.token_hex(10)
+        prompt_id = addressable_id(body.string("id"), 128, ("resolve",)) or "sp_" + secrets.token_hex(10)
         existing = await self._store.get(PROMPTS, project_id, prompt_id)
         stamp = now_iso()
         prompt = {

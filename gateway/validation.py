@@ -117,6 +117,20 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     return data
 
 
+def addressable_id(value: str | None, max_length: int, reserved: tuple[str, ...] = ()) -> str | None:
+    """A client-chosen id, checked to be readable back at ``/{collection}/{id}``: no slash or
+    control character, no surrounding spaces, not "." or "..", nor a name the collection's
+    routes take for themselves (``reserved``). None when the client chose none."""
+    if value is None or value == "":
+        return None
+    if (len(value) > max_length or value.strip() != value or value in (".", "..", *reserved)
+            or "/" in value or not value.isprintable()):
+        names = ", ".join(reserved + (".", ".."))
+        raise BadRequest(f"id must be at most {max_length} printable characters without '/' or surrounding "
+                         f"spaces, and none of {names}", code="invalid_id", param="id")
+    return value
+
+
 def _invalid(field: str, expected: str, code: str | None = None) -> BadRequest:
     return BadRequest(f"{field} must be {expected}", code=code or f"invalid_{field}", param=field)
 

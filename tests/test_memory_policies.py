@@ -105,6 +105,7 @@ def test_one_default_per_scope_and_scope_id(gateway):
     ({"name": "n", "policy_text": "t", "config": {"importance_min": 101}}, "invalid_config", "config.importance_min"),
     ({"name": "n", "policy_text": "t", "config": {"confidance_min": 0.5}}, "invalid_config", "config.confidance_min"),
     ({"name": "n", "policy_text": "t", "config": [1]}, "invalid_config", "config"),
+    *(({"id": bad, "name": "n", "policy_text": "t"}, "invalid_id", "id") for bad in ("a/b", "resolve", "   ", "..")),
 ])
 def test_invalid_policies_are_400_naming_the_field_and_store_nothing(gateway, body, code, param):
     with gateway.rest() as rest:

@@ -86,6 +86,8 @@ def test_invalid_prompt_bodies_name_the_field_and_store_nothing(gateway):
         ({"name": "n", "prompt_text": "t", "priority": "high"}, "invalid_priority"),
         ({"name": "n", "prompt_text": "t", "is_default": "yes"}, "invalid_is_default"),
         ({"name": ["n"], "prompt_text": "t"}, "invalid_name"),
+        # A chosen id must be readable back at /prompts/{id}.
+        *(({"id": bad, "name": "n", "prompt_text": "t"}, "invalid_id") for bad in ("a/b", "resolve", " x", "\u0007")),
     ]
     with gateway.rest() as rest:
         for body, code in cases:
@@ -141,6 +143,9 @@ def test_state_bad_input(gateway):
             assert rest.put("/state/k", headers=headers, json={"value": 1, "ttl_seconds": ttl}).json()[
                 "error"] == "invalid_ttl_seconds"
         assert rest.get("/state/k", headers=headers).status_code == 404
+        no_key = rest.put("/state/", headers=headers, json={"value": 1})
+        assert (no_key.status_code, no_key.json()["error"]) == (400, "invalid_key")
+        assert rest.get("/state/", headers=headers).json()["error"] == "invalid_key"
 
 
 # -- chat history ----------------------------------------------------------------------------

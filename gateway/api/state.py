@@ -18,6 +18,8 @@ def _subject_and_key(call: Call) -> tuple[str, str]:
     if len(subject_id) > MAX_ID_LENGTH:
         raise BadRequest(f"X-Subject-ID must be at most {MAX_ID_LENGTH} characters", code="invalid_subject_id")
     key = call.request.path_params["key"]
+    if not key.strip():
+        raise BadRequest("a state key is required: /state/{key}", code="invalid_key")
     if len(key) > MAX_KEY_LENGTH:
         raise BadRequest(f"state keys are at most {MAX_KEY_LENGTH} characters", code="invalid_key")
     return subject_id, key

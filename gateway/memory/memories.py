@@ -28,17 +28,16 @@ from gateway.memory.scoring import weight
 from gateway.memory.vector_index import IndexedMemory, IndexQuery, VectorHit, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
 from gateway.store import Collection, DocumentStore
-from gateway.validation import Body
+from gateway.validation import Body, addressable_id
 
 # "listing" is the one field list queries filter on: active, superseded or deleted.
 MEMORIES = Collection("memories", indexes=(("subject_id",), ("subject_id", "listing")))
 CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
 
 MAX_TEXT = 10_000
-# A client-chosen memory id must be addressable as /memories/{id}: no slash, no control
-# character, and not a name the /memories routes take for themselves.
+# A client may choose a memory's id: not one the /memories routes take for themselves.
 MAX_ID = 200
-_RESERVED_IDS = ("search", "superseded", "recalls", ".", "..")
+_RESERVED_IDS = ("search", "superseded", "recalls")
 # The job kind of an index repair (see Memories._index_repair).
 REINDEX_JOB = "memory.reindex"
 KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
@@ -80,16 +79,6 @@ def _tags(data: dict[str, Any]) -> list[str] | None:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadRequest("tags must be an array of strings", code="invalid_tags", param="tags")
     return tags
-
-
-def _client_id(memory_id: str | None) -> str | None:
-    if memory_id is None or memory_id == "":
-        return None
-    if (len(memory_id) > MAX_ID or memory_id.strip() != memory_id or memory_id in _RESERVED_IDS
-            or any(char == "/" or not char.isprintable() for char in memory_id)):
-        raise BadRequest(f"id must be at most {MAX_ID} printable characters without '/' or surrounding spaces, "
-                         f"and not one of {', '.join(_RESERVED_IDS)}", code="invalid_id", param="id")
-    return memory_id
 
 
 def _editable_fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +214,7 @@ class Memories:
         assert subject_id is not None and text is not None
         text = text.strip()
         fields = _editable_fields(data)
-        memory_id = _client_id(body.string("id")) or f"mem_{secrets.token_hex(12)}"
+        memory_id = addressable_id(body.string("id"), MAX_ID, _RESERVED_IDS) or f"mem_{secrets.token_hex(12)}"
         no_supersede = body.flag("no_supersede", default=False)
         source = body.string("source_type") or body.string("source") or source_type
         if claims is None:
