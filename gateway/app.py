@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from gateway.api import history, jobs, memories, memory_policies, prompts, state, subjects
 from gateway.config import GatewayConfig
-from gateway.errors import Surface
+from gateway.errors import GatewayError, Surface, error_response
 from gateway.proxy.chat_completions import chat_completions
 from gateway.proxy.gemini import generate_content
 from gateway.proxy.messages import messages
@@ -105,8 +105,28 @@ async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _surface_of(path: str) -> Surface:
+    """Which error shape a client of ``path`` reads: a provider SDK gets its own."""
+    for prefix in (API + "/", "/v1/"):
+        if path.startswith(prefix):
+            rest = path[len(prefix):]
+            if rest.startswith(("chat/completions", "responses")):
+                return Surface.OPENAI
+            if rest.startswith("messages"):
+                return Surface.ANTHROPIC
+    if path.startswith(("/v1beta/", "/v1/models/")):
+        return Surface.GEMINI
+    return Surface.MNEXIUM
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    surface = _surface_of(request.url.path)
+    if surface is not Surface.MNEXIUM and exc.status_code in (404, 405):
+        code, message = (("not_found", f"no route {request.url.path}") if exc.status_code == 404 else
+                         ("method_not_allowed", f"{request.method} is not allowed on {request.url.path}"))
+        return error_response(GatewayError(message, code=code, status=exc.status_code), surface,
+                              headers=exc.headers)
     if exc.status_code == 404:
         body = {"error": "not_found", "message": "no such route", "path": request.url.path, "method": request.method}
     elif exc.status_code == 405:

@@ -167,6 +167,25 @@ def test_unknown_mnx_keys_and_nulls_are_ignored(gateway):
     assert post_chat(gateway, body).status_code == 200
 
 
+@pytest.mark.parametrize("method, path, shape", [
+    ("GET", "/v1/chat/completions", "openai"), ("PUT", "/api/v1/responses", "openai"),
+    ("GET", "/v1/messages", "anthropic"), ("POST", "/v1beta/models/a%2Fb:generateContent", "gemini"),
+    ("POST", "/v1beta/models", "gemini"), ("GET", "/api/v1/nothing-here", "mnexium"),
+])
+def test_unknown_routes_and_methods_answer_in_the_shape_the_client_reads(gateway, method, path, shape):
+    response = httpx.request(method, gateway.url + path, headers={"x-mnexium-key": KEY})
+    assert response.status_code in (404, 405)
+    error = response.json()["error"]
+    if shape == "openai":
+        assert error["type"] in ("not_found_error", "invalid_request_error") and error["message"]
+    elif shape == "anthropic":
+        assert response.json()["type"] == "error" and error["type"] in ("not_found_error", "invalid_request_error")
+    elif shape == "gemini":
+        assert error["code"] == response.status_code and error["status"] in ("NOT_FOUND", "UNIMPLEMENTED")
+    else:
+        assert error == "not_found" and response.json()["path"] == path
+
+
 @pytest.mark.parametrize("path, headers, code", [
     ("/v1/chat/completions", {"x-openai-key": "sk-caf\xe9".encode("latin-1")}, "invalid_provider_key"),
     ("/v1/chat/completions", {"authorization": "Bearer sk-\xe9t\xe9".encode("latin-1")}, "invalid_provider_key"),
