@@ -12,12 +12,15 @@ import json
 from typing import Any
 
 from gateway.proxy.sse import JsonEventStream
+from gateway.proxy.stored_messages import as_text, image_url, joined_text, tool_calls
 
 # -- Anthropic -> OpenAI ----------------------------------------------------------------------
 
 
 def _image_part(block: dict[str, Any]) -> dict[str, Any] | None:
-    source = block.get("source") or {}
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return None
     if source.get("type") == "base64":
         return {"type": "image_url",
                 "image_url": {"url": f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"}}
@@ -30,7 +33,8 @@ def _tool_result_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        return "\n".join(b["text"] for b in content
+                         if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
     return "" if content is None else json.dumps(content, ensure_ascii=False)
 
 
@@ -68,10 +72,11 @@ def assistant_to_openai(content: Any) -> dict[str, Any]:
     """An Anthropic assistant content (string or blocks) as one OpenAI assistant message."""
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
-    texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
+    blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+    texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
     calls = [{"id": b.get("id", ""), "type": "function",
               "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
-             for b in content or [] if b.get("type") == "tool_use"]
+             for b in blocks if b.get("type") == "tool_use"]
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
     if calls:
         message["tool_calls"] = calls
@@ -81,20 +86,36 @@ def assistant_to_openai(content: Any) -> dict[str, Any]:
 # -- OpenAI -> Anthropic ----------------------------------------------------------------------
 
 
+def _image_block(url: str) -> dict[str, Any]:
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
 def _user_blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
+    """A stored user content as Anthropic blocks.
+
+    Whatever shape a stored turn has (older versions stored content parts unchecked), this does not
+    raise: a part it cannot carry over is left out, a value that should be text is made text.
+    """
+    if not isinstance(content, list):
+        text = as_text(content)
+        return [{"type": "text", "text": text}] if text else []
     blocks = []
-    for part in content or []:
-        if part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+    for part in content:
+        if isinstance(part, str):
+            if part:
+                blocks.append({"type": "text", "text": part})
+            continue
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            blocks.append({"type": "text", "text": part["text"]})
         elif part.get("type") == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
-            if url.startswith("data:") and ";base64," in url:
-                media_type, data = url[5:].split(";base64,", 1)
-                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
-            else:
-                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+            url = image_url(part.get("image_url"))
+            if url:
+                blocks.append(_image_block(url))
     return blocks
 
 
@@ -114,19 +135,15 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
             result.append({"role": role, "content": blocks})
 
     for message in messages:
-        role = message.get("role")
+        role = message.get("role") if isinstance(message, dict) else None
         if role == "assistant":
-            blocks = [{"type": "text", "text": message["content"]}] if message.get("content") else []
-            for call in message.get("tool_calls") or []:
-                try:
-                    arguments = json.loads(call["function"].get("arguments") or "{}")
-                except ValueError:
-                    arguments = {}
-                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": call["function"].get("name", ""),
-                               "input": arguments})
+            text = joined_text(message.get("content"))
+            blocks = [{"type": "text", "text": text}] if text else []
+            blocks += [{"type": "tool_use", "id": call.call_id, "name": call.name, "input": call.arguments}
+                       for call in tool_calls(message)]
             add("assistant", blocks)
         elif role == "tool":
-            add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
+            add("user", [{"type": "tool_result", "tool_use_id": as_text(message.get("tool_call_id")),
                           "content": _tool_result_text(message.get("content"))}])
         elif role == "user":
             add("user", _user_blocks(message.get("content")))

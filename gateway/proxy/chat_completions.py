@@ -23,6 +23,24 @@ _INTERRUPTED = sse_frame({"error": {"message": "the provider's stream ended befo
                                     "type": "api_error", "code": "upstream_stream_interrupted"}})
 
 
+def _validate_part(part: Any, where: str) -> None:
+    """A content part, as far as the history converters read it; other part types pass untouched."""
+    if not isinstance(part, dict):
+        raise BadRequest(f"{where} must be an object (a content part)", code="invalid_messages", param=where)
+    if not isinstance(part.get("type"), str):
+        raise BadRequest(f"{where}.type must be a string", code="invalid_messages", param=f"{where}.type")
+    if part["type"] == "text" and not isinstance(part.get("text"), str):
+        raise BadRequest(f"{where}.text must be a string", code="invalid_messages", param=f"{where}.text")
+    if part["type"] == "image_url":
+        image = part.get("image_url")
+        if not isinstance(image, dict):
+            raise BadRequest(f"{where}.image_url must be an object with a url", code="invalid_messages",
+                             param=f"{where}.image_url")
+        if not isinstance(image.get("url"), str):
+            raise BadRequest(f"{where}.image_url.url must be a string", code="invalid_messages",
+                             param=f"{where}.image_url.url")
+
+
 def validate_chat_body(body: dict[str, Any]) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -36,13 +54,19 @@ def validate_chat_body(body: dict[str, Any]) -> None:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise BadRequest(f"{where} must be an object", code="invalid_messages", param=where)
-        if message.get("role") not in _ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
             raise BadRequest(f"{where}.role must be one of {', '.join(sorted(_ROLES))}",
                              code="invalid_messages", param=f"{where}.role")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise BadRequest(f"{where}.content must be a string, an array of parts or null",
                              code="invalid_messages", param=f"{where}.content")
+        if isinstance(content, list):
+            for number, part in enumerate(content):
+                _validate_part(part, f"{where}.content[{number}]")
+        if message.get("name") is not None and not isinstance(message["name"], str):
+            raise BadRequest(f"{where}.name must be a string", code="invalid_messages", param=f"{where}.name")
         if content is None and message["role"] == "user":
             raise BadRequest(f"{where}.content is required for a user message",
                              code="invalid_messages", param=f"{where}.content")

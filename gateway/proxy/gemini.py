@@ -44,6 +44,26 @@ def _bad(message: str, param: str, code: str) -> BadRequest:
     return BadRequest(message, code=code, param=param)
 
 
+# The part fields the conversion to history reads, and the type each must have. A part's other
+# fields (fileData, executableCode, thought, ...) pass untouched.
+_PART_FIELDS = {"text": (str, "a string"), "inlineData": (dict, "an object"),
+                "functionCall": (dict, "an object"), "functionResponse": (dict, "an object")}
+_STRING_FIELDS = {"inlineData": ("mimeType", "data"), "functionCall": ("id", "name"),
+                  "functionResponse": ("id", "name")}
+
+
+def _validate_part(part: dict[str, Any], where: str, code: str) -> None:
+    for field, (kind, name) in _PART_FIELDS.items():
+        if field not in part:
+            continue
+        value = part[field]
+        if not isinstance(value, kind):
+            raise _bad(f"{where}.{field} must be {name}", f"{where}.{field}", code)
+        for inner in _STRING_FIELDS.get(field, ()):
+            if value.get(inner) is not None and not isinstance(value[inner], str):
+                raise _bad(f"{where}.{field}.{inner} must be a string", f"{where}.{field}.{inner}", code)
+
+
 def validate_gemini_body(body: dict[str, Any]) -> None:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
@@ -55,10 +75,20 @@ def validate_gemini_body(body: dict[str, Any]) -> None:
         parts = content.get("parts")
         if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
             raise _bad(f"{where}.parts must be a non-empty array of parts", f"{where}.parts", "invalid_contents")
+        for number, part in enumerate(parts):
+            _validate_part(part, f"{where}.parts[{number}]", "invalid_contents")
     for field, kind, name in (("systemInstruction", dict, "an object"), ("generationConfig", dict, "an object"),
                               ("tools", list, "an array")):
         if body.get(field) is not None and not isinstance(body[field], kind):
             raise _bad(f"{field} must be {name}", field, f"invalid_{field}")
+    instruction = body.get("systemInstruction")
+    if isinstance(instruction, dict) and instruction.get("parts") is not None:
+        parts = instruction["parts"]
+        if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+            raise _bad("systemInstruction.parts must be an array of parts", "systemInstruction.parts",
+                       "invalid_systemInstruction")
+        for number, part in enumerate(parts):
+            _validate_part(part, f"systemInstruction.parts[{number}]", "invalid_systemInstruction")
 
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:

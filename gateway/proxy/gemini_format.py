@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from gateway.proxy.sse import JsonEventStream
+from gateway.proxy.stored_messages import as_text, image_url, joined_text, tool_calls
 
 # The fields of a GenerateContentResponse; the google-genai SDK rejects any other.
 RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata", "modelVersion", "responseId", "createTime")
@@ -21,13 +22,15 @@ def contents_to_messages(contents: list[dict[str, Any]]) -> list[dict[str, Any]]
             continue
         chat_parts: list[dict[str, Any]] = []
         for part in parts:
-            if "text" in part:
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str):
                 chat_parts.append({"type": "text", "text": part["text"]})
-            elif "inlineData" in part:
+            elif isinstance(part.get("inlineData"), dict):
                 data = part["inlineData"]
                 chat_parts.append({"type": "image_url", "image_url": {
                     "url": f"data:{data.get('mimeType', 'image/png')};base64,{data.get('data', '')}"}})
-            elif "functionResponse" in part:
+            elif isinstance(part.get("functionResponse"), dict):
                 response = part["functionResponse"]
                 messages.append({"role": "tool", "tool_call_id": response.get("id") or response.get("name", ""),
                                  "name": response.get("name", ""),
@@ -40,19 +43,45 @@ def contents_to_messages(contents: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def parts_to_assistant(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    parts = [p for p in parts if isinstance(p, dict)]
     text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str) and not p.get("thought"))
     calls = [{"id": p["functionCall"].get("id") or p["functionCall"].get("name", ""), "type": "function",
               "function": {"name": p["functionCall"].get("name", ""),
                            "arguments": json.dumps(p["functionCall"].get("args") or {})}}
-             for p in parts if "functionCall" in p]
+             for p in parts if isinstance(p.get("functionCall"), dict)]
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
     return message
 
 
+def _user_parts(content: Any) -> list[dict[str, Any]]:
+    """A stored user content as Gemini parts; parts that cannot be carried over are left out."""
+    if not isinstance(content, list):
+        return [{"text": as_text(content)}]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"text": part})
+        elif not isinstance(part, dict):
+            continue
+        elif part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append({"text": part["text"]})
+        elif part.get("type") == "image_url":
+            url = image_url(part.get("image_url"))
+            # Only inline (data:) images travel; Gemini does not fetch an image URL.
+            if url.startswith("data:") and ";base64," in url:
+                mime, data = url[5:].split(";base64,", 1)
+                parts.append({"inlineData": {"mimeType": mime, "data": data}})
+    return parts
+
+
 def messages_to_contents(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored history as Gemini ``contents``, merging same-role neighbours."""
+    """Stored history as Gemini ``contents``, merging same-role neighbours.
+
+    Whatever shape a stored turn has (older versions stored content parts unchecked), this does not
+    raise: a part it cannot carry over is left out, a value that should be text is made text.
+    """
     contents: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
 
@@ -65,40 +94,29 @@ def messages_to_contents(messages: list[dict[str, Any]]) -> list[dict[str, Any]]
             contents.append({"role": role, "parts": parts})
 
     for message in messages:
+        if not isinstance(message, dict):
+            continue
         role, content = message.get("role"), message.get("content")
         if role == "user":
-            if isinstance(content, str):
-                add("user", [{"text": content}])
-            else:
-                parts = []
-                for part in content or []:
-                    url = (part.get("image_url") or {}).get("url", "")
-                    if part.get("type") == "text":
-                        parts.append({"text": part.get("text", "")})
-                    elif url.startswith("data:") and ";base64," in url:
-                        mime, data = url[5:].split(";base64,", 1)
-                        parts.append({"inlineData": {"mimeType": mime, "data": data}})
-                add("user", parts)
+            add("user", _user_parts(content))
         elif role == "assistant":
-            parts = [{"text": content}] if isinstance(content, str) and content else []
-            for call in message.get("tool_calls") or []:
-                name = call["function"].get("name", "")
-                call_names[call.get("id", "")] = name
-                try:
-                    args = json.loads(call["function"].get("arguments") or "{}")
-                except ValueError:
-                    args = {}
-                parts.append({"functionCall": {"name": name, "args": args}})
+            text = joined_text(content)
+            parts: list[dict[str, Any]] = [{"text": text}] if text else []
+            for call in tool_calls(message):
+                call_names[call.call_id] = call.name
+                parts.append({"functionCall": {"name": call.name, "args": call.arguments}})
             add("model", parts)
         elif role == "tool":
-            call_id = message.get("tool_call_id", "")
+            call_id = as_text(message.get("tool_call_id"))
             try:
                 response = json.loads(content) if isinstance(content, str) else content
             except ValueError:
                 response = {"content": content}
             if not isinstance(response, dict):
                 response = {"content": response}
-            add("user", [{"functionResponse": {"name": message.get("name") or call_names.get(call_id, call_id),
+            name = message.get("name")
+            add("user", [{"functionResponse": {"name": name if isinstance(name, str) and name
+                                               else call_names.get(call_id, call_id),
                                                "response": response}}])
     return contents
 
@@ -115,7 +133,8 @@ def with_system_instruction(existing: Any, context: str | None) -> Any:
         return existing
     parts = [{"text": context}]
     if isinstance(existing, dict):
-        return {**existing, "parts": parts + list(existing.get("parts") or [])}
+        own = existing.get("parts")
+        return {**existing, "parts": parts + (own if isinstance(own, list) else [])}
     if isinstance(existing, str):
         parts.append({"text": existing})
     return {"parts": parts}

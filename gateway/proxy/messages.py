@@ -33,6 +33,40 @@ def _bad(message: str, param: str, code: str = "invalid_request") -> BadRequest:
     return BadRequest(message, code=code, param=param)
 
 
+def _require_string(block: dict[str, Any], field: str, where: str, *, optional: bool = False) -> None:
+    if not isinstance(block.get(field), str) and not (optional and block.get(field) is None):
+        raise _bad(f"{where}.{field} must be a string", f"{where}.{field}", "invalid_messages")
+
+
+def _validate_block(block: dict[str, Any], where: str) -> None:
+    """A content block, as far as the conversion to history reads it; other block types pass untouched."""
+    if block["type"] != "tool_result":
+        _validate_inner_block(block, where)
+        return
+    _require_string(block, "tool_use_id", where)
+    inner = block.get("content")
+    for number, part in enumerate(inner if isinstance(inner, list) else []):
+        part_where = f"{where}.content[{number}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"{part_where} must be a content block", part_where, "invalid_messages")
+        _validate_inner_block(part, part_where)
+
+
+def _validate_inner_block(block: dict[str, Any], where: str) -> None:
+    kind = block["type"]
+    if kind == "text":
+        _require_string(block, "text", where)
+    elif kind == "image":
+        source = block.get("source")
+        if not isinstance(source, dict):
+            raise _bad(f"{where}.source must be an object", f"{where}.source", "invalid_messages")
+        if source.get("type") == "url":
+            _require_string(source, "url", f"{where}.source")
+        elif source.get("type") == "base64":
+            _require_string(source, "data", f"{where}.source")
+            _require_string(source, "media_type", f"{where}.source", optional=True)
+
+
 def validate_messages_body(body: dict[str, Any]) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -56,10 +90,15 @@ def validate_messages_body(body: dict[str, Any]) -> None:
                                                     for b in content):
             raise _bad(f"{where}.content must be a string or an array of content blocks", f"{where}.content",
                        "invalid_messages")
+        for number, block in enumerate(content):
+            _validate_block(block, f"{where}.content[{number}]")
     system = body.get("system")
     if system is not None and not isinstance(system, str) and not (
             isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in system)):
         raise _bad("system must be a string or an array of text blocks", "system", "invalid_system")
+    for number, block in enumerate(system if isinstance(system, list) else []):
+        if not isinstance(block.get("text"), str):
+            raise _bad(f"system[{number}].text must be a string", f"system[{number}].text", "invalid_system")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("stream must be a boolean", "stream", "invalid_stream")
     if body.get("tools") is not None and not isinstance(body["tools"], list):

@@ -29,8 +29,55 @@ _INTERRUPTED = ("event: error\ndata: " + json.dumps({
     "message": "the provider's stream ended before the answer was complete"}) + "\n\n").encode()
 
 
+_ROLES = ("user", "assistant", "system", "developer")
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
 def _bad(message: str, param: str, code: str) -> BadRequest:
     return BadRequest(message, code=code, param=param)
+
+
+def _invalid(message: str, param: str) -> BadRequest:
+    return _bad(message, param, "invalid_input")
+
+
+def _validate_content_part(part: Any, where: str) -> None:
+    if not isinstance(part, dict):
+        raise _invalid(f"{where} must be an object (a content part)", where)
+    if not isinstance(part.get("type"), str):
+        raise _invalid(f"{where}.type must be a string", f"{where}.type")
+    kind = part["type"]
+    if kind in _TEXT_PARTS and not isinstance(part.get("text"), str):
+        raise _invalid(f"{where}.text must be a string", f"{where}.text")
+    if kind == "input_image":
+        image = part.get("image_url")
+        # A URL string, as the API takes it; {"url": ...} is read too. Absent when a file_id names the image.
+        if image is not None and not isinstance(image, str) and not (
+                isinstance(image, dict) and isinstance(image.get("url"), str)):
+            raise _invalid(f"{where}.image_url must be a string", f"{where}.image_url")
+
+
+def _validate_item(item: dict[str, Any], where: str) -> None:
+    """An input item, as far as the conversion to history reads it; other item types pass untouched."""
+    kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise _invalid(f"{where}.type must be a string", f"{where}.type")
+    if kind == "message" and ("type" in item or "role" in item or "content" in item):
+        # (An item with neither type, role nor content is an item reference by id.)
+        role = item.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise _invalid(f"{where}.role must be one of {', '.join(_ROLES)}", f"{where}.role")
+        content = item.get("content")
+        if isinstance(content, list):
+            for number, part in enumerate(content):
+                _validate_content_part(part, f"{where}.content[{number}]")
+        elif not isinstance(content, str):
+            raise _invalid(f"{where}.content must be a string or an array of content parts", f"{where}.content")
+    elif kind in ("function_call", "function_call_output"):
+        fields = ("call_id", "name", "arguments") if kind == "function_call" else ("call_id",)
+        for field in fields:
+            if not isinstance(item.get(field), str):
+                raise _invalid(f"{where}.{field} must be a string", f"{where}.{field}")
 
 
 def validate_responses_body(body: dict[str, Any]) -> None:
@@ -47,6 +94,9 @@ def validate_responses_body(body: dict[str, Any]) -> None:
             raise _bad("input must not be empty", "input", "input_required")
     elif not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
         raise _bad("input must be a string or a non-empty array of items", "input", "invalid_input")
+    else:
+        for index, item in enumerate(value):
+            _validate_item(item, f"input[{index}]")
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         raise _bad("instructions must be a string", "instructions", "invalid_instructions")
     if "stream" in body and not isinstance(body["stream"], bool):

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from gateway.proxy.sse import JsonEventStream
+from gateway.proxy.stored_messages import as_text, image_url, joined_text, tool_calls
 
 
 def _text_and_images(content: Any) -> Any:
@@ -13,13 +14,15 @@ def _text_and_images(content: Any) -> Any:
     if isinstance(content, str):
         return content
     parts: list[dict[str, Any]] = []
-    for part in content or []:
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
         kind = part.get("type")
-        if kind in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
-        elif kind == "input_image":
-            url = part.get("image_url") or ""
-            parts.append({"type": "image_url", "image_url": {"url": url if isinstance(url, str) else url.get("url", "")}})
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image" and image_url(part.get("image_url")):
+            # An image named by file_id only has no URL another provider could read.
+            parts.append({"type": "image_url", "image_url": {"url": image_url(part.get("image_url"))}})
     if all(p["type"] == "text" for p in parts):
         return "\n".join(p["text"] for p in parts)
     return parts
@@ -48,28 +51,46 @@ def input_to_messages(input_value: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def _input_parts(content: Any) -> list[dict[str, Any]]:
+    """A stored user content as Responses content parts; parts that cannot be carried over are left out."""
+    if not isinstance(content, list):
+        return [{"type": "input_text", "text": as_text(content)}]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"type": "input_text", "text": part})
+        elif not isinstance(part, dict):
+            continue
+        elif part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "input_text", "text": part["text"]})
+        elif part.get("type") == "image_url" and image_url(part.get("image_url")):
+            parts.append({"type": "input_image", "image_url": image_url(part.get("image_url"))})
+    return parts
+
+
 def messages_to_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored history as Responses input items."""
+    """Stored history as Responses input items.
+
+    Whatever shape a stored turn has (older versions stored content parts unchecked), this does not
+    raise: a part it cannot carry over is left out, a value that should be text is made text.
+    """
     items: list[dict[str, Any]] = []
     for message in messages:
+        if not isinstance(message, dict):
+            continue
         role, content = message.get("role"), message.get("content")
         if role == "user":
-            parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else [
-                {"type": "input_text", "text": p.get("text", "")} if p.get("type") == "text"
-                else {"type": "input_image", "image_url": (p.get("image_url") or {}).get("url", "")}
-                for p in content or []]
-            items.append({"role": "user", "content": parts})
+            parts = _input_parts(content)
+            if parts:
+                items.append({"role": "user", "content": parts})
         elif role == "assistant":
-            if content:
-                text = content if isinstance(content, str) else "".join(
-                    p.get("text", "") for p in content if isinstance(p, dict))
+            text = joined_text(content)
+            if text:
                 items.append({"role": "assistant", "content": [{"type": "output_text", "text": text}]})
-            for call in message.get("tool_calls") or []:
-                items.append({"type": "function_call", "call_id": call.get("id", ""),
-                              "name": call["function"].get("name", ""),
-                              "arguments": call["function"].get("arguments", "")})
+            items += [{"type": "function_call", "call_id": call.call_id, "name": call.name,
+                       "arguments": call.raw_arguments} for call in tool_calls(message)]
         elif role == "tool":
-            items.append({"type": "function_call_output", "call_id": message.get("tool_call_id", ""),
+            items.append({"type": "function_call_output", "call_id": as_text(message.get("tool_call_id")),
                           "output": content if isinstance(content, str) else json.dumps(content)})
     return items
 

@@ -1,0 +1,61 @@
+"""Reading stored chat messages (the OpenAI form history is kept in) without trusting their shape.
+
+History is replayed into every provider's format. What an older version stored unchecked
+(content parts of any type, ids that are not strings) must not make a later turn fail:
+each converter reads stored values through these helpers, which turn what should be text
+into text and report what cannot be carried over as absent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+
+def as_text(value: Any) -> str:
+    """A stored id or text that should be a string, as one ("" for null, JSON for anything else)."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def joined_text(content: Any) -> str:
+    """The text of a stored content: the string itself, or its text parts joined."""
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return as_text(content)
+
+
+def image_url(value: Any) -> str:
+    """An image's URL from a string or a ``{"url": ...}`` object ("" when there is none)."""
+    if isinstance(value, dict):
+        value = value.get("url")
+    return value if isinstance(value, str) else ""
+
+
+class ToolCall(NamedTuple):
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    # The arguments as stored (a JSON string in the OpenAI form).
+    raw_arguments: str
+
+
+def tool_calls(message: dict[str, Any]) -> list[ToolCall]:
+    """A stored assistant message's tool calls; malformed ones are left out, unreadable arguments are {}."""
+    calls = message.get("tool_calls")
+    found = []
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        raw = function.get("arguments")
+        arguments: Any = raw
+        if isinstance(raw, str):
+            try:
+                arguments = json.loads(raw or "{}")
+            except ValueError:
+                arguments = {}
+        found.append(ToolCall(as_text(call.get("id")), as_text(function.get("name")),
+                              arguments if isinstance(arguments, dict) else {}, as_text(raw)))
+    return found
