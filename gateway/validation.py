@@ -145,7 +145,8 @@ class Body:
         return field in self._data
 
     def string(self, field: str, *, required: bool = False, code: str | None = None,
-               max_length: int | None = None) -> str | None:
+               max_length: int | None = None, strip: bool = False) -> str | None:
+        """The field's string; ``strip``: without surrounding whitespace, measured as such."""
         value = self._data.get(field)
         if value is None or (required and isinstance(value, str) and not value.strip()):
             if required:
@@ -153,8 +154,9 @@ class Body:
             return None
         if not isinstance(value, str):
             raise _invalid(field, "a string")
-        # Measured as stored: surrounding whitespace is trimmed before it is kept.
-        if max_length is not None and len(value.strip()) > max_length:
+        if strip:
+            value = value.strip()
+        if max_length is not None and len(value) > max_length:
             raise BadRequest(f"{field} must be at most {max_length} characters", code=f"{field}_too_long",
                              param=field, max=max_length)
         return value

@@ -210,9 +210,8 @@ class Memories:
         """
         body = Body(data)
         subject_id = body.string("subject_id", required=True)
-        text = body.string("text", required=True, max_length=MAX_TEXT)
+        text = body.string("text", required=True, max_length=MAX_TEXT, strip=True)
         assert subject_id is not None and text is not None
-        text = text.strip()
         fields = _editable_fields(data)
         memory_id = addressable_id(body.string("id"), MAX_ID, _RESERVED_IDS) or f"mem_{secrets.token_hex(12)}"
         no_supersede = body.flag("no_supersede", default=False)
@@ -297,9 +296,9 @@ class Memories:
                      api_key: str | None = None) -> None:
         doc = await self.get(project_id, memory_id)
         fields = _editable_fields(data)
-        text = Body(data).string("text", max_length=MAX_TEXT)
-        if text is not None and text.strip():
-            fields["text"] = text.strip()
+        text = Body(data).string("text", max_length=MAX_TEXT, strip=True)
+        if text:
+            fields["text"] = text
         if not fields:
             return
         # Embed first: if the model fails, nothing has changed yet.
