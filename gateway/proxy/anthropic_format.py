@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.stored_messages import as_text, image_url, joined_text, tool_calls
+from gateway.proxy.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
 
 # -- Anthropic -> OpenAI ----------------------------------------------------------------------
 
@@ -87,9 +87,9 @@ def assistant_to_openai(content: Any) -> dict[str, Any]:
 
 
 def _image_block(url: str) -> dict[str, Any]:
-    if url.startswith("data:") and ";base64," in url:
-        media_type, data = url[5:].split(";base64,", 1)
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    inline = inline_image(url)
+    if inline is not None:
+        return {"type": "image", "source": {"type": "base64", "media_type": inline[0], "data": inline[1]}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 

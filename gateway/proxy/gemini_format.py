@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.stored_messages import as_text, image_url, joined_text, tool_calls
+from gateway.proxy.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
 
 # The fields of a GenerateContentResponse; the google-genai SDK rejects any other.
 RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata", "modelVersion", "responseId", "createTime")
@@ -68,11 +68,10 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
         elif part.get("type") == "text" and isinstance(part.get("text"), str):
             parts.append({"text": part["text"]})
         elif part.get("type") == "image_url":
-            url = image_url(part.get("image_url"))
             # Only inline (data:) images travel; Gemini does not fetch an image URL.
-            if url.startswith("data:") and ";base64," in url:
-                mime, data = url[5:].split(";base64,", 1)
-                parts.append({"inlineData": {"mimeType": mime, "data": data}})
+            inline = inline_image(image_url(part.get("image_url")))
+            if inline is not None:
+                parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
     return parts
 
 

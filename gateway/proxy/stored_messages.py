@@ -33,6 +33,14 @@ def image_url(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def inline_image(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a ``data:<type>;base64,<data>`` URL; None for any other URL."""
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return media_type, data
+    return None
+
+
 class ToolCall(NamedTuple):
     call_id: str
     name: str
