@@ -185,6 +185,8 @@ class EmbedderConfig(_Strict):
 
     # "none": BM25 only. "litellm": a provider's embedding model (e.g. text-embedding-3-small).
     # "sentence-transformers": a local model (pip install 'mnx-gateway[local-embeddings]').
+    # "fastembed": an ONNX model run by fastembed (pip install 'mnx-gateway[fastembed]'),
+    # downloaded once into cache_dir, or read from model_path with no download.
     # Anything else names a plugin registered under the "mnx_gateway.embedders" entry point.
     provider: str = "none"
     model: str | None = None
@@ -192,6 +194,9 @@ class EmbedderConfig(_Strict):
     dimensions: int | None = Field(default=None, ge=1, le=65536)
     api_key: OptionalSecret = None
     api_base: str | None = None
+    # fastembed only: where downloaded models are kept, and a local model directory to load instead.
+    cache_dir: str | None = None
+    model_path: str | None = None
 
     @model_validator(mode="after")
     def _model_given(self) -> "EmbedderConfig":

@@ -1,4 +1,5 @@
-"""Built-in dense embedders: a provider's model through LiteLLM, or a local model.
+"""Built-in dense embedders: a provider's model through LiteLLM, or a local model
+(sentence-transformers over torch, or an ONNX model through fastembed).
 
 Both satisfy ``gateway.memory.embedding.Embedder``; ``load_embedder`` picks one
 from ``memory.embedder`` in gateway.yaml (or a third-party plugin by entry point).
@@ -88,6 +89,64 @@ class SentenceTransformerEmbedder:
         return [list(map(float, vector)) for vector in vectors]
 
 
+class FastEmbedEmbedder:
+    """An ONNX model run by fastembed (no torch): one of fastembed's own models (e.g.
+    ``BAAI/bge-small-en-v1.5``), downloaded once into ``cache_dir``, or any
+    sentence-embedding model exported to ONNX in ``model_path`` (mean pooling, unit length;
+    ``dimensions`` required), read with no download. Needs
+    ``pip install 'mnx-gateway[fastembed]'``."""
+
+    def __init__(self, config: EmbedderConfig) -> None:
+        try:
+            from fastembed import TextEmbedding
+        except ImportError:
+            raise ConfigError("memory.embedder.provider is fastembed but it is not installed: "
+                              "pip install 'mnx-gateway[fastembed]'") from None
+        model = config.model or ""
+        known = {description["model"].lower(): description["dim"]
+                 for description in TextEmbedding.list_supported_models()}
+        dimensions = known.get(model.lower())
+        if dimensions is None:
+            if not config.model_path:
+                raise ConfigError(f"memory.embedder.model {model!r} is not one of fastembed's models "
+                                  "(TextEmbedding.list_supported_models()); to run another ONNX model, "
+                                  "set memory.embedder.model_path to its directory")
+            if config.dimensions is None:
+                raise ConfigError("memory.embedder.dimensions is required for a model fastembed does not know")
+            dimensions = config.dimensions
+            _register_local_model(TextEmbedding, model, dimensions)
+        if config.dimensions is not None and config.dimensions != dimensions:
+            raise ConfigError(f"memory.embedder.dimensions is {config.dimensions} but {model} gives {dimensions}")
+        self.dimensions = dimensions
+        options: dict[str, Any] = {"specific_model_path": config.model_path} if config.model_path else {}
+        try:
+            self._model: Any = TextEmbedding(model, cache_dir=config.cache_dir, **options)
+        except Exception as error:  # fastembed reports a failed download or a bad model directory as it likes
+            where = (f"from {config.model_path}" if config.model_path else
+                     "(downloaded on first start: needs the network once, or set memory.embedder.model_path "
+                     "to a local copy)")
+            raise ConfigError(f"fastembed could not load {model} {where}: {error}") from None
+
+    def key_for(self, headers: Headers) -> str | None:
+        return None
+
+    async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
+        # ONNX inference is CPU-bound: keep it off the event loop.
+        vectors = await asyncio.to_thread(lambda: list(self._model.embed(list(texts))))
+        return [vector.tolist() for vector in vectors]
+
+
+def _register_local_model(text_embedding: Any, model: str, dimensions: int) -> None:
+    """Teach fastembed a model it has no description of, as a sentence-transformers model
+    exported to ONNX is: mean pooling, then unit length (once per process)."""
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    if any(d["model"].lower() == model.lower() for d in text_embedding.list_supported_models()):
+        return
+    text_embedding.add_custom_model(model=model, pooling=PoolingType.MEAN, normalization=True,
+                                    sources=ModelSource(hf=model), dim=dimensions, model_file="model.onnx")
+
+
 def load_embedder(config: EmbedderConfig, providers: ProvidersConfig) -> Embedder | None:
     if config.provider == "none":
         return None
@@ -95,8 +154,10 @@ def load_embedder(config: EmbedderConfig, providers: ProvidersConfig) -> Embedde
         return LiteLLMEmbedder(config, providers)
     if config.provider == "sentence-transformers":
         return SentenceTransformerEmbedder(config)
+    if config.provider == "fastembed":
+        return FastEmbedEmbedder(config)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name == config.provider:
             return entry.load()(config)  # type: ignore[no-any-return]
     raise ConfigError(f"memory.embedder.provider: unknown embedder {config.provider!r} "
-                      f"(built in: none, litellm, sentence-transformers; or a plugin in {ENTRY_POINT_GROUP})")
+                      f"(built in: none, litellm, sentence-transformers, fastembed; or a plugin in {ENTRY_POINT_GROUP})")
