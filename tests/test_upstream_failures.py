@@ -128,7 +128,8 @@ def test_what_litellm_cannot_translate_comes_back_without_its_traceback(gateway)
     response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
                           headers={"x-mnexium-key": KEY, "x-anthropic-key": PROVIDER_KEY},
                           json={"model": "anthropic/claude-3-5-haiku", "max_tokens": 5,
-                                "tools": [{"type": "function", "function": None}],
+                                # Valid for OpenAI; LiteLLM has no Anthropic translation for it.
+                                "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []},
                                 "messages": [{"role": "user", "content": "x"}]})
     assert 400 <= response.status_code < 600 and response.json()["error"]["message"].startswith("provider error: ")
     assert "Traceback" not in response.text and "site-packages" not in response.text

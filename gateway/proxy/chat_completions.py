@@ -12,6 +12,8 @@ from typing import Any
 from starlette.responses import Response
 
 from gateway.errors import BadRequest
+from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT, STRING, STRING_OR_OBJECT,
+                                          STRING_OR_STRINGS, check_each, check_fields)
 from gateway.proxy.sse import ChatStreamAccumulator, sse_frame
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
 from gateway.proxy.upstream import WireFormat
@@ -21,6 +23,14 @@ _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # OpenAI clients raise on a stream event carrying "error".
 _INTERRUPTED = sse_frame({"error": {"message": "the provider's stream ended before the answer was complete",
                                     "type": "api_error", "code": "upstream_stream_interrupted"}})
+# The generation parameters LiteLLM reads when it translates for another provider (request_fields).
+_PARAMETERS = {"temperature": NUMBER, "top_p": NUMBER, "frequency_penalty": NUMBER, "presence_penalty": NUMBER,
+               "max_tokens": INTEGER, "max_completion_tokens": INTEGER, "n": INTEGER, "seed": INTEGER,
+               "top_logprobs": INTEGER, "logprobs": BOOLEAN, "parallel_tool_calls": BOOLEAN,
+               "stop": STRING_OR_STRINGS, "tool_choice": STRING_OR_OBJECT, "function_call": STRING_OR_OBJECT,
+               "response_format": OBJECT, "stream_options": OBJECT, "logit_bias": OBJECT, "metadata": OBJECT,
+               "user": STRING, "reasoning_effort": STRING}
+_FUNCTION = {"name": NAME, "description": STRING, "parameters": OBJECT, "strict": BOOLEAN}
 
 
 def _validate_part(part: Any, where: str) -> None:
@@ -73,10 +83,52 @@ def validate_chat_body(body: dict[str, Any]) -> None:
         if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise BadRequest(f"{where}.tool_call_id is required for a tool message",
                              code="invalid_messages", param=f"{where}.tool_call_id")
+        calls = message.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise BadRequest(f"{where}.tool_calls must be an array", code="invalid_messages",
+                             param=f"{where}.tool_calls")
+        for number, call in enumerate(calls or []):
+            _validate_tool_call(call, f"{where}.tool_calls[{number}]")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest("stream must be a boolean", code="invalid_stream", param="stream")
-    if "tools" in body and body["tools"] is not None and not isinstance(body["tools"], list):
-        raise BadRequest("tools must be an array", code="invalid_tools", param="tools")
+    check_fields(body, _PARAMETERS)
+    check_each(body, "tools", _validate_tool)
+    check_each(body, "functions",
+               lambda function, where: check_fields(function, _FUNCTION, where=where, code="invalid_functions",
+                                                    required=("name",)))
+    response_format = body.get("response_format")
+    if response_format is not None:
+        check_fields(response_format, {"type": STRING}, where="response_format", code="invalid_response_format",
+                     required=("type",))
+    if response_format is not None and response_format["type"] == "json_schema":
+        check_fields(response_format, {"json_schema": OBJECT}, where="response_format",
+                     code="invalid_response_format", required=("json_schema",))
+        check_fields(response_format["json_schema"], {"name": NAME, "schema": OBJECT, "strict": BOOLEAN},
+                     where="response_format.json_schema", code="invalid_response_format", required=("name",))
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        check_fields(choice, {"function": OBJECT}, where="tool_choice", code="invalid_tool_choice",
+                     required=("function",))
+        check_fields(choice["function"], {"name": NAME}, where="tool_choice.function", code="invalid_tool_choice",
+                     required=("name",))
+
+
+def _validate_tool(tool: dict[str, Any], where: str) -> None:
+    check_fields(tool, {"type": STRING}, where=where, code="invalid_tools")
+    if tool.get("type", "function") == "function":
+        check_fields(tool, {"function": OBJECT}, where=where, code="invalid_tools", required=("function",))
+        check_fields(tool["function"], _FUNCTION, where=f"{where}.function", code="invalid_tools", required=("name",))
+
+
+def _validate_tool_call(call: Any, where: str) -> None:
+    """A tool call of an assistant message, as history and LiteLLM read it."""
+    if not isinstance(call, dict):
+        raise BadRequest(f"{where} must be an object", code="invalid_messages", param=where)
+    check_fields(call, {"id": STRING, "type": STRING}, where=where, code="invalid_messages", required=("id",))
+    if call.get("type", "function") == "function":
+        check_fields(call, {"function": OBJECT}, where=where, code="invalid_messages", required=("function",))
+        check_fields(call["function"], {"name": NAME, "arguments": STRING}, where=f"{where}.function",
+                     code="invalid_messages", required=("name", "arguments"))
 
 
 def _assistant_message(answer: dict[str, Any]) -> dict[str, Any] | None:

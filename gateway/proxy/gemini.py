@@ -22,6 +22,8 @@ from gateway.proxy.gemini_format import (
     GeminiStreamAccumulator, contents_to_messages, merge_contents, messages_to_contents, response_message,
     with_system_instruction,
 )
+from gateway.proxy.request_fields import (INTEGER, NAME, NUMBER, OBJECT, OBJECTS, STRING, STRINGS, check_each,
+                                          check_fields)
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
 from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
@@ -50,6 +52,12 @@ _PART_FIELDS = {"text": (str, "a string"), "inlineData": (dict, "an object"),
                 "functionCall": (dict, "an object"), "functionResponse": (dict, "an object")}
 _STRING_FIELDS = {"inlineData": ("mimeType", "data"), "functionCall": ("id", "name"),
                   "functionResponse": ("id", "name")}
+# What LiteLLM reads when it translates for another provider (request_fields).
+_GENERATION_CONFIG = {"temperature": NUMBER, "topP": NUMBER, "topK": NUMBER, "maxOutputTokens": INTEGER,
+                      "candidateCount": INTEGER, "seed": INTEGER, "presencePenalty": NUMBER,
+                      "frequencyPenalty": NUMBER, "stopSequences": STRINGS, "responseMimeType": STRING,
+                      "responseSchema": OBJECT}
+_FUNCTION_DECLARATION = {"name": NAME, "description": STRING, "parameters": OBJECT}
 
 
 def _validate_part(part: dict[str, Any], where: str, code: str) -> None:
@@ -77,10 +85,11 @@ def validate_gemini_body(body: dict[str, Any]) -> None:
             raise _bad(f"{where}.parts must be a non-empty array of parts", f"{where}.parts", "invalid_contents")
         for number, part in enumerate(parts):
             _validate_part(part, f"{where}.parts[{number}]", "invalid_contents")
-    for field, kind, name in (("systemInstruction", dict, "an object"), ("generationConfig", dict, "an object"),
-                              ("tools", list, "an array")):
-        if body.get(field) is not None and not isinstance(body[field], kind):
-            raise _bad(f"{field} must be {name}", field, f"invalid_{field}")
+    check_fields(body, {"systemInstruction": OBJECT, "generationConfig": OBJECT, "toolConfig": OBJECT,
+                        "safetySettings": OBJECTS, "cachedContent": STRING})
+    check_fields(body.get("generationConfig") or {}, _GENERATION_CONFIG, where="generationConfig",
+                 code="invalid_generationConfig")
+    check_each(body, "tools", _validate_tool)
     instruction = body.get("systemInstruction")
     if isinstance(instruction, dict) and instruction.get("parts") is not None:
         parts = instruction["parts"]
@@ -89,6 +98,13 @@ def validate_gemini_body(body: dict[str, Any]) -> None:
                        "invalid_systemInstruction")
         for number, part in enumerate(parts):
             _validate_part(part, f"systemInstruction.parts[{number}]", "invalid_systemInstruction")
+
+
+def _validate_tool(tool: dict[str, Any], where: str) -> None:
+    check_fields(tool, {"functionDeclarations": OBJECTS}, where=where, code="invalid_tools")
+    for number, declaration in enumerate(tool.get("functionDeclarations") or []):
+        check_fields(declaration, _FUNCTION_DECLARATION, where=f"{where}.functionDeclarations[{number}]",
+                     code="invalid_tools", required=("name",))
 
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:

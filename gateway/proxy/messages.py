@@ -22,11 +22,17 @@ from gateway.proxy.anthropic_format import (
     MessagesStreamAccumulator, assistant_to_openai, merge_messages, to_anthropic_messages, to_openai_messages,
     with_system,
 )
+from gateway.proxy.request_fields import INTEGER, NAME, NUMBER, OBJECT, STRING, STRINGS, check_each, check_fields
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
 from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
+
 _INTERRUPTED = ("event: error\ndata: " + json.dumps({"type": "error", "error": {
     "type": "api_error", "message": "the provider's stream ended before the answer was complete"}}) + "\n\n").encode()
+# The generation parameters LiteLLM reads when it translates for another provider (request_fields).
+_PARAMETERS = {"temperature": NUMBER, "top_p": NUMBER, "top_k": INTEGER, "stop_sequences": STRINGS,
+               "tool_choice": OBJECT, "metadata": OBJECT, "thinking": OBJECT, "service_tier": STRING}
+_TOOL = {"name": NAME, "type": STRING, "description": STRING, "input_schema": OBJECT}
 
 
 def _bad(message: str, param: str, code: str = "invalid_request") -> BadRequest:
@@ -65,6 +71,9 @@ def _validate_inner_block(block: dict[str, Any], where: str) -> None:
         elif source.get("type") == "base64":
             _require_string(source, "data", f"{where}.source")
             _require_string(source, "media_type", f"{where}.source", optional=True)
+    elif kind == "tool_use":
+        check_fields(block, {"id": STRING, "name": NAME, "input": OBJECT}, where=where, code="invalid_messages",
+                     required=("id", "name", "input"))
 
 
 def validate_messages_body(body: dict[str, Any]) -> None:
@@ -101,8 +110,14 @@ def validate_messages_body(body: dict[str, Any]) -> None:
             raise _bad(f"system[{number}].text must be a string", f"system[{number}].text", "invalid_system")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("stream must be a boolean", "stream", "invalid_stream")
-    if body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise _bad("tools must be an array", "tools", "invalid_tools")
+    check_fields(body, _PARAMETERS)
+    check_each(body, "tools", lambda tool, where: check_fields(tool, _TOOL, where=where, code="invalid_tools",
+                                                               required=("name",)))
+    choice = body.get("tool_choice")
+    if choice is not None:
+        check_fields(choice, {"type": STRING}, where="tool_choice", code="invalid_tool_choice", required=("type",))
+        if choice["type"] == "tool":
+            check_fields(choice, {"name": NAME}, where="tool_choice", code="invalid_tool_choice", required=("name",))
 
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from gateway.pipeline.context import AssembledContext
 from gateway.proxy.responses_format import (
     ResponsesStreamAccumulator, input_to_messages, messages_to_input, output_to_message, with_instructions,
 )
+from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT, STRING, STRING_OR_OBJECT,
+                                          check_each, check_fields)
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
 from gateway.proxy.upstream import WireFormat
 from gateway.routing import Call
@@ -30,6 +32,12 @@ _INTERRUPTED = ("event: error\ndata: " + json.dumps({
 
 
 _ROLES = ("user", "assistant", "system", "developer")
+# The generation parameters LiteLLM reads when it translates for another provider (request_fields).
+_PARAMETERS = {"temperature": NUMBER, "top_p": NUMBER, "top_logprobs": INTEGER, "max_tool_calls": INTEGER,
+               "parallel_tool_calls": BOOLEAN, "store": BOOLEAN, "tool_choice": STRING_OR_OBJECT, "text": OBJECT,
+               "reasoning": OBJECT, "metadata": OBJECT, "user": STRING, "previous_response_id": STRING,
+               "truncation": STRING}
+_FUNCTION_TOOL = {"name": NAME, "description": STRING, "parameters": OBJECT, "strict": BOOLEAN}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
@@ -101,11 +109,17 @@ def validate_responses_body(body: dict[str, Any]) -> None:
         raise _bad("instructions must be a string", "instructions", "invalid_instructions")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("stream must be a boolean", "stream", "invalid_stream")
-    if body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise _bad("tools must be an array", "tools", "invalid_tools")
     limit = body.get("max_output_tokens")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise _bad("max_output_tokens must be a positive integer", "max_output_tokens", "invalid_max_output_tokens")
+    check_fields(body, _PARAMETERS)
+    check_each(body, "tools", _validate_tool)
+
+
+def _validate_tool(tool: dict[str, Any], where: str) -> None:
+    check_fields(tool, {"type": STRING}, where=where, code="invalid_tools", required=("type",))
+    if tool["type"] == "function":
+        check_fields(tool, _FUNCTION_TOOL, where=where, code="invalid_tools", required=("name",))
 
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
