@@ -137,12 +137,11 @@ class FastEmbedEmbedder:
 
 
 def _register_local_model(text_embedding: Any, model: str, dimensions: int) -> None:
-    """Teach fastembed a model it has no description of, as a sentence-transformers model
-    exported to ONNX is: mean pooling, then unit length (once per process)."""
+    """Teach fastembed a model it has no description of, read as a sentence-transformers
+    model exported to ONNX is: mean pooling, then unit length. Registered once per process:
+    afterwards fastembed lists it, with these dimensions."""
     from fastembed.common.model_description import ModelSource, PoolingType
 
-    if any(d["model"].lower() == model.lower() for d in text_embedding.list_supported_models()):
-        return
     text_embedding.add_custom_model(model=model, pooling=PoolingType.MEAN, normalization=True,
                                     sources=ModelSource(hf=model), dim=dimensions, model_file="model.onnx")
 
@@ -160,4 +159,5 @@ def load_embedder(config: EmbedderConfig, providers: ProvidersConfig) -> Embedde
         if entry.name == config.provider:
             return entry.load()(config)  # type: ignore[no-any-return]
     raise ConfigError(f"memory.embedder.provider: unknown embedder {config.provider!r} "
-                      f"(built in: none, litellm, sentence-transformers, fastembed; or a plugin in {ENTRY_POINT_GROUP})")
+                      "(built in: none, litellm, sentence-transformers, fastembed; "
+                      f"or a plugin in {ENTRY_POINT_GROUP})")
