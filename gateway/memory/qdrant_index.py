@@ -22,9 +22,12 @@ def _sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-def _match(keys: list[str]) -> models.FieldCondition:
-    match = models.MatchAny(any=keys) if len(keys) > 1 else models.MatchValue(value=keys[0])
-    return models.FieldCondition(key="access", match=match)
+def _any_of(keys: list[str]) -> models.Filter:
+    """Points holding any of the access ``keys``, as one condition per key: on the Qdrant engine
+    (measured in-process, Qdrant Edge at a million memories) a leg filtered this way took
+    0.1-0.2 ms less than with one MatchAny condition (bench/memory_search, fifth round)."""
+    return models.Filter(should=[models.FieldCondition(key="access", match=models.MatchValue(value=key))
+                                 for key in keys])
 
 
 def _owned_by(project_id: str, subject_id: str) -> models.FieldCondition:
@@ -93,7 +96,7 @@ class QdrantIndex:
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)
-        where = models.Filter(must=[_match(searchable_by(project_id, query))])
+        where = _any_of(searchable_by(project_id, query))
         legs = [(using, _sparse(vector) if isinstance(vector, SparseVector) else vector)
                 for using, vector in search_legs(query, bool(self.dense_dimensions))]
         if not legs:
