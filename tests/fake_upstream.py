@@ -12,6 +12,9 @@ what the gateway forwarded, and misbehaves on demand through the model name:
                     on Anthropic)
     sleep-<secs>    wait that long before answering (timeout tests)
 
+``canned`` answers a non-streamed chat completion with the next of ``provider.chat_answers``
+(raw bodies, so tests can answer off-spec), else as any other model.
+
 Models starting with ``extractor`` answer like a memory extractor: the next of
 ``provider.extraction_answers`` (raw text, so tests can send broken JSON) if any,
 else one memory per user message of the turn; ``extractor-sleep-<secs>`` waits first.
@@ -74,6 +77,8 @@ class FakeProvider:
         self.record = True
         # Scripted answers for extractor models, used in order.
         self.extraction_answers: list[str] = []
+        # Raw bodies for the next non-streamed chat completions of model "canned", in order.
+        self.chat_answers: list[dict[str, Any]] = []
 
     # -- ASGI ---------------------------------------------------------------------------
 
@@ -153,6 +158,9 @@ class FakeProvider:
     async def _openai(self, payload: dict[str, Any], receive: Any, send: Any) -> None:
         model = payload.get("model", "")
         if await self._misbehave(model, send, anthropic=False):
+            return
+        if model == "canned" and self.chat_answers:
+            await self._respond(send, 200, self.chat_answers.pop(0))
             return
         text = "echo: " + _last_user_text(payload.get("messages", []))
         if model.startswith("extractor"):

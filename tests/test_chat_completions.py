@@ -195,6 +195,30 @@ def test_tool_calls_pass_through_and_history_restores_the_call_before_its_result
     assert read["messages"][2]["tool_call_id"] == call.id
 
 
+def test_an_off_spec_answer_reaches_the_client_as_sent_and_is_stored_well_formed(gateway, provider):
+    # Some OpenAI-compatible servers send tool-call arguments as an object and leave out "type".
+    off_spec = {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    provider.chat_answers[:] = [{"id": "chatcmpl-odd", "object": "chat.completion", "created": 1, "model": "canned",
+                                 "choices": [{"index": 0, "message": off_spec, "finish_reason": "tool_calls"}]}]
+    headers = {"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY}
+    ids = {"subject_id": "t", "chat_id": "off-spec"}
+    first = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, json={
+        "model": "canned", "messages": [{"role": "user", "content": "weather in Oslo?"}], "mnx": ids})
+    assert first.status_code == 200
+    assert first.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
+
+    # The next turn replays the call as every provider reads it: JSON-text arguments, a type.
+    second = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, json={
+        "model": "gpt-4o-mini", "messages": [{"role": "tool", "tool_call_id": "call_9", "content": "rain"}],
+        "mnx": ids})
+    assert second.status_code == 200
+    replayed = gateway.forwarded()[-1]["body"]["messages"][1]
+    assert replayed["role"] == "assistant"
+    assert replayed["tool_calls"] == [{"id": "call_9", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]
+
+
 def test_streamed_tool_calls_are_recorded_whole(gateway):
     client = gateway.openai()
     stream = client.chat.completions.create(model="tool-call", stream=True,

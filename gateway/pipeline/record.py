@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from gateway.memory.learning import LEARN_JOB, learn_payload
 from gateway.pipeline.context import TurnContext
+from gateway.proxy.stored_messages import recorded_answer
 from gateway.services import Services
 
 
@@ -33,6 +34,7 @@ def new_turn_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
 async def record_turn(services: Services, turn: TurnContext, answer: dict[str, Any]) -> None:
     options = turn.options
     new_messages = new_turn_messages(turn.messages)
+    answer = recorded_answer(answer)
     message_ids: list[str] = []
     if options.log:
         message_ids = await services.history.append(turn.project_id, options.subject_id, options.chat_id,

@@ -67,3 +67,24 @@ def tool_calls(message: dict[str, Any]) -> list[ToolCall]:
         found.append(ToolCall(as_text(call.get("id")), as_text(function.get("name")),
                               arguments if isinstance(arguments, dict) else {}, as_text(raw)))
     return found
+
+
+def recorded_answer(message: dict[str, Any]) -> dict[str, Any]:
+    """A provider's answer as history stores it: an assistant message whose content is text,
+    a list of parts or null, and whose tool calls carry string ids and names and JSON-text
+    arguments. An OpenAI-compatible server answering off-spec (arguments as an object, a
+    missing type) would otherwise have that stored and replayed to the next provider, which
+    then refuses every later turn of the chat. The client still gets the answer as sent."""
+    recorded = {key: value for key, value in message.items() if key not in ("role", "content", "tool_calls")}
+    content = message.get("content")
+    if isinstance(content, list):
+        content = [part for part in content if isinstance(part, dict)]
+    elif content is not None and not isinstance(content, str):
+        content = as_text(content)
+    recorded.update(role="assistant", content=content)
+    calls = tool_calls(message)
+    if calls:
+        recorded["tool_calls"] = [{"id": call.call_id, "type": "function",
+                                   "function": {"name": call.name, "arguments": call.raw_arguments}}
+                                  for call in calls]
+    return recorded
