@@ -197,8 +197,10 @@ def test_tool_calls_pass_through_and_history_restores_the_call_before_its_result
 
 def test_an_off_spec_answer_reaches_the_client_as_sent_and_is_stored_well_formed(gateway, provider):
     # Some OpenAI-compatible servers send tool-call arguments as an object and leave out "type".
+    custom = {"id": "call_10", "type": "custom", "custom": {"name": "sql", "input": "select 1"}}
     off_spec = {"role": "assistant", "content": None,
-                "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+                "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+                               custom]}
     provider.chat_answers[:] = [{"id": "chatcmpl-odd", "object": "chat.completion", "created": 1, "model": "canned",
                                  "choices": [{"index": 0, "message": off_spec, "finish_reason": "tool_calls"}]}]
     headers = {"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY}
@@ -216,7 +218,8 @@ def test_an_off_spec_answer_reaches_the_client_as_sent_and_is_stored_well_formed
     replayed = gateway.forwarded()[-1]["body"]["messages"][1]
     assert replayed["role"] == "assistant"
     assert replayed["tool_calls"] == [{"id": "call_9", "type": "function",
-                                       "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]
+                                       "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+                                      custom]  # another kind of call is kept as sent
 
 
 def test_streamed_tool_calls_are_recorded_whole(gateway):

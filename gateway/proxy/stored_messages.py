@@ -71,7 +71,7 @@ def tool_calls(message: dict[str, Any]) -> list[ToolCall]:
 
 def recorded_answer(message: dict[str, Any]) -> dict[str, Any]:
     """A provider's answer as history stores it: an assistant message whose content is text,
-    a list of parts or null, and whose tool calls carry string ids and names and JSON-text
+    a list of parts or null, and whose function calls carry string ids and names and JSON-text
     arguments. An OpenAI-compatible server answering off-spec (arguments as an object, a
     missing type) would otherwise have that stored and replayed to the next provider, which
     then refuses every later turn of the chat. The client still gets the answer as sent."""
@@ -82,9 +82,24 @@ def recorded_answer(message: dict[str, Any]) -> dict[str, Any]:
     elif content is not None and not isinstance(content, str):
         content = as_text(content)
     recorded.update(role="assistant", content=content)
-    calls = tool_calls(message)
-    if calls:
-        recorded["tool_calls"] = [{"id": call.call_id, "type": "function",
-                                   "function": {"name": call.name, "arguments": call.raw_arguments}}
-                                  for call in calls]
+    calls = message.get("tool_calls")
+    kept = [_recorded_call(call) for call in calls if isinstance(call, dict)] if isinstance(calls, list) else []
+    if any(kept):
+        recorded["tool_calls"] = [call for call in kept if call]
     return recorded
+
+
+def _recorded_call(call: dict[str, Any]) -> dict[str, Any] | None:
+    """A function call in the standard shape; another kind of call (a custom tool's) as sent;
+    None for one that cannot be replayed."""
+    kind = call.get("type", "function")
+    if kind != "function":
+        return call if isinstance(kind, str) else None
+    function = call.get("function")
+    if not isinstance(function, dict):
+        return None
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps({} if arguments is None else arguments, ensure_ascii=False)
+    return {**call, "id": as_text(call.get("id")), "type": "function",
+            "function": {**function, "name": as_text(function.get("name")), "arguments": arguments}}
