@@ -205,3 +205,22 @@ def test_well_formed_gemini_tools_reach_another_provider(gateway):
     assert response.status_code == 200, response.text
     sent = gateway.forwarded()[-1]["body"]
     assert [tool["function"]["name"] for tool in sent["tools"]] == ["get_weather"]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gpt-4o-mini"])
+def test_gemini_nulls_mean_not_set_and_reach_either_provider(gateway, model):
+    """Google's JSON reads a null field as unset: a null inlineData beside a part's text, or a
+    tool with functionDeclarations null beside one that declares, is not an error."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "weather?", "inlineData": None}]}],
+            "tools": [{"functionDeclarations": None},
+                      {"functionDeclarations": [{"name": "get_weather", "parameters": {"type": "object"}}]}]}
+    response = post(gateway, f"/v1beta/models/{model}:generateContent", body)
+    assert response.status_code == 200, response.text
+    sent = gateway.forwarded()[-1]["body"]
+    if model.startswith("gemini"):
+        assert sent["tools"] == [{"functionDeclarations": [{"name": "get_weather", "parameters": {"type": "object"}}]}]
+    else:
+        assert [tool["function"]["name"] for tool in sent["tools"]] == ["get_weather"]
+    with gateway.rest() as rest:
+        chats = rest.get("/chat/history/list", params={"subject_id": SUBJECT}).json()["chats"]
+    assert len(chats) == 1

@@ -62,9 +62,9 @@ _FUNCTION_DECLARATION = {"name": NAME, "description": STRING, "parameters": OBJE
 
 def _validate_part(part: dict[str, Any], where: str, code: str) -> None:
     for field, (kind, name) in _PART_FIELDS.items():
-        if field not in part:
+        value = part.get(field)
+        if value is None:  # null is "not set" in Google's JSON
             continue
-        value = part[field]
         if not isinstance(value, kind):
             raise _bad(f"{where}.{field} must be {name}", f"{where}.{field}", code)
         for inner in _STRING_FIELDS.get(field, ()):
@@ -109,6 +109,14 @@ def _validate_tool(tool: dict[str, Any], where: str) -> None:
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
     forwarded = {**body, "contents": merge_contents(messages_to_contents(context.history), body["contents"])}
+    if isinstance(body.get("tools"), list):
+        # A null field is "not set" in Google's JSON, and a tool with nothing set declares
+        # nothing: LiteLLM's translation for another provider would iterate a null
+        # functionDeclarations and fail.
+        tools = [{key: value for key, value in tool.items() if value is not None} for tool in body["tools"]]
+        forwarded["tools"] = [tool for tool in tools if tool]
+        if not forwarded["tools"]:
+            del forwarded["tools"]
     instruction = with_system_instruction(body.get("systemInstruction"), context.system_text)
     if instruction is not None:
         forwarded["systemInstruction"] = instruction
