@@ -448,6 +448,25 @@ def test_a_turn_that_fails_records_no_recall(gateway):
         assert rest.get(f"/memories/{pizza}").json()["data"]["seen_count"] == 2
 
 
+
+def test_a_memorys_recalls_come_newest_first_and_the_limit_keeps_the_newest(gateway):
+    with gateway.rest() as rest:
+        bees = add(rest, "User keeps bees")["id"]
+    for chat_id in ("bees-1", "bees-2", "bees-3"):
+        response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                              headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY},
+                              json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How are my bees?"}],
+                                    "mnx": {"subject_id": SUBJECT, "chat_id": chat_id, "history": False,
+                                            "recall": True}})
+        assert response.status_code == 200
+    with gateway.rest() as rest:
+        latest = rest.get("/memories/recalls", params={"memory_id": bees, "limit": 2}).json()
+        assert [e["chat_id"] for e in latest["data"]] == ["bees-3", "bees-2"]
+        assert latest["count"] == 2
+        stats = rest.get("/memories/recalls", params={"memory_id": bees, "stats": "true"}).json()["stats"]
+        assert stats["total_recalls"] == 3 and stats["first_recalled_at"] < stats["last_recalled_at"]
+
+
 def test_bad_queries_unknown_ids_and_other_projects(gateway):
     with gateway.rest() as rest:
         mine = add(rest, "User keeps bees")["id"]

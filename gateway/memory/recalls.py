@@ -25,7 +25,8 @@ class RecallEvents:
         return await self._store.find(RECALLS, project_id, {"chat_id": chat_id}, limit=limit)
 
     async def for_memory(self, project_id: str, memory_id: str, limit: int | None) -> list[dict[str, Any]]:
-        return await self._store.find(RECALLS, project_id, {"memory_id": memory_id}, limit=limit)
+        """The memory's recall events, newest first: past the limit, the oldest are left out."""
+        return await self._store.find(RECALLS, project_id, {"memory_id": memory_id}, limit=limit, newest_first=True)
 
     async def stats(self, project_id: str, memory_id: str) -> dict[str, Any]:
         events = await self.for_memory(project_id, memory_id, None)
