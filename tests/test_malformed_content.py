@@ -178,7 +178,8 @@ def part(**fields):
 
 @pytest.mark.parametrize("body, reason, path", [
     ({"contents": [{"parts": [{"text": 5}]}]}, "invalid_contents", "contents[0].parts[0].text"),
-    (part(text=None), "invalid_contents", "contents[0].parts[0].text"),
+    (part(text=None), "invalid_contents", "contents[0].parts[0] has no data"),
+    (part(), "invalid_contents", "contents[0].parts[0] has no data"),
     (part(inlineData="aGk="), "invalid_contents", "contents[0].parts[0].inlineData"),
     (part(inlineData={"mimeType": "image/png", "data": 5}), "invalid_contents",
      "contents[0].parts[0].inlineData.data"),

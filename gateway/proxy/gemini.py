@@ -61,6 +61,8 @@ _FUNCTION_DECLARATION = {"name": NAME, "description": STRING, "parameters": OBJE
 
 
 def _validate_part(part: dict[str, Any], where: str, code: str) -> None:
+    if all(value is None for value in part.values()):
+        raise _bad(f"{where} has no data: set text, inlineData, functionCall or another part field", where, code)
     for field, (kind, name) in _PART_FIELDS.items():
         value = part.get(field)
         if value is None:  # null is "not set" in Google's JSON
