@@ -7,12 +7,13 @@ memories out of search, honour visibility, and fuse dense with lexical results.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
 from gateway.config import QdrantVectorsConfig
-from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT_FILE, EdgeIndex
+from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
 from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery
@@ -227,25 +228,39 @@ def test_word_counts_survive_a_restart_and_are_recounted_after_a_crash(tmp_path)
     run(scenario())
 
 
-@pytest.mark.parametrize("interrupted", [False, True])
-def test_an_index_written_before_per_reader_postings_is_migrated_on_open(tmp_path, interrupted):
-    from qdrant_edge import (EdgeConfig, EdgeShard, EdgeSparseVectorParams, Memory, Modifier, PayloadSchemaType,
-                             Point, UpdateOperation)
+def write_old_index(path: Any, layout: str) -> None:
+    """An index as an earlier gateway wrote it, with UUID point ids: ``shared-postings`` (no
+    layout file: the engine's IDF, every subject's words in one set of postings) or
+    ``uuid-ids`` (per-reader postings and the gateway's IDF)."""
+    from qdrant_edge import (EdgeConfig, EdgeShard, EdgeSparseVectorParams, KeywordIndexParams, Memory, Modifier,
+                             PayloadSchemaType, Point, UpdateOperation)
 
+    from gateway.memory.lexical_postings import posted
     from gateway.memory.vector_index import SPARSE, packed_payload, point_id
 
-    path = tmp_path / "idx"
-    # The earlier layout: the engine's IDF, and every subject's words in one set of postings.
+    modifier = Modifier.Idf if layout == "shared-postings" else None
     old = EdgeShard.create(str(path), EdgeConfig(
-        sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)}, payload_memory=Memory.Pinned))
+        sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=modifier)}, payload_memory=Memory.Pinned))
+    old.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
     old.update(UpdateOperation.create_field_index("access", PayloadSchemaType.Keyword))
     written = [memory("bees", "alice", "Alice keeps bees"),
                memory("team", "alice", "The office wifi password is kumquat", visibility="shared")]
     old.update(UpdateOperation.upsert_points([
-        Point(point_id("p", m.memory_id), {SPARSE: m.sparse}, packed_payload("p", m.subject_id, m.memory_id, m.fields))
+        Point(point_id("p", m.memory_id),
+              {SPARSE: m.sparse if layout == "shared-postings" else posted("p", m.subject_id, m.fields, m.sparse)},
+              packed_payload("p", m.subject_id, m.memory_id, m.fields))
         for m in written]))
     old.flush()
     old.close()
+    if layout == "uuid-ids":
+        (path / LAYOUT_FILE).write_text(json.dumps({"postings": "per-reader", "idf": "gateway"}))
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+@pytest.mark.parametrize("layout", ["shared-postings", "uuid-ids"])
+def test_an_index_written_with_an_older_layout_is_migrated_on_open(tmp_path, layout, interrupted):
+    path = tmp_path / "idx"
+    write_old_index(path, layout)
     if interrupted:  # a migration that died between retiring the old index and putting the new one in place
         path.rename(tmp_path / "idx.retired")
         (tmp_path / "idx.migrating").mkdir()
@@ -256,10 +271,18 @@ def test_an_index_written_before_per_reader_postings_is_migrated_on_open(tmp_pat
         assert ids(await index.search("p", query("bob", "wifi password"))) == ["team"]
         assert ids(await index.search("p", query("bob", "bees"))) == []
         assert await index.count("p") == 2
+        # A migrated memory is found again by its id: rewriting it replaces its point.
+        await index.upsert("p", [memory("bees", "alice", "Alice keeps wasps now")])
+        await index.update_fields("p", "alice", "team", memory("team", "alice", "The office wifi password is kumquat",
+                                                              status="superseded").fields)
+        assert await index.count("p") == 2
+        assert ids(await index.search("p", query("alice", "wasps"))) == ["bees"]
+        assert ids(await index.search("p", query("alice", "bees"))) == []
+        assert ids(await index.search("p", query("bob", "wifi password"))) == []
         await index.close()
 
     run(scenario())
-    assert (path / LAYOUT_FILE).exists()
+    assert json.loads((path / LAYOUT_FILE).read_text()) == LAYOUT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 

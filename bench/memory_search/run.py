@@ -311,7 +311,7 @@ async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: 
 
 def make_queries(data: Dataset, count: int, subjects: int, seed: int) -> dict[str, Any]:
     """Random subject, random unit query vector, exact top-10 over the subject's memories."""
-    from gateway.memory.vector_index import point_id
+    from gateway.memory.edge_index import point_number
 
     rng = np.random.default_rng(seed + 1)
     order = np.argsort(data.subjects, kind="stable")
@@ -329,7 +329,7 @@ def make_queries(data: Dataset, count: int, subjects: int, seed: int) -> dict[st
         top = members[best]
         exact_cosines.append([round(float(c), 6) for c in sims[best]])
         exact_memory_ids.append([memory_name(int(i)) for i in top])
-        exact_point_ids.append([point_id(PROJECT, memory_name(int(i))) for i in top])
+        exact_point_ids.append([str(point_number(PROJECT, memory_name(int(i)))) for i in top])
         # Two words: one from one of the subject's own memories (so BM25 finds something),
         # one drawn from the whole vocabulary with the corpus' Zipf weights.
         own = data.texts[int(rng.choice(members))].split() if len(members) else []

@@ -24,8 +24,9 @@ from qdrant_edge import SparseVector
 SPARSE = "bm25"
 DENSE = "dense"
 
-# Point ids must be UUIDs; deriving them from (project, memory id) keeps two projects'
-# memories apart even if a client chose the same id in both.
+# A Qdrant server's point ids: UUIDs derived from (project, memory id), which keeps two
+# projects' memories apart even if a client chose the same id in both. (The embedded index
+# uses 64-bit integers derived the same way: edge_index.point_number.)
 _POINT_NAMESPACE = uuid.UUID("0b6f4a52-2f0e-4a43-9a51-6c1f5e0f6d11")
 
 
