@@ -448,7 +448,6 @@ def test_a_turn_that_fails_records_no_recall(gateway):
         assert rest.get(f"/memories/{pizza}").json()["data"]["seen_count"] == 2
 
 
-
 def test_a_memorys_recalls_come_newest_first_and_the_limit_keeps_the_newest(gateway):
     with gateway.rest() as rest:
         bees = add(rest, "User keeps bees")["id"]
