@@ -6,7 +6,8 @@ For each size (default 10k, 100k and 1M memories over 1,000 subjects) one run:
   build    a fresh process generates the synthetic memories (384-d unit vectors and short
            made-up texts, fixed seed), inserts them through ``EdgeIndex.upsert`` in batches,
            BM25 vectors (``Memories._indexed``: ``Lexicon.index_text``) built inside the timed loop,
-           then builds a second, lexical-only index (no dense vectors) for the HTTP gateway,
+           then, for comparison, the same memories with plain BM25 vectors (each text alone), then
+           builds a second, lexical-only index (no dense vectors) for the HTTP gateway,
            and computes the exact (numpy brute-force cosine) top-10 of every query;
   search   a second fresh process opens the dense index (RSS measured right after) and times,
            query by query at concurrency 1, Qdrant Edge alone (``shard.query``), the adapter
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import gc
 import http.client
 import json
@@ -68,6 +70,8 @@ TOP_K = 10
 VOCABULARY = 5000
 ZIPF_EXPONENT = 1.0
 WORDS_PER_MEMORY = (8, 15)
+# Memories per insert batch whose sparse vectors are counted (outside the timed sections).
+SAMPLED_PER_BATCH = 100
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RESULTS_START = "<!-- memory-search-results:start -->"
@@ -258,22 +262,37 @@ class TimedShard:
         return getattr(self.inner, name)
 
 
-async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: str) -> dict[str, Any]:
+def plain_indexed(memories: Any, doc: dict[str, Any], dense: list[float] | None) -> Any:
+    """A memory indexed the way plain BM25 would: Qdrant's BM25 of its own text alone, no
+    neighbours' words and no word pairs (what bench/locomo's plain BM25 baseline ranks by). Not
+    the product: it measures what the product's lexical features cost an insert."""
+    from gateway.memory.memories import _index_fields
+    from gateway.memory.vector_index import IndexedMemory
+
+    vector = memories._lexicon.document_vector(doc["text"])
+    doc["_terms"], doc["_context_terms"] = vector.indices, []
+    return IndexedMemory(doc["id"], doc["subject_id"], _index_fields(doc), vector, dense)
+
+
+async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: str,
+                     plain: bool = False) -> dict[str, Any]:
     from gateway.config import MemoryConfig
     from gateway.memory.edge_index import EdgeIndex
     from gateway.memory.memories import Memories
 
     n = len(data.texts)
     index = EdgeIndex(str(path), DIM if dense else None)
-    # The product's own per-memory indexing step (Memories._indexed: the index fields, the BM25
-    # vector of the text and the BM25 vector of the text with its predecessor), so the benchmark
-    # follows whatever Memories.create hands to the index. It never touches the store.
+    # The product's own per-memory indexing step (Memories._indexed: the index fields and the one
+    # BM25 vector of the text with its neighbours' words and word pairs; plain_indexed for the
+    # comparison), so the benchmark follows whatever Memories.create hands to the index. It
+    # never touches the store.
     memories = Memories(None, index, MemoryConfig())  # type: ignore[arg-type]
     timer = TimedShard(index._shard)
     index._shard = timer
     rss_before = rss_mb()[0]
     meter = LoadMeter()
     prepare = upsert = 0.0
+    entries = sampled = 0
     next_report = time.perf_counter() + 15
     started = time.perf_counter()
     for start in range(0, n, batch):
@@ -281,11 +300,14 @@ async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: 
         # Not timed: an embedder hands the gateway lists of floats already.
         lists = data.vectors[start:stop].tolist() if dense else None
         t0 = time.perf_counter()
-        batch_items = [memories._indexed(memory_doc(data, i), lists[i - start] if lists else None)
+        index_one = functools.partial(plain_indexed, memories) if plain else memories._indexed
+        batch_items = [index_one(memory_doc(data, i), lists[i - start] if lists else None)
                        for i in range(start, stop)]
         t1 = time.perf_counter()
         await index.upsert(PROJECT, batch_items)
         t2 = time.perf_counter()
+        entries += sum(len(item.sparse.indices) for item in batch_items[:SAMPLED_PER_BATCH])
+        sampled += min(len(batch_items), SAMPLED_PER_BATCH)
         prepare += t1 - t0
         upsert += t2 - t1
         if t2 >= next_report:
@@ -306,7 +328,8 @@ async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: 
     return {"n": n, "rate": n / timed, "seconds": timed, "wall_seconds": elapsed, "encode_seconds": prepare,
             "adapter_seconds": upsert - timer.update_seconds, "engine_seconds": timer.update_seconds,
             "close_seconds": close_s, "other_load_pct": meter.other_pct(), "rss_before_mb": rss_before, "rss_after_mb": rss_after, "hwm_mb": hwm,
-            "segments": segments, "disk_mb": dir_size_mb(path)}
+            "segments": segments, "disk_mb": dir_size_mb(path),
+            "sparse_entries": entries / max(sampled, 1)}
 
 
 def make_queries(data: Dataset, count: int, subjects: int, seed: int) -> dict[str, Any]:
@@ -362,6 +385,13 @@ def worker_build(args: argparse.Namespace) -> dict[str, Any]:
         f"{d['encode_seconds']:.1f} s, adapter {d['adapter_seconds']:.1f} s, Edge update {d['engine_seconds']:.1f} s), "
         f"close {d['close_seconds']:.1f} s, RSS {d['rss_before_mb']:,.0f} -> {d['rss_after_mb']:,.0f} MiB, "
         f"{d['segments']} segment(s), {d['disk_mb']:,.0f} MiB on disk")
+    # The same memories indexed as plain BM25 would (plain_indexed): what the product's lexical
+    # features (neighbours' words, word pairs) cost an insert. The index is not searched.
+    result["plain"] = asyncio.run(insert_all(workdir / "plain", data, args.batch, True, "dense+plain BM25", plain=True))
+    shutil.rmtree(workdir / "plain")
+    d = result["plain"]
+    log(f"    dense+plain BM25 insert (comparison): {d['rate']:,.0f} memories/s ({d['seconds']:.1f} s: BM25+IndexedMemory "
+        f"{d['encode_seconds']:.1f} s, adapter {d['adapter_seconds']:.1f} s, Edge update {d['engine_seconds']:.1f} s)")
     if args.http:
         del data.vectors
         gc.collect()
@@ -812,6 +842,20 @@ def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
                    f"{d['engine_seconds']:.1f} | {lex_rate} | "
                    f"{d['rss_after_mb'] - d['rss_before_mb']:,.0f} | {s['rss_open_mb']:,.0f} | "
                    f"{s['rss_searched_mb']:,.0f} | {d['disk_mb']:,.0f} | {d['other_load_pct']:.0f}% |")
+    out.append("")
+    out.append("For comparison, not the product: the same memories indexed as plain BM25 would (Qdrant's BM25 of each "
+               "text alone: no neighbours' words, no word pairs; what bench/locomo's plain BM25 baseline ranks by, "
+               "which misses that benchmark's target), same dense vectors, same adapter:\n")
+    out.append("| memories | insert/s (dense + plain BM25) | BM25 + IndexedMemory s | adapter s | Edge update s | "
+               "sparse entries per memory (plain / product) |")
+    out.append("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in sizes:
+        b = results[n]["build"]
+        if "plain" not in b:
+            continue
+        d = b["plain"]
+        out.append(f"| {fmt_size(n)} | {d['rate']:,.0f} | {d['encode_seconds']:.1f} | {d['adapter_seconds']:.1f} | "
+                   f"{d['engine_seconds']:.1f} | {d['sparse_entries']:.1f} / {b['dense']['sparse_entries']:.1f} |")
     out.append("")
     out.append(f"**Search** (top-{TOP_K}, a random subject per query, concurrency 1, {args.queries:,} timed queries "
                f"after {args.warmup:,} warm-up ones per row; recall@10 against exact numpy cosine over the "
