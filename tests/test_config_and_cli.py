@@ -35,6 +35,8 @@ def test_the_shipped_gateway_yaml_is_valid_and_embedded():
     ({"projects": [{"id": "p", "keys": [{}]}]}, "give exactly one of 'key' or 'key_sha256'"),
     ({"projects": [{"id": "p", "keys": [{"key_sha256": "abc"}]}]}, "projects.0.keys.0.key_sha256"),
     ({**MINIMAL, "providers": {"openai": {"api_base": "ftp://x"}}}, "providers.openai.api_base"),
+    ({**MINIMAL, "memory": {"vectors": {"lexical": "fancy"}}},
+     "memory.vectors.lexical: Input should be 'contextual' or 'plain'"),
     ({"projects": [{"id": "p", "keys": [{"key": "k"}]}, {"id": "q", "keys": [{"key": "k"}]}]},
      "the same API key is configured twice"),
 ])

@@ -59,3 +59,13 @@ def test_indexing_is_deterministic_whatever_came_before():
     lexicon.index_text("I visited Kyoto", "", "We went there in May")
     again = lexicon.index_text("We went there in May", "I visited Kyoto")
     assert (again.vector.indices, again.vector.values) == (first.vector.indices, first.vector.values)
+
+
+@pytest.mark.parametrize("text,previous,following", TRIPLES)
+def test_a_plain_lexicon_indexes_the_text_alone_as_qdrant_bm25_does(text, previous, following):
+    plain = Lexicon(contextual=False)
+    indexed = plain.index_text(text, previous, following)
+    assert dict(zip(indexed.vector.indices, indexed.vector.values)) == bm25(text)
+    assert indexed.terms == sorted(bm25(text)) and indexed.context_terms == []
+    # Its queries carry no word pairs either: just BM25's query terms.
+    assert plain.query_vector(text).indices == sorted(QDRANT_BM25.embed_query(text).indices)

@@ -256,6 +256,23 @@ def test_neighbouring_memories_lend_each_other_their_words(gateway):
         assert search_ids(rest, "Kyoto")[0] == trip["id"]
 
 
+def test_with_plain_lexical_vectors_a_memory_is_found_by_its_own_words_only(start_gateway, storage_sqlite,
+                                                                               tmp_path):
+    gateway = start_gateway(storage_sqlite, memory={"vectors": {**edge_memory(tmp_path)["vectors"], "lexical": "plain"}})
+    with gateway.rest() as rest:
+        trip = add(rest, "I visited Kyoto last spring", no_supersede=True)
+        company = add(rest, "We went there with my sister Anna", no_supersede=True)
+        add(rest, "The temples were beautiful", no_supersede=True)
+        hits = rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "sister"}).json()["data"]
+        assert [(hit["id"], hit["score"]) for hit in hits] == [(company["id"], 1.0)]
+        assert search_ids(rest, "Kyoto") == [trip["id"]]
+        # Versioning works the same way.
+        blueberry = add(rest, "Favorite fruit is blueberry")
+        strawberry = add(rest, "Favorite fruit is strawberry")
+        assert strawberry["superseded_ids"] == [blueberry["id"]]
+        assert search_ids(rest, "favorite fruit") == [strawberry["id"]]
+
+
 def test_adjacent_words_and_statements_outrank_scattered_words_and_questions(gateway):
     with gateway.rest() as rest:
         # Fillers around each pair of rivals give both the same kind of neighbours, and

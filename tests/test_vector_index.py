@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from gateway.config import QdrantVectorsConfig
+from gateway.config import EdgeVectorsConfig, QdrantVectorsConfig, VectorsConfig
+from gateway.errors import ConfigError
+from gateway.memory.backends import open_vector_index
 from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
@@ -282,8 +284,35 @@ def test_an_index_written_with_an_older_layout_is_migrated_on_open(tmp_path, lay
         await index.close()
 
     run(scenario())
-    assert json.loads((path / LAYOUT_FILE).read_text()) == LAYOUT
+    assert json.loads((path / LAYOUT_FILE).read_text()) == {**LAYOUT, "lexical": "contextual"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_an_edge_index_keeps_the_kind_of_lexical_vectors_it_was_built_with(tmp_path):
+    plain, older = tmp_path / "plain", tmp_path / "older"
+
+    async def scenario() -> None:
+        index = EdgeIndex(str(plain), None, "plain")
+        await index.upsert("p", [memory("m1", "alice", "Alice keeps bees")])
+        await index.close()
+        # Opening it for the other kind would mix two kinds of vectors in one ranking: refused,
+        # naming the setting, and the index is left as it was.
+        with pytest.raises(ConfigError, match="^memory.vectors.lexical: the memory index at .* holds plain BM25 "
+                                              "vectors but memory.vectors.lexical is contextual; use a new index path"):
+            open_vector_index(VectorsConfig(edge=EdgeVectorsConfig(path=str(plain)), lexical="contextual"), None)
+        reopened = EdgeIndex(str(plain), None, "plain")
+        assert ids(await reopened.search("p", query("alice", "bees"))) == ["m1"]
+        await reopened.close()
+        # An index from before the setting existed holds contextual vectors, and says so from then on.
+        older_index = EdgeIndex(str(older), None)
+        await older_index.close()
+        (older / LAYOUT_FILE).write_text(json.dumps(LAYOUT))
+        with pytest.raises(IndexMismatch, match="holds contextual BM25 vectors but memory.vectors.lexical is plain"):
+            EdgeIndex(str(older), None, "plain")
+        await EdgeIndex(str(older), None, "contextual").close()
+        assert json.loads((older / LAYOUT_FILE).read_text()) == {**LAYOUT, "lexical": "contextual"}
+
+    run(scenario())
 
 
 def test_qdrant_collection_checks_its_dimensions(tmp_path):

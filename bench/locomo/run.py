@@ -76,7 +76,10 @@ TARGET_MRR = 0.55
 GATEWAY_CONFIGS = {
     "default": "gateway embedded default",
     "hybrid": "gateway hybrid (MiniLM)",
+    "plain": "gateway, memory.vectors.lexical: plain",
 }
+# memory.vectors.lexical of each config (the rest use the default, contextual).
+LEXICAL = {"plain": "plain"}
 
 
 def log(message: str) -> None:
@@ -252,25 +255,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gateway_yaml(workdir: Path, port: int, embedder: dict[str, Any]) -> str:
+def gateway_yaml(workdir: Path, port: int, embedder: dict[str, Any], lexical: str) -> str:
     config = {
         "server": {"host": HOST, "port": port, "log_level": "warning", "access_log": False},
         "storage": {"backend": "sqlite", "sqlite": {"path": str(workdir / "gateway.db")}},
         "projects": [{"id": PROJECT, "name": "LoCoMo bench",
                       "keys": [{"name": "bench", "key": KEY, "scopes": ["*"]}]}],
-        "memory": {"vectors": {"backend": "edge", "edge": {"path": str(workdir / "memories")}},
+        "memory": {"vectors": {"backend": "edge", "edge": {"path": str(workdir / "memories")}, "lexical": lexical},
                    "embedder": embedder},
     }
     return json.dumps(config, indent=2)  # JSON is YAML
 
 
 class Gateway:
-    def __init__(self, python: str, workdir: Path, embedder: dict[str, Any]) -> None:
+    def __init__(self, python: str, workdir: Path, embedder: dict[str, Any], lexical: str) -> None:
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "gateway.yaml"
-        self.config_path.write_text(gateway_yaml(workdir, self.port, embedder))
+        self.config_path.write_text(gateway_yaml(workdir, self.port, embedder, lexical))
         self.log_path = workdir / "gateway.log"
         self.argv = [python, "-m", "gateway", "serve", "--config", str(self.config_path)]
         self.popen: subprocess.Popen | None = None
@@ -324,8 +327,9 @@ class Gateway:
             self.popen.wait()
 
 
-def run_gateway(python: str, embedder: dict[str, Any], convs: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
-    gw = Gateway(python, workdir, embedder)
+def run_gateway(python: str, embedder: dict[str, Any], convs: list[dict[str, Any]], workdir: Path,
+                lexical: str = "contextual") -> dict[str, Any]:
+    gw = Gateway(python, workdir, embedder, lexical)
     try:
         t0 = time.perf_counter()
         gw.start()
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the gateway and the baselines")
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--runs", type=int, default=2, help="runs per gateway config (fresh process and index each)")
-    ap.add_argument("--configs", default="default,hybrid", help="gateway configs: default,hybrid")
+    ap.add_argument("--configs", default="default,hybrid", help="gateway configs: default,hybrid,plain")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--json", help="write per-question results and metrics here")
     ap.add_argument("--no-readme", action="store_true", help="do not write the results into README.md")
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         log(f"error: unknown --configs {', '.join(unknown)} (known: {', '.join(GATEWAY_CONFIGS)})")
         return 2
-    embedders: dict[str, dict[str, Any]] = {"default": {"provider": "none"}}
+    embedders: dict[str, dict[str, Any]] = {"default": {"provider": "none"}, "plain": {"provider": "none"}}
     skipped: dict[str, str] = {}
     if "hybrid" in configs:
         ok, out = probe(python, f"import sys; sys.path.insert(0, {str(HERE)!r}); import run, torch, "
@@ -465,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for i in range(args.runs):
                 log(f"gateway {name}, run {i + 1}/{args.runs}...")
-                r = run_gateway(python, embedders[name], convs, tmp / f"{name}-{i + 1}")
+                r = run_gateway(python, embedders[name], convs, tmp / f"{name}-{i + 1}",
+                                LEXICAL.get(name, "contextual"))
                 r["metrics"] = summarise(r["per_question"])
                 m = r["metrics"]["all"]
                 log(f"  engine={r['engine']} insert {r['insert_s']:.1f} s; any@10 {m['any10']:.3f} "

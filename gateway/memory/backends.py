@@ -16,9 +16,9 @@ def open_vector_index(config: VectorsConfig, dense_dimensions: int | None) -> Ve
             return QdrantIndex(config.qdrant, dense_dimensions)
         from gateway.memory.edge_index import EdgeIndex
 
-        return EdgeIndex(config.edge.path, dense_dimensions)
+        return EdgeIndex(config.edge.path, dense_dimensions, config.lexical)
     except IndexMismatch as error:
-        raise ConfigError(f"memory.embedder: {error}") from None
+        raise ConfigError(f"{error.setting}: {error}") from None
 
 
 async def prepare(index: VectorIndex) -> None:
@@ -29,4 +29,4 @@ async def prepare(index: VectorIndex) -> None:
     try:
         await opener()
     except IndexMismatch as error:
-        raise ConfigError(f"memory.embedder: {error}") from None
+        raise ConfigError(f"{error.setting}: {error}") from None

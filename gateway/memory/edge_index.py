@@ -23,14 +23,16 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
 from gateway.memory.document_frequencies import DocumentFrequencies
 from gateway.memory.lexical_postings import posted, query_postings, reposting_salt, salted
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexQuery, VectorHit, check_dimensions, owner_key, owner_of, packed_payload,
-                                         require_project, scored_hits, search_legs, searchable_by, unpacked_fields)
+                                         IndexMismatch, IndexQuery, VectorHit, check_dimensions, owner_key, owner_of,
+                                         packed_payload, require_project, scored_hits, search_legs, searchable_by,
+                                         unpacked_fields)
 
 
 # What the directory holds besides the engine's files: the layout it was built with (an
 # index written with an older one is migrated on open: one without the file predates
-# per-reader postings, one without "point_ids" has UUID point ids), and the document
-# frequencies as of the last clean close.
+# per-reader postings, one without "point_ids" has UUID point ids) plus, under "lexical",
+# how its BM25 vectors were built (memory.vectors.lexical; "contextual" if not recorded,
+# the only kind before it was), and the document frequencies as of the last clean close.
 LAYOUT_FILE = "lexical_layout.json"
 LAYOUT = {"postings": "per-reader", "idf": "gateway", "point_ids": "blake2b-64"}
 FREQUENCIES_FILE = "document_frequencies.npz"
@@ -55,7 +57,7 @@ def point_number(project_id: str, memory_id: str) -> int:
 
 
 class EdgeIndex:
-    def __init__(self, path: str, dense_dimensions: int | None) -> None:
+    def __init__(self, path: str, dense_dimensions: int | None, lexical: str = "contextual") -> None:
         self.dense_dimensions = dense_dimensions
         self._directory = directory = Path(path)
         _recover_interrupted_migration(directory)
@@ -65,11 +67,21 @@ class EdgeIndex:
             check_dimensions((vectors.get(DENSE) or {}).get("size"), dense_dimensions, f"the memory index at {path}")
             layout = directory / LAYOUT_FILE
             stored_layout = json.loads(layout.read_text()) if layout.exists() else {}
+            recorded = "lexical" in stored_layout
+            stored_lexical = stored_layout.pop("lexical", "contextual")
+            if stored_lexical != lexical:
+                # Its memories' vectors were built the other way: searching both kinds together
+                # would rank one kind over the other.
+                raise IndexMismatch(f"the memory index at {path} holds {stored_lexical} BM25 vectors but "
+                                    f"memory.vectors.lexical is {lexical}; use a new index path to switch",
+                                    setting="memory.vectors.lexical")
             if stored_layout != LAYOUT:
-                _migrate_layout(directory, dense_dimensions, stored_layout)
+                _migrate_layout(directory, dense_dimensions, stored_layout, lexical)
+            elif not recorded:
+                _write_layout(directory, lexical)
             self._shard = EdgeShard.load(str(directory))
         else:
-            self._shard = _create_shard(directory, dense_dimensions)
+            self._shard = _create_shard(directory, dense_dimensions, lexical)
         self._frequencies = self._load_frequencies()
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
@@ -216,14 +228,18 @@ def _config(dense_dimensions: int | None) -> EdgeConfig:
                       payload_memory=Memory.Pinned)
 
 
-def _create_shard(directory: Path, dense_dimensions: int | None) -> EdgeShard:
+def _create_shard(directory: Path, dense_dimensions: int | None, lexical: str) -> EdgeShard:
     directory.mkdir(parents=True, exist_ok=True)
     shard = EdgeShard.create(str(directory), _config(dense_dimensions))
     # The project is the tenant key: Qdrant keeps each tenant's points together.
     shard.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
     shard.update(UpdateOperation.create_field_index("access", PayloadSchemaType.Keyword))
-    (directory / LAYOUT_FILE).write_text(json.dumps(LAYOUT))
+    _write_layout(directory, lexical)
     return shard
+
+
+def _write_layout(directory: Path, lexical: str) -> None:
+    (directory / LAYOUT_FILE).write_text(json.dumps({**LAYOUT, "lexical": lexical}))
 
 
 def _pages(shard: EdgeShard, where: Filter | None, with_vector: bool) -> Iterator[list[Any]]:
@@ -245,7 +261,8 @@ def _payloads(shard: EdgeShard, where: Filter | None) -> Iterator[tuple[str, dic
             yield payload.get("project", ""), payload
 
 
-def _migrate_layout(directory: Path, dense_dimensions: int | None, stored_layout: dict[str, Any]) -> None:
+def _migrate_layout(directory: Path, dense_dimensions: int | None, stored_layout: dict[str, Any],
+                    lexical: str) -> None:
     """Rebuild an index written with an older layout (``LAYOUT``): the same points under
     their ``point_number`` ids and, if it predates per-reader postings, with their lexical
     vectors moved to their readers' postings, in a new shard that then replaces the old one."""
@@ -255,7 +272,7 @@ def _migrate_layout(directory: Path, dense_dimensions: int | None, stored_layout
     building = directory.with_name(directory.name + ".migrating")
     shutil.rmtree(building, ignore_errors=True)
     old = EdgeShard.load(str(directory))
-    new = _create_shard(building, dense_dimensions)
+    new = _create_shard(building, dense_dimensions, lexical)
     for records in _pages(old, None, with_vector=True):
         points = []
         for record in records:

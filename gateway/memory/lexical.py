@@ -46,12 +46,15 @@ class IndexedText:
 
 
 class Lexicon:
-    def __init__(self, language: str = "english") -> None:
+    def __init__(self, language: str = "english", *, contextual: bool = True) -> None:
         # BM25's standard parameters (k 1.2, b 0.75, avg_len 256). Matching avg_len to
         # short memories (8-32 tokens) measured worse on bench/locomo: it over-rewards
         # the shortest memories.
         self._bm25 = Bm25(Bm25Config(language=language))
         self._word_cache: dict[str, int | None] = {}
+        # False (memory.vectors.lexical: plain): a memory's vector is BM25 of its own text
+        # alone, and neither memories nor queries carry word pairs.
+        self.contextual = contextual
 
     def document_vector(self, text: str) -> SparseVector:
         return self._bm25.embed_document(text)
@@ -67,7 +70,12 @@ class Lexicon:
         topic. Summing the vectors makes a search score the weighted sum of the matches in
         one lookup (a dot product is linear): on LoCoMo this ranks better than fusing
         separate lexical searches, at the cost of one (bench/locomo/README.md).
+
+        A plain lexicon (``contextual=False``) ignores the neighbours: BM25 of the text alone.
         """
+        if not self.contextual:
+            vector = self.document_vector(text)
+            return IndexedText(vector, vector.indices, [])
         weights: defaultdict[int, float] = defaultdict(float)
         own_words = self._word_ids(text)
         own_pairs = _pairs(own_words)
@@ -88,9 +96,10 @@ class Lexicon:
         return IndexedText(SparseVector(ordered, [weights[i] * scale for i in ordered]), terms, context_terms)
 
     def query_vector(self, text: str) -> SparseVector:
-        """BM25 query terms (weight 1 each: the engine applies IDF) and their adjacent pairs."""
+        """BM25 query terms (weight 1 each: the engine applies IDF) and, for a contextual
+        lexicon, their adjacent pairs."""
         weights = dict.fromkeys(self._bm25.embed_query(text).indices, 1.0)
-        if PAIR_WEIGHT:
+        if PAIR_WEIGHT and self.contextual:
             for pair in _pairs(self._word_ids(text)):
                 weights.setdefault(pair, 1.0)
         ordered = sorted(weights)

@@ -140,7 +140,7 @@ class Memories:
         self._index = index
         self._config = config
         self.embedder = embedder
-        self._lexicon = lexicon or Lexicon()
+        self._lexicon = lexicon or Lexicon(contextual=config.vectors.lexical == "contextual")
         self._comparer = Comparer(self._lexicon)
 
     # --- reading -------------------------------------------------------------------------
@@ -243,8 +243,10 @@ class Memories:
                 decision = Decision("supersede", superseded_ids=[*decision.superseded_ids, replaces])
 
         # The subject's memory stored just before this one: each lends the other its words
-        # as context (Lexicon.index_text), while both are active.
-        newest = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, limit=1, newest_first=True)
+        # as context (Lexicon.index_text), while both are active. A plain lexicon takes no
+        # context, so its memories are not linked at all (nothing to re-index on later writes).
+        newest = (await self._store.find(MEMORIES, project_id, {"subject_id": subject_id}, limit=1, newest_first=True)
+                  if self._lexicon.contextual else [])
         previous = newest[0] if newest else None
         lends = previous is not None and previous["listing"] == "active" and (
             previous["id"] not in decision.superseded_ids)

@@ -214,7 +214,12 @@ class VectorIndex(Protocol):
 
 
 class IndexMismatch(Exception):
-    """The stored index was built for a different embedding model than the one configured."""
+    """The stored index was built for a different embedding model (or lexical vectors) than
+    the one configured; ``setting`` names the configuration that disagrees."""
+
+    def __init__(self, message: str, setting: str = "memory.embedder") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def check_dimensions(stored: int | None, configured: int | None, where: str) -> None:
