@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import EdgeVectorsConfig, QdrantVectorsConfig, VectorsConfig
 from gateway.errors import ConfigError
-from gateway.memory.backends import open_vector_index
+from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
@@ -325,5 +325,26 @@ def test_qdrant_collection_checks_its_dimensions(tmp_path):
         with pytest.raises(IndexMismatch, match="8-dimensional"):
             await mismatched.open()
         await mismatched.close()
+
+    run(scenario())
+
+
+def test_a_qdrant_collection_keeps_the_kind_of_lexical_vectors_it_was_built_with(tmp_path):
+    config = QdrantVectorsConfig(location=str(tmp_path / "local"))
+
+    async def scenario() -> None:
+        plain = QdrantIndex(config, None, "plain")
+        await plain.open()
+        await plain.upsert("p", [memory("m1", "alice", "Alice keeps bees")])
+        await plain.close()
+        default = open_vector_index(VectorsConfig(backend="qdrant", qdrant=config), None)
+        with pytest.raises(ConfigError, match="^memory.vectors.lexical: the Qdrant collection 'mnx_memories' holds "
+                                              "plain BM25 vectors but memory.vectors.lexical is contextual"):
+            await prepare(default)
+        await default.close()
+        reopened = QdrantIndex(config, None, "plain")
+        await reopened.open()
+        assert ids(await reopened.search("p", query("alice", "bees"))) == ["m1"]
+        await reopened.close()
 
     run(scenario())

@@ -13,7 +13,7 @@ def open_vector_index(config: VectorsConfig, dense_dimensions: int | None) -> Ve
             from gateway.memory.qdrant_index import QdrantIndex
 
             assert config.qdrant is not None
-            return QdrantIndex(config.qdrant, dense_dimensions)
+            return QdrantIndex(config.qdrant, dense_dimensions, config.lexical)
         from gateway.memory.edge_index import EdgeIndex
 
         return EdgeIndex(config.edge.path, dense_dimensions, config.lexical)

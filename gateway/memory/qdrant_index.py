@@ -14,8 +14,9 @@ from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexQuery, VectorHit, check_dimensions, cosines, owner_key, packed_payload,
-                                         point_id, require_project, scored_hits, search_legs, searchable_by)
+                                         IndexMismatch, IndexQuery, VectorHit, check_dimensions, cosines, owner_key,
+                                         packed_payload, point_id, require_project, scored_hits, search_legs,
+                                         searchable_by)
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:
@@ -34,9 +35,16 @@ def _owned_by(project_id: str, subject_id: str) -> models.FieldCondition:
     return models.FieldCondition(key="access", match=models.MatchValue(value=owner_key(project_id, subject_id)))
 
 
+# The collection's metadata key recording how its BM25 vectors were built
+# (memory.vectors.lexical); a collection without it predates the setting: contextual.
+LEXICAL_METADATA = "mnx_lexical"
+
+
 class QdrantIndex:
-    def __init__(self, config: QdrantVectorsConfig, dense_dimensions: int | None) -> None:
+    def __init__(self, config: QdrantVectorsConfig, dense_dimensions: int | None,
+                 lexical: str = "contextual") -> None:
         self.dense_dimensions = dense_dimensions
+        self._lexical = lexical
         self._collection = config.collection
         # Local mode scans payloads and warns that indexes do nothing there.
         self._wants_payload_indexes = bool(config.url)
@@ -56,12 +64,18 @@ class QdrantIndex:
             vectors = info.config.params.vectors
             stored = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
             check_dimensions(stored, self.dense_dimensions, f"the Qdrant collection {name!r}")
+            stored_lexical = (info.config.metadata or {}).get(LEXICAL_METADATA, "contextual")
+            if stored_lexical != self._lexical:
+                raise IndexMismatch(f"the Qdrant collection {name!r} holds {stored_lexical} BM25 vectors but "
+                                    f"memory.vectors.lexical is {self._lexical}; use a new collection to switch",
+                                    setting="memory.vectors.lexical")
             return
         dense = ({DENSE: models.VectorParams(size=self.dense_dimensions, distance=models.Distance.COSINE)}
                  if self.dense_dimensions else {})
         await self._client.create_collection(
             name, vectors_config=dense,
-            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata={LEXICAL_METADATA: self._lexical})
         if not self._wants_payload_indexes:
             return
         await self._client.create_payload_index(
