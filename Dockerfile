@@ -2,9 +2,11 @@ FROM python:3.11-slim
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY gateway ./gateway
 COPY plugins ./plugins
-RUN pip install --no-cache-dir . && useradd --system --home /app gateway && mkdir -p /app/data && chown gateway /app/data
+# The locked, hash-checked dependency tree first; then the gateway itself, resolving nothing more.
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock && pip install --no-cache-dir --no-deps . && useradd --system --home /app gateway && mkdir -p /app/data && chown gateway /app/data
 COPY gateway.yaml ./
 USER gateway
 

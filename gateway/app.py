@@ -19,6 +19,7 @@ from gateway.proxy.chat_completions import chat_completions
 from gateway.proxy.gemini import generate_content
 from gateway.proxy.messages import messages
 from gateway.proxy.responses import responses
+from gateway.redaction import install_log_redaction
 from gateway.routing import endpoint
 from gateway.services import Services
 
@@ -28,7 +29,9 @@ API = "/api/v1"
 def _routes() -> list[Route]:
     chat = endpoint(chat_completions, scope="chat:write", surface=Surface.OPENAI)
     anthropic_messages = endpoint(messages, scope="chat:write", surface=Surface.ANTHROPIC)
-    openai_responses = endpoint(responses, scope="responses:write", surface=Surface.OPENAI)
+    # One rule for every provider surface: chat:write (and, on /responses, the contract's
+    # responses:write); what a turn reads and writes beyond that: gateway/feature_scopes.py.
+    openai_responses = endpoint(responses, scope=("chat:write", "responses:write"), surface=Surface.OPENAI)
     gemini = endpoint(generate_content, scope="chat:write", surface=Surface.GEMINI)
     return [
         # The OpenAI surface, also at /v1 so a plain OpenAI base_url of http://host/v1 works.
@@ -138,6 +141,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(config: GatewayConfig, services: Services | None = None) -> Starlette:
+    # Whatever logs in this process (the gateway, LiteLLM, httpx, uvicorn) logs no key.
+    install_log_redaction()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services or Services.build(config)

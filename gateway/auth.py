@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
 
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden, Unauthorized
+from gateway.proxy.providers import PROVIDER_KEY_HEADERS
 
 # Coarse scopes grant every fine-grained scope of the matching HTTP method.
 _COARSE_BY_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "PUT": "write", "PATCH": "write",
                      "DELETE": "delete"}
+# For what a request does besides its route (a chat turn's recall, history, learning): the
+# coarse scope that grants each fine scope's action.
+_COARSE_BY_ACTION = {"read": "read", "search": "read", "write": "write", "delete": "delete"}
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,22 @@ class Principal:
     key_name: str
     scopes: frozenset[str]
 
-    def require(self, scope: str, method: str) -> None:
-        """Raise 403 unless this key holds ``scope`` (e.g. ``history:read``)."""
+    def _holds(self, scope: str, coarse: str) -> bool:
         resource = scope.split(":", 1)[0]
-        granted = {"*", scope, f"{resource}:*", _COARSE_BY_METHOD.get(method, "")}
-        if self.scopes.isdisjoint(granted):
-            raise Forbidden(f"this API key lacks the '{scope}' scope")
+        return not self.scopes.isdisjoint({"*", scope, f"{resource}:*", coarse})
+
+    def require(self, scope: str | tuple[str, ...], method: str) -> None:
+        """Raise 403 unless this key holds ``scope`` (e.g. ``history:read``; a tuple: any of
+        them) or the coarse scope of the HTTP method."""
+        alternatives = (scope,) if isinstance(scope, str) else scope
+        coarse = _COARSE_BY_METHOD.get(method, "")
+        if not any(self._holds(name, coarse) for name in alternatives):
+            raise Forbidden(f"this API key lacks the '{alternatives[0]}' scope")
+
+    def allows(self, scope: str) -> bool:
+        """Whether this key holds ``scope`` for something a request does besides its route;
+        the coarse scope that grants it is the one of its action (``read`` for ``:search``)."""
+        return self._holds(scope, _COARSE_BY_ACTION.get(scope.partition(":")[2], ""))
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,10 @@ class Credentials:
     # An ``Authorization: Bearer`` value that is *not* the project key (because
     # x-mnexium-key carried that); it is then the caller's provider key.
     provider_bearer: str | None
+    # The provider keys the caller sent, by header (x-openai-key, x-api-key...). Whatever
+    # reads a caller's key reads it here, never from the raw headers: a value that is a
+    # project key has been left out, so a project key can never go upstream.
+    provider_keys: dict[str, str] = field(default_factory=dict)
 
 
 class KeyRing:
@@ -54,15 +72,31 @@ class KeyRing:
                 principal = Principal(project.id, key.name, frozenset(key.scopes))
                 self._buckets.setdefault(digest[:8], []).append((digest, principal))
 
-    def _lookup(self, presented: str) -> Principal:
+    def _find(self, presented: str) -> Principal | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for stored, principal in self._buckets.get(digest[:8], ()):
             if hmac.compare_digest(stored, digest):
                 found = principal
+        return found
+
+    def _lookup(self, presented: str) -> Principal:
+        found = self._find(presented)
         if found is None:
             raise Unauthorized("invalid API key")
         return found
+
+    def is_project_key(self, value: str) -> bool:
+        """Whether ``value`` is any project's key (of any project, not only the caller's)."""
+        return self._find(value) is not None
+
+    def _provider_keys(self, headers: Headers) -> dict[str, str]:
+        keys = {}
+        for name in PROVIDER_KEY_HEADERS:
+            value = (headers.get(name) or "").strip()
+            if value and not self.is_project_key(value):
+                keys[name] = value
+        return keys
 
     def authenticate(self, headers: Headers) -> Credentials:
         """Resolve the project key by the contract's rule.
@@ -80,9 +114,12 @@ class KeyRing:
         if explicit is not None:
             if not explicit.strip():
                 raise Unauthorized("the x-mnexium-key header is empty")
-            return Credentials(self._lookup(explicit.strip()), bearer or None)
+            principal = self._lookup(explicit.strip())
+            # The same (or another) project key in both headers is not a provider key.
+            spare = bearer if bearer and not self.is_project_key(bearer) else None
+            return Credentials(principal, spare, self._provider_keys(headers))
         if authorization is None:
             raise Unauthorized("missing API key: send x-mnexium-key or Authorization: Bearer")
         if not bearer:
             raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-        return Credentials(self._lookup(bearer), None)
+        return Credentials(self._lookup(bearer), None, self._provider_keys(headers))

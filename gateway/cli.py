@@ -20,9 +20,8 @@ def _config_path(args: argparse.Namespace) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import serve
 
     config = load_config(_config_path(args))
     host = args.host or config.server.host
@@ -30,9 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One worker by design: the embedded backends (SQLite, Qdrant Edge) belong to one
     # process. Scale out with the Redis backend and more gateway processes.
-    uvicorn.run(create_app(config), host=host, port=port, loop="uvloop", http="httptools",
-                log_level=config.server.log_level, access_log=config.server.access_log)
-    return 0
+    # gateway.server configures uvicorn (event loop, HTTP protocol with header limits, logs).
+    return serve(create_app(config), config, host=host, port=port)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -40,6 +40,15 @@ class ServerConfig(_Strict):
     port: int = Field(default=8787, ge=0, le=65535)
     # Requests larger than this are refused with 413 before their body is read in full.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # The request line plus all header lines may total this many bytes (so may a chunked
+    # body's trailer fields); past it the client gets 431 and is disconnected before
+    # authentication runs, having buffered about this much at most (see gateway.server).
+    # The floor catches a value given in KiB by mistake.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Header fields per request, trailers included; past it, 431 likewise. Each field costs
+    # Python objects and every header lookup scans them all. The floor leaves room for the
+    # 18 an OpenAI SDK request carries plus what proxies add.
+    max_headers: int = Field(default=100, ge=32)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # One log line per request; off by default because it costs CPU on every call.
     access_log: bool = False
@@ -53,6 +62,12 @@ class RedisConfig(_Strict):
     url: str = "redis://127.0.0.1:6379/0"
     # Every key the gateway writes starts with this, so one Redis can host several gateways.
     key_prefix: str = "mnx:"
+    # Connections this gateway process opens at most; a call finding all of them busy waits
+    # up to pool_timeout_seconds for one (then fails as 503 storage_unavailable).
+    max_connections: int = Field(default=64, ge=1, le=10000)
+    pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A call to a Redis that stops answering fails (503) after this long.
+    socket_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 class StorageConfig(_Strict):
@@ -108,6 +123,11 @@ class ProviderConfig(_Strict):
     # Used when the request carries no key of its own for this provider.
     api_key: OptionalSecret = None
     timeout: Timeouts = Timeouts()
+    # Request-body fields beyond the provider API's own that this provider's server takes
+    # (vLLM's top_k, OpenRouter's provider...): accepted on a surface whose requests go to
+    # it untranslated, and forwarded there only, never to LiteLLM (see proxy/body_fields.py).
+    extra_body_fields: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = Field(
+        default_factory=list, max_length=100)
 
     @field_validator("api_base")
     @classmethod

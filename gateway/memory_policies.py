@@ -30,6 +30,10 @@ _CONFIG_RULES = {
     "confidence_min": (lambda v: _number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "importance_min": (lambda v: _number(v) and 0 <= v <= 100, "a number from 0 to 100"),
     "max_memories_per_turn": (lambda v: _integer(v) and 1 <= v <= 50, "an integer from 1 to 50"),
+    # Not in the contract: which visibilities a learned memory may get when the extractor
+    # proposes them. Learned memories are private otherwise (gateway.memory.learning).
+    "learned_visibility": (lambda v: isinstance(v, list) and all(k in ("private", "shared", "public") for k in v),
+                           'an array of "private", "shared", "public"'),
 }
 
 

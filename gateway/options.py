@@ -46,6 +46,8 @@ class MnxOptions:
     metadata: dict[str, Any] | None
     state: StateOption | None
     records: dict[str, Any] | None
+    # The options the caller set (in the body or a header), as opposed to configured defaults.
+    given: frozenset[str] = frozenset()
 
 
 def _invalid(field: str, expected: str) -> BadRequest:
@@ -74,14 +76,17 @@ class _Reader:
     def __init__(self, body: dict[str, Any], headers: Headers) -> None:
         self._body = body
         self._headers = headers
+        self.given: set[str] = set()
 
     def raw(self, field: str, kind: str) -> Any:
         value = self._body.get(field)
         if value is not None:
+            self.given.add(field)
             return value
         header = self._headers.get("x-mnx-" + field.replace("_", "-"))
         if header is None or header == "":
             return None
+        self.given.add(field)
         if kind == "bool":
             return _header_bool(header, field)
         if kind == "bool_or_str":
@@ -182,4 +187,5 @@ def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *, history_
         metadata=read.obj("metadata"),
         state=_parse_state(read.obj("state")),
         records=read.obj("records"),
+        given=frozenset(read.given),
     )

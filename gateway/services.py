@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 from gateway.auth import KeyRing
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, StorageConfig
+from gateway.erasure import SubjectErased, SubjectErasure
+from gateway.erasure_fence import ErasureFence, LocalErasureFence, RedisErasureFence
 from gateway.history import ChatHistory
 from gateway.jobs import Job, JobQueue, open_queue
 from gateway.jobs.worker import JobWorker
@@ -21,7 +25,9 @@ from gateway.pipeline.stages import AgentStateStage, HistoryStage, SystemPromptS
 from gateway.prompts import SystemPrompts
 from gateway.proxy.upstream import Upstream
 from gateway.state import AgentState
+from gateway.redaction import register_secrets
 from gateway.store import DocumentStore, open_store
+from gateway.store.redis_client import connect_redis
 from plugins.embedders import load_embedder
 from plugins.extractors import load_extractor
 
@@ -44,28 +50,39 @@ class Services:
     upstream: Upstream
     # The context layers, in seed 003's order (records will slot in before history).
     stages: list[ContextStage]
+    erasure: SubjectErasure
+    fence: ErasureFence
+    # The Redis client the store, queue and fence share (Redis backend only).
+    redis: Any = None
 
     @classmethod
     def build(cls, config: GatewayConfig, store: DocumentStore | None = None) -> "Services":
-        store = store or open_store(config.storage)
+        register_secrets(_configured_secrets(config))
+        redis = _shared_redis(config.storage)
+        store = store or open_store(config.storage, redis)
         history = ChatHistory(store)
         prompts = SystemPrompts(store)
         state = AgentState(store)
         memory = config.memory
         embedder = load_embedder(memory.embedder, config.providers)
         vector_index = open_vector_index(memory.vectors, embedder.dimensions if embedder else None)
-        jobs = open_queue(config.storage)
+        jobs = open_queue(config.storage, redis)
         memories = Memories(store, vector_index, memory, embedder, repairs=jobs)
         recalls = RecallEvents(store)
         policies = MemoryPolicies(store)
-        learner = Learner(memories, policies, load_extractor(config.learning.extractor, config.providers))
+        fence: ErasureFence = (RedisErasureFence(redis, config.storage.redis.key_prefix) if redis is not None
+                               else LocalErasureFence())
+        erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
+                                 prompts=prompts, policies=policies)
+        learner = Learner(memories, policies, load_extractor(config.learning.extractor, config.providers), erasure)
+        erasure.on_jobs_voided.append(learner.forget_keys)
         learning = config.learning
 
         async def run_job(job: Job) -> None:
             if job.kind == LEARN_JOB:
                 await learner.handle(job)
             elif job.kind == REINDEX_JOB:
-                await memories.repair(job.project_id, job.payload["memory_ids"])
+                await _repair_index(memories, erasure, job)
             else:
                 raise ValueError(f"unknown job kind {job.kind!r}")
 
@@ -89,6 +106,9 @@ class Services:
             upstream=Upstream(config.providers),
             stages=[SystemPromptStage(prompts), AgentStateStage(state),
                     MemoryRecallStage(memories, recalls, memory.recall), HistoryStage(history, config.history)],
+            erasure=erasure,
+            fence=fence,
+            redis=redis,
         )
 
     async def start(self) -> None:
@@ -105,3 +125,42 @@ class Services:
         await self.upstream.aclose()
         await self.vector_index.close()
         await self.store.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _shared_redis(storage: StorageConfig) -> Any:
+    if storage.backend != "redis":
+        return None
+    settings = storage.redis
+    return connect_redis(settings.url, max_connections=settings.max_connections,
+                         pool_timeout=settings.pool_timeout_seconds, socket_timeout=settings.socket_timeout_seconds)
+
+
+def _configured_secrets(config: GatewayConfig) -> list[str]:
+    """Every secret gateway.yaml holds in clear, for log and error redaction by value."""
+    secrets = [key.key.get_secret_value() for project in config.projects for key in project.keys if key.key]
+    providers = config.providers
+    for provider in (providers.openai, providers.anthropic, providers.gemini):
+        if provider.api_key is not None:
+            secrets.append(provider.api_key.get_secret_value())
+    for plugin_key in (config.memory.embedder.api_key, config.learning.extractor.api_key):
+        if plugin_key is not None:
+            secrets.append(plugin_key.get_secret_value())
+    qdrant = config.memory.vectors.qdrant
+    if qdrant is not None and qdrant.api_key is not None:
+        secrets.append(qdrant.api_key.get_secret_value())
+    return secrets
+
+
+async def _repair_index(memories: Memories, erasure: SubjectErasure, job: Job) -> None:
+    """An index-repair job; it writes nothing for a subject erased since it was noted."""
+    subject_id = job.payload.get("subject_id")
+    if subject_id is None:  # noted by a version that did not name the subject
+        await memories.repair(job.project_id, job.payload["memory_ids"])
+        return
+    try:
+        async with erasure.writing(job.project_id, subject_id, since=job.created_at):
+            await memories.repair(job.project_id, job.payload["memory_ids"])
+    except SubjectErased:
+        pass

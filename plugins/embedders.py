@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib.metadata import entry_points
-from typing import Any, Sequence
-
-from starlette.datastructures import Headers
+from typing import Any, Mapping, Sequence
 
 from gateway.config import EmbedderConfig, ProvidersConfig
 from gateway.errors import BadRequest, ConfigError, UpstreamError
@@ -35,8 +33,8 @@ class LiteLLMEmbedder:
         self.dimensions = config.dimensions
         self._model = ProviderModel(config.model or "", config.api_key, config.api_base, providers)
 
-    def key_for(self, headers: Headers) -> str | None:
-        return self._model.key_for(headers)
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
+        return self._model.key_for(caller_keys)
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         from gateway.proxy.upstream import load_litellm
@@ -47,8 +45,10 @@ class LiteLLMEmbedder:
             raise BadRequest(f"no {model.provider} API key for the embedding model", code="embedding_key_required")
         litellm = load_litellm()
         try:
+            # One call per embedding: the request (or the job) that needs it is what retries.
             result = await litellm.aembedding(model=model.litellm_model, input=list(texts), api_key=key,
-                                              api_base=model.api_base, timeout=model.settings.timeout.read)
+                                              api_base=model.api_base, timeout=model.settings.timeout.read,
+                                              num_retries=0, max_retries=0)
         except Exception as error:
             status = getattr(error, "status_code", None)
             raise UpstreamError(f"the embedding model failed: {type(error).__name__}",
@@ -80,7 +80,7 @@ class SentenceTransformerEmbedder:
             raise ConfigError(f"memory.embedder.dimensions is {config.dimensions} but {config.model} "
                               f"gives {self.dimensions}")
 
-    def key_for(self, headers: Headers) -> str | None:
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         return None
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
@@ -127,7 +127,7 @@ class FastEmbedEmbedder:
                      "to a local copy)")
             raise ConfigError(f"fastembed could not load {model} {where}: {error}") from None
 
-    def key_for(self, headers: Headers) -> str | None:
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         return None
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Mapping
 
 from gateway.config import ExtractorConfig, ProvidersConfig
 from gateway.errors import ConfigError
@@ -138,7 +138,7 @@ def heuristic_memories(text: str) -> list[ExtractedMemory]:
 class HeuristicExtractor:
     """No model, no key: plain patterns over the user's own messages."""
 
-    def key_for(self, headers: Any) -> str | None:
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         return None
 
     async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
@@ -168,8 +168,8 @@ class LLMExtractor:
     def __init__(self, config: ExtractorConfig, providers: ProvidersConfig) -> None:
         self._model = ProviderModel(config.model or "", config.api_key, config.api_base, providers)
 
-    def key_for(self, headers: Any) -> str | None:
-        return self._model.key_for(headers)
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
+        return self._model.key_for(caller_keys)
 
     async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
         from gateway.proxy.upstream import load_litellm
@@ -186,8 +186,10 @@ class LLMExtractor:
             instructions += f"\n\n{FORCE_PROMPT}"
         turn = {"user": list(exchange.user_messages), "assistant": exchange.assistant_message}
         litellm = load_litellm()
+        # One call per run: the job queue retries, with backoff, and counts the attempts.
         answer = await litellm.acompletion(
             model=model.litellm_model, api_key=key, api_base=model.api_base, timeout=model.settings.timeout.read,
+            num_retries=0, max_retries=0,
             temperature=0, messages=[{"role": "system", "content": instructions},
                                      {"role": "user", "content": json.dumps(turn, ensure_ascii=False)}],
             response_format={"type": "json_schema",

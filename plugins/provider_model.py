@@ -7,7 +7,7 @@ from gateway.yaml.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Mapping
 
 from pydantic import SecretStr
 
@@ -26,11 +26,11 @@ class ProviderModel:
         self.api_base = api_base or self.settings.api_base
         self._own_key = api_key.get_secret_value() if api_key else None
 
-    def key_for(self, headers: Any) -> str | None:
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         """The key a request would pay with (raises BadRequest when there is none at all)."""
         if self._own_key:
             return self._own_key
-        return provider_key(self.provider, headers, None, self.settings)
+        return provider_key(self.provider, caller_keys, None, self.settings)
 
     def key(self, caller_key: str | None) -> str | None:
         configured = self.settings.api_key.get_secret_value() if self.settings.api_key else None

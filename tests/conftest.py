@@ -19,6 +19,7 @@ import redis
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.server import uvicorn_config
 from tests.fake_upstream import FakeProvider, ServerThread
 
 REDIS_URL = os.environ.get("MNX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -131,17 +132,26 @@ def edge_memory(path: Any) -> dict[str, Any]:
     return {"vectors": {"backend": "edge", "edge": {"path": str(path)}}}
 
 
+def serve_gateway(provider: FakeProvider, storage: dict[str, Any], tmp_path_factory: Any,
+                  servers: list[ServerThread], **overrides: Any) -> Gateway:
+    """A real gateway on a free port, in front of the fake provider; its server joins ``servers``
+    (the caller stops them). Each gateway gets its own embedded memory index unless the test
+    names one."""
+    overrides.setdefault("memory", edge_memory(tmp_path_factory.mktemp("memories")))
+    config = base_config(provider.url, storage, **overrides)  # type: ignore[attr-defined]
+    # The production server setup (header limits included), quieter and lifespan required.
+    server = ServerThread(config=uvicorn_config(create_app(config), config, log_level="warning",
+                                                lifespan="on")).start()
+    servers.append(server)
+    return Gateway(server.url, config, provider)
+
+
 @pytest.fixture
 def start_gateway(provider: FakeProvider, tmp_path_factory):
     servers: list[ServerThread] = []
 
     def start(storage: dict[str, Any], **overrides: Any) -> Gateway:
-        # Each gateway gets its own embedded memory index unless the test names one.
-        overrides.setdefault("memory", edge_memory(tmp_path_factory.mktemp("memories")))
-        config = base_config(provider.url, storage, **overrides)  # type: ignore[attr-defined]
-        server = ServerThread(create_app(config)).start()
-        servers.append(server)
-        return Gateway(server.url, config, provider)
+        return serve_gateway(provider, storage, tmp_path_factory, servers, **overrides)
 
     yield start
     for server in servers:

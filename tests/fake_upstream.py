@@ -12,6 +12,18 @@ what the gateway forwarded, and misbehaves on demand through the model name:
                     on Anthropic)
     sleep-<secs>    wait that long before answering (timeout tests)
 
+Anywhere in a model name, on every surface (so "claude-hang" and "gemini-x-set-cookie" route
+to the provider their name picks and misbehave there too):
+
+    echo-key-<status>   answer that status with an error that quotes the key the request
+                        carried (a provider that echoes credentials, as some 401s do)
+    ratelimit-<status>  answer that status with retry-after, x-ratelimit-* and
+                        anthropic-ratelimit-* headers (and a set-cookie that must not pass)
+    ratelimit-ok        answer normally, with x-ratelimit-* headers
+    set-cookie          answer normally, with a Set-Cookie header
+    hang                never answer; record when the gateway gives up on the request
+                        (``provider.abandoned``)
+
 ``canned`` answers a non-streamed chat completion with the next of ``provider.chat_answers``
 (raw bodies, so tests can answer off-spec), else as any other model.
 
@@ -33,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -79,6 +92,8 @@ class FakeProvider:
         self.extraction_answers: list[str] = []
         # Raw bodies for the next non-streamed chat completions of model "canned", in order.
         self.chat_answers: list[dict[str, Any]] = []
+        # Models of "hang" requests whose connection the gateway closed, with when it did.
+        self.abandoned: list[tuple[str, float]] = []
 
     # -- ASGI ---------------------------------------------------------------------------
 
@@ -99,10 +114,14 @@ class FakeProvider:
                 break
         path = scope["path"]
         payload = json.loads(body) if body else {}
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode()
         if self.record:
-            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            self.requests.append({"path": path, "query": scope.get("query_string", b"").decode(), "headers": headers,
-                                  "body": payload})
+            self.requests.append({"path": path, "query": query, "headers": headers, "body": payload})
+        model = str(payload.get("model") or path.rsplit("/", 1)[-1].partition(":")[0])
+        if await self._scenario(model, path, headers, query, receive, send):
+            return
+        send = _adding_headers(send, _scenario_headers(model))
         if path.endswith("/chat/completions"):
             await self._openai(payload, receive, send)
         elif path.endswith("/embeddings"):
@@ -117,9 +136,40 @@ class FakeProvider:
         else:
             await self._respond(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
-    async def _respond(self, send: Any, status: int, payload: dict[str, Any]) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+    async def _respond(self, send: Any, status: int, payload: dict[str, Any],
+                       headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+        await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS + list(headers)})
         await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+    async def _scenario(self, model: str, path: str, headers: dict[str, str], query: str, receive: Any,
+                        send: Any) -> bool:
+        """The misbehaviours any surface's model name can ask for (see the module docstring)."""
+        def error(status: int, message: str) -> dict[str, Any]:
+            if path.endswith("/messages"):
+                return {"type": "error", "error": {"type": "authentication_error", "message": message}}
+            if "generateContent" in path:
+                return {"error": {"code": status, "message": message, "status": "UNAUTHENTICATED"}}
+            return {"error": {"message": message, "type": "invalid_request_error", "code": f"fake_{status}"}}
+
+        echo = re.search(r"echo-key-(\d{3})", model)
+        if echo:
+            key = (headers.get("authorization") or headers.get("x-api-key") or headers.get("x-goog-api-key")
+                   or query)
+            await self._respond(send, int(echo.group(1)), error(int(echo.group(1)), f"Incorrect API key provided: {key}"))
+            return True
+        limited = re.search(r"ratelimit-(\d{3})", model)
+        if limited:
+            status = int(limited.group(1))
+            await self._respond(send, status, error(status, f"rate limited ({status})"), headers=[
+                (b"retry-after", b"7"), (b"retry-after-ms", b"7000"), (b"x-ratelimit-remaining-requests", b"0"),
+                (b"x-ratelimit-reset-requests", b"7s"), (b"anthropic-ratelimit-requests-remaining", b"0"),
+                (b"set-cookie", b"limited=1; Path=/"), (b"x-internal-trace", b"not-for-clients")])
+            return True
+        if "hang" in model:
+            await self._until_disconnect(receive)
+            self.abandoned.append((model, time.time()))
+            return True
+        return False
 
     async def _misbehave(self, model: str, send: Any, anthropic: bool) -> bool:
         if model.startswith("fail-"):
@@ -384,6 +434,27 @@ class FakeProvider:
         await event("message_stop", {"type": "message_stop"}, more=False)
 
 
+def _scenario_headers(model: str) -> list[tuple[bytes, bytes]]:
+    """Headers a normal answer carries for the model's scenario (set-cookie, ratelimit-ok)."""
+    extra = []
+    if "set-cookie" in model:
+        extra.append((b"set-cookie", b"tenant=first-caller; Path=/"))
+    if "ratelimit-ok" in model:
+        extra += [(b"x-ratelimit-remaining-requests", b"99"), (b"anthropic-ratelimit-requests-remaining", b"99")]
+    return extra
+
+
+def _adding_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
+    if not extra:
+        return send
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": list(message.get("headers", [])) + extra}
+        await send(message)
+    return sending
+
+
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -394,11 +465,14 @@ def free_socket() -> socket.socket:
 class ServerThread:
     """Runs an ASGI app under uvicorn in a background thread on a free loopback port."""
 
-    def __init__(self, app: Any, **uvicorn_options: Any) -> None:
+    def __init__(self, app: Any = None, *, config: uvicorn.Config | None = None, **uvicorn_options: Any) -> None:
+        """Serve ``app`` with quiet test defaults, or serve a ready-made ``config`` (the gateway's
+        production one, from gateway.server.uvicorn_config); its host and port are ignored."""
         self._sock = free_socket()
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options)
+        if config is None:
+            config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 

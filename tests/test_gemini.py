@@ -141,18 +141,21 @@ def test_missing_google_key_and_unknown_methods(gateway):
     assert gateway.forwarded() == []
 
 
-def test_the_model_in_the_url_stays_one_path_segment_upstream(gateway):
-    """A model name is escaped into the provider's URL: its "?" or "#" cannot add a query (a key,
-    alt=sse) to the forwarded request; one with a control character is refused."""
+def test_a_model_in_the_url_that_could_rewrite_the_provider_url_is_refused(gateway):
+    """The model from the URL path goes into the provider's URL: a "?", "#", "/" or ".." in it
+    (decoded from %3F, %23, %2F) could add a query (a key, alt=sse) or walk to another path with
+    the Google key, so it is a 400 naming the model, and nothing is forwarded."""
     headers = {"x-mnexium-key": KEY, "x-goog-api-key": GOOGLE_KEY}
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-    odd = httpx.post(gateway.url + "/v1beta/models/gemini-pro%3Fkey=x%26alt=sse%23:generateContent", json=body,
-                     headers=headers)
-    assert odd.status_code == 200, odd.text
-    forwarded = gateway.forwarded()[-1]
-    assert forwarded["path"] == "/v1beta/models/gemini-pro?key=x&alt=sse#:generateContent"
-    assert forwarded["query"] == "" and forwarded["headers"]["x-goog-api-key"] == GOOGLE_KEY
-    control = httpx.post(gateway.url + "/v1beta/models/gemini%0A-pro:generateContent", json=body, headers=headers)
-    assert control.status_code == 400
-    assert control.json()["error"]["details"][0]["reason"] == "invalid_model"
-    assert len(gateway.forwarded()) == 1
+    for target in ("gemini-pro%3Fkey=x%26alt=sse%23", "gemini..pro", "gemini%0A-pro", "gemini%20pro"):
+        refused = httpx.post(f"{gateway.url}/v1beta/models/{target}:generateContent", json=body, headers=headers)
+        assert refused.status_code == 400, (target, refused.text)
+        assert refused.json()["error"]["details"][0]["reason"] == "invalid_model"
+    # An encoded "/" is a path separator once decoded: no route takes it.
+    walked = httpx.post(f"{gateway.url}/v1beta/models/gemini%2F..%2F..%2Fv1%2Fchat%2Fcompletions%23:generateContent",
+                        json=body, headers=headers)
+    assert walked.status_code == 404
+    assert gateway.forwarded() == []
+    plain = httpx.post(gateway.url + "/v1beta/models/gemini-2.0-flash:generateContent", json=body, headers=headers)
+    assert plain.status_code == 200
+    assert gateway.forwarded()[-1]["path"] == "/v1beta/models/gemini-2.0-flash:generateContent"

@@ -15,7 +15,7 @@ MAX_PAGE = 200
 def _embedding_key(call: Call) -> str | None:
     """The caller's own key for a pay-per-call embedding model, when one is configured."""
     embedder = call.services.memories.embedder
-    return embedder.key_for(call.request.headers) if embedder is not None else None
+    return embedder.key_for(call.credentials.provider_keys) if embedder is not None else None
 
 
 def _subject(query: Query) -> str:

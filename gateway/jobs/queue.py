@@ -35,6 +35,11 @@ class Job:
                 "chat_id": self.payload.get("chat_id"), "subject_id": self.payload.get("subject_id")}
 
 
+class JobError(Exception):
+    """A job failed with this message as its last error, as it is (already written for a
+    reader of GET /jobs, secrets removed); any other exception is described by the worker."""
+
+
 class JobQueue(Protocol):
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
                       delay_seconds: float = 0.0) -> str:
@@ -49,10 +54,17 @@ class JobQueue(Protocol):
         """Remove a finished job."""
 
     async def retry_later(self, job_id: str, error: str, delay_seconds: float) -> None:
-        """Reschedule a failed job, keeping its error for whoever looks."""
+        """Reschedule a failed job, keeping its error for whoever looks (a job deleted
+        meanwhile stays deleted). ``error`` must already be free of secrets."""
 
     async def list(self, project_id: str, limit: int) -> list[Job]:
         """A project's unfinished jobs (pending and failed), oldest first."""
+
+    async def void_subject(self, project_id: str, subject_id: str) -> list[str]:
+        """Delete every unfinished job of one subject (its payload's ``subject_id``), leased or
+        not, so none runs again; returns their ids. A leased job's handler may still be
+        running: it must not write (gateway.erasure), and completing or rescheduling a job
+        that is gone must not bring it back."""
 
     async def release_leases(self) -> int:
         """Make every leased job due now. Only for a queue no other process uses (SQLite),

@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 
 from gateway.jobs.queue import Job
+from gateway.store.redis_client import connect_redis
 
 # KEYS: due set, job key prefix. ARGV: now, limit, lease end.
 _CLAIM = """
@@ -38,14 +39,31 @@ return jobs
 """
 
 
+# KEYS: job hash, due set. ARGV: error, due time, job id. A job deleted meanwhile (completed
+# by another gateway, voided by an erasure) is not recreated by its late failure report.
+_RETRY_LATER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'last_error', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# How many of a project's jobs an erasure reads per round trip.
+_VOID_BATCH = 500
+
+
 class RedisJobQueue:
-    def __init__(self, url: str, key_prefix: str) -> None:
-        self._redis = redis_asyncio.Redis.from_url(url, decode_responses=True)
+    def __init__(self, redis: str | redis_asyncio.Redis, key_prefix: str) -> None:
+        """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
+        to open one of its own."""
+        self._owns_client = isinstance(redis, str)
+        self._redis = connect_redis(redis) if isinstance(redis, str) else redis
         base = f"{key_prefix}{{jobs}}:"
         self._due = base + "due"
         self._job_prefix = base + "job:"
         self._project_prefix = base + "p:"
         self._claim = self._redis.register_script(_CLAIM)
+        self._retry_later = self._redis.register_script(_RETRY_LATER)
 
     def _job(self, job_id: str, fields: dict[str, str], due_at: float) -> Job:
         return Job(id=job_id, project_id=fields["project_id"], kind=fields["kind"],
@@ -89,10 +107,31 @@ class RedisJobQueue:
             await pipe.execute()
 
     async def retry_later(self, job_id: str, error: str, delay_seconds: float) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._job_prefix + job_id, mapping={"status": "failed", "last_error": error[:2000]})
-            pipe.zadd(self._due, {job_id: time.time() + delay_seconds})
-            await pipe.execute()
+        await self._retry_later(keys=[self._job_prefix + job_id, self._due],
+                                args=[error[:2000], time.time() + delay_seconds, job_id])
+
+    async def void_subject(self, project_id: str, subject_id: str) -> list[str]:
+        # Erasure is rare: reading the project's unfinished jobs is simpler than keeping
+        # a per-subject index on every enqueue, and it also finds jobs enqueued by older versions.
+        voided: list[str] = []
+        project_jobs = self._project_prefix + project_id
+        ids = await self._redis.zrange(project_jobs, 0, -1)
+        for start in range(0, len(ids), _VOID_BATCH):
+            batch = ids[start:start + _VOID_BATCH]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in batch:
+                    pipe.hget(self._job_prefix + job_id, "payload")
+                payloads = await pipe.execute()
+            for job_id, payload in zip(batch, payloads):
+                if payload is not None and json.loads(payload).get("subject_id") == subject_id:
+                    voided.append(job_id)
+        if voided:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._due, *voided)
+                pipe.zrem(project_jobs, *voided)
+                pipe.delete(*(self._job_prefix + job_id for job_id in voided))
+                await pipe.execute()
+        return voided
 
     async def list(self, project_id: str, limit: int) -> list[Job]:
         jobs = []
@@ -107,4 +146,5 @@ class RedisJobQueue:
         return 0  # Other gateways may hold leases: expiry alone brings abandoned jobs back.
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()

@@ -75,6 +75,11 @@ class SqliteJobQueue:
         self._db.execute("UPDATE jobs SET status = 'failed', last_error = ?, due_at = ?, leased = 0 WHERE id = ?",
                          (error[:2000], time.time() + delay_seconds, job_id))
 
+    async def void_subject(self, project_id: str, subject_id: str) -> list[str]:
+        rows = self._db.execute("DELETE FROM jobs WHERE project_id = ? AND json_extract(payload, '$.subject_id') = ? "
+                                "RETURNING id", (project_id, subject_id)).fetchall()
+        return [row[0] for row in rows]
+
     async def list(self, project_id: str, limit: int) -> list[Job]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE project_id = ? ORDER BY created_at LIMIT ?",
                                 (project_id, limit)).fetchall()

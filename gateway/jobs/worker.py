@@ -12,7 +12,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from gateway.jobs.queue import Job, JobQueue
+from gateway.jobs.queue import Job, JobError, JobQueue
+from gateway.redaction import redact
 
 log = logging.getLogger("gateway.jobs")
 
@@ -69,9 +70,11 @@ class JobWorker:
                 raise
             except Exception as error:
                 delay = self.backoff(job.attempts)
+                # Stored (readable through GET /jobs) and logged: never with a key in it.
+                description = redact(str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}")
                 log.warning("job %s (%s) failed on attempt %d, retrying in %.0f s: %s", job.id, job.kind,
-                            job.attempts, delay, error)
-                await self._queue.retry_later(job.id, f"{type(error).__name__}: {error}", delay)
+                            job.attempts, delay, description)
+                await self._queue.retry_later(job.id, description, delay)
             else:
                 await self._queue.complete(job.id)
         return len(jobs)

@@ -8,17 +8,16 @@ under the ``mnx_gateway.embedders`` entry-point group and are named in
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
-
-from starlette.datastructures import Headers
+from typing import Mapping, Protocol, Sequence
 
 
 class Embedder(Protocol):
     # The size of every vector ``embed`` returns; fixed for the life of the index.
     dimensions: int
 
-    def key_for(self, headers: Headers) -> str | None:
-        """The caller's own key for this model, if the embedder is paid per request (BYOK)."""
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
+        """The caller's own key for this model, if the embedder is paid per request (BYOK).
+        ``caller_keys`` are the provider-key headers the caller sent (``Credentials.provider_keys``)."""
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
         """One vector per text, in order."""

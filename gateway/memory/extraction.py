@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -48,8 +48,9 @@ class ExtractedMemory:
 
 
 class Extractor(Protocol):
-    def key_for(self, headers: Any) -> str | None:
-        """The caller's own provider key, when the extractor calls a paid model with it."""
+    def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
+        """The caller's own provider key, when the extractor calls a paid model with it.
+        ``caller_keys`` are the provider-key headers the caller sent (``Credentials.provider_keys``)."""
 
     async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
         """Candidate memories, best first; policy filtering happens after."""

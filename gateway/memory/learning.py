@@ -15,13 +15,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.errors import GatewayError, NotFound
 from gateway.history import content_text
-from gateway.jobs.queue import Job
+from gateway.jobs.queue import Job, JobError
 from gateway.memory.claims import Claim
 from gateway.memory.extraction import Exchange, ExtractedMemory, ExtractionError, Extractor
 from gateway.memory.memories import Memories
 from gateway.memory_policies import MemoryPolicies, combine
+from gateway.redaction import redact
 
 log = logging.getLogger("gateway.learning")
 
@@ -76,19 +78,38 @@ def _key_or_none(plugin: Any, headers: Mapping[str, str]) -> str | None:
         return None  # The caller brought no key for it: the plugin falls back to a configured one.
 
 
+class JobFailed(JobError):
+    """A learn job failed; the message, kept as the job's last error, holds no secret."""
+
+
+def learned_visibility(proposed: str, policy_config: dict[str, Any]) -> str:
+    """A learned memory is private unless the memory policy lets the extractor's choice
+    through: one user's words reach other subjects only when the application said so."""
+    allowed = policy_config.get("learned_visibility") or ()
+    return proposed if proposed in allowed else "private"
+
+
 class Learner:
-    def __init__(self, memories: Memories, policies: MemoryPolicies, extractor: Extractor) -> None:
+    def __init__(self, memories: Memories, policies: MemoryPolicies, extractor: Extractor,
+                 erasure: SubjectErasure) -> None:
         self._memories = memories
         self._policies = policies
         self.extractor = extractor
+        self._erasure = erasure
         # Callers' own provider keys for a job's first run, in memory only: never persisted,
-        # so a job re-run after a restart uses the configured keys.
+        # and taken out when that run starts, so retries and re-runs after a restart use the
+        # configured keys.
         self._keys: dict[str, CallerKeys] = {}
 
-    def remember_keys(self, job_id: str, headers: Mapping[str, str]) -> None:
-        keys = CallerKeys(_key_or_none(self.extractor, headers), _key_or_none(self._memories.embedder, headers))
+    def remember_keys(self, job_id: str, caller_keys: Mapping[str, str]) -> None:
+        keys = CallerKeys(_key_or_none(self.extractor, caller_keys), _key_or_none(self._memories.embedder, caller_keys))
         if keys.extractor or keys.embedder:
             self._keys[job_id] = keys
+
+    def forget_keys(self, job_ids: Sequence[str]) -> None:
+        """Drop the keys held for jobs that will never run (their subject was erased)."""
+        for job_id in job_ids:
+            self._keys.pop(job_id, None)
 
     async def _policy(self, project_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         choice = payload.get("memory_policy", True)
@@ -104,11 +125,22 @@ class Learner:
                                                     default_only=True))
 
     async def handle(self, job: Job) -> None:
+        # The caller's keys serve the first run only, whatever its outcome.
+        keys = self._keys.pop(job.id, CallerKeys())
+        try:
+            await self._learn(job, keys)
+        except SubjectErased:
+            log.info("job %s: its subject was erased after the turn; nothing stored", job.id)
+        except Exception as error:
+            # Kept as the job's last_error (readable through GET /jobs) and logged: a provider
+            # that echoes the key it was sent must not put it there.
+            raise JobFailed(redact(f"{type(error).__name__}: {error}", (keys.extractor, keys.embedder))) from None
+
+    async def _learn(self, job: Job, keys: CallerKeys) -> None:
         payload = job.payload
         policy = await self._policy(job.project_id, payload)
         force = payload["learn"] == "force"
         exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force)
-        keys = self._keys.get(job.id, CallerKeys())
         try:
             candidates = await self.extractor.extract(exchange, api_key=keys.extractor)
         except ExtractionError as error:
@@ -121,6 +153,14 @@ class Learner:
             kept = [ExtractedMemory(payload["user_messages"][-1][:10_000], FORCED_KIND, 50, 1.0)]
         origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
                   "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
+        if not kept:
+            return
+        # Written only if the subject was not erased since the turn (the job's creation).
+        async with self._erasure.writing(job.project_id, payload["subject_id"], since=job.created_at):
+            await self._store(job, payload, kept, forced, origin, policy["config"], keys)
+
+    async def _store(self, job: Job, payload: dict[str, Any], kept: Sequence[ExtractedMemory], forced: bool,
+                     origin: dict[str, Any], policy_config: dict[str, Any], keys: CallerKeys) -> None:
         for position, memory in enumerate(kept):
             memory_id = memory_id_for(job.id, position)
             if await self._memories.exists(job.project_id, memory_id):
@@ -130,9 +170,8 @@ class Learner:
             await self._memories.create(job.project_id, {
                 "id": memory_id, "subject_id": payload["subject_id"], "text": memory.text, "kind": memory.kind,
                 "importance": memory.importance, "confidence": memory.confidence, "tags": list(memory.tags),
-                "visibility": memory.visibility, "is_temporal": memory.is_temporal,
+                "visibility": learned_visibility(memory.visibility, policy_config), "is_temporal": memory.is_temporal,
                 # A forced note is stored even if it repeats something: that is what force asks for.
                 "no_supersede": forced,
             }, source_type="inferred", origin=origin, api_key=keys.embedder,
                 claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
-        self._keys.pop(job.id, None)

@@ -268,7 +268,7 @@ class Memories:
             doc["origin"] = origin
         indexed = self._indexed(doc, dense)
         before = [previous["id"]] if previous else []
-        async with self._index_repair(project_id, [memory_id, *before, *decision.superseded_ids]):
+        async with self._index_repair(project_id, subject_id, [memory_id, *before, *decision.superseded_ids]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             await self._save_claims(project_id, doc, claims, stamp)
             await self._index.upsert(project_id, [indexed])
@@ -310,7 +310,7 @@ class Memories:
             claims = extract_claims(doc["text"])
             doc["_claims"] = [[c.predicate, c.value] for c in claims]
             indexed = self._indexed(doc, dense)
-        async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
+        async with self._index_repair(project_id, doc["subject_id"], [memory_id, *_neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             if "text" in fields:
                 await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
@@ -329,7 +329,7 @@ class Memories:
         stamp = from_timestamp(time.time())
         # deleted_at shows in listings that include deleted memories (is_deleted stays internal).
         doc.update(is_deleted=True, listing="deleted", updated_at=stamp, deleted_at=stamp)
-        async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
+        async with self._index_repair(project_id, doc["subject_id"], [memory_id, *_neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             await self._update_index(project_id, doc)
             await self._refresh_context(project_id, _neighbours(doc))
@@ -342,7 +342,7 @@ class Memories:
             raise BadRequest("memory was deleted and cannot be restored", code="memory_deleted")
         if doc["status"] == "active":
             return doc, False
-        async with self._index_repair(project_id, [memory_id, *_neighbours(doc)]):
+        async with self._index_repair(project_id, doc["subject_id"], [memory_id, *_neighbours(doc)]):
             await self._set_status(project_id, memory_id, "active", superseded_by=None)
         self.events.publish(project_id, doc["subject_id"], "memory.updated", {"id": memory_id, "status": "active"})
         return doc, True
@@ -419,7 +419,7 @@ class Memories:
         return await self.embedder.embed(texts, api_key=api_key)
 
     @asynccontextmanager
-    async def _index_repair(self, project_id: str, memory_ids: Sequence[str]) -> AsyncIterator[None]:
+    async def _index_repair(self, project_id: str, subject_id: str, memory_ids: Sequence[str]) -> AsyncIterator[None]:
         """A durable note, written before the store and index writes for ``memory_ids`` and
         removed once both are done, that those memories' index points are being rewritten.
 
@@ -428,12 +428,14 @@ class Memories:
         (``memory.vectors.repair_after_seconds`` later), the job worker re-indexes the
         memories from the store. Without it, such a memory would stay listed but unfindable,
         or deleted but still recalled. Recall bookkeeping (seen counts) is not noted: a
-        lost update there only shifts a score.
+        lost update there only shifts a score. The note names the subject, so the subject's
+        erasure deletes it with the subject's other jobs.
         """
         if self._repairs is None:
             yield
             return
-        job_id = await self._repairs.enqueue(project_id, REINDEX_JOB, {"memory_ids": list(memory_ids)},
+        job_id = await self._repairs.enqueue(project_id, REINDEX_JOB,
+                                             {"memory_ids": list(memory_ids), "subject_id": subject_id},
                                              delay_seconds=self._config.vectors.repair_after_seconds)
         yield
         await self._repairs.complete(job_id)

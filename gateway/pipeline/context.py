@@ -14,6 +14,7 @@ the stage list, whatever order they finished in:
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
@@ -31,8 +32,11 @@ class TurnContext:
     model: str
     # Which surface the request came through: chat, responses, messages or gemini.
     request_type: str = "chat"
-    # The request's headers, for stages that call a paid model with the caller's own key.
-    headers: Mapping[str, str] | None = None
+    # The caller's provider keys by header (``Credentials.provider_keys``), for stages that
+    # call a paid model with the caller's own key. Never the raw headers.
+    provider_keys: Mapping[str, str] = field(default_factory=dict)
+    # When the turn began (epoch seconds): its writes are dropped if the subject is erased after.
+    started_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)

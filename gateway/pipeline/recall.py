@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from starlette.datastructures import Headers
-
 from gateway.clock import now_iso
 from gateway.config import RecallConfig
 from gateway.errors import GatewayError
@@ -63,7 +61,7 @@ class MemoryRecallStage:
         api_key, use_dense = None, self._memories.embedder is not None
         if use_dense:
             try:
-                api_key = self._memories.embedder.key_for(Headers(turn.headers or {}))  # type: ignore[union-attr]
+                api_key = self._memories.embedder.key_for(turn.provider_keys)  # type: ignore[union-attr]
             except GatewayError:
                 # No key for the embedding model on this request: recall lexically rather
                 # than fail a chat that never asked for embeddings itself.

@@ -48,5 +48,5 @@ async def record_turn(services: Services, turn: TurnContext, answer: dict[str, A
     job_id = await services.jobs.enqueue(turn.project_id, LEARN_JOB, payload)
     # Paid extraction and embedding models may use the caller's own keys, held in memory
     # for this job's first run only.
-    services.learner.remember_keys(job_id, turn.headers or {})
+    services.learner.remember_keys(job_id, turn.provider_keys)
     services.worker.wake()

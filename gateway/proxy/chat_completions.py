@@ -16,13 +16,17 @@ from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT
                                           STRING_OR_STRINGS, check_each, check_fields)
 from gateway.proxy.sse import ChatStreamAccumulator, sse_frame
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import WireFormat
+from gateway.proxy.wire import WireFormat
 from gateway.routing import Call
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-# OpenAI clients raise on a stream event carrying "error".
-_INTERRUPTED = sse_frame({"error": {"message": "the provider's stream ended before the answer was complete",
-                                    "type": "api_error", "code": "upstream_stream_interrupted"}})
+
+
+def _error_frame(code: str, message: str) -> bytes:
+    """An in-stream error event, on which OpenAI clients raise."""
+    return sse_frame({"error": {"message": message, "type": "api_error", "code": code}})
+
+
 # The generation parameters LiteLLM reads when it translates for another provider (request_fields).
 _PARAMETERS = {"temperature": NUMBER, "top_p": NUMBER, "frequency_penalty": NUMBER, "presence_penalty": NUMBER,
                "max_tokens": INTEGER, "max_completion_tokens": INTEGER, "n": INTEGER, "seed": INTEGER,
@@ -154,7 +158,7 @@ CHAT_COMPLETIONS = SurfaceSpec(
     wire=WireFormat.CHAT,
     answer_message=_recordable,
     new_accumulator=ChatStreamAccumulator,
-    interrupted_frame=_INTERRUPTED,
+    error_frame=_error_frame,
 )
 
 

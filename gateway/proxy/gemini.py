@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from gateway.errors import BadRequest, NotFound
 from gateway.pipeline.context import AssembledContext
+from gateway.proxy.body_fields import camel_case_gemini_fields
 from gateway.proxy.gemini_format import (
     GeminiStreamAccumulator, contents_to_messages, merge_contents, messages_to_contents, response_message,
     with_system_instruction,
@@ -25,16 +26,24 @@ from gateway.proxy.gemini_format import (
 from gateway.proxy.request_fields import (INTEGER, NAME, NUMBER, OBJECT, OBJECTS, STRING, STRINGS, check_each,
                                           check_fields)
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import WireFormat
+from gateway.proxy.wire import WireFormat
 from gateway.routing import Call
 
 _ACTIONS = {"generateContent": False, "streamGenerateContent": True}
-_INTERRUPTED = b"data: " + json.dumps({"error": {
-    "code": 502, "status": "UNAVAILABLE",
-    "message": "the provider's stream ended before the answer was complete"}}).encode() + b"\n\n"
+
+
+def _error_frame(code: str, message: str) -> bytes:
+    """Google's in-stream error object (its SDK raises on it), with our code as the ErrorInfo reason."""
+    return b"data: " + json.dumps({"error": {
+        "code": 502, "status": "UNAVAILABLE", "message": message,
+        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code,
+                     "domain": "mnx-gateway"}]}}).encode() + b"\n\n"
 
 
 def _from_path(request: Request, body: dict[str, Any]) -> None:
+    """The model and the streaming choice, from the URL; and Google's snake_case field names
+    (``system_instruction``...) as the camelCase ones the gateway reads."""
+    camel_case_gemini_fields(body)
     model, _, action = request.path_params["target"].rpartition(":")
     if action not in _ACTIONS or not model:
         raise NotFound(f"unknown Gemini method {request.path_params['target']!r}", code="not_found")
@@ -133,7 +142,7 @@ GEMINI = SurfaceSpec(
     wire=WireFormat.GEMINI,
     answer_message=response_message,
     new_accumulator=GeminiStreamAccumulator,
-    interrupted_frame=_INTERRUPTED,
+    error_frame=_error_frame,
     native_key_header=lambda route: "x-goog-api-key" if route.provider == "gemini" else None,
     from_path=_from_path,
     mnx_in_body=False,

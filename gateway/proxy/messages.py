@@ -24,11 +24,16 @@ from gateway.proxy.anthropic_format import (
 )
 from gateway.proxy.request_fields import INTEGER, NAME, NUMBER, OBJECT, STRING, STRINGS, check_each, check_fields
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import WireFormat
+from gateway.proxy.wire import WireFormat
 from gateway.routing import Call
 
-_INTERRUPTED = ("event: error\ndata: " + json.dumps({"type": "error", "error": {
-    "type": "api_error", "message": "the provider's stream ended before the answer was complete"}}) + "\n\n").encode()
+
+def _error_frame(code: str, message: str) -> bytes:
+    """Anthropic's in-stream error event (its SDK raises on it); ``code`` is ours, as in error bodies."""
+    return ("event: error\ndata: " + json.dumps({"type": "error", "error": {
+        "type": "api_error", "message": message, "code": code}}) + "\n\n").encode()
+
+
 # The generation parameters LiteLLM reads when it translates for another provider (request_fields).
 _PARAMETERS = {"temperature": NUMBER, "top_p": NUMBER, "top_k": INTEGER, "stop_sequences": STRINGS,
                "tool_choice": OBJECT, "metadata": OBJECT, "thinking": OBJECT, "service_tier": STRING}
@@ -140,7 +145,7 @@ MESSAGES = SurfaceSpec(
     wire=WireFormat.MESSAGES,
     answer_message=_recordable,
     new_accumulator=MessagesStreamAccumulator,
-    interrupted_frame=_INTERRUPTED,
+    error_frame=_error_frame,
     # On /messages, x-api-key is always the caller's Anthropic key (contract §1).
     native_key_header=lambda route: "x-api-key" if route.provider == "anthropic" else None,
     forwarded_headers=("anthropic-version", "anthropic-beta"),

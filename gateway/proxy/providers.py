@@ -1,15 +1,20 @@
 """Which provider a model belongs to, and whose key pays for the call.
 
 The caller's own key (per request) always wins over a configured default key;
-neither is ever stored or logged.
+neither is ever stored or logged, and a project key is never one of them: it
+never leaves the gateway.
+
+Model names are checked against one documented character set before anything
+else happens, because a model name reaches places a caller must not steer: the
+Gemini URL path (``gemini/../../v1/chat/completions#`` walked to another path with
+the operator's key) and LiteLLM's provider routing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
-
-from starlette.datastructures import Headers
+from typing import Literal, Mapping
 
 from gateway.config import ProviderConfig, ProvidersConfig
 from gateway.errors import BadRequest
@@ -24,8 +29,23 @@ _KEY_HEADERS: dict[ProviderName, tuple[str, ...]] = {
     "anthropic": ("x-anthropic-key",),
     "gemini": ("x-google-key", "x-goog-api-key"),
 }
+# Every header that can carry a caller's provider key: the gateway's own, and the native
+# SDKs' (x-api-key is the Anthropic SDK's on /messages, x-goog-api-key google-genai's).
+PROVIDER_KEY_HEADERS = ("x-openai-key", "x-anthropic-key", "x-google-key", "x-goog-api-key", "x-api-key")
 _KEY_ERROR_CODES: dict[ProviderName, str] = {"openai": "openai_key_required", "anthropic": "anthropic_key_required",
                                              "gemini": "google_key_required"}
+
+MAX_MODEL_LENGTH = 200
+# A model name: letters, digits and . _ - : @ + (fine-tuned OpenAI models have colons,
+# Vertex-style names an @), starting with a letter or digit. Nothing that means something
+# in a URL (? # % / \ whitespace) and no "..". Only an OpenAI-compatible upstream may get
+# "/" inside a name (vLLM and OpenRouter name models "org/model"): that name travels in the
+# JSON body alone, while Gemini's goes into the request URL's path.
+_MODEL_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._:@+-]*"
+_MODEL_NAME = re.compile(_MODEL_SEGMENT)
+_ORG_MODEL_NAME = re.compile(rf"{_MODEL_SEGMENT}(?:/{_MODEL_SEGMENT})*")
+MODEL_RULE = ("letters, digits and . _ - : @ + (starting with a letter or digit), no '..'; "
+              "'/' only after a provider prefix, or between the parts of an OpenAI-compatible model's name")
 
 
 @dataclass(frozen=True)
@@ -35,15 +55,29 @@ class Route:
     model: str
 
 
-def route_model(model: str) -> Route:
+def _invalid_model(reason: str, param: str) -> BadRequest:
+    return BadRequest(f"{param} {reason}: a model name has {MODEL_RULE}", code="invalid_model", param=param)
+
+
+def route_model(model: str, *, param: str = "model") -> Route:
     """The mnexium SDK's rule: claude -> Anthropic, gemini/palm -> Google, anything else -> OpenAI.
 
     An explicit ``openai/``, ``anthropic/``, ``gemini/`` prefix overrides the rule, so
     any OpenAI-compatible model (vLLM, OpenRouter...) can be named whatever it is called.
+    Raises BadRequest (naming ``param``) for a name outside the documented character set.
     """
-    if not model.isprintable():
-        raise BadRequest("model must be printable text without control characters", code="invalid_model",
-                         param="model")
+    route = _route(model)
+    if len(model) > MAX_MODEL_LENGTH:
+        raise _invalid_model(f"is longer than {MAX_MODEL_LENGTH} characters", param)
+    if ".." in route.model:
+        raise _invalid_model("must not contain '..'", param)
+    pattern = _ORG_MODEL_NAME if route.provider == "openai" else _MODEL_NAME
+    if not pattern.fullmatch(route.model):
+        raise _invalid_model("has a character a model name cannot have", param)
+    return route
+
+
+def _route(model: str) -> Route:
     for prefix, provider in _EXPLICIT_PREFIXES.items():
         if model.startswith(prefix):
             return Route(provider, model[len(prefix):])
@@ -59,17 +93,18 @@ def provider_settings(providers: ProvidersConfig, name: ProviderName) -> Provide
     return getattr(providers, name)
 
 
-def provider_key(name: ProviderName, headers: Headers, provider_bearer: str | None, settings: ProviderConfig,
-                 *, native_header: str | None = None) -> str:
+def provider_key(name: ProviderName, caller_keys: Mapping[str, str], provider_bearer: str | None,
+                 settings: ProviderConfig, *, native_header: str | None = None) -> str:
     """The key for this call: a per-request header, then a spare Bearer token, then the configured one.
 
-    ``native_header`` is the header the surface's own SDK puts the key in (``x-api-key``
-    for the Anthropic SDK on /messages), checked first.
+    ``caller_keys`` are the provider-key headers the caller sent (``Credentials.provider_keys``:
+    project keys already removed). ``native_header`` is the header the surface's own SDK
+    puts the key in (``x-api-key`` for the Anthropic SDK on /messages), checked first.
     """
     for header in ((native_header,) if native_header else ()) + _KEY_HEADERS[name]:
-        value = headers.get(header)
-        if value and value.strip():
-            return _sendable(value.strip(), header)
+        value = caller_keys.get(header)
+        if value:
+            return _sendable(value, header)
     if provider_bearer:
         return _sendable(provider_bearer, "authorization")
     if settings.api_key is not None:

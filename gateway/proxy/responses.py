@@ -23,12 +23,13 @@ from gateway.proxy.responses_format import (
 from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT, STRING, STRING_OR_OBJECT,
                                           check_each, check_fields)
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.upstream import WireFormat
+from gateway.proxy.wire import WireFormat
 from gateway.routing import Call
 
-_INTERRUPTED = ("event: error\ndata: " + json.dumps({
-    "type": "error", "code": "upstream_stream_interrupted",
-    "message": "the provider's stream ended before the answer was complete"}) + "\n\n").encode()
+
+def _error_frame(code: str, message: str) -> bytes:
+    """The Responses stream's error event, on which OpenAI clients raise."""
+    return ("event: error\ndata: " + json.dumps({"type": "error", "code": code, "message": message}) + "\n\n").encode()
 
 
 _ROLES = ("user", "assistant", "system", "developer")
@@ -146,7 +147,7 @@ RESPONSES = SurfaceSpec(
     wire=WireFormat.RESPONSES,
     answer_message=_recordable,
     new_accumulator=ResponsesStreamAccumulator,
-    interrupted_frame=_INTERRUPTED,
+    error_frame=_error_frame,
     history_default=False,
 )
 

@@ -39,6 +39,8 @@ class _CountedStream(httpx.AsyncByteStream):
 
 class ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, shards: int = 8, **transport_options: Any) -> None:
+        # One TLS context for every shard: building one loads the CA bundle (~60 ms each).
+        transport_options.setdefault("verify", httpx.create_ssl_context())
         self._shards = [httpx.AsyncHTTPTransport(**transport_options) for _ in range(shards)]
         self._in_flight = [0] * shards
 

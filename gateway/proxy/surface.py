@@ -11,6 +11,7 @@ and which upstream calls speak it.
 
 from __future__ import annotations
 
+import logging
 import string
 import urllib.parse
 from dataclasses import dataclass
@@ -19,17 +20,24 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.erasure import SubjectErased
 from gateway.errors import BadRequest, GatewayError
+from gateway.feature_scopes import authorize_features
 from gateway.options import parse_options
 from gateway.pipeline.context import AssembledContext, TurnContext, assemble
 from gateway.pipeline.record import record_turn
+from gateway.proxy.body_fields import reject_unknown_fields
+from gateway.proxy.disconnect import ClientLeft, unless_client_leaves
 from gateway.proxy.providers import Route, provider_key, provider_settings, route_model
 from gateway.proxy.relay import relay
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.upstream import UpstreamCall, WireFormat
+from gateway.proxy.upstream import UpstreamCall
+from gateway.proxy.wire import NATIVE_PROVIDER, WireFormat
 from gateway.routing import Call
 from gateway.validation import read_json_object
 
+
+log = logging.getLogger("gateway.proxy")
 
 # Everything printable in ASCII but "%", which starts an escape.
 _PRINTABLE_ASCII = "".join(c for c in string.printable if c not in "%\t\n\r\x0b\x0c")
@@ -48,8 +56,9 @@ class SurfaceSpec:
     # The assistant message of a whole answer, in the stored form (None: nothing to record).
     answer_message: Callable[[dict[str, Any]], dict[str, Any] | None]
     new_accumulator: Callable[[], JsonEventStream]
-    # The format's own error event, sent when the provider's stream breaks off.
-    interrupted_frame: bytes
+    # The format's own in-stream error event (code, message): sent when the provider's stream
+    # breaks off, or the turn cannot be recorded, once the status line is long gone.
+    error_frame: Callable[[str, str], bytes]
     # The header this format's SDK carries the provider key in, per provider.
     native_key_header: Callable[[Route], str | None] = lambda route: None
     # Client headers a native passthrough forwards.
@@ -82,47 +91,64 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     services = call.services
     headers = call.request.headers
     body = await read_json_object(call.request, services.config.server.max_body_bytes)
+    mnx = body.pop("mnx", None)
+    sent_fields = list(body)  # what the client sent, before the URL adds anything (Gemini)
     if spec.from_path is not None:
         spec.from_path(call.request, body)
-    options = parse_options(body.pop("mnx", None), headers, services.config.defaults,
-                            history_default=spec.history_default)
+    options = parse_options(mnx, headers, services.config.defaults, history_default=spec.history_default)
     ids = {"X-Mnx-Chat-Id": header_value(options.chat_id), "X-Mnx-Subject-Id": header_value(options.subject_id)}
+    credentials = call.credentials
     try:
+        options = authorize_features(options, credentials.principal)
         spec.validate(body)
-        if isinstance(options.memory_policy, str):
-            await services.policies.require_usable(call.project_id, options.memory_policy)
         route = route_model(body["model"])
         settings = provider_settings(services.config.providers, route.provider)
-        api_key = provider_key(route.provider, headers, call.credentials.provider_bearer, settings,
+        native = route.provider == NATIVE_PROVIDER[spec.wire]
+        reject_unknown_fields(sent_fields, spec.wire, settings.extra_body_fields if native else ())
+        if isinstance(options.memory_policy, str):
+            await services.policies.require_usable(call.project_id, options.memory_policy)
+        api_key = provider_key(route.provider, credentials.provider_keys, credentials.provider_bearer, settings,
                                native_header=spec.native_key_header(route))
         turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
-                           request_type=spec.request_type, headers=headers)
+                           request_type=spec.request_type, provider_keys=credentials.provider_keys)
         context = await assemble(turn, services.stages)
         forwarded = {name: _forwardable(name, headers[name]) for name in spec.forwarded_headers if name in headers}
         upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
                                      api_key, settings, headers=forwarded)
 
         async def answered(message: dict[str, Any] | None) -> None:
-            """A complete answer: the stages' writes (recall events), then history and learning."""
-            await context.answered()
-            if message is not None:
-                await record_turn(services, turn, message)
+            """A complete answer: the stages' writes (recall events), then history and learning,
+            unless the subject was erased while the turn ran (its data must not come back)."""
+            if not (context.on_answered or options.log or options.learn is not False):
+                return  # a plain proxied turn writes nothing
+            try:
+                async with services.erasure.writing(call.project_id, options.subject_id, since=turn.started_at):
+                    await context.answered()
+                    if message is not None:
+                        await record_turn(services, turn, message)
+            except SubjectErased:
+                log.info("the subject of a %s turn was erased while it ran: nothing recorded", spec.request_type)
 
         if body.get("stream"):
-            stream = await services.upstream.open_stream(upstream_call, spec.wire)
+            stream = await unless_client_leaves(call.request, services.upstream.open_stream(upstream_call, spec.wire))
             try:
-                return StreamingResponse(relay(stream, spec.new_accumulator(), spec.interrupted_frame, answered),
+                return StreamingResponse(relay(stream, spec.new_accumulator(), spec.error_frame, answered),
                                          media_type="text/event-stream",
-                                         headers={**ids, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                         headers={**ids, **stream.headers, "Cache-Control": "no-cache",
+                                                  "X-Accel-Buffering": "no"})
             except BaseException:
                 # Until the response owns the stream, an open provider connection is ours to close.
                 await stream.aclose()
                 raise
-        answer = await services.upstream.complete(upstream_call, spec.wire)
+        answer = await unless_client_leaves(call.request, services.upstream.complete(upstream_call, spec.wire))
     except GatewayError as error:
-        error.headers = ids
+        error.headers = {**(error.headers or {}), **ids}
         raise
-    await answered(spec.answer_message(answer))
+    except ClientLeft:
+        log.info("client left before the answer to a %s turn: provider call cancelled, nothing recorded",
+                 spec.request_type)
+        return Response(status_code=499)  # never sent: nobody is listening
+    await answered(spec.answer_message(answer.body))
     if spec.mnx_in_body:
-        answer["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
-    return JSONResponse(answer, headers=ids)
+        answer.body["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
+    return JSONResponse(answer.body, headers={**ids, **answer.headers})

@@ -7,34 +7,93 @@ Four formats (OpenAI Chat Completions and Responses, Anthropic Messages, Gemini)
   as-is over a pooled httpx client. Nothing needs translating, and skipping
   LiteLLM here saves ~2.4 ms of CPU per call (~6 ms streamed).
 * Otherwise LiteLLM translates the request and the answer (streamed events
-  included) to and from the provider's format.
+  included) to and from the provider's format. LiteLLM gets the fields named in
+  ``body_fields.TRANSLATED`` and the gateway's own arguments, nothing else: its
+  call functions also take control arguments (``api_base``, ``callbacks``...) that
+  would hand the operator's keys to whoever sets them.
 
 Provider failures surface as ``UpstreamError`` carrying the provider's own status
-(502/504 when it could not be reached or timed out).
+(502/504 when it could not be reached or timed out) and its rate-limit headers.
+No client for a provider keeps cookies: one tenant's provider cookies would
+otherwise travel with the next tenant's requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import urllib.parse
+import weakref
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, AsyncIterator, Awaitable, Callable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 
 from gateway.config import ProviderConfig, ProvidersConfig
 from gateway.errors import UpstreamError
+from gateway.proxy.body_fields import translated_fields
 from gateway.proxy.gemini_format import RESPONSE_FIELDS
+from gateway.proxy.litellm_guard import freeze_global_callbacks
 from gateway.proxy.providers import Route
 from gateway.proxy.sharded_transport import ShardedTransport
 from gateway.proxy.sse import DONE_FRAME, sse_frame
+from gateway.proxy.wire import NATIVE_PROVIDER, WireFormat
+from gateway.redaction import redact
 
 log = logging.getLogger("gateway.upstream")
 
 _LITELLM_PREFIX = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+
+# Provider response headers a client's SDK reads to pace itself (its retry logic reads
+# retry-after; dashboards read the x-ratelimit-* budget), passed on by name.
+_RATE_LIMIT_HEADERS = ("retry-after", "retry-after-ms")
+_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def rate_limit_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The rate-limit hints among a provider's response headers (an allow-list, by name)."""
+    if not headers:
+        return {}
+    hints = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered.startswith("llm_provider-"):  # LiteLLM's name for a provider's raw header
+            lowered = lowered[len("llm_provider-"):]
+        if lowered in _RATE_LIMIT_HEADERS or lowered.startswith(_RATE_LIMIT_PREFIXES):
+            text = str(value)
+            if text.isascii() and text.isprintable():
+                hints[lowered] = text
+    return hints
+
+
+def cookieless_jar() -> CookieJar:
+    """A cookie jar that never stores a cookie, so a pooled client sends none."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=()))
+
+
+class LoopLocalClient(httpx.AsyncClient):
+    """The HTTP client LiteLLM hands the OpenAI SDK (``litellm.aclient_session``): cookie-less,
+    no redirects, and one pool per event loop.
+
+    LiteLLM's own clients keep cookies and follow redirects, and are cached per event loop
+    (pooled connections belong to the loop that opened them). One object has to stand in
+    for all of them, so it sends each request through a client of the running loop's own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(cookies=cookieless_jar(), follow_redirects=False)
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary())
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        client = self._per_loop.get(loop)
+        if client is None:
+            client = self._per_loop[loop] = httpx.AsyncClient(cookies=cookieless_jar(), follow_redirects=False)
+        return await client.send(request, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -48,12 +107,23 @@ class UpstreamCall:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class UpstreamStream:
-    """An open streamed answer: iterate for OpenAI SSE bytes; ``aclose`` releases the connection."""
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    """A whole answer in the client's format, and the provider headers passed on with it."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> None:
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class UpstreamStream:
+    """An open streamed answer: iterate for its SSE bytes; ``aclose`` releases the connection.
+    ``headers`` are the provider headers passed on to the client (rate-limit hints)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[None]],
+                 headers: dict[str, str] | None = None) -> None:
         self._chunks = chunks
         self._close = close
+        self.headers = headers or {}
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks
@@ -63,16 +133,24 @@ class UpstreamStream:
 
 
 def load_litellm() -> Any:
-    """Import LiteLLM once, offline: its default import fetches a price list from the internet."""
+    """Import LiteLLM once, offline (its default import fetches a price list from the
+    internet), configured for a multi-tenant process."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    if getattr(litellm, "_mnx_configured", False):
+        return litellm
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     litellm.drop_params = True  # Provider-specific knobs another provider lacks are dropped, not fatal.
     # Messages-format requests for OpenAI models go to /chat/completions, which every
     # OpenAI-compatible upstream serves, not to the Responses API, which most don't.
     litellm.use_chat_completions_url_for_anthropic_messages = True
+    # The client LiteLLM's OpenAI-compatible calls use (the Messages bridge to GPT models,
+    # embeddings): without it each gets a client that keeps cookies and follows redirects.
+    litellm.aclient_session = LoopLocalClient()
+    freeze_global_callbacks(litellm)
+    litellm._mnx_configured = True
     return litellm
 
 
@@ -97,29 +175,25 @@ def _provider_message(status: int, raw: bytes) -> tuple[str, str | None]:
     return str(body)[:500], None
 
 
-def _status_error(status: int, raw: bytes) -> UpstreamError:
+def _status_error(status: int, raw: bytes, headers: Mapping[str, str], call: UpstreamCall) -> UpstreamError:
     message, code = _provider_message(status, raw)
-    return UpstreamError(f"provider error: {message}", status=status, code=code or "upstream_error")
+    if status >= 500:
+        log.warning("%s answered HTTP %d (%s)", call.route.provider, status, code or "no code")
+    # A provider may echo the key it was sent (a 401 quoting "Bearer sk-..."): when that
+    # key is the operator's configured one, the caller must not read it back.
+    error = UpstreamError(redact(f"provider error: {message}", (call.api_key,)), status=status,
+                          code=code or "upstream_error")
+    error.headers = rate_limit_headers(headers)
+    return error
 
 
-def _transport_error(error: httpx.HTTPError, provider: str) -> UpstreamError:
+def _transport_error(error: httpx.HTTPError, provider: str, attempts: int = 1) -> UpstreamError:
     if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
+        log.warning("%s did not answer in time (%s); answered 504", provider, type(error).__name__)
         return UpstreamError(f"{provider} did not answer in time", status=504, code="upstream_timeout")
+    log.warning("cannot reach %s (%s, %d attempt%s); answered 502", provider, type(error).__name__, attempts,
+                "" if attempts == 1 else "s")
     return UpstreamError(f"cannot reach {provider}: {type(error).__name__}", status=502, code="upstream_unreachable")
-
-
-class WireFormat(str, Enum):
-    """The request/answer format a surface speaks."""
-
-    CHAT = "chat"            # OpenAI Chat Completions
-    RESPONSES = "responses"  # OpenAI Responses
-    MESSAGES = "messages"    # Anthropic Messages
-    GEMINI = "gemini"        # Gemini generateContent
-
-
-# Which provider speaks each format natively (and so gets the request untranslated).
-_NATIVE_PROVIDER = {WireFormat.CHAT: "openai", WireFormat.RESPONSES: "openai", WireFormat.MESSAGES: "anthropic",
-                    WireFormat.GEMINI: "gemini"}
 
 
 def _timeout(settings: ProviderConfig) -> httpx.Timeout:
@@ -127,12 +201,34 @@ def _timeout(settings: ProviderConfig) -> httpx.Timeout:
                          write=settings.timeout.read, pool=settings.timeout.connect)
 
 
+# What a kept-alive connection that the provider closed while it sat idle looks like when
+# a request goes out on it: the server disconnects without a response, or the socket
+# resets. httpcore cannot always see the close before sending.
+_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _Attempt:
+    """What httpcore's trace events say about one send: whether it opened a connection of
+    its own (else it reused an idle one) and whether response headers arrived."""
+
+    def __init__(self) -> None:
+        self.reused_connection = True
+        self.answered = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event.startswith("connection.connect_tcp."):
+            self.reused_connection = False
+        elif event.endswith("receive_response_headers.complete"):
+            self.answered = True
+
+
 class Upstream:
     def __init__(self, providers: ProvidersConfig) -> None:
         # One pooled client for every native passthrough; timeouts are set per request,
-        # from the provider being called.
+        # from the provider being called. It keeps no cookies and follows no redirects.
         self._http = httpx.AsyncClient(
             transport=ShardedTransport(shards=8, limits=httpx.Limits(max_connections=250, max_keepalive_connections=32)),
+            cookies=cookieless_jar(),
         )
         self._litellm: Any = None
         # Parsed once per endpoint: httpx's URL parsing is a visible share of a passthrough call.
@@ -147,16 +243,16 @@ class Upstream:
 
     # -- public interface -----------------------------------------------------------------
 
-    async def complete(self, call: UpstreamCall, wire: WireFormat) -> dict[str, Any]:
+    async def complete(self, call: UpstreamCall, wire: WireFormat) -> UpstreamAnswer:
         """A whole answer, in ``wire`` format."""
-        if call.route.provider == _NATIVE_PROVIDER[wire]:
-            return await self._native_complete(self._native_request(call, wire))
+        if call.route.provider == NATIVE_PROVIDER[wire]:
+            return await self._native_complete(call, self._native_request(call, wire))
         return await self._bridge(call, wire, stream=False)
 
     async def open_stream(self, call: UpstreamCall, wire: WireFormat) -> UpstreamStream:
         """Start a streamed answer in ``wire`` format's events; provider errors raise here, before any byte is relayed."""
-        if call.route.provider == _NATIVE_PROVIDER[wire]:
-            return await self._native_stream(self._native_request(call, wire))
+        if call.route.provider == NATIVE_PROVIDER[wire]:
+            return await self._native_stream(call, self._native_request(call, wire))
         return await self._bridge(call, wire, stream=True)
 
     # -- native passthrough ---------------------------------------------------------------
@@ -175,7 +271,8 @@ class Upstream:
         elif wire is WireFormat.GEMINI:
             # Gemini carries the model and the streaming choice in the URL, not the body.
             action = "streamGenerateContent?alt=sse" if body.get("stream") else "generateContent"
-            # The model is one path segment: escaped, a "?" or "#" in it cannot add to the URL.
+            # The model is one path segment: escaped, a "?" or "#" in it cannot add to the URL
+            # (and route_model already refused every character outside letters, digits and ._:@+-).
             url = httpx.URL(f"{base}/models/{urllib.parse.quote(call.route.model, safe='')}:{action}")
             body = {k: v for k, v in body.items() if k not in ("model", "stream")}
             headers = {"x-goog-api-key": call.api_key}
@@ -186,30 +283,45 @@ class Upstream:
                                         headers={**headers, "content-type": "application/json"},
                                         timeout=_timeout(call.settings))
 
-    async def _native_complete(self, request: httpx.Request) -> dict[str, Any]:
+    async def _send(self, call: UpstreamCall, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Send once; send again, once, when it went out on a reused connection that broke
+        before any of the answer arrived: the provider closed it while it was idle, so the
+        request never reached it. A failure on a fresh connection is the provider's."""
+        attempt = _Attempt()
+        request.extensions["trace"] = attempt.trace
         try:
-            response = await self._http.send(request)
+            return await self._http.send(request, stream=stream)
+        except _STALE_CONNECTION_ERRORS as error:
+            if not attempt.reused_connection or attempt.answered:
+                raise _transport_error(error, call.route.provider) from None
+            log.info("%s closed an idle connection as a request went out (%s); sending it again",
+                     call.route.provider, type(error).__name__)
         except httpx.HTTPError as error:
-            raise _transport_error(error, request.url.host) from None
+            raise _transport_error(error, call.route.provider) from None
+        request.extensions["trace"] = _Attempt().trace
+        try:
+            return await self._http.send(request, stream=stream)
+        except httpx.HTTPError as error:
+            raise _transport_error(error, call.route.provider, attempts=2) from None
+
+    async def _native_complete(self, call: UpstreamCall, request: httpx.Request) -> UpstreamAnswer:
+        response = await self._send(call, request, stream=False)
         if response.status_code >= 400:
-            raise _status_error(response.status_code, response.content)
+            raise _status_error(response.status_code, response.content, response.headers, call)
         try:
             answer = response.json()
         except ValueError:
             raise UpstreamError("provider answered with invalid JSON", status=502, code="upstream_invalid_response") from None
         if not isinstance(answer, dict):
             raise UpstreamError("provider answered with unexpected JSON", status=502, code="upstream_invalid_response")
-        return answer
+        return UpstreamAnswer(answer, rate_limit_headers(response.headers))
 
-    async def _native_stream(self, request: httpx.Request) -> UpstreamStream:
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise _transport_error(error, request.url.host) from None
+    async def _native_stream(self, call: UpstreamCall, request: httpx.Request) -> UpstreamStream:
+        response = await self._send(call, request, stream=True)
         if response.status_code >= 400:
             raw = await response.aread()
             await response.aclose()
-            raise _status_error(response.status_code, raw)
+            raise _status_error(response.status_code, raw, response.headers, call)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -217,22 +329,39 @@ class Upstream:
                     yield chunk
             except httpx.HTTPError as error:
                 # A stream cut mid-way ends here; the caller sees an incomplete stream.
-                log.warning("upstream stream broke off: %s", type(error).__name__)
+                log.warning("%s stream broke off: %s", call.route.provider, type(error).__name__)
 
-        return UpstreamStream(chunks(), response.aclose)
+        return UpstreamStream(chunks(), response.aclose, rate_limit_headers(response.headers))
 
     async def _bridge(self, call: UpstreamCall, wire: WireFormat, *, stream: bool) -> Any:
         """Translate through LiteLLM for a provider that doesn't speak ``wire``."""
         if self._litellm is None:
             self.warm_up()
         bridge = _BRIDGES[wire](self._litellm, call)
+        first: list[Any] = []
+        items: AsyncIterator[Any] | None = None
         try:
             answer = await bridge.request(stream)
+            if stream:
+                # Some of LiteLLM's streams (Gemini's) only call the provider when their first
+                # item is read: read it here, so a provider error is still the call's status
+                # (a 429 with its retry-after), not an error event after a 200.
+                items = answer.__aiter__()
+                try:
+                    first.append(await items.__anext__())
+                except StopAsyncIteration:
+                    pass
+                except asyncio.CancelledError:  # the client left: release the provider's connection
+                    closer = getattr(answer, "aclose", None)
+                    if closer is not None:
+                        await closer()
+                    raise
         except Exception as error:  # LiteLLM raises its own tree, all carrying status_code.
-            raise _litellm_error(error) from None
-        if not stream:
-            return bridge.whole(answer)
-        return _litellm_stream(answer, bridge.frames, bridge.trailer)
+            raise _litellm_error(error, call) from None
+        hints = rate_limit_headers((getattr(answer, "_hidden_params", None) or {}).get("additional_headers"))
+        if items is None:
+            return UpstreamAnswer(bridge.whole(answer), hints)
+        return _litellm_stream(answer, items, first, bridge.frames, bridge.trailer, hints)
 
 
 # -- LiteLLM translation ------------------------------------------------------------------
@@ -258,13 +387,12 @@ def _model_json(model: Any) -> dict[str, Any]:
 _NO_RETRIES = {"num_retries": 0, "max_retries": 0}
 
 
-def _litellm_arguments(call: UpstreamCall) -> dict[str, Any]:
-    params = {k: v for k, v in call.body.items() if k not in ("model", "messages", "input", "stream")}
+def _litellm_arguments(call: UpstreamCall, wire: WireFormat) -> dict[str, Any]:
+    """Everything LiteLLM is called with, named: the request's translatable fields
+    (``body_fields.TRANSLATED``) and the gateway's own arguments, which always win."""
     return {
-        **params,
+        **translated_fields(call.body, wire),
         "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-        # The conversation, whichever format's field carries it.
-        "messages": call.body["messages"] if "messages" in call.body else call.body["input"],
         "api_key": call.api_key,
         "api_base": call.settings.api_base,
         "timeout": call.settings.timeout.read,
@@ -273,14 +401,13 @@ def _litellm_arguments(call: UpstreamCall) -> dict[str, Any]:
 
 
 def _chat_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    arguments = _litellm_arguments(call)
+    arguments = _litellm_arguments(call, WireFormat.CHAT)
     return _Bridge(request=lambda stream: litellm.acompletion(**arguments, stream=stream), whole=_model_json,
                    frames=lambda chunk: [sse_frame(_model_json(chunk))], trailer=DONE_FRAME)
 
 
 def _responses_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    arguments = _litellm_arguments(call)
-    arguments["input"] = arguments.pop("messages")
+    arguments = _litellm_arguments(call, WireFormat.RESPONSES)
     return _Bridge(request=lambda stream: litellm.aresponses(**arguments, stream=stream), whole=_model_json,
                    frames=lambda event: [f"event: {event.type}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
                                          .encode()])
@@ -289,7 +416,7 @@ def _responses_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
 def _messages_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
     from litellm.anthropic_interface import messages
 
-    arguments = _litellm_arguments(call)
+    arguments = _litellm_arguments(call, WireFormat.MESSAGES)
     return _Bridge(request=lambda stream: messages.acreate(**arguments, stream=stream),
                    whole=lambda answer: answer if isinstance(answer, dict) else _model_json(answer),
                    frames=lambda chunk: [chunk if isinstance(chunk, bytes) else str(chunk).encode()])
@@ -304,11 +431,11 @@ def _gemini_frames(chunk: Any) -> list[bytes]:
 def _gemini_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
     from litellm.google_genai import agenerate_content, agenerate_content_stream
 
-    body = call.body
+    fields = translated_fields(call.body, WireFormat.GEMINI)
     arguments = {
         "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-        "contents": body["contents"], "config": body.get("generationConfig"), "tools": body.get("tools"),
-        "systemInstruction": body.get("systemInstruction"),
+        "contents": fields["contents"], "config": fields.get("generationConfig"), "tools": fields.get("tools"),
+        "systemInstruction": fields.get("systemInstruction"),
         "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
         **_NO_RETRIES,
     }
@@ -323,14 +450,16 @@ _BRIDGES: dict[WireFormat, Callable[[Any, UpstreamCall], _Bridge]] = {
 }
 
 
-def _litellm_error(error: Exception) -> UpstreamError:
+def _litellm_error(error: Exception, call: UpstreamCall) -> UpstreamError:
     """A LiteLLM exception as the caller should see it: with the provider's own status, which
     LiteLLM's adapters may wrap in a generic error of theirs (a Gemini-format call to a 503
-    surfaced as a 500), and a message without the Python traceback LiteLLM appends."""
+    surfaced as a 500), its rate-limit headers, and a message without the Python traceback
+    LiteLLM appends or any key."""
     chain = _causes(error)
+    provider = call.route.provider
     for cause in chain:
         if isinstance(cause, httpx.HTTPError) and not isinstance(cause, httpx.HTTPStatusError):
-            return _transport_error(cause, "the provider")
+            return _transport_error(cause, provider)
     statuses = [cause.status_code for cause in chain if isinstance(getattr(cause, "status_code", None), int)]
     # The innermost status is the one closest to the provider's HTTP answer.
     status = next((s for s in reversed(statuses) if 400 <= s <= 599), 502)
@@ -338,7 +467,17 @@ def _litellm_error(error: Exception) -> UpstreamError:
         status = 504  # LiteLLM's Timeout says 408, but the provider is what ran out of time, as on the native path.
     message = (getattr(error, "message", None) or str(error)).split("Traceback (most recent call last)", 1)[0]
     code = "upstream_timeout" if status == 504 else "upstream_error"
-    return UpstreamError(f"provider error: {message.strip()}"[:2000], status=status, code=code)
+    if status >= 500:
+        log.warning("%s call through LiteLLM failed: HTTP %d (%s)", provider, status, type(error).__name__)
+    failure = UpstreamError(redact(f"provider error: {message.strip()}", (call.api_key,))[:2000], status=status,
+                            code=code)
+    for cause in chain:
+        response = getattr(cause, "response", None)
+        hints = rate_limit_headers(getattr(response, "headers", None))
+        if hints:
+            failure.headers = hints
+            break
+    return failure
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -351,14 +490,20 @@ def _causes(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def _litellm_stream(source: Any, frames: Callable[[Any], list[bytes]], trailer: bytes) -> UpstreamStream:
+def _litellm_stream(source: Any, items: AsyncIterator[Any], first: list[Any], frames: Callable[[Any], list[bytes]],
+                    trailer: bytes, headers: dict[str, str]) -> UpstreamStream:
+    """``source``'s items as SSE frames: ``first`` (already read from ``items``), then the rest."""
     async def chunks() -> AsyncIterator[bytes]:
         try:
-            async for item in source:
+            for item in first:
                 for frame in frames(item):
                     yield frame
+            if first:  # an empty stream has nothing more to read
+                async for item in items:
+                    for frame in frames(item):
+                        yield frame
         except Exception as error:  # Mid-stream failure: no end marker follows, so the turn stays incomplete.
-            log.warning("upstream stream broke off: %s", type(error).__name__)
+            log.warning("upstream stream through LiteLLM broke off: %s", type(error).__name__)
             return
         if trailer:
             yield trailer
@@ -368,4 +513,4 @@ def _litellm_stream(source: Any, frames: Callable[[Any], list[bytes]], trailer: 
         if closer is not None:
             await closer()
 
-    return UpstreamStream(chunks(), close)
+    return UpstreamStream(chunks(), close, headers)

@@ -75,6 +75,10 @@ class DocumentStore(Protocol):
     async def delete_where(self, collection: Collection, project_id: str, where: Mapping[str, str]) -> int:
         """Remove every document matching ``where``; returns how many."""
 
+    async def scrub(self) -> None:
+        """Make deleted documents unrecoverable from the backend's own files (after an
+        erasure): a deleted row must not linger in free pages or a write-ahead log."""
+
     async def ping(self) -> None:
         """Raise if the backend is unreachable."""
 

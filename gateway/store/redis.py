@@ -22,6 +22,7 @@ from urllib.parse import quote
 import redis.asyncio as redis_asyncio
 
 from gateway.store.base import Collection, Document, require_project
+from gateway.store.redis_client import connect_redis
 
 # KEYS: doc key, seq key, then the index keys the new body belongs to.
 # ARGV: body, ttl in ms (0 = none), doc id.
@@ -111,8 +112,11 @@ return out
 
 
 class RedisDocumentStore:
-    def __init__(self, url: str, key_prefix: str = "mnx:") -> None:
-        self._redis = redis_asyncio.Redis.from_url(url, decode_responses=True)
+    def __init__(self, redis: str | redis_asyncio.Redis, key_prefix: str = "mnx:") -> None:
+        """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
+        to open one of its own."""
+        self._owns_client = isinstance(redis, str)
+        self._redis = connect_redis(redis) if isinstance(redis, str) else redis
         self._prefix = key_prefix
         self._put = self._redis.register_script(_PUT)
         self._delete = self._redis.register_script(_DELETE)
@@ -188,8 +192,14 @@ class RedisDocumentStore:
             return int(await self._redis.zcard(key))
         return int(await self._scan(keys=[key], args=[base + "d:", 0, -1, 0, "count"]))
 
+    async def scrub(self) -> None:
+        # A deleted key is gone from memory at once; what Redis persists (RDB, AOF) is the
+        # operator's configuration, rewritten by Redis itself.
+        return None
+
     async def ping(self) -> None:
         await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()

@@ -51,13 +51,16 @@ def _index_key(fields: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 def connect(path: str) -> sqlite3.Connection:
     """A connection to the gateway's SQLite file as every embedded component uses it:
-    autocommit, WAL (a commit survives the process being killed), NORMAL sync."""
+    autocommit, WAL (a commit survives the process being killed), NORMAL sync, and
+    secure_delete: deleted content is overwritten with zeros, not left in free pages
+    (erasure must mean gone from the file too; see SqliteDocumentStore.scrub)."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=OFF")
+    db.execute("PRAGMA secure_delete=ON")
     return db
 
 
@@ -191,6 +194,12 @@ class SqliteDocumentStore:
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         require_project(project_id)
         return self._select("COUNT(*)", collection, project_id, where)[0][0]
+
+    async def scrub(self) -> None:
+        # secure_delete (set by connect) zeroes what a delete frees in the database file, but
+        # the write-ahead log still holds the pages as they were before: copy it back into
+        # the database and truncate it to nothing.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def ping(self) -> None:
         self._db.execute("SELECT 1")

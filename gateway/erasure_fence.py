@@ -1,0 +1,201 @@
+"""What keeps work started before a subject's erasure from writing its data back.
+
+A turn is recorded, and a learn job runs, some time after the request that caused it:
+between the two, the subject may be erased. Deleting the data is not enough then: a job
+still queued (or already running) would store its memories a moment later, and the
+personal text would be back. So every such write (a learn job, an index repair, a turn's
+history, recall events and learn job) happens inside ``writing(project, subject, since)``,
+where ``since`` is when the work began (the turn's start, the job's creation), and erasure
+works in this order:
+
+1. ``mark_erased``: a tombstone (erased at T). A writer that enters after it sees it and
+   writes nothing (``SubjectErased``) if its work began before T.
+2. the subject's queued jobs are deleted (gateway.erasure);
+3. ``wait_for_writers``: writers that entered before the tombstone finish;
+4. the data is deleted. Nothing can write it back after that.
+
+A writer registers before it reads the tombstone, and the eraser writes the tombstone
+before it counts writers, so each sees the other: either the eraser waits for the
+writer, or the writer sees the tombstone. ``LocalErasureFence`` does this in one process
+(the embedded backend: every job runs in the gateway that erases); ``RedisErasureFence``
+across every gateway sharing a Redis, with writer registrations that expire (a gateway
+that dies mid-write must not block erasures forever).
+
+A writer still inside its section when the eraser stops waiting (``WRITERS_WAIT_SECONDS``;
+an embedding call stuck until its timeout) checks the tombstone again when it leaves and
+erases the subject again (gateway.erasure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Protocol
+
+from urllib.parse import quote
+
+import redis.asyncio as redis_asyncio
+
+# How long a tombstone is kept: longer than any work that was running when the subject was
+# erased can still be running (a job's lease, a provider's read timeout). Only the subject
+# id and a time are kept.
+TOMBSTONE_SECONDS = 7 * 24 * 3600.0
+# A registered writer not done after this long is taken for dead by erasures (a gateway
+# that died mid-write holds erasures of that subject up to this long).
+WRITER_TTL_SECONDS = 20.0
+# How long an erasure waits for writers already inside a section before going ahead (a write
+# still running then erases the subject again when it ends: gateway.erasure).
+WRITERS_WAIT_SECONDS = 10.0
+
+
+class SubjectErased(Exception):
+    """The subject was erased after this work began: it must write nothing."""
+
+
+class ErasureFence(Protocol):
+    async def enter(self, project_id: str, subject_id: str, since: float) -> str:
+        """Register a writer; raise SubjectErased if the subject was erased at or after ``since``."""
+
+    async def leave(self, project_id: str, subject_id: str, token: str) -> None:
+        """Unregister a writer."""
+
+    async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
+        """Whether the subject was erased at or after ``since``."""
+
+    async def mark_erased(self, project_id: str, subject_id: str) -> float:
+        """Write the tombstone; returns the erasure's time."""
+
+    async def wait_for_writers(self, project_id: str, subject_id: str, timeout: float) -> bool:
+        """Wait until no writer is inside a section for the subject; False if ``timeout`` ran out."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class LocalErasureFence:
+    """One process holds every writer (the embedded SQLite backend). A tombstone only has to
+    outlive work in this process, which ends with it, so tombstones live in memory."""
+
+    def __init__(self) -> None:
+        self._erased: dict[tuple[str, str], float] = {}
+        self._writers: dict[tuple[str, str], int] = {}
+        self._idle = asyncio.Condition()
+
+    def _erased_at(self, key: tuple[str, str]) -> float | None:
+        erased_at = self._erased.get(key)
+        if erased_at is not None and erased_at + TOMBSTONE_SECONDS < time.time():
+            del self._erased[key]
+            return None
+        return erased_at
+
+    async def enter(self, project_id: str, subject_id: str, since: float) -> str:
+        key = (project_id, subject_id)
+        erased_at = self._erased_at(key)
+        if erased_at is not None and erased_at >= since:
+            raise SubjectErased(subject_id)
+        self._writers[key] = self._writers.get(key, 0) + 1
+        return ""
+
+    async def leave(self, project_id: str, subject_id: str, token: str) -> None:
+        key = (project_id, subject_id)
+        remaining = self._writers.get(key, 1) - 1
+        if remaining:
+            self._writers[key] = remaining
+            return
+        self._writers.pop(key, None)
+        async with self._idle:
+            self._idle.notify_all()
+
+    async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
+        erased_at = self._erased_at((project_id, subject_id))
+        return erased_at is not None and erased_at >= since
+
+    async def mark_erased(self, project_id: str, subject_id: str) -> float:
+        now = time.time()
+        self._erased[(project_id, subject_id)] = now
+        for key in [k for k, at in self._erased.items() if at + TOMBSTONE_SECONDS < now]:
+            del self._erased[key]
+        return now
+
+    async def wait_for_writers(self, project_id: str, subject_id: str, timeout: float) -> bool:
+        key = (project_id, subject_id)
+        try:
+            async with self._idle:
+                await asyncio.wait_for(self._idle.wait_for(lambda: key not in self._writers), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: tombstone, writers. ARGV: since, token, writer expiry (epoch s), writers key ttl (ms).
+# Atomic: a writer is either registered before the tombstone exists, or refused.
+_ENTER = """
+local erased = redis.call('GET', KEYS[1])
+if erased and tonumber(erased) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+
+class RedisErasureFence:
+    """Every gateway sharing a Redis: tombstones and writer registrations live there.
+
+    Keys, for prefix ``P``, project ``p``, subject ``s`` (``{p}`` is the project's Cluster
+    hash tag, as in the document store): ``P{p}:erasure:erased:<s>`` the tombstone (the
+    erasure's epoch time, expiring), ``P{p}:erasure:writers:<s>`` a sorted set of writer
+    tokens scored by when each registration expires.
+    """
+
+    def __init__(self, client: redis_asyncio.Redis, key_prefix: str) -> None:
+        self._redis = client
+        self._prefix = key_prefix
+        self._enter = client.register_script(_ENTER)
+
+    def _keys(self, project_id: str, subject_id: str) -> tuple[str, str]:
+        base = f"{self._prefix}{{{quote(project_id, safe='')}}}:erasure:"
+        subject = quote(subject_id, safe="")
+        return base + "erased:" + subject, base + "writers:" + subject
+
+    async def enter(self, project_id: str, subject_id: str, since: float) -> str:
+        tombstone, writers = self._keys(project_id, subject_id)
+        token = secrets.token_hex(8)
+        expiry = time.time() + WRITER_TTL_SECONDS
+        entered = await self._enter(keys=[tombstone, writers],
+                                    args=[repr(since), token, repr(expiry), int(WRITER_TTL_SECONDS * 2000)])
+        if not entered:
+            raise SubjectErased(subject_id)
+        return token
+
+    async def leave(self, project_id: str, subject_id: str, token: str) -> None:
+        await self._redis.zrem(self._keys(project_id, subject_id)[1], token)
+
+    async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
+        erased = await self._redis.get(self._keys(project_id, subject_id)[0])
+        return erased is not None and float(erased) >= since
+
+    async def mark_erased(self, project_id: str, subject_id: str) -> float:
+        now = time.time()
+        await self._redis.set(self._keys(project_id, subject_id)[0], repr(now), px=int(TOMBSTONE_SECONDS * 1000))
+        return now
+
+    async def wait_for_writers(self, project_id: str, subject_id: str, timeout: float) -> bool:
+        writers = self._keys(project_id, subject_id)[1]
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(writers, "-inf", time.time())  # registrations of dead gateways
+                pipe.zcard(writers)
+                _, active = await pipe.execute()
+            if not active:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        return None  # the client belongs to whoever passed it
