@@ -40,6 +40,7 @@ from gateway.proxy.litellm_guard import freeze_global_callbacks
 from gateway.proxy.providers import Route
 from gateway.proxy.sharded_transport import ShardedTransport
 from gateway.proxy.sse import DONE_FRAME, sse_frame
+from gateway.proxy.stale_retry import StaleConnectionRetry
 from gateway.proxy.wire import NATIVE_PROVIDER, WireFormat
 from gateway.redaction import redact
 
@@ -76,7 +77,7 @@ def cookieless_jar() -> CookieJar:
 
 class LoopLocalClient(httpx.AsyncClient):
     """The HTTP client LiteLLM hands the OpenAI SDK (``litellm.aclient_session``): cookie-less,
-    no redirects, and one pool per event loop.
+    no redirects, a stale kept-alive connection retried once, and one pool per event loop.
 
     LiteLLM's own clients keep cookies and follow redirects, and are cached per event loop
     (pooled connections belong to the loop that opened them). One object has to stand in
@@ -92,7 +93,8 @@ class LoopLocalClient(httpx.AsyncClient):
         loop = asyncio.get_running_loop()
         client = self._per_loop.get(loop)
         if client is None:
-            client = self._per_loop[loop] = httpx.AsyncClient(cookies=cookieless_jar(), follow_redirects=False)
+            client = self._per_loop[loop] = httpx.AsyncClient(
+                cookies=cookieless_jar(), follow_redirects=False, transport=StaleConnectionRetry(httpx.AsyncHTTPTransport()))
         return await client.send(request, **kwargs)
 
 
@@ -187,7 +189,9 @@ def _status_error(status: int, raw: bytes, headers: Mapping[str, str], call: Ups
     return error
 
 
-def _transport_error(error: httpx.HTTPError, provider: str, attempts: int = 1) -> UpstreamError:
+def _transport_error(error: httpx.HTTPError, provider: str) -> UpstreamError:
+    # Sent twice when the first went out on a stale kept-alive connection (stale_retry.py).
+    attempts = 2 if getattr(error, "sent_again", False) else 1
     if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
         log.warning("%s did not answer in time (%s); answered 504", provider, type(error).__name__)
         return UpstreamError(f"{provider} did not answer in time", status=504, code="upstream_timeout")
@@ -201,33 +205,13 @@ def _timeout(settings: ProviderConfig) -> httpx.Timeout:
                          write=settings.timeout.read, pool=settings.timeout.connect)
 
 
-# What a kept-alive connection that the provider closed while it sat idle looks like when
-# a request goes out on it: the server disconnects without a response, or the socket
-# resets. httpcore cannot always see the close before sending.
-_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
-
-class _Attempt:
-    """What httpcore's trace events say about one send: whether it opened a connection of
-    its own (else it reused an idle one) and whether response headers arrived."""
-
-    def __init__(self) -> None:
-        self.reused_connection = True
-        self.answered = False
-
-    async def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event.startswith("connection.connect_tcp."):
-            self.reused_connection = False
-        elif event.endswith("receive_response_headers.complete"):
-            self.answered = True
-
-
 class Upstream:
     def __init__(self, providers: ProvidersConfig) -> None:
         # One pooled client for every native passthrough; timeouts are set per request,
         # from the provider being called. It keeps no cookies and follows no redirects.
         self._http = httpx.AsyncClient(
-            transport=ShardedTransport(shards=8, limits=httpx.Limits(max_connections=250, max_keepalive_connections=32)),
+            transport=StaleConnectionRetry(ShardedTransport(
+                shards=8, limits=httpx.Limits(max_connections=250, max_keepalive_connections=32))),
             cookies=cookieless_jar(),
         )
         self._litellm: Any = None
@@ -284,25 +268,10 @@ class Upstream:
                                         timeout=_timeout(call.settings))
 
     async def _send(self, call: UpstreamCall, request: httpx.Request, *, stream: bool) -> httpx.Response:
-        """Send once; send again, once, when it went out on a reused connection that broke
-        before any of the answer arrived: the provider closed it while it was idle, so the
-        request never reached it. A failure on a fresh connection is the provider's."""
-        attempt = _Attempt()
-        request.extensions["trace"] = attempt.trace
         try:
             return await self._http.send(request, stream=stream)
-        except _STALE_CONNECTION_ERRORS as error:
-            if not attempt.reused_connection or attempt.answered:
-                raise _transport_error(error, call.route.provider) from None
-            log.info("%s closed an idle connection as a request went out (%s); sending it again",
-                     call.route.provider, type(error).__name__)
         except httpx.HTTPError as error:
             raise _transport_error(error, call.route.provider) from None
-        request.extensions["trace"] = _Attempt().trace
-        try:
-            return await self._http.send(request, stream=stream)
-        except httpx.HTTPError as error:
-            raise _transport_error(error, call.route.provider, attempts=2) from None
 
     async def _native_complete(self, call: UpstreamCall, request: httpx.Request) -> UpstreamAnswer:
         response = await self._send(call, request, stream=False)

@@ -164,6 +164,22 @@ def test_a_pooled_connection_the_provider_closed_is_retried_once_on_a_fresh_one_
     assert any("sending it again" in r.getMessage() for r in caplog.records if r.name == "gateway.upstream")
 
 
+def test_a_stale_connection_is_retried_on_the_litellm_path_too(start_gateway, storage_sqlite, raw_provider):
+    """A GPT model on /v1/messages goes through LiteLLM, which calls the OpenAI SDK with the
+    gateway's own client for it (a soak once met a 502 here, when only the native path retried)."""
+    server = raw_provider("stale")
+    gw = gateway_on(start_gateway, storage_sqlite, server)
+    for chat_id in ("first-bridged", "second-bridged"):
+        response = httpx.post(gw.url + "/v1/messages", timeout=30,
+                              headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY},
+                              json={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}],
+                                    "mnx": {"subject_id": "pooled", "chat_id": chat_id, "learn": False}})
+        assert response.status_code == 200, response.text
+        assert ANSWER in response.text
+    assert server.requests == [(1, 1), (1, 2), (2, 1)]
+    assert recorded(gw, "second-bridged") == [("user", "hi"), ("assistant", ANSWER)]
+
+
 def test_the_openai_sdk_sees_two_ordinary_answers_over_a_stale_connection(start_gateway, storage_sqlite,
                                                                           raw_provider):
     server = raw_provider("stale")
