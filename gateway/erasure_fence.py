@@ -32,7 +32,6 @@ import asyncio
 import secrets
 import time
 from typing import Protocol
-
 from urllib.parse import quote
 
 import redis.asyncio as redis_asyncio
@@ -63,14 +62,11 @@ class ErasureFence(Protocol):
     async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
         """Whether the subject was erased at or after ``since``."""
 
-    async def mark_erased(self, project_id: str, subject_id: str) -> float:
-        """Write the tombstone; returns the erasure's time."""
+    async def mark_erased(self, project_id: str, subject_id: str) -> None:
+        """Write the tombstone (erased now)."""
 
     async def wait_for_writers(self, project_id: str, subject_id: str, timeout: float) -> bool:
         """Wait until no writer is inside a section for the subject; False if ``timeout`` ran out."""
-
-    async def close(self) -> None:
-        """Release connections."""
 
 
 class LocalErasureFence:
@@ -111,12 +107,11 @@ class LocalErasureFence:
         erased_at = self._erased_at((project_id, subject_id))
         return erased_at is not None and erased_at >= since
 
-    async def mark_erased(self, project_id: str, subject_id: str) -> float:
+    async def mark_erased(self, project_id: str, subject_id: str) -> None:
         now = time.time()
         self._erased[(project_id, subject_id)] = now
         for key in [k for k, at in self._erased.items() if at + TOMBSTONE_SECONDS < now]:
             del self._erased[key]
-        return now
 
     async def wait_for_writers(self, project_id: str, subject_id: str, timeout: float) -> bool:
         key = (project_id, subject_id)
@@ -126,9 +121,6 @@ class LocalErasureFence:
         except asyncio.TimeoutError:
             return False
         return True
-
-    async def close(self) -> None:
-        return None
 
 
 # KEYS: tombstone, writers. ARGV: since, token, writer expiry (epoch s), writers key ttl (ms).
@@ -152,7 +144,7 @@ class RedisErasureFence:
     """
 
     def __init__(self, client: redis_asyncio.Redis, key_prefix: str) -> None:
-        self._redis = client
+        self._redis = client  # the gateway's shared client, closed by its owner
         self._prefix = key_prefix
         self._enter = client.register_script(_ENTER)
 
@@ -178,10 +170,9 @@ class RedisErasureFence:
         erased = await self._redis.get(self._keys(project_id, subject_id)[0])
         return erased is not None and float(erased) >= since
 
-    async def mark_erased(self, project_id: str, subject_id: str) -> float:
-        now = time.time()
-        await self._redis.set(self._keys(project_id, subject_id)[0], repr(now), px=int(TOMBSTONE_SECONDS * 1000))
-        return now
+    async def mark_erased(self, project_id: str, subject_id: str) -> None:
+        await self._redis.set(self._keys(project_id, subject_id)[0], repr(time.time()),
+                              px=int(TOMBSTONE_SECONDS * 1000))
 
     async def wait_for_writers(self, project_id: str, subject_id: str, timeout: float) -> bool:
         writers = self._keys(project_id, subject_id)[1]
@@ -196,6 +187,3 @@ class RedisErasureFence:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.02)
-
-    async def close(self) -> None:
-        return None  # the client belongs to whoever passed it

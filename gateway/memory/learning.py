@@ -151,10 +151,10 @@ class Learner:
         forced = force and not kept
         if forced:
             kept = [ExtractedMemory(payload["user_messages"][-1][:10_000], FORCED_KIND, 50, 1.0)]
-        origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
-                  "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
         if not kept:
             return
+        origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
+                  "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
         # Written only if the subject was not erased since the turn (the job's creation).
         async with self._erasure.writing(job.project_id, payload["subject_id"], since=job.created_at):
             await self._store(job, payload, kept, forced, origin, policy["config"], keys)
