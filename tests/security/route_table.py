@@ -4,7 +4,7 @@ The security tests are generated from ``gateway.app``'s routes rather than from 
 hand-written list, so a route added later is probed automatically. This module turns
 the Starlette route table into ``Endpoint`` values (one per route and method), fills
 path templates, builds the request bodies of the provider surfaces (the proxy
-routes), and knows each surface's error envelope, as README.md documents them.
+routes), and knows each surface's error envelope, as docs/features.md documents them.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def endpoint_id(endpoint: Endpoint) -> str:
     return str(endpoint)
 
 
-# -- surfaces and their error envelopes (README: "Clear errors") -------------------------------
+# -- surfaces and their error envelopes (docs/features.md: "Clear errors") -------------------------------
 
 def surface_of(path: str) -> str:
     """Which error envelope a client of ``path`` reads: provider SDKs get their provider's own."""

@@ -16,10 +16,10 @@ The property, for every route and method the app serves:
 Why generated from the route table: the cases are built from ``create_app(...).routes``,
 so a route added later is tested without touching this file, except for what a test must
 not take from the code under test: the scope each route should need. ``EXPECTED_SCOPES``
-states it, from README.md and gateway/app.py; a route missing from the map fails with
+states it, from docs/features.md and gateway/app.py; a route missing from the map fails with
 "add its scope here", and an entry naming no route fails too. Where the endpoint wrapper
 exposes the scope and surface it enforces (``scope`` / ``surface`` attributes), they are
-checked against the map and the README's surface rule. A new write handler needs a
+checked against the map and the the documented surface rule. A new write handler needs a
 request body in ``VALID_BODIES`` and a new path parameter an entry in ``PATH_VALUES``
 (each fails with what to add).
 
@@ -106,7 +106,7 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", "/health"): PUBLIC,
 }
 
-# The coarse scope each HTTP method is granted by (README: Projects, keys and scopes).
+# The coarse scope each HTTP method is granted by (docs/features.md: Projects, keys and scopes).
 COARSE_BY_METHOD = {"GET": "read", "HEAD": "read", "POST": "write", "PUT": "write", "PATCH": "write",
                     "DELETE": "delete"}
 COARSE = ("read", "write", "delete")
@@ -121,7 +121,7 @@ def expected_scopes(endpoint: Endpoint) -> tuple[str, ...]:
     route = map_key(endpoint)
     if route not in EXPECTED_SCOPES:
         pytest.fail(f"{endpoint} is not in the expected-scope map: add its scope here "
-                    f"(EXPECTED_SCOPES in {__name__}, from README.md and gateway/app.py)")
+                    f"(EXPECTED_SCOPES in {__name__}, from docs/features.md and gateway/app.py)")
     scopes = EXPECTED_SCOPES[route]
     assert scopes is not PUBLIC
     return scopes
@@ -337,7 +337,7 @@ def test_what_each_route_declares_agrees_with_the_map_and_the_surface_rule():
               for e in endpoints() if e.declared_scopes is not None and map_key(e) in EXPECTED_SCOPES
               and set(EXPECTED_SCOPES[map_key(e)] or ()) != set(e.declared_scopes)]
     assert not scopes, "\n".join(scopes)
-    surfaces = [f"{e}: errors in the {e.declared_surface} envelope, README's rule says {surface_of(e.path)}"
+    surfaces = [f"{e}: errors in the {e.declared_surface} envelope, the documented rule says {surface_of(e.path)}"
                 for e in endpoints() if e.declared_surface is not None and e.declared_surface != surface_of(e.path)]
     assert not surfaces, "\n".join(surfaces)
 
