@@ -1,4 +1,4 @@
-"""``mnx-gateway``: serve, check-config, hash-key."""
+"""``mnx-gateway``: serve, check-config, init, hash-key, --version."""
 
 from __future__ import annotations
 
@@ -6,27 +6,58 @@ import argparse
 import getpass
 import hashlib
 import logging
-import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from gateway.config import load_config
+from gateway.config import BUILT_IN_CONFIG, CONFIG_FILE_NAME, GatewayConfig, find_config, load_config
+from gateway.dev_key import check_dev_key_exposure
 from gateway.errors import ConfigError
 
-DEFAULT_CONFIG = "gateway.yaml"
+CONFIG_HELP = ("path to the config file (default: $MNX_GATEWAY_CONFIG, else ./gateway.yaml, "
+               "else the built-in default)")
+
+log = logging.getLogger("gateway")
 
 
 def _config_path(args: argparse.Namespace) -> str:
-    return args.config or os.environ.get("MNX_GATEWAY_CONFIG") or DEFAULT_CONFIG
+    return str(find_config(args.config))
+
+
+def _version() -> str:
+    try:
+        return version("mnx-gateway")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _data_locations(config: GatewayConfig) -> str:
+    """Where the embedded backends keep their files, as absolute paths."""
+    places = []
+    if config.storage.backend == "sqlite":
+        places.append(config.storage.sqlite.path)
+    if config.memory.vectors.backend == "edge":
+        places.append(config.memory.vectors.edge.path)
+    return " and ".join(str(Path(place).resolve()) for place in places) or "the configured services"
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway import registry
     from gateway.app import create_app
     from gateway.server import serve
 
-    config = load_config(_config_path(args))
+    path = _config_path(args)
+    config = load_config(path)
+    # A misspelt backend or plugin fails here, as one line, not as a traceback from startup.
+    registry.check_names(config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if Path(path) == BUILT_IN_CONFIG:
+        log.warning("no --config, no $MNX_GATEWAY_CONFIG and no ./gateway.yaml: running the built-in default "
+                    "config; data goes to %s (`mnx-gateway init` writes a gateway.yaml to edit)",
+                    _data_locations(config))
+    check_dev_key_exposure(config, host, allowed=args.allow_dev_key)
     # One worker by design: the embedded backends (SQLite, Qdrant Edge) belong to one
     # process. Scale out with the Redis backend and more gateway processes.
     # gateway.server configures uvicorn (event loop, HTTP protocol with header limits, logs).
@@ -34,10 +65,27 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from gateway import registry
+
     path = _config_path(args)
     config = load_config(path)
+    # Every backend and plugin name resolves (and its module imports), as serve will need.
+    registry.check_names(config)
     keys = sum(len(p.keys) for p in config.projects)
     print(f"{path}: OK ({len(config.projects)} project(s), {keys} key(s), storage: {config.storage.backend})")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    target = Path(args.path)
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} already exists: pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(BUILT_IN_CONFIG.read_bytes())
+    config_option = "" if target == Path(CONFIG_FILE_NAME) else f" --config {target}"
+    print(f"wrote {target}: the embedded default (SQLite + Qdrant Edge, data under ./data, on 127.0.0.1:8787)")
+    print("next: edit it (every setting is in docs/configuration.md), "
+          f"check it with `mnx-gateway check-config{config_option}`, start with `mnx-gateway serve{config_option}`")
     return 0
 
 
@@ -49,17 +97,25 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnx-gateway", description="Self-hosted memory gateway for LLM apps.")
+    parser.add_argument("--version", action="version", version=f"mnx-gateway {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the gateway")
-    serve.add_argument("--config", help=f"path to the config file (default: $MNX_GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--allow-dev-key", action="store_true",
+                       help="listen beyond loopback even though the public development key is accepted")
     serve.set_defaults(run=_serve)
     check = commands.add_parser("check-config", help="validate the config file and exit")
-    check.add_argument("--config", help=f"path to the config file (default: $MNX_GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    check.add_argument("--config", help=CONFIG_HELP)
     check.set_defaults(run=_check_config)
+    init = commands.add_parser("init", help="write the starter config (the built-in default) to edit")
+    init.add_argument("--path", default=CONFIG_FILE_NAME, help=f"where to write it (default: ./{CONFIG_FILE_NAME})")
+    init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    init.set_defaults(run=_init)
     hash_key = commands.add_parser("hash-key", help="print the SHA-256 of an API key, for key_sha256 in the config")
-    hash_key.add_argument("key", nargs="?", help="the key (prompted for when omitted, so it stays out of shell history)")
+    hash_key.add_argument("key", nargs="?",
+                          help="the key (prompted for when omitted, so it stays out of shell history)")
     hash_key.set_defaults(run=_hash_key)
     args = parser.parse_args(argv)
     try:

@@ -22,6 +22,13 @@ from gateway.errors import ConfigError
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+# Where the config comes from, first match wins: --config, then $MNX_GATEWAY_CONFIG, then
+# ./gateway.yaml, then the built-in default shipped inside the package (a copy of the
+# repository's gateway.yaml, kept identical by a test), so `mnx-gateway serve` starts anywhere.
+CONFIG_ENV_VAR = "MNX_GATEWAY_CONFIG"
+CONFIG_FILE_NAME = "gateway.yaml"
+BUILT_IN_CONFIG = Path(__file__).resolve().parent / "default_config" / CONFIG_FILE_NAME
+
 
 def _blank_is_none(value: SecretStr | None) -> SecretStr | None:
     return None if value is None or value.get_secret_value() == "" else value
@@ -70,10 +77,19 @@ class RedisConfig(_Strict):
     socket_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
+# A backend or plugin name, as registered under an entry point (gateway/registry.py checks it
+# names one that is installed).
+PluginName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class StorageConfig(_Strict):
-    backend: Literal["sqlite", "redis"] = "sqlite"
+    # sqlite | redis, or a store another package registers (mnx_gateway.stores and .queues).
+    backend: PluginName = "sqlite"
     sqlite: SqliteConfig = SqliteConfig()
     redis: RedisConfig = RedisConfig()
+    # Settings for a backend from another package, handed to it as they are; the built-ins read
+    # their own sections above.
+    options: dict[str, Any] = {}
 
 
 class ProjectKey(_Strict):
@@ -92,7 +108,7 @@ class ProjectKey(_Strict):
         return value.lower() if value else value
 
     @model_validator(mode="after")
-    def _exactly_one_form(self) -> "ProjectKey":
+    def _exactly_one_form(self) -> ProjectKey:
         has_key = self.key is not None and self.key.get_secret_value() != ""
         if has_key == (self.key_sha256 is not None):
             raise ValueError("give exactly one of 'key' or 'key_sha256'")
@@ -178,16 +194,19 @@ class QdrantVectorsConfig(_Strict):
     collection: str = Field(default="mnx_memories", min_length=1)
 
     @model_validator(mode="after")
-    def _one_target(self) -> "QdrantVectorsConfig":
+    def _one_target(self) -> QdrantVectorsConfig:
         if bool(self.url) == bool(self.location):
             raise ValueError("give exactly one of 'url' (a Qdrant server) or 'location' (local mode)")
         return self
 
 
 class VectorsConfig(_Strict):
-    backend: Literal["edge", "qdrant"] = "edge"
+    # edge | qdrant, or an index another package registers (mnx_gateway.vector_indexes).
+    backend: PluginName = "edge"
     edge: EdgeVectorsConfig = EdgeVectorsConfig()
     qdrant: QdrantVectorsConfig | None = None
+    # Settings for an index from another package, handed to it as they are.
+    options: dict[str, Any] = {}
     # A memory write notes a repair job before it touches the store; if the index write has
     # not completed (and removed the note) this many seconds later, the job worker rewrites
     # the memory's index point from the store.
@@ -201,7 +220,7 @@ class VectorsConfig(_Strict):
     lexical: Literal["contextual", "plain"] = "contextual"
 
     @model_validator(mode="after")
-    def _backend_configured(self) -> "VectorsConfig":
+    def _backend_configured(self) -> VectorsConfig:
         if self.backend == "qdrant" and self.qdrant is None:
             raise ValueError("backend 'qdrant' needs a 'qdrant' section with a url or location")
         return self
@@ -226,7 +245,7 @@ class EmbedderConfig(_Strict):
     model_path: str | None = None
 
     @model_validator(mode="after")
-    def _model_given(self) -> "EmbedderConfig":
+    def _model_given(self) -> EmbedderConfig:
         if self.provider != "none" and not self.model:
             raise ValueError(f"embedder '{self.provider}' needs a 'model'")
         return self
@@ -245,7 +264,7 @@ class VersioningConfig(_Strict):
     candidates: int = Field(default=8, ge=1, le=100)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "VersioningConfig":
+    def _ordered(self) -> VersioningConfig:
         if self.supersede_threshold > self.duplicate_threshold:
             raise ValueError("supersede_threshold must not exceed duplicate_threshold")
         return self
@@ -284,7 +303,7 @@ class ExtractorConfig(_Strict):
     api_base: str | None = None
 
     @model_validator(mode="after")
-    def _model_given(self) -> "ExtractorConfig":
+    def _model_given(self) -> ExtractorConfig:
         if self.provider == "litellm" and not self.model:
             raise ValueError("the litellm extractor needs a 'model'")
         return self
@@ -313,7 +332,7 @@ class GatewayConfig(_Strict):
     learning: LearningConfig = LearningConfig()
 
     @model_validator(mode="after")
-    def _unique_projects_and_keys(self) -> "GatewayConfig":
+    def _unique_projects_and_keys(self) -> GatewayConfig:
         ids = [p.id for p in self.projects]
         if len(ids) != len(set(ids)):
             raise ValueError("project ids must be unique")
@@ -359,6 +378,17 @@ def parse_config(data: Any, source: str = "gateway.yaml") -> GatewayConfig:
         return GatewayConfig.model_validate(interpolate_env(data))
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def find_config(explicit: str | None = None) -> Path:
+    """The config file to load (see ``BUILT_IN_CONFIG``); an explicit path is returned
+    even if it does not exist, so that loading it says so."""
+    chosen = explicit or os.environ.get(CONFIG_ENV_VAR)
+    if chosen:
+        return Path(chosen)
+    if Path(CONFIG_FILE_NAME).exists():
+        return Path(CONFIG_FILE_NAME)
+    return BUILT_IN_CONFIG
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from gateway.erasure_fence import WRITERS_WAIT_SECONDS, ErasureFence, SubjectErased
 from gateway.jobs.queue import JobQueue

@@ -118,7 +118,7 @@ class LocalErasureFence:
         try:
             async with self._idle:
                 await asyncio.wait_for(self._idle.wait_for(lambda: key not in self._writers), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

@@ -1,20 +1,23 @@
-"""The one exception tree, and how each API surface renders it.
+"""The one exception tree, and the error shapes the API surfaces render it in.
 
 Handlers raise these; the route wrapper in ``gateway.routing`` catches them and
-renders the envelope native to the surface the client speaks:
+renders the envelope native to the surface the client speaks. Each surface declares
+its ``ErrorShape`` next to its routes:
 
-* Mnexium REST:  ``{"error": "snake_code", "message": "...", ...extra}``
-* OpenAI:        ``{"error": {"message", "type", "param", "code"}}``
-* Anthropic:     ``{"type": "error", "error": {"type", "message"}}``
-* Gemini:        ``{"error": {"code", "message", "status", "details"}}``
+* Mnexium REST (here, the gateway's own): ``{"error": "snake_code", "message": "...", ...extra}``
+* OpenAI (gateway/proxy/chat_completions.py): ``{"error": {"message", "type", "param", "code"}}``
+* Anthropic (gateway/proxy/messages.py): ``{"type": "error", "error": {"type", "message"}}``
+* Gemini (gateway/proxy/gemini.py): ``{"error": {"code", "message", "status", "details"}}``
 
 Messages are written for the caller and never contain a secret.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
+from collections.abc import Mapping
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 
@@ -79,53 +82,23 @@ class UpstreamError(GatewayError):
     code = "upstream_error"
 
 
-class Surface(str, Enum):
-    MNEXIUM = "mnexium"
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
-    GEMINI = "gemini"
+@dataclass(frozen=True)
+class ErrorShape:
+    """How the clients of one API surface read an error: the envelope ``render`` builds."""
+
+    # What the route-table tests call the shape ("mnexium", "openai", "anthropic", "gemini").
+    name: str
+    render: Callable[[GatewayError], dict[str, Any]]
 
 
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-                 429: "rate_limit_error"}
-
-
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error",
-                    529: "overloaded_error"}
-
-
-_GRPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                405: "UNIMPLEMENTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
-                504: "DEADLINE_EXCEEDED"}
-
-
-def error_body(error: GatewayError, surface: Surface) -> dict[str, Any]:
-    if surface is Surface.GEMINI:
-        # Google's ErrorInfo detail is the native place for a machine-readable reason.
-        return {"error": {"code": error.status, "message": error.message,
-                          "status": _GRPC_STATUS.get(error.status, "INTERNAL"),
-                          "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": error.code,
-                                       "domain": "mnx-gateway"}]}}
-    if surface is Surface.ANTHROPIC:
-        # "code" is ours (Anthropic has none); the SDK keeps unknown keys in the error body.
-        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
-                                           "message": error.message, "code": error.code}}
-    if surface is Surface.OPENAI:
-        body: dict[str, Any] = {
-            "error": {
-                "message": error.message,
-                "type": _OPENAI_TYPES.get(error.status, "api_error"),
-                "param": error.extra.get("param"),
-                "code": error.code,
-            }
-        }
-        # The mnexium SDK reads a top-level "message"; OpenAI clients ignore it.
-        body["message"] = error.message
-        return body
+def _mnexium_body(error: GatewayError) -> dict[str, Any]:
     return {"error": error.code, "message": error.message, **error.extra}
 
 
-def error_response(error: GatewayError, surface: Surface, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(error, surface), status_code=error.status, headers=headers)
+# The gateway's own REST shape: every path no provider surface owns answers in it.
+MNEXIUM = ErrorShape("mnexium", _mnexium_body)
+
+
+def error_response(error: GatewayError, shape: ErrorShape,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(shape.render(error), status_code=error.status, headers=headers)

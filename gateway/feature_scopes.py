@@ -25,6 +25,7 @@ request.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from gateway.auth import Principal
 from gateway.errors import Forbidden
@@ -44,7 +45,7 @@ def _is_on(options: MnxOptions, feature: str) -> bool:
 def authorize_features(options: MnxOptions, principal: Principal) -> MnxOptions:
     """``options`` with the defaulted features this key may not use turned off; raises
     Forbidden for a requested one."""
-    turned_off: dict[str, object] = {}
+    turned_off: dict[str, Any] = {}
     for feature, scope in _FEATURE_SCOPES.items():
         if not _is_on(options, feature) or principal.allows(scope):
             continue

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from gateway.clock import now_iso
 from gateway.store import Collection, DocumentStore
@@ -171,7 +172,8 @@ class ChatHistory:
 
     async def delete_chat(self, project_id: str, chat_id: str, subject_id: str | None) -> int:
         if subject_id:
-            removed = await self._store.delete_where(MESSAGES, project_id, {"subject_id": subject_id, "chat_id": chat_id})
+            removed = await self._store.delete_where(MESSAGES, project_id,
+                                                     {"subject_id": subject_id, "chat_id": chat_id})
             await self._store.delete(CHATS, project_id, _chat_doc_id(subject_id, chat_id))
             return removed
         removed = await self._store.delete_where(MESSAGES, project_id, {"chat_id": chat_id})

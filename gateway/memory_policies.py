@@ -15,7 +15,8 @@ from typing import Any
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
 from gateway.scoped import (
-    check_scope_name, delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
+    check_scope_name, delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default,
+    scoped_collection,
 )
 from gateway.store import DocumentStore
 from gateway.validation import Body, addressable_id
@@ -106,7 +107,7 @@ class MemoryPolicies:
             raise NotFound(f"no memory policy with id {policy_id!r}", code="policy_not_found")
         return policy
 
-    async def list(self, project_id: str, *, scope: str | None, include_inactive: bool) -> list[dict[str, Any]]:
+    async def in_project(self, project_id: str, *, scope: str | None, include_inactive: bool) -> list[dict[str, Any]]:
         if scope is not None:
             check_scope_name(scope)
         return [p for p in await self._store.find(POLICIES, project_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from starlette.datastructures import Headers
 
 from gateway.config import MnxDefaults
 from gateway.errors import BadRequest
-from gateway.validation import parse_json
+from gateway.validation import Body, bool_from_text, invalid, parse_json
 
 MAX_ID_LENGTH = 256
 
@@ -50,105 +51,82 @@ class MnxOptions:
     given: frozenset[str] = frozenset()
 
 
-def _invalid(field: str, expected: str) -> BadRequest:
-    return BadRequest(f"mnx.{field} must be {expected}", code="invalid_mnx", param=f"mnx.{field}")
+# Every malformed option is one error code; its param is the option's place in the body.
+_PREFIX = "mnx."
+_CODE = "invalid_mnx"
+# How each option's x-mnx-* header is read into the type its body field has.
+_HEADER_KINDS = {
+    "subject_id": "text", "chat_id": "text", "learn": "learn", "log": "bool", "recall": "bool", "history": "bool",
+    "profile": "bool", "system_prompt": "bool_or_id", "memory_policy": "bool_or_id", "metadata": "json",
+    "state": "json", "records": "json",
+}
 
 
 def _header_bool(raw: str, field: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise _invalid(field, "true or false")
+    flag = bool_from_text(raw.strip())
+    if flag is None:
+        raise invalid(_PREFIX + field, "true or false", _CODE)
+    return flag
 
 
-def _header_json(raw: str, field: str) -> Any:
-    try:
-        return parse_json(raw)
-    except ValueError:
-        raise _invalid(field, "valid JSON") from None
+def _from_header(raw: str, field: str) -> Any:
+    """A header's text as the value the body field would hold."""
+    kind = _HEADER_KINDS.get(field, "text")
+    if kind == "bool":
+        return _header_bool(raw, field)
+    if kind == "bool_or_id":
+        lowered = raw.strip().lower()
+        return lowered == "true" if lowered in ("true", "false") else raw.strip()
+    if kind == "learn":
+        return "force" if raw.strip().lower() == "force" else _header_bool(raw, field)
+    if kind == "json":
+        try:
+            return parse_json(raw)
+        except ValueError:
+            raise invalid(_PREFIX + field, "valid JSON", _CODE) from None
+    return raw
 
 
-class _Reader:
-    """Reads one field from body, then header, converting header text to the body's types."""
+class _BodyThenHeaders(Mapping[str, Any]):
+    """The ``mnx`` object with each option falling back to its ``x-mnx-*`` header (for SDKs
+    that drop unknown body fields), read lazily: an option is looked up, and a malformed
+    header reported, in the order options are parsed. ``given``: the options the caller set."""
 
     def __init__(self, body: dict[str, Any], headers: Headers) -> None:
         self._body = body
         self._headers = headers
         self.given: set[str] = set()
 
-    def raw(self, field: str, kind: str) -> Any:
+    def __getitem__(self, field: str) -> Any:
         value = self._body.get(field)
         if value is not None:
             self.given.add(field)
             return value
         header = self._headers.get("x-mnx-" + field.replace("_", "-"))
         if header is None or header == "":
-            return None
+            raise KeyError(field)
         self.given.add(field)
-        if kind == "bool":
-            return _header_bool(header, field)
-        if kind == "bool_or_str":
-            lowered = header.strip().lower()
-            return lowered == "true" if lowered in ("true", "false") else header.strip()
-        if kind == "learn":
-            return "force" if header.strip().lower() == "force" else _header_bool(header, field)
-        if kind == "json":
-            return _header_json(header, field)
-        return header
+        return _from_header(header, field)
 
-    def boolean(self, field: str, default: bool) -> bool:
-        value = self.raw(field, "bool")
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise _invalid(field, "a boolean")
-        return value
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._body)
 
-    def identifier(self, field: str) -> str | None:
-        value = self.raw(field, "str")
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise _invalid(field, "a non-empty string")
-        if len(value) > MAX_ID_LENGTH:
-            raise _invalid(field, f"at most {MAX_ID_LENGTH} characters")
-        if not value.isprintable():
-            # Ids come back in response headers and are stored: no control characters.
-            raise _invalid(field, "printable text without control characters")
-        return value
-
-    def bool_or_id(self, field: str, default: bool) -> bool | str:
-        value = self.raw(field, "bool_or_str")
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-        raise _invalid(field, "true, false or an id string")
-
-    def obj(self, field: str) -> dict[str, Any] | None:
-        value = self.raw(field, "json")
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            raise _invalid(field, "an object")
-        return value
+    def __len__(self) -> int:
+        return len(self._body)
 
 
-def _parse_state(value: dict[str, Any] | None) -> StateOption | None:
+def _parse_state(read: Body, value: dict[str, Any] | None) -> StateOption | None:
+    # Stricter than Body.flag: a null or numeric load is a mistake here.
     if value is None:
         return None
     load = value.get("load", False)
     key = value.get("key")
     if not isinstance(load, bool):
-        raise _invalid("state.load", "a boolean")
+        raise read.invalid("state.load", "a boolean")
     if key is not None and (not isinstance(key, str) or not key):
-        raise _invalid("state.key", "a non-empty string")
+        raise read.invalid("state.key", "a non-empty string")
     if load and key is None:
-        raise _invalid("state.key", "given when state.load is true")
+        raise read.invalid("state.key", "given when state.load is true")
     return StateOption(load=load, key=key or "")
 
 
@@ -160,32 +138,36 @@ def new_chat_id() -> str:
     return str(uuid.uuid4())
 
 
-def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *, history_default: bool | None = None) -> MnxOptions:
+def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *,
+                  history_default: bool | None = None) -> MnxOptions:
     """Resolve a request's options. ``history_default`` lets a surface differ (Responses: off)."""
     if mnx is None:
         mnx = {}
     if not isinstance(mnx, dict):
         raise BadRequest("mnx must be an object", code="invalid_mnx", param="mnx")
-    read = _Reader(mnx, headers)
+    options = _BodyThenHeaders(mnx, headers)
+    # Options, unlike REST bodies, take no 1/0 for booleans (numbers=False).
+    read = Body(options, prefix=_PREFIX, code=_CODE)
 
-    learn = read.raw("learn", "learn")
+    learn = read.value("learn")
     if learn is None:
         learn = defaults.learn
     elif not (isinstance(learn, bool) or learn == "force"):
-        raise _invalid("learn", 'true, false or "force"')
+        raise read.invalid("learn", 'true, false or "force"')
 
     return MnxOptions(
-        subject_id=read.identifier("subject_id") or new_subject_id(),
-        chat_id=read.identifier("chat_id") or new_chat_id(),
-        log=read.boolean("log", defaults.log),
+        subject_id=read.identifier("subject_id", max_length=MAX_ID_LENGTH) or new_subject_id(),
+        chat_id=read.identifier("chat_id", max_length=MAX_ID_LENGTH) or new_chat_id(),
+        log=read.flag("log", default=defaults.log, numbers=False),
         learn=learn,
-        recall=read.boolean("recall", defaults.recall),
-        history=read.boolean("history", defaults.history if history_default is None else history_default),
-        system_prompt=read.bool_or_id("system_prompt", defaults.system_prompt),
-        memory_policy=read.bool_or_id("memory_policy", True),
-        profile=read.boolean("profile", False),
+        recall=read.flag("recall", default=defaults.recall, numbers=False),
+        history=read.flag("history", default=defaults.history if history_default is None else history_default,
+                          numbers=False),
+        system_prompt=read.flag_or_id("system_prompt", default=defaults.system_prompt),
+        memory_policy=read.flag_or_id("memory_policy", default=True),
+        profile=read.flag("profile", default=False, numbers=False),
         metadata=read.obj("metadata"),
-        state=_parse_state(read.obj("state")),
+        state=_parse_state(read, read.obj("state")),
         records=read.obj("records"),
-        given=frozenset(read.given),
+        given=frozenset(options.given),
     )

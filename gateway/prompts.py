@@ -14,7 +14,9 @@ from typing import Any
 
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
-from gateway.scoped import delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection
+from gateway.scoped import (
+    delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
+)
 from gateway.store import DocumentStore
 from gateway.validation import Body, addressable_id
 
@@ -58,7 +60,7 @@ class SystemPrompts:
             raise NotFound(f"no prompt with id {prompt_id!r}", code="prompt_not_found")
         return prompt
 
-    async def list(self, project_id: str, scope: str | None = None) -> list[dict[str, Any]]:
+    async def in_project(self, project_id: str, scope: str | None = None) -> list[dict[str, Any]]:
         prompts = await self._store.find(PROMPTS, project_id)
         return [p for p in prompts if scope is None or p["scope"] == scope]
 

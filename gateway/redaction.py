@@ -22,7 +22,8 @@ import logging
 import re
 import threading
 import traceback
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 REDACTED = "[redacted]"
 # Shorter strings are not treated as secrets: replacing them would garble ordinary text.

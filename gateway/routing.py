@@ -1,4 +1,5 @@
-"""The one wrapper every API route goes through: authenticate, check scope, render errors.
+"""How requests reach handlers: the wrapper every API route goes through (authenticate,
+check scope, render errors), and what a path no route serves is answered.
 
 Authentication happens per route rather than in a middleware because the error
 envelope depends on the surface the route speaks (OpenAI or Mnexium REST).
@@ -7,16 +8,28 @@ envelope depends on the surface the route speaks (OpenAI or Mnexium REST).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from re import Pattern
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import URL, URLPath
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Match, Mount, Route, Router, compile_path, get_route_path
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Credentials
-from gateway.errors import GatewayError, Surface, error_response
-from gateway.services import Services
+from gateway.errors import MNEXIUM, ErrorShape, GatewayError, error_response
 from gateway.store.errors import STORAGE_ERRORS
+
+if TYPE_CHECKING:
+    # For the annotation only: the handlers read what they need off it, and gateway.services
+    # (which builds everything, the proxy included) is not a dependency of the routing layer.
+    from gateway.services import Services
 
 log = logging.getLogger("gateway")
 
@@ -36,8 +49,9 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 def endpoint(handler: Handler, *, scope: str | tuple[str, ...],
-             surface: Surface = Surface.MNEXIUM) -> Callable[[Request], Awaitable[Response]]:
-    """The route's handler behind authentication and ``scope`` (a tuple: any one of them)."""
+             surface: ErrorShape = MNEXIUM) -> Callable[[Request], Awaitable[Response]]:
+    """The route's handler behind authentication and ``scope`` (a tuple: any one of them);
+    its errors are answered in the ``surface``'s shape."""
     async def run(request: Request) -> Response:
         services: Services = request.app.state.services
         try:
@@ -59,3 +73,102 @@ def endpoint(handler: Handler, *, scope: str | tuple[str, ...],
     run.scope = scope  # type: ignore[attr-defined]  # read by the route-table tests
     run.surface = surface  # type: ignore[attr-defined]
     return run
+
+
+# -- paths no route serves ---------------------------------------------------------------------
+
+# Where a PathOwner leaves its error shape in the request scope, for ``not_served``.
+_SHAPE_KEY = "mnx.error_shape"
+
+
+def mount(prefix: str, routes: Sequence[BaseRoute]) -> Mount:
+    """``routes`` under ``prefix``. Slash redirects are ``not_served``'s (see there), not the mount's."""
+    mounted = Mount(prefix, app=Router(routes=list(routes), redirect_slashes=False))
+    # Starlette's pattern for the rest of the path (".*") stops at a newline, which a route's own
+    # "{name}" ([^/]+) takes in: matched across newlines, the mount leaves every path to its routes
+    # (a model name with a %0A in it is the Gemini route's to refuse), as a flat table did.
+    mounted.path_regex = re.compile(mounted.path_regex.pattern, re.DOTALL)
+    return mounted
+
+
+class PathOwner(BaseRoute):
+    """Every path that starts with ``prefix`` (relative to the enclosing Mount), served by ``routes``.
+
+    A provider SDK reads errors in its provider's shape only, so a path it might call
+    that no route serves (a wrong method, ``/v1/messages/count_tokens``...) must answer
+    in that shape too. The surface that owns a family of paths says so with a PathOwner;
+    ``not_served`` renders the 404 or 405 in its shape. ``prefix`` need not end at a path
+    segment ("/chat/completions" owns "/chat/completionsX"), as the owners always have.
+    """
+
+    def __init__(self, prefix: str, shape: ErrorShape, routes: Sequence[BaseRoute]) -> None:
+        self.prefix = prefix
+        self.shape = shape
+        self._router = Router(routes=list(routes), redirect_slashes=False)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self._router.routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and get_route_path(scope).startswith(self.prefix):
+            return Match.FULL, {_SHAPE_KEY: self.shape}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._router(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        return self._router.url_path_for(name, **path_params)
+
+    def __repr__(self) -> str:
+        return f"PathOwner(prefix={self.prefix!r}, shape={self.shape.name!r}, routes={self.routes!r})"
+
+
+def leaf_routes(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Route]]:
+    """Every Route under ``routes``, with its full path template (Mount prefixes added)."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from leaf_routes(route.routes, prefix + route.path)
+        elif isinstance(route, PathOwner):
+            yield from leaf_routes(route.routes, prefix)
+        elif isinstance(route, Route):
+            yield prefix + route.path, route
+        else:
+            raise TypeError(f"{route!r}: a route kind gateway.routing does not know")
+
+
+@lru_cache(maxsize=4)
+def _full_paths(app: Any) -> tuple[Pattern[str], ...]:
+    return tuple(compile_path(path)[0] for path, _ in leaf_routes(app.routes))
+
+
+async def not_served(request: Request, exc: Exception) -> Response:
+    """The app's HTTPException handler: a 404 or 405 in the shape of the surface that owns the
+    path (a provider's, by its PathOwner), else in the gateway's own.
+
+    A path that a route serves but for its trailing slash is redirected there (307), as
+    Starlette's router does for a flat table. It is done here, against the full paths of
+    the routes themselves, because a router's own check would also redirect to a path
+    only a Mount or PathOwner prefix matches (``/v1`` to ``/v1/``), which no route serves.
+    """
+    assert isinstance(exc, HTTPException)
+    path, method = request.url.path, request.method
+    raw_path = request.scope["path"]
+    if exc.status_code == 404 and raw_path != "/":
+        toggled = raw_path.rstrip("/") if raw_path.endswith("/") else raw_path + "/"
+        if any(pattern.match(toggled) for pattern in _full_paths(request.app)):
+            return RedirectResponse(url=str(URL(scope={**request.scope, "path": toggled})))
+    shape = request.scope.get(_SHAPE_KEY, MNEXIUM)
+    if shape is not MNEXIUM and exc.status_code in (404, 405):
+        code, message = (("not_found", f"no route {path}") if exc.status_code == 404 else
+                         ("method_not_allowed", f"{method} is not allowed on {path}"))
+        return error_response(GatewayError(message, code=code, status=exc.status_code), shape, headers=exc.headers)
+    if exc.status_code == 404:
+        body = {"error": "not_found", "message": "no such route", "path": path, "method": method}
+    elif exc.status_code == 405:
+        body = {"error": "method_not_allowed", "message": f"{method} is not allowed here", "path": path,
+                "method": method}
+    else:
+        body = {"error": "http_error", "message": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -44,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
 
 # After a 431 the server still reads (and drops) what the client sends, for this long,
 # before closing. Closing a socket that has unread data in it makes the kernel answer
@@ -197,7 +198,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, message: str) -> None:
         self._refused = True
-        client = "%s:%d" % self.client if self.client else "a client"
+        client = f"{self.client[0]}:{self.client[1]:d}" if self.client else "a client"
         self.logger.warning("%s - request refused: %s", client, message)
         if not self._reading_head:
             # Trailer fields: the application has the request and may be answering it,
@@ -270,11 +271,60 @@ def uvicorn_config(app: Any, config: GatewayConfig, *, host: str | None = None, 
     return uvicorn.Config(app, **{**options, **overrides})
 
 
+class _StartupConfigErrorCatcher:
+    """The app, keeping a ConfigError raised while it starts for ``serve`` to raise.
+
+    The gateway opens its stores and indexes in the ASGI lifespan, and a failure there is
+    reported by Starlette to uvicorn with its full traceback, which uvicorn logs (about 23
+    lines for a data directory another gateway holds). A ConfigError is for the operator to
+    fix and its message says all there is to say: the report goes without the traceback and
+    ``serve`` raises the error, which ``mnx-gateway`` prints as one line (exit status 2).
+    Any other startup error keeps its traceback.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.error: ConfigError | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        startup_failed: list[dict[str, Any]] = []
+
+        async def send_holding_startup_failure(message: dict[str, Any]) -> None:
+            # Starlette sends "startup failed" with the traceback, then raises the error:
+            # the message waits until the error shows whether it should carry the traceback.
+            if message["type"] == "lifespan.startup.failed":
+                startup_failed.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_holding_startup_failure)
+        except ConfigError as error:
+            if startup_failed:
+                self.error = error
+                startup_failed[0] = {**startup_failed[0], "message": ""}
+            raise
+        finally:
+            for message in startup_failed:
+                await send(message)
+
+
 def serve(app: Any, config: GatewayConfig, *, host: str | None = None, port: int | None = None) -> int:
-    """Serve ``app`` until stopped, as ``uvicorn.run`` would; returns the exit status."""
-    server = uvicorn.Server(uvicorn_config(app, config, host=host, port=port))
+    """Serve ``app`` until stopped, as ``uvicorn.run`` would; returns the exit status.
+
+    Raises the ConfigError that stopped the app from starting, if one did."""
+    guarded = _StartupConfigErrorCatcher(app)
+    server = uvicorn.Server(uvicorn_config(guarded, config, host=host, port=port))
     try:
         server.run()
     except KeyboardInterrupt:
         pass
+    except SystemExit:
+        # uvicorn exits (status 3) when the app fails to start.
+        if guarded.error is not None:
+            raise guarded.error from None
+        raise
     return 0 if server.started else STARTUP_FAILURE

@@ -6,14 +6,17 @@ from dataclasses import dataclass
 
 from typing import Any
 
+from gateway import registry
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig, StorageConfig
 from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.erasure_fence import ErasureFence, LocalErasureFence, RedisErasureFence
 from gateway.history import ChatHistory
-from gateway.jobs import Job, JobQueue, open_queue
+from gateway.jobs import Job, JobQueue
 from gateway.jobs.worker import JobWorker
 from gateway.memory.backends import open_vector_index, prepare
+from gateway.memory.embedding import Embedder
+from gateway.memory.extraction import Extractor
 from gateway.memory.learning import LEARN_JOB, Learner
 from gateway.memory.memories import REINDEX_JOB, Memories
 from gateway.memory.recalls import RecallEvents
@@ -26,10 +29,8 @@ from gateway.prompts import SystemPrompts
 from gateway.proxy.upstream import Upstream
 from gateway.state import AgentState
 from gateway.redaction import register_secrets
-from gateway.store import DocumentStore, open_store
+from gateway.store import DocumentStore
 from gateway.store.redis_client import connect_redis
-from plugins.embedders import load_embedder
-from plugins.extractors import load_extractor
 
 
 @dataclass
@@ -56,17 +57,21 @@ class Services:
     redis: Any = None
 
     @classmethod
-    def build(cls, config: GatewayConfig, store: DocumentStore | None = None) -> "Services":
+    def build(cls, config: GatewayConfig, store: DocumentStore | None = None) -> Services:
         register_secrets(_configured_secrets(config))
+        # A misspelt backend or plugin name fails here, before anything is opened.
+        registry.check_names(config)
         redis = _shared_redis(config.storage)
-        store = store or open_store(config.storage, redis)
+        # Every backend and plugin is built by the factory gateway.yaml names (gateway.registry).
+        store = store or registry.create("store", config.storage.backend, config.storage, redis)
         history = ChatHistory(store)
         prompts = SystemPrompts(store)
         state = AgentState(store)
         memory = config.memory
-        embedder = load_embedder(memory.embedder, config.providers)
+        embedder: Embedder | None = registry.create("embedder", memory.embedder.provider, memory.embedder,
+                                                    config.providers)
         vector_index = open_vector_index(memory.vectors, embedder.dimensions if embedder else None)
-        jobs = open_queue(config.storage, redis)
+        jobs: JobQueue = registry.create("queue", config.storage.backend, config.storage, redis)
         memories = Memories(store, vector_index, memory, embedder, repairs=jobs)
         recalls = RecallEvents(store)
         policies = MemoryPolicies(store)
@@ -74,7 +79,9 @@ class Services:
                                else LocalErasureFence())
         erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
                                  prompts=prompts, policies=policies)
-        learner = Learner(memories, policies, load_extractor(config.learning.extractor, config.providers), erasure)
+        extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
+                                               config.learning.extractor, config.providers)
+        learner = Learner(memories, policies, extractor, erasure)
         erasure.on_jobs_voided.append(learner.forget_keys)
         learning = config.learning
 

@@ -27,7 +27,8 @@ class AgentState:
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
 
-    async def put(self, project_id: str, subject_id: str, key: str, value: Any, ttl_seconds: int | None) -> dict[str, Any]:
+    async def put(self, project_id: str, subject_id: str, key: str, value: Any,
+                  ttl_seconds: int | None) -> dict[str, Any]:
         doc_id = _doc_id(subject_id, key)
         previous = await self._store.get(STATE, project_id, doc_id)
         stamp = now_iso()

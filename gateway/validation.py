@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, overload
 
 from starlette.requests import Request
 
@@ -131,18 +132,51 @@ def addressable_id(value: str | None, max_length: int, reserved: tuple[str, ...]
     return value
 
 
-def _invalid(field: str, expected: str, code: str | None = None) -> BadRequest:
-    return BadRequest(f"{field} must be {expected}", code=code or f"invalid_{field}", param=field)
+def invalid(name: str, expected: str, code: str | None = None) -> BadRequest:
+    """The 400 for a field or parameter of the wrong type or range: "<name> must be <expected>"."""
+    return BadRequest(f"{name} must be {expected}", code=code or f"invalid_{name}", param=name)
+
+
+def bool_from_text(text: str) -> bool | None:
+    """A boolean written as text (query strings, headers): true/1/yes or false/0/no, any case; None if neither."""
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    return None
 
 
 class Body:
-    """Typed access to the fields of a JSON object body."""
+    """Typed access to the fields of a JSON object body.
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    ``prefix`` names the object's place in the request ("mnx." for the proxy's options), so a
+    400 names the field the client wrote; ``code``, when given, is the error code of every
+    wrong-type or out-of-range field instead of ``invalid_<field>``.
+    """
+
+    def __init__(self, data: Mapping[str, Any], *, prefix: str = "", code: str | None = None) -> None:
         self._data = data
+        self._prefix = prefix
+        self._code = code
 
     def has(self, field: str) -> bool:
         return field in self._data
+
+    def value(self, field: str) -> Any:
+        """The field as sent, unchecked (None if absent): for a check no method here makes."""
+        return self._data.get(field)
+
+    def invalid(self, field: str, expected: str) -> BadRequest:
+        return invalid(self._prefix + field, expected, self._code)
+
+    @overload
+    def string(self, field: str, *, required: Literal[True], code: str | None = None,
+               max_length: int | None = None, strip: bool = False) -> str: ...
+
+    @overload
+    def string(self, field: str, *, required: bool = False, code: str | None = None,
+               max_length: int | None = None, strip: bool = False) -> str | None: ...
 
     def string(self, field: str, *, required: bool = False, code: str | None = None,
                max_length: int | None = None, strip: bool = False) -> str | None:
@@ -153,7 +187,7 @@ class Body:
                 raise BadRequest(f"{field} is required", code=code or f"{field}_required", param=field)
             return None
         if not isinstance(value, str):
-            raise _invalid(field, "a string")
+            raise self.invalid(field, "a string")
         if strip:
             value = value.strip()
         if max_length is not None and len(value) > max_length:
@@ -161,32 +195,83 @@ class Body:
                              param=field, max=max_length)
         return value
 
-    def flag(self, field: str, *, default: bool) -> bool:
+    def choice(self, field: str, allowed: Sequence[str]) -> str | None:
+        """The field's string, which must be one of ``allowed``."""
+        value = self.string(field)
+        if value is not None and value not in allowed:
+            raise self.invalid(field, f"one of {', '.join(allowed)}")
+        return value
+
+    def identifier(self, field: str, *, max_length: int) -> str | None:
+        """A non-empty id of at most ``max_length`` printable characters: ids come back in
+        response headers and are stored, so no control characters."""
+        value = self._data.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.invalid(field, "a non-empty string")
+        if len(value) > max_length:
+            raise self.invalid(field, f"at most {max_length} characters")
+        if not value.isprintable():
+            raise self.invalid(field, "printable text without control characters")
+        return value
+
+    def flag(self, field: str, *, default: bool, numbers: bool = True) -> bool:
+        """A boolean; ``numbers``: 1 and 0 count too (the Mnexium docs encode booleans so)."""
         value = self._data.get(field)
         if value is None:
             return default
         if isinstance(value, bool):
             return value
-        if value in (0, 1) and type(value) is int:
+        if numbers and value in (0, 1) and type(value) is int:
             return bool(value)
-        raise _invalid(field, "a boolean")
+        raise self.invalid(field, "a boolean")
+
+    def flag_or_id(self, field: str, *, default: bool) -> bool | str:
+        """A boolean, or the (stripped, non-empty) id of one thing to use instead."""
+        value = self._data.get(field)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        raise self.invalid(field, "true, false or an id string")
 
     def integer(self, field: str, *, default: int | None, minimum: int, maximum: int) -> int | None:
         value = self._data.get(field)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise _invalid(field, "an integer")
+            raise self.invalid(field, "an integer")
         if not minimum <= value <= maximum:
-            raise _invalid(field, f"between {minimum} and {maximum}")
+            raise self.invalid(field, f"between {minimum} and {maximum}")
         return int(value)
+
+    def number(self, field: str, *, minimum: float, maximum: float) -> float | None:
+        """A number (integer or not) from ``minimum`` to ``maximum``; one check, one message."""
+        value = self._data.get(field)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:
+            raise self.invalid(field, f"a number from {minimum:g} to {maximum:g}")
+        return value
+
+    def strings(self, field: str) -> list[str] | None:
+        """An array of strings."""
+        value = self._data.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.invalid(field, "an array of strings")
+        return value
 
     def obj(self, field: str) -> dict[str, Any] | None:
         value = self._data.get(field)
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise _invalid(field, "an object")
+            raise self.invalid(field, "an object")
         return value
 
 
@@ -195,6 +280,12 @@ class Query:
 
     def __init__(self, request: Request) -> None:
         self._params = request.query_params
+
+    @overload
+    def string(self, name: str, *, required: Literal[True], code: str | None = None) -> str: ...
+
+    @overload
+    def string(self, name: str, *, required: bool = False, code: str | None = None) -> str | None: ...
 
     def string(self, name: str, *, required: bool = False, code: str | None = None) -> str | None:
         value = self._params.get(name)
@@ -213,17 +304,14 @@ class Query:
         try:
             number = int(value)
         except ValueError:
-            raise BadRequest(f"{name} must be an integer", code=f"invalid_{name}", param=name) from None
+            raise invalid(name, "an integer") from None
         return max(minimum, min(maximum, number))
 
     def flag(self, name: str, *, default: bool) -> bool:
         value = self._params.get(name)
         if value is None or value == "":
             return default
-        lowered = value.lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise BadRequest(f"{name} must be true or false", code=f"invalid_{name}", param=name)
-
+        flag = bool_from_text(value)
+        if flag is None:
+            raise invalid(name, "true or false")
+        return flag

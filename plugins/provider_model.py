@@ -7,7 +7,7 @@ from gateway.yaml.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from pydantic import SecretStr
 

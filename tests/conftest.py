@@ -7,20 +7,45 @@ is down, a failure when CI=true (CI must never silently skip them).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
+from httpx._transports import default as httpx_transports
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.server import uvicorn_config
-from tests.fake_upstream import FakeProvider, ServerThread
+from tests.fake_upstream import FakeProvider, ServerThread, stop_all
+
+def _share_the_default_tls_context() -> None:
+    """Build httpx's default TLS context once for the whole run.
+
+    Every httpx client (each ``httpx.post``, each SDK client a test makes) builds one, loading
+    the CA bundle, about 40 ms of CPU; it was a tenth of the suite's CPU, yet the tests speak
+    plain HTTP to loopback and never use it. The default context is the same every time, so
+    the clients share it; any other ``verify`` or a client certificate still goes to httpx.
+    (The gateway builds its own once per process: gateway/proxy/sharded_transport.py.)"""
+    build = httpx_transports.create_ssl_context
+    default = functools.cache(build)
+
+    def tls_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is True and cert is None and trust_env:
+            return default()
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    httpx_transports.create_ssl_context = tls_context
+
+
+_share_the_default_tls_context()
 
 REDIS_URL = os.environ.get("MNX_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 KEY = "mnx_live_test_key_project_a"
@@ -154,14 +179,39 @@ def start_gateway(provider: FakeProvider, tmp_path_factory):
         return serve_gateway(provider, storage, tmp_path_factory, servers, **overrides)
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all(servers)
+
+
+@pytest.fixture(scope="module")
+def module_gateway(provider: FakeProvider, tmp_path_factory) -> Iterator[Any]:
+    """``module_gateway(storage=None, **config_sections)``: ``start_gateway`` for a whole module,
+    a gateway (SQLite unless ``storage`` says otherwise) that lives as long as the module's tests.
+    Starting one costs about half a second, so tests that can share one (each with its own chat
+    and subject ids) do."""
+    servers: list[ServerThread] = []
+
+    def start(storage: dict[str, Any] | None = None, **overrides: Any) -> Gateway:
+        if storage is None:
+            storage = {"backend": "sqlite", "sqlite": {"path": str(tmp_path_factory.mktemp("db") / "gateway.db")}}
+        return serve_gateway(provider, storage, tmp_path_factory, servers, **overrides)
+
+    yield start
+    stop_all(servers)
 
 
 @pytest.fixture
 def gateway(start_gateway, storage_sqlite) -> Gateway:
     """A gateway on the embedded default backend."""
     return start_gateway(storage_sqlite)
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(module_gateway) -> Gateway:
+    """One gateway on the embedded default backend for a module's tests that leave nothing
+    behind: requests it must refuse, which then check that nothing was stored for their
+    subject and nothing forwarded (the provider's log is cleared before every test). A test
+    whose request may succeed takes ``gateway``, a fresh one, instead."""
+    return module_gateway()
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -155,7 +156,8 @@ class FakeProvider:
         if echo:
             key = (headers.get("authorization") or headers.get("x-api-key") or headers.get("x-goog-api-key")
                    or query)
-            await self._respond(send, int(echo.group(1)), error(int(echo.group(1)), f"Incorrect API key provided: {key}"))
+            await self._respond(send, int(echo.group(1)),
+                                error(int(echo.group(1)), f"Incorrect API key provided: {key}"))
             return True
         limited = re.search(r"ratelimit-(\d{3})", model)
         if limited:
@@ -462,6 +464,34 @@ def free_socket() -> socket.socket:
     return sock
 
 
+class _PromptServer(uvicorn.Server):
+    """uvicorn's server, except that it notices ``stop`` at once. uvicorn's own main loop
+    looks at ``should_exit`` every 0.1 s, so stopping one waited 0.05 s on average, and the
+    suite stops a gateway per test. Ticks still come every 0.1 s, so the Date header and the
+    other per-tick work are unchanged."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _exit: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._exit = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), timeout=0.1)
+
+    def request_exit(self) -> None:
+        """Ask the server to shut down (from any thread)."""
+        self.should_exit = True
+        loop, event = self._loop, self._exit
+        if loop is not None and event is not None:
+            # Before main_loop has started the flag alone is enough: it is read on the first tick.
+            with contextlib.suppress(RuntimeError):  # the loop has already closed
+                loop.call_soon_threadsafe(event.set)
+
+
 class ServerThread:
     """Runs an ASGI app under uvicorn in a background thread on a free loopback port."""
 
@@ -473,10 +503,10 @@ class ServerThread:
         self.url = f"http://127.0.0.1:{self.port}"
         if config is None:
             config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options)
-        self._server = uvicorn.Server(config)
+        self._server = _PromptServer(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         deadline = time.time() + 30
         while not self._server.started:
@@ -486,18 +516,47 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self.request_stop()
+        self.wait_stopped()
+
+    def request_stop(self) -> None:
+        """Start shutting down without waiting (``wait_stopped`` waits), so that several
+        servers shut down side by side."""
+        self._server.request_exit()
+
+    def wait_stopped(self) -> None:
         self._thread.join(timeout=10)
         self._sock.close()
+
+
+def stop_all(servers: list[ServerThread]) -> None:
+    """Stop every server, side by side: each shutdown mostly waits (uvicorn's grace sleep)."""
+    for server in servers:
+        server.request_stop()
+    for server in servers:
+        server.wait_stopped()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--show-requests", action="store_true",
+                        help="print the messages of every request received: what the gateway sent the model "
+                             "(the README's offline example uses it to show recalled memories arriving)")
     args = parser.parse_args()
     provider = FakeProvider()
-    provider.record = False  # a long benchmark run must not grow memory
-    uvicorn.run(provider, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    provider.record = args.show_requests  # a long benchmark run must not grow memory
+
+    async def showing_requests(scope: dict, receive: Any, send: Any) -> None:
+        await provider(scope, receive, send)
+        if scope["type"] == "http" and provider.requests:
+            request = provider.requests.pop()  # printed, then forgotten: memory stays flat
+            print(f"--> {request['path']}", flush=True)
+            for message in request["body"].get("messages") or []:
+                print(f"    {message.get('role')}: {message.get('content')}", flush=True)
+
+    app = showing_requests if args.show_requests else provider
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -150,12 +150,12 @@ def test_errors_come_back_in_the_anthropic_envelope(claude, gateway):
     ({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "mnx": {"log": "no"}},
      "invalid_mnx"),
 ])
-def test_invalid_bodies_store_and_forward_nothing(gateway, body, code):
-    response = httpx.post(gateway.url + "/v1/messages", json=body,
+def test_invalid_bodies_store_and_forward_nothing(shared_gateway, body, code):
+    response = httpx.post(shared_gateway.url + "/v1/messages", json=body,
                           headers={"x-mnexium-key": KEY, "x-api-key": ANTHROPIC_KEY})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
-    assert gateway.forwarded() == []
+    assert shared_gateway.forwarded() == []
 
 
 def test_missing_anthropic_key_is_400(gateway):

@@ -38,14 +38,14 @@ def assert_nothing_stored_or_forwarded(gateway):
     {"x-mnexium-key": "mnx_live_wrong"},
     {"x-mnexium-key": ""},
 ])
-def test_missing_malformed_or_unknown_keys_are_401_on_every_surface(gateway, headers):
-    chat = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, json=CHAT)
+def test_missing_malformed_or_unknown_keys_are_401_on_every_surface(shared_gateway, headers):
+    chat = httpx.post(shared_gateway.url + "/v1/chat/completions", headers=headers, json=CHAT)
     assert chat.status_code == 401
     assert chat.json()["error"]["code"] == "unauthorized"
-    rest = httpx.get(gateway.api + "/chat/history/list", params={"subject_id": "x"}, headers=headers)
+    rest = httpx.get(shared_gateway.api + "/chat/history/list", params={"subject_id": "x"}, headers=headers)
     assert rest.status_code == 401
     assert rest.json()["error"] == "unauthorized"
-    assert gateway.forwarded() == []
+    assert shared_gateway.forwarded() == []
 
 
 def test_keys_can_be_configured_as_sha256_and_scopes_are_enforced(start_gateway, storage_sqlite):
@@ -120,23 +120,23 @@ def test_the_same_subject_in_two_projects_shares_nothing(gateway_on):
     ({**CHAT, "mnx": {"chat_id": "line\nbreak"}}, "invalid_mnx"),
     ({**CHAT, "mnx": {"state": {"load": True}}}, "invalid_mnx"),
 ])
-def test_invalid_chat_bodies_are_400_in_the_openai_shape(gateway, body, code):
-    response = post_chat(gateway, body)
+def test_invalid_chat_bodies_are_400_in_the_openai_shape(shared_gateway, body, code):
+    response = post_chat(shared_gateway, body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 @pytest.mark.parametrize("header, value", [("x-mnx-history", "perhaps"), ("x-mnx-metadata", '{"score": NaN}'),
                                            ("x-mnx-metadata", "{not json"), ("x-mnx-state", "[" * 5000),
                                            ("x-mnx-metadata", '{"k": "\\ud800"}'),
                                            ("x-mnx-metadata", '{"k": ' + "[" * 120 + "]" * 120 + "}")])
-def test_bad_header_options_are_400(gateway, header, value):
-    response = post_chat(gateway, headers={header: value})
+def test_bad_header_options_are_400(shared_gateway, header, value):
+    response = post_chat(shared_gateway, headers={header: value})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "mnx." + header.removeprefix("x-mnx-")
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 # Valid JSON that is not Unicode text: a lone UTF-16 surrogate escape.
@@ -154,11 +154,11 @@ def nested(depth: int, inner: bytes = b"1") -> bytes:
                                      *(nested(depth, b'"\\ud800"') for depth in (900, 950, 990)),
                                      *(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
                                        b'"temperature": %s}' % number for number in (b"NaN", b"-Infinity", b"1e999"))])
-def test_malformed_json_is_400(gateway, content):
-    response = post_chat(gateway, content=content, headers={"content-type": "application/json"})
+def test_malformed_json_is_400(shared_gateway, content):
+    response = post_chat(shared_gateway, content=content, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json_body"
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 def test_unknown_mnx_keys_and_nulls_are_ignored(gateway):
@@ -172,8 +172,8 @@ def test_unknown_mnx_keys_and_nulls_are_ignored(gateway):
     ("GET", "/v1/messages", "anthropic"), ("POST", "/v1beta/models/a%2Fb:generateContent", "gemini"),
     ("POST", "/v1beta/models", "gemini"), ("GET", "/api/v1/nothing-here", "mnexium"),
 ])
-def test_unknown_routes_and_methods_answer_in_the_shape_the_client_reads(gateway, method, path, shape):
-    response = httpx.request(method, gateway.url + path, headers={"x-mnexium-key": KEY})
+def test_unknown_routes_and_methods_answer_in_the_shape_the_client_reads(shared_gateway, method, path, shape):
+    response = httpx.request(method, shared_gateway.url + path, headers={"x-mnexium-key": KEY})
     assert response.status_code in (404, 405)
     error = response.json()["error"]
     if shape == "openai":
@@ -193,16 +193,16 @@ def test_unknown_routes_and_methods_answer_in_the_shape_the_client_reads(gateway
     ("/v1/messages", {"x-anthropic-key": PROVIDER_KEY, "anthropic-beta": "b\xeata".encode("latin-1")},
      "invalid_header"),
 ])
-def test_header_values_no_provider_request_could_carry_are_400(gateway, path, headers, code):
+def test_header_values_no_provider_request_could_carry_are_400(shared_gateway, path, headers, code):
     """A provider key (or a forwarded header) outside printable ASCII was a 500 when the
     provider request was built, after recall and context had run."""
     body = {"model": "claude-3-5-haiku" if path == "/v1/messages" else "gpt-4o-mini", "max_tokens": 5,
             "messages": [{"role": "user", "content": "hi"}], "mnx": {"subject_id": "victim", "chat_id": "c"}}
-    response = httpx.post(gateway.url + path, json=body, headers={"x-mnexium-key": KEY, **headers})
+    response = httpx.post(shared_gateway.url + path, json=body, headers={"x-mnexium-key": KEY, **headers})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == code
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 def test_missing_provider_key_is_400_key_required(gateway):
@@ -210,9 +210,20 @@ def test_missing_provider_key_is_400_key_required(gateway):
                           json=CHAT)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "openai_key_required"
+    # The message says both ways to supply the key: the request header, and the environment
+    # variable the shipped gateway.yaml reads the configured key from.
+    message = response.json()["error"]["message"]
+    assert "x-openai-key header" in message and "OPENAI_API_KEY" in message
+    assert "providers.openai.api_key" in message
     claude = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
                         json={**CHAT, "model": "claude-3-5-sonnet"})
     assert claude.json()["error"]["code"] == "anthropic_key_required"
+    assert "x-anthropic-key header" in claude.json()["error"]["message"]
+    assert "ANTHROPIC_API_KEY" in claude.json()["error"]["message"]
+    gemini = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                        json={**CHAT, "model": "gemini-2.0-flash"})
+    assert gemini.json()["error"]["code"] == "google_key_required"
+    assert "GEMINI_API_KEY" in gemini.json()["error"]["message"]
     assert_nothing_stored_or_forwarded(gateway)
 
 

@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
+from gateway import registry
 from gateway.config import EmbedderConfig, ProvidersConfig
 from gateway.errors import ConfigError
-from plugins.embedders import load_embedder
 from tests.conftest import edge_memory
 
 DIMENSIONS = 16
@@ -102,8 +102,8 @@ def test_the_dense_leg_finds_a_synonym_that_bm25_cannot(start_gateway, storage_s
 
 
 def test_vectors_are_unit_length_and_follow_the_text(model_dir):
-    embedder = load_embedder(EmbedderConfig(provider="fastembed", model=MODEL, model_path=str(model_dir),
-                                            dimensions=DIMENSIONS), ProvidersConfig())
+    embedder = registry.create("embedder", "fastembed", EmbedderConfig(
+        provider="fastembed", model=MODEL, model_path=str(model_dir), dimensions=DIMENSIONS), ProvidersConfig())
     assert embedder is not None and embedder.dimensions == DIMENSIONS
     car, automobile, dog = np.asarray(asyncio.run(embedder.embed(["car", "the automobile", "dog"])))
     assert np.allclose(np.linalg.norm([car, automobile, dog], axis=1), 1.0, atol=1e-5)
@@ -112,7 +112,7 @@ def test_vectors_are_unit_length_and_follow_the_text(model_dir):
 
 def test_a_model_that_cannot_be_loaded_fails_at_startup_with_what_to_do(model_dir, tmp_path, monkeypatch):
     def load(**embedder) -> None:
-        load_embedder(EmbedderConfig(provider="fastembed", **embedder), ProvidersConfig())
+        registry.create("embedder", "fastembed", EmbedderConfig(provider="fastembed", **embedder), ProvidersConfig())
 
     with pytest.raises(ConfigError, match="dimensions is 384 but .* gives 16"):
         load(model=MODEL, model_path=str(model_dir), dimensions=384)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_config
+from gateway.memory.changes import MemoryEdit, NewMemory
 from gateway.memory.memories import REINDEX_JOB
 from gateway.services import Services
 from tests.conftest import edge_memory
@@ -58,7 +59,8 @@ def build(tmp_path, repair_after: float) -> tuple[Services, IndexOutage]:
         "memory": memory, "learning": {"poll_seconds": 0.05},
         "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
     outage = IndexOutage(services.vector_index)
-    services.memories._index = outage  # the Memories service's view of the index
+    # The Memories service's view of the index: what it searches and what its index upkeep writes.
+    services.memories._index = services.memories._upkeep._index = outage
     return services, outage
 
 
@@ -80,19 +82,19 @@ def test_a_created_memory_the_index_missed_becomes_findable(tmp_path):
         await services.start()
         outage.down = True
         with pytest.raises(ConnectionError):
-            await services.memories.create("p", {"subject_id": "ann", "text": "Ann keeps three beehives"})
+            await services.memories.create("p", NewMemory("ann", "Ann keeps three beehives"))
         # Stored and listed, but the index never got it: not findable yet.
-        listed = await services.memories.list("p", "ann", limit=10, offset=0)
+        listed = await services.memories.page_for_subject("p", "ann", limit=10, offset=0)
         assert [m["text"] for m in listed] == ["Ann keeps three beehives"]
         assert await found(services, "beehives") == []
-        pending = await services.jobs.list("p", 10)
+        pending = await services.jobs.unfinished("p", 10)
         assert [job.kind for job in pending] == [REINDEX_JOB]
         assert pending[0].payload["memory_ids"] == [listed[0]["id"]]
 
         async def repaired() -> bool:
             return await found(services, "beehives") == ["Ann keeps three beehives"]
         await eventually(repaired)
-        assert await services.jobs.list("p", 10) == []
+        assert await services.jobs.unfinished("p", 10) == []
         await services.aclose()
 
     asyncio.run(scenario())
@@ -102,11 +104,11 @@ def test_a_deleted_memory_the_index_still_had_stops_being_found(tmp_path):
     async def scenario() -> None:
         services, outage = build(tmp_path, repair_after=0.3)
         await services.start()
-        created, _ = await services.memories.create("p", {"subject_id": "ann", "text": "Ann keeps three beehives"})
+        created, _ = await services.memories.create("p", NewMemory("ann", "Ann keeps three beehives"))
         outage.down = True
         with pytest.raises(ConnectionError):
             await services.memories.delete("p", created["id"])
-        assert await services.memories.list("p", "ann", limit=10, offset=0) == []
+        assert await services.memories.page_for_subject("p", "ann", limit=10, offset=0) == []
         assert await found(services, "beehives") == ["Ann keeps three beehives"]  # the stale index point
 
         async def repaired() -> bool:
@@ -123,8 +125,8 @@ def test_a_neighbour_the_index_missed_stops_lending_a_deleted_memorys_words(tmp_
     async def scenario() -> None:
         services, outage = build(tmp_path, repair_after=0.3)
         await services.start()
-        await services.memories.create("p", {"subject_id": "ann", "text": "Ann keeps three beehives"})
-        sold, _ = await services.memories.create("p", {"subject_id": "ann", "text": "She sells honey at the market"})
+        await services.memories.create("p", NewMemory("ann", "Ann keeps three beehives"))
+        sold, _ = await services.memories.create("p", NewMemory("ann", "She sells honey at the market"))
         assert await found(services, "honey") == ["She sells honey at the market", "Ann keeps three beehives"]
         outage.down = "update_lexical"
         with pytest.raises(ConnectionError):
@@ -144,12 +146,12 @@ def test_a_completed_write_leaves_no_repair_job(tmp_path):
     """The note is removed once both writes are done: nothing for the worker to redo."""
     async def scenario() -> None:
         services, _ = build(tmp_path, repair_after=3600)
-        created, _ = await services.memories.create("p", {"subject_id": "ann", "text": "Ann keeps three beehives"})
-        await services.memories.update("p", created["id"], {"text": "Ann keeps four beehives"})
-        await services.memories.create("p", {"subject_id": "ann", "text": "My favorite fruit is mango"})
-        await services.memories.create("p", {"subject_id": "ann", "text": "My favorite fruit is kiwi"})
+        created, _ = await services.memories.create("p", NewMemory("ann", "Ann keeps three beehives"))
+        await services.memories.update("p", created["id"], MemoryEdit(text="Ann keeps four beehives"))
+        await services.memories.create("p", NewMemory("ann", "My favorite fruit is mango"))
+        await services.memories.create("p", NewMemory("ann", "My favorite fruit is kiwi"))
         await services.memories.delete("p", created["id"])
-        assert await services.jobs.list("p", 10) == []
+        assert await services.jobs.unfinished("p", 10) == []
         await services.aclose()
 
     asyncio.run(scenario())
@@ -161,7 +163,7 @@ def test_a_repair_job_survives_a_restart(tmp_path):
         services, outage = build(tmp_path, repair_after=0.3)
         outage.down = True
         with pytest.raises(ConnectionError):
-            await services.memories.create("p", {"subject_id": "ann", "text": "Ann keeps three beehives"})
+            await services.memories.create("p", NewMemory("ann", "Ann keeps three beehives"))
         await services.aclose()
 
         services, _ = build(tmp_path, repair_after=0.3)

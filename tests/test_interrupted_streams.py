@@ -19,7 +19,8 @@ def test_messages_surface_raises_in_the_anthropic_sdk(gateway):
     client = anthropic.Anthropic(base_url=gateway.url, api_key="sk-ant", max_retries=0,
                                  default_headers={"x-mnexium-key": KEY})
     with pytest.raises(anthropic.APIError) as error:
-        with client.messages.stream(model="anthropic/cut-stream", max_tokens=10, extra_body={"mnx": {"chat_id": "cut-m"}},
+        with client.messages.stream(model="anthropic/cut-stream", max_tokens=10,
+                                    extra_body={"mnx": {"chat_id": "cut-m"}},
                                     messages=[{"role": "user", "content": "x"}]) as stream:
             list(stream.text_stream)
     assert "ended before the answer was complete" in str(error.value)

@@ -38,14 +38,14 @@ def test_enqueue_claim_complete_and_per_project_lists(make_queue):
         queue = make_queue()
         first = await queue.enqueue("p1", "learn", {"chat_id": "c1", "subject_id": "s"})
         await queue.enqueue("p2", "learn", {"chat_id": "c2"})
-        assert [j.id for j in await queue.list("p1", 10)] == [first]
+        assert [j.id for j in await queue.unfinished("p1", 10)] == [first]
         claimed = await queue.claim(10, lease_seconds=60)
         assert sorted(j.project_id for j in claimed) == ["p1", "p2"]
         assert all(j.attempts == 1 for j in claimed)
         assert await queue.claim(10, lease_seconds=60) == []  # leased: not due again yet
         for job in claimed:
             await queue.complete(job.id)
-        assert await queue.list("p1", 10) == [] and await queue.claim(10, 60) == []
+        assert await queue.unfinished("p1", 10) == [] and await queue.claim(10, 60) == []
         await queue.close()
 
     asyncio.run(scenario())
@@ -70,7 +70,7 @@ def test_failed_jobs_wait_keep_their_error_and_survive_a_reopen(make_queue):
         job_id = await queue.enqueue("p", "learn", {"n": 1})
         [job] = await queue.claim(1, 60)
         await queue.retry_later(job.id, "UpstreamError: 503", delay_seconds=0.3)
-        [listed] = await queue.list("p", 10)
+        [listed] = await queue.unfinished("p", 10)
         assert (listed.status, listed.last_error, listed.attempts) == ("failed", "UpstreamError: 503", 1)
         assert listed.due_at > time.time()
         assert await queue.claim(1, 60) == []
@@ -113,11 +113,11 @@ def test_the_worker_retries_with_backoff_then_succeeds(tmp_path):
         await queue.enqueue("p", "learn", {})
         worker.start()
         for _ in range(200):
-            if not await queue.list("p", 10):
+            if not await queue.unfinished("p", 10):
                 break
             await asyncio.sleep(0.02)
         await worker.stop()
-        assert calls == [1, 2, 3] and await queue.list("p", 10) == []
+        assert calls == [1, 2, 3] and await queue.unfinished("p", 10) == []
         await queue.close()
 
     asyncio.run(scenario())

@@ -79,6 +79,21 @@ SHOULD_NOT_LEARN = [
     "Can you recommend a good book?", "How do I bake bread", "Is it going to rain tomorrow?",
     "I have a question about my order", "I'm not sure", "Ok", "Tell me a joke", "Please summarize this article",
     "I'm looking for a restaurant nearby", "Good morning, how are you?",
+    # Greetings and errands: "Hi, I'm <Name>" introduces someone, these tell nothing lasting.
+    "Hi, I'm fine", "Hi, I'm Fine.", "Hi, I'm not sure", "Hey, I'm OK", "Hello! I'm sorry.",
+    "I'm going to the store", "Hi, I'm going to the store.", "I'm going to try that", "I'm about to leave",
+    "Hey, how are you", "Thanks, I love it",
+]
+# One message, several statements (a greeting in front introduces the user by name).
+SHOULD_LEARN_ALL = [
+    ("Hi, I'm Alice.", ["User's name is Alice"]),
+    ("Hi, I'm Alice and I love tea.", ["User's name is Alice", "User loves drinking tea"]),
+    ("Hello! I\u2019m Bob Smith.", ["User's name is Bob Smith"]),
+    ("Hey, I am Priya and I live in Lisbon", ["User's name is Priya", "User lives in Lisbon"]),
+    ("Hi, I love pizza", ["User loves eating pizza"]),
+    ("I don't like coffee", ["User does not like drinking coffee"]),
+    ("I prefer green tea over coffee", ["User prefers drinking green tea over coffee"]),
+    ("I'm going to the dentist tomorrow", ["User is going to the dentist tomorrow"]),
 ]
 
 
@@ -87,6 +102,11 @@ def test_the_heuristic_extractor_learns_first_person_statements(sentence, text, 
     found = heuristic_memories(sentence)
     assert [(m.text, m.kind) for m in found] == [(text, kind)]
     assert found[0].is_temporal == (kind == "event")
+
+
+@pytest.mark.parametrize("message, texts", SHOULD_LEARN_ALL)
+def test_the_heuristic_extractor_learns_introductions_and_joined_statements(message, texts):
+    assert [m.text for m in heuristic_memories(message)] == texts
 
 
 @pytest.mark.parametrize("sentence", SHOULD_NOT_LEARN)
@@ -116,6 +136,15 @@ def test_learning_from_a_turn_and_superseding_through_chat_traffic(gateway):
     turn(gateway, "which fruit do I like best?", recall=True, learn=False, chat_id="later")
     system = gateway.forwarded()[-1]["body"]["messages"][0]["content"]
     assert "strawberry" in system and "blueberry" not in system
+
+
+def test_an_introduction_is_learned_and_recalled_by_what_a_later_question_asks(gateway):
+    """The README's example, on the offline defaults (heuristic extractor, lexical search)."""
+    assert turn(gateway, "Hi, I'm Alice and I love tea.").status_code == 200
+    assert sorted(m["text"] for m in learned(gateway, 2)) == ["User loves drinking tea", "User's name is Alice"]
+    turn(gateway, "What do I like to drink?", recall=True, learn=False, chat_id="later")
+    system = gateway.forwarded()[-1]["body"]["messages"][0]["content"]
+    assert "User loves drinking tea" in system
 
 
 def test_what_teaches_nothing(gateway):

@@ -81,13 +81,13 @@ def user(content):
      "messages[1].content[0].text"),
     (chat({"role": "user", "content": "hi", "name": 5}), "messages[0].name"),
 ], ids=lambda value: value if isinstance(value, str) else "")
-def test_malformed_chat_content_is_400_invalid_messages(gateway, body, param):
-    response = post_chat(gateway, body)
+def test_malformed_chat_content_is_400_invalid_messages(shared_gateway, body, param):
+    response = post_chat(shared_gateway, body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_messages", param)
     assert param in error["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 # -- /v1/responses ----------------------------------------------------------------------------
@@ -120,13 +120,13 @@ def item(content, role="user"):
     (responses({"type": "function_call_output", "call_id": 5, "output": "sunny"}), "input[0].call_id"),
     (responses({"type": "function_call", "call_id": "c", "name": ["f"], "arguments": "{}"}), "input[0].name"),
 ], ids=lambda value: value if isinstance(value, str) else "")
-def test_malformed_responses_input_is_400_invalid_input(gateway, body, param):
-    response = post_responses(gateway, body)
+def test_malformed_responses_input_is_400_invalid_input(shared_gateway, body, param):
+    response = post_responses(shared_gateway, body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "invalid_input", param)
     assert param in error["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 # -- /v1/messages -----------------------------------------------------------------------------
@@ -160,14 +160,14 @@ def block(**fields):
     (messages({"role": "user", "content": "hi"}, system=[{"type": "text", "text": 5}]), "invalid_system",
      "system[0].text"),
 ], ids=lambda value: value if isinstance(value, str) and "[" in value else "")
-def test_malformed_messages_content_is_400_in_the_anthropic_shape(gateway, body, code, path):
-    response = post_messages(gateway, body)
+def test_malformed_messages_content_is_400_in_the_anthropic_shape(shared_gateway, body, code, path):
+    response = post_messages(shared_gateway, body)
     assert response.status_code == 400
     payload = response.json()
     assert payload["type"] == "error"
     assert (payload["error"]["type"], payload["error"]["code"]) == ("invalid_request_error", code)
     assert path in payload["error"]["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 # -- Gemini generateContent -------------------------------------------------------------------
@@ -196,13 +196,13 @@ def part(**fields):
     ({"contents": [{"parts": [{"text": "hi"}]}], "systemInstruction": {"parts": [{"text": 5}]}},
      "invalid_systemInstruction", "systemInstruction.parts[0].text"),
 ], ids=lambda value: value if isinstance(value, str) and "." in value else "")
-def test_malformed_gemini_parts_are_400_in_the_gemini_shape(gateway, body, reason, path):
-    response = post_gemini(gateway, body)
+def test_malformed_gemini_parts_are_400_in_the_gemini_shape(shared_gateway, body, reason, path):
+    response = post_gemini(shared_gateway, body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["code"], error["status"], error["details"][0]["reason"]) == (400, "INVALID_ARGUMENT", reason)
     assert path in error["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 # -- history stored through one surface replays on the others ---------------------------------

@@ -70,13 +70,13 @@ def after_a_tool_call(call) -> dict:
     ({"messages": [{"role": "assistant", "content": "x", "tool_calls": "get_weather"}]}, "invalid_messages",
      "messages[0].tool_calls"),
 ], ids=lambda value: value if isinstance(value, str) and not value.startswith("invalid") else "")
-def test_chat_parameters_of_the_wrong_type_are_400(gateway, model, fields, code, param):
-    response = post(gateway, "/v1/chat/completions", chat(model, **fields))
+def test_chat_parameters_of_the_wrong_type_are_400(shared_gateway, model, fields, code, param):
+    response = post(shared_gateway, "/v1/chat/completions", chat(model, **fields))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
     assert param in error["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 def test_well_formed_chat_tools_and_parameters_reach_another_provider(gateway):
@@ -116,14 +116,15 @@ TOOL_USE = {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}
     (after_a_tool_use({**TOOL_USE, "name": 5}), "invalid_messages", "messages[1].content[0].name"),
     (after_a_tool_use({**TOOL_USE, "input": "{}"}), "invalid_messages", "messages[1].content[0].input"),
 ], ids=lambda value: value if isinstance(value, str) and not value.startswith("invalid") else "")
-def test_messages_parameters_of_the_wrong_type_are_400_in_the_anthropic_shape(gateway, model, fields, code, where):
-    response = post(gateway, "/v1/messages", messages(model, **fields))
+def test_messages_parameters_of_the_wrong_type_are_400_in_the_anthropic_shape(shared_gateway, model, fields, code,
+                                                                              where):
+    response = post(shared_gateway, "/v1/messages", messages(model, **fields))
     assert response.status_code == 400, response.text
     payload = response.json()
     assert payload["type"] == "error"
     assert (payload["error"]["type"], payload["error"]["code"]) == ("invalid_request_error", code)
     assert where in payload["error"]["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 def test_well_formed_messages_tools_reach_another_provider(gateway):
@@ -154,12 +155,12 @@ def responses(model: str, **fields) -> dict:
     ({"reasoning": "high"}, "invalid_reasoning", "reasoning"),
     ({"parallel_tool_calls": "yes"}, "invalid_parallel_tool_calls", "parallel_tool_calls"),
 ], ids=lambda value: value if isinstance(value, str) and not value.startswith("invalid") else "")
-def test_responses_parameters_of_the_wrong_type_are_400(gateway, model, fields, code, param):
-    response = post(gateway, "/v1/responses", responses(model, **fields))
+def test_responses_parameters_of_the_wrong_type_are_400(shared_gateway, model, fields, code, param):
+    response = post(shared_gateway, "/v1/responses", responses(model, **fields))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 def test_well_formed_responses_tools_reach_another_provider(gateway):
@@ -189,13 +190,13 @@ def gemini(**fields) -> dict:
     ({"toolConfig": "auto"}, "invalid_toolConfig", "toolConfig"),
     ({"safetySettings": "none"}, "invalid_safetySettings", "safetySettings"),
 ], ids=lambda value: value if isinstance(value, str) and not value.startswith("invalid") else "")
-def test_gemini_parameters_of_the_wrong_type_are_400_in_the_gemini_shape(gateway, model, fields, reason, path):
-    response = post(gateway, f"/v1beta/models/{model}:generateContent", gemini(**fields))
+def test_gemini_parameters_of_the_wrong_type_are_400_in_the_gemini_shape(shared_gateway, model, fields, reason, path):
+    response = post(shared_gateway, f"/v1beta/models/{model}:generateContent", gemini(**fields))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["status"], error["details"][0]["reason"]) == (400, "INVALID_ARGUMENT", reason)
     assert path in error["message"]
-    assert_nothing_stored_or_forwarded(gateway)
+    assert_nothing_stored_or_forwarded(shared_gateway)
 
 
 def test_well_formed_gemini_tools_reach_another_provider(gateway):

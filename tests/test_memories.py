@@ -258,7 +258,8 @@ def test_neighbouring_memories_lend_each_other_their_words(gateway):
 
 def test_with_plain_lexical_vectors_a_memory_is_found_by_its_own_words_only(start_gateway, storage_sqlite,
                                                                                tmp_path):
-    gateway = start_gateway(storage_sqlite, memory={"vectors": {**edge_memory(tmp_path)["vectors"], "lexical": "plain"}})
+    gateway = start_gateway(storage_sqlite,
+                            memory={"vectors": {**edge_memory(tmp_path)["vectors"], "lexical": "plain"}})
     with gateway.rest() as rest:
         trip = add(rest, "I visited Kyoto last spring", no_supersede=True)
         company = add(rest, "We went there with my sister Anna", no_supersede=True)
@@ -307,8 +308,8 @@ def test_adjacent_words_and_statements_outrank_scattered_words_and_questions(gat
     ({"subject_id": SUBJECT, "text": "ok", "metadata": [1]}, "invalid_metadata"),
     ({"subject_id": 42, "text": "ok"}, "invalid_subject_id"),
 ])
-def test_invalid_memories_are_400_and_store_nothing(gateway, body, code):
-    with gateway.rest() as rest:
+def test_invalid_memories_are_400_and_store_nothing(shared_gateway, body, code):
+    with shared_gateway.rest() as rest:
         response = rest.post("/memories", json=body)
         assert response.status_code == 400
         assert response.json()["error"] == code
@@ -410,7 +411,8 @@ def test_a_bad_supersedes_is_refused_and_stores_nothing(gateway):
         rest.delete(f"/memories/{gone}")
         for supersedes, status, code in ((theirs, 404, "memory_not_found"), ("mem_nope", 404, "memory_not_found"),
                                          (gone, 404, "memory_deleted"), (42, 400, "invalid_supersedes")):
-            response = rest.post("/memories", json={"subject_id": SUBJECT, "text": "User sails", "supersedes": supersedes})
+            response = rest.post("/memories",
+                                 json={"subject_id": SUBJECT, "text": "User sails", "supersedes": supersedes})
             assert response.status_code == status and response.json()["error"] == code
         assert rest.get(f"/memories/{theirs}").json()["data"]["status"] == "active"
         listed = rest.get("/memories", params={"subject_id": SUBJECT, "include_deleted": "true"}).json()["data"]
@@ -471,7 +473,8 @@ def test_a_memorys_recalls_come_newest_first_and_the_limit_keeps_the_newest(gate
     for chat_id in ("bees-1", "bees-2", "bees-3"):
         response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
                               headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY},
-                              json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How are my bees?"}],
+                              json={"model": "gpt-4o-mini",
+                                    "messages": [{"role": "user", "content": "How are my bees?"}],
                                     "mnx": {"subject_id": SUBJECT, "chat_id": chat_id, "history": False,
                                             "recall": True}})
         assert response.status_code == 200

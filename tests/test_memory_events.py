@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import parse_config
+from gateway.memory.changes import MemoryEdit, MemoryFields, NewMemory
 from gateway.services import Services
 from tests.conftest import edge_memory
 
@@ -17,11 +18,11 @@ def test_create_supersede_update_restore_delete_publish_events(tmp_path):
         memories = services.memories
         seen: list[tuple[str, dict]] = []
         with memories.events.subscribe("p", "ann") as mine, memories.events.subscribe("other", None) as theirs:
-            old, _ = await memories.create("p", {"subject_id": "ann", "text": "Favorite fruit is blueberry"})
-            new, _ = await memories.create("p", {"subject_id": "ann", "text": "Favorite fruit is mango"},
-                                           source_type="inferred", origin={"chat_id": "c1", "job_id": "job_1"})
-            await memories.create("p", {"subject_id": "bob", "text": "Bob keeps bees"})  # another subject
-            await memories.update("p", new["id"], {"importance": 90})
+            old, _ = await memories.create("p", NewMemory("ann", "Favorite fruit is blueberry"))
+            new, _ = await memories.create("p", NewMemory("ann", "Favorite fruit is mango", source_type="inferred"),
+                                           origin={"chat_id": "c1", "job_id": "job_1"})
+            await memories.create("p", NewMemory("bob", "Bob keeps bees"))  # another subject
+            await memories.update("p", new["id"], MemoryEdit(MemoryFields(importance=90)))
             await memories.restore("p", old["id"])
             await memories.delete("p", new["id"])
             while not mine.queue.empty():
@@ -65,7 +66,7 @@ def test_a_rerun_learn_job_finishes_an_index_write_a_crash_interrupted(tmp_path)
         await services.learner.handle(job)
         hits = await services.memories.search("p", "ann", "beehives", limit=5)
         assert [h.text for h in hits] == ["User keeps three beehives"]
-        assert len(await services.memories.list("p", "ann", limit=10, offset=0)) == 1
+        assert len(await services.memories.page_for_subject("p", "ann", limit=10, offset=0)) == 1
         await services.aclose()
 
     asyncio.run(scenario())

@@ -108,12 +108,12 @@ def test_history_from_chat_completions_replays_into_responses(gateway):
     ({"model": "gpt-4o-mini", "input": "x", "instructions": ["x"]}, "invalid_instructions"),
     ({"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 0}, "invalid_max_output_tokens"),
 ])
-def test_invalid_bodies_are_400_and_forward_nothing(gateway, body, code):
-    response = httpx.post(gateway.url + "/v1/responses", json=body,
+def test_invalid_bodies_are_400_and_forward_nothing(shared_gateway, body, code):
+    response = httpx.post(shared_gateway.url + "/v1/responses", json=body,
                           headers={"authorization": f"Bearer {KEY}", "x-openai-key": PROVIDER_KEY})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
-    assert gateway.forwarded() == []
+    assert shared_gateway.forwarded() == []
 
 
 def test_provider_errors_keep_their_status(gateway):

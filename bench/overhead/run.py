@@ -21,6 +21,9 @@ Usage (from the repository root, with the venv that has the gateway installed):
 
     /tmp/venv/bin/python bench/overhead/run.py [--duration 10] [--warmup 2] [--rounds 1]
 
+``--smoke`` (what tests/test_bench_smoke.py runs) needs neither wrk nor LiteLLM: free ports,
+a few sequential requests per gateway target from this process, README left alone.
+
 Every child process is started in its own process group and stopped (SIGTERM, then
 SIGKILL) when the run ends, fails or is interrupted. Traffic goes to 127.0.0.1 only.
 """
@@ -45,7 +48,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -57,9 +61,9 @@ README = ROOT / "bench" / "README.md"
 LUA = HERE / "post.lua"
 
 HOST = "127.0.0.1"
-UPSTREAM_PORT = 9100  # fixed in gateway.yaml and litellm.yaml too
-GATEWAY_PORT = 8787
-LITELLM_PORT = 4000
+# Where each child listens, by the name targets charge their CPU to. Fixed for a full run (the
+# same ports are in gateway.yaml and litellm.yaml); --smoke moves them to free ports instead.
+PORTS = {"upstream": 9100, "gateway": 8787, "litellm": 4000}
 GATEWAY_KEY = "mnx_bench_key"
 PROVIDER_KEY = "sk-fake"  # the OpenAI key: providers.openai.api_key in gateway.yaml, and LiteLLM's
 ANTHROPIC_KEY = "sk-ant-fake"  # sent by the caller in x-api-key, as the Anthropic SDK does
@@ -234,12 +238,15 @@ RESPONSES = Surface("responses", "/v1/responses", {"model": "gpt-4o-mini", "inpu
 class Target:
     key: str
     label: str
-    port: int
     surface: Surface
     headers: dict[str, str]  # besides content-type
     child: str  # whose CPU is charged to this target
     mnx: str | None = None  # None: the surface's plain body; "passthrough" or "features": with that mnx block
     baseline: str | None = "a"  # the upstream-direct row "added" is taken against; None on those rows
+
+    @property
+    def port(self) -> int:
+        return PORTS[self.child]
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -247,17 +254,17 @@ def bearer(key: str) -> dict[str, str]:
 
 
 TARGETS = [
-    Target("a", "(a) upstream direct", UPSTREAM_PORT, CHAT, bearer(PROVIDER_KEY), "upstream", baseline=None),
-    Target("b", "(b) gateway passthrough", GATEWAY_PORT, CHAT, bearer(GATEWAY_KEY), "gateway", "passthrough"),
-    Target("c", "(c) gateway history+prompt+state", GATEWAY_PORT, CHAT, bearer(GATEWAY_KEY), "gateway", "features"),
-    Target("d", "(d) LiteLLM proxy", LITELLM_PORT, CHAT, bearer(PROVIDER_KEY), "litellm"),
-    Target("a-messages", "(a) upstream direct, messages", UPSTREAM_PORT, MESSAGES, {"x-api-key": ANTHROPIC_KEY},
+    Target("a", "(a) upstream direct", CHAT, bearer(PROVIDER_KEY), "upstream", baseline=None),
+    Target("b", "(b) gateway passthrough", CHAT, bearer(GATEWAY_KEY), "gateway", "passthrough"),
+    Target("c", "(c) gateway history+prompt+state", CHAT, bearer(GATEWAY_KEY), "gateway", "features"),
+    Target("d", "(d) LiteLLM proxy", CHAT, bearer(PROVIDER_KEY), "litellm"),
+    Target("a-messages", "(a) upstream direct, messages", MESSAGES, {"x-api-key": ANTHROPIC_KEY},
            "upstream", baseline=None),
-    Target("e", "(e) gateway passthrough, messages", GATEWAY_PORT, MESSAGES,
+    Target("e", "(e) gateway passthrough, messages", MESSAGES,
            {"x-mnexium-key": GATEWAY_KEY, "x-api-key": ANTHROPIC_KEY}, "gateway", "passthrough", "a-messages"),
-    Target("a-responses", "(a) upstream direct, responses", UPSTREAM_PORT, RESPONSES, bearer(PROVIDER_KEY),
+    Target("a-responses", "(a) upstream direct, responses", RESPONSES, bearer(PROVIDER_KEY),
            "upstream", baseline=None),
-    Target("f", "(f) gateway passthrough, responses", GATEWAY_PORT, RESPONSES, bearer(GATEWAY_KEY), "gateway",
+    Target("f", "(f) gateway passthrough, responses", RESPONSES, bearer(GATEWAY_KEY), "gateway",
            "passthrough", "a-responses"),
 ]
 
@@ -290,12 +297,12 @@ def check_answer(target: Target, chat_id: str = "bench-check") -> None:
 def seed_gateway() -> None:
     """The project default system prompt and the subject's state that (c) loads."""
     auth = {"x-mnexium-key": GATEWAY_KEY}
-    status, body = http_call(GATEWAY_PORT, "POST", "/api/v1/prompts",
+    status, body = http_call(PORTS["gateway"], "POST", "/api/v1/prompts",
                              {"name": "bench", "prompt_text": "You are a helpful assistant.", "is_default": True},
                              auth)
     if status not in (200, 201):
         raise BenchError(f"creating the system prompt failed: HTTP {status} {body!r:.500}")
-    status, body = http_call(GATEWAY_PORT, "PUT", "/api/v1/state/task", {"value": {"step": 1}},
+    status, body = http_call(PORTS["gateway"], "PUT", "/api/v1/state/task", {"value": {"step": 1}},
                              {**auth, "x-subject-id": "bench_user"})
     if status not in (200, 201):
         raise BenchError(f"storing the state failed: HTTP {status} {body!r:.500}")
@@ -306,7 +313,8 @@ def check_features(target: Target) -> None:
     chat_id = "bench-check-features"
     check_answer(target, chat_id)
     check_answer(target, chat_id)
-    status, body = http_call(GATEWAY_PORT, "GET", f"/api/v1/chat/history/read?chat_id={chat_id}&subject_id=bench_user",
+    status, body = http_call(PORTS["gateway"], "GET",
+                             f"/api/v1/chat/history/read?chat_id={chat_id}&subject_id=bench_user",
                              headers={"x-mnexium-key": GATEWAY_KEY})
     if status != 200 or not isinstance(body, dict) or body.get("count") != 4:
         raise BenchError(f"(c) did not record its turns in history: HTTP {status} {body!r:.500}")
@@ -423,11 +431,55 @@ def median_of(runs: list[Measurement]) -> Measurement:
                        int(med("requests")))
 
 
+# -- smoke: a few sequential requests instead of wrk -----------------------------------
+
+
+SMOKE_REQUESTS = 20  # per target
+SMOKE_TURNS_PER_CHAT = 20  # as post.lua: (c) moves to a fresh chat every 20 requests
+
+
+def measure_sequentially(target: Target, requests: int, children: dict[str, Child]) -> Measurement:
+    """--smoke's measurement: ``requests`` requests one after another on one keep-alive connection,
+    from this process (no wrk needed). Proves every target works end to end; the numbers are rough."""
+    pgids = {name: c.pgid for name, c in children.items()}
+    conn = http.client.HTTPConnection(HOST, target.port, timeout=10)
+    latencies: list[float] = []
+    client_before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = group_cpu_seconds(set(pgids.values()))
+    busy_before = machine_busy_seconds()
+    wall_before = time.monotonic()
+    try:
+        for i in range(requests):
+            body = json.dumps(request_body(target, f"smoke-{i // SMOKE_TURNS_PER_CHAT}")).encode()
+            began = time.perf_counter()
+            conn.request("POST", target.surface.path, body=body, headers=request_headers(target))
+            response = conn.getresponse()
+            response.read()
+            latencies.append(time.perf_counter() - began)
+            if response.status != 200:
+                raise BenchError(f"{target.label}: request {i} answered HTTP {response.status}")
+    finally:
+        conn.close()
+    wall = time.monotonic() - wall_before
+    busy = machine_busy_seconds() - busy_before
+    cpu_after = group_cpu_seconds(set(pgids.values()))
+    client_after = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = (client_after.ru_utime + client_after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
+    ours = sum(cpu_after[p] - cpu_before[p] for p in pgids.values()) + client_cpu
+    target_cpu = cpu_after[pgids[target.child]] - cpu_before[pgids[target.child]]
+    latencies.sort()
+    return Measurement(
+        target=target, concurrency=1, rps=requests / sum(latencies),
+        p50_ms=statistics.median(latencies) * 1000, p99_ms=latencies[min(requests - 1, int(requests * 0.99))] * 1000,
+        cpu_ms_per_req=target_cpu * 1000 / requests, wrk_cpu_pct=100 * client_cpu / wall,
+        foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall), requests=requests)
+
+
 # -- report ---------------------------------------------------------------------------
 
 
-def render(results: list[Measurement]) -> tuple[str, str]:
-    """The markdown table, and the lines about the targets."""
+def render(results: list[Measurement], load_generator: str = "wrk") -> tuple[str, str]:
+    """The markdown table, and the lines about the targets (``load_generator``: who sent the load)."""
     by = {(m.target.key, m.concurrency): m for m in results}
 
     def added(m: Measurement) -> tuple[float, float] | None:
@@ -481,7 +533,7 @@ def render(results: list[Measurement]) -> tuple[str, str]:
         if len(parts) > 1:
             lines.append(f"- gateway passthrough req/s at concurrency {conc}: " + "; ".join(parts))
     wrk = max(m.wrk_cpu_pct for m in results)
-    lines.append(f"- wrk used at most {wrk:.0f}% of one core. \"other load\" is the CPU the machine spent "
+    lines.append(f"- {load_generator} used at most {wrk:.0f}% of one core. \"other load\" is the CPU the machine spent "
                  "outside the benchmark's processes during the cell (other jobs, kernel threads), in % of one core.")
     return "\n".join(rows), "\n".join(lines)
 
@@ -497,23 +549,41 @@ def write_readme(section: str) -> None:
 # -- main -----------------------------------------------------------------------------
 
 
-def start_children(workdir: Path) -> dict[str, Child]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def smoke_gateway_config(workdir: Path) -> Path:
+    """bench/overhead/gateway.yaml with the fake provider moved to its smoke port."""
+    text = (HERE / "gateway.yaml").read_text().replace(f"{HOST}:9100", f"{HOST}:{PORTS['upstream']}")
+    path = workdir / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def start_children(workdir: Path, gateway_config: Path, with_litellm: bool) -> dict[str, Child]:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
            "PYTHONDONTWRITEBYTECODE": "1"}
     litellm_env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
     for name in ("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST", "REDIS_URL"):
         litellm_env.pop(name, None)
     bindir = Path(sys.executable).parent
-    return {
-        "upstream": Child("fake upstream", [sys.executable, "-m", "tests.fake_upstream", "--port", str(UPSTREAM_PORT)],
-                          env, workdir / "upstream.log"),
-        "gateway": Child("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(HERE / "gateway.yaml")],
+    children = {
+        "upstream": Child("fake upstream", [sys.executable, "-m", "tests.fake_upstream",
+                                            "--port", str(PORTS["upstream"])], env, workdir / "upstream.log"),
+        "gateway": Child("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(gateway_config),
+                                     "--port", str(PORTS["gateway"])],
                          {**env, "MNX_BENCH_DIR": str(workdir)}, workdir / "gateway.log"),
-        "litellm": Child("LiteLLM proxy", [str(bindir / "litellm"), "--config", str(HERE / "litellm.yaml"),
-                                           "--host", HOST, "--port", str(LITELLM_PORT), "--num_workers", "1",
-                                           "--telemetry", "False", "--log_config", str(HERE / "litellm_logging.json")],
-                         litellm_env, workdir / "litellm.log"),
     }
+    if with_litellm:
+        children["litellm"] = Child("LiteLLM proxy", [str(bindir / "litellm"), "--config", str(HERE / "litellm.yaml"),
+                                                      "--host", HOST, "--port", str(PORTS["litellm"]),
+                                                      "--num_workers", "1", "--telemetry", "False",
+                                                      "--log_config", str(HERE / "litellm_logging.json")],
+                                    litellm_env, workdir / "litellm.log")
+    return children
 
 
 def preflight() -> None:
@@ -521,7 +591,7 @@ def preflight() -> None:
         raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
     if not (Path(sys.executable).parent / "litellm").exists():
         raise BenchError(f"no litellm CLI next to {sys.executable}: pip install 'litellm[proxy]==1.102.4'")
-    busy = [p for p in (UPSTREAM_PORT, GATEWAY_PORT, LITELLM_PORT) if not port_is_free(p)]
+    busy = [p for p in PORTS.values() if not port_is_free(p)]
     if busy:
         raise BenchError(f"port(s) {busy} on {HOST} already in use: stop whatever listens there first")
 
@@ -531,7 +601,7 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per target and concurrency")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
@@ -544,65 +614,97 @@ def main() -> int:
     parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed measurement (default 2)")
     parser.add_argument("--no-readme", action="store_true", help="print the table only; leave bench/README.md alone")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, database)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"a few seconds' check that every gateway target works: free ports, "
+                             f"{SMOKE_REQUESTS} sequential "
+                             "requests per target from Python instead of wrk, no LiteLLM, README left alone")
     args = parser.parse_args()
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     if (not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 300 or not 0 <= args.warmup <= 60
             or not 0 <= args.retries <= 5):
         parser.error("rounds must be 1..10, duration 1..300 s, warmup 0..60 s, retries 0..5")
+    if args.smoke:
+        args.no_readme = True
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    concurrencies = [1] if args.smoke else [int(c) for c in args.concurrency.split(",")]
+    # LiteLLM's proxy takes longer to start than a smoke run may last, so --smoke measures the
+    # gateway against the fake provider alone and says so under the table.
+    targets = [t for t in TARGETS if not (args.smoke and t.child == "litellm")]
 
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a background job);
     # SIGTERM and SIGHUP unwind the same way, so the finally block below always runs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    try:
-        preflight()
-    except BenchError as error:
-        print(f"benchmark not started: {error}", file=sys.stderr)
-        return 1
+    if args.smoke:
+        PORTS.update(upstream=free_port(), gateway=free_port())
+        del PORTS["litellm"]
+    else:
+        try:
+            preflight()
+        except BenchError as error:
+            print(f"benchmark not started: {error}", file=sys.stderr)
+            return 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     children: dict[str, Child] = {}
     try:
-        children = start_children(workdir)
+        gateway_config = smoke_gateway_config(workdir) if args.smoke else HERE / "gateway.yaml"
+        children = start_children(workdir, gateway_config, with_litellm=not args.smoke)
         started = time.monotonic()
-        print(f"starting the fake upstream, the gateway and LiteLLM's proxy (logs in {workdir})", flush=True)
+        print(f"starting {', '.join(c.name for c in children.values())} (logs in {workdir})", flush=True)
         for child in children.values():
             child.start()
-        for name, port, health_path, timeout in (("upstream", UPSTREAM_PORT, None, 30),
-                                                 ("gateway", GATEWAY_PORT, "/health", 60),
-                                                 ("litellm", LITELLM_PORT, "/health/liveliness", 120)):
-            wait_ready(children[name], port, health_path, timeout)
+        for name, health_path, timeout in (("upstream", None, 30), ("gateway", "/health", 60),
+                                           ("litellm", "/health/liveliness", 120)):
+            if name not in children:
+                continue
+            wait_ready(children[name], PORTS[name], health_path, timeout)
             if name == "gateway":
                 seed_gateway()
-            for target in (t for t in TARGETS if t.child == name):
+            for target in (t for t in targets if t.child == name):
                 if target.mnx == "features":
                     check_features(target)
                 else:
                     check_answer(target)
-        print(f"all {len(TARGETS)} targets answer 200 with the assistant's echo "
+        print(f"all {len(targets)} targets answer 200 with the assistant's echo "
               f"({time.monotonic() - started:.1f} s)", flush=True)
 
         wrk_log = workdir / "wrk.log"
         runs: dict[tuple[str, int], list[Measurement]] = {}
         for round_no in range(args.rounds):
             for conc in concurrencies:
-                for target in TARGETS:
-                    m = measure_quietly(target, conc, args, children, f"r{round_no}-c{conc}-{target.key}", wrk_log)
+                for target in targets:
+                    if args.smoke:
+                        m = measure_sequentially(target, SMOKE_REQUESTS, children)
+                    else:
+                        m = measure_quietly(target, conc, args, children, f"r{round_no}-c{conc}-{target.key}",
+                                            wrk_log)
                     runs.setdefault((target.key, conc), []).append(m)
                     print(f"  round {round_no + 1}/{args.rounds} c={conc:<3} {target.label:<34} {m.rps:8,.0f} req/s  "
                           f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  CPU {m.cpu_ms_per_req:5.2f} ms/req  "
-                          f"(wrk {m.wrk_cpu_pct:.0f}%, other {m.foreign_cpu_pct:.0f}% of a core)", flush=True)
-        results = [median_of(runs[(t.key, c)]) for c in concurrencies for t in TARGETS]
-        table, notes = render(results)
+                          f"(load generator {m.wrk_cpu_pct:.0f}%, other {m.foreign_cpu_pct:.0f}% of a core)",
+                          flush=True)
+        # Named so as not to hide the ``results`` module, whose command_line() the section needs
+        # (the shadowing lost every table at the very end of the run).
+        measurements = [median_of(runs[(t.key, c)]) for c in concurrencies for t in targets]
+        table, notes = render(measurements, "the Python client" if args.smoke else "wrk")
 
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        rounds_note = "" if args.rounds == 1 else f", median of {args.rounds} interleaved rounds"
-        section = (f"Measured {when} on {machine_description()}; one gateway worker, one LiteLLM worker; "
-                   f"wrk -t1 at concurrency 1, -t2 above; {args.warmup:g} s warm-up then {args.duration:g} s "
-                   f"per cell{rounds_note}.\n\nCommand (from the repository root):\n\n"
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if args.smoke:
+            method = (f"SMOKE RUN (--smoke): {SMOKE_REQUESTS} sequential requests per target from one Python client; "
+                      "LiteLLM's proxy not started, so the gateway is measured against the fake provider alone. "
+                      "Not comparable with a full run.")
+        else:
+            rounds_note = "" if args.rounds == 1 else f", median of {args.rounds} interleaved rounds"
+            method = (f"one gateway worker, one LiteLLM worker; wrk -t1 at concurrency 1, -t2 above; "
+                      f"{args.warmup:g} s warm-up then {args.duration:g} s per cell{rounds_note}.")
+        # The table goes to stdout before anything else can fail: a run that took minutes keeps its numbers.
+        print(f"\n{method}\n\n{table}\n\n{notes}\n", flush=True)
+        section = (f"Measured {when} on {machine_description()}; {method}\n\nCommand (from the repository root):\n\n"
                    f"```\n{results.command_line()}\n```\n\n{table}\n\n{notes}\n")
-        print()
-        print(section)
         if not args.no_readme:
             write_readme(section)
             print(f"(written to {README.relative_to(ROOT)})")

@@ -39,6 +39,8 @@ Usage (from the repository root, with the venv that has the gateway installed):
 
     .venv/bin/python bench/soak/run.py --minutes 10 --backend both --out /tmp/soak.json
 
+``--smoke`` (what tests/test_bench_smoke.py runs): SQLite, 2 workers, 3 measured seconds, README left alone.
+
 Prints markdown tables and writes them into bench/soak/README.md (``--no-readme``
 to leave it alone). Traffic stays on 127.0.0.1, on free ports.
 """
@@ -66,7 +68,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import httpx
 import redis
@@ -806,7 +809,8 @@ def api_count(count: int | None) -> str:
 
 
 def summary_table(runs: list[dict[str, Any]]) -> str:
-    rows = ["| backend | minutes | req/s | requests | errors | p50 ms | p99 ms | gateway CPU | RSS MB start → end (max) "
+    rows = ["| backend | minutes | req/s | requests | errors | p50 ms | p99 ms | gateway CPU "
+            "| RSS MB start → end (max) "
             "| RSS MB/min (2nd half) | fds start → end (max) | threads start → end | jobs at end / after drain "
             "| verdict |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -859,7 +863,8 @@ def notes(runs: list[dict[str, Any]]) -> str:
         for e in r["errors_by_signature"][:8]:
             lines.append(f"  - {e['count']:,} × {e['kind']}: `{e['signature']}`")
         for job in (r["jobs_after_drain"] or {}).get("failed_samples", []):
-            lines.append(f"  - failed job ({job['kind']}, {job['attempts']} attempts): `{str(job['last_error'])[:200]}`")
+            lines.append(f"  - failed job ({job['kind']}, {job['attempts']} attempts): "
+                         f"`{str(job['last_error'])[:200]}`")
         log = r["gateway_log_errors"]
         if log["count"]:
             lines.append(f"  - gateway log: {log['count']:,} ERROR lines; most frequent:")
@@ -905,12 +910,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (default 30)")
     parser.add_argument("--max-fd-growth", type=int, default=20, help="fail above this fd growth (default 20)")
     parser.add_argument("--max-rss-slope", type=float, default=5.0,
-                        help=f"fail above this RSS slope in MB/min, on runs of >= {MIN_GATED_MINUTES:g} min (default 5)")
+                        help=f"fail above this RSS slope in MB/min, on runs of >= {MIN_GATED_MINUTES:g} min "
+                             "(default 5)")
     parser.add_argument("--redis-url", default=os.environ.get("MNX_SOAK_REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--seed", default="soak", help="seed of the workers' random choices")
     parser.add_argument("--no-readme", action="store_true", help="leave bench/soak/README.md alone")
     parser.add_argument("--keep-dir", action="store_true", help="keep each backend's temporary directory")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds' check that the whole mix runs: SQLite only, 2 workers, 1 s warm-up, "
+                             "3 s measured, README left alone")
     args = parser.parse_args()
+    if args.smoke:
+        args.backend, args.concurrency, args.subjects_per_worker, args.no_readme = "sqlite", 2, 1, True
+        args.minutes, args.warmup, args.sample_every, args.drain = 0.05, 1.0, 1.0, 10.0
     if args.minutes <= 0 or args.concurrency < 1 or args.subjects_per_worker < 1 or args.sample_every <= 0:
         parser.error("minutes, concurrency, subjects-per-worker and sample-every must be positive")
     return args
@@ -926,7 +938,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, _terminate)
     backends = ["sqlite", "redis"] if args.backend == "both" else [args.backend]
     report: dict[str, Any] = {
-        "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": results.machine_description(), "cpu_count": os.cpu_count(), "git_commit": git_commit(),
         "command": results.command_line(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -940,7 +952,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    report["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     report["passed"] = not any(r["failures"] for r in report["runs"])
     section = render(report)
     print("\n" + section)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 from gateway.validation import Query
 
 
@@ -33,3 +34,11 @@ async def delete_chat(call: Call) -> Response:
     chat_id = query.string("chat_id", required=True)
     removed = await call.services.history.delete_chat(call.project_id, chat_id, query.string("subject_id"))
     return JSONResponse({"success": True, "deleted_messages": removed})
+
+
+# Relative to the /api/v1 mount.
+routes = [
+    Route("/chat/history/list", endpoint(list_chats, scope="history:read"), methods=["GET"]),
+    Route("/chat/history/read", endpoint(read_chat, scope="history:read"), methods=["GET"]),
+    Route("/chat/history/delete", endpoint(delete_chat, scope="history:delete"), methods=["DELETE"]),
+]

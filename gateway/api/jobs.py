@@ -7,12 +7,17 @@ what keeps failing, since failing jobs are retried, never dropped.
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 from gateway.validation import Query
 
 
 async def list_jobs(call: Call) -> Response:
     limit = Query(call.request).integer("limit", default=100, minimum=1, maximum=1000)
-    jobs = await call.services.jobs.list(call.project_id, limit)
+    jobs = await call.services.jobs.unfinished(call.project_id, limit)
     return JSONResponse({"data": [job.to_api() for job in jobs], "count": len(jobs)})
+
+
+# Relative to the /api/v1 mount.
+routes = [Route("/jobs", endpoint(list_jobs, scope="jobs:read"), methods=["GET"])]

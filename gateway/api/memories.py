@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from gateway.api.memory_bodies import memory_edit, new_memory
 from gateway.errors import BadRequest
 from gateway.memory.memories import to_api
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 from gateway.validation import Query, read_json_object
 
 MAX_PAGE = 200
@@ -26,7 +28,7 @@ def _subject(query: Query) -> str:
 
 async def list_memories(call: Call) -> Response:
     query = Query(call.request)
-    docs = await call.services.memories.list(
+    docs = await call.services.memories.page_for_subject(
         call.project_id, _subject(query), limit=query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE),
         offset=query.integer("offset", default=0, minimum=0, maximum=10**9),
         include_superseded=query.flag("include_superseded", default=False),
@@ -36,7 +38,8 @@ async def list_memories(call: Call) -> Response:
 
 async def create_memory(call: Call) -> Response:
     body = await read_json_object(call.request, call.services.config.server.max_body_bytes)
-    result, created = await call.services.memories.create(call.project_id, body, api_key=_embedding_key(call))
+    result, created = await call.services.memories.create(call.project_id, new_memory(body),
+                                                          api_key=_embedding_key(call))
     return JSONResponse(result, status_code=201 if created else 200)
 
 
@@ -48,7 +51,7 @@ async def get_memory(call: Call) -> Response:
 async def update_memory(call: Call) -> Response:
     memory_id = call.request.path_params["memory_id"]
     body = await read_json_object(call.request, call.services.config.server.max_body_bytes)
-    await call.services.memories.update(call.project_id, memory_id, body, api_key=_embedding_key(call))
+    await call.services.memories.update(call.project_id, memory_id, memory_edit(body), api_key=_embedding_key(call))
     return JSONResponse({"id": memory_id, "updated": True})
 
 
@@ -127,3 +130,18 @@ async def memory_claims(call: Call) -> Response:
     data = [{k: row[k] for k in ("id", "predicate", "type", "value", "confidence", "status", "first_seen_at",
                                  "last_seen_at")} for row in rows]
     return JSONResponse({"data": data, "count": len(data)})
+
+
+# Relative to the /api/v1 mount. Fixed paths before /memories/{memory_id}, so "search" is never taken for an id.
+routes = [
+    Route("/memories", endpoint(list_memories, scope="memories:read"), methods=["GET"]),
+    Route("/memories", endpoint(create_memory, scope="memories:write"), methods=["POST"]),
+    Route("/memories/search", endpoint(search_memories, scope="memories:search"), methods=["GET"]),
+    Route("/memories/superseded", endpoint(list_superseded, scope="memories:read"), methods=["GET"]),
+    Route("/memories/recalls", endpoint(list_recalls, scope="memories:read"), methods=["GET"]),
+    Route("/memories/{memory_id}", endpoint(get_memory, scope="memories:read"), methods=["GET"]),
+    Route("/memories/{memory_id}", endpoint(update_memory, scope="memories:write"), methods=["PATCH"]),
+    Route("/memories/{memory_id}", endpoint(delete_memory, scope="memories:delete"), methods=["DELETE"]),
+    Route("/memories/{memory_id}/restore", endpoint(restore_memory, scope="memories:write"), methods=["POST"]),
+    Route("/memories/{memory_id}/claims", endpoint(memory_claims, scope="memories:read"), methods=["GET"]),
+]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.memory_policies import combine, to_api
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 from gateway.validation import Query, read_json_object
 
 
 async def list_policies(call: Call) -> Response:
     query = Query(call.request)
-    policies = await call.services.policies.list(call.project_id, scope=query.string("scope"),
+    policies = await call.services.policies.in_project(call.project_id, scope=query.string("scope"),
                                                  include_inactive=query.flag("include_inactive", default=False))
     return JSONResponse({"policies": [to_api(p) for p in policies]})
 
@@ -47,3 +48,16 @@ async def resolve_policies(call: Call) -> Response:
     if query.flag("combined", default=False):
         return JSONResponse(combine(policies))
     return JSONResponse({"policies": [to_api(p) for p in policies], "count": len(policies)})
+
+
+# Relative to the /api/v1 mount. /resolve before /{policy_id}, so "resolve" is never taken for an id.
+routes = [
+    Route("/memory/policies", endpoint(list_policies, scope="memory_policies:read"), methods=["GET"]),
+    Route("/memory/policies", endpoint(create_policy, scope="memory_policies:write"), methods=["POST"]),
+    Route("/memory/policies/resolve", endpoint(resolve_policies, scope="memory_policies:read"), methods=["GET"]),
+    Route("/memory/policies/{policy_id}", endpoint(get_policy, scope="memory_policies:read"), methods=["GET"]),
+    Route("/memory/policies/{policy_id}", endpoint(update_policy, scope="memory_policies:write"),
+          methods=["PATCH"]),
+    Route("/memory/policies/{policy_id}", endpoint(delete_policy, scope="memory_policies:delete"),
+          methods=["DELETE"]),
+]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.prompts import combined_text
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 from gateway.validation import Query, read_json_object
 
 
 async def list_prompts(call: Call) -> Response:
     scope = Query(call.request).string("scope")
-    return JSONResponse({"prompts": await call.services.prompts.list(call.project_id, scope)})
+    return JSONResponse({"prompts": await call.services.prompts.in_project(call.project_id, scope)})
 
 
 async def create_prompt(call: Call) -> Response:
@@ -48,3 +49,14 @@ async def resolve_prompts(call: Call) -> Response:
     else:
         body["prompt_ids"] = [p["id"] for p in prompts]
     return JSONResponse(body)
+
+
+# Relative to the /api/v1 mount. /prompts/resolve before /prompts/{prompt_id}, so "resolve" is never taken for an id.
+routes = [
+    Route("/prompts", endpoint(list_prompts, scope="prompts:read"), methods=["GET"]),
+    Route("/prompts", endpoint(create_prompt, scope="prompts:write"), methods=["POST"]),
+    Route("/prompts/resolve", endpoint(resolve_prompts, scope="prompts:read"), methods=["GET"]),
+    Route("/prompts/{prompt_id}", endpoint(get_prompt, scope="prompts:read"), methods=["GET"]),
+    Route("/prompts/{prompt_id}", endpoint(update_prompt, scope="prompts:write"), methods=["PATCH"]),
+    Route("/prompts/{prompt_id}", endpoint(delete_prompt, scope="prompts:write"), methods=["DELETE"]),
+]

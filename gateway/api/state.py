@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.errors import BadRequest, NotFound
 from gateway.options import MAX_ID_LENGTH
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 from gateway.state import MAX_KEY_LENGTH, MAX_TTL_SECONDS, to_api
 from gateway.validation import Body, read_json_object
 
@@ -47,3 +48,11 @@ async def delete_state(call: Call) -> Response:
     subject_id, key = _subject_and_key(call)
     deleted = await call.services.state.delete(call.project_id, subject_id, key)
     return JSONResponse({"ok": True, "deleted": deleted})
+
+
+# Relative to the /api/v1 mount. The key is the rest of the path, slashes included.
+routes = [
+    Route("/state/{key:path}", endpoint(get_state, scope="state:read"), methods=["GET"]),
+    Route("/state/{key:path}", endpoint(put_state, scope="state:write"), methods=["PUT"]),
+    Route("/state/{key:path}", endpoint(delete_state, scope="state:delete"), methods=["DELETE"]),
+]

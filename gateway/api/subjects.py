@@ -10,11 +10,16 @@ running work for the subject cannot write its data back (gateway.erasure).
 from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from gateway.routing import Call
+from gateway.routing import Call, endpoint
 
 
 async def erase_subject(call: Call) -> Response:
     subject_id = call.request.path_params["subject_id"]
     erased = await call.services.erasure.erase(call.project_id, subject_id)
     return JSONResponse({"ok": True, "subject_id": subject_id, "erased": erased})
+
+
+# Relative to the /api/v1 mount.
+routes = [Route("/subjects/{subject_id}", endpoint(erase_subject, scope="subjects:delete"), methods=["DELETE"])]

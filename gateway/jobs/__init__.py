@@ -1,4 +1,8 @@
-"""Durable background jobs (learning from a turn): a queue per backend and one worker."""
+"""Durable background jobs (learning from a turn): a queue per backend and one worker.
+
+The factories below are registered as ``mnx_gateway.queues`` entry points (pyproject.toml) and
+called by ``gateway.registry``; each imports its backend only when it is the one chosen.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,17 @@ from gateway.config import StorageConfig
 from gateway.jobs.queue import Job, JobQueue
 
 
-def open_queue(config: StorageConfig, redis: Any = None) -> JobQueue:
-    """``redis``: the gateway's shared Redis client (gateway.store.redis_client), for the Redis backend."""
-    if config.backend == "redis":
-        from gateway.jobs.redis_queue import RedisJobQueue
-
-        return RedisJobQueue(redis if redis is not None else config.redis.url, config.redis.key_prefix)
+def open_sqlite_queue(config: StorageConfig, redis: Any) -> JobQueue:
     from gateway.jobs.sqlite_queue import SqliteJobQueue
 
     return SqliteJobQueue(config.sqlite.path)
 
 
-__all__ = ["Job", "JobQueue", "open_queue"]
+def open_redis_queue(config: StorageConfig, redis: Any) -> JobQueue:
+    """``redis``: the gateway's shared Redis client (gateway.store.redis_client), else the configured URL."""
+    from gateway.jobs.redis_queue import RedisJobQueue
+
+    return RedisJobQueue(redis if redis is not None else config.redis.url, config.redis.key_prefix)
+
+
+__all__ = ["Job", "JobQueue", "open_redis_queue", "open_sqlite_queue"]

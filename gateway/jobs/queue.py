@@ -57,7 +57,7 @@ class JobQueue(Protocol):
         """Reschedule a failed job, keeping its error for whoever looks (a job deleted
         meanwhile stays deleted). ``error`` must already be free of secrets."""
 
-    async def list(self, project_id: str, limit: int) -> list[Job]:
+    async def unfinished(self, project_id: str, limit: int) -> list[Job]:
         """A project's unfinished jobs (pending and failed), oldest first."""
 
     async def void_subject(self, project_id: str, subject_id: str) -> list[str]:

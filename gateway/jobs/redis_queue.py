@@ -57,7 +57,8 @@ class RedisJobQueue:
         """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
         to open one of its own."""
         self._owns_client = isinstance(redis, str)
-        self._redis = connect_redis(redis) if isinstance(redis, str) else redis
+        # Any: the client decodes replies to str (connect_redis), which redis-py's types cannot say.
+        self._redis: Any = connect_redis(redis) if isinstance(redis, str) else redis
         base = f"{key_prefix}{{jobs}}:"
         self._due = base + "due"
         self._job_prefix = base + "job:"
@@ -133,7 +134,7 @@ class RedisJobQueue:
                 await pipe.execute()
         return voided
 
-    async def list(self, project_id: str, limit: int) -> list[Job]:
+    async def unfinished(self, project_id: str, limit: int) -> list[Job]:
         jobs = []
         for job_id in await self._redis.zrange(self._project_prefix + project_id, 0, limit - 1):
             fields = await self._redis.hgetall(self._job_prefix + job_id)

@@ -80,7 +80,7 @@ class SqliteJobQueue:
                                 "RETURNING id", (project_id, subject_id)).fetchall()
         return [row[0] for row in rows]
 
-    async def list(self, project_id: str, limit: int) -> list[Job]:
+    async def unfinished(self, project_id: str, limit: int) -> list[Job]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE project_id = ? ORDER BY created_at LIMIT ?",
                                 (project_id, limit)).fetchall()
         return [_job(row) for row in rows]

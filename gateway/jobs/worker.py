@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.jobs.queue import Job, JobError, JobQueue
 from gateway.redaction import redact
@@ -93,5 +93,5 @@ class JobWorker:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -1,7 +1,13 @@
-"""Opening the configured vector index: Qdrant Edge (embedded) or a Qdrant server."""
+"""The vector index backends: Qdrant Edge (embedded) or a Qdrant server.
+
+``open_edge_index`` and ``open_qdrant_index`` are registered as ``mnx_gateway.vector_indexes``
+entry points (pyproject.toml); ``open_vector_index`` opens the configured one through
+``gateway.registry``. Each backend's module (and qdrant_client) is imported only when chosen.
+"""
 
 from __future__ import annotations
 
+from gateway import registry
 from gateway.config import VectorsConfig
 from gateway.errors import ConfigError
 from gateway.memory.vector_index import IndexMismatch, VectorIndex
@@ -9,16 +15,25 @@ from gateway.memory.vector_index import IndexMismatch, VectorIndex
 
 def open_vector_index(config: VectorsConfig, dense_dimensions: int | None) -> VectorIndex:
     try:
-        if config.backend == "qdrant":
-            from gateway.memory.qdrant_index import QdrantIndex
-
-            assert config.qdrant is not None
-            return QdrantIndex(config.qdrant, dense_dimensions, config.lexical)
-        from gateway.memory.edge_index import EdgeIndex
-
-        return EdgeIndex(config.edge.path, dense_dimensions, config.lexical)
+        index: VectorIndex = registry.create("vector_index", config.backend, config, dense_dimensions)
     except IndexMismatch as error:
+        # The index on disk was built with other settings (vector size, lexicon): name the setting.
         raise ConfigError(f"{error.setting}: {error}") from None
+    return index
+
+
+def open_edge_index(config: VectorsConfig, dense_dimensions: int | None) -> VectorIndex:
+    from gateway.memory.edge_index import EdgeIndex
+
+    return EdgeIndex(config.edge.path, dense_dimensions, config.lexical)
+
+
+def open_qdrant_index(config: VectorsConfig, dense_dimensions: int | None) -> VectorIndex:
+    from gateway.memory.qdrant_index import QdrantIndex
+
+    if config.qdrant is None:  # gateway.config requires the section for this backend
+        raise ConfigError("memory.vectors: backend 'qdrant' needs a 'qdrant' section with a url or location")
+    return QdrantIndex(config.qdrant, dense_dimensions, config.lexical)
 
 
 async def prepare(index: VectorIndex) -> None:

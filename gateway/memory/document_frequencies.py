@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class DocumentFrequencies:
         arrays["documents"] = np.array([self._documents[p] for p in projects], dtype=np.int64)
         temporary = path.with_name(path.name + ".tmp")
         with temporary.open("wb") as file:
-            np.savez(file, **arrays)
+            np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy types **arrays as its own keywords
         temporary.replace(path)
 
     @classmethod

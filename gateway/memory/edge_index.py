@@ -8,18 +8,21 @@ directory: the embedded default is one gateway process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
+from collections.abc import Iterator, Sequence
 
 from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams,
                          FieldCondition, Filter, Fusion, HasIdCondition, KeywordIndexParams, MatchValue, Memory,
                          PayloadSchemaType, Point, PointVectors, Prefetch, Query, QueryRequest, ScrollRequest,
                          SparseVector, UpdateOperation)
 
+from gateway.errors import ConfigError
 from gateway.memory.document_frequencies import DocumentFrequencies
 from gateway.memory.lexical_postings import posted, query_postings, reposting_salt, salted
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
@@ -39,6 +42,26 @@ FREQUENCIES_FILE = "document_frequencies.npz"
 _PAGE = 2000
 
 log = logging.getLogger("gateway.memory")
+
+
+class IndexInUse(ConfigError):
+    """Another process (another gateway) has the index directory open."""
+
+
+@contextlib.contextmanager
+def _lock_failure_named(path: str) -> Iterator[None]:
+    """Qdrant Edge locks the directory's write-ahead log for the process that opens it; a
+    second one fails with a bare Exception ("Can't init WAL: Kind(WouldBlock)") that names
+    neither the setting nor the cause. Raise one that does (the binding gives no error
+    type to catch, so the message is matched: re-check it when upgrading qdrant-edge-py)."""
+    try:
+        yield
+    except Exception as error:
+        if "Can't init WAL" in str(error) and "WouldBlock" in str(error):
+            raise IndexInUse(f"another gateway process holds {path} (memory.vectors.edge.path): stop it, or give "
+                             "this gateway a path of its own (gateways share data through the redis and qdrant "
+                             "backends)") from None
+        raise
 
 
 def point_number(project_id: str, memory_id: str) -> int:
@@ -61,27 +84,29 @@ class EdgeIndex:
         self.dense_dimensions = dense_dimensions
         self._directory = directory = Path(path)
         _recover_interrupted_migration(directory)
-        stored_config = directory / "edge_config.json"
-        if stored_config.exists():
-            vectors = json.loads(stored_config.read_text()).get("vectors") or {}
-            check_dimensions((vectors.get(DENSE) or {}).get("size"), dense_dimensions, f"the memory index at {path}")
-            layout = directory / LAYOUT_FILE
-            stored_layout = json.loads(layout.read_text()) if layout.exists() else {}
-            recorded = "lexical" in stored_layout
-            stored_lexical = stored_layout.pop("lexical", "contextual")
-            if stored_lexical != lexical:
-                # Its memories' vectors were built the other way: searching both kinds together
-                # would rank one kind over the other.
-                raise IndexMismatch(f"the memory index at {path} holds {stored_lexical} BM25 vectors but "
-                                    f"memory.vectors.lexical is {lexical}; use a new index path to switch",
-                                    setting="memory.vectors.lexical")
-            if stored_layout != LAYOUT:
-                _migrate_layout(directory, dense_dimensions, stored_layout, lexical)
-            elif not recorded:
-                _write_layout(directory, lexical)
-            self._shard = EdgeShard.load(str(directory))
-        else:
-            self._shard = _create_shard(directory, dense_dimensions, lexical)
+        with _lock_failure_named(path):
+            stored_config = directory / "edge_config.json"
+            if stored_config.exists():
+                vectors = json.loads(stored_config.read_text()).get("vectors") or {}
+                check_dimensions((vectors.get(DENSE) or {}).get("size"), dense_dimensions,
+                                 f"the memory index at {path}")
+                layout = directory / LAYOUT_FILE
+                stored_layout = json.loads(layout.read_text()) if layout.exists() else {}
+                recorded = "lexical" in stored_layout
+                stored_lexical = stored_layout.pop("lexical", "contextual")
+                if stored_lexical != lexical:
+                    # Its memories' vectors were built the other way: searching both kinds together
+                    # would rank one kind over the other.
+                    raise IndexMismatch(f"the memory index at {path} holds {stored_lexical} BM25 vectors but "
+                                        f"memory.vectors.lexical is {lexical}; use a new index path to switch",
+                                        setting="memory.vectors.lexical")
+                if stored_layout != LAYOUT:
+                    _migrate_layout(directory, dense_dimensions, stored_layout, lexical)
+                elif not recorded:
+                    _write_layout(directory, lexical)
+                self._shard = EdgeShard.load(str(directory))
+            else:
+                self._shard = _create_shard(directory, dense_dimensions, lexical)
         self._frequencies = self._load_frequencies()
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
@@ -124,7 +149,9 @@ class EdgeIndex:
             move = reposting_salt(project_id, subject_id, old_fields, fields)
             if move:
                 stored = self._shard.retrieve([pid], with_payload=False, with_vector=[SPARSE])[0]
-                vector = salted((stored.vector or {})[SPARSE], move)
+                # Retrieved with the sparse vector only: a dict of one SparseVector.
+                stored_vector = cast(dict[str, SparseVector], stored.vector or {})
+                vector = salted(stored_vector[SPARSE], move)
         if vector is not None:
             self._shard.update(UpdateOperation.update_vectors([PointVectors(pid, {SPARSE: vector})]))
         payload = packed_payload(project_id, subject_id, memory_id, fields)
@@ -154,7 +181,9 @@ class EdgeIndex:
             prefetches = [Prefetch(limit=depth, query=Query.Nearest(vector, using=using), filter=where)
                           for using, vector in legs]
             fusion = Fusion.Rrf(k=FUSION_K, weights=[LEG_WEIGHTS[using] for using, _ in legs])
-            request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion, with_payload=True)
+            # qdrant-edge-py 0.9 accepts Fusion.Rrf here; its type stubs leave it out of the union.
+            request = QueryRequest(limit=query.limit, prefetches=prefetches, query=fusion,  # type: ignore[arg-type]
+                                   with_payload=True)
         points = self._shard.query(request)
         # A dense-only search's own score is the cosine. Fused hits get theirs from a second
         # query over just those points: returning their vectors to Python and multiplying

@@ -8,7 +8,8 @@ under the ``mnx_gateway.embedders`` entry-point group and are named in
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Mapping, Sequence
 
 
 class Embedder(Protocol):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,6 +59,41 @@ class Extractor(Protocol):
 
 class ExtractionError(Exception):
     """The extractor's answer was not valid JSON or broke the schema: nothing is stored."""
+
+
+MAX_MEMORY_TEXT = 10_000
+
+
+class UnstorableMemory(ValueError):
+    """An extractor handed back a memory the Memories API would refuse: the job fails with this
+    as its last_error (readable through GET /jobs) and nothing of the turn is stored."""
+
+
+def require_storable(memory: ExtractedMemory) -> None:
+    """Holds an extractor's candidate to what ``POST /memories`` accepts, field by field.
+
+    The built-in extractors only produce such values; a third-party one is a plugin boundary,
+    and what crosses it is checked before anything is written, as a client's body is.
+    """
+    def refuse(problem: str) -> UnstorableMemory:
+        return UnstorableMemory(f"the extractor returned a memory whose {problem}")
+
+    if not isinstance(memory.text, str) or not memory.text.strip():
+        raise refuse("text is empty or not a string")
+    if len(memory.text.strip()) > MAX_MEMORY_TEXT:
+        raise refuse(f"text is longer than {MAX_MEMORY_TEXT} characters")
+    if memory.kind not in KINDS:
+        raise refuse(f"kind {memory.kind!r} is not one of {', '.join(KINDS)}")
+    if memory.visibility not in VISIBILITIES:
+        raise refuse(f"visibility {memory.visibility!r} is not one of {', '.join(VISIBILITIES)}")
+    for name, high in (("importance", 100), ("confidence", 1)):
+        value = getattr(memory, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+            raise refuse(f"{name} is not a number from 0 to {high}")
+    if isinstance(memory.tags, str) or not all(isinstance(tag, str) for tag in memory.tags):
+        raise refuse("tags are not a list of strings")
+    if not isinstance(memory.is_temporal, bool):
+        raise refuse("is_temporal is not a boolean")
 
 
 class _Claim(BaseModel):

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.errors import GatewayError, NotFound
 from gateway.history import content_text
 from gateway.jobs.queue import Job, JobError
+from gateway.memory.changes import MemoryFields, NewMemory
 from gateway.memory.claims import Claim
-from gateway.memory.extraction import Exchange, ExtractedMemory, ExtractionError, Extractor
+from gateway.memory.extraction import Exchange, ExtractedMemory, ExtractionError, Extractor, require_storable
 from gateway.memory.memories import Memories
 from gateway.memory_policies import MemoryPolicies, combine
 from gateway.redaction import redact
@@ -153,6 +155,8 @@ class Learner:
             kept = [ExtractedMemory(payload["user_messages"][-1][:10_000], FORCED_KIND, 50, 1.0)]
         if not kept:
             return
+        for memory in kept:
+            require_storable(memory)
         origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
                   "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
         # Written only if the subject was not erased since the turn (the job's creation).
@@ -167,11 +171,11 @@ class Learner:
                 # Stored by an earlier run of this job, which may have died before indexing it.
                 await self._memories.reindex(job.project_id, memory_id, api_key=keys.embedder)
                 continue
-            await self._memories.create(job.project_id, {
-                "id": memory_id, "subject_id": payload["subject_id"], "text": memory.text, "kind": memory.kind,
-                "importance": memory.importance, "confidence": memory.confidence, "tags": list(memory.tags),
-                "visibility": learned_visibility(memory.visibility, policy_config), "is_temporal": memory.is_temporal,
-                # A forced note is stored even if it repeats something: that is what force asks for.
-                "no_supersede": forced,
-            }, source_type="inferred", origin=origin, api_key=keys.embedder,
-                claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
+            fields = MemoryFields(kind=memory.kind, importance=memory.importance, confidence=memory.confidence,
+                                  tags=list(memory.tags), is_temporal=memory.is_temporal,
+                                  visibility=learned_visibility(memory.visibility, policy_config))
+            # A forced note is stored even if it repeats something: that is what force asks for.
+            new = NewMemory(payload["subject_id"], memory.text.strip(), fields, id=memory_id, source_type="inferred",
+                            no_supersede=forced)
+            await self._memories.create(job.project_id, new, origin=origin, api_key=keys.embedder,
+                                        claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Collection
+from collections.abc import Collection
 
 from qdrant_edge import Bm25, Bm25Config, SparseVector
 

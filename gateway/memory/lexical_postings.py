@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from qdrant_edge import SparseVector
 

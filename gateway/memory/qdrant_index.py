@@ -7,7 +7,8 @@ local mode (``location``), which is how its contract tests run without a server.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_edge import SparseVector

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
@@ -129,7 +130,8 @@ def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dic
 
 
 def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
-    return orjson.loads(payload["fields"])  # type: ignore[no-any-return]
+    fields: dict[str, Any] = orjson.loads(payload["fields"])
+    return fields
 
 
 def searchable_by(project_id: str, query: IndexQuery) -> list[str]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
+from collections.abc import Sequence
 
 from gateway.config import VersioningConfig
 from gateway.memory.claims import Claim
@@ -65,7 +66,7 @@ class Comparer:
         self._lexicon = lexicon
 
     def key_terms(self, text: str) -> frozenset[int]:
-        words = [_SYNONYMS.get(w, w) for w in _WORD.findall(text.lower()) 
+        words = [_SYNONYMS.get(w, w) for w in _WORD.findall(text.lower())
                  if w not in _SUBJECT_WORDS and w not in _FILLER_WORDS]
         return self._lexicon.terms(" ".join(words))
 

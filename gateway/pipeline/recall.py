@@ -11,13 +11,15 @@ last_seen_at).
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from gateway.clock import now_iso
 from gateway.config import RecallConfig
 from gateway.errors import GatewayError
 from gateway.history import content_text
-from gateway.memory.memories import Memories, SearchHit
+from gateway.memory.memories import Memories
+from gateway.memory.ranking import SearchHit
 from gateway.memory.recalls import RecallEvents
 from gateway.pipeline.context import ContextLayer, TurnContext
 

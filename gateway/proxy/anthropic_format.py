@@ -3,7 +3,8 @@
 History is kept in one form (OpenAI Chat Completions messages) whatever surface
 wrote it, so a conversation started on one surface replays on another. These
 functions convert at the Anthropic surface's edges: its request messages in,
-stored history out, and its answers (whole or streamed) back in.
+stored history out, and its answers (whole or streamed) back in. The module ends
+with the format's declaration: its request fields, native request and LiteLLM bridge.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.proxy.litellm_bridge import litellm_arguments, model_json
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
+from gateway.proxy.wire import Bridge, NativeRequest, UpstreamCall, WireFormat
+from gateway.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
 
 # -- Anthropic -> OpenAI ----------------------------------------------------------------------
 
@@ -50,7 +53,7 @@ def to_openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             converted.append({"role": "user", "content": content})
             continue
         parts: list[dict[str, Any]] = []
-        for block in content:
+        for block in content or ():  # validated: a string (above) or a list of blocks
             kind = block.get("type")
             if kind == "tool_result":
                 converted.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""),
@@ -138,7 +141,7 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
         role = message.get("role") if isinstance(message, dict) else None
         if role == "assistant":
             text = joined_text(message.get("content"))
-            blocks = [{"type": "text", "text": text}] if text else []
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
             blocks += [{"type": "tool_use", "id": call.call_id, "name": call.name, "input": call.arguments}
                        for call in tool_calls(message)]
             add("assistant", blocks)
@@ -217,3 +220,40 @@ class MessagesStreamAccumulator(JsonEventStream):
             elif block.get("type") == "text":
                 blocks.append({"type": "text", "text": block["text"]})
         return blocks
+
+
+# -- the format, as the proxy calls providers in it -------------------------------------------
+
+# anthropic MessageCreateParams and its beta fields, plus the sampling parameters older
+# models take. ``betas`` is not a body field: the SDK sends anthropic-beta.
+_ACCEPTED = frozenset({
+    "model", "messages", "max_tokens", "stream", "system", "metadata", "stop_sequences", "temperature", "top_k",
+    "top_p", "tool_choice", "tools", "thinking", "service_tier", "container", "cache_control", "diagnostics",
+    "inference_geo", "output_config", "speed", "user_profile_id", "workspace_id", "mcp_servers",
+    "context_management", "compaction", "fallbacks", "fallback_credit_token", "billing_policy", "thread",
+})
+# What LiteLLM's Anthropic-format interface gets when a Messages request goes to a GPT model.
+_TRANSLATED = frozenset({
+    "messages", "max_tokens", "system", "stop_sequences", "temperature", "thinking", "tool_choice", "tools", "top_k",
+    "top_p",
+})
+
+
+def _native_request(call: UpstreamCall) -> NativeRequest:
+    return NativeRequest(call.settings.api_base + "/v1/messages",
+                         {"anthropic-version": "2023-06-01", **call.headers, "x-api-key": call.api_key}, call.body)
+
+
+def _bridge(litellm: Any, call: UpstreamCall) -> Bridge:
+    from litellm.anthropic_interface import messages
+
+    arguments = litellm_arguments(call, MESSAGES_FORMAT)
+    return Bridge(request=lambda stream: messages.acreate(**arguments, stream=stream),
+                  whole=lambda answer: answer if isinstance(answer, dict) else model_json(answer),
+                  frames=lambda chunk: [chunk if isinstance(chunk, bytes) else str(chunk).encode()])
+
+
+MESSAGES_FORMAT = WireFormat(
+    name="messages", native_provider="anthropic", accepted=_ACCEPTED, translated=_TRANSLATED,
+    native_request=_native_request, bridge=_bridge,
+)

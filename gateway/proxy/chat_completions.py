@@ -1,8 +1,9 @@
-"""``POST /chat/completions``: the OpenAI-compatible surface (contract §4.1).
+"""``POST /chat/completions``: the OpenAI-compatible surface (contract §4.1), and OpenAI's error shape.
 
 Any OpenAI Chat Completions body plus ``mnx`` (or ``x-mnx-*`` headers). The request
 is validated completely before anything is read from storage or sent upstream, so
-bad input is a 4xx that stores and forwards nothing.
+bad input is a 4xx that stores and forwards nothing. Served under /api/v1 and /v1, so
+a plain OpenAI base_url of http://host/v1 works.
 """
 
 from __future__ import annotations
@@ -10,16 +11,38 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.responses import Response
+from starlette.routing import Route
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, ErrorShape, GatewayError
+from gateway.proxy.chat_format import CHAT_FORMAT
 from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT, STRING, STRING_OR_OBJECT,
                                           STRING_OR_STRINGS, check_each, check_fields)
 from gateway.proxy.sse import ChatStreamAccumulator, sse_frame
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.wire import WireFormat
-from gateway.routing import Call
+from gateway.routing import Call, PathOwner, endpoint
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                 429: "rate_limit_error"}
+
+
+def _openai_error(error: GatewayError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": error.message,
+            "type": _OPENAI_TYPES.get(error.status, "api_error"),
+            "param": error.extra.get("param"),
+            "code": error.code,
+        },
+        # The mnexium SDK reads a top-level "message"; OpenAI clients ignore it.
+        "message": error.message,
+    }
+
+
+# OpenAI's error envelope, read by the OpenAI SDK on both OpenAI surfaces (this one and /responses).
+OPENAI_ERRORS = ErrorShape("openai", _openai_error)
 
 
 def _error_frame(code: str, message: str) -> bytes:
@@ -155,7 +178,7 @@ CHAT_COMPLETIONS = SurfaceSpec(
     validate=validate_chat_body,
     request_messages=lambda body: body["messages"],
     with_context=lambda body, context: {**body, "messages": context.chat_messages(body["messages"])},
-    wire=WireFormat.CHAT,
+    wire=CHAT_FORMAT,
     answer_message=_recordable,
     new_accumulator=ChatStreamAccumulator,
     error_frame=_error_frame,
@@ -164,3 +187,9 @@ CHAT_COMPLETIONS = SurfaceSpec(
 
 async def chat_completions(call: Call) -> Response:
     return await proxy_turn(call, CHAT_COMPLETIONS)
+
+
+# Relative to the /api/v1 and /v1 mounts; every path under /chat/completions answers in OpenAI's shape.
+routes = [PathOwner("/chat/completions", OPENAI_ERRORS, [
+    Route("/chat/completions", endpoint(chat_completions, scope="chat:write", surface=OPENAI_ERRORS), methods=["POST"]),
+])]

@@ -11,7 +11,8 @@ and the provider call is cancelled (closing its connection, so the provider stop
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, TypeVar
+from typing import TypeVar
+from collections.abc import Awaitable
 
 from starlette.requests import Request
 

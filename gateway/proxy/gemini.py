@@ -1,7 +1,8 @@
-"""Gemini-native ``generateContent`` / ``streamGenerateContent`` (contract §4.4).
+"""Gemini-native ``generateContent`` / ``streamGenerateContent`` (contract §4.4), and Google's error shape.
 
 Mounted at ``/v1beta/models/{model}:{action}`` and ``/v1/models/...``, where the
-google-genai SDK's base URL leads. ``x-goog-api-key`` stays the caller's Google key; the project key travels in
+google-genai SDK's base URL leads (v1beta, or v1, the default API version of google-genai 3.x).
+``x-goog-api-key`` stays the caller's Google key; the project key travels in
 ``x-mnexium-key`` or ``Authorization: Bearer``, and ``mnx`` in ``x-mnx-*`` headers
 (the SDK sends no unknown body fields, and rejects unknown response fields, so the
 mnx ids come back in the ``X-Mnx-*`` headers only). The gateway's context goes into
@@ -15,21 +16,36 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, ErrorShape, GatewayError, NotFound
 from gateway.pipeline.context import AssembledContext
-from gateway.proxy.body_fields import camel_case_gemini_fields
 from gateway.proxy.gemini_format import (
-    GeminiStreamAccumulator, contents_to_messages, merge_contents, messages_to_contents, response_message,
-    with_system_instruction,
+    GEMINI_FORMAT, GeminiStreamAccumulator, camel_case_gemini_fields, contents_to_messages, merge_contents,
+    messages_to_contents, response_message, with_system_instruction,
 )
 from gateway.proxy.request_fields import (INTEGER, NAME, NUMBER, OBJECT, OBJECTS, STRING, STRINGS, check_each,
                                           check_fields)
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.wire import WireFormat
-from gateway.routing import Call
+from gateway.routing import Call, PathOwner, endpoint
 
 _ACTIONS = {"generateContent": False, "streamGenerateContent": True}
+
+
+_GRPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                405: "UNIMPLEMENTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE",
+                503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _google_error(error: GatewayError) -> dict[str, Any]:
+    # Google's ErrorInfo detail is the native place for a machine-readable reason.
+    return {"error": {"code": error.status, "message": error.message,
+                      "status": _GRPC_STATUS.get(error.status, "INTERNAL"),
+                      "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": error.code,
+                                   "domain": "mnx-gateway"}]}}
+
+
+GEMINI_ERRORS = ErrorShape("gemini", _google_error)
 
 
 def _error_frame(code: str, message: str) -> bytes:
@@ -139,7 +155,7 @@ GEMINI = SurfaceSpec(
     validate=validate_gemini_body,
     request_messages=lambda body: contents_to_messages(body["contents"]),
     with_context=_with_context,
-    wire=WireFormat.GEMINI,
+    wire=GEMINI_FORMAT,
     answer_message=response_message,
     new_accumulator=GeminiStreamAccumulator,
     error_frame=_error_frame,
@@ -151,3 +167,10 @@ GEMINI = SurfaceSpec(
 
 async def generate_content(call: Call) -> Response:
     return await proxy_turn(call, GEMINI)
+
+
+_generate_content = endpoint(generate_content, scope="chat:write", surface=GEMINI_ERRORS)
+# Relative to the /v1 mount: every path under /models/ answers in Google's shape.
+routes = [PathOwner("/models/", GEMINI_ERRORS, [Route("/models/{target}", _generate_content, methods=["POST"])])]
+# Relative to the /v1beta mount, Google's alone: every path under it answers in Google's shape.
+v1beta_routes = [PathOwner("/", GEMINI_ERRORS, [Route("/models/{target}", _generate_content, methods=["POST"])])]

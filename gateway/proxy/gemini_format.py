@@ -1,12 +1,18 @@
-"""Gemini ``generateContent`` <-> the OpenAI chat message form that history is stored in."""
+"""The Gemini ``generateContent`` format: its contents <-> the OpenAI chat message form history is
+stored in, its request fields, its native request and its LiteLLM bridge."""
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
+from gateway.errors import BadRequest
+from gateway.proxy.body_fields import translated_fields
+from gateway.proxy.litellm_bridge import NO_RETRIES, litellm_model, model_json
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
+from gateway.proxy.wire import Bridge, NativeRequest, UpstreamCall, WireFormat
+from gateway.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
 
 # The fields of a GenerateContentResponse; the google-genai SDK rejects any other.
 RESPONSE_FIELDS = ("candidates", "promptFeedback", "usageMetadata", "modelVersion", "responseId", "createTime")
@@ -164,3 +170,73 @@ class GeminiStreamAccumulator(JsonEventStream):
 
     def message(self) -> dict[str, Any]:
         return parts_to_assistant(self._parts)
+
+
+# -- the format, as the proxy calls providers in it -------------------------------------------
+
+# Google's JSON parser takes proto field names too, and its own REST examples use them;
+# the Gemini surface renames them to the camelCase the gateway reads.
+GEMINI_SNAKE_CASE = {"system_instruction": "systemInstruction", "tool_config": "toolConfig",
+                     "safety_settings": "safetySettings", "generation_config": "generationConfig",
+                     "cached_content": "cachedContent", "service_tier": "serviceTier"}
+# Gemini GenerateContentRequest (the model and the streaming choice travel in the URL).
+_ACCEPTED = frozenset({
+    "model", "contents", "systemInstruction", "tools", "toolConfig", "safetySettings", "generationConfig",
+    "cachedContent", "labels", "serviceTier", "store", *GEMINI_SNAKE_CASE,
+})
+# The bridge below names each argument of litellm's agenerate_content itself.
+_TRANSLATED = frozenset({"contents", "systemInstruction", "tools", "generationConfig"})
+
+
+def camel_case_gemini_fields(body: dict[str, Any]) -> None:
+    """Rename Gemini's snake_case request fields to the camelCase the gateway reads (both
+    spellings of one field is a 400: which one would win is not the caller's to guess)."""
+    for snake, camel in GEMINI_SNAKE_CASE.items():
+        if snake in body:
+            if camel in body:
+                raise BadRequest(f"{snake} and {camel} are the same field: send one", code="duplicate_parameter",
+                                 param=snake)
+            body[camel] = body.pop(snake)
+
+
+def gemini_response_only(answer: dict[str, Any]) -> dict[str, Any]:
+    """Drop what LiteLLM adds to a Gemini response (e.g. "text"): the google-genai SDK rejects it."""
+    return {k: v for k, v in answer.items() if k in RESPONSE_FIELDS}
+
+
+def _native_request(call: UpstreamCall) -> NativeRequest:
+    # Gemini carries the model and the streaming choice in the URL, not the body.
+    action = "streamGenerateContent?alt=sse" if call.body.get("stream") else "generateContent"
+    # The model is one path segment: escaped, a "?" or "#" in it cannot add to the URL
+    # (and route_model already refused every character outside letters, digits and ._:@+-).
+    url = f"{call.settings.api_base}/models/{urllib.parse.quote(call.route.model, safe='')}:{action}"
+    body = {k: v for k, v in call.body.items() if k not in ("model", "stream")}
+    return NativeRequest(url, {"x-goog-api-key": call.api_key}, body, fixed_url=False)
+
+
+def _frames(chunk: Any) -> list[bytes]:
+    raw = chunk if isinstance(chunk, bytes) else str(chunk).encode()
+    return [b"data: " + json.dumps(gemini_response_only(json.loads(line[5:]))).encode() + b"\n\n"
+            for line in raw.split(b"\n") if line.startswith(b"data:")]
+
+
+def _bridge(litellm: Any, call: UpstreamCall) -> Bridge:
+    from litellm.google_genai import agenerate_content, agenerate_content_stream
+
+    fields = translated_fields(call.body, GEMINI_FORMAT)
+    arguments = {
+        "model": litellm_model(call),
+        "contents": fields["contents"], "config": fields.get("generationConfig"), "tools": fields.get("tools"),
+        "systemInstruction": fields.get("systemInstruction"),
+        "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
+        **NO_RETRIES,
+    }
+    return Bridge(request=lambda stream: (agenerate_content_stream if stream else agenerate_content)(**arguments),
+                  whole=lambda answer: gemini_response_only(answer if isinstance(answer, dict) else model_json(answer)),
+                  frames=_frames)
+
+
+GEMINI_FORMAT = WireFormat(
+    name="gemini", native_provider="gemini", accepted=_ACCEPTED, translated=_TRANSLATED,
+    native_request=_native_request, bridge=_bridge,
+)

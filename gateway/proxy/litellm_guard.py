@@ -41,7 +41,7 @@ def _ignored(what: str) -> None:
         log.warning("ignored a change to LiteLLM's callbacks after startup (%s): they are fixed", what)
 
 
-class FrozenCallbackList(list):  # type: ignore[type-arg]
+class FrozenCallbackList(list[Any]):
     """A list LiteLLM can read and iterate as before; every change is ignored."""
 
     def __init__(self, name: str, entries: list[Any]) -> None:
@@ -63,7 +63,7 @@ class FrozenCallbackList(list):  # type: ignore[type-arg]
     def remove(self, *_: Any) -> None:
         self._change("remove")
 
-    def pop(self, *_: Any) -> None:  # type: ignore[override]
+    def pop(self, *_: Any) -> None:
         self._change("pop")
 
     def clear(self) -> None:
@@ -81,11 +81,11 @@ class FrozenCallbackList(list):  # type: ignore[type-arg]
     def __delitem__(self, *_: Any) -> None:
         self._change("__delitem__")
 
-    def __iadd__(self, _: Any) -> "FrozenCallbackList":  # type: ignore[override]
+    def __iadd__(self, _: Any) -> FrozenCallbackList:  # type: ignore[misc]
         self._change("__iadd__")
         return self
 
-    def __imul__(self, _: Any) -> "FrozenCallbackList":  # type: ignore[override]
+    def __imul__(self, _: Any) -> FrozenCallbackList:  # type: ignore[misc]
         self._change("__imul__")
         return self
 

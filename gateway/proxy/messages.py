@@ -1,4 +1,4 @@
-"""``POST /messages``: the Anthropic Messages surface (contract §4.3).
+"""``POST /messages``: the Anthropic Messages surface (contract §4.3), and Anthropic's error shape.
 
 Apps built on the Anthropic SDK change only its base URL and add the project key
 (``x-mnexium-key`` or ``Authorization: Bearer``); ``x-api-key`` stays their
@@ -6,7 +6,8 @@ Anthropic key. The gateway's context goes into the top-level ``system``, replaye
 history in front of the request's messages. Claude models are forwarded to
 Anthropic untranslated; any other model is translated by LiteLLM, and the answer
 comes back in the Messages shape either way. ``mnx`` comes from the body (the SDK's
-``extra_body``) or ``x-mnx-*`` headers.
+``extra_body``) or ``x-mnx-*`` headers. Served under /api/v1 and /v1, where the Anthropic
+SDK's base_url leads.
 """
 
 from __future__ import annotations
@@ -15,17 +16,31 @@ import json
 from typing import Any
 
 from starlette.responses import Response
+from starlette.routing import Route
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, ErrorShape, GatewayError
 from gateway.pipeline.context import AssembledContext
 from gateway.proxy.anthropic_format import (
-    MessagesStreamAccumulator, assistant_to_openai, merge_messages, to_anthropic_messages, to_openai_messages,
-    with_system,
+    MESSAGES_FORMAT, MessagesStreamAccumulator, assistant_to_openai, merge_messages, to_anthropic_messages,
+    to_openai_messages, with_system,
 )
 from gateway.proxy.request_fields import INTEGER, NAME, NUMBER, OBJECT, STRING, STRINGS, check_each, check_fields
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.wire import WireFormat
-from gateway.routing import Call
+from gateway.routing import Call, PathOwner, endpoint
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                    429: "rate_limit_error", 529: "overloaded_error"}
+
+
+def _anthropic_error(error: GatewayError) -> dict[str, Any]:
+    # "code" is ours (Anthropic has none); the SDK keeps unknown keys in the error body.
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
+                                       "message": error.message, "code": error.code}}
+
+
+ANTHROPIC_ERRORS = ErrorShape("anthropic", _anthropic_error)
 
 
 def _error_frame(code: str, message: str) -> bytes:
@@ -142,7 +157,7 @@ MESSAGES = SurfaceSpec(
     validate=validate_messages_body,
     request_messages=lambda body: to_openai_messages(body["messages"]),
     with_context=_with_context,
-    wire=WireFormat.MESSAGES,
+    wire=MESSAGES_FORMAT,
     answer_message=_recordable,
     new_accumulator=MessagesStreamAccumulator,
     error_frame=_error_frame,
@@ -154,3 +169,9 @@ MESSAGES = SurfaceSpec(
 
 async def messages(call: Call) -> Response:
     return await proxy_turn(call, MESSAGES)
+
+
+# Relative to the /api/v1 and /v1 mounts; every path under /messages answers in Anthropic's shape.
+routes = [PathOwner("/messages", ANTHROPIC_ERRORS, [
+    Route("/messages", endpoint(messages, scope="chat:write", surface=ANTHROPIC_ERRORS), methods=["POST"]),
+])]

@@ -14,26 +14,49 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
+from collections.abc import Mapping
 
 from gateway.config import ProviderConfig, ProvidersConfig
 from gateway.errors import BadRequest
 
 ProviderName = Literal["openai", "anthropic", "gemini"]
 
-_EXPLICIT_PREFIXES: dict[str, ProviderName] = {"openai/": "openai", "anthropic/": "anthropic",
-                                               "gemini/": "gemini", "google/": "gemini"}
-# The headers a caller may put its own key in, in order of preference, per provider.
-_KEY_HEADERS: dict[ProviderName, tuple[str, ...]] = {
-    "openai": ("x-openai-key",),
-    "anthropic": ("x-anthropic-key",),
-    "gemini": ("x-google-key", "x-goog-api-key"),
-}
+
+@dataclass(frozen=True)
+class Provider:
+    """Everything the gateway knows about one provider, in one place.
+
+    Which request formats a provider speaks natively is said by each format
+    (``WireFormat.native_provider`` in gateway/proxy/*_format.py): OpenAI speaks two.
+    """
+
+    name: ProviderName
+    # Model-name prefixes that name this provider explicitly ("anthropic/claude-...").
+    prefixes: tuple[str, ...]
+    # The headers a caller may put its own key in, in order of preference.
+    key_headers: tuple[str, ...]
+    # The error code of a call that has no key for this provider.
+    key_required_code: str
+    # The environment variable the shipped gateway.yaml reads providers.<name>.api_key from.
+    key_variable: str
+    # LiteLLM's name for the provider (the "<prefix>/<model>" it routes by).
+    litellm_prefix: str
+
+
+PROVIDERS: dict[ProviderName, Provider] = {provider.name: provider for provider in (
+    Provider("openai", prefixes=("openai/",), key_headers=("x-openai-key",), key_required_code="openai_key_required",
+             key_variable="OPENAI_API_KEY", litellm_prefix="openai"),
+    Provider("anthropic", prefixes=("anthropic/",), key_headers=("x-anthropic-key",),
+             key_required_code="anthropic_key_required", key_variable="ANTHROPIC_API_KEY",
+             litellm_prefix="anthropic"),
+    Provider("gemini", prefixes=("gemini/", "google/"), key_headers=("x-google-key", "x-goog-api-key"),
+             key_required_code="google_key_required", key_variable="GEMINI_API_KEY", litellm_prefix="gemini"),
+)}
+
 # Every header that can carry a caller's provider key: the gateway's own, and the native
-# SDKs' (x-api-key is the Anthropic SDK's on /messages, x-goog-api-key google-genai's).
-PROVIDER_KEY_HEADERS = ("x-openai-key", "x-anthropic-key", "x-google-key", "x-goog-api-key", "x-api-key")
-_KEY_ERROR_CODES: dict[ProviderName, str] = {"openai": "openai_key_required", "anthropic": "anthropic_key_required",
-                                             "gemini": "google_key_required"}
+# SDKs' (x-goog-api-key is google-genai's, x-api-key the Anthropic SDK's, read on /messages only).
+PROVIDER_KEY_HEADERS = (*(header for provider in PROVIDERS.values() for header in provider.key_headers), "x-api-key")
 
 MAX_MODEL_LENGTH = 200
 # A model name: letters, digits and . _ - : @ + (fine-tuned OpenAI models have colons,
@@ -78,9 +101,10 @@ def route_model(model: str, *, param: str = "model") -> Route:
 
 
 def _route(model: str) -> Route:
-    for prefix, provider in _EXPLICIT_PREFIXES.items():
-        if model.startswith(prefix):
-            return Route(provider, model[len(prefix):])
+    for provider in PROVIDERS.values():
+        for prefix in provider.prefixes:
+            if model.startswith(prefix):
+                return Route(provider.name, model[len(prefix):])
     lowered = model.lower()
     if "claude" in lowered:
         return Route("anthropic", model)
@@ -101,7 +125,8 @@ def provider_key(name: ProviderName, caller_keys: Mapping[str, str], provider_be
     project keys already removed). ``native_header`` is the header the surface's own SDK
     puts the key in (``x-api-key`` for the Anthropic SDK on /messages), checked first.
     """
-    for header in ((native_header,) if native_header else ()) + _KEY_HEADERS[name]:
+    provider = PROVIDERS[name]
+    for header in ((native_header,) if native_header else ()) + provider.key_headers:
         value = caller_keys.get(header)
         if value:
             return _sendable(value, header)
@@ -109,9 +134,9 @@ def provider_key(name: ProviderName, caller_keys: Mapping[str, str], provider_be
         return _sendable(provider_bearer, "authorization")
     if settings.api_key is not None:
         return settings.api_key.get_secret_value()
-    header = _KEY_HEADERS[name][0]
-    raise BadRequest(f"no {name} API key: send it in the {header} header or configure providers.{name}.api_key",
-                     code=_KEY_ERROR_CODES[name])
+    raise BadRequest(f"no {name} API key: send it in the {provider.key_headers[0]} header, or set "
+                     f"{provider.key_variable} (read by the shipped gateway.yaml as providers.{name}.api_key)",
+                     code=provider.key_required_code)
 
 
 def _sendable(key: str, header: str) -> str:

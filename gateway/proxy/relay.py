@@ -17,7 +17,8 @@ takes an unrecorded turn for a complete one.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 

@@ -12,7 +12,8 @@ pass untouched.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from gateway.errors import BadRequest
 

@@ -14,17 +14,19 @@ import json
 from typing import Any
 
 from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.errors import BadRequest
 from gateway.pipeline.context import AssembledContext
+from gateway.proxy.chat_completions import OPENAI_ERRORS
 from gateway.proxy.responses_format import (
-    ResponsesStreamAccumulator, input_to_messages, messages_to_input, output_to_message, with_instructions,
+    RESPONSES_FORMAT, ResponsesStreamAccumulator, input_to_messages, messages_to_input, output_to_message,
+    with_instructions,
 )
 from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT, STRING, STRING_OR_OBJECT,
                                           check_each, check_fields)
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
-from gateway.proxy.wire import WireFormat
-from gateway.routing import Call
+from gateway.routing import Call, PathOwner, endpoint
 
 
 def _error_frame(code: str, message: str) -> bytes:
@@ -144,7 +146,7 @@ RESPONSES = SurfaceSpec(
     validate=validate_responses_body,
     request_messages=lambda body: input_to_messages(body["input"]),
     with_context=_with_context,
-    wire=WireFormat.RESPONSES,
+    wire=RESPONSES_FORMAT,
     answer_message=_recordable,
     new_accumulator=ResponsesStreamAccumulator,
     error_frame=_error_frame,
@@ -154,3 +156,12 @@ RESPONSES = SurfaceSpec(
 
 async def responses(call: Call) -> Response:
     return await proxy_turn(call, RESPONSES)
+
+
+# Relative to the /api/v1 and /v1 mounts; every path under /responses answers in OpenAI's shape.
+# One rule for every provider surface: chat:write (and here the contract's responses:write too);
+# what a turn reads and writes beyond that: gateway/feature_scopes.py.
+routes = [PathOwner("/responses", OPENAI_ERRORS, [
+    Route("/responses", endpoint(responses, scope=("chat:write", "responses:write"), surface=OPENAI_ERRORS),
+          methods=["POST"]),
+])]

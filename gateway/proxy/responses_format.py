@@ -1,12 +1,15 @@
-"""OpenAI Responses items <-> the OpenAI chat message form that history is stored in."""
+"""The OpenAI Responses format: its items <-> the OpenAI chat message form history is stored in,
+its request fields, its native request and its LiteLLM bridge."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from gateway.proxy.litellm_bridge import litellm_arguments, model_json
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.stored_messages import as_text, image_url, joined_text, tool_calls
+from gateway.proxy.wire import Bridge, NativeRequest, UpstreamCall, WireFormat
+from gateway.stored_messages import as_text, image_url, joined_text, tool_calls
 
 
 def _text_and_images(content: Any) -> Any:
@@ -134,3 +137,41 @@ class ResponsesStreamAccumulator(JsonEventStream):
 
     def message(self) -> dict[str, Any]:
         return output_to_message((self._response or {}).get("output") or [])
+
+
+# -- the format, as the proxy calls providers in it -------------------------------------------
+
+# openai 2.x ResponseCreateParams, plus stream.
+_ACCEPTED = frozenset({
+    "model", "input", "stream", "stream_options", "background", "context_management", "conversation", "include",
+    "instructions", "max_output_tokens", "max_tool_calls", "metadata", "moderation", "parallel_tool_calls",
+    "previous_response_id", "prompt", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+    "reasoning", "safety_identifier", "service_tier", "store", "temperature", "text", "tool_choice", "tools",
+    "top_logprobs", "top_p", "truncation", "user",
+})
+# What litellm.aresponses gets when a Responses request goes to Claude or Gemini.
+_TRANSLATED = frozenset({
+    "input", "include", "instructions", "max_output_tokens", "parallel_tool_calls", "reasoning", "temperature",
+    "text", "tool_choice", "tools", "top_p", "truncation", "user",
+})
+
+
+def _native_request(call: UpstreamCall) -> NativeRequest:
+    return NativeRequest(call.settings.api_base + "/responses", {"authorization": f"Bearer {call.api_key}"},
+                         call.body)
+
+
+def _event_frame(event: Any) -> list[bytes]:
+    return [f"event: {event.type}\ndata: {event.model_dump_json(exclude_none=True)}\n\n".encode()]
+
+
+def _bridge(litellm: Any, call: UpstreamCall) -> Bridge:
+    arguments = litellm_arguments(call, RESPONSES_FORMAT)
+    return Bridge(request=lambda stream: litellm.aresponses(**arguments, stream=stream), whole=model_json,
+                  frames=_event_frame)
+
+
+RESPONSES_FORMAT = WireFormat(
+    name="responses", native_provider="openai", accepted=_ACCEPTED, translated=_TRANSLATED,
+    native_request=_native_request, bridge=_bridge,
+)

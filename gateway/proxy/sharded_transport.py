@@ -14,7 +14,10 @@ exception types) is httpx's own transport, unchanged.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+import functools
+import ssl
+from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -37,10 +40,18 @@ class _CountedStream(httpx.AsyncByteStream):
             self._release()
 
 
+@functools.cache
+def _default_tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context, built once per process: building one loads the CA bundle
+    (~60 ms of CPU each), and every gateway a process starts (the test suite starts hundreds)
+    verifies providers the same way."""
+    return httpx.create_ssl_context()
+
+
 class ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, shards: int = 8, **transport_options: Any) -> None:
-        # One TLS context for every shard: building one loads the CA bundle (~60 ms each).
-        transport_options.setdefault("verify", httpx.create_ssl_context())
+        # One TLS context for every shard.
+        transport_options.setdefault("verify", _default_tls_context())
         self._shards = [httpx.AsyncHTTPTransport(**transport_options) for _ in range(shards)]
         self._in_flight = [0] * shards
 

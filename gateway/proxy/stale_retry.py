@@ -16,7 +16,8 @@ The gateway's pooled client and the client LiteLLM's OpenAI calls use both send 
 from __future__ import annotations
 
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import httpx
 

@@ -15,7 +15,8 @@ import logging
 import string
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,8 +32,7 @@ from gateway.proxy.disconnect import ClientLeft, unless_client_leaves
 from gateway.proxy.providers import Route, provider_key, provider_settings, route_model
 from gateway.proxy.relay import relay
 from gateway.proxy.sse import JsonEventStream
-from gateway.proxy.upstream import UpstreamCall
-from gateway.proxy.wire import NATIVE_PROVIDER, WireFormat
+from gateway.proxy.wire import UpstreamCall, WireFormat
 from gateway.routing import Call
 from gateway.validation import read_json_object
 
@@ -103,7 +103,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         spec.validate(body)
         route = route_model(body["model"])
         settings = provider_settings(services.config.providers, route.provider)
-        native = route.provider == NATIVE_PROVIDER[spec.wire]
+        native = route.provider == spec.wire.native_provider
         reject_unknown_fields(sent_fields, spec.wire, settings.extra_body_fields if native else ())
         if isinstance(options.memory_policy, str):
             await services.policies.require_usable(call.project_id, options.memory_policy)
@@ -125,7 +125,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
                 async with services.erasure.writing(call.project_id, options.subject_id, since=turn.started_at):
                     await context.answered()
                     if message is not None:
-                        await record_turn(services, turn, message)
+                        await record_turn(turn, message, history=services.history, jobs=services.jobs,
+                                          learner=services.learner, worker=services.worker)
             except SubjectErased:
                 log.info("the subject of a %s turn was erased while it ran: nothing recorded", spec.request_type)
 

@@ -1,6 +1,7 @@
 """Calling the provider a model names, in the wire format the client spoke.
 
-Four formats (OpenAI Chat Completions and Responses, Anthropic Messages, Gemini), two paths each:
+Each format (``WireFormat``, declared by its module: chat_format.py, responses_format.py,
+anthropic_format.py, gemini_format.py) travels one of two paths:
 
 * When the provider speaks the request's format natively (an OpenAI-compatible
   upstream for OpenAI formats, Anthropic for Messages, Google for Gemini), the request is forwarded
@@ -8,7 +9,7 @@ Four formats (OpenAI Chat Completions and Responses, Anthropic Messages, Gemini)
   LiteLLM here saves ~2.4 ms of CPU per call (~6 ms streamed).
 * Otherwise LiteLLM translates the request and the answer (streamed events
   included) to and from the provider's format. LiteLLM gets the fields named in
-  ``body_fields.TRANSLATED`` and the gateway's own arguments, nothing else: its
+  the format's ``translated`` allow-list and the gateway's own arguments, nothing else: its
   call functions also take control arguments (``api_base``, ``callbacks``...) that
   would hand the operator's keys to whoever sets them.
 
@@ -24,29 +25,23 @@ import asyncio
 import json
 import logging
 import os
-import urllib.parse
 import weakref
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 
 from gateway.config import ProviderConfig, ProvidersConfig
 from gateway.errors import UpstreamError
-from gateway.proxy.body_fields import translated_fields
-from gateway.proxy.gemini_format import RESPONSE_FIELDS
 from gateway.proxy.litellm_guard import freeze_global_callbacks
-from gateway.proxy.providers import Route
 from gateway.proxy.sharded_transport import ShardedTransport
-from gateway.proxy.sse import DONE_FRAME, sse_frame
 from gateway.proxy.stale_retry import StaleConnectionRetry
-from gateway.proxy.wire import NATIVE_PROVIDER, WireFormat
+from gateway.proxy.wire import UpstreamCall, WireFormat
 from gateway.redaction import redact
 
 log = logging.getLogger("gateway.upstream")
-
-_LITELLM_PREFIX = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
 
 # Provider response headers a client's SDK reads to pace itself (its retry logic reads
 # retry-after; dashboards read the x-ratelimit-* budget), passed on by name.
@@ -89,24 +84,14 @@ class LoopLocalClient(httpx.AsyncClient):
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary())
 
-    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         loop = asyncio.get_running_loop()
         client = self._per_loop.get(loop)
         if client is None:
             client = self._per_loop[loop] = httpx.AsyncClient(
-                cookies=cookieless_jar(), follow_redirects=False, transport=StaleConnectionRetry(httpx.AsyncHTTPTransport()))
+                cookies=cookieless_jar(), follow_redirects=False,
+                transport=StaleConnectionRetry(httpx.AsyncHTTPTransport()))
         return await client.send(request, **kwargs)
-
-
-@dataclass(frozen=True)
-class UpstreamCall:
-    route: Route
-    # The request body in the client's format: final messages, no ``mnx``; ``model`` as the provider knows it.
-    body: dict[str, Any]
-    api_key: str
-    settings: ProviderConfig
-    # Provider headers the client sent that a native passthrough forwards (e.g. anthropic-version).
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,11 +139,6 @@ def load_litellm() -> Any:
     freeze_global_callbacks(litellm)
     litellm._mnx_configured = True
     return litellm
-
-
-def gemini_response_only(answer: dict[str, Any]) -> dict[str, Any]:
-    """Drop what LiteLLM adds to a Gemini response (e.g. "text"): the google-genai SDK rejects it."""
-    return {k: v for k, v in answer.items() if k in RESPONSE_FIELDS}
 
 
 def _provider_message(status: int, raw: bytes) -> tuple[str, str | None]:
@@ -229,13 +209,14 @@ class Upstream:
 
     async def complete(self, call: UpstreamCall, wire: WireFormat) -> UpstreamAnswer:
         """A whole answer, in ``wire`` format."""
-        if call.route.provider == NATIVE_PROVIDER[wire]:
+        if call.route.provider == wire.native_provider:
             return await self._native_complete(call, self._native_request(call, wire))
         return await self._bridge(call, wire, stream=False)
 
     async def open_stream(self, call: UpstreamCall, wire: WireFormat) -> UpstreamStream:
-        """Start a streamed answer in ``wire`` format's events; provider errors raise here, before any byte is relayed."""
-        if call.route.provider == NATIVE_PROVIDER[wire]:
+        """Start a streamed answer in ``wire`` format's events; provider errors raise here, before any
+        byte is relayed."""
+        if call.route.provider == wire.native_provider:
             return await self._native_stream(call, self._native_request(call, wire))
         return await self._bridge(call, wire, stream=True)
 
@@ -248,23 +229,10 @@ class Upstream:
         return url
 
     def _native_request(self, call: UpstreamCall, wire: WireFormat) -> httpx.Request:
-        base, body = call.settings.api_base, call.body
-        if wire is WireFormat.MESSAGES:
-            url = self._url(base + "/v1/messages")
-            headers = {"anthropic-version": "2023-06-01", **call.headers, "x-api-key": call.api_key}
-        elif wire is WireFormat.GEMINI:
-            # Gemini carries the model and the streaming choice in the URL, not the body.
-            action = "streamGenerateContent?alt=sse" if body.get("stream") else "generateContent"
-            # The model is one path segment: escaped, a "?" or "#" in it cannot add to the URL
-            # (and route_model already refused every character outside letters, digits and ._:@+-).
-            url = httpx.URL(f"{base}/models/{urllib.parse.quote(call.route.model, safe='')}:{action}")
-            body = {k: v for k, v in body.items() if k not in ("model", "stream")}
-            headers = {"x-goog-api-key": call.api_key}
-        else:
-            url = self._url(base + ("/responses" if wire is WireFormat.RESPONSES else "/chat/completions"))
-            headers = {"authorization": f"Bearer {call.api_key}"}
-        return self._http.build_request("POST", url, content=json.dumps(body, ensure_ascii=False).encode(),
-                                        headers={**headers, "content-type": "application/json"},
+        native = wire.native_request(call)
+        url = self._url(native.url) if native.fixed_url else httpx.URL(native.url)
+        return self._http.build_request("POST", url, content=json.dumps(native.body, ensure_ascii=False).encode(),
+                                        headers={**native.headers, "content-type": "application/json"},
                                         timeout=_timeout(call.settings))
 
     async def _send(self, call: UpstreamCall, request: httpx.Request, *, stream: bool) -> httpx.Response:
@@ -280,7 +248,8 @@ class Upstream:
         try:
             answer = response.json()
         except ValueError:
-            raise UpstreamError("provider answered with invalid JSON", status=502, code="upstream_invalid_response") from None
+            raise UpstreamError("provider answered with invalid JSON", status=502,
+                                code="upstream_invalid_response") from None
         if not isinstance(answer, dict):
             raise UpstreamError("provider answered with unexpected JSON", status=502, code="upstream_invalid_response")
         return UpstreamAnswer(answer, rate_limit_headers(response.headers))
@@ -306,7 +275,7 @@ class Upstream:
         """Translate through LiteLLM for a provider that doesn't speak ``wire``."""
         if self._litellm is None:
             self.warm_up()
-        bridge = _BRIDGES[wire](self._litellm, call)
+        bridge = wire.bridge(self._litellm, call)
         first: list[Any] = []
         items: AsyncIterator[Any] | None = None
         try:
@@ -336,89 +305,6 @@ class Upstream:
 # -- LiteLLM translation ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Bridge:
-    """How one format travels through LiteLLM: the call, a whole answer, and stream items as frames."""
-
-    request: Callable[[bool], Awaitable[Any]]
-    whole: Callable[[Any], dict[str, Any]]
-    frames: Callable[[Any], list[bytes]]
-    trailer: bytes = b""  # sent after the last item when the stream ends normally
-
-
-def _model_json(model: Any) -> dict[str, Any]:
-    return json.loads(model.model_dump_json(exclude_none=True))
-
-
-# The gateway answers with the provider's first error and leaves retrying to the caller's
-# SDK: LiteLLM's own retries (and those of the provider SDK it drives) would multiply the
-# calls and stretch a timeout past the configured one.
-_NO_RETRIES = {"num_retries": 0, "max_retries": 0}
-
-
-def _litellm_arguments(call: UpstreamCall, wire: WireFormat) -> dict[str, Any]:
-    """Everything LiteLLM is called with, named: the request's translatable fields
-    (``body_fields.TRANSLATED``) and the gateway's own arguments, which always win."""
-    return {
-        **translated_fields(call.body, wire),
-        "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-        "api_key": call.api_key,
-        "api_base": call.settings.api_base,
-        "timeout": call.settings.timeout.read,
-        **_NO_RETRIES,
-    }
-
-
-def _chat_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    arguments = _litellm_arguments(call, WireFormat.CHAT)
-    return _Bridge(request=lambda stream: litellm.acompletion(**arguments, stream=stream), whole=_model_json,
-                   frames=lambda chunk: [sse_frame(_model_json(chunk))], trailer=DONE_FRAME)
-
-
-def _responses_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    arguments = _litellm_arguments(call, WireFormat.RESPONSES)
-    return _Bridge(request=lambda stream: litellm.aresponses(**arguments, stream=stream), whole=_model_json,
-                   frames=lambda event: [f"event: {event.type}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
-                                         .encode()])
-
-
-def _messages_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    from litellm.anthropic_interface import messages
-
-    arguments = _litellm_arguments(call, WireFormat.MESSAGES)
-    return _Bridge(request=lambda stream: messages.acreate(**arguments, stream=stream),
-                   whole=lambda answer: answer if isinstance(answer, dict) else _model_json(answer),
-                   frames=lambda chunk: [chunk if isinstance(chunk, bytes) else str(chunk).encode()])
-
-
-def _gemini_frames(chunk: Any) -> list[bytes]:
-    raw = chunk if isinstance(chunk, bytes) else str(chunk).encode()
-    return [b"data: " + json.dumps(gemini_response_only(json.loads(line[5:]))).encode() + b"\n\n"
-            for line in raw.split(b"\n") if line.startswith(b"data:")]
-
-
-def _gemini_bridge(litellm: Any, call: UpstreamCall) -> _Bridge:
-    from litellm.google_genai import agenerate_content, agenerate_content_stream
-
-    fields = translated_fields(call.body, WireFormat.GEMINI)
-    arguments = {
-        "model": f"{_LITELLM_PREFIX[call.route.provider]}/{call.route.model}",
-        "contents": fields["contents"], "config": fields.get("generationConfig"), "tools": fields.get("tools"),
-        "systemInstruction": fields.get("systemInstruction"),
-        "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
-        **_NO_RETRIES,
-    }
-    return _Bridge(request=lambda stream: (agenerate_content_stream if stream else agenerate_content)(**arguments),
-                   whole=lambda answer: gemini_response_only(answer if isinstance(answer, dict) else _model_json(answer)),
-                   frames=_gemini_frames)
-
-
-_BRIDGES: dict[WireFormat, Callable[[Any, UpstreamCall], _Bridge]] = {
-    WireFormat.CHAT: _chat_bridge, WireFormat.RESPONSES: _responses_bridge,
-    WireFormat.MESSAGES: _messages_bridge, WireFormat.GEMINI: _gemini_bridge,
-}
-
-
 def _litellm_error(error: Exception, call: UpstreamCall) -> UpstreamError:
     """A LiteLLM exception as the caller should see it: with the provider's own status, which
     LiteLLM's adapters may wrap in a generic error of theirs (a Gemini-format call to a 503
@@ -429,7 +315,8 @@ def _litellm_error(error: Exception, call: UpstreamCall) -> UpstreamError:
     for cause in chain:
         if isinstance(cause, httpx.HTTPError) and not isinstance(cause, httpx.HTTPStatusError):
             return _transport_error(cause, provider)
-    statuses = [cause.status_code for cause in chain if isinstance(getattr(cause, "status_code", None), int)]
+    statuses = [status for status in (getattr(cause, "status_code", None) for cause in chain)
+                if isinstance(status, int)]
     # The innermost status is the one closest to the provider's HTTP answer.
     status = next((s for s in reversed(statuses) if 400 <= s <= 599), 502)
     if any(type(cause).__name__ == "Timeout" for cause in chain):

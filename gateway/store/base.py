@@ -13,7 +13,8 @@ replacing a document keeps its original position.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
 
 Document = dict[str, Any]
 
@@ -40,9 +41,9 @@ class Collection:
         """(index fields, values) for every declared index the document has all values for."""
         entries = []
         for fields in self.indexes:
-            values = tuple(doc.get(name) for name in fields)
-            if all(isinstance(v, str) for v in values):
-                entries.append((fields, values))  # type: ignore[arg-type]
+            values = tuple(value for value in (doc.get(name) for name in fields) if isinstance(value, str))
+            if len(values) == len(fields):
+                entries.append((fields, values))
         return entries
 
 

@@ -16,7 +16,8 @@ entries of expired documents are removed lazily by the reads that meet them.
 from __future__ import annotations
 
 import json
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as redis_asyncio
@@ -181,7 +182,7 @@ class RedisDocumentStore:
                    *, limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[Document]:
         base = self._base(collection, project_id)
         script = self._scan if collection.expiring else self._find_exact
-        args = [base + "d:", offset, -1 if limit is None else limit, 1 if newest_first else 0, "find"]
+        args: list[Any] = [base + "d:", offset, -1 if limit is None else limit, 1 if newest_first else 0, "find"]
         bodies = await script(keys=[self._where_key(collection, base, where)], args=args)
         return [json.loads(body) for body in bodies]
 

@@ -4,9 +4,7 @@
   and start again on the same port, which the shared Redis of tests/conftest.py must never be.
 * ``GatewayProcess``: a gateway in a subprocess (``python -m gateway serve``), so it can be
   SIGKILLed mid-work and restarted on the same data, as an operator's crash would.
-* ``module_gateway``: conftest's ``start_gateway`` for a whole module. Building a gateway
-  takes about two seconds, so tests that can share one (each with its own chat and
-  subject ids) do.
+* ``module_gateway`` (in tests/conftest.py): ``start_gateway`` for a whole module.
 * small readers of what the gateway stored (history, jobs, memories), used by every test to
   check that a fault lost or duplicated nothing.
 """
@@ -21,15 +19,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
 import yaml
 
-from tests.conftest import KEY, PROVIDER_KEY, Gateway, serve_gateway, wait_until
-from tests.fake_upstream import FakeProvider, ServerThread, free_socket
+from tests.conftest import KEY, PROVIDER_KEY, wait_until
+from tests.fake_upstream import free_socket
 
 
 def free_port() -> int:
@@ -67,22 +66,6 @@ def memories_of(gateway_url: str, subject_id: str, **params: Any) -> list[dict[s
                          headers={"x-mnexium-key": KEY}, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()["data"]
-
-
-@pytest.fixture(scope="module")
-def module_gateway(provider: FakeProvider, tmp_path_factory) -> Iterator[Any]:
-    """``module_gateway(storage=None, **config_sections)``: a gateway (SQLite unless ``storage``
-    says otherwise) that lives as long as the module's tests."""
-    servers: list[ServerThread] = []
-
-    def start(storage: dict[str, Any] | None = None, **overrides: Any) -> Gateway:
-        if storage is None:
-            storage = {"backend": "sqlite", "sqlite": {"path": str(tmp_path_factory.mktemp("db") / "gateway.db")}}
-        return serve_gateway(provider, storage, tmp_path_factory, servers, **overrides)
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def providers_with(provider_url: str, *, read: float, connect: float = 1, **openai: Any) -> dict[str, Any]:
@@ -175,7 +158,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{port}/0"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--daemonize", "no", "--dir", str(self.workdir)],
@@ -222,7 +205,7 @@ class GatewayProcess:
         self.log_path = workdir / "gateway.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "GatewayProcess":
+    def start(self) -> GatewayProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=log)

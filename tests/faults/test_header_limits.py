@@ -79,7 +79,7 @@ class RawConnection:
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.buffer = b""
 
-    def __enter__(self) -> "RawConnection":
+    def __enter__(self) -> RawConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:

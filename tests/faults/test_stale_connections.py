@@ -51,7 +51,7 @@ class RawProvider:
         self._server: asyncio.AbstractServer | None = None
         self.url = ""
 
-    def start(self) -> "RawProvider":
+    def start(self) -> RawProvider:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop).result(5)
@@ -62,9 +62,16 @@ class RawProvider:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
+            # End the handlers of connections a client still holds open (their ``finally``
+            # closes them), so that no transport outlives the loop.
+            handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = next(self._connections)
@@ -172,7 +179,8 @@ def test_a_stale_connection_is_retried_on_the_litellm_path_too(start_gateway, st
     for chat_id in ("first-bridged", "second-bridged"):
         response = httpx.post(gw.url + "/v1/messages", timeout=30,
                               headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY},
-                              json={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}],
+                              json={"model": "gpt-4o-mini", "max_tokens": 20,
+                                    "messages": [{"role": "user", "content": "hi"}],
                                     "mnx": {"subject_id": "pooled", "chat_id": chat_id, "learn": False}})
         assert response.status_code == 200, response.text
         assert ANSWER in response.text

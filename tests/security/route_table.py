@@ -14,13 +14,15 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import httpx
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.routing import PathOwner
 from tests.conftest import PROVIDER_KEY
 
 ANTHROPIC_CALLER_KEY = "sk-ant-caller-key"
@@ -72,16 +74,28 @@ def endpoints() -> tuple[Endpoint, ...]:
     """
     app = create_app(parse_config({"projects": [{"id": "route-table", "keys": [{"key": "unused"}]}]}))
     found = []
-    for route in app.routes:
-        assert isinstance(route, Route), (
-            f"{route!r} is not a starlette Route: teach tests/security/route_table.py to enumerate it")
+    for path, route in _leaves(app.routes):
         scope = getattr(route.endpoint, "scope", None)
         surface = getattr(route.endpoint, "surface", None)
         for method in sorted(route.methods or ()):
-            found.append(Endpoint(method, route.path, route.endpoint.__name__, tuple(route.param_convertors),
+            found.append(Endpoint(method, path, route.endpoint.__name__, tuple(route.param_convertors),
                                   declared_scopes=(scope,) if isinstance(scope, str) else scope,
-                                  declared_surface=getattr(surface, "value", surface)))
+                                  declared_surface=getattr(surface, "name", surface)))
     return tuple(found)
+
+
+def _leaves(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, Route]]:
+    """Every Route of the table with its full path: a Mount adds its prefix, a PathOwner (the
+    provider surface that owns the error shape of a family of paths) adds nothing."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from _leaves(route.routes, prefix + route.path)
+        elif isinstance(route, PathOwner):
+            yield from _leaves(route.routes, prefix)
+        else:
+            assert isinstance(route, Route), (
+                f"{route!r} is not a starlette Route: teach tests/security/route_table.py to enumerate it")
+            yield prefix + route.path, route
 
 
 def endpoint_id(endpoint: Endpoint) -> str:

@@ -17,15 +17,19 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from gateway.proxy.body_fields import ACCEPTED, TRANSLATED
+from gateway.proxy.anthropic_format import MESSAGES_FORMAT
+from gateway.proxy.chat_format import CHAT_FORMAT
+from gateway.proxy.gemini_format import GEMINI_FORMAT
 from gateway.proxy.litellm_guard import callback_snapshot
+from gateway.proxy.responses_format import RESPONSES_FORMAT
 from gateway.proxy.upstream import load_litellm
-from gateway.proxy.wire import WireFormat
+from gateway.proxy.wire import WireFormat, declared_formats
 from tests.conftest import KEY
 from tests.security.trap import Trap
 
@@ -40,7 +44,7 @@ def litellm_keywords() -> set[str]:
     """Every keyword LiteLLM's entry points take: their signatures, the parameters LiteLLM
     calls its own, and every name its call path reads out of ``**kwargs`` (``callbacks``,
     ``success_callback``... are read that way, declared nowhere)."""
-    litellm = load_litellm()
+    load_litellm()  # Imports and configures LiteLLM; the import below binds the same module.
     import litellm.main
     import litellm.utils
     from litellm.anthropic_interface import messages
@@ -60,15 +64,15 @@ def litellm_keywords() -> set[str]:
 # The fields the gateway hands LiteLLM that LiteLLM also knows as keywords: each was checked
 # to be the provider API's own data for LiteLLM (translated, not obeyed as a control argument).
 REVIEWED = {
-    WireFormat.CHAT: {"messages", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
-                      "max_completion_tokens", "max_tokens", "n", "parallel_tool_calls", "presence_penalty",
-                      "reasoning_effort", "response_format", "seed", "stop", "stream_options", "temperature",
-                      "tool_choice", "tools", "top_logprobs", "top_p", "user", "web_search_options"},
-    WireFormat.RESPONSES: {"input", "include", "instructions", "max_output_tokens", "parallel_tool_calls",
-                           "reasoning", "temperature", "text", "tool_choice", "tools", "top_p", "truncation", "user"},
-    WireFormat.MESSAGES: {"messages", "max_tokens", "system", "stop_sequences", "temperature", "thinking",
-                          "tool_choice", "tools", "top_k", "top_p"},
-    WireFormat.GEMINI: {"contents", "tools"},
+    CHAT_FORMAT: {"messages", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+                  "max_completion_tokens", "max_tokens", "n", "parallel_tool_calls", "presence_penalty",
+                  "reasoning_effort", "response_format", "seed", "stop", "stream_options", "temperature",
+                  "tool_choice", "tools", "top_logprobs", "top_p", "user", "web_search_options"},
+    RESPONSES_FORMAT: {"input", "include", "instructions", "max_output_tokens", "parallel_tool_calls",
+                       "reasoning", "temperature", "text", "tool_choice", "tools", "top_p", "truncation", "user"},
+    MESSAGES_FORMAT: {"messages", "max_tokens", "system", "stop_sequences", "temperature", "thinking",
+                      "tool_choice", "tools", "top_k", "top_p"},
+    GEMINI_FORMAT: {"contents", "tools"},
 }
 
 
@@ -87,22 +91,22 @@ class Surface:
 _CHAT = [{"role": "user", "content": "hello"}]
 _CONTENTS = [{"role": "user", "parts": [{"text": "hello"}]}]
 SURFACES = [
-    Surface("chat -> Claude via LiteLLM", "/v1/chat/completions", WireFormat.CHAT,
+    Surface("chat -> Claude via LiteLLM", "/v1/chat/completions", CHAT_FORMAT,
             {"model": "claude-3-5-haiku", "messages": _CHAT}, True),
-    Surface("chat -> Gemini via LiteLLM", "/v1/chat/completions", WireFormat.CHAT,
+    Surface("chat -> Gemini via LiteLLM", "/v1/chat/completions", CHAT_FORMAT,
             {"model": "gemini-2.0-flash", "messages": _CHAT}, True),
-    Surface("chat native", "/v1/chat/completions", WireFormat.CHAT, {"model": "gpt-4o-mini", "messages": _CHAT}, False),
-    Surface("messages -> GPT via LiteLLM", "/v1/messages", WireFormat.MESSAGES,
+    Surface("chat native", "/v1/chat/completions", CHAT_FORMAT, {"model": "gpt-4o-mini", "messages": _CHAT}, False),
+    Surface("messages -> GPT via LiteLLM", "/v1/messages", MESSAGES_FORMAT,
             {"model": "gpt-4o-mini", "max_tokens": 50, "messages": _CHAT}, True),
-    Surface("messages native", "/v1/messages", WireFormat.MESSAGES,
+    Surface("messages native", "/v1/messages", MESSAGES_FORMAT,
             {"model": "claude-3-5-haiku", "max_tokens": 50, "messages": _CHAT}, False),
-    Surface("responses -> Claude via LiteLLM", "/v1/responses", WireFormat.RESPONSES,
+    Surface("responses -> Claude via LiteLLM", "/v1/responses", RESPONSES_FORMAT,
             {"model": "claude-3-5-haiku", "input": "hello"}, True),
-    Surface("responses native", "/v1/responses", WireFormat.RESPONSES, {"model": "gpt-4o-mini", "input": "hello"},
+    Surface("responses native", "/v1/responses", RESPONSES_FORMAT, {"model": "gpt-4o-mini", "input": "hello"},
             False),
-    Surface("gemini -> Claude via LiteLLM", "/v1beta/models/claude-3-5-haiku:generateContent", WireFormat.GEMINI,
+    Surface("gemini -> Claude via LiteLLM", "/v1beta/models/claude-3-5-haiku:generateContent", GEMINI_FORMAT,
             {"contents": _CONTENTS}, True),
-    Surface("gemini native", "/v1beta/models/gemini-2.0-flash:generateContent", WireFormat.GEMINI,
+    Surface("gemini native", "/v1beta/models/gemini-2.0-flash:generateContent", GEMINI_FORMAT,
             {"contents": _CONTENTS}, False),
 ]
 
@@ -147,7 +151,7 @@ def _post(client: httpx.Client, surface: Surface, extra: dict[str, Any]) -> http
 
 @pytest.mark.parametrize("surface", SURFACES, ids=str)
 def test_every_litellm_keyword_outside_the_api_is_a_400_and_reaches_nothing(operator_gateway, trap, surface):
-    keywords = sorted(litellm_keywords() - ACCEPTED[surface.wire])
+    keywords = sorted(litellm_keywords() - surface.wire.accepted)
     assert {"api_base", "base_url", "custom_llm_provider", "extra_headers", "model_list", "mock_response",
             "callbacks", "success_callback", "langsmith_base_url"} <= set(keywords)
     before = callback_snapshot(load_litellm())
@@ -166,9 +170,9 @@ def test_the_reviewed_litellm_fields_are_the_ones_passed_on():
     """A field the gateway gives LiteLLM that LiteLLM also reads as a keyword is reviewed:
     a LiteLLM release that starts reading another one fails this test."""
     keywords = litellm_keywords()
-    for wire in WireFormat:
-        assert TRANSLATED[wire] <= ACCEPTED[wire]
-        assert TRANSLATED[wire] & keywords == REVIEWED[wire], wire
+    for wire in declared_formats():
+        assert wire.translated <= wire.accepted
+        assert wire.translated & keywords == REVIEWED[wire], wire
 
 
 @pytest.mark.parametrize("surface", [s for s in SURFACES if s.through_litellm], ids=str)
@@ -177,7 +181,7 @@ def test_the_api_fields_litellm_also_reads_cannot_steer_it(operator_gateway, tra
     the configured provider with the operator's key, and nothing reaches the trap."""
     steering = {"metadata": {"api_base": trap.url, "langsmith_base_url": trap.url, "callbacks": ["langsmith"]},
                 "user": "end-user-42", "store": True, "prompt_cache_key": trap.url, "safety_identifier": trap.url}
-    extra = {field: value for field, value in steering.items() if field in ACCEPTED[surface.wire]}
+    extra = {field: value for field, value in steering.items() if field in surface.wire.accepted}
     with httpx.Client(base_url=operator_gateway.url, headers={"x-mnexium-key": KEY}, timeout=30) as client:
         response = _post(client, surface, extra)
     assert response.status_code == 200, response.text
@@ -208,5 +212,5 @@ def test_litellms_callback_lists_cannot_change_after_startup(operator_gateway):
     litellm.success_callback += ["langsmith"]
     litellm.failure_callback.insert(0, "langsmith")
     litellm.callbacks = ["langsmith"]
-    setattr(litellm, "_async_success_callback", ["langsmith"])
+    litellm._async_success_callback = ["langsmith"]
     assert callback_snapshot(litellm) == before

@@ -65,9 +65,10 @@ def _stored_text(gateway) -> str:
     texts = []
     for key in client.scan_iter(match=storage.redis.key_prefix + "*", count=1000):
         kind = client.type(key)
-        value = {"string": lambda: client.get(key), "hash": lambda: client.hgetall(key),
-                 "zset": lambda: client.zrange(key, 0, -1, withscores=True), "set": lambda: client.smembers(key),
-                 "list": lambda: client.lrange(key, 0, -1)}.get(kind, lambda: "")()
+        read = {"string": client.get, "hash": client.hgetall,
+                "zset": lambda name: client.zrange(name, 0, -1, withscores=True), "set": client.smembers,
+                "list": lambda name: client.lrange(name, 0, -1)}.get(kind, lambda name: "")
+        value = read(key)
         texts.append(f"{key} {value}")
     return "\n".join(texts)
 
@@ -95,7 +96,8 @@ def test_no_key_is_kept_in_stores_logs_job_errors_answers_or_reads(echoing_gatew
     # then the operator's configured key on every retry.
     learned = _turn(gateway, "gpt-4o-mini", CALLER_KEY, learn=True)
     assert learned.status_code == 200
-    assert wait_until(lambda: any(job["attempts"] >= 3 for job in gateway.rest(READ_ONLY_KEY).get("/jobs").json()["data"]),
+    assert wait_until(lambda: any(job["attempts"] >= 3
+                                  for job in gateway.rest(READ_ONLY_KEY).get("/jobs").json()["data"]),
                       timeout=15)
     # Chats whose provider echoes the key: configured and caller's, native and through LiteLLM.
     for model, caller_key in (("gpt-echo-key-401", None), ("gpt-echo-key-401", CALLER_KEY),

@@ -44,7 +44,8 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import httpx
 import pytest
@@ -206,7 +207,7 @@ class Probe:
         """Every string this request carries (path, query, headers, body): B's own words."""
         return [*self.path_values.values(), *self.params.values(), *self.headers.values(), *strings_in(self.json)]
 
-    def with_strings(self, change: Callable[[str], str]) -> "Probe":
+    def with_strings(self, change: Callable[[str], str]) -> Probe:
         return replace(self, path_values=map_strings(self.path_values, change), params=map_strings(self.params, change),
                        headers=map_strings(self.headers, change), json=map_strings(self.json, change))
 
