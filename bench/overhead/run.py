@@ -11,6 +11,11 @@ wrk, prints a markdown table and writes it into bench/README.md:
   (d) litellm      LiteLLM's own proxy (litellm==1.102.4, one worker, no database)
   (e) messages     mnx-gateway on /v1/messages (a Claude model, forwarded natively), features off
   (f) responses    mnx-gateway on /v1/responses (forwarded natively), features off
+  (g) full         mnx-gateway on /v1/chat/completions with history + prompt + state + recall + learn,
+                   the user stating facts the heuristic extractor learns, the subject seeded with
+                   --memories memories (300 by default) through POST /api/v1/memories
+  (h) recall       mnx-gateway on /v1/chat/completions with recall alone (history, log, learn, state,
+                   prompt off), the user asking questions about the same seeded memories
 
 "Added" latency is a target's percentile minus the upstream's on the same surface at the
 same concurrency.
@@ -20,6 +25,7 @@ divided by the requests it answered; for the upstream rows it is the fake provid
 Usage (from the repository root, with the venv that has the gateway installed):
 
     /tmp/venv/bin/python bench/overhead/run.py [--duration 10] [--warmup 2] [--rounds 1]
+        [--concurrency 1,32] [--targets b,c,d,g,h] [--memories 300]
 
 ``--smoke`` (what tests/test_bench_smoke.py runs) needs neither wrk nor LiteLLM: free ports,
 a few sequential requests per gateway target from this process, README left alone.
@@ -46,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,7 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
+from bench.overhead import corpus  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
 LUA = HERE / "post.lua"
@@ -68,9 +76,18 @@ GATEWAY_KEY = "mnx_bench_key"
 PROVIDER_KEY = "sk-fake"  # the OpenAI key: providers.openai.api_key in gateway.yaml, and LiteLLM's
 ANTHROPIC_KEY = "sk-ant-fake"  # sent by the caller in x-api-key, as the Anthropic SDK does
 CHAT_ID = "@CHAT_ID@"  # where post.lua puts each request's chat id (features mode)
+SUBJECT = "bench_user"  # (c), (g) and (h) talk as this subject; (g) and (h) recall its seeded memories
 PASSTHROUGH_MNX = {"log": False, "history": False, "system_prompt": False, "learn": False}
-FEATURES_MNX = {"subject_id": "bench_user", "history": True, "log": True, "system_prompt": True, "learn": False,
+FEATURES_MNX = {"subject_id": SUBJECT, "history": True, "log": True, "system_prompt": True, "learn": False,
                 "state": {"load": True, "key": "task"}}
+FULL_MNX = {**FEATURES_MNX, "recall": True, "learn": True}
+RECALL_MNX = {"subject_id": SUBJECT, "recall": True, "history": False, "log": False, "system_prompt": False,
+              "learn": False}
+MNX = {"passthrough": PASSTHROUGH_MNX, "features": FEATURES_MNX, "full": FULL_MNX, "recall": RECALL_MNX}
+DEFAULT_MEMORIES = 300
+SMOKE_MEMORIES = 50
+SEED_CONNECTIONS = 8  # concurrent POST /api/v1/memories while seeding
+LEARN_DRAIN_SECONDS = 300.0  # at most this long for (g)'s learn queue to empty after a measurement
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS_START = "<!-- overhead-results:start -->"
@@ -241,8 +258,15 @@ class Target:
     surface: Surface
     headers: dict[str, str]  # besides content-type
     child: str  # whose CPU is charged to this target
-    mnx: str | None = None  # None: the surface's plain body; "passthrough" or "features": with that mnx block
+    mnx: str | None = None  # None: the surface's plain body; else the key in MNX of the mnx block it sends
     baseline: str | None = "a"  # the upstream-direct row "added" is taken against; None on those rows
+    # The user messages its requests cycle through (chat surface only); empty: the surface's "hello".
+    texts: tuple[str, ...] = ()
+
+    @property
+    def uses_memories(self) -> bool:
+        """It recalls the subject's seeded memories (so they are seeded before it is checked)."""
+        return self.mnx in ("full", "recall")
 
     @property
     def port(self) -> int:
@@ -266,27 +290,39 @@ TARGETS = [
            "upstream", baseline=None),
     Target("f", "(f) gateway passthrough, responses", RESPONSES, bearer(GATEWAY_KEY), "gateway",
            "passthrough", "a-responses"),
+    Target("g", "(g) gateway full: history+prompt+state+recall+learn", CHAT, bearer(GATEWAY_KEY), "gateway", "full",
+           texts=tuple(corpus.STATEMENTS)),
+    Target("h", "(h) gateway recall only", CHAT, bearer(GATEWAY_KEY), "gateway", "recall",
+           texts=tuple(corpus.QUESTIONS)),
 ]
 
 
-def request_body(target: Target, chat_id: str) -> dict[str, Any]:
+def user_text(target: Target, index: int = 0) -> str:
+    """The user message of the target's ``index``-th request (they cycle through ``texts``)."""
+    return target.texts[index % len(target.texts)] if target.texts else "hello"
+
+
+def request_body(target: Target, chat_id: str, index: int = 0) -> dict[str, Any]:
+    body = dict(target.surface.body)
+    if target.texts:
+        body["messages"] = [{"role": "user", "content": user_text(target, index)}]
     if target.mnx == "passthrough":
-        return {**target.surface.body, "mnx": PASSTHROUGH_MNX}
-    if target.mnx == "features":
-        return {**target.surface.body, "mnx": {**FEATURES_MNX, "chat_id": chat_id}}
-    return dict(target.surface.body)
+        body["mnx"] = PASSTHROUGH_MNX
+    elif target.mnx is not None:
+        body["mnx"] = {**MNX[target.mnx], "chat_id": chat_id}
+    return body
 
 
 def request_headers(target: Target) -> dict[str, str]:
     return {"content-type": "application/json", **target.headers}
 
 
-def check_answer(target: Target, chat_id: str = "bench-check") -> None:
+def check_answer(target: Target, chat_id: str = "bench-check", index: int = 0) -> None:
     """One request by hand: it must be a 200 carrying the assistant's echo."""
-    status, body = http_call(target.port, "POST", target.surface.path, request_body(target, chat_id),
+    status, body = http_call(target.port, "POST", target.surface.path, request_body(target, chat_id, index),
                              request_headers(target))
     try:
-        ok = status == 200 and target.surface.answer_text(body) == "echo: hello"
+        ok = status == 200 and target.surface.answer_text(body) == f"echo: {user_text(target, index)}"
     except (KeyError, IndexError, TypeError):
         ok = False
     if not ok:
@@ -303,7 +339,7 @@ def seed_gateway() -> None:
     if status not in (200, 201):
         raise BenchError(f"creating the system prompt failed: HTTP {status} {body!r:.500}")
     status, body = http_call(PORTS["gateway"], "PUT", "/api/v1/state/task", {"value": {"step": 1}},
-                             {**auth, "x-subject-id": "bench_user"})
+                             {**auth, "x-subject-id": SUBJECT})
     if status not in (200, 201):
         raise BenchError(f"storing the state failed: HTTP {status} {body!r:.500}")
 
@@ -314,10 +350,126 @@ def check_features(target: Target) -> None:
     check_answer(target, chat_id)
     check_answer(target, chat_id)
     status, body = http_call(PORTS["gateway"], "GET",
-                             f"/api/v1/chat/history/read?chat_id={chat_id}&subject_id=bench_user",
+                             f"/api/v1/chat/history/read?chat_id={chat_id}&subject_id={SUBJECT}",
                              headers={"x-mnexium-key": GATEWAY_KEY})
     if status != 200 or not isinstance(body, dict) or body.get("count") != 4:
         raise BenchError(f"(c) did not record its turns in history: HTTP {status} {body!r:.500}")
+
+
+# -- the memory targets (g) and (h) -------------------------------------------------------
+
+PROJECT_AUTH = {"x-mnexium-key": GATEWAY_KEY}
+
+
+def seed_memories(count: int) -> float:
+    """Store the subject's ``count`` memories (``corpus.seeded_memories``) through
+    ``POST /api/v1/memories``, from SEED_CONNECTIONS keep-alive connections at once; the seconds
+    it took. Stored with ``no_supersede`` so that exactly ``count`` stay active (generated facts
+    such as two cousins living in the same city must not version each other away)."""
+    memories = list(corpus.seeded_memories(count))
+    headers = {"content-type": "application/json", **PROJECT_AUTH}
+
+    def store(chunk: list[tuple[str, str]]) -> None:
+        conn = http.client.HTTPConnection(HOST, PORTS["gateway"], timeout=30)
+        try:
+            for kind, text in chunk:
+                body = {"subject_id": SUBJECT, "text": text, "kind": kind, "no_supersede": True}
+                conn.request("POST", "/api/v1/memories", body=json.dumps(body).encode(), headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                if response.status != 201:
+                    raise BenchError(f"seeding memory {text!r} failed: HTTP {response.status} {raw[:300]!r}")
+        finally:
+            conn.close()
+
+    started = time.monotonic()
+    # The anchors first, in order, so that every question and statement has its answer even if
+    # a run is cut short; then the rest in interleaved chunks, one per connection.
+    anchors = min(count, len(corpus.ANCHORS))
+    store(memories[:anchors])
+    rest = memories[anchors:]
+    with ThreadPoolExecutor(SEED_CONNECTIONS) as pool:
+        for _ in pool.map(store, [rest[i::SEED_CONNECTIONS] for i in range(SEED_CONNECTIONS)]):
+            pass
+    return time.monotonic() - started
+
+
+def recall_events(chat_id: str, wait: float = 5.0) -> int:
+    """How many recall events a chat has (waiting up to ``wait`` s for the first: they are
+    written once the turn is answered)."""
+    deadline = time.monotonic() + wait
+    while True:
+        status, body = http_call(PORTS["gateway"], "GET", f"/api/v1/memories/recalls?chat_id={chat_id}&limit=1000",
+                                 headers=PROJECT_AUTH)
+        if status != 200 or not isinstance(body, dict):
+            raise BenchError(f"reading the recall events of chat {chat_id} failed: HTTP {status} {body!r:.500}")
+        if body.get("count") or time.monotonic() >= deadline:
+            return int(body.get("count") or 0)
+        time.sleep(0.05)
+
+
+def learn_backlog() -> tuple[int, bool]:
+    """(unfinished learn jobs, whether GET /jobs' page was full so there may be more)."""
+    status, body = http_call(PORTS["gateway"], "GET", "/api/v1/jobs?limit=1000", headers=PROJECT_AUTH)
+    if status != 200 or not isinstance(body, dict):
+        raise BenchError(f"GET /api/v1/jobs failed: HTTP {status} {body!r:.500}")
+    return sum(1 for job in body["data"] if job["kind"] == "learn"), len(body["data"]) >= 1000
+
+
+def drain_learning(timeout: float) -> float:
+    """Wait until no learn job is left (each done: a failing one stays, retried); the seconds waited."""
+    started = time.monotonic()
+    while learn_backlog()[0]:
+        if time.monotonic() - started > timeout:
+            _, body = http_call(PORTS["gateway"], "GET", "/api/v1/jobs?limit=5", headers=PROJECT_AUTH)
+            raise BenchError(f"learn jobs still unfinished after {timeout:.0f} s: {body!r:.800}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def learned_from(chat_prefix: str) -> int:
+    """Memories learned (``source_type: inferred``) from chats whose id starts with ``chat_prefix``,
+    among the subject's 200 newest."""
+    status, body = http_call(PORTS["gateway"], "GET", f"/api/v1/memories?subject_id={SUBJECT}&limit=200",
+                             headers=PROJECT_AUTH)
+    if status != 200 or not isinstance(body, dict):
+        raise BenchError(f"listing the subject's memories failed: HTTP {status} {body!r:.500}")
+    return sum(1 for m in body["data"] if m.get("source_type") == "inferred"
+               and str((m.get("origin") or {}).get("chat_id", "")).startswith(chat_prefix))
+
+
+def check_memory_target(target: Target) -> str:
+    """Each of the target's user messages once, in a chat of its own, as the load will send it:
+    each answered with its echo and each recalling at least one seeded memory (its recall events
+    written); for (g) also the turns in history, every learn job done and memories learned.
+    Returns a line saying what the check saw."""
+    prefix = f"bench-check-{target.key}-"
+    recalled = []
+    for index in range(len(target.texts)):
+        check_answer(target, f"{prefix}{index}", index)
+    for index in range(len(target.texts)):
+        recalled.append(recall_events(f"{prefix}{index}"))
+    missed = [user_text(target, i) for i, n in enumerate(recalled) if n == 0]
+    if missed:
+        raise BenchError(f"{target.label}: recall found no memory for {len(missed)} of {len(recalled)} user "
+                         f"messages (no recall event written), e.g. {missed[:3]}")
+    line = (f"{target.label}: {len(recalled)} user messages each recalled {min(recalled)}-{max(recalled)} memories "
+            f"(recall events written)")
+    if target.mnx == "full":
+        status, body = http_call(PORTS["gateway"], "GET",
+                                 f"/api/v1/chat/history/read?chat_id={prefix}0&subject_id={SUBJECT}",
+                                 headers=PROJECT_AUTH)
+        if status != 200 or not isinstance(body, dict) or body.get("count") != 2:
+            raise BenchError(f"{target.label} did not record its turn in history: HTTP {status} {body!r:.500}")
+        waited = drain_learning(60.0)
+        learned = learned_from(prefix)
+        if learned == 0:
+            raise BenchError(f"{target.label}: the learn jobs finished but learned no memory from "
+                             f"{len(target.texts)} first-person statements")
+        line += (f"; every learn job done ({waited:.1f} s after the recall checks), {learned} new memories "
+                 f"learned from {len(target.texts)} statements (the others duplicates of stored ones, which "
+                 "reinforces them)")
+    return line
 
 
 # -- wrk ------------------------------------------------------------------------------
@@ -334,16 +486,31 @@ class Measurement:
     wrk_cpu_pct: float  # of one core
     foreign_cpu_pct: float  # of one core: machine busy time not spent in this benchmark's processes
     requests: int
+    # (g) only: learn jobs still queued when the measurement ended, and the seconds they took to finish.
+    learn_backlog: int | None = None
+    learn_drain_s: float | None = None
 
 
 _RESULT = re.compile(r"BENCH_RESULT (.*)")
+
+
+def wrk_bodies(target: Target, workdir: Path) -> str:
+    """post.lua's body argument: the one JSON body, or for a target whose requests cycle through
+    several user messages, ``@`` and a file holding one body per line."""
+    bodies = [json.dumps(request_body(target, CHAT_ID, i), separators=(",", ":"))
+              for i in range(max(1, len(target.texts)))]
+    if len(bodies) == 1:
+        return bodies[0]
+    path = workdir / f"bodies-{target.key}.jsonl"
+    path.write_text("\n".join(bodies) + "\n")
+    return f"@{path}"
 
 
 def run_wrk(target: Target, concurrency: int, seconds: float, tag: str, log_path: Path) -> dict[str, int]:
     threads = 1 if concurrency == 1 else 2
     argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
             "-s", str(LUA), f"http://{HOST}:{target.port}{target.surface.path}",
-            "--", tag, str(concurrency // threads), json.dumps(request_body(target, CHAT_ID), separators=(",", ":")),
+            "--", tag, str(concurrency // threads), wrk_bodies(target, log_path.parent),
             *(f"{name}: {value}" for name, value in request_headers(target).items())]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
@@ -397,13 +564,30 @@ def measure(target: Target, concurrency: int, args: argparse.Namespace, children
     ours = sum(cpu_after[p] - cpu_before[p] for p in pgids.values()) + wrk_cpu
     target_cpu = cpu_after[pgids[target.child]] - cpu_before[pgids[target.child]]
     requests = result["requests"]
+    # post.lua's first chat, of the first connection of the first thread.
+    backlog, drain = after_load(target, concurrency, f"{tag}-t1-c0-g0")
     return Measurement(
         target=target, concurrency=concurrency,
         rps=requests / (result["duration_us"] / 1e6),
         p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
         cpu_ms_per_req=target_cpu * 1000 / requests,
         wrk_cpu_pct=100 * wrk_cpu / wall, foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall),
-        requests=requests)
+        requests=requests, learn_backlog=backlog, learn_drain_s=drain)
+
+
+def after_load(target: Target, concurrency: int, chat_id: str) -> tuple[int | None, float | None]:
+    """Outside the measured window, for (g) and (h): the load's own turns recalled memories (chat
+    ``chat_id`` has recall events), and (g)'s learning is finished before the next cell starts.
+    (learn jobs queued when the load stopped, seconds until the queue was empty), or (None, None)."""
+    if not target.uses_memories:
+        return None, None
+    if recall_events(chat_id) == 0:
+        raise BenchError(f"{target.label} at concurrency {concurrency}: the measured turns (chat {chat_id}) "
+                         "wrote no recall event")
+    if target.mnx != "full":
+        return None, None
+    backlog = learn_backlog()[0]
+    return backlog, drain_learning(LEARN_DRAIN_SECONDS)
 
 
 def measure_quietly(target: Target, concurrency: int, args: argparse.Namespace, children: dict[str, Child],
@@ -426,9 +610,11 @@ def median_of(runs: list[Measurement]) -> Measurement:
     """Per-metric median across rounds (each metric on its own)."""
     first = runs[0]
     med = lambda attr: statistics.median(getattr(r, attr) for r in runs)  # noqa: E731
+    backlogs = [r.learn_backlog for r in runs if r.learn_backlog is not None]
+    drains = [r.learn_drain_s for r in runs if r.learn_drain_s is not None]
     return Measurement(first.target, first.concurrency, med("rps"), med("p50_ms"), med("p99_ms"),
                        med("cpu_ms_per_req"), med("wrk_cpu_pct"), max(r.foreign_cpu_pct for r in runs),
-                       int(med("requests")))
+                       int(med("requests")), max(backlogs) if backlogs else None, max(drains) if drains else None)
 
 
 # -- smoke: a few sequential requests instead of wrk -----------------------------------
@@ -450,7 +636,7 @@ def measure_sequentially(target: Target, requests: int, children: dict[str, Chil
     wall_before = time.monotonic()
     try:
         for i in range(requests):
-            body = json.dumps(request_body(target, f"smoke-{i // SMOKE_TURNS_PER_CHAT}")).encode()
+            body = json.dumps(request_body(target, f"smoke-{target.key}-{i // SMOKE_TURNS_PER_CHAT}", i)).encode()
             began = time.perf_counter()
             conn.request("POST", target.surface.path, body=body, headers=request_headers(target))
             response = conn.getresponse()
@@ -468,18 +654,22 @@ def measure_sequentially(target: Target, requests: int, children: dict[str, Chil
     ours = sum(cpu_after[p] - cpu_before[p] for p in pgids.values()) + client_cpu
     target_cpu = cpu_after[pgids[target.child]] - cpu_before[pgids[target.child]]
     latencies.sort()
+    backlog, drain = after_load(target, 1, f"smoke-{target.key}-0")
     return Measurement(
         target=target, concurrency=1, rps=requests / sum(latencies),
         p50_ms=statistics.median(latencies) * 1000, p99_ms=latencies[min(requests - 1, int(requests * 0.99))] * 1000,
         cpu_ms_per_req=target_cpu * 1000 / requests, wrk_cpu_pct=100 * client_cpu / wall,
-        foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall), requests=requests)
+        foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall), requests=requests, learn_backlog=backlog,
+        learn_drain_s=drain)
 
 
 # -- report ---------------------------------------------------------------------------
 
 
-def render(results: list[Measurement], load_generator: str = "wrk") -> tuple[str, str]:
-    """The markdown table, and the lines about the targets (``load_generator``: who sent the load)."""
+def render(results: list[Measurement], load_generator: str = "wrk", memories: int = DEFAULT_MEMORIES,
+           ) -> tuple[str, str]:
+    """The markdown table, and the lines about the targets (``load_generator``: who sent the load,
+    ``memories``: how many the subject of (g) and (h) was seeded with)."""
     by = {(m.target.key, m.concurrency): m for m in results}
 
     def added(m: Measurement) -> tuple[float, float] | None:
@@ -501,13 +691,13 @@ def render(results: list[Measurement], load_generator: str = "wrk") -> tuple[str
         d = by.get(("d", conc))
         if d is None:
             continue
-        for key, goal in (("b", 5.0), ("c", 3.0)):
+        # (g)'s goal (issue 23): 3x LiteLLM with 300 memories, 2.5x with 10,000; (h) has none of its own.
+        for key, goal in (("b", 5.0), ("c", 3.0), ("g", 3.0 if memories <= 300 else 2.5), ("h", None)):
             m = by.get((key, conc))
             if m:
                 ratio = m.rps / d.rps
-                verdict = "met" if ratio >= goal else "MISSED"
-                lines.append(f"- {m.target.label} / LiteLLM req/s at concurrency {conc}: **{ratio:.1f}x** "
-                             f"(target ≥ {goal:g}x: {verdict})")
+                verdict = "" if goal is None else f" (target ≥ {goal:g}x: {'met' if ratio >= goal else 'MISSED'})"
+                lines.append(f"- {m.target.label} / LiteLLM req/s at concurrency {conc}: **{ratio:.1f}x**{verdict}")
     if ("b", 1) in by and ("a", 1) in by:
         b_added = added(by[("b", 1)])[0]
         verdict = "met" if b_added < 1.0 else "MISSED"
@@ -532,6 +722,20 @@ def render(results: list[Measurement], load_generator: str = "wrk") -> tuple[str
                 parts.append(f"({key}) {m.target.surface.name} **{m.rps:,.0f}** ({m.rps / b.rps:.2f}x (b){litellm})")
         if len(parts) > 1:
             lines.append(f"- gateway passthrough req/s at concurrency {conc}: " + "; ".join(parts))
+    if any(m.target.uses_memories for m in results):
+        lines.append(f"- (g) and (h): the subject has {memories:,} seeded memories (plus what (g) learns); every "
+                     "user message recalled at least one before the load, and each cell's turns wrote recall events.")
+    for conc in concurrencies:
+        c, g = by.get(("c", conc)), by.get(("g", conc))
+        if c and g:
+            lines.append(f"- recall + learn on top of (c) at concurrency {conc}: (g) p50 "
+                         f"**{g.p50_ms - c.p50_ms:+.2f} ms**, CPU **{g.cpu_ms_per_req - c.cpu_ms_per_req:+.2f} "
+                         f"ms/req**, req/s {g.rps / c.rps:.2f}x (c)")
+    backlogs = [f"concurrency {m.concurrency}: {m.learn_backlog} jobs (done {m.learn_drain_s:.1f} s later)"
+                for m in results if m.target.key == "g" and m.learn_backlog is not None]
+    if backlogs:
+        lines.append("- (g) learn queue when the load stopped (the CPU of jobs still queued then is not in its "
+                     "CPU ms/req): " + "; ".join(backlogs))
     wrk = max(m.wrk_cpu_pct for m in results)
     lines.append(f"- {load_generator} used at most {wrk:.0f}% of one core. \"other load\" is the CPU the machine spent "
                  "outside the benchmark's processes during the cell (other jobs, kernel threads), in % of one core.")
@@ -586,10 +790,10 @@ def start_children(workdir: Path, gateway_config: Path, with_litellm: bool) -> d
     return children
 
 
-def preflight() -> None:
+def preflight(with_litellm: bool) -> None:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
-    if not (Path(sys.executable).parent / "litellm").exists():
+    if with_litellm and not (Path(sys.executable).parent / "litellm").exists():
         raise BenchError(f"no litellm CLI next to {sys.executable}: pip install 'litellm[proxy]==1.102.4'")
     busy = [p for p in PORTS.values() if not port_is_free(p)]
     if busy:
@@ -606,6 +810,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per target and concurrency")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each measurement")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated connection counts (default 1,32)")
+    keys = ",".join(t.key for t in TARGETS)
+    parser.add_argument("--targets", default=None,
+                        help=f"comma-separated targets to measure, in the table's order (default all: {keys})")
+    parser.add_argument("--memories", type=int, default=None,
+                        help=f"memories the subject of (g) and (h) is seeded with (default {DEFAULT_MEMORIES}; "
+                             f"{SMOKE_MEMORIES} with --smoke)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the whole matrix, interleaved, and report each metric's median")
     parser.add_argument("--noise-limit", type=float, default=25.0,
@@ -622,6 +832,17 @@ def parse_args() -> argparse.Namespace:
     if (not 1 <= args.rounds <= 10 or not 1 <= args.duration <= 300 or not 0 <= args.warmup <= 60
             or not 0 <= args.retries <= 5):
         parser.error("rounds must be 1..10, duration 1..300 s, warmup 0..60 s, retries 0..5")
+    if args.memories is None:
+        args.memories = SMOKE_MEMORIES if args.smoke else DEFAULT_MEMORIES
+    if not len(corpus.ANCHORS) <= args.memories <= 100_000:
+        parser.error(f"memories must be {len(corpus.ANCHORS)}..100000 (the first {len(corpus.ANCHORS)} answer the "
+                     "benchmark's questions)")
+    if args.targets is not None:
+        wanted = [k.strip() for k in args.targets.split(",") if k.strip()]
+        unknown = sorted(set(wanted) - {t.key for t in TARGETS})
+        if unknown or not wanted:
+            parser.error(f"unknown target(s) {unknown}; choose from {keys}")
+        args.targets = set(wanted)
     if args.smoke:
         args.no_readme = True
     return args
@@ -632,7 +853,12 @@ def main() -> int:
     concurrencies = [1] if args.smoke else [int(c) for c in args.concurrency.split(",")]
     # LiteLLM's proxy takes longer to start than a smoke run may last, so --smoke measures the
     # gateway against the fake provider alone and says so under the table.
-    targets = [t for t in TARGETS if not (args.smoke and t.child == "litellm")]
+    targets = [t for t in TARGETS if not (args.smoke and t.child == "litellm")
+               and (args.targets is None or t.key in args.targets)]
+    if not targets:
+        print("no target left to measure (--smoke never starts LiteLLM's proxy)", file=sys.stderr)
+        return 1
+    with_litellm = any(t.child == "litellm" for t in targets)
 
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a background job);
     # SIGTERM and SIGHUP unwind the same way, so the finally block below always runs.
@@ -641,10 +867,11 @@ def main() -> int:
     signal.signal(signal.SIGHUP, _terminate)
     if args.smoke:
         PORTS.update(upstream=free_port(), gateway=free_port())
+    if not with_litellm:
         del PORTS["litellm"]
-    else:
+    if not args.smoke:
         try:
-            preflight()
+            preflight(with_litellm)
         except BenchError as error:
             print(f"benchmark not started: {error}", file=sys.stderr)
             return 1
@@ -652,7 +879,7 @@ def main() -> int:
     children: dict[str, Child] = {}
     try:
         gateway_config = smoke_gateway_config(workdir) if args.smoke else HERE / "gateway.yaml"
-        children = start_children(workdir, gateway_config, with_litellm=not args.smoke)
+        children = start_children(workdir, gateway_config, with_litellm=with_litellm)
         started = time.monotonic()
         print(f"starting {', '.join(c.name for c in children.values())} (logs in {workdir})", flush=True)
         for child in children.values():
@@ -664,9 +891,15 @@ def main() -> int:
             wait_ready(children[name], PORTS[name], health_path, timeout)
             if name == "gateway":
                 seed_gateway()
+                if any(t.uses_memories for t in targets):
+                    seconds = seed_memories(args.memories)
+                    print(f"seeded {args.memories:,} memories for subject {SUBJECT} in {seconds:.1f} s "
+                          f"({args.memories / seconds:,.0f}/s)", flush=True)
             for target in (t for t in targets if t.child == name):
                 if target.mnx == "features":
                     check_features(target)
+                elif target.uses_memories:
+                    print(f"  {check_memory_target(target)}", flush=True)
                 else:
                     check_answer(target)
         print(f"all {len(targets)} targets answer 200 with the assistant's echo "
@@ -674,6 +907,7 @@ def main() -> int:
 
         wrk_log = workdir / "wrk.log"
         runs: dict[tuple[str, int], list[Measurement]] = {}
+        width = max(len(t.label) for t in targets)
         for round_no in range(args.rounds):
             for conc in concurrencies:
                 for target in targets:
@@ -683,24 +917,30 @@ def main() -> int:
                         m = measure_quietly(target, conc, args, children, f"r{round_no}-c{conc}-{target.key}",
                                             wrk_log)
                     runs.setdefault((target.key, conc), []).append(m)
-                    print(f"  round {round_no + 1}/{args.rounds} c={conc:<3} {target.label:<34} {m.rps:8,.0f} req/s  "
+                    print(f"  round {round_no + 1}/{args.rounds} c={conc:<3} {target.label:<{width}} "
+                          f"{m.rps:8,.0f} req/s  "
                           f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  CPU {m.cpu_ms_per_req:5.2f} ms/req  "
                           f"(load generator {m.wrk_cpu_pct:.0f}%, other {m.foreign_cpu_pct:.0f}% of a core)",
                           flush=True)
         # Named so as not to hide the ``results`` module, whose command_line() the section needs
         # (the shadowing lost every table at the very end of the run).
         measurements = [median_of(runs[(t.key, c)]) for c in concurrencies for t in targets]
-        table, notes = render(measurements, "the Python client" if args.smoke else "wrk")
+        table, notes = render(measurements, "the Python client" if args.smoke else "wrk", args.memories)
 
         when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         if args.smoke:
             method = (f"SMOKE RUN (--smoke): {SMOKE_REQUESTS} sequential requests per target from one Python client; "
                       "LiteLLM's proxy not started, so the gateway is measured against the fake provider alone. "
-                      "Not comparable with a full run.")
+                      "Not comparable with a full run."
+                      + (f" (g) and (h) with {args.memories:,} seeded memories."
+                         if any(t.uses_memories for t in targets) else ""))
         else:
             rounds_note = "" if args.rounds == 1 else f", median of {args.rounds} interleaved rounds"
-            method = (f"one gateway worker, one LiteLLM worker; wrk -t1 at concurrency 1, -t2 above; "
-                      f"{args.warmup:g} s warm-up then {args.duration:g} s per cell{rounds_note}.")
+            litellm = ", one LiteLLM worker" if with_litellm else " (LiteLLM's proxy not measured)"
+            seeded = (f"; the subject of (g) and (h) seeded with {args.memories:,} memories"
+                      if any(t.uses_memories for t in targets) else "")
+            method = (f"one gateway worker{litellm}; wrk -t1 at concurrency 1, -t2 above; "
+                      f"{args.warmup:g} s warm-up then {args.duration:g} s per cell{rounds_note}{seeded}.")
         # The table goes to stdout before anything else can fail: a run that took minutes keeps its numbers.
         print(f"\n{method}\n\n{table}\n\n{notes}\n", flush=True)
         section = (f"Measured {when} on {machine_description()}; {method}\n\nCommand (from the repository root):\n\n"
