@@ -70,7 +70,11 @@ class WireFormat:
     bridge: Callable[[Any, UpstreamCall], Bridge]
 
     def __post_init__(self) -> None:
-        assert self.translated <= self.accepted, f"{self.name}: LiteLLM may only get accepted fields"
+        # A security invariant, so not an assert (python -O would skip it): LiteLLM gets nothing a client
+        # could not send in the first place.
+        if not self.translated <= self.accepted:
+            raise ValueError(f"{self.name}: LiteLLM may only get accepted fields, not "
+                             f"{sorted(self.translated - self.accepted)}")
         _DECLARED.append(self)
 
     def __repr__(self) -> str:
