@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pydantic import SecretStr
 
 from gateway.config import ProvidersConfig
-from gateway.proxy.providers import provider_key, provider_settings, route_model
+from gateway.proxy.providers import litellm_model, provider_key, provider_settings, route_model
 
 
 class ProviderModel:
@@ -22,7 +22,7 @@ class ProviderModel:
         self.provider = route.provider
         self.settings = provider_settings(providers, route.provider)
         # LiteLLM's name for it: the provider made explicit.
-        self.litellm_model = f"{route.provider}/{route.model}"
+        self.litellm_model = litellm_model(route)
         self.api_base = api_base or self.settings.api_base
         self._own_key = api_key.get_secret_value() if api_key else None
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from gateway.dev_key import DEV_KEY, accepts_dev_key, check_dev_key_exposure, is
 from gateway.errors import ConfigError
 from gateway.memory.edge_index import EdgeIndex, IndexInUse
 from gateway.server import serve
+from tests.conftest import wait_until
 from tests.fake_upstream import free_socket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,18 @@ def test_an_empty_default_provider_key_means_none():
     assert config.providers.openai.api_key is None
 
 
+def wait_for_health(process: subprocess.Popen, port: int) -> None:
+    """Until the gateway ``process`` started answers /health on ``port`` (it must not exit first)."""
+    def up() -> bool:
+        assert process.poll() is None, "gateway exited before it started"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+        except httpx.HTTPError:
+            return False
+
+    assert wait_until(up, timeout=60, interval=0.2), "gateway did not start"
+
+
 def _cli() -> list[str]:
     script = shutil.which("mnx-gateway", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "gateway"]
@@ -99,15 +111,7 @@ def test_serve_starts_on_the_embedded_default_and_answers(tmp_path, provider):
     process = subprocess.Popen(_cli() + ["serve", "--port", str(port)], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.time() < deadline, "gateway did not start"
-            time.sleep(0.2)
+        wait_for_health(process, port)
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
                             headers={"authorization": "Bearer mnx_live_cli_test"},
                             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
@@ -251,15 +255,7 @@ def test_serve_outside_a_checkout_runs_the_built_in_default_and_one_gateway_per_
         first = subprocess.Popen(_cli() + ["serve", "--port", str(port)], cwd=tmp_path, env=env,
                                  stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert first.poll() is None and time.time() < deadline, "gateway did not start"
-            time.sleep(0.2)
+        wait_for_health(first, port)
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
                             headers={"authorization": "Bearer mnx_live_local_dev_key"},
                             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -60,16 +60,35 @@ def install_plugin(root: Path, entry_points: str, *, distribution: str = "acme-m
 
 
 @pytest.fixture
-def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The plugin package on sys.path, for this test only."""
-    root = tmp_path / "site"
-    install_plugin(root, f"""
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """``install(entry_points, source=PLUGIN_SOURCE)``: a plugin package on sys.path, for this test only."""
+    def put(entry_points: str, source: str = PLUGIN_SOURCE) -> Path:
+        root = tmp_path / "site"
+        install_plugin(root, entry_points, source=source)
+        monkeypatch.syspath_prepend(str(root))
+        return root
+
+    yield put
+    sys.modules.pop(PLUGIN_MODULE, None)
+
+
+@pytest.fixture
+def plugin(install: Callable[..., Path]) -> Path:
+    """The shouting extractor's package on sys.path, for this test only."""
+    return install(f"""
         [mnx_gateway.extractors]
         shouting = {PLUGIN_MODULE}:ShoutingExtractor
         """)
-    monkeypatch.syspath_prepend(str(root))
-    yield root
-    sys.modules.pop(PLUGIN_MODULE, None)
+
+
+def learning_turn(gateway: Any, text: str) -> None:
+    """One answered chat turn for subject "s" with learning on."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}],
+            "mnx": {"subject_id": "s", "history": False, "learn": True}}
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(gateway.url + "/v1/chat/completions", json=body,
+                             headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY})
+    assert answer.status_code == 200
 
 
 def _cli() -> list[str]:
@@ -160,12 +179,7 @@ def test_a_third_party_plugin_is_found_through_its_entry_point(plugin):
 
 def test_a_gateway_learns_through_a_third_party_extractor(plugin, start_gateway, storage_sqlite):
     gateway = start_gateway(storage_sqlite, learning={"extractor": {"provider": "shouting"}})
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "remember the blue door"}],
-            "mnx": {"subject_id": "s", "history": False, "learn": True}}
-    with httpx.Client(timeout=30) as client:
-        answer = client.post(gateway.url + "/v1/chat/completions", json=body,
-                             headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY})
-    assert answer.status_code == 200
+    learning_turn(gateway, "remember the blue door")
 
     def texts() -> list[str]:
         with gateway.rest() as rest:
@@ -268,31 +282,21 @@ class GossipExtractor:
 
 
 def test_a_third_party_extractors_unstorable_memory_fails_the_job_and_stores_nothing(
-        tmp_path, monkeypatch, start_gateway, storage_sqlite):
-    root = tmp_path / "site"
-    install_plugin(root, f"""
+        install, start_gateway, storage_sqlite):
+    install(f"""
         [mnx_gateway.extractors]
         gossip = {PLUGIN_MODULE}:GossipExtractor
         """, source=UNSTORABLE_SOURCE)
-    monkeypatch.syspath_prepend(str(root))
-    try:
-        gateway = start_gateway(storage_sqlite, learning={"extractor": {"provider": "gossip"}})
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "psst"}],
-                "mnx": {"subject_id": "s", "history": False, "learn": True}}
-        with httpx.Client(timeout=30) as client:
-            answer = client.post(gateway.url + "/v1/chat/completions", json=body,
-                                 headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY})
-        assert answer.status_code == 200
+    gateway = start_gateway(storage_sqlite, learning={"extractor": {"provider": "gossip"}})
+    learning_turn(gateway, "psst")
 
-        def errors() -> list[str]:
-            with gateway.rest() as rest:
-                return [job.get("last_error") or "" for job in rest.get("/jobs").json()["data"]]
-
-        assert wait_until(lambda: any("kind 'gossip'" in error for error in errors())), errors()
+    def errors() -> list[str]:
         with gateway.rest() as rest:
-            assert rest.get("/memories", params={"subject_id": "s"}).json()["data"] == []
-    finally:
-        sys.modules.pop(PLUGIN_MODULE, None)
+            return [job.get("last_error") or "" for job in rest.get("/jobs").json()["data"]]
+
+    assert wait_until(lambda: any("kind 'gossip'" in error for error in errors())), errors()
+    with gateway.rest() as rest:
+        assert rest.get("/memories", params={"subject_id": "s"}).json()["data"] == []
 
 
 STORE_PLUGIN_SOURCE = '''
@@ -309,24 +313,19 @@ def open_queue(config, redis):
 '''
 
 
-def test_a_gateway_runs_on_a_third_party_storage_backend(tmp_path, monkeypatch, start_gateway):
+def test_a_gateway_runs_on_a_third_party_storage_backend(install, tmp_path, start_gateway):
     """A backend from another package: its module and its entry points, nothing in the gateway."""
-    root = tmp_path / "site"
-    install_plugin(root, f"""
+    install(f"""
         [mnx_gateway.stores]
         acme = {PLUGIN_MODULE}:open_store
         [mnx_gateway.queues]
         acme = {PLUGIN_MODULE}:open_queue
         """, source=STORE_PLUGIN_SOURCE)
-    monkeypatch.syspath_prepend(str(root))
     database = tmp_path / "acme.db"
-    try:
-        gateway = start_gateway({"backend": "acme", "options": {"file": str(database)}})
-        with gateway.rest() as rest:
-            created = rest.post("/memories", json={"subject_id": "s", "text": "User keeps bees"})
-            assert created.status_code == 201, created.text
-            assert [m["text"] for m in rest.get("/memories", params={"subject_id": "s"}).json()["data"]] == [
-                "User keeps bees"]
-        assert database.stat().st_size > 0
-    finally:
-        sys.modules.pop(PLUGIN_MODULE, None)
+    gateway = start_gateway({"backend": "acme", "options": {"file": str(database)}})
+    with gateway.rest() as rest:
+        created = rest.post("/memories", json={"subject_id": "s", "text": "User keeps bees"})
+        assert created.status_code == 201, created.text
+        assert [m["text"] for m in rest.get("/memories", params={"subject_id": "s"}).json()["data"]] == [
+            "User keeps bees"]
+    assert database.stat().st_size > 0

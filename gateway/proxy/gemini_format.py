@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.errors import BadRequest
 from gateway.proxy.body_fields import translated_fields
-from gateway.proxy.litellm_bridge import NO_RETRIES, litellm_model, model_json
+from gateway.proxy.litellm_bridge import gateway_arguments, model_json
 from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.wire import Bridge, NativeRequest, UpstreamCall, WireFormat
 from gateway.stored_messages import as_text, image_url, inline_image, joined_text, tool_calls
@@ -224,12 +224,12 @@ def _bridge(litellm: Any, call: UpstreamCall) -> Bridge:
     from litellm.google_genai import agenerate_content, agenerate_content_stream
 
     fields = translated_fields(call.body, GEMINI_FORMAT)
+    # LiteLLM's google_genai functions name the fields in snake case ("config"), so they are passed
+    # one by one, then the gateway's own arguments, as every bridge passes them.
     arguments = {
-        "model": litellm_model(call),
         "contents": fields["contents"], "config": fields.get("generationConfig"), "tools": fields.get("tools"),
         "systemInstruction": fields.get("systemInstruction"),
-        "api_key": call.api_key, "api_base": call.settings.api_base, "timeout": call.settings.timeout.read,
-        **NO_RETRIES,
+        **gateway_arguments(call),
     }
     return Bridge(request=lambda stream: (agenerate_content_stream if stream else agenerate_content)(**arguments),
                   whole=lambda answer: gemini_response_only(answer if isinstance(answer, dict) else model_json(answer)),

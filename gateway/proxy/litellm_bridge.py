@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from gateway.proxy.body_fields import translated_fields
-from gateway.proxy.providers import PROVIDERS
+from gateway.proxy.providers import litellm_model
 from gateway.proxy.wire import UpstreamCall, WireFormat
 
 # The gateway answers with the provider's first error and leaves retrying to the caller's
@@ -20,14 +20,9 @@ from gateway.proxy.wire import UpstreamCall, WireFormat
 NO_RETRIES = {"num_retries": 0, "max_retries": 0}
 
 
-def litellm_model(call: UpstreamCall) -> str:
-    """The model as LiteLLM routes it: ``<provider>/<model>``."""
-    return f"{PROVIDERS[call.route.provider].litellm_prefix}/{call.route.model}"
-
-
 def gateway_arguments(call: UpstreamCall) -> dict[str, Any]:
     """The gateway's own arguments to any LiteLLM call: the provider, key, address and timeout."""
-    return {"model": litellm_model(call), "api_key": call.api_key, "api_base": call.settings.api_base,
+    return {"model": litellm_model(call.route), "api_key": call.api_key, "api_base": call.settings.api_base,
             "timeout": call.settings.timeout.read, **NO_RETRIES}
 
 

@@ -113,6 +113,11 @@ def _route(model: str) -> Route:
     return Route("openai", model)
 
 
+def litellm_model(route: Route) -> str:
+    """The model as LiteLLM routes it: ``<LiteLLM's provider name>/<model>``."""
+    return f"{PROVIDERS[route.provider].litellm_prefix}/{route.model}"
+
+
 def provider_settings(providers: ProvidersConfig, name: ProviderName) -> ProviderConfig:
     return getattr(providers, name)
 
