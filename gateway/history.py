@@ -8,11 +8,11 @@ by its ``tool`` results). Replay is cut to a token budget, oldest turns first.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 from collections.abc import Iterable
 
 from gateway.clock import now_iso
+from gateway.ids import ordered_id
 from gateway.store import Collection, DocumentStore
 
 MESSAGES = Collection("chat_messages", indexes=(("subject_id", "chat_id"), ("chat_id",), ("subject_id",)))
@@ -129,7 +129,7 @@ class ChatHistory:
                      *, metadata: dict[str, Any] | None = None, model: str | None = None) -> list[str]:
         """Store a turn's messages; returns their ids, in order."""
         stamp = now_iso()
-        docs = [("msg_" + secrets.token_hex(10),
+        docs = [(ordered_id("msg_"),
                  to_stored(m, subject_id=subject_id, chat_id=chat_id, event_time=stamp, metadata=metadata, model=model))
                 for m in messages]
         if not docs:

@@ -19,6 +19,7 @@ from gateway.memory.embedding import Embedder
 from gateway.memory.extraction import Extractor
 from gateway.memory.learning import LEARN_JOB, Learner
 from gateway.memory.memories import REINDEX_JOB, Memories
+from gateway.memory.recall_log import RecallLog
 from gateway.memory.recalls import RecallEvents
 from gateway.memory.vector_index import VectorIndex
 from gateway.memory_policies import MemoryPolicies
@@ -45,6 +46,8 @@ class Services:
     vector_index: VectorIndex
     memories: Memories
     recalls: RecallEvents
+    # Recall events and counts, written in batches just after the answers (recall_log.py).
+    recall_log: RecallLog
     jobs: JobQueue
     learner: Learner
     worker: JobWorker
@@ -81,6 +84,7 @@ class Services:
                                  prompts=prompts, policies=policies)
         extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
                                                config.learning.extractor, config.providers)
+        recall_log = RecallLog(recalls, memories, erasure)
         learner = Learner(memories, policies, extractor, erasure)
         erasure.on_jobs_voided.append(learner.forget_keys)
         learning = config.learning
@@ -107,12 +111,13 @@ class Services:
             vector_index=vector_index,
             memories=memories,
             recalls=recalls,
+            recall_log=recall_log,
             jobs=jobs,
             learner=learner,
             worker=worker,
             upstream=Upstream(config.providers),
             stages=[SystemPromptStage(prompts), AgentStateStage(state),
-                    MemoryRecallStage(memories, recalls, memory.recall), HistoryStage(history, config.history)],
+                    MemoryRecallStage(memories, recall_log, memory.recall), HistoryStage(history, config.history)],
             erasure=erasure,
             fence=fence,
             redis=redis,
@@ -127,6 +132,7 @@ class Services:
         self.worker.start()
 
     async def aclose(self) -> None:
+        await self.recall_log.close()
         await self.worker.stop()
         await self.jobs.close()
         await self.upstream.aclose()

@@ -110,3 +110,27 @@ def test_learning_and_recall_use_the_callers_key_and_recall_degrades_without_one
         assert claude.status_code == 200
         assert "User is vegetarian and love pasta" in json.dumps(hybrid.forwarded()[-1]["body"])
         assert len([r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")]) == calls
+
+
+def test_a_fact_stated_again_word_for_word_is_a_duplicate_without_paying_for_an_embedding(hybrid):
+    """Case, spacing and a final full stop aside, the same words are the same memory: it is
+    reinforced, and neither the embedding model nor a search is needed to know it. After an
+    edit the old words no longer match it."""
+    with hybrid.rest() as rest:
+        byok = {"x-openai-key": PROVIDER_KEY}
+        first = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "User keeps bees"}).json()
+        embedded = len([r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")])
+        again = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "  user KEEPS bees. "})
+        assert again.status_code == 200, again.text
+        assert (again.json()["skipped"], again.json()["duplicate_of"]) == (True, first["id"])
+        assert len([r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")]) == embedded
+        assert rest.get(f"/memories/{first['id']}").json()["data"]["reinforcement_count"] == 1
+        # Another subject's identical words are that subject's own memory.
+        other = rest.post("/memories", headers=byok, json={"subject_id": "someone-else", "text": "User keeps bees"})
+        assert other.status_code == 201
+        # Edited, the memory is found by its new words only.
+        rest.patch(f"/memories/{first['id']}", headers=byok, json={"text": "User keeps wasps"})
+        stated = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "User keeps wasps"})
+        assert stated.json().get("duplicate_of") == first["id"]
+        back = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "User keeps bees"})
+        assert back.status_code == 201 and back.json()["created"] is True

@@ -7,7 +7,8 @@ import secrets
 
 import pytest
 
-from gateway.store.base import Collection
+from gateway.store import codec
+from gateway.store.base import Collection, Increment, Tally
 from gateway.store.redis import RedisDocumentStore
 from gateway.store.sqlite import SqliteDocumentStore
 from tests.conftest import REDIS_URL, drop_redis_prefix, require_redis
@@ -121,3 +122,66 @@ async def test_rewriting_without_ttl_makes_a_document_permanent(store):
     await store.put(EPHEMERAL, "p1", "k", {"subject_id": "u1", "kept": True})
     await asyncio.sleep(0.5)
     assert await store.get(EPHEMERAL, "p1", "k") == {"subject_id": "u1", "kept": True}
+
+
+TURNS = Collection("turns", indexes=(("chat_id",), ("memory_ids",)), multi_valued=("memory_ids",))
+
+
+async def test_a_multi_valued_field_finds_a_document_by_each_of_its_values(store):
+    await store.put(TURNS, "p1", "t1", {"chat_id": "c1", "memory_ids": ["m1", "m2", "m2"]})
+    await store.put(TURNS, "p1", "t2", {"chat_id": "c1", "memory_ids": ["m2"]})
+    assert [d["memory_ids"] for d in await store.find(TURNS, "p1", {"memory_ids": "m1"})] == [["m1", "m2", "m2"]]
+    assert await store.count(TURNS, "p1", {"memory_ids": "m2"}) == 2
+    newest = await store.find(TURNS, "p1", {"memory_ids": "m2"}, limit=1, newest_first=True)
+    assert newest == [{"chat_id": "c1", "memory_ids": ["m2"]}]
+    # Rewritten without m1: no longer found by it.
+    await store.put(TURNS, "p1", "t1", {"chat_id": "c1", "memory_ids": ["m3"]})
+    assert await store.find(TURNS, "p1", {"memory_ids": "m1"}) == []
+    assert await store.delete_where(TURNS, "p1", {"memory_ids": "m3"}) == 1
+    assert await store.count(TURNS, "p1", {"chat_id": "c1"}) == 1
+
+
+def test_a_multi_valued_field_cannot_be_part_of_a_composite_index():
+    with pytest.raises(ValueError, match="on its own"):
+        Collection("bad", indexes=(("memory_ids", "chat_id"),), multi_valued=("memory_ids",))
+
+
+async def test_tallies_add_up_and_keep_the_latest_time(store):
+    await store.increment(NOTES, "p1", [Increment("a", "seen", 100.0), Increment("a", "seen", 90.0),
+                                        Increment("a", "kept", 5.0, by=3), Increment("b", "seen", 7.0)])
+    await store.increment(NOTES, "p1", [Increment("a", "seen", 95.0)])
+    assert await store.tallies(NOTES, "p1", ["a", "b", "never"]) == {
+        "a": {"seen": Tally(3, 100.0), "kept": Tally(3, 5.0)}, "b": {"seen": Tally(1, 7.0)}}
+    # Another project and another collection count on their own.
+    assert await store.tallies(NOTES, "p2", ["a"]) == {}
+    assert await store.tallies(EPHEMERAL, "p1", ["a"]) == {}
+    await store.delete_tallies(NOTES, "p1", ["a"])
+    assert await store.tallies(NOTES, "p1", ["a", "b"]) == {"b": {"seen": Tally(1, 7.0)}}
+    with pytest.raises(ValueError):
+        await store.increment(NOTES, "", [Increment("a", "seen", 1.0)])
+
+
+async def test_concurrent_increments_are_never_lost(store, tmp_path):
+    """Two writers at once (on Redis: two clients, as two gateways would be): every increment counts."""
+    other = store
+    if isinstance(store, RedisDocumentStore):
+        other = RedisDocumentStore(REDIS_URL, store._prefix)
+
+    async def writer(backend, start: float) -> None:
+        for i in range(50):
+            await backend.increment(NOTES, "p1", [Increment("hot", "seen", start + i), Increment("cold", "seen", 1.0)])
+
+    await asyncio.gather(writer(store, 1000.0), writer(other, 2000.0))
+    if other is not store:
+        await other.close()
+    assert await store.tallies(NOTES, "p1", ["hot", "cold"]) == {"hot": {"seen": Tally(100, 2049.0)},
+                                                                  "cold": {"seen": Tally(100, 1.0)}}
+
+
+async def test_what_orjson_refuses_is_still_stored_and_read_back(store):
+    """Documents are written with orjson; an integer beyond 64 bits (a client's metadata) and a
+    NaN written by the standard library before orjson was used go through json instead."""
+    doc = {"subject_id": "u1", "metadata": {"big": 2 ** 70, "text": "é ✓ \u2028"}, "score": 0.1 + 0.2}
+    await store.put(NOTES, "p1", "big", doc)
+    assert await store.get(NOTES, "p1", "big") == doc
+    assert codec.decode('{"score": NaN}')["score"] != codec.decode('{"score": NaN}')["score"]  # NaN is NaN

@@ -18,7 +18,7 @@ from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
-from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery
+from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery, RecallCounts
 
 LEXICON = Lexicon()
 
@@ -346,5 +346,42 @@ def test_a_qdrant_collection_keeps_the_kind_of_lexical_vectors_it_was_built_with
         await reopened.open()
         assert ids(await reopened.search("p", query("alice", "bees"))) == ["m1"]
         await reopened.close()
+
+    run(scenario())
+
+
+def test_touched_recall_counts_are_what_search_reads_and_survive_other_updates(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p", [memory("m1", "alice", "Favorite fruit is blueberry"),
+                                 memory("m2", "alice", "Favorite tea is green")])
+        await index.touch("p", [RecallCounts("m1", 4, 500.0), RecallCounts("gone", 1, 500.0)])  # "gone": skipped
+        hits = {hit.memory_id: hit.fields for hit in await index.search("p", query("alice", "favorite fruit tea"))}
+        assert (hits["m1"]["seen_count"], hits["m1"]["last_seen_at"]) == (4, 500.0)
+        assert (hits["m2"]["seen_count"], hits["m2"].get("last_seen_at")) == (0, None)
+        # A change of its other fields (a status flip and back) leaves the counts as touched.
+        fields = dict(memory("m1", "alice", "Favorite fruit is blueberry").fields)
+        await index.update_fields("p", "alice", "m1", {**fields, "importance": 90})
+        [hit] = [h for h in await index.search("p", query("alice", "blueberry")) if h.memory_id == "m1"]
+        assert (hit.fields["importance"], hit.fields["seen_count"], hit.fields["last_seen_at"]) == (90, 4, 500.0)
+        # Another project's memory of the same id is not touched.
+        await index.upsert("q", [memory("m1", "alice", "Favorite fruit is blueberry")])
+        [other] = await index.search("q", query("alice", "blueberry"))
+        assert other.fields["seen_count"] == 0
+        await index.close()
+
+    run(scenario())
+
+
+def test_rewriting_an_edge_point_keeps_its_touched_counts(tmp_path):
+    """A re-index (upsert of the whole point) must not drop the counts recalls have set since."""
+    async def scenario() -> None:
+        index = EdgeIndex(str(tmp_path / "edge"), None)
+        await index.upsert("p", [memory("m1", "alice", "Favorite fruit is blueberry")])
+        await index.touch("p", [RecallCounts("m1", 7, 900.0)])
+        await index.upsert("p", [memory("m1", "alice", "Favorite fruit is blueberry")])
+        [hit] = await index.search("p", query("alice", "blueberry"))
+        assert (hit.fields["seen_count"], hit.fields["last_seen_at"]) == (7, 900.0)
+        await index.close()
 
     run(scenario())

@@ -16,6 +16,8 @@ wrk, prints a markdown table and writes it into bench/README.md:
                    --memories memories (300 by default) through POST /api/v1/memories
   (h) recall       mnx-gateway on /v1/chat/completions with recall alone (history, log, learn, state,
                    prompt off), the user asking questions about the same seeded memories
+  (i) full, recall off  (g) with recall off: history + prompt + state + learn, the same statements
+  (j) full, learn off   (g) with learn off: history + prompt + state + recall, the same statements
 
 "Added" latency is a target's percentile minus the upstream's on the same surface at the
 same concurrency.
@@ -25,7 +27,7 @@ divided by the requests it answered; for the upstream rows it is the fake provid
 Usage (from the repository root, with the venv that has the gateway installed):
 
     /tmp/venv/bin/python bench/overhead/run.py [--duration 10] [--warmup 2] [--rounds 1]
-        [--concurrency 1,32] [--targets b,c,d,g,h] [--memories 300]
+        [--concurrency 1,32] [--targets b,c,d,g,h,i,j] [--memories 300]
 
 ``--smoke`` (what tests/test_bench_smoke.py runs) needs neither wrk nor LiteLLM: free ports,
 a few sequential requests per gateway target from this process, README left alone.
@@ -76,18 +78,22 @@ GATEWAY_KEY = "mnx_bench_key"
 PROVIDER_KEY = "sk-fake"  # the OpenAI key: providers.openai.api_key in gateway.yaml, and LiteLLM's
 ANTHROPIC_KEY = "sk-ant-fake"  # sent by the caller in x-api-key, as the Anthropic SDK does
 CHAT_ID = "@CHAT_ID@"  # where post.lua puts each request's chat id (features mode)
-SUBJECT = "bench_user"  # (c), (g) and (h) talk as this subject; (g) and (h) recall its seeded memories
+SUBJECT = "bench_user"  # (c) and (g)-(j) talk as this subject; (g), (h) and (j) recall its seeded memories
 PASSTHROUGH_MNX = {"log": False, "history": False, "system_prompt": False, "learn": False}
 FEATURES_MNX = {"subject_id": SUBJECT, "history": True, "log": True, "system_prompt": True, "learn": False,
                 "state": {"load": True, "key": "task"}}
 FULL_MNX = {**FEATURES_MNX, "recall": True, "learn": True}
 RECALL_MNX = {"subject_id": SUBJECT, "recall": True, "history": False, "log": False, "system_prompt": False,
               "learn": False}
-MNX = {"passthrough": PASSTHROUGH_MNX, "features": FEATURES_MNX, "full": FULL_MNX, "recall": RECALL_MNX}
+# (g) less one feature: (g) minus these rows is what recall, or learning, adds to the full pipeline.
+FULL_RECALL_OFF_MNX = {**FULL_MNX, "recall": False}
+FULL_LEARN_OFF_MNX = {**FULL_MNX, "learn": False}
+MNX = {"passthrough": PASSTHROUGH_MNX, "features": FEATURES_MNX, "full": FULL_MNX, "recall": RECALL_MNX,
+       "full-recall-off": FULL_RECALL_OFF_MNX, "full-learn-off": FULL_LEARN_OFF_MNX}
 DEFAULT_MEMORIES = 300
 SMOKE_MEMORIES = 50
 SEED_CONNECTIONS = 8  # concurrent POST /api/v1/memories while seeding
-LEARN_DRAIN_SECONDS = 300.0  # at most this long for (g)'s learn queue to empty after a measurement
+LEARN_DRAIN_SECONDS = 300.0  # at most this long for a learning target's queue to empty after a measurement
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS_START = "<!-- overhead-results:start -->"
@@ -264,9 +270,24 @@ class Target:
     texts: tuple[str, ...] = ()
 
     @property
+    def options(self) -> dict[str, Any]:
+        """The mnx options it turns on or off (empty for a plain body)."""
+        return MNX[self.mnx] if self.mnx is not None else {}
+
+    @property
+    def recalls(self) -> bool:
+        """Each turn recalls the subject's memories (and writes recall events)."""
+        return self.options.get("recall") is True
+
+    @property
+    def learns(self) -> bool:
+        """Each turn queues a learn job (whose backlog is recorded and drained after each cell)."""
+        return self.options.get("learn") is True
+
+    @property
     def uses_memories(self) -> bool:
-        """It recalls the subject's seeded memories (so they are seeded before it is checked)."""
-        return self.mnx in ("full", "recall")
+        """It recalls or learns against the subject's memories (so they are seeded before it is checked)."""
+        return self.recalls or self.learns
 
     @property
     def port(self) -> int:
@@ -294,6 +315,11 @@ TARGETS = [
            texts=tuple(corpus.STATEMENTS)),
     Target("h", "(h) gateway recall only", CHAT, bearer(GATEWAY_KEY), "gateway", "recall",
            texts=tuple(corpus.QUESTIONS)),
+    # (g)'s statements, so that learning has the same work as in (g), and recall the same queries.
+    Target("i", "(i) gateway full, recall off: history+prompt+state+learn", CHAT, bearer(GATEWAY_KEY), "gateway",
+           "full-recall-off", texts=tuple(corpus.STATEMENTS)),
+    Target("j", "(j) gateway full, learn off: history+prompt+state+recall", CHAT, bearer(GATEWAY_KEY), "gateway",
+           "full-learn-off", texts=tuple(corpus.STATEMENTS)),
 ]
 
 
@@ -356,7 +382,7 @@ def check_features(target: Target) -> None:
         raise BenchError(f"(c) did not record its turns in history: HTTP {status} {body!r:.500}")
 
 
-# -- the memory targets (g) and (h) -------------------------------------------------------
+# -- the memory targets (g)-(j) ---------------------------------------------------------
 
 PROJECT_AUTH = {"x-mnexium-key": GATEWAY_KEY}
 
@@ -427,49 +453,76 @@ def drain_learning(timeout: float) -> float:
     return time.monotonic() - started
 
 
-def learned_from(chat_prefix: str) -> int:
+def learned_from(chat_prefix: str) -> list[dict[str, Any]]:
     """Memories learned (``source_type: inferred``) from chats whose id starts with ``chat_prefix``,
     among the subject's 200 newest."""
     status, body = http_call(PORTS["gateway"], "GET", f"/api/v1/memories?subject_id={SUBJECT}&limit=200",
                              headers=PROJECT_AUTH)
     if status != 200 or not isinstance(body, dict):
         raise BenchError(f"listing the subject's memories failed: HTTP {status} {body!r:.500}")
-    return sum(1 for m in body["data"] if m.get("source_type") == "inferred"
-               and str((m.get("origin") or {}).get("chat_id", "")).startswith(chat_prefix))
+    return [m for m in body["data"] if m.get("source_type") == "inferred"
+            and str((m.get("origin") or {}).get("chat_id", "")).startswith(chat_prefix)]
+
+
+CHECK_PREFIX = "bench-check-"
+
+
+def check_reinforcements() -> int:
+    """How often the memories learned by the checks so far were stated again (reinforced)."""
+    return sum(int(m.get("reinforcement_count") or 0) for m in learned_from(CHECK_PREFIX))
 
 
 def check_memory_target(target: Target) -> str:
-    """Each of the target's user messages once, in a chat of its own, as the load will send it:
-    each answered with its echo and each recalling at least one seeded memory (its recall events
-    written); for (g) also the turns in history, every learn job done and memories learned.
-    Returns a line saying what the check saw."""
-    prefix = f"bench-check-{target.key}-"
-    recalled = []
-    for index in range(len(target.texts)):
-        check_answer(target, f"{prefix}{index}", index)
-    for index in range(len(target.texts)):
-        recalled.append(recall_events(f"{prefix}{index}"))
-    missed = [user_text(target, i) for i, n in enumerate(recalled) if n == 0]
-    if missed:
-        raise BenchError(f"{target.label}: recall found no memory for {len(missed)} of {len(recalled)} user "
-                         f"messages (no recall event written), e.g. {missed[:3]}")
-    line = (f"{target.label}: {len(recalled)} user messages each recalled {min(recalled)}-{max(recalled)} memories "
-            f"(recall events written)")
-    if target.mnx == "full":
+    """Each of the target's user messages once, in a chat of its own, as the load will send it,
+    each answered with its echo; then what its mnx block turns on, and off. Recall: each message
+    recalled at least one seeded memory (its recall events written); off: none wrote any.
+    History: the turn recorded. Learn: every learn job done, and memories learned from the turns
+    or, where an earlier target's check learned them already (the same statements), those
+    reinforced; off: none learned. Returns a line saying what the check saw."""
+    prefix = f"{CHECK_PREFIX}{target.key}-"
+    chats = [f"{prefix}{index}" for index in range(len(target.texts))]
+    reinforced_before = check_reinforcements() if target.learns else 0
+    for index, chat_id in enumerate(chats):
+        check_answer(target, chat_id, index)
+    seen = []
+    if target.recalls:
+        recalled = [recall_events(chat_id) for chat_id in chats]
+        missed = [user_text(target, i) for i, n in enumerate(recalled) if n == 0]
+        if missed:
+            raise BenchError(f"{target.label}: recall found no memory for {len(missed)} of {len(recalled)} user "
+                             f"messages (no recall event written), e.g. {missed[:3]}")
+        seen.append(f"{len(recalled)} user messages each recalled {min(recalled)}-{max(recalled)} memories "
+                    "(recall events written)")
+    if target.options.get("history"):
         status, body = http_call(PORTS["gateway"], "GET",
-                                 f"/api/v1/chat/history/read?chat_id={prefix}0&subject_id={SUBJECT}",
+                                 f"/api/v1/chat/history/read?chat_id={chats[0]}&subject_id={SUBJECT}",
                                  headers=PROJECT_AUTH)
         if status != 200 or not isinstance(body, dict) or body.get("count") != 2:
             raise BenchError(f"{target.label} did not record its turn in history: HTTP {status} {body!r:.500}")
-        waited = drain_learning(60.0)
-        learned = learned_from(prefix)
-        if learned == 0:
-            raise BenchError(f"{target.label}: the learn jobs finished but learned no memory from "
-                             f"{len(target.texts)} first-person statements")
-        line += (f"; every learn job done ({waited:.1f} s after the recall checks), {learned} new memories "
-                 f"learned from {len(target.texts)} statements (the others duplicates of stored ones, which "
-                 "reinforces them)")
-    return line
+        seen.append("the turn in history")
+    # Waited for with learn off too: a job queued by mistake would finish and show here.
+    waited = drain_learning(60.0)
+    learned = len(learned_from(prefix))
+    if target.learns:
+        reinforced = check_reinforcements() - reinforced_before
+        if learned == 0 and reinforced <= 0:
+            raise BenchError(f"{target.label}: the learn jobs finished but neither learned nor reinforced a memory "
+                             f"from {len(chats)} first-person statements")
+        seen.append(f"every learn job done ({waited:.1f} s after the other checks), {learned} new memories learned "
+                    f"from {len(chats)} statements"
+                    + (f", {reinforced} reinforcements of memories an earlier check learned" if reinforced else "")
+                    + " (the other statements duplicates of stored memories, which reinforces them)")
+    elif learned:
+        raise BenchError(f"{target.label} has learn off, yet {learned} memories were learned from its turns")
+    if not target.recalls:
+        # The first chat waits for write-behind recall events, which come a few ms after the answer.
+        stray = sum(recall_events(chat_id, wait=0.5 if index == 0 else 0.0) for index, chat_id in enumerate(chats))
+        if stray:
+            raise BenchError(f"{target.label} has recall off, yet its turns wrote {stray} recall events")
+        seen.append("no recall event (recall off)")
+    if not target.learns:
+        seen.append("nothing learned (learn off)")
+    return f"{target.label}: " + "; ".join(seen)
 
 
 # -- wrk ------------------------------------------------------------------------------
@@ -486,7 +539,7 @@ class Measurement:
     wrk_cpu_pct: float  # of one core
     foreign_cpu_pct: float  # of one core: machine busy time not spent in this benchmark's processes
     requests: int
-    # (g) only: learn jobs still queued when the measurement ended, and the seconds they took to finish.
+    # Learning targets only: learn jobs still queued when the measurement ended, and the seconds they took to finish.
     learn_backlog: int | None = None
     learn_drain_s: float | None = None
 
@@ -576,15 +629,14 @@ def measure(target: Target, concurrency: int, args: argparse.Namespace, children
 
 
 def after_load(target: Target, concurrency: int, chat_id: str) -> tuple[int | None, float | None]:
-    """Outside the measured window, for (g) and (h): the load's own turns recalled memories (chat
-    ``chat_id`` has recall events), and (g)'s learning is finished before the next cell starts.
-    (learn jobs queued when the load stopped, seconds until the queue was empty), or (None, None)."""
-    if not target.uses_memories:
-        return None, None
-    if recall_events(chat_id) == 0:
+    """Outside the measured window: for a target that recalls, the load's own turns recalled
+    memories (chat ``chat_id`` has recall events); for one that learns, its learning is finished
+    before the next cell starts. (learn jobs queued when the load stopped, seconds until the
+    queue was empty), or (None, None) for a target that does not learn."""
+    if target.recalls and recall_events(chat_id) == 0:
         raise BenchError(f"{target.label} at concurrency {concurrency}: the measured turns (chat {chat_id}) "
                          "wrote no recall event")
-    if target.mnx != "full":
+    if not target.learns:
         return None, None
     backlog = learn_backlog()[0]
     return backlog, drain_learning(LEARN_DRAIN_SECONDS)
@@ -669,7 +721,7 @@ def measure_sequentially(target: Target, requests: int, children: dict[str, Chil
 def render(results: list[Measurement], load_generator: str = "wrk", memories: int = DEFAULT_MEMORIES,
            ) -> tuple[str, str]:
     """The markdown table, and the lines about the targets (``load_generator``: who sent the load,
-    ``memories``: how many the subject of (g) and (h) was seeded with)."""
+    ``memories``: how many the subject of (g)-(j) was seeded with)."""
     by = {(m.target.key, m.concurrency): m for m in results}
 
     def added(m: Measurement) -> tuple[float, float] | None:
@@ -691,8 +743,9 @@ def render(results: list[Measurement], load_generator: str = "wrk", memories: in
         d = by.get(("d", conc))
         if d is None:
             continue
-        # (g)'s goal (issue 23): 3x LiteLLM with 300 memories, 2.5x with 10,000; (h) has none of its own.
-        for key, goal in (("b", 5.0), ("c", 3.0), ("g", 3.0 if memories <= 300 else 2.5), ("h", None)):
+        # (g)'s goal (issue 23): 3x LiteLLM with 300 memories, 2.5x with 10,000; (h)-(j) have none of their own.
+        for key, goal in (("b", 5.0), ("c", 3.0), ("g", 3.0 if memories <= 300 else 2.5), ("h", None), ("i", None),
+                          ("j", None)):
             m = by.get((key, conc))
             if m:
                 ratio = m.rps / d.rps
@@ -702,6 +755,14 @@ def render(results: list[Measurement], load_generator: str = "wrk", memories: in
         b_added = added(by[("b", 1)])[0]
         verdict = "met" if b_added < 1.0 else "MISSED"
         lines.append(f"- (b) added p50 latency at concurrency 1: **{b_added:.2f} ms** (target < 1 ms: {verdict})")
+    # Issue 23: under load, passthrough's tail stays within 5x its median (no stalls behind other work).
+    for conc in concurrencies:
+        b = by.get(("b", conc))
+        if b:
+            ratio = b.p99_ms / b.p50_ms
+            verdict = f": {'met' if ratio < 5.0 else 'MISSED'}" if conc == 32 else ""
+            lines.append(f"- (b) p99/p50 at concurrency {conc}: **{ratio:.1f}** "
+                         f"(target < 5x at concurrency 32{verdict})")
     # The other surfaces in passthrough: added latency against their own upstream row, and
     # throughput next to chat completions' (b) and LiteLLM's (d).
     for key in ("e", "f"):
@@ -722,24 +783,49 @@ def render(results: list[Measurement], load_generator: str = "wrk", memories: in
                 parts.append(f"({key}) {m.target.surface.name} **{m.rps:,.0f}** ({m.rps / b.rps:.2f}x (b){litellm})")
         if len(parts) > 1:
             lines.append(f"- gateway passthrough req/s at concurrency {conc}: " + "; ".join(parts))
-    if any(m.target.uses_memories for m in results):
-        lines.append(f"- (g) and (h): the subject has {memories:,} seeded memories (plus what (g) learns); every "
-                     "user message recalled at least one before the load, and each cell's turns wrote recall events.")
+    memory_keys = sorted({m.target.key for m in results if m.target.uses_memories})
+    if memory_keys:
+        recalling = sorted({m.target.key for m in results if m.target.recalls})
+        learning = sorted({m.target.key for m in results if m.target.learns})
+        said = [f"- {_keys(memory_keys)}: the subject has {memories:,} seeded memories"
+                + (f" (plus what {_keys(learning)} learn{'s' if len(learning) == 1 else ''})" if learning else "")]
+        if recalling:
+            said.append(f"for {_keys(recalling)} every user message recalled at least one before the load, and each "
+                        "cell's turns wrote recall events")
+        if learning:
+            said.append(f"for {_keys(learning)} every check's learn jobs learned or reinforced memories")
+        lines.append("; ".join(said) + ".")
     for conc in concurrencies:
         c, g = by.get(("c", conc)), by.get(("g", conc))
         if c and g:
             lines.append(f"- recall + learn on top of (c) at concurrency {conc}: (g) p50 "
                          f"**{g.p50_ms - c.p50_ms:+.2f} ms**, CPU **{g.cpu_ms_per_req - c.cpu_ms_per_req:+.2f} "
                          f"ms/req**, req/s {g.rps / c.rps:.2f}x (c)")
-    backlogs = [f"concurrency {m.concurrency}: {m.learn_backlog} jobs (done {m.learn_drain_s:.1f} s later)"
-                for m in results if m.target.key == "g" and m.learn_backlog is not None]
+    # Issue 23: what each of recall and learning adds to the full pipeline, (g) against (g) without it.
+    for key, feature, without, goal in (("i", "recall", "full-recall-off", 1.0), ("j", "learn", "full-learn-off", 0.5)):
+        for conc in concurrencies:
+            g, m = by.get(("g", conc)), by.get((key, conc))
+            if g and m:
+                extra = g.p50_ms - m.p50_ms
+                lines.append(f"- {feature} adds over {without} at concurrency {conc}: (g)-({key}) p50 "
+                             f"**{extra:+.2f} ms** (target < {goal:g} ms: {'met' if extra < goal else 'MISSED'}), "
+                             f"CPU **{g.cpu_ms_per_req - m.cpu_ms_per_req:+.2f} ms/req**")
+    backlogs = [f"({m.target.key}) at concurrency {m.concurrency}: {m.learn_backlog} jobs "
+                f"(done {m.learn_drain_s:.1f} s later)"
+                for m in results if m.target.learns and m.learn_backlog is not None]
     if backlogs:
-        lines.append("- (g) learn queue when the load stopped (the CPU of jobs still queued then is not in its "
+        lines.append("- learn queue when the load stopped (the CPU of jobs still queued then is not in the target's "
                      "CPU ms/req): " + "; ".join(backlogs))
     wrk = max(m.wrk_cpu_pct for m in results)
     lines.append(f"- {load_generator} used at most {wrk:.0f}% of one core. \"other load\" is the CPU the machine spent "
                  "outside the benchmark's processes during the cell (other jobs, kernel threads), in % of one core.")
     return "\n".join(rows), "\n".join(lines)
+
+
+def _keys(keys: list[str]) -> str:
+    """["g", "h", "j"] as "(g), (h) and (j)"."""
+    named = [f"({key})" for key in keys]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
 
 
 def machine_description() -> str:
@@ -814,7 +900,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--targets", default=None,
                         help=f"comma-separated targets to measure, in the table's order (default all: {keys})")
     parser.add_argument("--memories", type=int, default=None,
-                        help=f"memories the subject of (g) and (h) is seeded with (default {DEFAULT_MEMORIES}; "
+                        help=f"memories the subject of (g)-(j) is seeded with (default {DEFAULT_MEMORIES}; "
                              f"{SMOKE_MEMORIES} with --smoke)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the whole matrix, interleaved, and report each metric's median")
@@ -932,13 +1018,13 @@ def main() -> int:
             method = (f"SMOKE RUN (--smoke): {SMOKE_REQUESTS} sequential requests per target from one Python client; "
                       "LiteLLM's proxy not started, so the gateway is measured against the fake provider alone. "
                       "Not comparable with a full run."
-                      + (f" (g) and (h) with {args.memories:,} seeded memories."
-                         if any(t.uses_memories for t in targets) else ""))
+                      + (f" {_keys([t.key for t in targets if t.uses_memories])} with {args.memories:,} seeded "
+                         "memories." if any(t.uses_memories for t in targets) else ""))
         else:
             rounds_note = "" if args.rounds == 1 else f", median of {args.rounds} interleaved rounds"
             litellm = ", one LiteLLM worker" if with_litellm else " (LiteLLM's proxy not measured)"
-            seeded = (f"; the subject of (g) and (h) seeded with {args.memories:,} memories"
-                      if any(t.uses_memories for t in targets) else "")
+            seeded = (f"; the subject of {_keys([t.key for t in targets if t.uses_memories])} seeded with "
+                      f"{args.memories:,} memories" if any(t.uses_memories for t in targets) else "")
             method = (f"one gateway worker{litellm}; wrk -t1 at concurrency 1, -t2 above; "
                       f"{args.warmup:g} s warm-up then {args.duration:g} s per cell{rounds_note}{seeded}.")
         # The table goes to stdout before anything else can fail: a run that took minutes keeps its numbers.

@@ -28,6 +28,7 @@ def _subject(query: Query) -> str:
 
 async def list_memories(call: Call) -> Response:
     query = Query(call.request)
+    await call.services.recall_log.flush()  # recall counts of turns answered a moment ago
     docs = await call.services.memories.page_for_subject(
         call.project_id, _subject(query), limit=query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE),
         offset=query.integer("offset", default=0, minimum=0, maximum=10**9),
@@ -44,6 +45,7 @@ async def create_memory(call: Call) -> Response:
 
 
 async def get_memory(call: Call) -> Response:
+    await call.services.recall_log.flush()  # recall counts of turns answered a moment ago
     doc = await call.services.memories.get(call.project_id, call.request.path_params["memory_id"])
     return JSONResponse({"data": to_api(doc)})
 
@@ -95,6 +97,7 @@ async def search_memories(call: Call) -> Response:
 
 async def list_superseded(call: Call) -> Response:
     query = Query(call.request)
+    await call.services.recall_log.flush()  # recall counts of turns answered a moment ago
     docs = await call.services.memories.superseded(
         call.project_id, _subject(query), limit=query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE),
         offset=query.integer("offset", default=0, minimum=0, maximum=10**9))
@@ -114,6 +117,7 @@ async def list_recalls(call: Call) -> Response:
     chat_id, memory_id = query.string("chat_id"), query.string("memory_id")
     limit = query.integer("limit", default=100, minimum=1, maximum=1000)
     recalls = call.services.recalls
+    await call.services.recall_log.flush()  # the events of turns answered a moment ago
     if chat_id:
         events = await recalls.for_chat(call.project_id, chat_id, limit)
         return JSONResponse({"data": events, "count": len(events), "chat_id": chat_id})

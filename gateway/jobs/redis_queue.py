@@ -15,14 +15,14 @@ With Redis's append-only file on, an enqueued job survives a Redis restart too.
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
 from typing import Any
 
 import redis.asyncio as redis_asyncio
 
+from gateway.ids import ordered_id
 from gateway.jobs.queue import Job
+from gateway.store import codec
 from gateway.store.redis_client import connect_redis
 
 # KEYS: due set, job key prefix. ARGV: now, limit, lease end.
@@ -68,17 +68,17 @@ class RedisJobQueue:
 
     def _job(self, job_id: str, fields: dict[str, str], due_at: float) -> Job:
         return Job(id=job_id, project_id=fields["project_id"], kind=fields["kind"],
-                   payload=json.loads(fields["payload"]), status=fields["status"],
+                   payload=codec.decode(fields["payload"]), status=fields["status"],
                    attempts=int(fields.get("attempts", 0)), last_error=fields.get("last_error") or None,
                    due_at=due_at, created_at=float(fields["created_at"]))
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
                       delay_seconds: float = 0.0) -> str:
-        job_id = f"job_{secrets.token_hex(12)}"
+        job_id = ordered_id("job_")
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._job_prefix + job_id, mapping={
-                "project_id": project_id, "kind": kind, "payload": json.dumps(payload, ensure_ascii=False),
+                "project_id": project_id, "kind": kind, "payload": codec.encode(payload),
                 "status": "pending", "attempts": 0, "last_error": "", "created_at": now})
             pipe.zadd(self._due, {job_id: now + delay_seconds})
             pipe.zadd(self._project_prefix + project_id, {job_id: now})
@@ -124,7 +124,7 @@ class RedisJobQueue:
                     pipe.hget(self._job_prefix + job_id, "payload")
                 payloads = await pipe.execute()
             for job_id, payload in zip(batch, payloads):
-                if payload is not None and json.loads(payload).get("subject_id") == subject_id:
+                if payload is not None and codec.decode(payload).get("subject_id") == subject_id:
                     voided.append(job_id)
         if voided:
             async with self._redis.pipeline(transaction=True) as pipe:

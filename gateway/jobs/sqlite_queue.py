@@ -7,12 +7,12 @@ being killed, which is what durability has to mean for the embedded default.
 
 from __future__ import annotations
 
-import json
-import secrets
 import time
 from typing import Any
 
+from gateway.ids import ordered_id
 from gateway.jobs.queue import Job
+from gateway.store import codec
 from gateway.store.sqlite import connect
 
 _SCHEMA = """
@@ -36,7 +36,7 @@ _COLUMNS = "id, project_id, kind, payload, status, attempts, last_error, due_at,
 
 def _job(row: tuple[Any, ...]) -> Job:
     job_id, project_id, kind, payload, status, attempts, last_error, due_at, created_at = row
-    return Job(id=job_id, project_id=project_id, kind=kind, payload=json.loads(payload), status=status,
+    return Job(id=job_id, project_id=project_id, kind=kind, payload=codec.decode(payload), status=status,
                attempts=attempts, last_error=last_error, due_at=due_at, created_at=created_at)
 
 
@@ -47,11 +47,11 @@ class SqliteJobQueue:
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
                       delay_seconds: float = 0.0) -> str:
-        job_id = f"job_{secrets.token_hex(12)}"
+        job_id = ordered_id("job_")
         now = time.time()
         self._db.execute("INSERT INTO jobs (id, project_id, kind, payload, status, due_at, created_at) "
                          "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                         (job_id, project_id, kind, json.dumps(payload, ensure_ascii=False), now + delay_seconds, now))
+                         (job_id, project_id, kind, codec.encode(payload), now + delay_seconds, now))
         return job_id
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:

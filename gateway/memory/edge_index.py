@@ -25,10 +25,10 @@ from qdrant_edge import (CountRequest, Distance, EdgeConfig, EdgeShard, EdgeSpar
 from gateway.errors import ConfigError
 from gateway.memory.document_frequencies import DocumentFrequencies
 from gateway.memory.lexical_postings import posted, query_postings, reposting_salt, salted
-from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexMismatch, IndexQuery, VectorHit, check_dimensions, owner_key, owner_of,
-                                         packed_payload, require_project, scored_hits, search_legs, searchable_by,
-                                         unpacked_fields)
+from gateway.memory.vector_index import (DENSE, FUSION_K, LAST_SEEN_KEY, LEG_WEIGHTS, PREFETCH_MIN, SEEN_KEY, SPARSE,
+                                         IndexedMemory, IndexMismatch, IndexQuery, RecallCounts, VectorHit,
+                                         check_dimensions, counts_payload, owner_key, owner_of, packed_payload,
+                                         require_project, scored_hits, search_legs, searchable_by, unpacked_fields)
 
 
 # What the directory holds besides the engine's files: the layout it was built with (an
@@ -121,6 +121,12 @@ class EdgeIndex:
         if not points:
             return
         replaced = self._shard.retrieve([point.id for point in points], with_payload=True, with_vector=False)
+        # A rewritten point keeps the recall counts touched since its fields were packed.
+        touched = {record.id: {key: record.payload[key] for key in (SEEN_KEY, LAST_SEEN_KEY)}
+                   for record in replaced if record.payload and SEEN_KEY in record.payload}
+        if touched:
+            points = [Point(point.id, point.vector, {**(point.payload or {}), **touched[point.id]})
+                      if point.id in touched else point for point in points]
         self._shard.update(UpdateOperation.upsert_points(points))
         for record in replaced:
             self._frequencies.remove(project_id, unpacked_fields(record.payload or {}))
@@ -160,6 +166,17 @@ class EdgeIndex:
         if old_fields is not None:
             self._frequencies.remove(project_id, old_fields)
             self._frequencies.add(project_id, fields)
+
+    async def touch(self, project_id: str, counts: Sequence[RecallCounts]) -> None:
+        require_project(project_id)
+        for memory in counts:
+            # Only these two keys: the packed fields, vectors and document frequencies stay as they are.
+            try:
+                self._shard.update(UpdateOperation.set_payload([point_number(project_id, memory.memory_id)],
+                                                               counts_payload(memory)))
+            except Exception as error:  # the binding raises a bare Exception for a missing point
+                if "No point with id" not in str(error):
+                    raise
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)

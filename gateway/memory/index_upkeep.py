@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Sequence
 from gateway.jobs.queue import JobQueue
 from gateway.memory.embedding import Embedder
 from gateway.memory.lexical import Lexicon
+from gateway.memory.reinforcement import with_tallies
 from gateway.memory.vector_index import IndexedMemory, VectorIndex
 from gateway.store import Collection, DocumentStore
 
-# "listing" is the one field list queries filter on: active, superseded or deleted.
-MEMORIES = Collection("memories", indexes=(("subject_id",), ("subject_id", "listing")))
+# "listing" is the one field list queries filter on: active, superseded or deleted; "_text_key"
+# finds a memory stated again word for word without a search (Memories.create).
+MEMORIES = Collection("memories", indexes=(("subject_id",), ("subject_id", "listing"), ("subject_id", "_text_key")))
 # The job kind of an index repair (see IndexUpkeep.index_repair).
 REINDEX_JOB = "memory.reindex"
 
@@ -59,6 +61,8 @@ class IndexUpkeep:
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
             return
+        # The new point carries the memory's counts as they are now, tallies included.
+        with_tallies(doc, (await self._store.tallies(MEMORIES, project_id, [memory_id])).get(memory_id))
         dense = (await self._embedder.embed([doc["text"]], api_key=api_key))[0] if self._embedder else None
         await self._index.upsert(project_id, [self.indexed(doc, dense)])
 

@@ -9,6 +9,7 @@ hits are scored in gateway/memory/ranking.py.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from gateway.clock import from_timestamp
 from gateway.config import MemoryConfig
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.ids import ordered_id
 from gateway.jobs.queue import JobQueue
 from gateway.memory.changes import MemoryEdit, NewMemory
 from gateway.memory.claims import Claim, extract_claims
@@ -25,9 +27,10 @@ from gateway.memory.events import MemoryEvents
 from gateway.memory.index_upkeep import MEMORIES, REINDEX_JOB, IndexUpkeep, neighbours
 from gateway.memory.lexical import Lexicon
 from gateway.memory.ranking import Ranking, SearchHit
-from gateway.memory.vector_index import IndexQuery, VectorIndex
+from gateway.memory.reinforcement import REINFORCED, SEEN, index_is_behind, with_tallies
+from gateway.memory.vector_index import IndexQuery, RecallCounts, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
-from gateway.store import Collection, DocumentStore
+from gateway.store import Collection, DocumentStore, Increment
 
 __all__ = ["CLAIMS", "KINDS", "MEMORIES", "REINDEX_JOB", "VISIBILITIES", "Memories", "SearchHit", "to_api"]
 
@@ -38,7 +41,13 @@ VISIBILITIES = ("private", "shared", "public")
 # How many lines of conversation context a search takes (the latest ones).
 MAX_CONTEXT = 5
 _HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_id", "_previous_text", "_next_id",
-           "_next_text", "_claims", "_terms", "_context_terms")
+           "_next_text", "_claims", "_terms", "_context_terms", "_text_key")
+
+
+def text_key(text: str) -> str:
+    """The same for two texts that differ only in case, spacing and final punctuation."""
+    normal = " ".join(text.casefold().split()).rstrip(" .!")
+    return hashlib.blake2b(normal.encode(), digest_size=12).hexdigest()
 
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +75,12 @@ class Memories:
         return await self._store.get(MEMORIES, project_id, memory_id) is not None
 
     async def get(self, project_id: str, memory_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
+        """One memory as the API shows it (its recall and reinforcement counts included)."""
+        doc = await self._stored(project_id, memory_id, allow_deleted=allow_deleted)
+        return (await self._counted(project_id, [doc]))[0]
+
+    async def _stored(self, project_id: str, memory_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
+        """The stored document, to change and store again (counts as the document has them)."""
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
             raise NotFound("memory not found", code="memory_not_found")
@@ -73,17 +88,24 @@ class Memories:
             raise NotFound("memory was deleted", code="memory_deleted")
         return doc
 
+    async def _counted(self, project_id: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``docs`` with their tallies added to their counts (gateway/memory/reinforcement.py)."""
+        tallies = await self._store.tallies(MEMORIES, project_id, [doc["id"] for doc in docs]) if docs else {}
+        return [with_tallies(doc, tallies.get(doc["id"])) for doc in docs]
+
     async def page_for_subject(self, project_id: str, subject_id: str, *, limit: int, offset: int,
                                include_superseded: bool = False,
                                include_deleted: bool = False) -> list[dict[str, Any]]:
         """One page of the subject's memories, newest first: the active ones, and the superseded
         or deleted ones if asked for."""
         if not include_superseded and not include_deleted:
-            return await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "active"},
-                                          limit=limit, offset=offset, newest_first=True)
+            return await self._counted(project_id, await self._store.find(
+                MEMORIES, project_id, {"subject_id": subject_id, "listing": "active"}, limit=limit, offset=offset,
+                newest_first=True))
         everyone = {"subject_id": subject_id}
         if include_superseded and include_deleted:
-            return await self._store.find(MEMORIES, project_id, everyone, limit=limit, offset=offset, newest_first=True)
+            return await self._counted(project_id, await self._store.find(
+                MEMORIES, project_id, everyone, limit=limit, offset=offset, newest_first=True))
         shown = {"active", "superseded" if include_superseded else "deleted"}
         # Read newest first, a chunk at a time (as many as the page would take if nothing were
         # hidden), until the page is full: a page costs what it skips, not the whole history.
@@ -97,14 +119,15 @@ class Memories:
             if len(chunk) < chunk_size:
                 break
             start += chunk_size
-        return matches[offset:offset + limit]
+        return await self._counted(project_id, matches[offset:offset + limit])
 
     async def superseded(self, project_id: str, subject_id: str, *, limit: int, offset: int) -> list[dict[str, Any]]:
-        return await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "superseded"},
-                                      limit=limit, offset=offset, newest_first=True)
+        return await self._counted(project_id, await self._store.find(
+            MEMORIES, project_id, {"subject_id": subject_id, "listing": "superseded"}, limit=limit, offset=offset,
+            newest_first=True))
 
     async def claims(self, project_id: str, memory_id: str) -> list[dict[str, Any]]:
-        await self.get(project_id, memory_id)
+        await self._stored(project_id, memory_id)
         return await self._store.find(CLAIMS, project_id, {"memory_id": memory_id})
 
     # --- writing -------------------------------------------------------------------------
@@ -126,18 +149,29 @@ class Memories:
             raise Conflict(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
         if replaces is not None:
             await self._check_replaceable(project_id, subject_id, replaces)
+        summary = {"subject_id": subject_id, "text": text, "kind": fields.get("kind", "fact")}
+        if not new.no_supersede and replaces is None:
+            # Stated again word for word: a duplicate whatever versioning would weigh (it would
+            # find that memory first and skip), known without an embedding or a search.
+            same = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "_text_key": text_key(text)},
+                                          limit=10)
+            original = next((doc for doc in same if doc["listing"] == "active"), None)
+            if original is not None:
+                await self._reinforce(project_id, original["id"], stored=original)
+                return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
+                        "duplicate_of": original["id"]}, False
 
         dense = (await self._embed([text], api_key))[0] if self.embedder else None
         decision = Decision("create")
+        searched: dict[str, dict[str, Any]] = {}  # the index fields of the candidates search found
         if not new.no_supersede:
+            found, searched = await self._candidates(project_id, subject_id, text, claims, dense)
             # The memory named in ``supersedes`` is replaced, never a reason to skip this one.
-            candidates = [candidate for candidate in await self._candidates(project_id, subject_id, text, claims, dense)
-                          if candidate.memory_id != replaces]
+            candidates = [candidate for candidate in found if candidate.memory_id != replaces]
             decision = decide(self._comparer, self._config.versioning, text, claims, candidates)
-        summary = {"subject_id": subject_id, "text": text, "kind": fields.get("kind", "fact")}
         if decision.action == "skip":
             assert decision.duplicate_of is not None
-            await self._reinforce(project_id, decision.duplicate_of)
+            await self._reinforce(project_id, decision.duplicate_of, indexed=searched.get(decision.duplicate_of))
             return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
                     "duplicate_of": decision.duplicate_of}, False
         if replaces is not None and replaces not in decision.superseded_ids:
@@ -165,7 +199,7 @@ class Memories:
             "listing": "active", "is_deleted": False, "_created": now,
             "_previous_id": previous["id"] if previous else None, "_next_id": None,
             "_previous_text": previous["text"] if lends and previous else "", "_next_text": "",
-            "_claims": [[c.predicate, c.value] for c in claims],
+            "_claims": [[c.predicate, c.value] for c in claims], "_text_key": text_key(text),
         }
         if origin is not None:
             doc["origin"] = origin
@@ -199,7 +233,7 @@ class Memories:
 
     async def update(self, project_id: str, memory_id: str, edit: MemoryEdit, *,
                      api_key: str | None = None) -> None:
-        doc = await self.get(project_id, memory_id)
+        doc = await self._stored(project_id, memory_id)
         fields = edit.fields.given()
         if edit.text:
             fields["text"] = edit.text
@@ -211,6 +245,7 @@ class Memories:
         if "text" in fields:
             claims = extract_claims(doc["text"])
             doc["_claims"] = [[c.predicate, c.value] for c in claims]
+            doc["_text_key"] = text_key(doc["text"])
             indexed = self._upkeep.indexed(doc, dense)
         async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
@@ -239,7 +274,7 @@ class Memories:
         return True
 
     async def restore(self, project_id: str, memory_id: str) -> tuple[dict[str, Any], bool]:
-        doc = await self.get(project_id, memory_id, allow_deleted=True)
+        doc = await self._stored(project_id, memory_id, allow_deleted=True)
         if doc.get("is_deleted"):
             raise BadRequest("memory was deleted and cannot be restored", code="memory_deleted")
         if doc["status"] == "active":
@@ -254,6 +289,8 @@ class Memories:
         # The index first: if the process dies half-way, what is left is listed (and erased
         # by the next call), never findable without a stored memory behind it.
         await self._index.delete_subject(project_id, subject_id)
+        memory_ids = [doc["id"] for doc in await self._store.find(MEMORIES, project_id, {"subject_id": subject_id})]
+        await self._store.delete_tallies(MEMORIES, project_id, memory_ids)
         memories = await self._store.delete_where(MEMORIES, project_id, {"subject_id": subject_id})
         claims = await self._store.delete_where(CLAIMS, project_id, {"subject_id": subject_id})
         return {"memories": memories, "claims": claims}
@@ -281,19 +318,24 @@ class Memories:
         hits = await self._index.search(project_id, IndexQuery(subject_id, sparse, dense, limit=limit))
         return self._ranking.rank(query, hits, min_score)
 
-    async def mark_recalled(self, project_id: str, hits: Sequence[SearchHit]) -> None:
-        """Reinforce recalled memories: seen_count up, decay restarted from now."""
-        now = time.time()
-        docs = []
-        for hit in hits:
-            doc = await self._store.get(MEMORIES, project_id, hit.memory_id)
-            if doc is not None:
-                doc.update(seen_count=doc["seen_count"] + 1, last_seen_at=from_timestamp(now), _last_seen=now)
-                docs.append((hit.memory_id, doc))
-        # One write for all of them: this runs before the chat is forwarded.
-        await self._store.put_many(MEMORIES, project_id, docs)
-        for _, doc in docs:
-            await self._upkeep.update_index(project_id, doc)
+    async def mark_recalled(self, project_id: str, recalls: Sequence[tuple[SearchHit, float]]) -> None:
+        """Count recalls, each (hit, when): the memory's seen tally up and its decay restarted
+        (one small write for all of them), and its counts in the index refreshed where a
+        ranking would notice (gateway/memory/reinforcement.py)."""
+        if not recalls:
+            return
+        await self._store.increment(MEMORIES, project_id,
+                                    [Increment(hit.memory_id, SEEN, when) for hit, when in recalls])
+        by_memory: dict[str, tuple[SearchHit, int, float]] = {}
+        for hit, when in recalls:
+            _, times, latest = by_memory.get(hit.memory_id, (hit, 0, 0.0))
+            by_memory[hit.memory_id] = (hit, times + 1, max(latest, when))
+        behind = []
+        for memory_id, (hit, times, latest) in by_memory.items():
+            seen_count = int(hit.fields.get("seen_count") or 0) + times
+            if index_is_behind(hit.fields, seen_count, latest):
+                behind.append(RecallCounts(memory_id, seen_count, latest))
+        await self._index.touch(project_id, behind)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -302,13 +344,16 @@ class Memories:
         return await self.embedder.embed(texts, api_key=api_key)
 
     async def _candidates(self, project_id: str, subject_id: str, text: str, claims: Sequence[Claim],
-                          dense: list[float] | None) -> list[Candidate]:
-        """The subject's active memories a new one could duplicate or contradict."""
+                          dense: list[float] | None) -> tuple[list[Candidate], dict[str, dict[str, Any]]]:
+        """The subject's active memories a new one could duplicate or contradict, and the index
+        fields of those search found (by memory id)."""
         query = IndexQuery(subject_id, self._lexicon.query_vector(text), dense, include_shared=False,
                            limit=self._config.versioning.candidates)
+        hits = await self._index.search(project_id, query)
+        indexed = {hit.memory_id: hit.fields for hit in hits}
         found = {hit.memory_id: Candidate(hit.memory_id, hit.fields["text"],
                                           [Claim(p, v) for p, v in hit.fields.get("claims", [])], hit.similarity)
-                 for hit in await self._index.search(project_id, query)}
+                 for hit in hits}
         # Same-slot memories count whatever their wording, even if search did not surface them.
         for claim in claims:
             rows = await self._store.find(CLAIMS, project_id, {"subject_id": subject_id, "predicate": claim.predicate})
@@ -318,12 +363,12 @@ class Memories:
                     if other is not None and other["listing"] == "active":
                         found[other["id"]] = Candidate(other["id"], other["text"],
                                                        [Claim(row["predicate"], row["value"])])
-        return list(found.values())
+        return list(found.values()), indexed
 
     async def _save_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim], stamp: str) -> None:
         rows = []
         for claim in claims:
-            claim_id = f"ast_{secrets.token_hex(12)}"
+            claim_id = ordered_id("ast_")
             rows.append((claim_id, {
                 "id": claim_id, "memory_id": doc["id"], "subject_id": doc["subject_id"],
                 "predicate": claim.predicate, "type": "string", "value": claim.value,
@@ -349,13 +394,20 @@ class Memories:
         await self._upkeep.refresh_context(project_id,
                                            [*neighbours(doc), *([memory_id] if status == "active" else [])])
 
-    async def _reinforce(self, project_id: str, memory_id: str) -> None:
-        """Stating a remembered fact again strengthens it and restarts its decay."""
-        doc = await self._store.get(MEMORIES, project_id, memory_id)
-        if doc is None:
-            return
+    async def _reinforce(self, project_id: str, memory_id: str, *, indexed: dict[str, Any] | None = None,
+                         stored: dict[str, Any] | None = None) -> None:
+        """Stating a remembered fact again strengthens it and restarts its decay: its reinforced
+        tally up, and the index's "last seen" moved on if a ranking would notice. The index's
+        counts are read from ``indexed`` (the memory's fields as search found them) or else from
+        the store (``stored``: its document, if already read), which is at most a minute ahead."""
+        if indexed is None:
+            doc = stored if stored is not None else await self._store.get(MEMORIES, project_id, memory_id)
+            if doc is None:
+                return
+            counted = (await self._counted(project_id, [dict(doc)]))[0]
+            indexed = {"seen_count": counted["seen_count"], "last_seen_at": counted.get("_last_seen")}
         now = time.time()
-        doc.update(reinforcement_count=doc["reinforcement_count"] + 1, last_reinforced_at=from_timestamp(now),
-                   _last_seen=max(now, doc.get("_last_seen") or 0))
-        await self._store.put(MEMORIES, project_id, memory_id, doc)
-        await self._upkeep.update_index(project_id, doc)
+        await self._store.increment(MEMORIES, project_id, [Increment(memory_id, REINFORCED, now)])
+        seen_count = int(indexed.get("seen_count") or 0)
+        if index_is_behind(indexed, seen_count, now):
+            await self._index.touch(project_id, [RecallCounts(memory_id, seen_count, now)])

@@ -11,17 +11,23 @@ from typing import Any
 from collections.abc import Sequence
 
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 from qdrant_edge import SparseVector
 
 from gateway.config import QdrantVectorsConfig
 from gateway.memory.vector_index import (DENSE, FUSION_K, LEG_WEIGHTS, PREFETCH_MIN, SPARSE, IndexedMemory,
-                                         IndexMismatch, IndexQuery, VectorHit, check_dimensions, cosines, owner_key,
-                                         packed_payload, point_id, require_project, scored_hits, search_legs,
-                                         searchable_by)
+                                         IndexMismatch, IndexQuery, RecallCounts, VectorHit, check_dimensions,
+                                         cosines, counts_payload, owner_key, packed_payload, point_id,
+                                         require_project, scored_hits, search_legs, searchable_by)
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _set_payload(project_id: str, counts: RecallCounts) -> models.SetPayloadOperation:
+    return models.SetPayloadOperation(set_payload=models.SetPayload(
+        payload=counts_payload(counts), points=[point_id(project_id, counts.memory_id)]))
 
 
 def _any_of(keys: list[str]) -> models.Filter:
@@ -108,6 +114,25 @@ class QdrantIndex:
         await self._client.update_vectors(self._collection, [models.PointVectors(
             id=point_id(project_id, memory_id), vector={SPARSE: _sparse(sparse)})], wait=True)
         await self.update_fields(project_id, subject_id, memory_id, fields)
+
+    async def touch(self, project_id: str, counts: Sequence[RecallCounts]) -> None:
+        require_project(project_id)
+        if not counts:
+            return
+        # One request for the batch; set_payload merges, so the packed fields stay as they are.
+        operations = [_set_payload(project_id, memory) for memory in counts]
+        try:
+            await self._client.batch_update_points(self._collection, operations, wait=True)
+        except (UnexpectedResponse, KeyError) as error:  # KeyError: local mode's "no such point"
+            if isinstance(error, UnexpectedResponse) and error.status_code != 404:
+                raise
+            # A point gone since it was recalled (its subject erased) stopped the batch: the rest one by one.
+            for operation in operations:
+                try:
+                    await self._client.batch_update_points(self._collection, [operation], wait=True)
+                except (UnexpectedResponse, KeyError) as missing:
+                    if isinstance(missing, UnexpectedResponse) and missing.status_code != 404:
+                        raise
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         require_project(project_id)

@@ -14,8 +14,10 @@ from typing import Any
 from gateway.config import RecallConfig
 
 DAY = 86400.0
-# Reinforcement saturates: the 20th recall adds little over the 10th.
-_REINFORCEMENT_SATURATION = math.log1p(20)
+# Reinforcement saturates: the 20th recall adds little over the 10th, and from the 20th on
+# further recalls add nothing (so the index need not count them: gateway/memory/reinforcement.py).
+SEEN_SATURATION = 20
+_REINFORCEMENT_SATURATION = math.log1p(SEEN_SATURATION)
 
 
 def weight(fields: dict[str, Any], now: float, config: RecallConfig) -> float:

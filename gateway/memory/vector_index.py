@@ -99,6 +99,15 @@ class IndexedMemory:
 
 
 @dataclass(frozen=True)
+class RecallCounts:
+    """A memory's counts as ranking reads them (gateway/memory/reinforcement.py)."""
+
+    memory_id: str
+    seen_count: int
+    last_seen: float  # epoch seconds: the latest recall or reinforcement
+
+
+@dataclass(frozen=True)
 class IndexQuery:
     subject_id: str
     sparse: SparseVector
@@ -134,6 +143,25 @@ def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+# Payload keys of a point's recall counts, beside the packed fields: set on their own
+# (VectorIndex.touch), without rewriting the rest, and read over the packed values.
+SEEN_KEY = "seen"
+LAST_SEEN_KEY = "last_seen"
+
+
+def counts_payload(counts: RecallCounts) -> dict[str, Any]:
+    return {SEEN_KEY: counts.seen_count, LAST_SEEN_KEY: counts.last_seen}
+
+
+def search_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """A hit's fields: the packed ones, with the recall counts touched since they were packed."""
+    fields = unpacked_fields(payload)
+    if SEEN_KEY in payload:
+        fields["seen_count"] = payload[SEEN_KEY]
+        fields["last_seen_at"] = payload[LAST_SEEN_KEY]
+    return fields
+
+
 def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
     """The access keys a search may match: the subject's own, plus the project's shared."""
     keys = [own_key(project_id, query.subject_id)]
@@ -148,7 +176,7 @@ def scored_hits(points: Sequence[tuple[float, dict[str, Any] | None]],
     hit's cosine to the query's dense vector (None without one)."""
     hits = []
     for (score, payload), similarity in zip(points, similarities):
-        fields = unpacked_fields(payload or {})
+        fields = search_fields(payload or {})
         hits.append(VectorHit(fields.pop("memory_id"), score, fields, similarity))
     return hits
 
@@ -201,6 +229,10 @@ class VectorIndex(Protocol):
     async def update_lexical(self, project_id: str, subject_id: str, memory_id: str, sparse: SparseVector,
                              fields: dict[str, Any]) -> None:
         """Replace one memory's lexical vector and its fields; its dense vector stays."""
+
+    async def touch(self, project_id: str, counts: Sequence[RecallCounts]) -> None:
+        """Set memories' recall counts as search reads them, leaving the rest of each point as
+        it is (a memory whose point is gone is skipped)."""
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
         """Active memories matching the query, best first."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import StorageConfig
-from gateway.store.base import Collection, Document, DocumentStore
+from gateway.store.base import Collection, Document, DocumentStore, Increment, Tally
 
 
 def open_sqlite_store(config: StorageConfig, redis: Any) -> DocumentStore:
@@ -25,4 +25,4 @@ def open_redis_store(config: StorageConfig, redis: Any) -> DocumentStore:
     return RedisDocumentStore(redis if redis is not None else config.redis.url, config.redis.key_prefix)
 
 
-__all__ = ["Collection", "Document", "DocumentStore", "open_redis_store", "open_sqlite_store"]
+__all__ = ["Collection", "Document", "DocumentStore", "Increment", "Tally", "open_redis_store", "open_sqlite_store"]

@@ -6,6 +6,7 @@ Layout, for key prefix ``P``, project ``p`` and collection ``c``:
 * ``P{p}:c:i:<index>=<values>`` sorted set of ids scored by ``seq`` (insertion order)
 * ``P{p}:c:i:``                 the same, for every document of the collection
 * ``P{p}:c:seq``                the collection's insertion counter
+* ``P{p}:c:t:<id>``            hash of the document's tallies: ``<name>`` (count), ``<name>@`` (last time)
 
 ``{p}`` is a Redis Cluster hash tag: all of a project's keys live in one slot, so
 the Lua scripts below (which keep a document and its index entries consistent in
@@ -15,14 +16,14 @@ entries of expired documents are removed lazily by the reads that meet them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as redis_asyncio
 
-from gateway.store.base import Collection, Document, require_project
+from gateway.store import codec
+from gateway.store.base import Collection, Document, Increment, Tally, require_project
 from gateway.store.redis_client import connect_redis
 
 # KEYS: doc key, seq key, then the index keys the new body belongs to.
@@ -112,6 +113,19 @@ return out
 """
 
 
+# KEYS: one tally hash per increment. ARGV: name, by, at for each (in KEYS' order).
+# HINCRBY keeps concurrent increments from several gateways; the time only moves forward.
+_INCREMENT = """
+for i = 1, #KEYS do
+  local name, at = ARGV[3 * i - 2], tonumber(ARGV[3 * i])
+  redis.call('HINCRBY', KEYS[i], name, ARGV[3 * i - 1])
+  local last = tonumber(redis.call('HGET', KEYS[i], name .. '@') or '-1')
+  if at > last then redis.call('HSET', KEYS[i], name .. '@', ARGV[3 * i]) end
+end
+return #KEYS
+"""
+
+
 class RedisDocumentStore:
     def __init__(self, redis: str | redis_asyncio.Redis, key_prefix: str = "mnx:") -> None:
         """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
@@ -123,6 +137,7 @@ class RedisDocumentStore:
         self._delete = self._redis.register_script(_DELETE)
         self._scan = self._redis.register_script(_SCAN)
         self._find_exact = self._redis.register_script(_FIND_EXACT)
+        self._increment = self._redis.register_script(_INCREMENT)
 
     # -- key layout -----------------------------------------------------------------------
 
@@ -151,14 +166,14 @@ class RedisDocumentStore:
         base = self._base(collection, project_id)
         ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds is not None else 0
         await self._put(keys=self._put_keys(collection, base, doc_id, doc),
-                        args=[json.dumps(doc, ensure_ascii=False), ttl_ms, doc_id])
+                        args=[codec.encode(doc), ttl_ms, doc_id])
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
         base = self._base(collection, project_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             for doc_id, doc in docs:
                 await self._put(keys=self._put_keys(collection, base, doc_id, doc),
-                                args=[json.dumps(doc, ensure_ascii=False), 0, doc_id], client=pipe)
+                                args=[codec.encode(doc), 0, doc_id], client=pipe)
             await pipe.execute()
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
@@ -172,11 +187,44 @@ class RedisDocumentStore:
         return int(await self._scan(keys=[self._where_key(collection, base, where)],
                                     args=[base + "d:", 0, -1, 0, "delete"]))
 
+    async def increment(self, collection: Collection, project_id: str, increments: Iterable[Increment]) -> None:
+        base = self._base(collection, project_id)
+        keys: list[str] = []
+        args: list[Any] = []
+        for increment in increments:
+            keys.append(base + "t:" + increment.doc_id)
+            args += [increment.name, increment.by, repr(float(increment.at))]
+        if keys:
+            # One script, so the whole batch is one atomic write (all keys share the project's slot).
+            await self._increment(keys=keys, args=args)
+
+    async def tallies(self, collection: Collection, project_id: str,
+                      doc_ids: Iterable[str]) -> dict[str, dict[str, Tally]]:
+        base = self._base(collection, project_id)
+        ids = list(dict.fromkeys(doc_ids))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for doc_id in ids:
+                pipe.hgetall(base + "t:" + doc_id)
+            replies = await pipe.execute()
+        found: dict[str, dict[str, Tally]] = {}
+        for doc_id, reply in zip(ids, replies):
+            values = {_text(k): _text(v) for k, v in reply.items()}
+            for name, count in values.items():
+                if not name.endswith("@"):
+                    found.setdefault(doc_id, {})[name] = Tally(int(count), float(values.get(name + "@", 0.0)))
+        return found
+
+    async def delete_tallies(self, collection: Collection, project_id: str, doc_ids: Iterable[str]) -> None:
+        base = self._base(collection, project_id)
+        keys = [base + "t:" + doc_id for doc_id in doc_ids]
+        for start in range(0, len(keys), 500):
+            await self._redis.delete(*keys[start:start + 500])
+
     # -- reads ----------------------------------------------------------------------------
 
     async def get(self, collection: Collection, project_id: str, doc_id: str) -> Document | None:
         body = await self._redis.hget(self._base(collection, project_id) + "d:" + doc_id, "body")
-        return json.loads(body) if body is not None else None
+        return codec.decode(body) if body is not None else None
 
     async def find(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None,
                    *, limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[Document]:
@@ -184,7 +232,7 @@ class RedisDocumentStore:
         script = self._scan if collection.expiring else self._find_exact
         args: list[Any] = [base + "d:", offset, -1 if limit is None else limit, 1 if newest_first else 0, "find"]
         bodies = await script(keys=[self._where_key(collection, base, where)], args=args)
-        return [json.loads(body) for body in bodies]
+        return [codec.decode(body) for body in bodies]
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         base = self._base(collection, project_id)
@@ -204,3 +252,7 @@ class RedisDocumentStore:
     async def close(self) -> None:
         if self._owns_client:
             await self._redis.aclose()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

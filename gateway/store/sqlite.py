@@ -6,17 +6,43 @@ memory operation plus an append, and every query is an index lookup. Each call
 takes tens of microseconds, far less than a hop to a worker thread would cost,
 and running statements without awaits in between also makes each multi-statement
 write atomic with respect to other requests on the loop.
+
+Why checkpoints run on a thread of their own: a commit appends to the write-ahead
+log, and a checkpoint copies the log back into the database file. SQLite's automatic
+checkpoint runs inside whichever COMMIT takes the log past 1000 pages and, with
+``synchronous=NORMAL``, fsyncs the log and the file there, on the event loop, so every
+request waits. Measured with 1,500 ``put_many`` of 8 small documents: p50 0.48 ms but
+p99 8.1 ms (1.1 ms with no fsync at all); a benchmark row writing chat history had p99
+41.8 ms against p50 2.8 ms. Never checkpointing is no answer: the log grows and every
+statement slows (p50 0.8 ms). So one daemon thread per database file, with its own
+connection, runs PASSIVE checkpoints (they never block a writer, and sqlite3 releases
+the GIL while one runs): every 20 ms while writes keep coming, backing off to every
+half second. The loop's connections checkpoint only as a backstop, at 4000 pages
+instead of 1000 (see LOOP_CHECKPOINT_FRAMES). The same 1,500 ``put_many`` before and
+after, on one machine: p99 6 ms -> 0.7-1.1 ms, calls over 3 ms 24 -> 6, p50 unchanged
+(0.2-0.3 ms); with 2 ms of other work between calls, p99 6.3 ms -> 0.6-1.5 ms.
+
+Durability does not change: a commit goes to the log with the same sync setting as
+before and survives the process being killed (not a power cut, as before), and readers
+find it in the log until it is copied. Only when the copy into the main file happens
+moves, and the last connection to close runs one final checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 import sqlite3
+import threading
 import time
+import weakref
 from pathlib import Path
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
-from gateway.store.base import Collection, Document, require_project
+from gateway.store import codec
+from gateway.store.base import Collection, Document, Increment, Tally, require_project
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -38,29 +64,167 @@ CREATE TABLE IF NOT EXISTS doc_index (
     PRIMARY KEY (collection, project_id, index_key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_index_by_seq ON doc_index (seq);
+CREATE TABLE IF NOT EXISTS tallies (
+    collection  TEXT NOT NULL,
+    project_id  TEXT NOT NULL,
+    doc_id      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    last_at     REAL NOT NULL,
+    PRIMARY KEY (collection, project_id, doc_id, name)
+) WITHOUT ROWID;
 """
 
 # How often (at most) writes also sweep expired rows out of the file.
 _SWEEP_INTERVAL_SECONDS = 60.0
 
 
+@functools.lru_cache(maxsize=4096)  # the same subjects and chats come back on every turn
 def _index_key(fields: tuple[str, ...], values: tuple[str, ...]) -> str:
     # \x1f (unit separator) cannot appear in field names and is escaped out of values by JSON.
     return "\x1f".join(fields) + "=" + json.dumps(values, ensure_ascii=False)
 
 
-def connect(path: str) -> sqlite3.Connection:
+log = logging.getLogger("gateway.store")
+
+CHECKPOINT_THREAD_NAME = "sqlite-checkpointer"
+# The log starts over only at a write that finds every frame in it copied, so it stays
+# short only if a round often finishes before the next write. While a round finds this
+# many frames (1 MB) the next one comes soon: there is then little to copy and a round
+# fits between two writes. With fewer the interval doubles, up to the idle one.
+_BUSY_LOG_FRAMES = 250
+_BUSY_INTERVAL_SECONDS = 0.02
+_IDLE_INTERVAL_SECONDS = 0.5
+# If writes never pause for as long as a round takes, the loop's own connection
+# checkpoints once the log reaches this many frames (SQLite's automatic checkpoint,
+# PASSIVE): the thread has copied most of the log by then, and the log starts over.
+# Without it the log grew to 96 MiB in the measurement above, and would go on growing
+# for as long as the writes did. (The thread cannot start the log over itself: that
+# takes a checkpoint holding the write lock, and a loop transaction that read before
+# writing would then fail at once with "database is locked", as SQLite does not wait
+# to turn a read into a write.)
+LOOP_CHECKPOINT_FRAMES = 4000
+# Closing waits this long for the final checkpoint; a thread still busy after it is a
+# daemon and closes its own connection when done.
+_CHECKPOINT_STOP_SECONDS = 10.0
+
+
+class _Checkpointer:
+    """Copies one database file's write-ahead log into it, on a daemon thread with its own
+    connection, for as long as any connection from ``connect`` to the file is open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.holders = 0
+        # Held for each checkpoint: another checkpoint started meanwhile (scrub's) would
+        # find this one under way, copy nothing and report only "busy".
+        self.running = threading.Lock()
+        self._stopping = threading.Event()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # What a checkpoint fsyncs (the log before copying it, the file after) follows this.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._thread = threading.Thread(target=self._run, name=f"{CHECKPOINT_THREAD_NAME} {path}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # Busy at first: a process often starts with a burst of writes (and doubles back if not).
+            interval = _BUSY_INTERVAL_SECONDS
+            while not self._stopping.wait(interval):
+                busy = self._checkpoint() >= _BUSY_LOG_FRAMES
+                interval = _BUSY_INTERVAL_SECONDS if busy else min(2 * interval, _IDLE_INTERVAL_SECONDS)
+            self._checkpoint()
+        finally:
+            self._db.close()
+
+    def _checkpoint(self) -> int:
+        """The number of frames in the log (-1 when the checkpoint could not run)."""
+        # With no new frames in the log a PASSIVE checkpoint reads the log's index and stops:
+        # no I/O on the files, so there is nothing to gain from checking first.
+        with self.running:
+            try:
+                [(_busy, frames, _copied)] = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                # The log keeps the commits and the next round tries again.
+                log.warning("checkpoint of %s failed", self.path, exc_info=True)
+                return -1
+        return int(frames)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        # The last holder may be a connection collected by a garbage-collection pass that
+        # happened to run on this very thread; it then finishes on its own.
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_CHECKPOINT_STOP_SECONDS)
+
+
+_checkpointers: dict[Path, _Checkpointer] = {}
+_checkpointers_lock = threading.Lock()
+
+
+def _hold_checkpointer(path: str) -> _Checkpointer | None:
+    if path in (":memory:", ""):
+        return None  # nothing on disk to copy into
+    key = Path(path).resolve()
+    with _checkpointers_lock:
+        checkpointer = _checkpointers.get(key)
+        if checkpointer is None:
+            checkpointer = _checkpointers[key] = _Checkpointer(key)
+        checkpointer.holders += 1
+        return checkpointer
+
+
+def _let_go(checkpointer: _Checkpointer) -> None:
+    with _checkpointers_lock:
+        checkpointer.holders -= 1
+        if checkpointer.holders:
+            return
+        del _checkpointers[checkpointer.path]
+    checkpointer.stop()
+
+
+class GatewayConnection(sqlite3.Connection):
+    """A connection from ``connect``: it holds its file's checkpointer until it is closed
+    (or collected unclosed), and the last holder to let go stops it."""
+
+    _checkpointer: _Checkpointer | None = None
+    _let_go: weakref.finalize | None = None
+
+    def _hold(self, checkpointer: _Checkpointer | None) -> None:
+        self._checkpointer = checkpointer
+        # A finalizer runs at most once, whichever comes first: close or collection.
+        self._let_go = weakref.finalize(self, _let_go, checkpointer) if checkpointer else None
+
+    def close(self) -> None:
+        super().close()
+        if self._let_go is not None:
+            self._let_go()
+
+    @contextlib.contextmanager
+    def checkpoints_held(self) -> Iterator[None]:
+        """No background checkpoint of this file runs meanwhile (waits for one under way)."""
+        if self._checkpointer is None:
+            yield
+            return
+        with self._checkpointer.running:
+            yield
+
+
+def connect(path: str) -> GatewayConnection:
     """A connection to the gateway's SQLite file as every embedded component uses it:
     autocommit, WAL (a commit survives the process being killed), NORMAL sync, and
     secure_delete: deleted content is overwritten with zeros, not left in free pages
-    (erasure must mean gone from the file too; see SqliteDocumentStore.scrub)."""
+    (erasure must mean gone from the file too; see SqliteDocumentStore.scrub). It leaves
+    checkpoints to the file's checkpointer thread but for a backstop (see the module docstring)."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=GatewayConnection)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=OFF")
     db.execute("PRAGMA secure_delete=ON")
+    db.execute(f"PRAGMA wal_autocheckpoint={LOOP_CHECKPOINT_FRAMES}")
+    db._hold(_hold_checkpointer(path))
     return db
 
 
@@ -78,7 +242,7 @@ class SqliteDocumentStore:
             "INSERT INTO documents (collection, project_id, doc_id, body, expires_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (collection, project_id, doc_id) DO UPDATE SET body = excluded.body, "
             "expires_at = excluded.expires_at RETURNING seq",
-            (collection.name, project_id, doc_id, json.dumps(doc, ensure_ascii=False), expires_at),
+            (collection.name, project_id, doc_id, codec.encode(doc), expires_at),
         ).fetchone()
         self._db.execute("DELETE FROM doc_index WHERE seq = ?", (seq,))
         self._db.executemany(
@@ -141,6 +305,49 @@ class SqliteDocumentStore:
             raise
         return len(seqs)
 
+    async def increment(self, collection: Collection, project_id: str, increments: Iterable[Increment]) -> None:
+        require_project(project_id)
+        rows = [(collection.name, project_id, i.doc_id, i.name, i.by, i.at) for i in increments]
+        if not rows:
+            return
+        # A row of a few dozen bytes per tally: far less to write than the document it counts for.
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO tallies (collection, project_id, doc_id, name, count, last_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (collection, project_id, doc_id, name) DO UPDATE SET count = count + excluded.count, "
+                "last_at = max(last_at, excluded.last_at)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    async def tallies(self, collection: Collection, project_id: str,
+                      doc_ids: Iterable[str]) -> dict[str, dict[str, Tally]]:
+        require_project(project_id)
+        ids = list(dict.fromkeys(doc_ids))
+        found: dict[str, dict[str, Tally]] = {}
+        # In chunks: SQLite caps the number of parameters of one statement.
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._db.execute(
+                "SELECT doc_id, name, count, last_at FROM tallies WHERE collection = ? AND project_id = ? "
+                f"AND doc_id IN ({', '.join('?' * len(chunk))})", (collection.name, project_id, *chunk))
+            for doc_id, name, count, last_at in rows:
+                found.setdefault(doc_id, {})[name] = Tally(count, last_at)
+        return found
+
+    async def delete_tallies(self, collection: Collection, project_id: str, doc_ids: Iterable[str]) -> None:
+        require_project(project_id)
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("DELETE FROM tallies WHERE collection = ? AND project_id = ? AND doc_id = ?",
+                                 [(collection.name, project_id, doc_id) for doc_id in doc_ids])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def _maybe_sweep(self) -> None:
         now = time.time()
         if now < self._next_sweep:
@@ -161,7 +368,7 @@ class SqliteDocumentStore:
             "AND (expires_at IS NULL OR expires_at > ?)",
             (collection.name, project_id, doc_id, time.time()),
         ).fetchone()
-        return json.loads(row[0]) if row else None
+        return codec.decode(row[0]) if row else None
 
     def _select(self, what: str, collection: Collection, project_id: str, where: Mapping[str, str] | None,
                 tail: str = "", tail_args: tuple = ()) -> list[tuple]:
@@ -189,7 +396,7 @@ class SqliteDocumentStore:
         order = "DESC" if newest_first else "ASC"
         rows = self._select("d.body", collection, project_id, where,
                             f" ORDER BY {column} {order} LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
-        return [json.loads(body) for (body,) in rows]
+        return [codec.decode(body) for (body,) in rows]
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         require_project(project_id)
@@ -198,8 +405,10 @@ class SqliteDocumentStore:
     async def scrub(self) -> None:
         # secure_delete (set by connect) zeroes what a delete frees in the database file, but
         # the write-ahead log still holds the pages as they were before: copy it back into
-        # the database and truncate it to nothing.
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # the database and truncate it to nothing. Not while the checkpointer thread copies:
+        # this checkpoint would then copy nothing, truncate nothing and only report "busy".
+        with self._db.checkpoints_held():
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def ping(self) -> None:
         self._db.execute("SELECT 1")

@@ -1,0 +1,158 @@
+"""Recall bookkeeping written behind the answer: recall events and recall counts, in batches.
+
+What a turn recalled is written once the turn is answered (a turn that fails recalled
+nothing): a recall event per memory, and the memory's seen tally (gateway/memory/
+reinforcement.py). Doing that inside the request cost more than the recall itself, so a
+turn only hands its recalls to this log, and the log writes everything handed to it within
+``flush_delay_seconds`` in one batch: one store write for every turn's events, one for the
+counts, and the few index updates a ranking would notice.
+
+What a crash can lose: the recalls of turns answered in the last ``flush_delay_seconds``
+(5 ms by default) before a SIGKILL or power loss, which are in memory only; a clean
+shutdown writes them first. History and learn jobs are not affected: they are written
+before the answer leaves (gateway/pipeline/record.py). While the store is unreachable the
+log keeps up to ``max_pending`` turns and retries; beyond that it drops the oldest, saying
+so in the log.
+
+Reads of recall events and counts through the API call ``flush`` first, so a client reads
+its own turns; another gateway sharing the store sees them within the flush delay.
+
+A subject erased after a turn began gets none of that turn's bookkeeping: each batch is
+written inside the erasure fence (gateway/erasure.py) with the turn's start as ``since``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Sequence
+
+from gateway.clock import from_timestamp
+from gateway.erasure import SubjectErased, SubjectErasure
+from gateway.memory.memories import Memories
+from gateway.memory.ranking import SearchHit
+from gateway.memory.recalls import RecalledMemory, RecallEvents, turn_document
+
+log = logging.getLogger("gateway.memory")
+
+FLUSH_DELAY_SECONDS = 0.005
+MAX_PENDING_TURNS = 20_000
+# After a failed write, the next attempt waits this long (the store may be restarting).
+RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RecalledTurn:
+    """What one answered turn recalled."""
+
+    project_id: str
+    subject_id: str
+    # When the turn began (its writes are dropped if the subject is erased after).
+    started_at: float
+    # When the memories were recalled (epoch seconds).
+    recalled_at: float
+    hits: Sequence[SearchHit]
+    # What its recall events say besides the memories: chat_id, message_index, chat_logged,
+    # request_type, model, metadata.
+    details: dict[str, Any]
+
+    def document(self) -> tuple[str, dict[str, Any]]:
+        return turn_document(self.project_id, {"subject_id": self.subject_id, **self.details,
+                                               "recalled_at": from_timestamp(self.recalled_at)},
+                             [RecalledMemory(hit.memory_id, hit.text, round(hit.score * 100, 1)) for hit in self.hits])
+
+
+class RecallLog:
+    def __init__(self, recalls: RecallEvents, memories: Memories, erasure: SubjectErasure, *,
+                 flush_delay_seconds: float = FLUSH_DELAY_SECONDS, max_pending: int = MAX_PENDING_TURNS) -> None:
+        self._recalls = recalls
+        self._memories = memories
+        self._erasure = erasure
+        self._delay = flush_delay_seconds
+        self._max_pending = max_pending
+        self._pending: list[RecalledTurn] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        # One batch at a time, in order.
+        self._lock = asyncio.Lock()
+
+    def add(self, turn: RecalledTurn) -> None:
+        """Hand over an answered turn's recalls; they are written within the flush delay."""
+        if len(self._pending) >= self._max_pending:
+            dropped = self._pending.pop(0)
+            log.warning("recall log full (%d turns unwritten: is the store reachable?): the recalls of a turn of "
+                        "subject %r are lost", self._max_pending, dropped.subject_id)
+        self._pending.append(turn)
+        self._schedule(self._delay)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_in_background(), name="recall-log")
+        else:  # a batch is being written: the new turns go in the next one
+            self._schedule(self._delay)
+
+    async def _flush_in_background(self) -> None:
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("writing recall events failed; retrying in %.0f s", RETRY_SECONDS)
+            self._schedule(RETRY_SECONDS)
+
+    async def flush(self) -> None:
+        """Write every turn handed over so far (before reading what they wrote)."""
+        async with self._lock:
+            turns, self._pending = self._pending, []
+            if not turns:
+                return
+            try:
+                await self._write(turns)
+            except BaseException:
+                # Kept for the next attempt, ahead of newer turns (and within the bound).
+                self._pending = (turns + self._pending)[-self._max_pending:]
+                raise
+
+    async def close(self) -> None:
+        """Write what is pending (a clean shutdown loses nothing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("writing recall events at shutdown failed: the recalls of %d turns are lost",
+                          len(self._pending))
+
+    async def _write(self, turns: list[RecalledTurn]) -> None:
+        by_subject: dict[tuple[str, str], list[RecalledTurn]] = defaultdict(list)
+        for turn in turns:
+            by_subject[(turn.project_id, turn.subject_id)].append(turn)
+        for (project_id, subject_id), subject_turns in by_subject.items():
+            earliest = min(turn.started_at for turn in subject_turns)
+            try:
+                # Since the earliest turn began: if the subject was erased since, nothing is written...
+                async with self._erasure.writing(project_id, subject_id, since=earliest):
+                    await self._record(project_id, subject_turns)
+                continue
+            except SubjectErased:
+                pass
+            # ...and then each turn on its own, so those begun after the erasure are still written (rare).
+            for turn in subject_turns:
+                try:
+                    async with self._erasure.writing(project_id, subject_id, since=turn.started_at):
+                        await self._record(project_id, [turn])
+                except SubjectErased:
+                    pass
+
+    async def _record(self, project_id: str, turns: Sequence[RecalledTurn]) -> None:
+        await self._recalls.record(project_id, [turn.document() for turn in turns])
+        await self._memories.mark_recalled(project_id, [(hit, turn.recalled_at) for turn in turns for hit in turn.hits])
