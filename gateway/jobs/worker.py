@@ -81,6 +81,9 @@ class JobWorker:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before claiming: a job enqueued while this batch runs sets it again, so
+            # the wait below returns at once for it.
+            self._wake.clear()
             try:
                 ran = await self.run_once()
             except asyncio.CancelledError:
@@ -88,9 +91,10 @@ class JobWorker:
             except Exception:
                 log.exception("the job queue failed; retrying")
                 ran = 0
-            if ran:
-                continue
-            self._wake.clear()
+            if ran >= self._batch:
+                continue  # a full batch: more may be due
+            # A part batch took every job that was due: claiming again at once would only find
+            # none (a write transaction per job at low load), so wait for a wake or the poll.
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             except TimeoutError:
