@@ -181,6 +181,10 @@ class HistoryConfig(_Strict):
 class EdgeVectorsConfig(_Strict):
     # One directory holds the whole index; only one gateway process may open it.
     path: str = "./data/memories"
+    # Threads Qdrant Edge searches a query's segments with. One: a gateway's index is a few
+    # segments, and handing each query to a pool of one thread per CPU cost more than the
+    # search (CPU per recall 498 -> 203 us at 300 memories, 552 -> 240 us at 10,000).
+    search_threads: int = Field(default=1, ge=1, le=64)
 
 
 class QdrantVectorsConfig(_Strict):

@@ -385,3 +385,20 @@ def test_rewriting_an_edge_point_keeps_its_touched_counts(tmp_path):
         await index.close()
 
     run(scenario())
+
+
+def test_an_edge_index_reopens_with_the_configured_search_threads(tmp_path):
+    """An index built with a search pool per CPU (as before the setting) opens with the gateway's
+    setting, and everything in it is still found."""
+    async def scenario() -> None:
+        index = EdgeIndex(str(tmp_path / "idx"), None, search_threads=4)
+        await index.upsert("p", [memory("m1", "alice", "Favorite fruit is blueberry")])
+        await index.close()
+        stored = json.loads((tmp_path / "idx" / "edge_config.json").read_text())
+        assert stored["max_search_threads"] == 4
+        reopened = EdgeIndex(str(tmp_path / "idx"), None)
+        assert ids(await reopened.search("p", query("alice", "blueberry"))) == ["m1"]
+        await reopened.close()
+        assert json.loads((tmp_path / "idx" / "edge_config.json").read_text())["max_search_threads"] == 1
+
+    run(scenario())

@@ -25,7 +25,7 @@ def open_vector_index(config: VectorsConfig, dense_dimensions: int | None) -> Ve
 def open_edge_index(config: VectorsConfig, dense_dimensions: int | None) -> VectorIndex:
     from gateway.memory.edge_index import EdgeIndex
 
-    return EdgeIndex(config.edge.path, dense_dimensions, config.lexical)
+    return EdgeIndex(config.edge.path, dense_dimensions, config.lexical, search_threads=config.edge.search_threads)
 
 
 def open_qdrant_index(config: VectorsConfig, dense_dimensions: int | None) -> VectorIndex:

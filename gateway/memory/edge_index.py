@@ -80,7 +80,8 @@ def point_number(project_id: str, memory_id: str) -> int:
 
 
 class EdgeIndex:
-    def __init__(self, path: str, dense_dimensions: int | None, lexical: str = "contextual") -> None:
+    def __init__(self, path: str, dense_dimensions: int | None, lexical: str = "contextual", *,
+                 search_threads: int = 1) -> None:
         self.dense_dimensions = dense_dimensions
         self._directory = directory = Path(path)
         _recover_interrupted_migration(directory)
@@ -104,9 +105,9 @@ class EdgeIndex:
                     _migrate_layout(directory, dense_dimensions, stored_layout, lexical)
                 elif not recorded:
                     _write_layout(directory, lexical)
-                self._shard = EdgeShard.load(str(directory))
+                self._shard = _load_shard(directory, _config(dense_dimensions, search_threads))
             else:
-                self._shard = _create_shard(directory, dense_dimensions, lexical)
+                self._shard = _create_shard(directory, dense_dimensions, lexical, search_threads)
         self._frequencies = self._load_frequencies()
 
     async def upsert(self, project_id: str, memories: Sequence[IndexedMemory]) -> None:
@@ -264,19 +265,32 @@ class EdgeIndex:
         return self._shard.optimize()
 
 
-def _config(dense_dimensions: int | None) -> EdgeConfig:
+def _config(dense_dimensions: int | None, search_threads: int | None = None) -> EdgeConfig:
     dense = {DENSE: EdgeVectorParams(size=dense_dimensions, distance=Distance.Cosine)} if dense_dimensions else {}
     # No IDF modifier: the engine would count one subject's postings (lexical_postings);
     # queries carry the project's IDF instead (document_frequencies).
     # Payloads in RAM (Pinned): on disk, returning the ten hits' payloads took longer
     # than the whole filtered search at a million memories (bench/memory_search).
     return EdgeConfig(vectors=dense or None, sparse_vectors={SPARSE: EdgeSparseVectorParams()},
-                      payload_memory=Memory.Pinned)
+                      payload_memory=Memory.Pinned, max_search_threads=search_threads)
 
 
-def _create_shard(directory: Path, dense_dimensions: int | None, lexical: str) -> EdgeShard:
+def _load_shard(directory: Path, config: EdgeConfig) -> EdgeShard:
+    """Open an existing shard with this gateway's settings (the search threads), which Edge checks
+    against the stored ones and records; one it finds incompatible opens as it was stored."""
+    try:
+        return EdgeShard.load(str(directory), config)
+    except Exception as error:  # the binding raises a bare Exception
+        if "incompatible" not in str(error).lower():
+            raise
+        log.warning("the memory index at %s keeps its stored settings (%s)", directory, error)
+        return EdgeShard.load(str(directory))
+
+
+def _create_shard(directory: Path, dense_dimensions: int | None, lexical: str,
+                  search_threads: int | None = None) -> EdgeShard:
     directory.mkdir(parents=True, exist_ok=True)
-    shard = EdgeShard.create(str(directory), _config(dense_dimensions))
+    shard = EdgeShard.create(str(directory), _config(dense_dimensions, search_threads))
     # The project is the tenant key: Qdrant keeps each tenant's points together.
     shard.update(UpdateOperation.create_field_index("project", KeywordIndexParams(is_tenant=True)))
     shard.update(UpdateOperation.create_field_index("access", PayloadSchemaType.Keyword))
