@@ -121,3 +121,34 @@ def test_the_worker_retries_with_backoff_then_succeeds(tmp_path):
         await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_a_job_enqueued_while_the_worker_runs_one_is_run_at_once_not_at_the_next_poll(tmp_path):
+    """The worker waits for a wake (or the poll) after a part batch instead of claiming again
+    at once; a job enqueued during the batch must still wake it."""
+    async def scenario() -> float:
+        queue = SqliteJobQueue(str(tmp_path / "jobs.db"))
+        ran: dict[str, float] = {}
+        worker: JobWorker
+
+        async def handler(job: Any) -> None:
+            ran[job.payload["name"]] = time.monotonic()
+            if job.payload["name"] == "first":
+                await queue.enqueue("p", "learn", {"name": "second"})
+                worker.wake()
+                await asyncio.sleep(0.05)  # still running when the wake fires
+
+        worker = JobWorker(queue, handler, poll_seconds=30)
+        worker.start()
+        await queue.enqueue("p", "learn", {"name": "first"})
+        worker.wake()
+        for _ in range(200):
+            if "second" in ran:
+                break
+            await asyncio.sleep(0.01)
+        await worker.stop()
+        await queue.close()
+        assert set(ran) == {"first", "second"}
+        return ran["second"] - ran["first"]
+
+    assert asyncio.run(scenario()) < 1.0
