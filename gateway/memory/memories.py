@@ -10,6 +10,7 @@ hits are scored in gateway/memory/ranking.py.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from typing import Any
@@ -31,6 +32,8 @@ from gateway.memory.reinforcement import REINFORCED, SEEN, index_is_behind, with
 from gateway.memory.vector_index import IndexQuery, RecallCounts, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
 from gateway.store import Collection, DocumentStore, Increment
+
+log = logging.getLogger("gateway.memory")
 
 __all__ = ["CLAIMS", "KINDS", "MEMORIES", "REINDEX_JOB", "VISIBILITIES", "Memories", "SearchHit", "to_api"]
 
@@ -335,7 +338,12 @@ class Memories:
             seen_count = int(hit.fields.get("seen_count") or 0) + times
             if index_is_behind(hit.fields, seen_count, latest):
                 behind.append(RecallCounts(memory_id, seen_count, latest))
-        await self._index.touch(project_id, behind)
+        try:
+            await self._index.touch(project_id, behind)
+        except Exception:
+            # The counts are stored; the index's copy only weighs ranking and is set again at a
+            # later recall. Failing here would have the caller count these recalls twice.
+            log.warning("refreshing recall counts in the memory index failed", exc_info=True)
 
     # --- internals -----------------------------------------------------------------------
 

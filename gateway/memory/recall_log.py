@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Sequence
 
 from gateway.clock import from_timestamp
 from gateway.erasure import SubjectErased, SubjectErasure
+from gateway.ids import ordered_id
 from gateway.memory.memories import Memories
 from gateway.memory.ranking import SearchHit
 from gateway.memory.recalls import RecalledMemory, RecallEvents, turn_document
@@ -58,10 +59,12 @@ class RecalledTurn:
     # What its recall events say besides the memories: chat_id, message_index, chat_logged,
     # request_type, model, metadata.
     details: dict[str, Any]
+    # Its document's id, fixed here: a batch written again after a failure replaces it, never doubles it.
+    turn_id: str = field(default_factory=lambda: ordered_id("rcl_"))
 
     def document(self) -> tuple[str, dict[str, Any]]:
-        return turn_document(self.project_id, {"subject_id": self.subject_id, **self.details,
-                                               "recalled_at": from_timestamp(self.recalled_at)},
+        return turn_document(self.project_id, self.turn_id, {"subject_id": self.subject_id, **self.details,
+                                                             "recalled_at": from_timestamp(self.recalled_at)},
                              [RecalledMemory(hit.memory_id, hit.text, round(hit.score * 100, 1)) for hit in self.hits])
 
 
@@ -110,14 +113,19 @@ class RecallLog:
         """Write every turn handed over so far (before reading what they wrote)."""
         async with self._lock:
             turns, self._pending = self._pending, []
-            if not turns:
-                return
-            try:
-                await self._write(turns)
-            except BaseException:
-                # Kept for the next attempt, ahead of newer turns (and within the bound).
-                self._pending = (turns + self._pending)[-self._max_pending:]
-                raise
+            by_subject: dict[tuple[str, str], list[RecalledTurn]] = defaultdict(list)
+            for turn in turns:
+                by_subject[(turn.project_id, turn.subject_id)].append(turn)
+            groups = list(by_subject.items())
+            for position, ((project_id, subject_id), subject_turns) in enumerate(groups):
+                try:
+                    await self._write(project_id, subject_id, subject_turns)
+                except BaseException:
+                    # The subjects not written yet are kept for the next attempt, ahead of newer
+                    # turns (and within the bound); those written are not written twice.
+                    unwritten = [turn for _, group in groups[position:] for turn in group]
+                    self._pending = (unwritten + self._pending)[-self._max_pending:]
+                    raise
 
     async def close(self) -> None:
         """Write what is pending (a clean shutdown loses nothing)."""
@@ -132,27 +140,24 @@ class RecallLog:
             log.exception("writing recall events at shutdown failed: the recalls of %d turns are lost",
                           len(self._pending))
 
-    async def _write(self, turns: list[RecalledTurn]) -> None:
-        by_subject: dict[tuple[str, str], list[RecalledTurn]] = defaultdict(list)
+    async def _write(self, project_id: str, subject_id: str, turns: list[RecalledTurn]) -> None:
+        try:
+            # Since the earliest turn began: if the subject was erased since, nothing is written...
+            async with self._erasure.writing(project_id, subject_id, since=min(turn.started_at for turn in turns)):
+                await self._record(project_id, turns)
+            return
+        except SubjectErased:
+            pass
+        # ...and then each turn on its own, so those begun after the erasure are still written (rare).
         for turn in turns:
-            by_subject[(turn.project_id, turn.subject_id)].append(turn)
-        for (project_id, subject_id), subject_turns in by_subject.items():
-            earliest = min(turn.started_at for turn in subject_turns)
             try:
-                # Since the earliest turn began: if the subject was erased since, nothing is written...
-                async with self._erasure.writing(project_id, subject_id, since=earliest):
-                    await self._record(project_id, subject_turns)
-                continue
+                async with self._erasure.writing(project_id, subject_id, since=turn.started_at):
+                    await self._record(project_id, [turn])
             except SubjectErased:
                 pass
-            # ...and then each turn on its own, so those begun after the erasure are still written (rare).
-            for turn in subject_turns:
-                try:
-                    async with self._erasure.writing(project_id, subject_id, since=turn.started_at):
-                        await self._record(project_id, [turn])
-                except SubjectErased:
-                    pass
 
     async def _record(self, project_id: str, turns: Sequence[RecalledTurn]) -> None:
+        # The events first: written again after a failure, they replace themselves (fixed ids). The
+        # counts last: an increment is the one write a retry would repeat.
         await self._recalls.record(project_id, [turn.document() for turn in turns])
         await self._memories.mark_recalled(project_id, [(hit, turn.recalled_at) for turn in turns for hit in turn.hits])

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Sequence
 
-from gateway.ids import ordered_id
 from gateway.store import Collection, DocumentStore
 
 RECALL_TURNS = Collection("recall_turns", indexes=(("chat_id",), ("memory_ids",), ("subject_id",)),
@@ -34,10 +33,10 @@ class RecalledMemory:
     similarity_score: float
 
 
-def turn_document(project_id: str, turn: dict[str, Any], memories: Sequence[RecalledMemory]) -> tuple[str, dict]:
+def turn_document(project_id: str, turn_id: str, turn: dict[str, Any],
+                  memories: Sequence[RecalledMemory]) -> tuple[str, dict]:
     """(id, document) of one turn's recalls. ``turn``: subject_id, chat_id, message_index,
     chat_logged, request_type, model, metadata, recalled_at (the fields every event shares)."""
-    turn_id = ordered_id("rcl_")
     unique = list({memory.memory_id: memory for memory in memories}.values())
     return turn_id, {"turn_id": turn_id, "project_id": project_id, **turn,
                      "memory_ids": [memory.memory_id for memory in unique],
