@@ -217,6 +217,12 @@ def test_a_plugin_that_fails_to_import_names_itself(tmp_path, monkeypatch):
 
 # --- the command line -------------------------------------------------------------------------
 
+def _check_config(tmp_path: Path, sections: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    config = _config_file(tmp_path, **sections)
+    return subprocess.run(_cli() + ["check-config", "--config", str(config)], capture_output=True, text=True,
+                          timeout=60)
+
+
 @pytest.mark.parametrize("sections, message", [
     ({"learning": {"extractor": {"provider": "heurstic"}}},
      "learning.extractor.provider: no extractor named 'heurstic' (known: heuristic, litellm)"),
@@ -224,9 +230,7 @@ def test_a_plugin_that_fails_to_import_names_itself(tmp_path, monkeypatch):
      "memory.embedder.provider: no embedder named 'fastembd'"),
 ])
 def test_check_config_rejects_a_misspelt_name_in_one_line(tmp_path, sections, message):
-    config = _config_file(tmp_path, **sections)
-    failed = subprocess.run(_cli() + ["check-config", "--config", str(config)], capture_output=True, text=True,
-                            timeout=60)
+    failed = _check_config(tmp_path, sections)
     assert failed.returncode == 2
     assert message in failed.stderr and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
 
@@ -238,9 +242,7 @@ def test_check_config_rejects_a_misspelt_name_in_one_line(tmp_path, sections, me
 ])
 def test_check_config_rejects_a_misspelt_backend(tmp_path, sections, message):
     """Backends are chosen through the registry too, so a third-party one can be named."""
-    config = _config_file(tmp_path, **sections)
-    failed = subprocess.run(_cli() + ["check-config", "--config", str(config)], capture_output=True, text=True,
-                            timeout=60)
+    failed = _check_config(tmp_path, sections)
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [f"mnx-gateway: {message}"], failed.stderr
 

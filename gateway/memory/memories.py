@@ -153,11 +153,11 @@ class Memories:
         if replaces is not None:
             await self._check_replaceable(project_id, subject_id, replaces)
         summary = {"subject_id": subject_id, "text": text, "kind": fields.get("kind", "fact")}
+        key = text_key(text)
         if not new.no_supersede and replaces is None:
             # Stated again word for word: a duplicate whatever versioning would weigh (it would
             # find that memory first and skip), known without an embedding or a search.
-            same = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "_text_key": text_key(text)},
-                                          limit=10)
+            same = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "_text_key": key}, limit=10)
             original = next((doc for doc in same if doc["listing"] == "active"), None)
             if original is not None:
                 await self._reinforce(project_id, original["id"], stored=original)
@@ -202,7 +202,7 @@ class Memories:
             "listing": "active", "is_deleted": False, "_created": now,
             "_previous_id": previous["id"] if previous else None, "_next_id": None,
             "_previous_text": previous["text"] if lends and previous else "", "_next_text": "",
-            "_claims": [[c.predicate, c.value] for c in claims], "_text_key": text_key(text),
+            "_claims": [[c.predicate, c.value] for c in claims], "_text_key": key,
         }
         if origin is not None:
             doc["origin"] = origin

@@ -30,6 +30,11 @@ def _set_payload(project_id: str, counts: RecallCounts) -> models.SetPayloadOper
         payload=counts_payload(counts), points=[point_id(project_id, counts.memory_id)]))
 
 
+def _missing_point(error: Exception) -> bool:
+    """Whether an update failed only on a point that is gone: 404 from a server, KeyError in local mode."""
+    return isinstance(error, KeyError) or (isinstance(error, UnexpectedResponse) and error.status_code == 404)
+
+
 def _any_of(keys: list[str]) -> models.Filter:
     """Points holding any of the access ``keys``, as one condition per key: on the Qdrant engine
     (measured in-process, Qdrant Edge at a million memories) a leg filtered this way took
@@ -123,15 +128,15 @@ class QdrantIndex:
         operations = [_set_payload(project_id, memory) for memory in counts]
         try:
             await self._client.batch_update_points(self._collection, operations, wait=True)
-        except (UnexpectedResponse, KeyError) as error:  # KeyError: local mode's "no such point"
-            if isinstance(error, UnexpectedResponse) and error.status_code != 404:
+        except (UnexpectedResponse, KeyError) as error:
+            if not _missing_point(error):
                 raise
             # A point gone since it was recalled (its subject erased) stopped the batch: the rest one by one.
             for operation in operations:
                 try:
                     await self._client.batch_update_points(self._collection, [operation], wait=True)
                 except (UnexpectedResponse, KeyError) as missing:
-                    if isinstance(missing, UnexpectedResponse) and missing.status_code != 404:
+                    if not _missing_point(missing):
                         raise
 
     async def search(self, project_id: str, query: IndexQuery) -> list[VectorHit]:
