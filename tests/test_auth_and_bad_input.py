@@ -205,25 +205,55 @@ def test_header_values_no_provider_request_could_carry_are_400(shared_gateway, p
     assert_nothing_stored_or_forwarded(shared_gateway)
 
 
-def test_missing_provider_key_is_400_key_required(gateway):
-    response = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                          json=CHAT)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "openai_key_required"
+@pytest.mark.parametrize("path", ["/api/v1/chat/completions", "/v1/chat/completions", "/api/v1/responses"])
+def test_missing_provider_key_is_400_with_the_code_as_error(gateway, path):
+    """Mnexium's own clients read ``json.error.includes("key_required")``: ``error`` is the code
+    string on the OpenAI surfaces (contract §1, §2), with the message beside it."""
+    def ask(model: str) -> dict:
+        body = {"model": model, "input": "hi"} if path.endswith("responses") else {**CHAT, "model": model}
+        response = httpx.post(gateway.url + path, headers={"authorization": f"Bearer {KEY}"}, json=body)
+        assert response.status_code == 400
+        return response.json()
+
+    openai_error = ask("gpt-4o-mini")
+    assert openai_error["error"] == "openai_key_required" and "key_required" in openai_error["error"]
+    assert openai_error["param"] == "x-openai-key"
     # The message says both ways to supply the key: the request header, and the environment
     # variable the shipped gateway.yaml reads the configured key from.
-    message = response.json()["error"]["message"]
+    message = openai_error["message"]
     assert "x-openai-key header" in message and "OPENAI_API_KEY" in message
     assert "providers.openai.api_key" in message
-    claude = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                        json={**CHAT, "model": "claude-3-5-sonnet"})
-    assert claude.json()["error"]["code"] == "anthropic_key_required"
-    assert "x-anthropic-key header" in claude.json()["error"]["message"]
-    assert "ANTHROPIC_API_KEY" in claude.json()["error"]["message"]
-    gemini = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                        json={**CHAT, "model": "gemini-2.0-flash"})
-    assert gemini.json()["error"]["code"] == "google_key_required"
-    assert "GEMINI_API_KEY" in gemini.json()["error"]["message"]
+    claude = ask("claude-3-5-sonnet")
+    assert claude["error"] == "anthropic_key_required"
+    assert "x-anthropic-key header" in claude["message"] and "ANTHROPIC_API_KEY" in claude["message"]
+    gemini = ask("gemini-2.0-flash")
+    assert gemini["error"] == "google_key_required" and "GEMINI_API_KEY" in gemini["message"]
+    assert_nothing_stored_or_forwarded(gateway)
+
+
+def test_every_sdk_surfaces_a_readable_missing_key_error(gateway):
+    """The OpenAI SDK (flat shape above), and the Anthropic and google-genai SDKs on their own
+    surfaces (their native envelopes), each raise with the code and the way out in the message."""
+    import anthropic
+    import openai
+    from google import genai
+    from google.genai import errors as genai_errors
+
+    with pytest.raises(openai.BadRequestError) as openai_error:
+        gateway.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                                 extra_headers={"x-openai-key": ""})
+    assert "openai_key_required" in str(openai_error.value) and "x-openai-key" in str(openai_error.value)
+    # The project key in the SDK's key slot too (a common slip): it is never taken as the Anthropic key.
+    claude = anthropic.Anthropic(api_key=KEY, base_url=gateway.url, default_headers={"x-mnexium-key": KEY},
+                                 max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as anthropic_error:
+        claude.messages.create(model="claude-3-5-haiku", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert "x-anthropic-key" in str(anthropic_error.value) or "x-api-key" in str(anthropic_error.value)
+    google = genai.Client(api_key="unused", http_options={"base_url": gateway.url, "headers": {
+        "x-mnexium-key": KEY, "x-goog-api-key": ""}})
+    with pytest.raises(genai_errors.ClientError) as google_error:
+        google.models.generate_content(model="gemini-2.0-flash", contents="hi")
+    assert google_error.value.code == 400 and "GEMINI_API_KEY" in str(google_error.value)
     assert_nothing_stored_or_forwarded(gateway)
 
 
@@ -276,7 +306,6 @@ def test_openai_sdk_users_get_typed_errors_with_the_gateway_code(start_gateway, 
     client = gw.openai()
     cases = [
         (dict(extra_body={"mnx": {"history": "maybe"}}), openai.BadRequestError, "invalid_mnx"),
-        (dict(extra_headers={"x-openai-key": ""}), openai.BadRequestError, "openai_key_required"),
         (dict(extra_body={"messages": []}), openai.BadRequestError, "invalid_messages"),
         (dict(extra_body={"model": None}), openai.BadRequestError, "model_required"),
         (dict(messages=[{"role": "user", "content": "x" * 8000}]), openai.APIStatusError, "payload_too_large"),
@@ -286,6 +315,12 @@ def test_openai_sdk_users_get_typed_errors_with_the_gateway_code(start_gateway, 
         with pytest.raises(exception) as error:
             client.chat.completions.create(**request)
         assert error.value.code == code, overrides
+    # A missing provider key is the one error in the Mnexium shape (``error`` is the code
+    # string, see above): the SDK raises BadRequestError with the code in its message.
+    with pytest.raises(openai.BadRequestError) as missing_key:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"x-openai-key": ""})
+    assert missing_key.value.code is None and "openai_key_required" in str(missing_key.value)
     with pytest.raises(openai.AuthenticationError):
         gw.openai("mnx_live_not_a_key").chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

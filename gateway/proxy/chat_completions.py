@@ -29,6 +29,12 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
 
 
 def _openai_error(error: GatewayError) -> dict[str, Any]:
+    if error.code.endswith("_key_required"):
+        # A missing provider key is answered in the Mnexium shape, ``error`` being the code
+        # string: Mnexium's clients test ``json.error.includes("key_required")`` (contract §1,
+        # §2). The OpenAI SDK still raises BadRequestError, whose message shows the body; its
+        # ``code`` attribute is None for this one error (it reads codes from an ``error`` object).
+        return {"error": error.code, "message": error.message, "type": "invalid_request_error", **error.extra}
     return {
         "error": {
             "message": error.message,

@@ -141,7 +141,7 @@ def provider_key(name: ProviderName, caller_keys: Mapping[str, str], provider_be
         return settings.api_key.get_secret_value()
     raise BadRequest(f"no {name} API key: send it in the {provider.key_headers[0]} header, or set "
                      f"{provider.key_variable} (read by the shipped gateway.yaml as providers.{name}.api_key)",
-                     code=provider.key_required_code)
+                     code=provider.key_required_code, param=provider.key_headers[0])
 
 
 def _sendable(key: str, header: str) -> str:

@@ -58,7 +58,7 @@ def test_a_project_key_in_the_anthropic_sdks_key_header_is_not_the_anthropic_key
 def test_without_a_configured_key_a_project_key_is_not_used_in_its_place(gateway):
     response = _chat(gateway, {"x-mnexium-key": KEY, "authorization": f"Bearer {KEY}"})
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "openai_key_required"
+    assert response.json()["error"] == "openai_key_required"
     assert gateway.forwarded() == []
 
 
