@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,19 +17,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import history, jobs, memories, memory_policies, prompts, state, subjects
+from gateway.api import (claims, events, extraction, history, jobs, memories, memory_policies, profiles, prompts, state,
+                         subjects)
 from gateway.config import GatewayConfig
 from gateway.proxy import chat_completions, gemini, messages, responses
 from gateway.redaction import install_log_redaction
 from gateway.routing import mount, not_served
+from gateway.server import BEFORE_SHUTDOWN
 from gateway.services import Services
 
 API = "/api/v1"
 
 # The provider surfaces served under both /api/v1 and /v1, where the OpenAI and Anthropic SDKs' base_url leads.
 _OPENAI_AND_ANTHROPIC = [*chat_completions.routes, *responses.routes, *messages.routes]
-_REST = [*history.routes, *memories.routes, *jobs.routes, *subjects.routes, *prompts.routes,
-         *memory_policies.routes, *state.routes]
+_REST = [*history.routes, *memories.routes, *extraction.routes, *claims.routes, *jobs.routes, *subjects.routes,
+         *prompts.routes, *memory_policies.routes, *state.routes, *profiles.routes, *events.routes]
 
 
 async def _health(request: Request) -> Response:
@@ -56,7 +58,7 @@ def create_app(config: GatewayConfig, services: Services | None = None) -> Starl
     install_log_redaction()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Callable[[], None]]]:
         built = services or Services.build(config)
         built.upstream.warm_up()
         await built.start()
@@ -69,7 +71,8 @@ def create_app(config: GatewayConfig, services: Services | None = None) -> Starl
             gc.freeze()
         app.state.services = built
         try:
-            yield
+            # For the server, which calls it when it begins to stop (gateway.server.GatewayServer).
+            yield {BEFORE_SHUTDOWN: built.begin_shutdown}
         finally:
             await built.aclose()
 

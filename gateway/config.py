@@ -121,10 +121,41 @@ class ProjectKey(_Strict):
         return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
 
 
+# The types a profile field may have (gateway/profiles.py checks values against them).
+ProfileFieldType = Literal["string", "number", "boolean", "email", "timezone", "language"]
+# The built-in profile fields (gateway/profiles.py BUILTIN_FIELDS): a project cannot redefine them.
+BUILTIN_PROFILE_KEYS = ("name", "email", "timezone", "language")
+
+
+class ProfileFieldConfig(_Strict):
+    """A profile field of the project's own, beside the built-in name, email, timezone and language."""
+
+    key: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")
+    type: ProfileFieldType = "string"
+    # Shown by GET /profiles/schema and given to the LLM extractor, which learns the field.
+    description: str = Field(default="", max_length=500)
+
+    @field_validator("key")
+    @classmethod
+    def _not_builtin(cls, value: str) -> str:
+        if value in BUILTIN_PROFILE_KEYS:
+            raise ValueError(f"'{value}' is a built-in profile field")
+        return value
+
+
 class ProjectConfig(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = ""
     keys: list[ProjectKey] = Field(min_length=1)
+    profile_fields: list[ProfileFieldConfig] = Field(default_factory=list, max_length=100)
+
+    @field_validator("profile_fields")
+    @classmethod
+    def _unique_profile_fields(cls, value: list[ProfileFieldConfig]) -> list[ProfileFieldConfig]:
+        keys = [field.key for field in value]
+        if len(keys) != len(set(keys)):
+            raise ValueError("profile field keys must be unique")
+        return value
 
 
 class Timeouts(_Strict):
@@ -287,6 +318,9 @@ class RecallConfig(_Strict):
     # Recency decay: a memory's weight halves after this many days without being recalled.
     half_life_days: float = Field(default=180, gt=0)
     temporal_half_life_days: float = Field(default=14, gt=0)
+    # The subject's current claim truths injected beside the memories, the latest to become
+    # true first (those whose memory was recalled are not repeated); 0: none.
+    truths: int = Field(default=20, ge=0, le=200)
 
 
 class MemoryConfig(_Strict):
@@ -325,6 +359,20 @@ class LearningConfig(_Strict):
     batch: int = Field(default=16, ge=1, le=1000)
 
 
+class EventsConfig(_Strict):
+    """The memory event stream, ``GET /events/memories`` (gateway/memory/events.py)."""
+
+    # Seconds between heartbeat frames on an open stream (the contract's 30).
+    # 25, not the contract's 30: the mnexium SDK reads with a 30 s timeout, and a beat due at
+    # exactly 30 s would race it.
+    heartbeat_seconds: float = Field(default=25, gt=0, le=3600)
+    # Events held for one subscriber that has not read them yet; past it the oldest are
+    # dropped and the subscriber is told how many (a ``dropped`` event).
+    queue_size: int = Field(default=1000, ge=1, le=100_000)
+    # The latest events kept per project for a client that reconnects with Last-Event-ID.
+    replay_size: int = Field(default=1000, ge=0, le=100_000)
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -334,6 +382,7 @@ class GatewayConfig(_Strict):
     history: HistoryConfig = HistoryConfig()
     memory: MemoryConfig = MemoryConfig()
     learning: LearningConfig = LearningConfig()
+    events: EventsConfig = EventsConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

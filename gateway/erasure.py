@@ -9,7 +9,8 @@ queue, one already running, an index repair, a turn answered while the erasure r
 2. deletes the subject's queued jobs (learn jobs and index repairs: their payloads hold the
    subject's words) and forgets the caller keys held in memory for them;
 3. waits for writers already inside a write section for the subject;
-4. deletes every document, vector and claim of the subject;
+4. deletes every document, vector and claim of the subject, and drops its memory events
+   not yet delivered to subscribers;
 5. asks the store to make the deleted rows unrecoverable from its files (SQLite: zeroed
    pages, write-ahead log truncated).
 
@@ -38,7 +39,7 @@ __all__ = ["SubjectErased", "SubjectErasure"]
 
 class SubjectErasure:
     def __init__(self, fence: ErasureFence, store: DocumentStore, jobs: JobQueue, *, memories: Any, recalls: Any,
-                 history: Any, state: Any, prompts: Any, policies: Any) -> None:
+                 history: Any, state: Any, prompts: Any, policies: Any, profiles: Any = None) -> None:
         self._fence = fence
         self._store = store
         self._jobs = jobs
@@ -48,6 +49,7 @@ class SubjectErasure:
         self._state = state
         self._prompts = prompts
         self._policies = policies
+        self._profiles = profiles
         # Called with the ids of the jobs an erasure deleted (the learner forgets their keys).
         self.on_jobs_voided: list[Callable[[Sequence[str]], None]] = []
 
@@ -91,4 +93,9 @@ class SubjectErasure:
         erased["state_keys"] = await self._state.delete_subject(project_id, subject_id)
         erased["prompts"] = await self._prompts.delete_subject_scoped(project_id, subject_id)
         erased["memory_policies"] = await self._policies.delete_subject_scoped(project_id, subject_id)
+        if self._profiles is not None:
+            erased["profile_fields"] = await self._profiles.delete_subject(project_id, subject_id)
+        # Last, after anything above that announced a change: the subject's events not yet
+        # delivered leave the replay buffer and the subscribers' queues (every gateway's, on Redis).
+        await self._memories.events.forget_subject(project_id, subject_id)
         return erased

@@ -10,10 +10,13 @@ turn needs that scope too, as if it had called the route:
     mnx.recall                 memories:search
     mnx.learn (true, "force")  memories:write
     mnx.state (load)           state:read
+    mnx.profile                profiles:read
 
 (``*``, ``<resource>:*`` and the coarse ``read``/``write`` scopes grant them as they grant
-the routes.) The scoped system prompt and the memory policy are the project's own
-configuration and come with the route's ``chat:write``.
+the routes.) The profile fields learning writes come with ``memories:write``, as the
+memories they are learned with: each one names its memory, and learning never replaces
+a value set through ``PATCH /profiles``. The scoped system prompt and the memory policy
+are the project's own configuration and come with the route's ``chat:write``.
 
 A feature the caller turns on (in ``mnx`` or an ``x-mnx-*`` header) without the scope is
 a 403 naming the scope, and nothing is read, forwarded or stored. A feature on only
@@ -33,7 +36,7 @@ from gateway.options import MnxOptions
 
 # option -> the scope it needs, when the option is on
 _FEATURE_SCOPES = {"history": "history:read", "log": "history:write", "recall": "memories:search",
-                   "learn": "memories:write", "state": "state:read"}
+                   "learn": "memories:write", "state": "state:read", "profile": "profiles:read"}
 
 
 def _is_on(options: MnxOptions, feature: str) -> bool:

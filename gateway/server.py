@@ -28,7 +28,8 @@ state (url, headers, cycle): re-check it when upgrading uvicorn (written against
 tests/faults/test_header_limits.py exercises every path).
 
 Everything that serves the gateway (``mnx-gateway serve``, the test suite) builds its
-``uvicorn.Config`` with :func:`uvicorn_config`, so the tests run what production runs.
+``uvicorn.Config`` with :func:`uvicorn_config`, and runs it with :class:`GatewayServer`, so
+the tests run what production runs.
 """
 
 from __future__ import annotations
@@ -249,6 +250,27 @@ def head_limited_protocol(max_header_bytes: int, max_headers: int) -> type[HeadL
                 {"max_header_bytes": max_header_bytes, "max_headers": max_headers})
 
 
+# The key under which the app's lifespan state holds what to call when the server begins to stop.
+BEFORE_SHUTDOWN = "gateway.before_shutdown"
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the app when it begins to shut down.
+
+    uvicorn stops accepting connections, then waits for every open response to finish
+    before it runs the app's lifespan shutdown, and tells the app nothing meanwhile. A
+    memory event stream (GET /events/memories) never finishes by itself, so one open
+    subscriber held a stopping gateway until the process was killed. The app's lifespan
+    leaves a callable under ``BEFORE_SHUTDOWN`` in its state; it is called first, before
+    anything else here can accept a request, and ends the streams."""
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        before_shutdown = self.lifespan.state.get(BEFORE_SHUTDOWN)
+        if before_shutdown is not None:
+            before_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
 def uvicorn_config(app: Any, config: GatewayConfig, *, host: str | None = None, port: int | None = None,
                    **overrides: Any) -> uvicorn.Config:
     """The uvicorn.Config the gateway is served with.
@@ -317,7 +339,7 @@ def serve(app: Any, config: GatewayConfig, *, host: str | None = None, port: int
 
     Raises the ConfigError that stopped the app from starting, if one did."""
     guarded = _StartupConfigErrorCatcher(app)
-    server = uvicorn.Server(uvicorn_config(guarded, config, host=host, port=port))
+    server = GatewayServer(uvicorn_config(guarded, config, host=host, port=port))
     try:
         server.run()
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from gateway.jobs import Job, JobQueue
 from gateway.jobs.worker import JobWorker
 from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.embedding import Embedder
+from gateway.memory.events import MemoryEvents, RedisMemoryEvents
 from gateway.memory.extraction import Extractor
 from gateway.memory.learning import LEARN_JOB, Learner
 from gateway.memory.memories import REINDEX_JOB, Memories
@@ -24,8 +25,10 @@ from gateway.memory.recalls import RecallEvents
 from gateway.memory.vector_index import VectorIndex
 from gateway.memory_policies import MemoryPolicies
 from gateway.pipeline.context import ContextStage
+from gateway.pipeline.profile import ProfileStage
 from gateway.pipeline.recall import MemoryRecallStage
 from gateway.pipeline.stages import AgentStateStage, HistoryStage, SystemPromptStage
+from gateway.profiles import Profiles, custom_fields
 from gateway.prompts import SystemPrompts
 from gateway.proxy.upstream import Upstream
 from gateway.state import AgentState
@@ -42,6 +45,8 @@ class Services:
     history: ChatHistory
     prompts: SystemPrompts
     state: AgentState
+    # Subject profile fields (contract §8); their events go out with the memories' own.
+    profiles: Profiles
     policies: MemoryPolicies
     vector_index: VectorIndex
     memories: Memories
@@ -75,17 +80,21 @@ class Services:
                                                     config.providers)
         vector_index = open_vector_index(memory.vectors, embedder.dimensions if embedder else None)
         jobs: JobQueue = registry.create("queue", config.storage.backend, config.storage, redis)
-        memories = Memories(store, vector_index, memory, embedder, repairs=jobs)
+        # Memory and profile events: in process, or fanned out to every gateway through Redis.
+        events = (RedisMemoryEvents(redis, config.storage.redis.key_prefix, config.events) if redis is not None
+                  else MemoryEvents(config.events))
+        memories = Memories(store, vector_index, memory, embedder, events=events, repairs=jobs)
         recalls = RecallEvents(store)
+        profiles = Profiles(store, memories.events, custom_fields(config.projects))
         policies = MemoryPolicies(store)
         fence: ErasureFence = (RedisErasureFence(redis, config.storage.redis.key_prefix) if redis is not None
                                else LocalErasureFence())
         erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
-                                 prompts=prompts, policies=policies)
+                                 prompts=prompts, policies=policies, profiles=profiles)
         extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
                                                config.learning.extractor, config.providers)
         recall_log = RecallLog(recalls, memories, erasure)
-        learner = Learner(memories, policies, extractor, erasure)
+        learner = Learner(memories, policies, extractor, erasure, profiles=profiles)
         erasure.on_jobs_voided.append(learner.forget_keys)
         learning = config.learning
 
@@ -107,6 +116,7 @@ class Services:
             history=history,
             prompts=prompts,
             state=state,
+            profiles=profiles,
             policies=policies,
             vector_index=vector_index,
             memories=memories,
@@ -116,7 +126,7 @@ class Services:
             learner=learner,
             worker=worker,
             upstream=Upstream(config.providers),
-            stages=[SystemPromptStage(prompts), AgentStateStage(state),
+            stages=[SystemPromptStage(prompts), AgentStateStage(state), ProfileStage(profiles),
                     MemoryRecallStage(memories, recall_log, memory.recall), HistoryStage(history, config.history)],
             erasure=erasure,
             fence=fence,
@@ -129,11 +139,19 @@ class Services:
         await prepare(self.vector_index)
         # Leases held when the embedded gateway last stopped (or was killed) are void now.
         await self.jobs.release_leases()
+        # On Redis: the tasks that send this process's events and hear every process's.
+        await self.memories.events.start()
         self.worker.start()
+
+    def begin_shutdown(self) -> None:
+        """The server is about to wait for open responses before stopping: end those that never
+        end by themselves, the event streams (gateway.server.GatewayServer calls this)."""
+        self.memories.events.close_streams()
 
     async def aclose(self) -> None:
         await self.recall_log.close()
         await self.worker.stop()
+        await self.memories.events.aclose()
         await self.jobs.close()
         await self.upstream.aclose()
         await self.vector_index.close()

@@ -89,8 +89,9 @@ def _check_value(value: Any, strings: bool) -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 as soon as it passes ``max_bytes``."""
+async def read_json_object(request: Request, max_bytes: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; 413 as soon as it passes ``max_bytes``.
+    ``allow_empty``: no body at all reads as ``{}`` (for a route whose body is all optional)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -108,6 +109,8 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
+        if allow_empty:
+            return {}
         raise BadRequest("request body is empty; expected a JSON object", code="invalid_json_body")
     try:
         data = parse_json(raw)

@@ -8,13 +8,15 @@ chosen one with ``(config, providers)``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
 from collections.abc import Mapping
 
 from gateway.config import ExtractorConfig, ProvidersConfig
-from gateway.memory.extraction import EXTRACTION_SCHEMA, Exchange, ExtractedMemory, parse_extraction
+from gateway.memory.extraction import Exchange, ExtractedMemory, extraction_schema, parse_extraction
+from gateway.profiles import canonical_time_zone
 from plugins.provider_model import ProviderModel
 
 # --- the heuristic extractor -----------------------------------------------------------------
@@ -25,7 +27,9 @@ _OPENERS = re.compile(r"^(?:(?:actually|well|also|and|so|oh|btw|by the way|anywa
 _GREETING_LEAD = re.compile(r"^(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening))"
                             r"(?: there| all| everyone| folks)?(?:[,!.\s]+|$)", re.I)
 # "I'm Alice" after a greeting: one to three capitalised words, nothing else.
-_INTRODUCTION = re.compile(r"^(?i:i am|i'm) (?P<name>[A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2})$")
+# ("I'm Sarah Chen, nice to meet you": the pleasantry after the name is no part of it.)
+_INTRODUCTION = re.compile(r"^(?i:i am|i'm) (?P<name>[A-Z][\w'-]*(?: [A-Z][\w'-]*){0,2})"
+                           r"(?:,\s*(?i:(?:it's |it is )?(?:nice|pleased|glad|good|great) to meet you)\b.*)?$")
 # "I'm Alice and I love tea": two statements, each read on its own.
 _AND_I = re.compile(r",?\s+and\s+(?=i\b)", re.I)
 _GREETING = re.compile(r"^(?:hi|hello|hey|thanks|thank you|good (?:morning|evening|night|afternoon)|bye|ok|okay|"
@@ -125,6 +129,10 @@ _RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
      {"kind": "fact", "importance": 55}),
     (re.compile(r"^(?:i|we) (?P<verb>usually|always|often|never|regularly|normally) (?P<rest>.+)", re.I),
      {"kind": "preference", "importance": 50, "adverb": True}),
+    # "I'm on Eastern time", "I'm in Europe/Berlin time": only when the zone is one (see _time_zone).
+    (re.compile(r"^(?:i am|i'm) (?P<rest>(?:in|on) (?:the )?[\w/+-]+(?: standard| daylight)? time(?: ?zone)?\b.*)",
+                re.I),
+     {"lead": "User is", "kind": "fact", "importance": 60, "time_zone": True}),
     (re.compile(r"^(?:i am|i'm) (?P<rest>(?:a|an|from|originally|based|allergic|vegetarian|vegan|married|single|"
                 r"divorced|engaged|retired|pregnant|left-handed|right-handed|lactose|gluten)\b.+)", re.I),
      {"lead": "User is", "kind": "fact", "importance": 70}),
@@ -153,9 +161,67 @@ def heuristic_memories(text: str) -> list[ExtractedMemory]:
         greeted = greeting is not None and not clause
         for statement in _AND_I.split(clause):
             memory = _statement_memory(statement, introducing)
-            if memory is not None:
-                found.append(memory)
+            if memory is None:
+                continue
+            # The profile fields a statement names travel with the memory it makes (and only then:
+            # a memory the policy leaves out leaves its fields out).
+            fields = memory.profile_fields or profile_fields(statement)
+            found.append(dataclasses.replace(memory, profile_fields=fields) if fields else memory)
     return found
+
+
+# -- profile fields in first-person statements (name, email, time zone, language) ----------------
+
+_NAME_IS = re.compile(r"^(?:my name is|(?:i am|i'm) called) (?P<name>[^,;.!?]+)", re.I)
+# Lower-case words a name may hold after its first one ("Ludwig van Beethoven").
+_NAME_PARTICLES = frozenset("van von de der den da di du la le bin al el dos del".split())
+_NAME_WORD = re.compile(r"[^\W\d_][\w'-]*")
+_EMAIL_IS = re.compile(r"^my (?:\w+ )?e-?mail(?: address)? is (?P<email>\S+@\S+)", re.I)
+_ZONE_IS = re.compile(r"^my (?:\w+ )?time ?zone is (?P<zone>[\w/+-]+)", re.I)
+_ZONE_IN_TIME = re.compile(r"\b(?:i am|i'm) (?:in|on) (?:the )?(?P<zone>[\w/+-]+)(?: standard| daylight)? "
+                           r"time(?: ?zone)?\b", re.I)
+# Time zones people name by region, as the IANA zone they mean; any IANA name is read as itself.
+_ZONE_NAMES = {"eastern": "America/New_York", "central": "America/Chicago", "mountain": "America/Denver",
+               "pacific": "America/Los_Angeles", "alaska": "America/Anchorage", "hawaii": "Pacific/Honolulu"}
+_SPEAKS = re.compile(r"^(?i:i (?:also |mainly |mostly |only |natively |fluently )?speak (?:(?:fluent|native) )?)"
+                     r"(?P<language>[A-Z][^\W\d_]+)\b")
+_LANGUAGE_IS = re.compile(r"^(?i:my (?:\w+ )?language is )(?P<language>[A-Z][^\W\d_]+|[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*)"
+                          r"\b")
+
+
+def _name(text: str) -> str | None:
+    """Up to four words of a name, the first capitalised ("my name is not important" names no one)."""
+    words = re.split(r"\s+(?:and|but|so)\s+", text.strip(), maxsplit=1)[0].split()
+    if not 1 <= len(words) <= 4 or not words[0][0].isupper():
+        return None
+    for word in words:
+        if not _NAME_WORD.fullmatch(word) or not (word[0].isupper() or word in _NAME_PARTICLES):
+            return None
+    return " ".join(words)
+
+
+def _time_zone(text: str) -> str | None:
+    return _ZONE_NAMES.get(text.lower()) or canonical_time_zone(text)
+
+
+def profile_fields(statement: str) -> dict[str, str]:
+    """The built-in profile fields one first-person statement names: "my name is Alice", "my email
+    is a@b.co", "my timezone is Europe/Berlin" / "I'm on Eastern time", "I speak French"."""
+    clause = statement.strip()
+    fields = {}
+    named = _NAME_IS.match(clause)
+    if named and (name := _name(named.group("name"))):
+        fields["name"] = name
+    email = _EMAIL_IS.match(clause)
+    if email:
+        fields["email"] = email.group("email").rstrip(".,;:!?)")
+    zone = _ZONE_IS.match(clause) or _ZONE_IN_TIME.search(clause)
+    if zone and (canonical := _time_zone(zone.group("zone"))):
+        fields["timezone"] = canonical
+    language = _SPEAKS.match(clause) or _LANGUAGE_IS.match(clause)
+    if language:
+        fields["language"] = language.group("language")
+    return fields
 
 
 def _statement_memory(statement: str, introducing: bool) -> ExtractedMemory | None:
@@ -164,7 +230,8 @@ def _statement_memory(statement: str, introducing: bool) -> ExtractedMemory | No
     if introducing:
         introduction = _INTRODUCTION.match(clause.rstrip(".!,;"))
         if introduction and not _FLEETING_STATES.match(introduction.group("name")):
-            return ExtractedMemory(f"User's name is {introduction.group('name')}", "fact", 80, 0.7)
+            name = introduction.group("name")
+            return ExtractedMemory(f"User's name is {name}", "fact", 80, 0.7, profile_fields={"name": name})
     if len(clause.split()) < 3 or _GREETING.match(clause) or _QUESTION_START.match(clause):
         return None
     for pattern, made in _RULES:
@@ -176,6 +243,8 @@ def _statement_memory(statement: str, introducing: bool) -> ExtractedMemory | No
             return None
         if made.get("when_or_where") and not (_WHEN.search(rest) or _NAMED.search(rest)):
             return None
+        if made.get("time_zone") and "timezone" not in profile_fields(clause):
+            return None  # "I'm on break time": no zone named
         if made.get("activity"):
             rest = _as_activity(rest)
         verb = match.groupdict().get("verb")
@@ -221,7 +290,10 @@ possessions, work, plans, standing instructions. Write each in the third person,
 "User" (e.g. "User's favorite fruit is strawberry"). Skip greetings, questions, small talk, and
 anything only about the assistant. importance is 0-100 (how much it matters later), confidence
 0-1 (how sure the user was). Add claims as snake_case predicate / value pairs for single-valued
-facts (favorite_fruit = strawberry, lives_in = Berlin). Return {"memories": []} when there is
+facts (favorite_fruit = strawberry, lives_in = Berlin). When a memory states one of the user's
+profile fields (the schema's profile.field_key list: their name, email, IANA time zone such as
+Europe/Berlin, language...), add it to that memory's profile with the value alone ("Alice", not
+"User's name is Alice"); leave profile empty otherwise. Return {"memories": []} when there is
 nothing worth remembering."""
 FORCE_PROMPT = "The application asked to remember something from this turn: return at least one memory."
 
@@ -248,7 +320,10 @@ class LLMExtractor:
             instructions += f"\n\nMemory policy of this application:\n{exchange.policy_text}"
         if exchange.force:
             instructions += f"\n\n{FORCE_PROMPT}"
-        turn = {"user": list(exchange.user_messages), "assistant": exchange.assistant_message}
+        turn: dict[str, object] = {"user": list(exchange.user_messages), "assistant": exchange.assistant_message}
+        if exchange.context:
+            # Read the turn by it; memories come from the turn only.
+            turn = {"earlier_conversation_for_context_only": list(exchange.context), **turn}
         litellm = load_litellm()
         # One call per run: the job queue retries, with backoff, and counts the attempts.
         answer = await litellm.acompletion(
@@ -257,5 +332,6 @@ class LLMExtractor:
             temperature=0, messages=[{"role": "system", "content": instructions},
                                      {"role": "user", "content": json.dumps(turn, ensure_ascii=False)}],
             response_format={"type": "json_schema",
-                             "json_schema": {"name": "memories", "schema": EXTRACTION_SCHEMA, "strict": True}})
+                             "json_schema": {"name": "memories", "schema": extraction_schema(exchange.profile_fields),
+                                             "strict": True}})
         return parse_extraction(answer.choices[0].message.content or "")

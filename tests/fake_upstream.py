@@ -55,6 +55,8 @@ from typing import Any
 
 import uvicorn
 
+from gateway.server import GatewayServer
+
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -464,11 +466,11 @@ def free_socket() -> socket.socket:
     return sock
 
 
-class _PromptServer(uvicorn.Server):
-    """uvicorn's server, except that it notices ``stop`` at once. uvicorn's own main loop
-    looks at ``should_exit`` every 0.1 s, so stopping one waited 0.05 s on average, and the
-    suite stops a gateway per test. Ticks still come every 0.1 s, so the Date header and the
-    other per-tick work are unchanged."""
+class _PromptServer(GatewayServer):
+    """The gateway's server (uvicorn's, telling the app when it begins to stop), except that it
+    notices ``stop`` at once. uvicorn's own main loop looks at ``should_exit`` every 0.1 s, so
+    stopping one waited 0.05 s on average, and the suite stops a gateway per test. Ticks still
+    come every 0.1 s, so the Date header and the other per-tick work are unchanged."""
 
     _loop: asyncio.AbstractEventLoop | None = None
     _exit: asyncio.Event | None = None

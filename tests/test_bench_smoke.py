@@ -6,7 +6,7 @@ did, losing its table at the README step) is found out only then. The smoke mode
 seconds, need no network, wrk or LiteLLM proxy, and leave the READMEs alone: this file checks
 all three, and that each printed its results table.
 
-The five start together (each runs its own gateway on free ports) and each test waits for its
+They all start together (each runs its own gateway on free ports) and each test waits for its
 own: run one after another they would take several times as long on a two-core machine.
 """
 
@@ -31,6 +31,8 @@ BENCHMARKS = {
     "memory_search": ("| memories | insert/s (dense + BM25) |", ROOT / "bench" / "memory_search" / "README.md"),
     "locomo": ("| config | any@1 | any@5 | any@10 |", ROOT / "bench" / "locomo" / "README.md"),
     "soak": ("| backend | minutes | req/s |", ROOT / "bench" / "soak" / "README.md"),
+    "events": ("| backend | events | publish -> subscriber p50 ms", ROOT / "bench" / "README.md"),
+    "subject_api": ("| endpoint | backend | claims per subject |", ROOT / "bench" / "README.md"),
 }
 
 

@@ -25,9 +25,9 @@ def test_create_supersede_update_restore_delete_publish_events(tmp_path):
             await memories.update("p", new["id"], MemoryEdit(MemoryFields(importance=90)))
             await memories.restore("p", old["id"])
             await memories.delete("p", new["id"])
-            while not mine.queue.empty():
-                seen.append(mine.queue.get_nowait())
-            assert theirs.queue.empty()  # another project hears nothing
+            while (event := mine.take_nowait()) is not None:
+                seen.append((event.type, event.data))
+            assert theirs.take_nowait() is None  # another project hears nothing
             stored = await memories.get("p", new["id"], allow_deleted=True)
             assert (stored["source_type"], stored["origin"]) == ("inferred", {"chat_id": "c1", "job_id": "job_1"})
         await services.aclose()

@@ -131,8 +131,11 @@ async def list_recalls(call: Call) -> Response:
 
 async def memory_claims(call: Call) -> Response:
     rows = await call.services.memories.claims(call.project_id, call.request.path_params["memory_id"])
-    data = [{k: row[k] for k in ("id", "predicate", "type", "value", "confidence", "status", "first_seen_at",
-                                 "last_seen_at")} for row in rows]
+    # The contract's assertion fields, and the claim each asserts (none for a memory stored
+    # before the truth graph).
+    data = [{**{k: row[k] for k in ("id", "predicate", "type", "value", "confidence", "status", "first_seen_at",
+                                    "last_seen_at")}, "claim_id": row.get("claim_id"), "slot": row.get("slot")}
+            for row in rows]
     return JSONResponse({"data": data, "count": len(data)})
 
 

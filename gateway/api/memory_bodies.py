@@ -12,7 +12,7 @@ from gateway.validation import Body, addressable_id
 MAX_TEXT = 10_000
 # A client may choose a memory's id: not one the /memories routes take for themselves.
 MAX_ID = 200
-_RESERVED_IDS = ("search", "superseded", "recalls")
+_RESERVED_IDS = ("search", "superseded", "recalls", "extract")
 
 
 def _fields(body: Body) -> MemoryFields:

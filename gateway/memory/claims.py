@@ -8,10 +8,19 @@ is strawberry"): that is what lets versioning supersede it.
 These are plain English patterns over the statements memories are written in
 (first person, or about "the user"); an LLM extractor may supply claims of its
 own, which take precedence.
+
+What a claim means is also here: the slot it fills and its type (contract §7).
+Most predicates hold one value at a time, so the slot is the predicate itself and a
+new value replaces the old. A few hold a set ("likes_food" may be sushi and ramen
+both): each of their values fills a slot of its own, ``likes_food:sushi``, so
+"one truth per slot" still holds and a second value adds to the set instead of
+replacing the first (MULTI_VALUED). The truth graph (gateway/memory/truth_graph.py)
+stores them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -44,21 +53,59 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+# Predicates that hold a set of values: the word itself or the word and "_" (likes_food).
+MULTI_VALUED = ("likes", "dislikes", "loves", "hates", "has", "owns", "speaks", "knows", "plays", "visited",
+                "allergic_to", "interested_in")
+# A value longer than this names its slot by a prefix and a hash (slots travel in URLs).
+_SLOT_VALUE_LENGTH = 80
+
+
+def claim_type_of(predicate: str) -> str:
+    """The contract's rule (§7): favorite_/likes_/dislikes_ are preferences, and so on."""
+    if predicate.startswith(("favorite_", "likes_", "dislikes_")):
+        return "preference"
+    if "goal" in predicate or predicate.startswith("wants_"):
+        return "goal"
+    if predicate.startswith(("did_", "event_")):
+        return "event"
+    return "fact"
+
+
+def value_key(value: str) -> str:
+    """The same for two values that differ only in case and spacing: "the same value again"."""
+    return " ".join(value.casefold().split())
+
+
+def is_multi_valued(predicate: str) -> bool:
+    return any(predicate == stem or predicate.startswith(stem + "_") for stem in MULTI_VALUED)
+
+
+def default_slot(predicate: str, value: str) -> str:
+    """The slot a claim fills when its author names none: the predicate, or for a
+    multi-valued predicate the predicate and the value (``likes_food:sushi``)."""
+    if not is_multi_valued(predicate):
+        return predicate
+    key = value_key(value)
+    if len(key) > _SLOT_VALUE_LENGTH:
+        digest = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+        key = f"{key[:_SLOT_VALUE_LENGTH - 13]}~{digest}"
+    return f"{predicate}:{key}"
+
+
 @dataclass(frozen=True)
 class Claim:
     predicate: str
     value: str
+    # The slot it fills: the default rule (default_slot) unless given.
+    slot: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.slot:
+            object.__setattr__(self, "slot", default_slot(self.predicate, self.value))
 
     @property
     def claim_type(self) -> str:
-        """The contract's rule (§7): favorite_/likes_/dislikes_ are preferences, and so on."""
-        if self.predicate.startswith(("favorite_", "likes_", "dislikes_")):
-            return "preference"
-        if "goal" in self.predicate or self.predicate.startswith("wants_"):
-            return "goal"
-        if self.predicate.startswith(("did_", "event_")):
-            return "event"
-        return "fact"
+        return claim_type_of(self.predicate)
 
 
 def _slot_name(raw: str) -> str:

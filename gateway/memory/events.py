@@ -1,47 +1,611 @@
-"""Memory events (contract §13): memory.created, .updated, .deleted, .superseded.
+"""Memory events (contract §13): what ``GET /events/memories`` streams to subscribers.
 
-Published in-process to whoever subscribed (the SSE route); a slow subscriber's
-queue is bounded and drops its oldest events rather than holding memory or
-blocking the writer.
+Writers (gateway/memory/memories.py, the profiles) call ``publish(project, subject, type,
+data)`` for every change: ``memory.created``, ``.updated``, ``.deleted``, ``.superseded``,
+``profile.updated``. ``publish`` is synchronous and never waits: a subscriber that is slow,
+stuck or gone costs a writer nothing.
+
+Each event gets an id, ``"<milliseconds>-<sequence>"`` (the format of Redis stream ids),
+ordered within a project: the SSE route sends it as the frame's ``id:``, and a client that
+reconnects sends the last one back as ``Last-Event-ID`` to receive what it missed.
+
+Bounds (the ``events`` section of gateway.yaml), so that memory never grows with a
+subscriber that does not read:
+
+* every subscriber has a queue of at most ``queue_size`` events. When it is full the
+  **oldest** event is dropped for the new one, and the next thing the subscriber receives
+  is a ``dropped`` event, ``{"count": n, "reason": "queue_full"}``, then the events that
+  remain: it knows it lost ``n`` and can re-read ``GET /memories``;
+* each project keeps its latest ``replay_size`` events for ``Last-Event-ID``. A client whose
+  id is older than what is kept gets what is kept, after a ``dropped`` event with
+  ``{"count": null, "reason": "resume_gap"}``;
+* on Redis, events waiting to be sent to Redis (while it is down) are capped too
+  (``OUTGOING_LIMIT``, oldest dropped, logged).
+
+Two implementations of one interface, chosen by ``storage.backend`` (gateway/services.py):
+
+* ``MemoryEvents``, in-process (the embedded backend: one gateway process). ``publish``
+  puts the event in the project's replay buffer and in each matching subscriber's queue.
+* ``RedisMemoryEvents`` (the Redis backend: any number of gateway processes). ``publish``
+  puts the event in an outgoing queue; a task sends it to Redis, where one Lua script
+  appends it to the project's **stream** (``P{project}:memory_events``, capped at
+  ``replay_size`` entries: the replay buffer, shared by every gateway, its entry id the
+  event id) and **publishes** it on the pub/sub channel ``Pmemory_events``. Every gateway
+  process runs one listener task subscribed to that channel, which hands each event to
+  its own subscribers. Why both: pub/sub pushes an event to every gateway at once, on one
+  connection per process whatever the number of projects or subscribers, with nothing
+  kept in Redis per consumer; but it keeps nothing, so the stream holds the short history
+  that ``Last-Event-ID`` needs (a client may reconnect to a different gateway) and that a
+  listener reads to catch up after a lost connection to Redis. A stream alone would need a
+  blocking ``XREAD`` over every project's stream, re-issued whenever the set of projects
+  with subscribers changes; pub/sub alone could not resume.
+
+Subject erasure (gateway/erasure.py) calls ``forget_subject``: the subject's events leave
+the replay buffer and every subscriber's queue (on Redis: the stream entries are deleted
+and a control message on the channel makes every gateway drop them from its queues).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Iterator
+from urllib.parse import quote
 
-QUEUE_SIZE = 1000
+from gateway.clock import now_iso
+from gateway.config import EventsConfig
+from gateway.store.errors import STORAGE_ERRORS
+
+log = logging.getLogger("gateway.events")
+
+# (milliseconds, sequence): an event id as a value that sorts.
+EventOrder = tuple[int, int]
+
+# What a subscriber receives in place of events it lost (see the module docstring).
+DROPPED = "dropped"
+QUEUE_FULL = "queue_full"
+RESUME_GAP = "resume_gap"
+
+_MAX_ID_LENGTH = 40
 
 
-@dataclass(eq=False)
-class Subscription:
+def parse_event_id(text: str) -> EventOrder | None:
+    """The order of an event id (``"1700000000000-3"``), or None if ``text`` is not one."""
+    ms, dash, seq = text.partition("-")
+    if (not dash or len(text) > _MAX_ID_LENGTH or not (ms.isascii() and ms.isdigit())
+            or not (seq.isascii() and seq.isdigit())):
+        return None
+    return int(ms), int(seq)
+
+
+def format_event_id(order: EventOrder) -> str:
+    return f"{order[0]}-{order[1]}"
+
+
+@dataclass(frozen=True)
+class Event:
+    order: EventOrder
     project_id: str
     subject_id: str | None
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE))
+    type: str
+    data: dict[str, Any]
+    # A stream's own notice (``dropped``): it has no id and takes no place in the order.
+    notice: bool = False
+
+    @property
+    def id(self) -> str | None:
+        return None if self.notice else format_event_id(self.order)
+
+
+class Subscription:
+    """One subscriber: the events of a project (of one subject, if ``subject_id``), in a bounded queue.
+
+    A context manager: leaving it (or ``close``) unsubscribes. ``next`` waits for the next
+    event; ``take_nowait`` takes one if there is one. All of it runs on the event loop."""
+
+    def __init__(self, project_id: str, subject_id: str | None, capacity: int,
+                 on_close: Callable[[Subscription], None]) -> None:
+        self.project_id = project_id
+        self.subject_id = subject_id
+        self.closed = False
+        self._capacity = capacity
+        self._on_close = on_close
+        self._queue: deque[Event] = deque()
+        # Events dropped for newer ones since the subscriber last took one.
+        self._dropped = 0
+        # Events for it were lost where no replay reaches (a Last-Event-ID older than the
+        # replay buffer; on Redis, an outage longer than the buffer).
+        self._resume_gap = False
+        # The newest event queued: an event that arrives twice (by replay and live) is skipped.
+        self._newest: EventOrder = (0, 0)
+        self._ready = asyncio.Event()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wants(self, event: Event) -> bool:
+        return event.project_id == self.project_id and (self.subject_id is None or event.subject_id == self.subject_id)
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet taken."""
+        return len(self._queue)
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` (one the subscriber ``wants``); never waits. A full queue drops its oldest."""
+        order = event.order
+        if self.closed or order <= self._newest:
+            return
+        self._newest = order
+        if len(self._queue) >= self._capacity:
+            self._queue.popleft()
+            self._dropped += 1
+        self._queue.append(event)
+        self._ready.set()
+
+    def resume(self, replayed: Iterable[Event], gap: bool, after: EventOrder) -> None:
+        """Put the events a reconnecting client missed (those after ``after``, oldest first) before
+        those queued since it subscribed; drop what it had received already."""
+        missed = [event for event in replayed if self.wants(event) and event.order > after]
+        seen = max(after, missed[-1].order) if missed else after
+        live = [event for event in self._queue if event.order > seen]
+        self._queue = deque(missed + live)
+        while len(self._queue) > self._capacity:
+            self._queue.popleft()
+            self._dropped += 1
+        self._newest = max(self._newest, seen)
+        if gap:
+            self.mark_gap()
+        elif self._queue:
+            self._ready.set()
+
+    def mark_gap(self) -> None:
+        """Events for this subscriber may have been lost (and cannot be replayed): tell it next."""
+        self._resume_gap = True
+        self._ready.set()
+
+    def forget_subject(self, subject_id: str) -> None:
+        if any(event.subject_id == subject_id for event in self._queue):
+            self._queue = deque(event for event in self._queue if event.subject_id != subject_id)
+
+    def take_nowait(self) -> Event | None:
+        """The next event, or a ``dropped`` notice first if events were lost; None if none is waiting."""
+        if self._resume_gap:
+            self._resume_gap = False
+            return self._notice(None, RESUME_GAP)
+        if self._dropped:
+            count, self._dropped = self._dropped, 0
+            return self._notice(count, QUEUE_FULL)
+        return self._queue.popleft() if self._queue else None
+
+    async def next(self, timeout: float) -> Event | None:
+        """The next event; None if none came within ``timeout`` seconds, or once the subscription is closed."""
+        event = self.take_nowait()
+        if event is not None or self.closed:
+            return event
+        self._ready.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        return None if self.closed else self.take_nowait()
+
+    def close(self) -> None:
+        """Unsubscribe; a ``next`` waiting returns None at once."""
+        if not self.closed:
+            self.closed = True
+            self._queue.clear()
+            self._ready.set()
+            self._on_close(self)
+
+    def _notice(self, count: int | None, reason: str) -> Event:
+        return Event((0, 0), self.project_id, self.subject_id, DROPPED,
+                     {"count": count, "reason": reason, "timestamp": now_iso()}, notice=True)
+
+
+class _IdClock:
+    """Event ids in publish order: the time in milliseconds, then a sequence within the millisecond."""
+
+    def __init__(self) -> None:
+        self.last: EventOrder = (time.time_ns() // 1_000_000, 0)
+
+    def next(self) -> EventOrder:
+        ms = time.time_ns() // 1_000_000
+        last_ms, seq = self.last
+        self.last = (ms, 0) if ms > last_ms else (last_ms, seq + 1)
+        return self.last
+
+
+@dataclass
+class _Replay:
+    """A project's latest events, and the newest one no longer kept (older ids may have missed events)."""
+
+    events: deque[Event]
+    horizon: EventOrder
 
 
 class MemoryEvents:
-    def __init__(self) -> None:
-        self._subscriptions: set[Subscription] = set()
+    """The in-process implementation (embedded backend), and the interface ``RedisMemoryEvents`` keeps."""
+
+    def __init__(self, settings: EventsConfig | None = None) -> None:
+        self.settings = settings or EventsConfig()
+        self._subscriptions: dict[str, set[Subscription]] = {}
+        # Set when the gateway stops: open streams end, new ones end at once.
+        self._streams_closed = False
+        self._clock = _IdClock()
+        # Ids from before this process started may have missed events it never saw.
+        self._started = self._clock.last
+        self._replays: dict[str, _Replay] = {}
+
+    # --- what writers call ---------------------------------------------------------------
 
     def publish(self, project_id: str, subject_id: str | None, event: str, data: dict[str, Any]) -> None:
-        for sub in self._subscriptions:
-            if sub.project_id != project_id or (sub.subject_id is not None and sub.subject_id != subject_id):
-                continue
-            if sub.queue.full():
-                sub.queue.get_nowait()
-            sub.queue.put_nowait((event, {**data, "timestamp": time.time()}))
+        """Send an event to the project's subscribers; never waits."""
+        published = Event(self._clock.next(), project_id, subject_id, event,
+                          {**data, "timestamp": now_iso()})
+        self._remember(published)
+        self._deliver(published)
 
-    @contextlib.contextmanager
-    def subscribe(self, project_id: str, subject_id: str | None) -> Iterator[Subscription]:
-        sub = Subscription(project_id, subject_id)
-        self._subscriptions.add(sub)
+    # --- what the SSE route calls --------------------------------------------------------
+
+    def subscribe(self, project_id: str, subject_id: str | None) -> Subscription:
+        """A subscription to the project's events (of ``subject_id`` only, if given), registered at once."""
+        subscription = Subscription(project_id, subject_id, self.settings.queue_size, self._unsubscribe)
+        if self._streams_closed:
+            subscription.close()
+        else:
+            self._subscriptions.setdefault(project_id, set()).add(subscription)
+        return subscription
+
+    async def resume(self, subscription: Subscription, last_event_id: EventOrder) -> None:
+        """Queue the kept events after ``last_event_id`` ahead of the live ones (``Last-Event-ID``)."""
+        events, gap = await self._replay_after(subscription.project_id, last_event_id)
+        subscription.resume(events, gap, last_event_id)
+
+    def close_streams(self) -> None:
+        """The gateway is stopping: end every open stream, and any opened from now on."""
+        self._streams_closed = True
+        for subscriptions in list(self._subscriptions.values()):
+            for subscription in list(subscriptions):
+                subscription.close()
+
+    # --- subject erasure -----------------------------------------------------------------
+
+    async def forget_subject(self, project_id: str, subject_id: str) -> None:
+        """Drop the subject's events not yet delivered: from the replay buffer and every queue."""
+        replay = self._replays.get(project_id)
+        if replay is not None:
+            replay.events = deque((e for e in replay.events if e.subject_id != subject_id),
+                                  maxlen=self.settings.replay_size)
+        self._forget_locally(project_id, subject_id)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing to start in process."""
+
+    async def aclose(self) -> None:
+        self.close_streams()
+
+    # --- shared by both implementations --------------------------------------------------
+
+    def _deliver(self, event: Event) -> None:
+        for subscription in list(self._subscriptions.get(event.project_id, ())):
+            if subscription.wants(event):
+                subscription.offer(event)
+
+    def _forget_locally(self, project_id: str, subject_id: str) -> None:
+        for subscription in self._subscriptions.get(project_id, ()):
+            subscription.forget_subject(subject_id)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscriptions = self._subscriptions.get(subscription.project_id)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[subscription.project_id]
+
+    async def _replay_after(self, project_id: str, after: EventOrder) -> tuple[list[Event], bool]:
+        """The kept events after ``after``, oldest first, and whether some after it are no longer kept."""
+        replay = self._replays.get(project_id)
+        horizon = replay.horizon if replay is not None else self._started
+        events = [event for event in replay.events if event.order > after] if replay is not None else []
+        return events, after < horizon
+
+    def _remember(self, event: Event) -> None:
+        size = self.settings.replay_size
+        replay = self._replays.get(event.project_id)
+        if replay is None:
+            replay = self._replays[event.project_id] = _Replay(deque(maxlen=size), self._started)
+        if size == 0:
+            replay.horizon = event.order
+            return
+        if len(replay.events) == size:
+            replay.horizon = replay.events[0].order  # about to fall off the buffer
+        replay.events.append(event)
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+# Events waiting to be sent to Redis (it is slow or down); past it the oldest are dropped.
+OUTGOING_LIMIT = 10_000
+# Events sent to Redis in one round trip.
+_SEND_BATCH = 64
+# The listener looks up from its connection this often (well under the socket timeout,
+# which would otherwise fail an idle pub/sub connection).
+_LISTEN_POLL_SECONDS = 1.0
+_RETRY_FIRST_SECONDS = 0.1
+_RETRY_MAX_SECONDS = 5.0
+# How long start() waits for the listener's first subscription before going on without it.
+_START_WAIT_SECONDS = 5.0
+# How long aclose() lets the sender finish sending the events already published.
+_STOP_WAIT_SECONDS = 1.0
+
+# KEYS: the project's stream, its trim mark. ARGV: entries kept, subject ("" for none), message, channel.
+# Appends the event (the stream trims its oldest beyond the cap, and the newest id trimmed
+# is noted for resume), then publishes "<id> <message>" on the channel.
+_PUBLISH = """
+local kept = tonumber(ARGV[1])
+local excess = redis.call('XLEN', KEYS[1]) + 1 - kept
+if excess > 0 then
+  local trimmed = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
+  if #trimmed > 0 then redis.call('SET', KEYS[2], trimmed[#trimmed][1]) end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', kept, '*', 's', ARGV[2], 'm', ARGV[3])
+if kept == 0 then redis.call('SET', KEYS[2], id) end
+redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[3])
+return id
+"""
+
+# KEYS: the project's stream. ARGV: subject, channel, control message.
+# Deletes the subject's entries, then tells every gateway to drop them from its queues.
+_ERASE = """
+local gone = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 's' and fields[i + 1] == ARGV[1] then
+      redis.call('XDEL', KEYS[1], entry[1])
+      gone = gone + 1
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return gone
+"""
+
+# The first word of a channel message that is not an event: "erase <json [project, subject]>".
+_ERASE_WORD = "erase"
+
+
+@dataclass
+class _Outgoing:
+    project_id: str
+    subject_id: str | None
+    message: str  # JSON {"p", "s", "t", "d"}: the event without its id, which Redis gives it
+
+
+@dataclass
+class _Listener:
+    """What the listener task knows: whether it is subscribed, and the newest event it handed on per project."""
+
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: dict[str, EventOrder] = field(default_factory=dict)
+    # When it first subscribed: a project it has handed nothing on for had no event since.
+    started: EventOrder | None = None
+
+
+class RedisMemoryEvents(MemoryEvents):
+    """Events fanned out across gateway processes through Redis (see the module docstring).
+
+    ``start`` runs two tasks: the sender (outgoing queue -> Redis) and the listener
+    (the channel -> this process's subscribers). Both survive a Redis failure: they log
+    it and retry, the sender with the same events, the listener by subscribing again and
+    catching up from the projects' streams."""
+
+    def __init__(self, redis: Any, key_prefix: str, settings: EventsConfig | None = None) -> None:
+        super().__init__(settings)
+        self._redis = redis
+        self._prefix = key_prefix
+        self._channel = f"{key_prefix}memory_events"
+        self._outgoing: deque[_Outgoing] = deque()
+        self._outgoing_ready = asyncio.Event()
+        self._outgoing_dropped = 0
+        # True while the sender has a batch on its way to Redis.
+        self._sending = False
+        self._listener = _Listener()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publish_script = redis.register_script(_PUBLISH)
+        self._erase_script = redis.register_script(_ERASE)
+
+    def _stream_key(self, project_id: str) -> str:
+        # {project} is a Redis Cluster hash tag, as in the document store: one slot per project.
+        return f"{self._prefix}{{{quote(project_id, safe='')}}}:memory_events"
+
+    def _trim_mark_key(self, project_id: str) -> str:
+        return self._stream_key(project_id) + ":trimmed"
+
+    # --- what writers call ---------------------------------------------------------------
+
+    def publish(self, project_id: str, subject_id: str | None, event: str, data: dict[str, Any]) -> None:
+        """Queue the event for the sender task; never waits. Redis gives it its id."""
+        if len(self._outgoing) >= OUTGOING_LIMIT:
+            self._outgoing.popleft()
+            self._outgoing_dropped += 1
+            if self._outgoing_dropped in (1, 10, 100) or self._outgoing_dropped % 1000 == 0:
+                log.warning("memory events: %d event(s) dropped, Redis is not taking them fast enough",
+                            self._outgoing_dropped)
+        message = json.dumps({"p": project_id, "s": subject_id, "t": event, "d": {**data, "timestamp": now_iso()}},
+                             separators=(",", ":"))
+        self._outgoing.append(_Outgoing(project_id, subject_id, message))
+        self._outgoing_ready.set()
+
+    # --- subject erasure -----------------------------------------------------------------
+
+    async def forget_subject(self, project_id: str, subject_id: str) -> None:
+        self._drop_outgoing(project_id, subject_id)
+        self._forget_locally(project_id, subject_id)
+        control = f"{_ERASE_WORD} {json.dumps([project_id, subject_id])}"
+        await self._erase_script(keys=[self._stream_key(project_id)], args=[subject_id, self._channel, control])
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._send_forever(), name="memory-events-sender"),
+                       asyncio.create_task(self._listen_forever(), name="memory-events-listener")]
+        # A subscriber that connects once the gateway is up must not miss events for want of a listener.
         try:
-            yield sub
-        finally:
-            self._subscriptions.discard(sub)
+            async with asyncio.timeout(_START_WAIT_SECONDS):
+                await self._listener.subscribed.wait()
+        except TimeoutError:
+            log.warning("memory events: not subscribed to Redis after %.0f s; retrying in the background",
+                        _START_WAIT_SECONDS)
+
+    async def aclose(self) -> None:
+        self.close_streams()
+        if self._tasks:  # let the sender send what writers published just before the stop (briefly)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STOP_WAIT_SECONDS):
+                    while self._outgoing or self._sending:
+                        await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # --- the sender ----------------------------------------------------------------------
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._outgoing_ready.wait()
+            self._outgoing_ready.clear()
+            while self._outgoing:
+                self._sending = True
+                try:
+                    await self._send_until_sent(self._take_batch(_SEND_BATCH))
+                finally:
+                    self._sending = False
+
+    async def _send_until_sent(self, batch: list[_Outgoing]) -> None:
+        """Send ``batch``, retrying while Redis is unreachable (the events wait, capped, meanwhile)."""
+        delay = _RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self._send(batch)
+                return
+            except STORAGE_ERRORS as error:
+                log.warning("memory events: sending %d event(s) to Redis failed (%s: %s); retrying in %.1f s",
+                            len(batch), type(error).__name__, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            except Exception:  # Redis refused them (out of memory...): retrying would not help
+                log.exception("memory events: Redis refused %d event(s); they are dropped", len(batch))
+                return
+
+    def _take_batch(self, size: int) -> list[_Outgoing]:
+        return [self._outgoing.popleft() for _ in range(min(size, len(self._outgoing)))]
+
+    async def _send(self, batch: list[_Outgoing]) -> None:
+        kept = self.settings.replay_size
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in batch:
+                await self._publish_script(
+                    keys=[self._stream_key(item.project_id), self._trim_mark_key(item.project_id)],
+                    args=[kept, item.subject_id or "", item.message, self._channel], client=pipe)
+            await pipe.execute()
+
+    def _drop_outgoing(self, project_id: str, subject_id: str) -> None:
+        self._outgoing = deque(item for item in self._outgoing
+                               if not (item.project_id == project_id and item.subject_id == subject_id))
+
+    # --- the listener --------------------------------------------------------------------
+
+    async def _listen_forever(self) -> None:
+        delay = _RETRY_FIRST_SECONDS
+        lost_connection = False
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                if self._listener.started is None:
+                    self._listener.started = (time.time_ns() // 1_000_000, 0)
+                if lost_connection:
+                    await self._catch_up(self._listener.started)
+                    log.info("memory events: subscribed to Redis again")
+                self._listener.subscribed.set()
+                delay = _RETRY_FIRST_SECONDS
+                while True:
+                    message = await pubsub.get_message(timeout=_LISTEN_POLL_SECONDS)
+                    if message is not None and message.get("type") == "message":
+                        self._receive(message["data"])
+            except STORAGE_ERRORS as error:
+                lost_connection = True
+                log.warning("memory events: lost the Redis subscription (%s: %s); subscribing again in %.1f s",
+                            type(error).__name__, error, delay)
+            except Exception:
+                lost_connection = True
+                log.exception("memory events: the listener failed; subscribing again in %.1f s", delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+
+    def _receive(self, raw: str) -> None:
+        """One message of the channel: an event, or an erasure."""
+        head, _, body = raw.partition(" ")
+        if head == _ERASE_WORD:
+            project_id, subject_id = json.loads(body)
+            self._drop_outgoing(project_id, subject_id)
+            self._forget_locally(project_id, subject_id)
+            return
+        order = parse_event_id(head)
+        if order is None:
+            log.warning("memory events: ignoring a message on the channel that is not an event")
+            return
+        self._hand_on(_event_from(order, body))
+
+    def _hand_on(self, event: Event) -> None:
+        """Deliver an event once: catching up and the channel may both bring it."""
+        if event.order <= self._listener.delivered.get(event.project_id, (0, 0)):
+            return
+        self._listener.delivered[event.project_id] = event.order
+        self._deliver(event)
+
+    async def _catch_up(self, started: EventOrder) -> None:
+        """After a lost subscription: what the projects with subscribers here missed meanwhile."""
+        for project_id in list(self._subscriptions):
+            since = self._listener.delivered.get(project_id, started)
+            events, gap = await self._replay_after(project_id, since)
+            if gap:
+                for subscription in list(self._subscriptions.get(project_id, ())):
+                    subscription.mark_gap()
+            for event in events:
+                self._hand_on(event)
+
+    async def _replay_after(self, project_id: str, after: EventOrder) -> tuple[list[Event], bool]:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._trim_mark_key(project_id))
+            pipe.xrange(self._stream_key(project_id), f"({format_event_id(after)}", "+",
+                        count=max(self.settings.replay_size, 1))
+            trimmed, entries = await pipe.execute()
+        events = [_event_from(order, fields["m"]) for entry_id, fields in entries
+                  if (order := parse_event_id(entry_id)) is not None]
+        horizon = parse_event_id(trimmed) if trimmed else None
+        return events, horizon is not None and after < horizon
+
+
+def _event_from(order: EventOrder, message: str) -> Event:
+    """An event as the channel and the stream carry it: JSON ``{"p", "s", "t", "d"}``, the id beside it."""
+    fields = json.loads(message)
+    return Event(order, fields["p"], fields["s"], fields["t"], fields["d"])

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from collections.abc import Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from gateway.memory.memories import KINDS, VISIBILITIES
+from gateway.profiles import BUILTIN_FIELDS, ProfileField
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class Exchange:
     policy_text: str = ""
     # learn: "force": the extractor should find at least one memory if it possibly can.
     force: bool = False
+    # The project's profile fields (gateway.profiles: the built-ins and gateway.yaml's), which an
+    # extractor may fill in from what a memory says (ExtractedMemory.profile_fields).
+    profile_fields: Sequence[ProfileField] = BUILTIN_FIELDS
+    # Earlier lines of the conversation, to read ``user_messages`` by (POST /memories/extract's
+    # conversation_context): not themselves a source of memories.
+    context: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,9 @@ class ExtractedMemory:
     visibility: str = "private"
     is_temporal: bool = False
     claims: Sequence[ExtractedClaim] = field(default_factory=tuple)
+    # Profile fields this memory states ({"name": "Alice"}), written with its id and confidence
+    # when it is stored; a policy that leaves the memory out leaves them out too.
+    profile_fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Extractor(Protocol):
@@ -94,12 +104,24 @@ def require_storable(memory: ExtractedMemory) -> None:
         raise refuse("tags are not a list of strings")
     if not isinstance(memory.is_temporal, bool):
         raise refuse("is_temporal is not a boolean")
+    # The values themselves are checked against the project's schema when they are written
+    # (gateway.profiles: one that fails is left out, the memory stands).
+    if not isinstance(memory.profile_fields, Mapping) or not all(
+            isinstance(key, str) and isinstance(value, (str, int, float, bool))
+            for key, value in memory.profile_fields.items()):
+        raise refuse("profile_fields are not a mapping of field keys to strings, numbers or booleans")
 
 
 class _Claim(BaseModel):
     model_config = ConfigDict(extra="ignore")
     predicate: str = Field(min_length=1, max_length=100)
     value: str = Field(max_length=500)
+
+
+class _ProfileValue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    field_key: str = Field(min_length=1, max_length=64)
+    value: StrictBool | StrictInt | StrictFloat | str
 
 
 class _Memory(BaseModel):
@@ -112,6 +134,7 @@ class _Memory(BaseModel):
     visibility: str = "private"
     is_temporal: bool = False
     claims: list[_Claim] = Field(default_factory=list)
+    profile: list[_ProfileValue] = Field(default_factory=list)
 
 
 class _Answer(BaseModel):
@@ -119,26 +142,43 @@ class _Answer(BaseModel):
     memories: list[_Memory]
 
 
-# The JSON schema the LLM extractor asks for (OpenAI structured outputs, strict).
-EXTRACTION_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "required": ["memories"],
-    "properties": {"memories": {"type": "array", "items": {
-        "type": "object", "additionalProperties": False,
-        "required": ["text", "kind", "importance", "confidence", "tags", "visibility", "is_temporal", "claims"],
-        "properties": {
-            "text": {"type": "string", "description": "one self-contained fact about the user, third person"},
-            "kind": {"type": "string", "enum": list(KINDS)},
-            "importance": {"type": "number", "description": "0-100"},
-            "confidence": {"type": "number", "description": "0-1"},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "visibility": {"type": "string", "enum": list(VISIBILITIES)},
-            "is_temporal": {"type": "boolean", "description": "true when it will stop being true soon"},
-            "claims": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False, "required": ["predicate", "value"],
-                "properties": {"predicate": {"type": "string", "description": "snake_case slot, e.g. favorite_fruit"},
-                               "value": {"type": "string"}}}},
-        }}}},
-}
+def extraction_schema(profile_fields: Sequence[ProfileField] = BUILTIN_FIELDS) -> dict[str, Any]:
+    """The JSON schema the LLM extractor asks for (OpenAI structured outputs, strict); each
+    memory's ``profile`` names the project's profile fields it states."""
+    described = "; ".join(f"{f.key} ({f.type}): {f.description}" if f.description else f"{f.key} ({f.type})"
+                          for f in profile_fields)
+    return {
+        "type": "object", "additionalProperties": False, "required": ["memories"],
+        "properties": {"memories": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["text", "kind", "importance", "confidence", "tags", "visibility", "is_temporal", "claims",
+                         "profile"],
+            "properties": {
+                "text": {"type": "string", "description": "one self-contained fact about the user, third person"},
+                "kind": {"type": "string", "enum": list(KINDS)},
+                "importance": {"type": "number", "description": "0-100"},
+                "confidence": {"type": "number", "description": "0-1"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "visibility": {"type": "string", "enum": list(VISIBILITIES)},
+                "is_temporal": {"type": "boolean", "description": "true when it will stop being true soon"},
+                "claims": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["predicate", "value"],
+                    "properties": {"predicate": {"type": "string",
+                                                 "description": "snake_case slot, e.g. favorite_fruit"},
+                                   "value": {"type": "string"}}}},
+                "profile": {"type": "array", "description": f"profile fields this memory states: {described}",
+                            "items": {
+                                "type": "object", "additionalProperties": False, "required": ["field_key", "value"],
+                                "properties": {
+                                    "field_key": {"type": "string", "enum": [f.key for f in profile_fields]},
+                                    "value": {"anyOf": [{"type": "string"}, {"type": "number"},
+                                                        {"type": "boolean"}]}}}},
+            }}}},
+    }
+
+
+# The schema for a project with the built-in profile fields only.
+EXTRACTION_SCHEMA: dict[str, Any] = extraction_schema()
 
 
 def parse_extraction(raw: str) -> list[ExtractedMemory]:
@@ -153,5 +193,6 @@ def parse_extraction(raw: str) -> list[ExtractedMemory]:
         visibility = item.visibility if item.visibility in VISIBILITIES else "private"
         memories.append(ExtractedMemory(item.text.strip(), kind, item.importance, item.confidence,
                                         tuple(item.tags), visibility, item.is_temporal,
-                                        tuple(ExtractedClaim(c.predicate, c.value) for c in item.claims)))
+                                        tuple(ExtractedClaim(c.predicate, c.value) for c in item.claims),
+                                        {p.field_key: p.value for p in item.profile}))
     return memories

@@ -4,8 +4,9 @@ The proxy enqueues the job before the answer's last byte leaves (``learn_payload
 says what goes in it: the turn's user messages and the answer, never a key). The
 worker then resolves the memory policy, asks the extractor for candidates, keeps
 those the policy allows, and stores them through memory versioning, so a new
-favourite supersedes the old one. Memory ids derive from the job id, so a job
-run twice (after a crash) stores nothing twice.
+favourite supersedes the old one. The profile fields a stored memory states ("my
+name is Alice") are written beside it (gateway.profiles). Memory ids derive from the
+job id, so a job run twice (after a crash) stores nothing twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from collections.abc import Mapping, Sequence
 
 from gateway.erasure import SubjectErased, SubjectErasure
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.history import content_text
 from gateway.jobs.queue import Job, JobError
 from gateway.memory.changes import MemoryFields, NewMemory
@@ -25,6 +26,7 @@ from gateway.memory.claims import Claim
 from gateway.memory.extraction import Exchange, ExtractedMemory, ExtractionError, Extractor, require_storable
 from gateway.memory.memories import Memories
 from gateway.memory_policies import MemoryPolicies, combine
+from gateway.profiles import BUILTIN_FIELDS, ProfileField, Profiles
 from gateway.redaction import redact
 
 log = logging.getLogger("gateway.learning")
@@ -93,11 +95,13 @@ def learned_visibility(proposed: str, policy_config: dict[str, Any]) -> str:
 
 class Learner:
     def __init__(self, memories: Memories, policies: MemoryPolicies, extractor: Extractor,
-                 erasure: SubjectErasure) -> None:
+                 erasure: SubjectErasure, profiles: Profiles | None = None) -> None:
         self._memories = memories
         self._policies = policies
         self.extractor = extractor
         self._erasure = erasure
+        # Where the profile fields a stored memory states are written (None: nowhere).
+        self._profiles = profiles
         # Callers' own provider keys for a job's first run, in memory only: never persisted,
         # and taken out when that run starts, so retries and re-runs after a restart use the
         # configured keys.
@@ -142,7 +146,8 @@ class Learner:
         payload = job.payload
         policy = await self._policy(job.project_id, payload)
         force = payload["learn"] == "force"
-        exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force)
+        exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force,
+                            profile_fields=self._profile_schema(job.project_id))
         try:
             candidates = await self.extractor.extract(exchange, api_key=keys.extractor)
         except ExtractionError as error:
@@ -168,14 +173,100 @@ class Learner:
         for position, memory in enumerate(kept):
             memory_id = memory_id_for(job.id, position)
             if await self._memories.exists(job.project_id, memory_id):
-                # Stored by an earlier run of this job, which may have died before indexing it.
+                # Stored by an earlier run of this job, which may have died before indexing it
+                # (or before writing its profile fields: writing them again changes nothing).
                 await self._memories.reindex(job.project_id, memory_id, api_key=keys.embedder)
+                await self._learn_profile(job.project_id, payload["subject_id"], memory, memory_id)
                 continue
-            fields = MemoryFields(kind=memory.kind, importance=memory.importance, confidence=memory.confidence,
-                                  tags=list(memory.tags), is_temporal=memory.is_temporal,
-                                  visibility=learned_visibility(memory.visibility, policy_config))
-            # A forced note is stored even if it repeats something: that is what force asks for.
-            new = NewMemory(payload["subject_id"], memory.text.strip(), fields, id=memory_id, source_type="inferred",
-                            no_supersede=forced)
-            await self._memories.create(job.project_id, new, origin=origin, api_key=keys.embedder,
-                                        claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
+            await self._store_one(job.project_id, payload["subject_id"], memory, memory_id, forced=forced,
+                                  origin=origin, policy_config=policy_config, keys=keys)
+
+    async def _store_one(self, project_id: str, subject_id: str, memory: ExtractedMemory, memory_id: str | None, *,
+                         forced: bool, origin: dict[str, Any], policy_config: dict[str, Any],
+                         keys: CallerKeys) -> dict[str, Any]:
+        """One kept candidate stored through versioning (a duplicate is skipped and reinforces the
+        original), then the profile fields it states; returns ``Memories.create``'s answer."""
+        fields = MemoryFields(kind=memory.kind, importance=memory.importance, confidence=memory.confidence,
+                              tags=list(memory.tags), is_temporal=memory.is_temporal,
+                              visibility=learned_visibility(memory.visibility, policy_config))
+        # A forced note is stored even if it repeats something: that is what force asks for.
+        new = NewMemory(subject_id, memory.text.strip(), fields, id=memory_id, source_type="inferred",
+                        no_supersede=forced)
+        result, _ = await self._memories.create(project_id, new, origin=origin, api_key=keys.embedder,
+                                                claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
+        # A memory skipped as a duplicate still states its fields: they name the original.
+        await self._learn_profile(project_id, subject_id, memory, result["id"] or result.get("duplicate_of"))
+        return result
+
+    # --- POST /memories/extract ----------------------------------------------------------
+
+    async def extract_text(self, project_id: str, subject_id: str, text: str, *, context: Sequence[str],
+                           force: bool, memory_policy: bool | str, store: bool,
+                           caller_keys: Mapping[str, str]) -> dict[str, Any]:
+        """What the extractor finds in ``text`` (the subject's words), kept by the memory policy
+        as a turn's candidates are; stored as a turn's learning stores them when ``store``.
+
+        The answer is the contract's (§6): ``memories`` are the candidates, or with ``store``
+        what became of each (``memory_id`` None for a duplicate of ``duplicate_of``)."""
+        keys = CallerKeys(_key_or_none(self.extractor, caller_keys), _key_or_none(self._memories.embedder, caller_keys))
+        policy = await self._policy(project_id, {"memory_policy": memory_policy, "subject_id": subject_id,
+                                                 "chat_id": None})
+        exchange = Exchange([text], "", policy["policy_text"], force, profile_fields=self._profile_schema(project_id),
+                            context=tuple(context))
+        try:
+            candidates = await self.extractor.extract(exchange, api_key=keys.extractor)
+        except ExtractionError as error:
+            raise UpstreamError(f"the extractor's answer could not be read: {error}", code="extraction_failed",
+                                status=502) from None
+        except GatewayError:
+            raise
+        except Exception as error:
+            # The model behind a plugin failed (unreachable, refused the operator's settings...):
+            # the gateway's upstream, not the caller's request. Only the error's type is told, as
+            # a provider may echo the key it was sent.
+            raise UpstreamError(f"the extraction model failed: {type(error).__name__}", code="extraction_failed",
+                                status=502) from None
+        kept = apply_policy(candidates, policy["config"])
+        forced = force and not kept
+        if forced:
+            kept = [ExtractedMemory(text[:10_000], FORCED_KIND, 50, 1.0)]
+        for memory in kept:
+            require_storable(memory)
+        mode = "force" if force else "auto"
+        if not store:
+            return {"ok": True, "learned": False, "mode": mode, "extracted_count": len(kept),
+                    "memories": [_candidate_to_api(memory) for memory in kept]}
+        origin = {"source": "memories_extract", "policy_ids": policy["policy_ids"]}
+        learned = []
+        for memory in kept:
+            result = await self._store_one(project_id, subject_id, memory, None, forced=forced, origin=origin,
+                                           policy_config=policy["config"], keys=keys)
+            memory_id = result["id"]
+            claim_ids = ([row["claim_id"] for row in await self._memories.claims(project_id, memory_id)]
+                         if memory_id else [])
+            learned.append({"memory_id": memory_id, "text": result["text"], "kind": result["kind"],
+                            "claim_ids": claim_ids, "created": result["created"],
+                            **({"skipped": True, "reason": result["reason"], "duplicate_of": result["duplicate_of"]}
+                               if not result["created"] else {})})
+        return {"ok": True, "learned": True, "mode": mode, "extracted_count": len(kept),
+                "learned_memory_count": sum(1 for m in learned if m["created"]),
+                "learned_claim_count": sum(len(m["claim_ids"]) for m in learned), "memories": learned}
+
+    def _profile_schema(self, project_id: str) -> Sequence[ProfileField]:
+        return self._profiles.schema(project_id) if self._profiles is not None else BUILTIN_FIELDS
+
+    async def _learn_profile(self, project_id: str, subject_id: str, memory: ExtractedMemory,
+                             memory_id: str | None) -> None:
+        """The profile fields ``memory`` states, with its confidence (gateway.profiles decides
+        whether each replaces the current value: never a manual one)."""
+        if self._profiles is not None and memory.profile_fields:
+            await self._profiles.learn(project_id, subject_id, memory.profile_fields, confidence=memory.confidence,
+                                       memory_id=memory_id)
+
+
+def _candidate_to_api(memory: ExtractedMemory) -> dict[str, Any]:
+    return {"text": memory.text, "kind": memory.kind, "importance": memory.importance,
+            "confidence": memory.confidence, "tags": list(memory.tags), "visibility": memory.visibility,
+            "is_temporal": memory.is_temporal,
+            "claims": [{"predicate": c.predicate, "value": c.value} for c in memory.claims],
+            "profile_fields": dict(memory.profile_fields)}

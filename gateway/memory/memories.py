@@ -5,6 +5,15 @@ pages through) plus a point in the vector index (what search reads: its vectors
 and the fields that filter and score it). Writes go to the store first, then to
 the index (gateway/memory/index_upkeep.py); search never reads the store, and its
 hits are scored in gateway/memory/ranking.py.
+
+The claims a memory states live in the truth graph (gateway/memory/truth_graph.py), and
+this module keeps the two in agreement: a memory's claims are asserted when it is stored
+(with its provenance, when learned); superseding or deleting a memory supersedes or
+retracts its claims, restoring it makes them the truths of their slots again, rewriting
+its text retracts the old ones and asserts the new. The other way round (``add_claim``,
+``retract_claim``): a claim that supersedes a memory's claim supersedes that memory too,
+and retracting a claim takes its memories out of use and brings back the memory of the
+claim that is true again, if this claim had superseded it.
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ from collections.abc import Sequence
 from gateway.clock import from_timestamp
 from gateway.config import MemoryConfig
 from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.ids import ordered_id
 from gateway.jobs.queue import JobQueue
 from gateway.memory.changes import MemoryEdit, NewMemory
 from gateway.memory.claims import Claim, extract_claims
@@ -29,15 +37,18 @@ from gateway.memory.index_upkeep import MEMORIES, REINDEX_JOB, IndexUpkeep, neig
 from gateway.memory.lexical import Lexicon
 from gateway.memory.ranking import Ranking, SearchHit
 from gateway.memory.reinforcement import REINFORCED, SEEN, index_is_behind, with_tallies
+from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, Asserted, NewClaim, Retracted, TruthGraph
 from gateway.memory.vector_index import IndexQuery, RecallCounts, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
 from gateway.store import Collection, DocumentStore, Increment
 
 log = logging.getLogger("gateway.memory")
 
-__all__ = ["CLAIMS", "KINDS", "MEMORIES", "REINDEX_JOB", "VISIBILITIES", "Memories", "SearchHit", "to_api"]
+__all__ = ["KINDS", "LEGACY_CLAIMS", "MEMORIES", "REINDEX_JOB", "VISIBILITIES", "Memories", "SearchHit", "to_api"]
 
-CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
+# Where memories' claims were kept before the truth graph: rows no longer written, still read
+# for the memories that have them (see ``claims``) and erased with their subject.
+LEGACY_CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
 
 KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
 VISIBILITIES = ("private", "shared", "public")
@@ -71,6 +82,7 @@ class Memories:
         self._upkeep = IndexUpkeep(store, index, self._lexicon, embedder=embedder, repairs=repairs,
                                    repair_after_seconds=config.vectors.repair_after_seconds)
         self._ranking = Ranking(self._lexicon, config.recall)
+        self.truth = TruthGraph(store)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -130,8 +142,22 @@ class Memories:
             newest_first=True))
 
     async def claims(self, project_id: str, memory_id: str) -> list[dict[str, Any]]:
-        await self._stored(project_id, memory_id)
-        return await self._store.find(CLAIMS, project_id, {"memory_id": memory_id})
+        """What the memory stated, as assertions (contract §6), each with its claim's status now."""
+        doc = await self._stored(project_id, memory_id)
+        rows = [{"id": assertion["id"], "claim_id": claim["claim_id"], "predicate": assertion["predicate"],
+                 "type": assertion["type"], "value": assertion["value"], "confidence": assertion["confidence"],
+                 "status": claim["status"], "slot": claim["slot"], "first_seen_at": assertion["first_seen_at"],
+                 "last_seen_at": assertion["last_seen_at"]}
+                for assertion, claim in await self.truth.memory_assertions(project_id, memory_id)]
+        if rows:
+            return rows
+        # A memory stored before the truth graph has its claims in the old collection. They are
+        # read there rather than migrated: a migration would rewrite every subject's claims at
+        # an upgrade for a read that costs one index lookup, and only for such memories. Their
+        # status was the memory's own, so it is derived from the memory now.
+        legacy = await self._store.find(LEGACY_CLAIMS, project_id, {"memory_id": memory_id})
+        status = "active" if doc["listing"] == "active" else "superseded"
+        return [{**row, "status": status} for row in legacy]
 
     # --- writing -------------------------------------------------------------------------
 
@@ -210,7 +236,10 @@ class Memories:
         before = [previous["id"]] if previous else []
         async with self._upkeep.index_repair(project_id, subject_id, [memory_id, *before, *decision.superseded_ids]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
-            await self._save_claims(project_id, doc, claims, stamp)
+            if not new.no_supersede:
+                # A memory stored as is replaces nothing, so it asserts no truths either (as in
+                # Mnexium's engine); its claims still weigh in later versioning (``_claims``).
+                await self._assert_claims(project_id, doc, claims)
             await self._index.upsert(project_id, [indexed])
             if previous is not None:
                 await self._upkeep.link_next(project_id, previous["id"], memory_id)
@@ -253,8 +282,11 @@ class Memories:
         async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             if "text" in fields:
-                await self._store.delete_where(CLAIMS, project_id, {"memory_id": memory_id})
-                await self._save_claims(project_id, doc, claims, doc["updated_at"])
+                # What it said is withdrawn and what it says now asserted (the truth only
+                # while the memory is active; a restore makes it so).
+                await self._store.delete_where(LEGACY_CLAIMS, project_id, {"memory_id": memory_id})
+                await self.truth.memory_left(project_id, memory_id, "retracted", "memory_edited", superseded_too=True)
+                await self._assert_claims(project_id, doc, claims, winner=doc["listing"] == "active")
                 await self._index.upsert(project_id, [indexed])
                 await self._upkeep.refresh_context(project_id, neighbours(doc))
             else:
@@ -271,6 +303,7 @@ class Memories:
         doc.update(is_deleted=True, listing="deleted", updated_at=stamp, deleted_at=stamp)
         async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
+            await self.truth.memory_left(project_id, memory_id, "retracted", "memory_deleted")
             await self._upkeep.update_index(project_id, doc)
             await self._upkeep.refresh_context(project_id, neighbours(doc))
         self.events.publish(project_id, doc["subject_id"], "memory.deleted", {"id": memory_id})
@@ -288,15 +321,94 @@ class Memories:
         return doc, True
 
     async def erase_subject(self, project_id: str, subject_id: str) -> dict[str, int]:
-        """Remove every memory, claim and vector of one subject (not a soft delete)."""
+        """Remove every memory, claim (the truth graph's and the old collection's) and vector of
+        one subject (not a soft delete)."""
         # The index first: if the process dies half-way, what is left is listed (and erased
         # by the next call), never findable without a stored memory behind it.
         await self._index.delete_subject(project_id, subject_id)
         memory_ids = [doc["id"] for doc in await self._store.find(MEMORIES, project_id, {"subject_id": subject_id})]
         await self._store.delete_tallies(MEMORIES, project_id, memory_ids)
         memories = await self._store.delete_where(MEMORIES, project_id, {"subject_id": subject_id})
-        claims = await self._store.delete_where(CLAIMS, project_id, {"subject_id": subject_id})
+        claims = await self.truth.erase_subject(project_id, subject_id)
+        claims += await self._store.delete_where(LEGACY_CLAIMS, project_id, {"subject_id": subject_id})
         return {"memories": memories, "claims": claims}
+
+    # --- claims through the API (the truth graph, kept in agreement with versioning) -------
+
+    async def add_claim(self, project_id: str, new: NewClaim) -> tuple[Asserted, list[str]]:
+        """Assert a claim (``POST /claims``); returns it and the memories it superseded.
+
+        A claim that supersedes a slot's truth supersedes the memories that stated that truth
+        too (all its claims with them), as a new memory with the same slot would have. A claim
+        naming its ``source_memory_id`` is that memory's: it is the truth only while the memory
+        is active, and never supersedes its own memory."""
+        if new.source_memory_id is not None:
+            source = await self._store.get(MEMORIES, project_id, new.source_memory_id)
+            if source is None or source["subject_id"] != new.subject_id or source.get("is_deleted"):
+                raise NotFound(f"source_memory_id names no memory of subject {new.subject_id}",
+                               code="memory_not_found", param="source_memory_id")
+            winner = source["listing"] == "active"
+        else:
+            winner = True
+        asserted = await self.truth.assert_claim(project_id, new, winner=winner)
+        superseded: list[str] = []
+        for old in asserted.superseded:
+            for memory_id in await self.truth.memories_behind(project_id, old):
+                if memory_id != new.source_memory_id and memory_id not in superseded and (
+                        await self._supersede_with_claims(project_id, memory_id, asserted.claim["claim_id"])):
+                    superseded.append(memory_id)
+        return asserted, superseded
+
+    async def retract_claim(self, project_id: str, claim_id: str,
+                            reason: str = DEFAULT_RETRACT_REASON) -> tuple[Retracted, list[str], list[str]]:
+        """Retract a claim (``POST /claims/{id}/retract``); returns it, the memories taken out of
+        use (those that stated it: they are superseded, by the memory of the claim true again if
+        any) and the memories restored (that claim's, if this claim or its memory superseded it).
+
+        The claim true again must come from no memory, an active one, or one this claim
+        superseded; a claim whose memory was deleted or superseded by something else is passed
+        over for the one before it."""
+        claim = await self.truth.claim(project_id, claim_id)
+        behind = await self.truth.memories_behind(project_id, claim) if claim is not None else []
+        replaced_by = {claim_id, *behind}
+
+        async def may_return(earlier: dict[str, Any]) -> bool:
+            memory_id = earlier.get("source_memory_id")
+            if not memory_id:
+                return True
+            doc = await self._store.get(MEMORIES, project_id, memory_id)
+            if doc is None or doc.get("is_deleted"):
+                return False
+            return doc["listing"] == "active" or doc.get("superseded_by") in replaced_by
+
+        retracted = await self.truth.retract(project_id, claim_id, reason, may_return=may_return)
+        restored = retracted.restored
+        successor = (restored.get("source_memory_id") or restored["claim_id"]) if restored is not None else None
+        superseded = [memory_id for memory_id in behind
+                      if await self._supersede_with_claims(project_id, memory_id, successor)]
+        brought_back: list[str] = []
+        memory_id = restored.get("source_memory_id") if restored is not None else None
+        if memory_id:
+            doc = await self._store.get(MEMORIES, project_id, memory_id)
+            if (doc is not None and not doc.get("is_deleted") and doc["listing"] == "superseded"
+                    and doc.get("superseded_by") in replaced_by):
+                async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
+                    await self._set_status(project_id, memory_id, "active", superseded_by=None)
+                self.events.publish(project_id, doc["subject_id"], "memory.updated",
+                                    {"id": memory_id, "status": "active"})
+                brought_back.append(memory_id)
+        return retracted, superseded, brought_back
+
+    async def _supersede_with_claims(self, project_id: str, memory_id: str, superseded_by: str | None) -> bool:
+        """Supersede an active memory because of a claim (False if it was not active)."""
+        doc = await self._store.get(MEMORIES, project_id, memory_id)
+        if doc is None or doc["listing"] != "active":
+            return False
+        async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
+            await self._set_status(project_id, memory_id, "superseded", superseded_by=superseded_by)
+        self.events.publish(project_id, doc["subject_id"], "memory.superseded",
+                            {"id": memory_id, "superseded_by": superseded_by})
+        return True
 
     # --- finishing interrupted index writes (the work is IndexUpkeep's) ---------------
 
@@ -362,31 +474,37 @@ class Memories:
         found = {hit.memory_id: Candidate(hit.memory_id, hit.fields["text"],
                                           [Claim(p, v) for p, v in hit.fields.get("claims", [])], hit.similarity)
                  for hit in hits}
-        # Same-slot memories count whatever their wording, even if search did not surface them.
+        # The memory behind a slot's truth counts whatever its wording, even if search did not
+        # surface it. (Memories from before the truth graph are found by search only.)
         for claim in claims:
-            rows = await self._store.find(CLAIMS, project_id, {"subject_id": subject_id, "predicate": claim.predicate})
-            for row in rows:
-                if row["status"] == "active" and row["memory_id"] not in found:
-                    other = await self._store.get(MEMORIES, project_id, row["memory_id"])
+            for truth in await self.truth.active_in_slot(project_id, subject_id, claim.slot):
+                memory_id = truth.get("source_memory_id")
+                if memory_id and memory_id not in found:
+                    other = await self._store.get(MEMORIES, project_id, memory_id)
                     if other is not None and other["listing"] == "active":
-                        found[other["id"]] = Candidate(other["id"], other["text"],
-                                                       [Claim(row["predicate"], row["value"])])
+                        found[memory_id] = Candidate(memory_id, other["text"], [
+                            Claim(truth["predicate"], truth["object_value"], truth["slot"])])
         return list(found.values()), indexed
 
-    async def _save_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim], stamp: str) -> None:
-        rows = []
-        for claim in claims:
-            claim_id = ordered_id("ast_")
-            rows.append((claim_id, {
-                "id": claim_id, "memory_id": doc["id"], "subject_id": doc["subject_id"],
-                "predicate": claim.predicate, "type": "string", "value": claim.value,
-                "claim_type": claim.claim_type, "confidence": doc["confidence"], "status": "active",
-                "first_seen_at": stamp, "last_seen_at": stamp,
-            }))
-        if rows:
-            await self._store.put_many(CLAIMS, project_id, rows)
+    async def _assert_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim], *,
+                             winner: bool = True) -> None:
+        """Assert a memory's claims in the truth graph, one per slot (the last, if it states
+        two values for one), with the memory as their source and, for a learned memory, where
+        it was learned."""
+        origin = doc.get("origin")
+        provenance = None
+        if origin is not None:
+            provenance = {"memory_id": doc["id"], "chat_id": origin.get("chat_id"), "job_id": origin.get("job_id"),
+                          "message_ids": origin.get("message_ids", []), "learned_at": doc["created_at"]}
+        for claim in {claim.slot: claim for claim in claims}.values():
+            await self.truth.assert_claim(project_id, NewClaim(
+                doc["subject_id"], claim.predicate, claim.value, slot=claim.slot, confidence=doc["confidence"],
+                importance=doc["importance"] / 100, source_memory_id=doc["id"], source_type=doc["source_type"],
+                origin=provenance), winner=winner)
 
     async def _set_status(self, project_id: str, memory_id: str, status: str, *, superseded_by: str | None) -> None:
+        """Supersede a memory (``superseded_by``: the memory, or claim, that replaced it) or
+        make it active again; its claims follow (the truth graph's memory_left / memory_back)."""
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
             return
@@ -394,9 +512,10 @@ class Memories:
         doc.update(status=status, listing=status, superseded_by=superseded_by, updated_at=stamp,
                    superseded_at=stamp if status == "superseded" else None)
         await self._store.put(MEMORIES, project_id, memory_id, doc)
-        for row in await self._store.find(CLAIMS, project_id, {"memory_id": memory_id}):
-            row["status"] = "active" if status == "active" else "superseded"
-            await self._store.put(CLAIMS, project_id, row["id"], row)
+        if status == "active":
+            await self.truth.memory_back(project_id, memory_id)
+        else:
+            await self.truth.memory_left(project_id, memory_id, "superseded", "memory_superseded")
         await self._upkeep.update_index(project_id, doc)
         # Its neighbours gain or lose its words; a restored memory's own neighbours may have changed.
         await self._upkeep.refresh_context(project_id,

@@ -3,7 +3,8 @@
 Each of the subject's closest active memories is compared with the new one:
 
 * same claim slot (e.g. favorite_fruit): same value is a duplicate, another value
-  a conflict, however the two are worded;
+  a conflict, however the two are worded (a multi-valued predicate's values each
+  fill a slot of their own: "likes sushi" and "likes ramen" do not conflict);
 * otherwise by similarity (0-1): at or above ``duplicate_threshold`` a duplicate,
   at or above ``supersede_threshold`` a conflict (same topic, another value);
   a statement and its negation are a conflict, never a duplicate.
@@ -21,7 +22,7 @@ from typing import Literal
 from collections.abc import Sequence
 
 from gateway.config import VersioningConfig
-from gateway.memory.claims import Claim
+from gateway.memory.claims import Claim, value_key
 from gateway.memory.lexical import Lexicon
 
 # Wordings of the same relation, folded together so "likes coffee" and "enjoys coffee" match.
@@ -83,10 +84,12 @@ def negated(text: str) -> bool:
 def relation(comparer: Comparer, config: VersioningConfig, text: str, claims: Sequence[Claim],
              other: Candidate) -> Literal["duplicate", "conflict", "unrelated"]:
     """How one existing memory relates to a new one."""
-    slots = {c.predicate: c.value for c in claims}
+    # By slot, as the truth graph keeps them: a multi-valued predicate's other value fills
+    # another slot (gateway/memory/claims.py), and is no conflict.
+    slots = {c.slot: value_key(c.value) for c in claims}
     for claim in other.claims:
-        if claim.predicate in slots:
-            return "duplicate" if slots[claim.predicate] == claim.value else "conflict"
+        if claim.slot in slots:
+            return "duplicate" if slots[claim.slot] == value_key(claim.value) else "conflict"
     similarity = comparer.similarity(text, other.text, other.similarity)
     if similarity >= config.supersede_threshold and negated(text) != negated(other.text):
         return "conflict"

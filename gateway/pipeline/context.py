@@ -6,9 +6,11 @@ turn is answered, so a request that fails (another stage's 4xx, a provider error
 a broken stream) leaves no trace. The results are composed in the fixed order of
 the stage list, whatever order they finished in:
 
-    system prompt -> agent state -> memories -> records  (one gateway system message)
-    -> chat history                                     (prepended messages)
+    system prompt -> agent state -> profile -> memories -> records  (one gateway system message)
+    -> chat history                                                (prepended messages)
     -> the request's own messages
+
+(gateway/services.py builds the stage list in this order.)
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ def _turn(gateway, key: str, path: str = "/v1/chat/completions", **mnx) -> httpx
     ({"learn": "force"}, "memories:write"),
     ({"learn": True}, "memories:write"),
     ({"state": {"load": True, "key": "task"}}, "state:read"),
+    ({"profile": True}, "profiles:read"),
 ])
 def test_a_feature_asked_for_without_its_scope_is_a_403_and_nothing_happens(scoped_gateway, mnx, scope):
     response = _turn(scoped_gateway, CHAT_ONLY, **mnx)

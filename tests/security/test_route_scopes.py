@@ -46,7 +46,7 @@ from tests.conftest import KEY, Gateway, base_config, edge_memory
 from tests.fake_upstream import ServerThread
 from tests.security.route_table import (
     PROVIDER_HEADERS, Endpoint, comparable, endpoint_id, endpoints, error_message, error_shape_problem, is_proxy,
-    proxy_request, surface_of,
+    proxy_request, send, surface_of,
 )
 
 API = "/api/v1"
@@ -81,6 +81,17 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("DELETE", f"{API}/memories/{{memory_id}}"): ("memories:delete",),
     ("POST", f"{API}/memories/{{memory_id}}/restore"): ("memories:write",),
     ("GET", f"{API}/memories/{{memory_id}}/claims"): ("memories:read",),
+    ("POST", f"{API}/memories/extract"): ("memories:write",),
+    # Claims (the truth graph): read with memories:read (contract §7), written with
+    # memories:write (the contract's inference for claim writes, §1).
+    ("POST", f"{API}/claims"): ("memories:write",),
+    ("GET", f"{API}/claims/{{claim_id}}"): ("memories:read",),
+    ("POST", f"{API}/claims/{{claim_id}}/retract"): ("memories:write",),
+    ("GET", f"{API}/claims/subject/{{subject_id}}/truth"): ("memories:read",),
+    ("GET", f"{API}/claims/subject/{{subject_id}}/slot/{{slot:path}}"): ("memories:read",),
+    ("GET", f"{API}/claims/subject/{{subject_id}}/slots"): ("memories:read",),
+    ("GET", f"{API}/claims/subject/{{subject_id}}/graph"): ("memories:read",),
+    ("GET", f"{API}/claims/subject/{{subject_id}}/history"): ("memories:read",),
     # Jobs and subject erasure.
     ("GET", f"{API}/jobs"): ("jobs:read",),
     ("DELETE", f"{API}/subjects/{{subject_id}}"): ("subjects:delete",),
@@ -103,6 +114,14 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", f"{API}/state/{{key:path}}"): ("state:read",),
     ("PUT", f"{API}/state/{{key:path}}"): ("state:write",),
     ("DELETE", f"{API}/state/{{key:path}}"): ("state:delete",),
+    # Profiles (contract §8). Deleting a field takes the contract's profiles:write, or the
+    # gateway's <resource>:delete (gateway/api/profiles.py).
+    ("GET", f"{API}/profiles"): ("profiles:read",),
+    ("PATCH", f"{API}/profiles"): ("profiles:write",),
+    ("DELETE", f"{API}/profiles"): ("profiles:write", "profiles:delete"),
+    ("GET", f"{API}/profiles/schema"): ("profiles:read",),
+    # Memory events (contract §13: memories:read or events:read).
+    ("GET", f"{API}/events/memories"): ("memories:read", "events:read"),
     # Liveness.
     ("GET", "/health"): PUBLIC,
 }
@@ -196,6 +215,7 @@ class Objects:
     memory_id: str  # a superseded memory: restore, PATCH and DELETE would each change it
     prompt_id: str
     policy_id: str
+    claim_id: str  # the subject's favorite_color truth (blue), from the second memory
 
 
 _counter = itertools.count()
@@ -216,9 +236,11 @@ def create_objects(gateway: ScopedGateway) -> Objects:
     prompt = made("POST", f"{API}/prompts", json={"name": f"p{n}", "prompt_text": "Be brief."})
     policy = made("POST", f"{API}/memory/policies", json={"name": f"m{n}", "policy_text": "Keep facts."})
     made("PUT", f"{API}/state/{state_key}", headers={"x-subject-id": subject}, json={"value": {"step": 1}})
+    made("PATCH", f"{API}/profiles", json={"subject_id": subject, "updates": [{"field_key": "name", "value": "Scope"}]})
     made("POST", "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [
         {"role": "user", "content": "hello"}], "mnx": {"subject_id": subject, "chat_id": chat}})
-    return Objects(subject, chat, state_key, old["id"], prompt["id"], policy["id"])
+    truth = made("GET", f"{API}/claims/subject/{subject}/slot/favorite_color")
+    return Objects(subject, chat, state_key, old["id"], prompt["id"], policy["id"], truth["active_claim_id"])
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +256,8 @@ PATH_VALUES: dict[str, Callable[[Objects], str]] = {
     "policy_id": lambda o: o.policy_id,
     "key": lambda o: o.state_key,
     "subject_id": lambda o: o.subject,
+    "claim_id": lambda o: o.claim_id,
+    "slot": lambda o: "favorite_color",
 }
 
 # Write handler -> a body that would store or change something if the call were let through.
@@ -241,11 +265,15 @@ VALID_BODIES: dict[str, Callable[[Objects], Any]] = {
     "create_memory": lambda o: {"subject_id": o.subject, "text": "User's favorite color is green"},
     "update_memory": lambda o: {"text": "User's favorite color is purple"},
     "restore_memory": lambda o: None,
+    "extract_memories": lambda o: {"subject_id": o.subject, "text": "My favorite color is teal", "learn": True},
     "create_prompt": lambda o: {"name": "new", "prompt_text": "A new prompt"},
     "update_prompt": lambda o: {"prompt_text": "Changed"},
     "create_policy": lambda o: {"name": "new", "policy_text": "A new policy"},
     "update_policy": lambda o: {"policy_text": "Changed"},
     "put_state": lambda o: {"value": {"changed": True}},
+    "update_profile": lambda o: {"subject_id": o.subject, "updates": [{"field_key": "name", "value": "Changed"}]},
+    "create_claim": lambda o: {"subject_id": o.subject, "predicate": "favorite_color", "object_value": "green"},
+    "retract_claim": lambda o: None,
 }
 
 # Every optional proxy feature off: the route's own scope must be enough for such a turn.
@@ -264,7 +292,7 @@ class Request:
         headers = {**PROVIDER_HEADERS, **self.headers}
         if project_key is not None:
             headers["x-mnexium-key"] = project_key
-        return gateway.http.request(self.method, self.url, params=self.params, headers=headers, json=self.json)
+        return send(gateway.http, self.method, self.url, params=self.params, headers=headers, json=self.json)
 
 
 def request_for(endpoint: Endpoint, objects: Objects, *, with_defaults: bool = False) -> Request:

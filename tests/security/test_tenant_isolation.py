@@ -52,7 +52,7 @@ import pytest
 
 from tests.conftest import KEY, KEY_B, wait_until
 from tests.security.route_table import (
-    PROVIDER_HEADERS, Endpoint, comparable, endpoints, error_code, is_proxy, proxy_request,
+    PROVIDER_HEADERS, Endpoint, comparable, endpoints, error_code, is_proxy, proxy_request, send,
 )
 
 TOKEN = secrets.token_hex(4)
@@ -77,6 +77,7 @@ class ProjectA:
     memories: dict[str, str] = field(default_factory=dict)  # role -> id
     prompts: dict[str, str] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
+    claims: dict[str, str] = field(default_factory=dict)  # role -> claim id (the truth graph)
     sentinels: dict[str, str] = field(default_factory=dict)  # label -> sentinel word
     # Every object id A can read (memories, claims, prompts, policies, jobs, recall events...),
     # collected from A's own reads once everything exists.
@@ -144,8 +145,23 @@ def populate_project_a(gateway, client: httpx.Client) -> ProjectA:
     policy("deactivated", policy_text=f"Retired policy {a.mark('offpolicy')}")
     expect(client.delete(f"{api}/memory/policies/{a.policies['deactivated']}"), 200)
 
+    # Claims: the fruit memory's, one posted and one retracted through the API (a retracts edge too).
+    a.claims["fruit"] = expect(client.get(f"{api}/memories/{a.memories['fruit']}/claims"), 200)["data"][0]["claim_id"]
+    for role, value in (("olddrink", a.mark("olddrink")), ("drink", a.mark("drink"))):
+        a.claims[role] = expect(client.post(f"{api}/claims", json={
+            "subject_id": a.subject, "predicate": "favorite_drink", "object_value": value}), 201)["claim_id"]
+    a.claims["retracted"] = expect(client.post(f"{api}/claims", json={
+        "subject_id": a.subject, "predicate": "favorite_drink", "object_value": a.mark("wrongdrink")}), 201)["claim_id"]
+    expect(client.post(f"{api}/claims/{a.claims['retracted']}/retract"), 200)
+
     expect(client.put(f"{api}/state/{a.state_key}", headers={"x-subject-id": a.subject},
                       json={"value": {"step": 3, "note": a.mark("state")}}), 200)
+    # A profile with a history (the first nickname was replaced).
+    expect(client.patch(f"{api}/profiles", json={"subject_id": a.subject, "updates": [
+        {"field_key": "name", "value": a.mark("profile")}, {"field_key": "nickname", "value": a.mark("oldnick")}]}),
+        200)
+    expect(client.patch(f"{api}/profiles", json={"subject_id": a.subject, "updates": [
+        {"field_key": "nickname", "value": a.mark("nickname")}]}), 200)
 
     # Chat history and a learn job (its extraction fails, so it stays queued).
     expect(chat_turn(client, f"My diary secret is {a.mark('history')}", subject_id=a.subject, chat_id=a.chat,
@@ -200,8 +216,7 @@ class Probe:
         return self.endpoint.url(self.path_values)
 
     def send(self, client: httpx.Client) -> httpx.Response:
-        return client.request(self.endpoint.method, self.url, params=self.params, headers=self.headers,
-                              json=self.json)
+        return send(client, self.endpoint.method, self.url, params=self.params, headers=self.headers, json=self.json)
 
     def sent(self) -> list[str]:
         """Every string this request carries (path, query, headers, body): B's own words."""
@@ -232,6 +247,8 @@ A_VALUES_BY_PATH_PARAMETER: dict[str, Callable[[ProjectA], list[str]]] = {
     "policy_id": lambda a: list(a.policies.values()),
     "key": lambda a: [a.state_key],  # agent state, with A's subject in X-Subject-ID
     "subject_id": lambda a: [a.subject],
+    "claim_id": lambda a: list(a.claims.values()),
+    "slot": lambda a: ["favorite_fruit", "favorite_drink"],  # slots where A has truths
 }
 
 
@@ -240,7 +257,8 @@ def query_variants(a: ProjectA) -> list[dict[str, str]]:
     return [
         {},
         {"subject_id": a.subject, "chat_id": a.chat, "q": a.sentinels["codeword"], "include_deleted": "true",
-         "include_superseded": "true", "include_inactive": "true", "default_only": "false", "limit": "200"},
+         "include_superseded": "true", "include_inactive": "true", "default_only": "false", "limit": "200",
+         "format": "full", "include_history": "true"},
         {"subject_id": a.subject, "chat_id": a.chat, "combined": "true"},
         {"chat_id": a.chat},
         {"memory_id": a.memories["secret"]},
@@ -258,6 +276,12 @@ HOSTILE_BODIES: dict[str, Callable[[ProjectA], list[Any]]] = {
         {"id": a.memories["secret"], "subject_id": a.subject, "text": "Project B's own memory under A's id"},
     ],
     "update_memory": lambda a: [{"text": "Project B was here", "importance": 1, "visibility": "public"}],
+    "extract_memories": lambda a: [
+        # Learned into B's subject of the same name: must neither supersede nor dedupe against A's.
+        {"subject_id": a.subject, "text": "My favorite fruit is papaya", "learn": True},
+        {"subject_id": a.subject, "text": "My secret codeword is something project B made up", "learn": True,
+         "force": True},
+    ],
     "restore_memory": lambda a: [None],
     "create_prompt": lambda a: [
         {"id": a.prompts["project"], "name": "b", "prompt_text": "Project B prompt", "is_default": True},
@@ -272,6 +296,16 @@ HOSTILE_BODIES: dict[str, Callable[[ProjectA], list[Any]]] = {
     ],
     "update_policy": lambda a: [{"policy_text": "Project B was here", "is_default": True}],
     "put_state": lambda a: [{"value": {"written_by": "project B"}, "ttl_seconds": 3600}],
+    "create_claim": lambda a: [
+        # In A's slots: must supersede neither A's claims nor the memory behind A's fruit claim.
+        {"subject_id": a.subject, "predicate": "favorite_drink", "object_value": "project B's drink"},
+        {"subject_id": a.subject, "slot": "favorite_fruit", "value": "papaya", "source": "project B"},
+        {"subject_id": a.subject, "predicate": "favorite_fruit", "object_value": "kiwi",
+         "source_memory_id": a.memories["fruit"]},
+    ],
+    "retract_claim": lambda a: [None, {"reason": "project B says so"}],
+    "update_profile": lambda a: [{"subject_id": a.subject, "updates": [
+        {"field_key": "name", "value": "Project B"}, {"field_key": "nickname", "value": "written by B"}]}],
 }
 
 @dataclass(frozen=True)
@@ -288,7 +322,7 @@ class Turn:
 def proxy_turns(a: ProjectA) -> list[Turn]:
     ids = {"subject_id": a.subject, "chat_id": a.chat}
     everything = {**ids, "history": True, "recall": True, "log": True, "learn": False, "system_prompt": True,
-                  "state": {"load": True, "key": a.state_key}}
+                  "state": {"load": True, "key": a.state_key}, "profile": True}
     return [
         Turn("A's context", everything),
         Turn("A's context, streamed", everything, stream=True),
@@ -378,7 +412,11 @@ class Sweep:
         self.calls += 1
         forwarded = self.gateway.forwarded()[before:]
         where = probe.describe()
-        if response.status_code >= 500:
+        # The sweep's extractor model fails by design (FAILING_EXTRACTOR): POST /memories/extract
+        # answers 502 extraction_failed after forwarding B's text, which is still checked for leaks below.
+        extractor_failed = (probe.url.endswith("/memories/extract") and response.status_code == 502
+                            and "extraction_failed" in response.text)
+        if response.status_code >= 500 and not extractor_failed:
             self.violations.append(f"server error: {where} -> {response.status_code} {response.text[:300]}")
         if response.status_code in (401, 403):
             self.violations.append(f"B's key refused (this probe proves nothing): {where} -> {response.text[:300]}")
@@ -411,8 +449,10 @@ def read_everything(client: httpx.Client, probes: list[Probe]) -> dict[str, tupl
     return {probe.describe(): comparable(probe.send(client)) for probe in probes}
 
 
-ID_FIELDS = {"id", "event_id", "memory_id", "superseded_by", "duplicate_of"}
-ID_LIST_FIELDS = {"superseded_ids", "prompt_ids", "memory_ids"}
+ID_FIELDS = {"id", "event_id", "memory_id", "superseded_by", "duplicate_of", "claim_id", "active_claim_id",
+             "assertion_id", "edge_id", "from_claim_id", "to_claim_id", "source_memory_id"}
+ID_LIST_FIELDS = {"superseded_ids", "prompt_ids", "memory_ids", "superseded_claim_ids", "superseded_memory_ids",
+                  "restored_memory_ids"}
 # Shorter values could turn up in any text by chance; the gateway's ids are far longer.
 MIN_ID_LENGTH = 8
 
@@ -441,7 +481,7 @@ def client_for(gateway, key: str) -> httpx.Client:
 def control_turns_forward_a_context(gateway, a: ProjectA, client: httpx.Client) -> None:
     """The turn B sends, sent with A's key, does carry A's context upstream on every surface."""
     expected = [a.sentinels[label] for label in ("projprompt", "subjprompt", "chatprompt", "state", "codeword",
-                                                 "history")]
+                                                 "history", "profile", "nickname")]
     for endpoint in endpoints():
         if not is_proxy(endpoint):
             continue
@@ -464,8 +504,9 @@ def summary(violations: list[str], calls: int) -> str:
 def placeholder_project_a() -> ProjectA:
     """A ProjectA with made-up ids: enough to build every probe without a gateway."""
     a = ProjectA(subject="subject-a", chat="chat-a", state_key="plan-a",
-                 memories={"secret": "mem_placeholder"}, prompts={"project": "sp_placeholder"},
-                 policies={"project": "mp_placeholder"})
+                 memories={"secret": "mem_placeholder", "fruit": "mem_placeholder_fruit"},
+                 prompts={"project": "sp_placeholder"}, policies={"project": "mp_placeholder"},
+                 claims={"drink": "clm_placeholder"})
     a.mark("codeword")
     return a
 
@@ -509,7 +550,8 @@ def test_project_b_cannot_read_or_change_project_a_through_any_route(start_gatew
         # Control: the very requests B will make show A everything, with A's key.
         seen_by_a = read_everything(client_a, reads)
         a.ids = object_ids([body for _, body in seen_by_a.values()]) - {a.subject, a.chat, a.state_key}
-        assert set(a.memories.values()) | set(a.prompts.values()) | set(a.policies.values()) <= a.ids
+        assert set(a.memories.values()) | set(a.prompts.values()) | set(a.policies.values()) | set(
+            a.claims.values()) <= a.ids
         shown = json.dumps(list(seen_by_a.values()))
         unseen = [label for label, word in a.sentinels.items() if word not in shown]
         assert not unseen, f"no read request shows A's {unseen}: B's probes would prove nothing about them"
