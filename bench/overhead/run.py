@@ -13,7 +13,8 @@ wrk, prints a markdown table and writes it into bench/README.md:
   (f) responses    mnx-gateway on /v1/responses (forwarded natively), features off
   (g) full         mnx-gateway on /v1/chat/completions with history + prompt + state + recall + learn,
                    the user stating facts the heuristic extractor learns, the subject seeded with
-                   --memories memories (300 by default) through POST /api/v1/memories
+                   --memories memories (300 by default) through POST /api/v1/memories and with
+                   100 claims (current truths recall adds) through POST /api/v1/claims
   (h) recall       mnx-gateway on /v1/chat/completions with recall alone (history, log, learn, state,
                    prompt off), the user asking questions about the same seeded memories
   (i) full, recall off  (g) with recall off: history + prompt + state + learn, the same statements
@@ -420,6 +421,27 @@ def seed_memories(count: int) -> float:
     return time.monotonic() - started
 
 
+# The subject's current truths (contract §7) that recall may add beside the memories it finds:
+# seeded memories assert none (no_supersede), while a learning subject's do.
+SEEDED_CLAIMS = 100
+
+
+def seed_claims(count: int) -> None:
+    """Give the subject ``count`` claims in distinct slots through ``POST /api/v1/claims``."""
+    headers = {"content-type": "application/json", **PROJECT_AUTH}
+    conn = http.client.HTTPConnection(HOST, PORTS["gateway"], timeout=30)
+    try:
+        for index in range(count):
+            body = {"subject_id": SUBJECT, "predicate": f"bench_attribute_{index}", "object_value": f"value {index}"}
+            conn.request("POST", "/api/v1/claims", body=json.dumps(body).encode(), headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            if response.status != 201:
+                raise BenchError(f"seeding claim {index} failed: HTTP {response.status} {raw[:300]!r}")
+    finally:
+        conn.close()
+
+
 def recall_events(chat_id: str, wait: float = 5.0) -> int:
     """How many recall events a chat has (waiting up to ``wait`` s for the first: they are
     written once the turn is answered)."""
@@ -787,7 +809,7 @@ def render(results: list[Measurement], load_generator: str = "wrk", memories: in
     if memory_keys:
         recalling = sorted({m.target.key for m in results if m.target.recalls})
         learning = sorted({m.target.key for m in results if m.target.learns})
-        said = [f"- {_keys(memory_keys)}: the subject has {memories:,} seeded memories"
+        said = [f"- {_keys(memory_keys)}: the subject has {memories:,} seeded memories and {SEEDED_CLAIMS} claims"
                 + (f" (plus what {_keys(learning)} learn{'s' if len(learning) == 1 else ''})" if learning else "")]
         if recalling:
             said.append(f"for {_keys(recalling)} every user message recalled at least one before the load, and each "
@@ -979,8 +1001,9 @@ def main() -> int:
                 seed_gateway()
                 if any(t.uses_memories for t in targets):
                     seconds = seed_memories(args.memories)
-                    print(f"seeded {args.memories:,} memories for subject {SUBJECT} in {seconds:.1f} s "
-                          f"({args.memories / seconds:,.0f}/s)", flush=True)
+                    seed_claims(SEEDED_CLAIMS)
+                    print(f"seeded {args.memories:,} memories and {SEEDED_CLAIMS} claims for subject {SUBJECT} in "
+                          f"{seconds:.1f} s ({args.memories / seconds:,.0f} memories/s)", flush=True)
             for target in (t for t in targets if t.child == name):
                 if target.mnx == "features":
                     check_features(target)
