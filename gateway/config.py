@@ -59,6 +59,10 @@ class ServerConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # One log line per request; off by default because it costs CPU on every call.
     access_log: bool = False
+    # When stopping, how long open responses may take to finish before they are cut off. A
+    # client that stopped reading (a stuck memory event subscriber) would otherwise hold the
+    # stop forever; raise it if answers that take longer must finish across a restart.
+    shutdown_timeout_seconds: float = Field(default=30, gt=0, le=3600)
 
 
 class SqliteConfig(_Strict):
@@ -371,6 +375,12 @@ class EventsConfig(_Strict):
     queue_size: int = Field(default=1000, ge=1, le=100_000)
     # The latest events kept per project for a client that reconnects with Last-Event-ID.
     replay_size: int = Field(default=1000, ge=0, le=100_000)
+    # Largest JSON data of one event; a larger one goes out shortened (its lists and maps left
+    # out, its text cut) and marked "truncated", so the queues and replay buffers above hold
+    # a bounded number of bytes.
+    max_event_bytes: int = Field(default=16_384, ge=1024, le=4 * 1024 * 1024)
+    # Event streams one project may have open on one gateway process; past it: 429.
+    max_subscribers_per_project: int = Field(default=100, ge=1, le=100_000)
 
 
 class GatewayConfig(_Strict):

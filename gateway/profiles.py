@@ -16,6 +16,10 @@ Which value wins (``decide``):
 3. Among learned values, a newer one replaces the current one when its confidence is at
    least the current one's; a less confident one is skipped.
 
+A learned value lasts as long as the memory it was learned with: when that memory is deleted
+or superseded, the field goes back to its newest older value still standing, or is removed
+(``memory_left``, called by gateway.memory.memories.Memories through ``on_left``).
+
 The current values live in one collection (one small document per field, found by
 subject), the history in another, so reading a profile is one index lookup however long
 its history is. Every change publishes ``profile.updated`` (contract §13).
@@ -30,6 +34,7 @@ import logging
 import math
 import re
 import typing
+import unicodedata
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,13 +48,17 @@ from gateway.store import Collection, DocumentStore
 log = logging.getLogger("gateway.profiles")
 
 # The current value of each (subject, field); the document id is the pair (see _field_doc_id).
-PROFILE_FIELDS = Collection("profile_fields", indexes=(("subject_id",),))
-# Values a field held before, one document each.
-PROFILE_HISTORY = Collection("profile_history", indexes=(("subject_id",), ("subject_id", "field_key")))
+PROFILE_FIELDS = Collection("profile_fields", indexes=(("subject_id",), ("subject_id", "memory_id")))
+# Values a field held before, one document each. Both collections find the values learned with
+# a memory, which go when it leaves (``memory_left``); a manual value has no memory id.
+PROFILE_HISTORY = Collection("profile_history", indexes=(("subject_id",), ("subject_id", "field_key"),
+                                                         ("subject_id", "memory_id")))
 
-# Where a value came from: a manual edit through the API outranks everything else.
+# Where a value came from: a manual edit through the API outranks everything else; the others
+# are learned, from a chat turn or from text sent to POST /memories/extract.
 MANUAL = "api"
 LEARNED = "chat"
+EXTRACTED = "extract"
 
 # The types a field may have: the built-ins' own, and the plain JSON scalars.
 FIELD_TYPES: tuple[str, ...] = typing.get_args(ProfileFieldType)
@@ -61,6 +70,8 @@ MAX_UPDATES = 100
 MAX_FIELDS_PER_SUBJECT = 200
 # Older values kept per field; the oldest are dropped beyond this.
 MAX_HISTORY_PER_FIELD = 50
+# Marks a history entry learned with a memory since superseded: shown, never gone back to.
+_MEMORY_LEFT = "memory_left"
 
 # A field key: a letter, then letters, digits, "_", "-" or ".". Readable in a URL and in JSON.
 _FIELD_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -74,6 +85,10 @@ _LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
 _LANGUAGE_NAME = re.compile(r"^[^\W\d_]+(?:[ '-][^\W\d_]+){0,4}$")
 MAX_LANGUAGE_LENGTH = 64
 MAX_SAFE_INTEGER = 2**53
+# What a one-line text value may not hold: control characters (Cc), line and paragraph
+# separators (Zl, Zp) and lone surrogates (Cs, which no UTF-8 store can write). Format
+# characters stay: a zero-width joiner is part of many names (Sinhala, Malayalam, emoji).
+_NOT_IN_A_LINE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,7 @@ def _text(key: str, value: Any, limit: int = MAX_TEXT_VALUE) -> str:
         raise InvalidProfileValue(key, f"{key} must not be empty")
     if len(value) > limit:
         raise InvalidProfileValue(key, f"{key} must be at most {limit} characters")
-    if not value.isprintable():
+    if any(unicodedata.category(char) in _NOT_IN_A_LINE for char in value):
         raise InvalidProfileValue(key, f"{key} must be one line of printable text")
     return value
 
@@ -416,6 +431,52 @@ class Profiles:
             self._events.publish(project_id, subject_id, "profile.updated", {
                 "subject_id": subject_id, "fields": {field_key: None}, "updated_at": now_iso()})
         return deleted
+
+    async def memory_left(self, project_id: str, subject_id: str, memory_id: str, how: str) -> None:
+        """The memory was ``"deleted"`` or ``"superseded"`` (``Memories.on_left``): the values
+        learned with it stop being the profile's, as the memory stopped being recalled.
+
+        A field whose current value it was goes back to the newest older value still standing
+        (a manual one, or one learned with a memory still in use), or is removed if there is
+        none. A superseded memory's values stay in the history, as values the field held, but
+        are never gone back to; a deleted memory's leave the history too (the user deleted what
+        they said). Manual values stay: they were learned with no memory."""
+        where = {"subject_id": subject_id, "memory_id": memory_id}
+        changed: dict[str, Any] = {}
+        async with self._lock(project_id, subject_id):
+            learned = [doc for doc in await self._store.find(PROFILE_FIELDS, project_id, where)
+                       if doc["source_type"] != MANUAL]
+            # First, so that no value of this memory is what a field goes back to.
+            if how == "deleted":
+                await self._store.delete_where(PROFILE_HISTORY, project_id, where)
+            else:
+                await self._store.put_many(PROFILE_HISTORY, project_id, [
+                    (old["id"], {**old, _MEMORY_LEFT: True})
+                    for old in await self._store.find(PROFILE_HISTORY, project_id, where)])
+            stamp = now_iso()
+            for doc in learned:
+                key = doc["field_key"]
+                older = await self._store.find(PROFILE_HISTORY, project_id,
+                                               {"subject_id": subject_id, "field_key": key}, newest_first=True)
+                previous = next((old for old in older if not old.get(_MEMORY_LEFT)), None)
+                if how == "superseded":
+                    entry = {**_history_entry(doc, "memory_superseded", stamp), _MEMORY_LEFT: True}
+                    await self._store.put(PROFILE_HISTORY, project_id, entry["id"], entry)
+                doc_id = _field_doc_id(subject_id, key)
+                if previous is None:
+                    await self._store.delete(PROFILE_FIELDS, project_id, doc_id)
+                    changed[key] = None
+                    continue
+                await self._store.put(PROFILE_FIELDS, project_id, doc_id, {
+                    **{k: previous[k] for k in ("subject_id", "field_key", "value", "confidence", "source_type",
+                                                "updated_at", "memory_id")},
+                    "created_at": doc["created_at"]})
+                await self._store.delete(PROFILE_HISTORY, project_id, previous["id"])
+                changed[key] = previous["value"]
+            await self._trim_history(project_id, subject_id, changed)
+        if changed:
+            self._events.publish(project_id, subject_id, "profile.updated", {
+                "subject_id": subject_id, "fields": changed, "updated_at": now_iso()})
 
     async def delete_subject(self, project_id: str, subject_id: str) -> int:
         """Every field and every older value of one subject (erasure); how many fields there were."""

@@ -262,13 +262,23 @@ class GatewayServer(uvicorn.Server):
     memory event stream (GET /events/memories) never finishes by itself, so one open
     subscriber held a stopping gateway until the process was killed. The app's lifespan
     leaves a callable under ``BEFORE_SHUTDOWN`` in its state; it is called first, before
-    anything else here can accept a request, and ends the streams."""
+    anything else here can accept a request, and ends the streams.
+
+    A stream whose client stopped reading cannot end, though: its last bytes wait for
+    room in the client's full buffers. uvicorn cancels what is still running after
+    ``timeout_graceful_shutdown`` (``server.shutdown_timeout_seconds``), but a cancelled
+    response's connection still waits to flush those bytes, so the connections left then
+    are aborted here: the process stops within the bound whatever its clients do."""
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         before_shutdown = self.lifespan.state.get(BEFORE_SHUTDOWN)
         if before_shutdown is not None:
             before_shutdown()
         await super().shutdown(sockets=sockets)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
 
 
 def uvicorn_config(app: Any, config: GatewayConfig, *, host: str | None = None, port: int | None = None,
@@ -289,6 +299,7 @@ def uvicorn_config(app: Any, config: GatewayConfig, *, host: str | None = None, 
         "h11_max_incomplete_event_size": server.max_header_bytes,
         "log_level": server.log_level,
         "access_log": server.access_log,
+        "timeout_graceful_shutdown": server.shutdown_timeout_seconds,
     }
     return uvicorn.Config(app, **{**options, **overrides})
 

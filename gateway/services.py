@@ -86,6 +86,8 @@ class Services:
         memories = Memories(store, vector_index, memory, embedder, events=events, repairs=jobs)
         recalls = RecallEvents(store)
         profiles = Profiles(store, memories.events, custom_fields(config.projects))
+        # A profile value learned with a memory goes when that memory is deleted or superseded.
+        memories.on_left.append(profiles.memory_left)
         policies = MemoryPolicies(store)
         fence: ErasureFence = (RedisErasureFence(redis, config.storage.redis.key_prefix) if redis is not None
                                else LocalErasureFence())

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from gateway.config import ExtractorConfig, ProvidersConfig
 from gateway.memory.extraction import Exchange, ExtractedMemory, extraction_schema, parse_extraction
 from gateway.profiles import canonical_time_zone
+from plugins.languages import is_language_name, is_language_tag
 from plugins.provider_model import ProviderModel
 
 # --- the heuristic extractor -----------------------------------------------------------------
@@ -176,17 +177,24 @@ _NAME_IS = re.compile(r"^(?:my name is|(?:i am|i'm) called) (?P<name>[^,;.!?]+)"
 # Lower-case words a name may hold after its first one ("Ludwig van Beethoven").
 _NAME_PARTICLES = frozenset("van von de der den da di du la le bin al el dos del".split())
 _NAME_WORD = re.compile(r"[^\W\d_][\w'-]*")
-_EMAIL_IS = re.compile(r"^my (?:\w+ )?e-?mail(?: address)? is (?P<email>\S+@\S+)", re.I)
-_ZONE_IS = re.compile(r"^my (?:\w+ )?time ?zone is (?P<zone>[\w/+-]+)", re.I)
+# "My <qualifier> email is ...": only qualifiers that make it the user's own, current value.
+# "My old email", "my boss email", "my wife's email" state no field of the user's profile.
+_EMAIL_QUALIFIERS = "new|current|work|personal|primary|main|preferred|business|school"
+_ZONE_QUALIFIERS = "new|current|local|home|work|primary|main|preferred"
+_LANGUAGE_QUALIFIERS = "native|first|main|primary|preferred|mother|home|working|everyday"
+_EMAIL_IS = re.compile(rf"^my (?:(?:{_EMAIL_QUALIFIERS}) )?e-?mail(?: address)? is (?P<email>\S+@\S+)", re.I)
+_ZONE_IS = re.compile(rf"^my (?:(?:{_ZONE_QUALIFIERS}) )?time ?zone is (?P<zone>[\w/+-]+)", re.I)
 _ZONE_IN_TIME = re.compile(r"\b(?:i am|i'm) (?:in|on) (?:the )?(?P<zone>[\w/+-]+)(?: standard| daylight)? "
                            r"time(?: ?zone)?\b", re.I)
 # Time zones people name by region, as the IANA zone they mean; any IANA name is read as itself.
 _ZONE_NAMES = {"eastern": "America/New_York", "central": "America/Chicago", "mountain": "America/Denver",
                "pacific": "America/Los_Angeles", "alaska": "America/Anchorage", "hawaii": "Pacific/Honolulu"}
+# "I speak French" and "my native language is pt-BR" name a language only if it is one
+# (plugins/languages.py): "I speak Python fluently" and "my first language was C" do not.
 _SPEAKS = re.compile(r"^(?i:i (?:also |mainly |mostly |only |natively |fluently )?speak (?:(?:fluent|native) )?)"
                      r"(?P<language>[A-Z][^\W\d_]+)\b")
-_LANGUAGE_IS = re.compile(r"^(?i:my (?:\w+ )?language is )(?P<language>[A-Z][^\W\d_]+|[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*)"
-                          r"\b")
+_LANGUAGE_IS = re.compile(rf"^(?i:my (?:(?:{_LANGUAGE_QUALIFIERS}) )?language is )"
+                          r"(?P<language>[A-Z][^\W\d_]+|[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*)\b")
 
 
 def _name(text: str) -> str | None:
@@ -218,9 +226,12 @@ def profile_fields(statement: str) -> dict[str, str]:
     zone = _ZONE_IS.match(clause) or _ZONE_IN_TIME.search(clause)
     if zone and (canonical := _time_zone(zone.group("zone"))):
         fields["timezone"] = canonical
-    language = _SPEAKS.match(clause) or _LANGUAGE_IS.match(clause)
-    if language:
-        fields["language"] = language.group("language")
+    speaks, language_is = _SPEAKS.match(clause), _LANGUAGE_IS.match(clause)
+    if speaks and is_language_name(speaks.group("language")):
+        fields["language"] = speaks.group("language")
+    elif language_is and (is_language_name(language_is.group("language"))
+                          or is_language_tag(language_is.group("language"))):
+        fields["language"] = language_is.group("language")
     return fields
 
 

@@ -46,6 +46,10 @@ def status(rest: httpx.Client, memory_id: str) -> tuple[str, str | None]:
     return doc["status"], doc["superseded_by"]
 
 
+def superseded_by_claim(rest: httpx.Client, memory_id: str) -> str | None:
+    return rest.get(f"/memories/{memory_id}").json()["data"]["superseded_by_claim_id"]
+
+
 def test_one_truth_per_slot_retract_restores_the_previous_one(gateway_on):
     with gateway_on.rest() as rest:
         red = claim(rest, "favorite_color", "red", confidence=0.6, tags=["ui"])
@@ -144,7 +148,9 @@ def test_claims_and_memory_versioning_agree(gateway_on):
         lisbon = claim(rest, "lives_in", "lisbon", source="sdk")
         assert lisbon["superseded_claim_ids"] == [berlin_stated["claim_id"]]
         assert lisbon["superseded_memory_ids"] == [berlin["id"]]
-        assert status(rest, berlin["id"]) == ("superseded", lisbon["claim_id"])
+        # superseded_by names memories only: a claim posted through the API has none.
+        assert status(rest, berlin["id"]) == ("superseded", None)
+        assert superseded_by_claim(rest, berlin["id"]) == lisbon["claim_id"]
         superseded = rest.get("/memories/superseded", params={"subject_id": SUBJECT}).json()["data"]
         assert {m["id"] for m in superseded} == {paris["id"], berlin["id"]}
         assert rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "Berlin"}).json()["data"] == []
@@ -162,6 +168,7 @@ def test_claims_and_memory_versioning_agree(gateway_on):
             paris_claim, [berlin["id"]], [paris["id"]])
         assert status(rest, berlin["id"]) == ("superseded", paris["id"]) and status(rest, paris["id"]) == (
             "active", None)
+        assert superseded_by_claim(rest, berlin["id"]) == paris_claim
         assert truth(rest) == {"lives_in": "paris"}
         assert [h["id"] for h in rest.get("/memories/search", params={"subject_id": SUBJECT, "q": "Paris"}).json()[
             "data"]] == [paris["id"]]
@@ -186,7 +193,8 @@ def test_restoring_a_memory_makes_its_claims_the_truth_again(gateway):
         assert strawberry["superseded_ids"] == [blueberry["id"]] and truth(rest) == {"favorite_fruit": "strawberry"}
         assert rest.post(f"/memories/{blueberry['id']}/restore").json()["restored"] is True
         assert truth(rest) == {"favorite_fruit": "blueberry"}
-        # Restore changes that one memory: the other stays active, its claim superseded (history shows both).
+        # Restore undoes one supersede and changes no other memory (tests/test_memories.py's seed
+        # walkthrough): the other stays active, its claim superseded (history shows both).
         assert status(rest, strawberry["id"]) == ("active", None)
         history = rest.get(f"/claims/subject/{SUBJECT}/history").json()["data"]
         assert [(c["object_value"], c["status"]) for c in history] == [("strawberry", "superseded"),
@@ -501,5 +509,211 @@ def test_claims_that_move_memories_publish_memory_events(tmp_path):
 
     paris, berlin, events = asyncio.run(scenario())
     assert [(kind, {k: v for k, v in data.items() if k != "timestamp"}) for kind, data in events] == [
-        ("memory.superseded", {"id": paris, "superseded_by": berlin}),
+        ("memory.superseded", {"id": paris, "superseded_by": None, "superseded_by_claim_id": berlin}),
         ("memory.updated", {"id": paris, "status": "active"})]
+
+
+def source_of(rest: httpx.Client, slot: str) -> str | None:
+    """The memory behind the slot's truth (None: an API call's)."""
+    return rest.get(f"/claims/subject/{SUBJECT}/slot/{slot}").json()["source"]["memory_id"]
+
+
+def test_a_claim_another_memory_or_an_api_call_still_states_stands(gateway_on):
+    """A memory leaving (superseded, deleted) takes its claim down only if nothing else states it."""
+    with gateway_on.rest() as rest:
+        first = memory(rest, "My favorite fruit is mango")
+        claim_id = rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_fruit").json()["active_claim_id"]
+        # A memory that replaces it saying the same: the claim stays the truth, on the new memory.
+        second = memory(rest, "Favorite fruit is mango", supersedes=first["id"])
+        assert status(rest, first["id"]) == ("superseded", second["id"])
+        assert truth(rest) == {"favorite_fruit": "mango"} and source_of(rest, "favorite_fruit") == second["id"]
+        stored = rest.get(f"/claims/{claim_id}").json()
+        assert (stored["claim"]["status"], stored["claim"]["source_memory_id"]) == ("active", second["id"])
+        # Stated through the API too, then its last memory deleted: the API's statement stands.
+        assert claim(rest, "favorite_fruit", "mango")["duplicate_of"] == claim_id
+        assert rest.delete(f"/memories/{second['id']}").json()["deleted"] is True
+        assert truth(rest) == {"favorite_fruit": "mango"} and source_of(rest, "favorite_fruit") is None
+        assert rest.get(f"/claims/{claim_id}").json()["claim"]["status"] == "active"
+
+
+def test_concurrent_writes_to_one_slot_leave_one_truth(start_gateway, storage_redis):
+    """Each write reads whole documents and stores them again; on Redis every step awaits, so
+    writes to one subject at once would interleave without the subject's lock: two truths in a
+    slot, or a retraction lost."""
+    gateway = start_gateway(storage_redis)
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=gateway.api, headers={"x-mnexium-key": KEY}, timeout=30) as client:
+            async def post(value: str) -> httpx.Response:
+                return await client.post("/claims", json={"subject_id": SUBJECT, "predicate": "favorite_color",
+                                                          "object_value": value})
+            made = await asyncio.gather(*(post(f"color {n}") for n in range(8)))
+            assert all(response.status_code == 201 for response in made)
+            truth_id = (await client.get(f"/claims/subject/{SUBJECT}/slot/favorite_color")).json()["active_claim_id"]
+            # Retracting the truth while new values arrive: each ends as one truth, never two.
+            await asyncio.gather(client.post(f"/claims/{truth_id}/retract"), *(post(f"late {n}") for n in range(4)))
+
+    asyncio.run(burst())
+    with gateway.rest() as rest:
+        claims = rest.get(f"/claims/subject/{SUBJECT}/history", params={"slot": "favorite_color"}).json()["data"]
+        active = [c["claim_id"] for c in claims if c["status"] == "active"]
+        assert len(claims) == 12 and len(active) == 1
+        assert rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_color").json()["active_claim_id"] == active[0]
+        assert len(rest.get(f"/claims/subject/{SUBJECT}/truth").json()["slots"]) == 1
+
+
+def test_rewriting_a_memory_keeps_the_chain_and_retires_what_it_contradicts(gateway):
+    with gateway.rest() as rest:
+        paris = claim(rest, "favorite_city", "paris")
+        lisbon = memory(rest, "My favorite city is Lisbon")
+        lisbon_claim = rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_city").json()["active_claim_id"]
+        # The same claim in other words: kept as it is.
+        rest.patch(f"/memories/{lisbon['id']}", json={"text": "My favorite city is Lisbon!"})
+        assert rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_city").json()["active_claim_id"] == lisbon_claim
+        # A new value: the old claim is retracted and the new one follows it in the chain...
+        rest.patch(f"/memories/{lisbon['id']}", json={"text": "My favorite city is Porto"})
+        assert truth(rest) == {"favorite_city": "porto"}
+        porto_claim = rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_city").json()["active_claim_id"]
+        assert rest.get(f"/claims/{lisbon_claim}").json()["claim"]["retract_reason"] == "memory_edited"
+        # ...so retracting it makes true again what the old one had superseded.
+        undone = rest.post(f"/claims/{porto_claim}/retract").json()
+        assert undone["previous_claim_id"] == paris["claim_id"] and truth(rest) == {"favorite_city": "paris"}
+
+        # Another memory rewritten into the slot takes it over, and the memory whose truth it
+        # displaced (it states no other) is superseded: recall would otherwise inject
+        # "My favorite city is Rome" beside the truth madrid.
+        rome = memory(rest, "My favorite city is Rome")
+        note = memory(rest, "Note to self: buy milk")
+        rest.patch(f"/memories/{note['id']}", json={"text": "My favorite city is Madrid"})
+        assert truth(rest) == {"favorite_city": "madrid"}
+        assert status(rest, rome["id"]) == ("superseded", note["id"])
+
+
+def test_a_memory_stating_another_truth_stays_in_use(gateway):
+    """Superseding or retracting one of a memory's claims leaves its other slots alone."""
+    with gateway.rest() as rest:
+        paris = memory(rest, "User lives in Paris")
+        claim(rest, "favorite_color", "blue", source_memory_id=paris["id"])
+        berlin = claim(rest, "lives_in", "berlin")
+        assert berlin["superseded_memory_ids"] == [] and status(rest, paris["id"]) == ("active", None)
+        assert truth(rest) == {"lives_in": "berlin", "favorite_color": "blue"}
+        color = rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_color").json()["active_claim_id"]
+        undone = rest.post(f"/claims/{color}/retract").json()
+        assert undone["superseded_memory_ids"] == [paris["id"]]  # its last truth gone: out of use
+        assert status(rest, paris["id"]) == ("superseded", None) and truth(rest) == {"lives_in": "berlin"}
+
+        rome = memory(rest, "User lives in Rome")
+        rome_claim = rest.get(f"/claims/subject/{SUBJECT}/slot/lives_in").json()["active_claim_id"]
+        claim(rest, "favorite_color", "red", source_memory_id=rome["id"])
+        undone = rest.post(f"/claims/{rome_claim}/retract").json()
+        assert undone["superseded_memory_ids"] == [] and status(rest, rome["id"]) == ("active", None)
+        assert truth(rest) == {"favorite_color": "red", "lives_in": "berlin"}
+
+
+def test_deleting_a_memory_retracts_its_superseded_claims_too(gateway):
+    with gateway.rest() as rest:
+        blueberry = memory(rest, "Favorite fruit is blueberry")
+        old_claim = rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_fruit").json()["active_claim_id"]
+        memory(rest, "my new favorite fruit is strawberry")
+        assert rest.delete(f"/memories/{blueberry['id']}").json()["deleted"] is True
+        stored = rest.get(f"/claims/{old_claim}").json()["claim"]
+        assert (stored["status"], stored["retract_reason"]) == ("retracted", "memory_deleted")
+        new_claim = rest.get(f"/claims/subject/{SUBJECT}/slot/favorite_fruit").json()["active_claim_id"]
+        # Retracting the truth brings back nothing a deleted memory said.
+        assert rest.post(f"/claims/{new_claim}/retract").json()["restored_previous"] is False
+        assert truth(rest) == {}
+
+
+def test_recall_fills_its_truths_past_a_memory_behind_several(start_gateway, storage_sqlite, tmp_path):
+    """A recalled memory may be the source of more truths than its text states: the truths
+    left out for it are made up from older ones."""
+    gateway = start_gateway(storage_sqlite, memory={**edge_memory(tmp_path / "a"), "recall": {"truths": 1}})
+    with gateway.rest() as rest:
+        claim(rest, "favorite_color", "green")
+        lisbon = memory(rest, "User lives in Lisbon")
+        claim(rest, "lives_near", "the sea", source_memory_id=lisbon["id"])
+    memories, truths = recall_turn(gateway, "What is the weather in Lisbon today?", recall=True)
+    assert memories == ["User lives in Lisbon"] and truths == [("favorite_color", "green")]
+
+
+def test_erasure_between_a_snapshot_read_and_its_store_leaves_no_erased_truth(tmp_path):
+    """The change tally goes with the erased subject: counting from zero again, a later change
+    could bring it back to the count a racing read took, so the read also compares the time
+    of the latest change, and drops what it stored (the erased rows)."""
+    from gateway.memory.truth_graph import NewClaim, TruthGraph
+    from gateway.store.sqlite import SqliteDocumentStore
+
+    class RacingStore(SqliteDocumentStore):
+        race: Any = None
+
+        async def put(self, collection, project_id, doc_id, doc, *, ttl_seconds=None):
+            if collection is SNAPSHOTS and self.race is not None:
+                race, self.race = self.race, None
+                await race()
+            await super().put(collection, project_id, doc_id, doc, ttl_seconds=ttl_seconds)
+
+    async def scenario() -> list[str]:
+        store = RacingStore(str(tmp_path / "race.db"))
+        graph = TruthGraph(store)
+        await graph.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "red"))
+
+        async def erase_then_write() -> None:
+            await graph.erase_subject("p", SUBJECT)
+            await graph.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "blue"))
+
+        store.race = erase_then_write
+        seen = [json.loads((await graph.truth_json("p", SUBJECT))[1])[0]["object_value"] for _ in range(2)]
+        await store.close()
+        return seen
+
+    assert asyncio.run(scenario()) == ["red", "blue"]
+
+
+def test_a_value_given_as_value_when_object_value_is_empty(gateway):
+    with gateway.rest() as rest:
+        made = rest.post("/claims", json={"subject_id": SUBJECT, "predicate": "age", "object_value": "",
+                                          "value": "41"})
+        assert made.status_code == 201 and made.json()["object_value"] == "41"
+        bad = rest.post("/claims", json={"subject_id": SUBJECT, "predicate": "age", "object_value": "x",
+                                         "claim_id": " padded"})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_claim_id"
+        assert bad.json()["message"].startswith("claim_id must")
+
+
+def test_a_truth_row_a_crash_left_behind_goes_at_the_slots_next_change(tmp_path):
+    """A write interrupted between storing its claims and writing the truth row leaves the old
+    truth's row: the slot's next change deletes every row but the new truth's, so the stale
+    one cannot surface once the slot is emptied."""
+    from gateway.memory.truth_graph import NewClaim, TruthGraph
+    from gateway.store.sqlite import SqliteDocumentStore
+
+    class CrashingStore(SqliteDocumentStore):
+        crash_next_row = False
+
+        async def put(self, collection, project_id, doc_id, doc, *, ttl_seconds=None):
+            if collection is TRUTHS and self.crash_next_row:
+                self.crash_next_row = False
+                raise ConnectionError("the gateway died here")
+            await super().put(collection, project_id, doc_id, doc, ttl_seconds=ttl_seconds)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        store = CrashingStore(str(tmp_path / "crash.db"))
+        graph = TruthGraph(store)
+        await graph.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "red"))
+        store.crash_next_row = True
+        with pytest.raises(ConnectionError):
+            await graph.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "blue"))
+        green = (await graph.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "green"))).claim
+        rows = [row["object_value"] for row in await store.find(TRUTHS, "p", {"subject_id": SUBJECT})]
+        await graph.retract("p", green["claim_id"])  # blue is true again
+        blue = await graph.slot("p", SUBJECT, "favorite_color")
+        assert blue is not None and blue["object_value"] == "blue"
+        # The crash came before blue's edge to red was stored: the slot empties, and red's old
+        # row (its claim superseded) must not show through as its truth.
+        await graph.retract("p", blue["active_claim_id"])
+        left = [row["object_value"] for row in await store.find(TRUTHS, "p", {"subject_id": SUBJECT})]
+        await store.close()
+        return rows, left
+
+    rows, left = asyncio.run(scenario())
+    assert rows == ["green"] and left == []

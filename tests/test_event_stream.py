@@ -273,6 +273,23 @@ def test_a_resume_from_beyond_the_replay_buffer_is_told_events_were_lost(start_g
         assert [f.data["text"] for f in frames[1:]] == texts[-2:]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("last_event_id", [f"{2**64 - 1}-{2**64 - 1}", "99999999999999-0"],
+                         ids=["largest id", "year 5138"])
+def test_an_id_newer_than_any_sent_is_told_of_a_gap_and_gets_the_live_events(start_gateway, request, backend,
+                                                                            last_event_id):
+    """A client's id from the future (this host's clock was stepped back after a restart, or
+    Redis lost its streams): taken at its word it would hide every event to come."""
+    gateway = start_gateway(request.getfixturevalue(f"storage_{backend}"))
+    create_memory(gateway, "ev-future", "User sails dinghies")  # the project has a stream on Redis
+    with Subscriber(gateway, subject_id="ev-future", headers={"Last-Event-ID": last_event_id}) as subscriber:
+        [notice] = subscriber.wait_for(lambda frames: len(frames) >= 1)
+        assert (notice.event, notice.data["reason"], notice.id) == ("dropped", "resume_gap", None)
+        create_memory(gateway, "ev-future", "User sails catamarans")
+        frames = subscriber.wait_for(lambda frames: len(frames) >= 2)
+        assert [f.data.get("text") for f in frames[1:]] == ["User sails catamarans"]
+
+
 # --- a subscriber that stops reading ----------------------------------------------------------
 
 class StuckSubscriber:
@@ -307,7 +324,9 @@ class StuckSubscriber:
 
 # Each memory.created event carries the memory's tags: 50 KB of them fill the socket buffers
 # between the gateway and a client that does not read (about 3 MB on Linux) in some 60 writes.
+# (Gateways that write them allow events that large: BULKY_EVENTS.)
 BULKY_TAGS = ["t" * 50_000]
+BULKY_EVENTS = {"max_event_bytes": 100_000}
 
 
 def write_latencies(gateway: Any, subject_id: str, count: int) -> list[float]:
@@ -328,7 +347,7 @@ def test_a_subscriber_that_stops_reading_neither_slows_writes_nor_grows_memory(s
     (oldest first) and it is told how many when it reads again. Writes are timed with and
     without it: p50 over 200 writes each (the figures are printed; the bound is generous)."""
     queue_size = 20
-    gateway = start_gateway(storage_sqlite, events={"queue_size": queue_size})
+    gateway = start_gateway(storage_sqlite, events={"queue_size": queue_size, **BULKY_EVENTS})
     write_latencies(gateway, "ev-warm", 20)
     alone = write_latencies(gateway, "ev-alone", 200)
     stuck = StuckSubscriber(gateway, subject_id="ev-stuck")
@@ -360,6 +379,41 @@ def test_a_subscriber_that_stops_reading_neither_slows_writes_nor_grows_memory(s
     assert after_notice <= queue_size
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_an_event_larger_than_max_event_bytes_goes_out_shortened(start_gateway, request, backend):
+    """Tags (unbounded up to the request body limit) would make every queue and replay buffer
+    hold megabytes: the event keeps its id and what fits of its text, marked truncated."""
+    gateway = start_gateway(request.getfixturevalue(f"storage_{backend}"), events={"max_event_bytes": 2048})
+    with Subscriber(gateway, subject_id="ev-big") as subscriber:
+        big = create_memory(gateway, "ev-big", "User likes " + "very " * 1000 + "long walks", tags=["t" * 50_000])
+        small = create_memory(gateway, "ev-big", "User likes tea", tags=["drinks"])
+        frames = subscriber.wait_for(lambda frames: len(frames) >= 2)
+    assert [f.data["id"] for f in frames] == [big["id"], small["id"]]
+    shortened, whole = frames[0].data, frames[1].data
+    assert shortened["truncated"] is True and "tags" not in shortened
+    assert shortened["text"].startswith("User likes very very") and len(json.dumps(shortened)) <= 2048 + 100
+    assert shortened["subject_id"] == "ev-big" and shortened["kind"] == whole["kind"]
+    assert "truncated" not in whole and whole["tags"] == ["drinks"] and whole["text"] == "User likes tea"
+
+
+def test_a_project_may_open_only_so_many_streams(start_gateway, storage_sqlite):
+    gateway = start_gateway(storage_sqlite, events={"max_subscribers_per_project": 2})
+    with Subscriber(gateway), Subscriber(gateway, subject_id="ev-many"):
+        response = httpx.get(gateway.api + "/events/memories", headers={"x-mnexium-key": KEY, **SSE}, timeout=10)
+        assert response.status_code == 429, response.text
+        assert response.json()["error"] == "too_many_subscribers" and "2" in response.json()["message"]
+        with Subscriber(gateway, key=KEY_B):  # another project's streams are counted apart
+            pass
+
+    def two_open() -> bool:  # closed streams free their places (once the gateway sees them closed)
+        url, headers = gateway.api + "/events/memories", {"x-mnexium-key": KEY, **SSE}
+        with httpx.stream("GET", url, headers=headers, timeout=10) as first, \
+                httpx.stream("GET", url, headers=headers, timeout=10) as second:
+            return first.status_code == second.status_code == 200
+
+    assert wait_until(two_open, timeout=5, interval=0.1)
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("params", "headers", "status", "code"), [
@@ -370,7 +424,10 @@ def test_a_subscriber_that_stops_reading_neither_slows_writes_nor_grows_memory(s
     ({"subject_id": "  "}, SSE, 400, "invalid_subject_id"),
     ({"subject_id": "ann\x00"}, SSE, 400, "invalid_subject_id"),
     ({}, {**SSE, "Last-Event-ID": "not-an-id"}, 400, "invalid_last_event_id"),
-], ids=["no accept", "json accept", "q=0", "long subject", "blank subject", "control character", "bad last id"])
+    ({}, {**SSE, "Last-Event-ID": f"{2**64}-0"}, 400, "invalid_last_event_id"),  # Redis ids are 64-bit
+    ({}, {**SSE, "Last-Event-ID": f"1-{2**64}"}, 400, "invalid_last_event_id"),
+], ids=["no accept", "json accept", "q=0", "long subject", "blank subject", "control character", "bad last id",
+        "ms past 64 bits", "sequence past 64 bits"])
 def test_bad_requests_are_refused_in_the_rest_error_shape(shared_gateway, params, headers, status, code):
     with httpx.Client(timeout=10) as client:
         del client.headers["accept"]  # httpx's default Accept: */*
@@ -401,8 +458,8 @@ def test_no_key_is_401_and_a_key_without_the_scope_is_403(start_gateway, storage
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_erasing_a_subject_drops_its_pending_events(start_gateway, request, backend):
     storage = request.getfixturevalue(f"storage_{backend}")
-    gateway = start_gateway(storage, events={"queue_size": 5})
-    gateways = [gateway, start_gateway(storage)] if backend == "redis" else [gateway]
+    gateway = start_gateway(storage, events={"queue_size": 5, **BULKY_EVENTS})
+    gateways = [gateway, start_gateway(storage, events=BULKY_EVENTS)] if backend == "redis" else [gateway]
     stuck = [StuckSubscriber(g, subject_id="ev-erased") for g in gateways]
     try:
         # Enough to fill the socket buffers, so the last events wait in the gateways' queues.
@@ -438,3 +495,26 @@ def test_an_open_stream_does_not_hold_up_the_gateways_shutdown(provider, tmp_pat
     assert not servers[0]._thread.is_alive()
     assert stopped_in < 2, stopped_in
     assert subscriber.failure is None  # the stream ended cleanly (the last chunk came)
+
+
+def test_a_subscriber_that_stopped_reading_holds_up_the_shutdown_no_longer_than_its_bound(
+        provider, tmp_path_factory, storage_sqlite):
+    """Its last frames wait for room in its full buffers: the stop cuts it off after
+    server.shutdown_timeout_seconds (it used to wait forever)."""
+    from tests.conftest import serve_gateway
+
+    servers: list[Any] = []
+    gateway = serve_gateway(provider, storage_sqlite, tmp_path_factory, servers,
+                            server={"shutdown_timeout_seconds": 1}, events=BULKY_EVENTS)
+    stuck = StuckSubscriber(gateway, subject_id="ev-stuck-stop")
+    try:
+        write_latencies(gateway, "ev-stuck-stop", 100)  # enough to fill the socket buffers
+        started = time.monotonic()
+        servers[0].stop()
+        stopped_in = time.monotonic() - started
+        assert not servers[0]._thread.is_alive()
+        assert stopped_in < 4, stopped_in
+        # Its connection was closed: once it reads, what was buffered comes, then the end.
+        assert "event: memory.created" in stuck.read_all(quiet_seconds=5)
+    finally:
+        stuck.close()

@@ -88,6 +88,10 @@ def test_learned_profile_fields_are_written(gateway):
     ({"subject_id": "ann", "text": "I love tea", "conversation_context": "not a list"}, {}, 400, None),
     ({"subject_id": "ann", "text": "I love tea", "conversation_context": [1, 2]}, {}, 400, None),
     ({"subject_id": 7, "text": "I love tea"}, {}, 400, None),
+    ({"subject_id": "ann\x00", "text": "I love tea"}, {}, 400, None),
+    ({"subject_id": "a" * 257, "text": "I love tea"}, {}, 400, None),
+    ({"subject_id": "ann", "text": "I love tea", "conversation_context": ["earlier"] * 21}, {}, 400,
+     "invalid_conversation_context"),
 ])
 def test_bad_input_is_400_and_stores_nothing(gateway, body, params, status, code):
     with gateway.rest() as rest:

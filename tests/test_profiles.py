@@ -116,6 +116,15 @@ def test_patch_get_and_delete_profile_fields(gateway_on):
     assert profile(gateway_on, subject, format="full", include_history="true")["name"]["history"] == []
 
 
+def test_names_written_with_zero_width_joiners_are_kept_as_written(gateway):
+    # Sinhala "Shriyani" (its "shr" conjunct needs a zero-width joiner), and a name with an emoji ZWJ sequence.
+    names = ["\u0dc1\u0dca\u200d\u0dbb\u0dd2\u0dba\u0dcf\u0db1\u0dd2", "Kim \U0001f469\u200d\U0001f4bb"]
+    for position, name in enumerate(names):
+        response = patch(gateway, f"joined-{position}", {"field_key": "name", "value": name})
+        assert response.status_code == 200, response.text
+        assert profile(gateway, f"joined-{position}") == {"name": name}
+
+
 def test_the_schema_lists_the_builtins_and_the_projects_own_fields(start_gateway, storage_sqlite):
     projects = [
         {"id": "project-a", "keys": [{"name": "main", "key": KEY}], "profile_fields": [
@@ -237,9 +246,109 @@ def test_a_manual_edit_outranks_learning_and_a_newer_one_outranks_both(gateway_o
     ("I'm on break time", []),
     ("We speak French at home", [("User speaks French at home", {})]),
     ("My timezone is Mars/Base", [("User's timezone is Mars/Base", {})]),
+    # A qualifier makes it the user's own current value, or someone else's / an old one.
+    ("My work email is sam@corp.com", [("User's work email is sam@corp.com", {"email": "sam@corp.com"})]),
+    ("My current timezone is Asia/Tokyo", [("User's current timezone is Asia/Tokyo", {"timezone": "Asia/Tokyo"})]),
+    ("My native language is Spanish", [("User's native language is Spanish", {"language": "Spanish"})]),
+    ("My old email is old@x.com", [("User's old email is old@x.com", {})]),
+    ("My previous email is prev@x.com", [("User's previous email is prev@x.com", {})]),
+    ("My boss email is boss@corp.com", [("User's boss email is boss@corp.com", {})]),
+    ("My wife's email is wife@x.com", [("User's wife's email is wife@x.com", {})]),
+    ("My old timezone is Europe/Paris", [("User's old timezone is Europe/Paris", {})]),
+    # A language is one only if it names a human language.
+    ("I speak Python fluently", [("User speaks Python fluently", {})]),
+    ("My favorite language is Python", [("User's favorite language is Python", {})]),
+    ("My first language is py", [("User's first language is py", {})]),
 ])
 def test_the_heuristic_extractor_finds_profile_fields_in_first_person_statements(message, learned):
     assert [(m.text, dict(m.profile_fields)) for m in heuristic_memories(message)] == learned
+
+
+def test_old_values_other_peoples_and_programming_languages_learn_no_profile_field(gateway):
+    subject = "careful"
+    learn(gateway, subject, "My old email is old@x.com. My boss email is boss@corp.com. "
+                            "My old timezone is Europe/Paris. I speak Python fluently.")
+    learn(gateway, subject, "My favorite language is Python")
+    # Remembered as said, but none of it is the user's own email, time zone or language.
+    assert {"User's old email is old@x.com", "User's boss email is boss@corp.com", "User speaks Python fluently",
+            "User's favorite language is Python"} <= set(memory_ids(gateway, subject))
+    assert profile(gateway, subject) == {}
+    learn(gateway, subject, "My work email is sam@corp.com. I speak Italian.")
+    assert profile(gateway, subject) == {"email": "sam@corp.com", "language": "Italian"}
+
+
+def test_deleting_the_memory_a_value_was_learned_with_takes_the_value_out_of_the_profile(gateway_on):
+    subject = "regrets"
+    learn(gateway_on, subject, "My name is Priya. I speak French.")
+    patch(gateway_on, subject, {"field_key": "city", "value": "Lisbon"})
+    assert profile(gateway_on, subject) == {"name": "Priya", "language": "French", "city": "Lisbon"}
+    priya = memory_ids(gateway_on, subject)["User's name is Priya"]
+    with gateway_on.rest() as rest:
+        assert rest.delete(f"/memories/{priya}").status_code == 200
+    # The manual value and the one learned with another memory stay.
+    assert profile(gateway_on, subject) == {"language": "French", "city": "Lisbon"}
+    assert turn(gateway_on, subject, "who am I?", learn=False, profile=True).status_code == 200
+    assert system_text(gateway_on) == f"{PREAMBLE}\n{json.dumps({'language': 'French', 'city': 'Lisbon'})}"
+
+    # A manual value outlives the memory it replaced, and that memory's value leaves its history.
+    learn(gateway_on, subject, "I'm called Pri")
+    patch(gateway_on, subject, {"field_key": "name", "value": "Priya R."})
+    assert [h["value"] for h in profile(gateway_on, subject, format="full", include_history="true")["name"][
+        "history"]] == ["Pri"]
+    pri = memory_ids(gateway_on, subject)["User's name is Pri"]
+    with gateway_on.rest() as rest:
+        assert rest.delete(f"/memories/{pri}").status_code == 200
+    name = profile(gateway_on, subject, format="full", include_history="true")["name"]
+    assert (name["value"], name["source_type"], name["history"]) == ("Priya R.", "api", [])
+
+
+def test_a_superseded_memorys_value_leaves_the_profile_and_is_never_gone_back_to(gateway_on):
+    subject = "renamed"
+    learn(gateway_on, subject, "My name is Priya")
+    learn(gateway_on, subject, "Hi, I'm Alice.")  # versioning: this memory supersedes the one above
+    with gateway_on.rest() as rest:
+        superseded = rest.get("/memories/superseded", params={"subject_id": subject}).json()["data"]
+    assert [m["text"] for m in superseded] == ["User's name is Priya"]
+    name = profile(gateway_on, subject, format="full", include_history="true")["name"]
+    assert (name["value"], name["memory_id"]) == ("Alice", memory_ids(gateway_on, subject)["User's name is Alice"])
+    # Kept as a value the field held, marked as left with its memory.
+    assert [(h["value"], h["superseded_by_source"]) for h in name["history"]] == [("Priya", "memory_superseded")]
+    with gateway_on.rest() as rest:
+        assert rest.delete(f"/memories/{name['memory_id']}").status_code == 200
+    assert profile(gateway_on, subject) == {}  # not back to Priya: that memory is no longer in use
+
+
+def test_deleting_the_newer_memory_brings_back_the_value_learned_with_one_still_in_use(start_gateway, storage):
+    gateway = start_gateway(storage, learning={"extractor": {"provider": "litellm", "model": "extractor"}})
+    subject = "traveller"
+    answers = gateway.provider.extraction_answers
+    answers.append(extractor_answer({"text": "User lives by Europe/Berlin time", "profile": [
+        {"field_key": "timezone", "value": "Europe/Berlin"}]}))
+    learn(gateway, subject, "turn one")
+    answers.append(extractor_answer({"text": "User is on a trip to Tokyo for a month", "profile": [
+        {"field_key": "timezone", "value": "Asia/Tokyo"}]}))
+    learn(gateway, subject, "turn two")
+    ids = memory_ids(gateway, subject)
+    assert set(ids) == {"User lives by Europe/Berlin time", "User is on a trip to Tokyo for a month"}
+    assert profile(gateway, subject) == {"timezone": "Asia/Tokyo"}
+    with gateway.rest() as rest:
+        assert rest.delete(f"/memories/{ids['User is on a trip to Tokyo for a month']}").status_code == 200
+    timezone = profile(gateway, subject, format="full", include_history="true")["timezone"]
+    assert (timezone["value"], timezone["memory_id"], timezone["history"]) == (
+        "Europe/Berlin", ids["User lives by Europe/Berlin time"], [])
+
+
+def test_values_learned_through_memories_extract_say_so(gateway):
+    with gateway.rest() as rest:
+        response = rest.post("/memories/extract", json={"subject_id": "extracted", "text": "My name is Zoe",
+                                                         "learn": True})
+        assert response.status_code == 200, response.text
+        [memory] = response.json()["memories"]
+    name = profile(gateway, "extracted", format="full")["name"]
+    assert (name["value"], name["source_type"], name["memory_id"]) == ("Zoe", "extract", memory["memory_id"])
+    # A manual edit still outranks it, as it outranks a value learned from a chat turn.
+    patch(gateway, "extracted", {"field_key": "name", "value": "Zoë", "confidence": 0.1})
+    assert profile(gateway, "extracted") == {"name": "Zoë"}
 
 
 def stored(value: Any, confidence: float, source_type: str) -> dict[str, Any]:
@@ -452,6 +561,14 @@ BAD_PATCHES = [
      "name"),
     ({"subject_id": "bad", "updates": [{"field_key": "name", "value": "two\nlines"}]}, 400,
      "invalid_profile_value", "name"),
+    ({"subject_id": "bad", "updates": [{"field_key": "name", "value": "two\u2028lines"}]}, 400,
+     "invalid_profile_value", "name"),
+    ({"subject_id": "bad", "updates": [{"field_key": "name", "value": "bell\u0007"}]}, 400,
+     "invalid_profile_value", "name"),
+    # Two values for one field: which one was meant is not the gateway's to guess.
+    ({"subject_id": "bad", "updates": [{"field_key": "name", "value": "Ann"}, {"field_key": "city", "value": "Oslo"},
+                                       {"field_key": "name", "value": "Anna"}]}, 400, "duplicate_field_key",
+     "updates[2].field_key"),
     ({"subject_id": "bad", "updates": [{"field_key": "prefs", "value": {"a": 1}}]}, 400, "invalid_profile_value",
      "prefs"),
     ({"subject_id": "bad", "updates": [{"field_key": "tags", "value": ["a"]}]}, 400, "invalid_profile_value",

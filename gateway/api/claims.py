@@ -22,10 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest, NotFound
-from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, Claim, NewClaim, truth_row
+from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, ClaimDoc, NewClaim, truth_row
 from gateway.options import MAX_ID_LENGTH
 from gateway.routing import Call, endpoint
-from gateway.validation import Body, Query, read_json_object
+from gateway.validation import Body, Query, addressable_id, read_json_object
 
 MAX_PREDICATE = 100
 MAX_SLOT = 200
@@ -36,13 +36,13 @@ MAX_TAGS = 50
 MAX_REASON = 500
 MAX_SOURCE_TEXT = 10_000
 # "subject" is the next path segment of the /claims/subject/... routes, never a claim's id.
-_RESERVED_IDS = ("subject", ".", "..")
+_RESERVED_IDS = ("subject",)
 
 
 # --- reading the body of POST /claims ------------------------------------------------------
 
 
-def _text(body: Body, name: str, max_length: int, *, code: str | None = None) -> str | None:
+def _text(body: Body, name: str, max_length: int) -> str | None:
     """An optional string field, stripped, printable, at most ``max_length``; "" counts as absent."""
     value = body.string(name, max_length=max_length, strip=True)
     if not value:
@@ -53,11 +53,15 @@ def _text(body: Body, name: str, max_length: int, *, code: str | None = None) ->
 
 
 def _object_value(body: Body) -> str:
-    """object_value (or value), a string as given, anything else JSON-encoded."""
-    name = "object_value" if body.value("object_value") is not None else "value"
-    raw = body.value(name)
-    value = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False) if raw is not None else ""
-    if not value.strip():
+    """object_value (or value, the first of the two not empty), a string as given, anything
+    else JSON-encoded."""
+    name, value = "object_value", ""
+    for name in ("object_value", "value"):
+        raw = body.value(name)
+        value = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False) if raw is not None else ""
+        if value.strip():
+            break
+    else:
         raise BadRequest("object_value is required", code="object_value_required", param="object_value")
     if len(value) > MAX_VALUE:
         raise BadRequest(f"object_value must be at most {MAX_VALUE} characters", code="object_value_too_long",
@@ -84,14 +88,12 @@ def _tags(body: Body) -> tuple[str, ...]:
 
 
 def _claim_id(body: Body) -> str | None:
-    value = body.string("claim_id")
-    if value is None or value == "":
-        return None
-    if (len(value) > MAX_CLAIM_ID or value.strip() != value or value in _RESERVED_IDS or "/" in value
-            or not value.isprintable()):
-        raise body.invalid("claim_id", f"at most {MAX_CLAIM_ID} printable characters without '/' or surrounding "
-                                       "spaces, and not 'subject'")
-    return value
+    """The client's claim id, readable back at ``/claims/{id}`` (validation.addressable_id)."""
+    try:
+        return addressable_id(body.string("claim_id"), MAX_CLAIM_ID, _RESERVED_IDS)
+    except BadRequest as error:
+        raise BadRequest(error.message.replace("id must", "claim_id must", 1), code="invalid_claim_id",
+                         param="claim_id") from None
 
 
 def new_claim(data: dict[str, Any]) -> NewClaim:
@@ -144,7 +146,7 @@ def _row(stored: dict[str, Any], *, include_source: bool = True) -> dict[str, An
     return {k: v for k, v in stored.items() if k != "subject_id" and (include_source or k != "source")}
 
 
-def _assertion(row: dict[str, Any], claim: Claim) -> dict[str, Any]:
+def _assertion(row: dict[str, Any], claim: ClaimDoc) -> dict[str, Any]:
     """A statement of a claim (Mnexium's ClaimAssertion), with the claim's status now."""
     return {"assertion_id": row["id"], "project_id": row["project_id"], "subject_id": row["subject_id"],
             "claim_id": row["claim_id"], "memory_id": row["memory_id"], "observation_id": row["observation_id"],
@@ -259,7 +261,7 @@ async def subject_history(call: Call) -> Response:
     slot = query.string("slot")
     limit = query.integer("limit", default=100, minimum=1, maximum=500)
     claims, edges = await call.services.memories.truth.history(call.project_id, subject_id, slot=slot, limit=limit)
-    by_slot: dict[str, list[Claim]] = {}
+    by_slot: dict[str, list[ClaimDoc]] = {}
     for claim in claims:
         by_slot.setdefault(claim["slot"], []).append(claim)
     # The core engine's shape, and the flat newest-first list the SDK's history() reads ("data").

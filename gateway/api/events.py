@@ -18,7 +18,10 @@ Requests:
   as the mnexium SDK's httpx client sends); a missing or other ``Accept`` is ``406
   not_acceptable``: a client that cannot read an event stream would wait on it forever.
 * ``subject_id`` (optional): at most 256 printable characters, else ``400 invalid_subject_id``.
-* ``Last-Event-ID`` (optional): an id this stream sent, else ``400 invalid_last_event_id``.
+* ``Last-Event-ID`` (optional): an id this stream sent, else ``400 invalid_last_event_id``
+  (an id newer than any sent gets a ``resume_gap`` notice, then the live events).
+* A project may have ``events.max_subscribers_per_project`` streams open on one gateway
+  process; one more is ``429 too_many_subscribers``: each open stream holds a queue.
 
 The stream ends when the client disconnects (Starlette watches for it while streaming)
 or when the gateway stops (gateway.server tells the app before waiting for open responses).
@@ -104,6 +107,11 @@ async def memory_events(call: Call) -> Response:
     if call.request.method == "HEAD":
         return Response(headers=STREAM_HEADERS, media_type=EVENT_STREAM)
     events = call.services.memories.events
+    limit = call.services.config.events.max_subscribers_per_project
+    if events.open_streams(call.project_id) >= limit:
+        raise GatewayError(f"this project already has {limit} event streams open on this gateway (the most it may); "
+                           "close one, or raise events.max_subscribers_per_project", code="too_many_subscribers",
+                           status=429)
     subscription = events.subscribe(call.project_id, subject_id)
     try:
         if last_event_id is not None:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from gateway.api.memory_bodies import MAX_TEXT
 from gateway.errors import BadRequest
+from gateway.options import MAX_ID_LENGTH
 from gateway.routing import Call, endpoint
 from gateway.validation import Body, Query, bool_from_text, read_json_object
 
@@ -36,12 +37,15 @@ def _query_flag(query: Query, body: Body, name: str) -> bool:
 async def extract_memories(call: Call) -> Response:
     raw = await read_json_object(call.request, call.services.config.server.max_body_bytes)
     body, query = Body(raw), Query(call.request)
-    subject_id = body.string("subject_id", required=True)
+    # Checked as the proxy checks mnx.subject_id: the id is stored, and filters event streams.
+    subject_id = body.identifier("subject_id", max_length=MAX_ID_LENGTH)
+    if subject_id is None:
+        raise BadRequest("subject_id is required", code="subject_id_required", param="subject_id")
     text = body.string("text", required=True, max_length=MAX_TEXT, strip=True)
-    assert subject_id is not None and text is not None
+    assert text is not None
     context = body.strings("conversation_context") or []
-    if len(context) > MAX_CONTEXT_LINES * 5:
-        raise BadRequest(f"conversation_context holds at most {MAX_CONTEXT_LINES * 5} lines",
+    if len(context) > MAX_CONTEXT_LINES:
+        raise BadRequest(f"conversation_context holds at most {MAX_CONTEXT_LINES} lines (the latest ones)",
                          code="invalid_conversation_context", param="conversation_context")
     if any(len(line) > MAX_TEXT for line in context):
         raise BadRequest(f"each conversation_context line is at most {MAX_TEXT} characters",
@@ -51,7 +55,7 @@ async def extract_memories(call: Call) -> Response:
     memory_policy = body.flag_or_id("memory_policy", default=True)
     learner = call.services.learner
     result = await learner.extract_text(
-        call.project_id, subject_id, text, context=context[-MAX_CONTEXT_LINES:], force=force,
+        call.project_id, subject_id, text, context=context, force=force,
         memory_policy=memory_policy, store=learn, caller_keys=call.credentials.provider_keys)
     return JSONResponse(result)
 

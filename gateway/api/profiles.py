@@ -1,8 +1,8 @@
 """``/profiles`` (contract §8): read, edit and delete a subject's profile fields, and the schema.
 
 A PATCH is checked in full before anything is written: one bad update (a time zone that is
-no IANA name, an email that is none, an object as a value) is a 400 naming it, and none of
-the request's updates is applied.
+no IANA name, an email that is none, an object as a value, a field named twice) is a 400
+naming it, and none of the request's updates is applied.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _updates(call: Call, raw: Any) -> list[FieldUpdate]:
     if len(raw) > MAX_UPDATES:
         raise BadRequest(f"updates holds at most {MAX_UPDATES} fields", code="invalid_updates", param="updates",
                          max=MAX_UPDATES)
-    checked = []
+    checked: list[FieldUpdate] = []
     for position, item in enumerate(raw):
         where = f"updates[{position}]"
         if not isinstance(item, dict):
@@ -74,6 +74,11 @@ def _updates(call: Call, raw: Any) -> list[FieldUpdate]:
         except InvalidProfileValue as error:
             raise BadRequest(f"{where}: {error.message}", code="invalid_profile_value", param=f"{where}.value",
                              field_key=error.field_key) from None
+        key = checked[-1].field_key
+        if key in (update.field_key for update in checked[:-1]):
+            # Which of two values the caller meant is not ours to guess.
+            raise BadRequest(f"{where}: field_key {key!r} appears more than once; send one update per field",
+                             code="duplicate_field_key", param=f"{where}.field_key", field_key=key)
     return checked
 
 

@@ -20,7 +20,12 @@ subscriber that does not read:
   id is older than what is kept gets what is kept, after a ``dropped`` event with
   ``{"count": null, "reason": "resume_gap"}``;
 * on Redis, events waiting to be sent to Redis (while it is down) are capped too
-  (``OUTGOING_LIMIT``, oldest dropped, logged).
+  (``OUTGOING_LIMIT``, oldest dropped, logged);
+* and so is each event's size, ``max_event_bytes`` of JSON data: a larger one (a memory with
+  many tags, a long text) goes out without its lists and maps (``tags``, a profile's
+  ``fields``) and with its text cut to fit, marked ``"truncated": true``; the client reads
+  the whole memory or profile through the REST API. So the buffers above hold a bounded
+  number of bytes, not only of events.
 
 Two implementations of one interface, chosen by ``storage.backend`` (gateway/services.py):
 
@@ -40,9 +45,16 @@ Two implementations of one interface, chosen by ``storage.backend`` (gateway/ser
   blocking ``XREAD`` over every project's stream, re-issued whenever the set of projects
   with subscribers changes; pub/sub alone could not resume.
 
+The listener PINGs Redis when its connection has been silent for a while, and takes a
+connection that does not answer for lost (a half-open TCP connection raises nothing): it
+subscribes again and catches up from the streams, as after any lost connection.
+
 Subject erasure (gateway/erasure.py) calls ``forget_subject``: the subject's events leave
 the replay buffer and every subscriber's queue (on Redis: the stream entries are deleted
-and a control message on the channel makes every gateway drop them from its queues).
+and a control message on the channel makes every gateway drop them from its queues and
+from what it has yet to send, the batch its sender holds or retries included; a gateway
+whose send of the subject's events may have reached Redis after the deletion, being on the
+wire then or shortly before it heard of the erasure, deletes the entries again).
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import redis.exceptions
+
 from gateway.clock import now_iso
 from gateway.config import EventsConfig
 from gateway.store.errors import STORAGE_ERRORS
@@ -72,7 +86,9 @@ DROPPED = "dropped"
 QUEUE_FULL = "queue_full"
 RESUME_GAP = "resume_gap"
 
-_MAX_ID_LENGTH = 40
+_MAX_ID_LENGTH = 41  # two 20-digit numbers (the largest 64-bit ones) and the dash
+# Both parts of a Redis stream id are 64-bit unsigned: a larger one is no id (Redis refuses it).
+_ID_PART_LIMIT = 1 << 64
 
 
 def parse_event_id(text: str) -> EventOrder | None:
@@ -81,11 +97,33 @@ def parse_event_id(text: str) -> EventOrder | None:
     if (not dash or len(text) > _MAX_ID_LENGTH or not (ms.isascii() and ms.isdigit())
             or not (seq.isascii() and seq.isdigit())):
         return None
-    return int(ms), int(seq)
+    order = int(ms), int(seq)
+    return order if order[0] < _ID_PART_LIMIT and order[1] < _ID_PART_LIMIT else None
 
 
 def format_event_id(order: EventOrder) -> str:
     return f"{order[0]}-{order[1]}"
+
+
+def _json_size(data: dict[str, Any]) -> int:
+    return len(json.dumps(data, separators=(",", ":")))  # ASCII, as the SSE frame has it
+
+
+def within_budget(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """``data``, or if its JSON is larger than ``max_bytes``, a shortened copy marked ``truncated``
+    (see the module docstring): lists and maps left out, then the longest strings cut."""
+    if _json_size(data) <= max_bytes:
+        return data
+    shortened: dict[str, Any] = {key: value for key, value in data.items() if not isinstance(value, (list, dict))}
+    shortened["truncated"] = True
+    while (excess := _json_size(shortened) - max_bytes) > 0:
+        longest = max((key for key, value in shortened.items() if isinstance(value, str)),
+                      key=lambda key: len(shortened[key]), default=None)
+        if longest is None or not shortened[longest]:
+            break  # nothing left to cut (max_bytes is far above what ids and numbers take)
+        text = shortened[longest]
+        shortened[longest] = text[:max(0, len(text) - max(excess, 1))]
+    return shortened
 
 
 @dataclass(frozen=True)
@@ -225,6 +263,15 @@ class _IdClock:
 
 
 @dataclass
+class _ReplayAfter:
+    """What a replay buffer holds after an id."""
+
+    events: list[Event]  # the kept events after it, oldest first
+    gap: bool  # some events after it are no longer kept
+    unissued: bool  # it is newer than any id issued: not an id of this project's events
+
+
+@dataclass
 class _Replay:
     """A project's latest events, and the newest one no longer kept (older ids may have missed events)."""
 
@@ -250,7 +297,7 @@ class MemoryEvents:
     def publish(self, project_id: str, subject_id: str | None, event: str, data: dict[str, Any]) -> None:
         """Send an event to the project's subscribers; never waits."""
         published = Event(self._clock.next(), project_id, subject_id, event,
-                          {**data, "timestamp": now_iso()})
+                          {**within_budget(data, self.settings.max_event_bytes), "timestamp": now_iso()})
         self._remember(published)
         self._deliver(published)
 
@@ -266,9 +313,20 @@ class MemoryEvents:
         return subscription
 
     async def resume(self, subscription: Subscription, last_event_id: EventOrder) -> None:
-        """Queue the kept events after ``last_event_id`` ahead of the live ones (``Last-Event-ID``)."""
-        events, gap = await self._replay_after(subscription.project_id, last_event_id)
-        subscription.resume(events, gap, last_event_id)
+        """Queue the kept events after ``last_event_id`` ahead of the live ones (``Last-Event-ID``).
+
+        An id newer than any issued (this host's clock was stepped back since, or Redis lost
+        its streams) says nothing of what the client missed: it is told events may be lost
+        (``resume_gap``) and gets the live events, which taking the id at its word would hide."""
+        replay = await self._replay_after(subscription.project_id, last_event_id)
+        if replay.unissued:
+            subscription.mark_gap()
+        else:
+            subscription.resume(replay.events, replay.gap, last_event_id)
+
+    def open_streams(self, project_id: str) -> int:
+        """The project's subscriptions open in this process."""
+        return len(self._subscriptions.get(project_id, ()))
 
     def close_streams(self) -> None:
         """The gateway is stopping: end every open stream, and any opened from now on."""
@@ -313,12 +371,11 @@ class MemoryEvents:
             if not subscriptions:
                 del self._subscriptions[subscription.project_id]
 
-    async def _replay_after(self, project_id: str, after: EventOrder) -> tuple[list[Event], bool]:
-        """The kept events after ``after``, oldest first, and whether some after it are no longer kept."""
+    async def _replay_after(self, project_id: str, after: EventOrder) -> _ReplayAfter:
         replay = self._replays.get(project_id)
         horizon = replay.horizon if replay is not None else self._started
         events = [event for event in replay.events if event.order > after] if replay is not None else []
-        return events, after < horizon
+        return _ReplayAfter(events, gap=after < horizon, unissued=after > self._clock.last)
 
     def _remember(self, event: Event) -> None:
         size = self.settings.replay_size
@@ -342,12 +399,23 @@ _SEND_BATCH = 64
 # The listener looks up from its connection this often (well under the socket timeout,
 # which would otherwise fail an idle pub/sub connection).
 _LISTEN_POLL_SECONDS = 1.0
+# A connection that has brought nothing for this long is asked for a PONG; one that brings
+# nothing, not even that, for as long again is taken for lost (a half-open TCP connection,
+# after a network partition or a Redis host that vanished, otherwise reads nothing forever
+# and raises nothing: the listener would go deaf without a word).
+_LISTEN_PING_SECONDS = 10.0
+# How long the listener waits for Redis to confirm a SUBSCRIBE before trying again.
+_SUBSCRIBE_WAIT_SECONDS = 5.0
 _RETRY_FIRST_SECONDS = 0.1
 _RETRY_MAX_SECONDS = 5.0
 # How long start() waits for the listener's first subscription before going on without it.
 _START_WAIT_SECONDS = 5.0
 # How long aclose() lets the sender finish sending the events already published.
 _STOP_WAIT_SECONDS = 1.0
+# After a subject's erasure, events of it this gateway sent to Redis this recently may have
+# landed after the erasure deleted the subject's entries: they are deleted again. (An
+# erasure made through another gateway is heard on the channel a little after it ran.)
+_ERASE_AGAIN_WINDOW_SECONDS = 30.0
 
 # KEYS: the project's stream, its trim mark. ARGV: entries kept, subject ("" for none), message, channel.
 # Appends the event (the stream trims its oldest beyond the cap, and the newest id trimmed
@@ -365,7 +433,7 @@ redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[3])
 return id
 """
 
-# KEYS: the project's stream. ARGV: subject, channel, control message.
+# KEYS: the project's stream. ARGV: subject, channel, control message ("" to publish none).
 # Deletes the subject's entries, then tells every gateway to drop them from its queues.
 _ERASE = """
 local gone = 0
@@ -378,7 +446,7 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
     end
   end
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return gone
 """
 
@@ -399,8 +467,9 @@ class _Listener:
 
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     delivered: dict[str, EventOrder] = field(default_factory=dict)
-    # When it first subscribed: a project it has handed nothing on for had no event since.
-    started: EventOrder | None = None
+    # Redis's own time when it first subscribed, as an event id (Redis's clock makes the ids,
+    # not this host's): a project it has handed nothing on for had no event since.
+    first_subscribed_at: EventOrder | None = None
 
 
 class RedisMemoryEvents(MemoryEvents):
@@ -419,8 +488,16 @@ class RedisMemoryEvents(MemoryEvents):
         self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
         self._outgoing_dropped = 0
-        # True while the sender has a batch on its way to Redis.
+        # True while the sender has a batch to send (on its way to Redis, or waiting to be retried).
         self._sending = False
+        # That batch (an erasure takes its subject's events out of it), and whether a send of
+        # it is under way (its events may land in Redis at any moment, whatever is taken out).
+        self._in_flight: list[_Outgoing] = []
+        self._on_the_wire = False
+        # (project, subject) -> when this gateway last sent an event of it to Redis (monotonic).
+        self._recently_sent: dict[tuple[str, str], float] = {}
+        # Erased subjects whose entries the sender deletes again once its current send is over.
+        self._erase_again: set[tuple[str, str]] = set()
         self._listener = _Listener()
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_script = redis.register_script(_PUBLISH)
@@ -443,15 +520,15 @@ class RedisMemoryEvents(MemoryEvents):
             if self._outgoing_dropped in (1, 10, 100) or self._outgoing_dropped % 1000 == 0:
                 log.warning("memory events: %d event(s) dropped, Redis is not taking them fast enough",
                             self._outgoing_dropped)
-        message = json.dumps({"p": project_id, "s": subject_id, "t": event, "d": {**data, "timestamp": now_iso()}},
-                             separators=(",", ":"))
+        data = {**within_budget(data, self.settings.max_event_bytes), "timestamp": now_iso()}
+        message = json.dumps({"p": project_id, "s": subject_id, "t": event, "d": data}, separators=(",", ":"))
         self._outgoing.append(_Outgoing(project_id, subject_id, message))
         self._outgoing_ready.set()
 
     # --- subject erasure -----------------------------------------------------------------
 
     async def forget_subject(self, project_id: str, subject_id: str) -> None:
-        self._drop_outgoing(project_id, subject_id)
+        self._drop_outgoing(project_id, subject_id, heard_late=False)
         self._forget_locally(project_id, subject_id)
         control = f"{_ERASE_WORD} {json.dumps([project_id, subject_id])}"
         await self._erase_script(keys=[self._stream_key(project_id)], args=[subject_id, self._channel, control])
@@ -489,6 +566,7 @@ class RedisMemoryEvents(MemoryEvents):
         while True:
             await self._outgoing_ready.wait()
             self._outgoing_ready.clear()
+            await self._erase_again_now()
             while self._outgoing:
                 self._sending = True
                 try:
@@ -497,20 +575,37 @@ class RedisMemoryEvents(MemoryEvents):
                     self._sending = False
 
     async def _send_until_sent(self, batch: list[_Outgoing]) -> None:
-        """Send ``batch``, retrying while Redis is unreachable (the events wait, capped, meanwhile)."""
+        """Send ``batch``, retrying while Redis is unreachable (the events wait, capped, meanwhile).
+
+        An erasure meanwhile takes its subject's events out of the batch (``_drop_outgoing``)."""
+        self._in_flight = batch
+        try:
+            await self._send_with_retries(batch)
+        finally:
+            self._in_flight = []
+
+    async def _send_with_retries(self, batch: list[_Outgoing]) -> None:
         delay = _RETRY_FIRST_SECONDS
-        while True:
+        while batch:
+            failure: BaseException | None = None
+            self._on_the_wire = True
             try:
                 await self._send(batch)
-                return
             except STORAGE_ERRORS as error:
-                log.warning("memory events: sending %d event(s) to Redis failed (%s: %s); retrying in %.1f s",
-                            len(batch), type(error).__name__, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_SECONDS)
+                failure = error
             except Exception:  # Redis refused them (out of memory...): retrying would not help
                 log.exception("memory events: Redis refused %d event(s); they are dropped", len(batch))
+                batch.clear()
+            finally:
+                self._on_the_wire = False
+                self._note_sent(batch)  # a failed send may have delivered some of them
+            await self._erase_again_now()
+            if failure is None:
                 return
+            log.warning("memory events: sending %d event(s) to Redis failed (%s: %s); retrying in %.1f s",
+                        len(batch), type(failure).__name__, failure, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
 
     def _take_batch(self, size: int) -> list[_Outgoing]:
         return [self._outgoing.popleft() for _ in range(min(size, len(self._outgoing)))]
@@ -518,15 +613,50 @@ class RedisMemoryEvents(MemoryEvents):
     async def _send(self, batch: list[_Outgoing]) -> None:
         kept = self.settings.replay_size
         async with self._redis.pipeline(transaction=False) as pipe:
-            for item in batch:
+            for item in list(batch):  # a copy: an erasure may take items out of the batch meanwhile
                 await self._publish_script(
                     keys=[self._stream_key(item.project_id), self._trim_mark_key(item.project_id)],
                     args=[kept, item.subject_id or "", item.message, self._channel], client=pipe)
             await pipe.execute()
 
-    def _drop_outgoing(self, project_id: str, subject_id: str) -> None:
-        self._outgoing = deque(item for item in self._outgoing
-                               if not (item.project_id == project_id and item.subject_id == subject_id))
+    def _drop_outgoing(self, project_id: str, subject_id: str, *, heard_late: bool) -> None:
+        """Take an erased subject's events out of what is waiting to be sent, including the batch
+        the sender holds. Those that may have reached Redis after the erasure deleted the subject's
+        entries (the batch was on the wire; or, for an erasure heard on the channel, ``heard_late``,
+        sent shortly before) are deleted again by the sender."""
+        def erased(item: _Outgoing) -> bool:
+            return item.project_id == project_id and item.subject_id == subject_id
+
+        self._outgoing = deque(item for item in self._outgoing if not erased(item))
+        if any(erased(item) for item in self._in_flight):
+            if self._on_the_wire:
+                self._erase_again.add((project_id, subject_id))
+            self._in_flight[:] = [item for item in self._in_flight if not erased(item)]
+        sent_at = self._recently_sent.get((project_id, subject_id))
+        if heard_late and sent_at is not None and time.monotonic() - sent_at < _ERASE_AGAIN_WINDOW_SECONDS:
+            self._erase_again.add((project_id, subject_id))
+        if self._erase_again and not self._on_the_wire:
+            self._outgoing_ready.set()  # the sender deletes them now
+
+    def _note_sent(self, batch: list[_Outgoing]) -> None:
+        now = time.monotonic()
+        if len(self._recently_sent) > OUTGOING_LIMIT:  # keep it small: forget what is past the window
+            self._recently_sent = {pair: at for pair, at in self._recently_sent.items()
+                                   if now - at < _ERASE_AGAIN_WINDOW_SECONDS}
+        for item in batch:
+            if item.subject_id is not None:
+                self._recently_sent[(item.project_id, item.subject_id)] = now
+
+    async def _erase_again_now(self) -> None:
+        """Delete again the entries of erased subjects whose events may have landed after their erasure
+        (no control message: every gateway dropped them from its queues already)."""
+        while self._erase_again:
+            project_id, subject_id = pair = self._erase_again.pop()
+            try:
+                await self._erase_script(keys=[self._stream_key(project_id)], args=[subject_id, self._channel, ""])
+            except STORAGE_ERRORS:
+                self._erase_again.add(pair)  # the next send (or retry) tries again
+                return
 
     # --- the listener --------------------------------------------------------------------
 
@@ -534,20 +664,18 @@ class RedisMemoryEvents(MemoryEvents):
         delay = _RETRY_FIRST_SECONDS
         lost_connection = False
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
-                if self._listener.started is None:
-                    self._listener.started = (time.time_ns() // 1_000_000, 0)
+                await self._subscribe(pubsub)
+                if self._listener.first_subscribed_at is None:
+                    seconds, microseconds = await self._redis.time()
+                    self._listener.first_subscribed_at = (int(seconds) * 1000 + int(microseconds) // 1000, 0)
                 if lost_connection:
-                    await self._catch_up(self._listener.started)
+                    await self._catch_up(self._listener.first_subscribed_at)
                     log.info("memory events: subscribed to Redis again")
                 self._listener.subscribed.set()
                 delay = _RETRY_FIRST_SECONDS
-                while True:
-                    message = await pubsub.get_message(timeout=_LISTEN_POLL_SECONDS)
-                    if message is not None and message.get("type") == "message":
-                        self._receive(message["data"])
+                await self._hear(pubsub)
             except STORAGE_ERRORS as error:
                 lost_connection = True
                 log.warning("memory events: lost the Redis subscription (%s: %s); subscribing again in %.1f s",
@@ -561,12 +689,40 @@ class RedisMemoryEvents(MemoryEvents):
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_SECONDS)
 
+    async def _subscribe(self, pubsub: Any) -> None:
+        """Subscribe to the channel; return once Redis has confirmed it (events are heard from then on)."""
+        await pubsub.subscribe(self._channel)
+        deadline = time.monotonic() + _SUBSCRIBE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            message = await pubsub.get_message(timeout=_LISTEN_POLL_SECONDS)
+            if message is not None and message.get("type") == "subscribe":
+                return
+        raise redis.exceptions.ConnectionError(f"Redis did not confirm the subscription in {_SUBSCRIBE_WAIT_SECONDS} s")
+
+    async def _hear(self, pubsub: Any) -> None:
+        """Hand on the channel's messages until the connection fails or stays silent even to a PING."""
+        heard_at = time.monotonic()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=_LISTEN_POLL_SECONDS)
+            now = time.monotonic()
+            if message is not None:
+                heard_at, pinged = now, False
+                if message.get("type") == "message":
+                    self._receive(message["data"])
+            elif now - heard_at >= 2 * _LISTEN_PING_SECONDS:
+                raise redis.exceptions.ConnectionError(
+                    f"nothing from Redis on the subscription for {now - heard_at:.0f} s, not even a PONG")
+            elif now - heard_at >= _LISTEN_PING_SECONDS and not pinged:
+                await pubsub.ping()
+                pinged = True
+
     def _receive(self, raw: str) -> None:
         """One message of the channel: an event, or an erasure."""
         head, _, body = raw.partition(" ")
         if head == _ERASE_WORD:
             project_id, subject_id = json.loads(body)
-            self._drop_outgoing(project_id, subject_id)
+            self._drop_outgoing(project_id, subject_id, heard_late=True)
             self._forget_locally(project_id, subject_id)
             return
         order = parse_event_id(head)
@@ -582,27 +738,38 @@ class RedisMemoryEvents(MemoryEvents):
         self._listener.delivered[event.project_id] = event.order
         self._deliver(event)
 
-    async def _catch_up(self, started: EventOrder) -> None:
+    async def _catch_up(self, first_subscribed_at: EventOrder) -> None:
         """After a lost subscription: what the projects with subscribers here missed meanwhile."""
         for project_id in list(self._subscriptions):
-            since = self._listener.delivered.get(project_id, started)
-            events, gap = await self._replay_after(project_id, since)
-            if gap:
+            since = self._listener.delivered.get(project_id, first_subscribed_at)
+            replay = await self._replay_after(project_id, since)
+            if replay.gap:
                 for subscription in list(self._subscriptions.get(project_id, ())):
                     subscription.mark_gap()
-            for event in events:
+            for event in replay.events:
                 self._hand_on(event)
 
-    async def _replay_after(self, project_id: str, after: EventOrder) -> tuple[list[Event], bool]:
+    async def _replay_after(self, project_id: str, after: EventOrder) -> _ReplayAfter:
+        stream = self._stream_key(project_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._trim_mark_key(project_id))
-            pipe.xrange(self._stream_key(project_id), f"({format_event_id(after)}", "+",
-                        count=max(self.settings.replay_size, 1))
-            trimmed, entries = await pipe.execute()
+            # The newest id the stream ever gave (deletions and trimming leave it); an error if
+            # the stream does not exist (no event yet, or Redis lost it).
+            pipe.xinfo_stream(stream)
+            pipe.xrange(stream, f"({format_event_id(after)}", "+", count=max(self.settings.replay_size, 1))
+            trimmed, info, entries = await pipe.execute(raise_on_error=False)
+        for result in (trimmed, entries):
+            if isinstance(result, STORAGE_ERRORS):
+                raise result
+        newest = parse_event_id(info["last-generated-id"]) if isinstance(info, dict) else None
+        if newest is None or after > newest:
+            return _ReplayAfter([], gap=False, unissued=after > (0, 0))
+        if isinstance(entries, Exception):
+            raise entries
         events = [_event_from(order, fields["m"]) for entry_id, fields in entries
                   if (order := parse_event_id(entry_id)) is not None]
         horizon = parse_event_id(trimmed) if trimmed else None
-        return events, horizon is not None and after < horizon
+        return _ReplayAfter(events, gap=horizon is not None and after < horizon, unissued=False)
 
 
 def _event_from(order: EventOrder, message: str) -> Event:

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Mapping, Sequence
 
 from gateway.erasure import SubjectErased, SubjectErasure
-from gateway.errors import GatewayError, NotFound, UpstreamError
+from gateway.errors import Conflict, GatewayError, NotFound, UpstreamError
 from gateway.history import content_text
 from gateway.jobs.queue import Job, JobError
 from gateway.memory.changes import MemoryFields, NewMemory
 from gateway.memory.claims import Claim
-from gateway.memory.extraction import Exchange, ExtractedMemory, ExtractionError, Extractor, require_storable
+from gateway.memory.extraction import (Exchange, ExtractedMemory, ExtractionError, Extractor, UnstorableMemory,
+                                       require_storable)
 from gateway.memory.memories import Memories
 from gateway.memory_policies import MemoryPolicies, combine
-from gateway.profiles import BUILTIN_FIELDS, ProfileField, Profiles
+from gateway.profiles import BUILTIN_FIELDS, EXTRACTED, LEARNED, ProfileField, Profiles
 from gateway.redaction import redact
 
 log = logging.getLogger("gateway.learning")
@@ -183,9 +185,10 @@ class Learner:
 
     async def _store_one(self, project_id: str, subject_id: str, memory: ExtractedMemory, memory_id: str | None, *,
                          forced: bool, origin: dict[str, Any], policy_config: dict[str, Any],
-                         keys: CallerKeys) -> dict[str, Any]:
+                         keys: CallerKeys, profile_source: str = LEARNED) -> dict[str, Any]:
         """One kept candidate stored through versioning (a duplicate is skipped and reinforces the
-        original), then the profile fields it states; returns ``Memories.create``'s answer."""
+        original), then the profile fields it states (their ``source_type`` ``profile_source``);
+        returns ``Memories.create``'s answer."""
         fields = MemoryFields(kind=memory.kind, importance=memory.importance, confidence=memory.confidence,
                               tags=list(memory.tags), is_temporal=memory.is_temporal,
                               visibility=learned_visibility(memory.visibility, policy_config))
@@ -195,7 +198,8 @@ class Learner:
         result, _ = await self._memories.create(project_id, new, origin=origin, api_key=keys.embedder,
                                                 claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
         # A memory skipped as a duplicate still states its fields: they name the original.
-        await self._learn_profile(project_id, subject_id, memory, result["id"] or result.get("duplicate_of"))
+        await self._learn_profile(project_id, subject_id, memory, result["id"] or result.get("duplicate_of"),
+                                  source_type=profile_source)
         return result
 
     # --- POST /memories/extract ----------------------------------------------------------
@@ -208,6 +212,7 @@ class Learner:
 
         The answer is the contract's (§6): ``memories`` are the candidates, or with ``store``
         what became of each (``memory_id`` None for a duplicate of ``duplicate_of``)."""
+        started = time.time()  # an erasure after this point voids what the request would store
         keys = CallerKeys(_key_or_none(self.extractor, caller_keys), _key_or_none(self._memories.embedder, caller_keys))
         policy = await self._policy(project_id, {"memory_policy": memory_policy, "subject_id": subject_id,
                                                  "chat_id": None})
@@ -230,24 +235,34 @@ class Learner:
         forced = force and not kept
         if forced:
             kept = [ExtractedMemory(text[:10_000], FORCED_KIND, 50, 1.0)]
-        for memory in kept:
-            require_storable(memory)
+        try:
+            for memory in kept:
+                require_storable(memory)
+        except UnstorableMemory as error:  # a plugin's mistake, not the caller's
+            raise UpstreamError(str(error), code="extraction_failed", status=502) from None
         mode = "force" if force else "auto"
         if not store:
             return {"ok": True, "learned": False, "mode": mode, "extracted_count": len(kept),
                     "memories": [_candidate_to_api(memory) for memory in kept]}
         origin = {"source": "memories_extract", "policy_ids": policy["policy_ids"]}
         learned = []
-        for memory in kept:
-            result = await self._store_one(project_id, subject_id, memory, None, forced=forced, origin=origin,
-                                           policy_config=policy["config"], keys=keys)
-            memory_id = result["id"]
-            claim_ids = ([row["claim_id"] for row in await self._memories.claims(project_id, memory_id)]
-                         if memory_id else [])
-            learned.append({"memory_id": memory_id, "text": result["text"], "kind": result["kind"],
-                            "claim_ids": claim_ids, "created": result["created"],
-                            **({"skipped": True, "reason": result["reason"], "duplicate_of": result["duplicate_of"]}
-                               if not result["created"] else {})})
+        # The extractor may have taken seconds: a subject erased meanwhile stays erased (409).
+        try:
+            async with self._erasure.writing(project_id, subject_id, since=started):
+                for memory in kept:
+                    result = await self._store_one(project_id, subject_id, memory, None, forced=forced,
+                                                   origin=origin, policy_config=policy["config"], keys=keys,
+                                                   profile_source=EXTRACTED)
+                    memory_id = result["id"]
+                    claim_ids = ([row["claim_id"] for row in await self._memories.claims(project_id, memory_id)]
+                                 if memory_id else [])
+                    learned.append({"memory_id": memory_id, "text": result["text"], "kind": result["kind"],
+                                    "claim_ids": claim_ids, "created": result["created"],
+                                    **({"skipped": True, "reason": result["reason"],
+                                        "duplicate_of": result["duplicate_of"]} if not result["created"] else {})})
+        except SubjectErased:
+            raise Conflict("the subject was erased while its text was being extracted; nothing was stored",
+                           code="subject_erased") from None
         return {"ok": True, "learned": True, "mode": mode, "extracted_count": len(kept),
                 "learned_memory_count": sum(1 for m in learned if m["created"]),
                 "learned_claim_count": sum(len(m["claim_ids"]) for m in learned), "memories": learned}
@@ -256,12 +271,12 @@ class Learner:
         return self._profiles.schema(project_id) if self._profiles is not None else BUILTIN_FIELDS
 
     async def _learn_profile(self, project_id: str, subject_id: str, memory: ExtractedMemory,
-                             memory_id: str | None) -> None:
+                             memory_id: str | None, *, source_type: str = LEARNED) -> None:
         """The profile fields ``memory`` states, with its confidence (gateway.profiles decides
         whether each replaces the current value: never a manual one)."""
         if self._profiles is not None and memory.profile_fields:
             await self._profiles.learn(project_id, subject_id, memory.profile_fields, confidence=memory.confidence,
-                                       memory_id=memory_id)
+                                       memory_id=memory_id, source_type=source_type)
 
 
 def _candidate_to_api(memory: ExtractedMemory) -> dict[str, Any]:

@@ -9,11 +9,15 @@ hits are scored in gateway/memory/ranking.py.
 The claims a memory states live in the truth graph (gateway/memory/truth_graph.py), and
 this module keeps the two in agreement: a memory's claims are asserted when it is stored
 (with its provenance, when learned); superseding or deleting a memory supersedes or
-retracts its claims, restoring it makes them the truths of their slots again, rewriting
-its text retracts the old ones and asserts the new. The other way round (``add_claim``,
-``retract_claim``): a claim that supersedes a memory's claim supersedes that memory too,
-and retracting a claim takes its memories out of use and brings back the memory of the
-claim that is true again, if this claim had superseded it.
+retracts its claims (but a claim another memory or an API call still states stands),
+restoring it makes them the truths of their slots again, rewriting its text retracts what it
+no longer says and asserts the new. The other way round (``add_claim``, ``retract_claim``): a
+memory left with no truth, because a claim superseded or retracted the last of its own, is
+superseded, and retracting a claim brings back the memory of the claim that is true again, if
+this claim had superseded it; rewriting a memory's text retires the memories its new claims
+leave with no truth likewise. (Restoring a memory is the exception: it undoes one supersede
+and changes no other memory, so the memory whose truth it displaced stays active.)
+Each operation holds the subject's truth-graph lock (TruthGraph.writing).
 """
 
 from __future__ import annotations
@@ -23,21 +27,21 @@ import logging
 import secrets
 import time
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.clock import from_timestamp
 from gateway.config import MemoryConfig
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.jobs.queue import JobQueue
 from gateway.memory.changes import MemoryEdit, NewMemory
-from gateway.memory.claims import Claim, extract_claims
+from gateway.memory.claims import Claim, extract_claims, value_key
 from gateway.memory.embedding import Embedder
 from gateway.memory.events import MemoryEvents
 from gateway.memory.index_upkeep import MEMORIES, REINDEX_JOB, IndexUpkeep, neighbours
 from gateway.memory.lexical import Lexicon
 from gateway.memory.ranking import Ranking, SearchHit
 from gateway.memory.reinforcement import REINFORCED, SEEN, index_is_behind, with_tallies
-from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, Asserted, NewClaim, Retracted, TruthGraph
+from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, Asserted, ClaimDoc, NewClaim, Retracted, TruthGraph
 from gateway.memory.vector_index import IndexQuery, RecallCounts, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
 from gateway.store import Collection, DocumentStore, Increment
@@ -83,6 +87,9 @@ class Memories:
                                    repair_after_seconds=config.vectors.repair_after_seconds)
         self._ranking = Ranking(self._lexicon, config.recall)
         self.truth = TruthGraph(store)
+        # Called with (project, subject, memory id, "deleted" or "superseded") when a memory leaves
+        # use, after its own writes: what was derived from it follows (gateway/profiles.py).
+        self.on_left: list[Callable[[str, str, str, str], Awaitable[None]]] = []
 
     # --- reading -------------------------------------------------------------------------
 
@@ -222,7 +229,8 @@ class Memories:
             "id": memory_id, "project_id": project_id, "subject_id": subject_id, "text": text,
             "kind": "fact", "visibility": "private", "importance": 50, "confidence": 0.8, "is_temporal": False,
             "tags": [], "metadata": {}, **fields,
-            "status": "active", "superseded_by": None, "source_type": new.source_type,
+            "status": "active", "superseded_by": None, "superseded_by_claim_id": None,
+            "source_type": new.source_type,
             "created_at": stamp, "updated_at": stamp, "last_seen_at": None, "seen_count": 0,
             "reinforcement_count": 0, "last_reinforced_at": None,
             "listing": "active", "is_deleted": False, "_created": now,
@@ -234,7 +242,8 @@ class Memories:
             doc["origin"] = origin
         indexed = self._upkeep.indexed(doc, dense)
         before = [previous["id"]] if previous else []
-        async with self._upkeep.index_repair(project_id, subject_id, [memory_id, *before, *decision.superseded_ids]):
+        async with self.truth.writing(project_id, subject_id), self._upkeep.index_repair(
+                project_id, subject_id, [memory_id, *before, *decision.superseded_ids]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             if not new.no_supersede:
                 # A memory stored as is replaces nothing, so it asserts no truths either (as in
@@ -279,14 +288,12 @@ class Memories:
             doc["_claims"] = [[c.predicate, c.value] for c in claims]
             doc["_text_key"] = text_key(doc["text"])
             indexed = self._upkeep.indexed(doc, dense)
-        async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
+        async with self.truth.writing(project_id, doc["subject_id"]), self._upkeep.index_repair(
+                project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             if "text" in fields:
-                # What it said is withdrawn and what it says now asserted (the truth only
-                # while the memory is active; a restore makes it so).
                 await self._store.delete_where(LEGACY_CLAIMS, project_id, {"memory_id": memory_id})
-                await self.truth.memory_left(project_id, memory_id, "retracted", "memory_edited", superseded_too=True)
-                await self._assert_claims(project_id, doc, claims, winner=doc["listing"] == "active")
+                await self._rewrite_claims(project_id, doc, claims)
                 await self._index.upsert(project_id, [indexed])
                 await self._upkeep.refresh_context(project_id, neighbours(doc))
             else:
@@ -301,12 +308,16 @@ class Memories:
         stamp = from_timestamp(time.time())
         # deleted_at shows in listings that include deleted memories (is_deleted stays internal).
         doc.update(is_deleted=True, listing="deleted", updated_at=stamp, deleted_at=stamp)
-        async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
+        async with self.truth.writing(project_id, doc["subject_id"]), self._upkeep.index_repair(
+                project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
             await self._store.put(MEMORIES, project_id, memory_id, doc)
-            await self.truth.memory_left(project_id, memory_id, "retracted", "memory_deleted")
+            await self.truth.retract_memory_claims(project_id, memory_id, "memory_deleted",
+                                                   is_active=self._is_active_in(project_id))
             await self._upkeep.update_index(project_id, doc)
             await self._upkeep.refresh_context(project_id, neighbours(doc))
         self.events.publish(project_id, doc["subject_id"], "memory.deleted", {"id": memory_id})
+        for hook in self.on_left:
+            await hook(project_id, doc["subject_id"], memory_id, "deleted")
         return True
 
     async def restore(self, project_id: str, memory_id: str) -> tuple[dict[str, Any], bool]:
@@ -315,7 +326,8 @@ class Memories:
             raise BadRequest("memory was deleted and cannot be restored", code="memory_deleted")
         if doc["status"] == "active":
             return doc, False
-        async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
+        async with self.truth.writing(project_id, doc["subject_id"]), self._upkeep.index_repair(
+                project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
             await self._set_status(project_id, memory_id, "active", superseded_by=None)
         self.events.publish(project_id, doc["subject_id"], "memory.updated", {"id": memory_id, "status": "active"})
         return doc, True
@@ -329,7 +341,8 @@ class Memories:
         memory_ids = [doc["id"] for doc in await self._store.find(MEMORIES, project_id, {"subject_id": subject_id})]
         await self._store.delete_tallies(MEMORIES, project_id, memory_ids)
         memories = await self._store.delete_where(MEMORIES, project_id, {"subject_id": subject_id})
-        claims = await self.truth.erase_subject(project_id, subject_id)
+        async with self.truth.writing(project_id, subject_id):
+            claims = await self.truth.erase_subject(project_id, subject_id)
         claims += await self._store.delete_where(LEGACY_CLAIMS, project_id, {"subject_id": subject_id})
         return {"memories": memories, "claims": claims}
 
@@ -339,38 +352,46 @@ class Memories:
         """Assert a claim (``POST /claims``); returns it and the memories it superseded.
 
         A claim that supersedes a slot's truth supersedes the memories that stated that truth
-        too (all its claims with them), as a new memory with the same slot would have. A claim
+        too, once none of their claims is a truth any more (see _retire_memories). A claim
         naming its ``source_memory_id`` is that memory's: it is the truth only while the memory
         is active, and never supersedes its own memory."""
-        if new.source_memory_id is not None:
-            source = await self._store.get(MEMORIES, project_id, new.source_memory_id)
-            if source is None or source["subject_id"] != new.subject_id or source.get("is_deleted"):
-                raise NotFound(f"source_memory_id names no memory of subject {new.subject_id}",
-                               code="memory_not_found", param="source_memory_id")
-            winner = source["listing"] == "active"
-        else:
-            winner = True
-        asserted = await self.truth.assert_claim(project_id, new, winner=winner)
-        superseded: list[str] = []
-        for old in asserted.superseded:
-            for memory_id in await self.truth.memories_behind(project_id, old):
-                if memory_id != new.source_memory_id and memory_id not in superseded and (
-                        await self._supersede_with_claims(project_id, memory_id, asserted.claim["claim_id"])):
-                    superseded.append(memory_id)
+        async with self.truth.writing(project_id, new.subject_id):
+            if new.source_memory_id is not None:
+                source = await self._store.get(MEMORIES, project_id, new.source_memory_id)
+                if source is None or source["subject_id"] != new.subject_id or source.get("is_deleted"):
+                    raise NotFound(f"source_memory_id names no memory of subject {new.subject_id}",
+                                   code="memory_not_found", param="source_memory_id")
+                winner = source["listing"] == "active"
+            else:
+                winner = True
+            asserted = await self.truth.assert_claim(project_id, new, winner=winner)
+            superseded = await self._retire_memories(project_id, [asserted], spare=new.source_memory_id)
         return asserted, superseded
 
     async def retract_claim(self, project_id: str, claim_id: str,
                             reason: str = DEFAULT_RETRACT_REASON) -> tuple[Retracted, list[str], list[str]]:
         """Retract a claim (``POST /claims/{id}/retract``); returns it, the memories taken out of
-        use (those that stated it: they are superseded, by the memory of the claim true again if
-        any) and the memories restored (that claim's, if this claim or its memory superseded it).
+        use (those that stated it and now state no truth: they are superseded, by the claim true
+        again if any) and the memories restored (that claim's, if this claim or its memory
+        superseded it).
 
         The claim true again must come from no memory, an active one, or one this claim
         superseded; a claim whose memory was deleted or superseded by something else is passed
         over for the one before it."""
         claim = await self.truth.claim(project_id, claim_id)
-        behind = await self.truth.memories_behind(project_id, claim) if claim is not None else []
+        if claim is None:
+            raise NotFound(f"no claim {claim_id}", code="claim_not_found", claim_id=claim_id)
+        async with self.truth.writing(project_id, claim["subject_id"]):
+            return await self._retract_claim(project_id, claim, reason)
+
+    async def _retract_claim(self, project_id: str, claim: ClaimDoc,
+                             reason: str) -> tuple[Retracted, list[str], list[str]]:
+        claim_id = claim["claim_id"]
+        behind = await self.truth.memories_behind(project_id, claim)
         replaced_by = {claim_id, *behind}
+
+        def replaced_by_this(doc: dict[str, Any]) -> bool:
+            return doc.get("superseded_by") in replaced_by or doc.get("superseded_by_claim_id") in replaced_by
 
         async def may_return(earlier: dict[str, Any]) -> bool:
             memory_id = earlier.get("source_memory_id")
@@ -379,19 +400,18 @@ class Memories:
             doc = await self._store.get(MEMORIES, project_id, memory_id)
             if doc is None or doc.get("is_deleted"):
                 return False
-            return doc["listing"] == "active" or doc.get("superseded_by") in replaced_by
+            return doc["listing"] == "active" or replaced_by_this(doc)
 
         retracted = await self.truth.retract(project_id, claim_id, reason, may_return=may_return)
         restored = retracted.restored
-        successor = (restored.get("source_memory_id") or restored["claim_id"]) if restored is not None else None
         superseded = [memory_id for memory_id in behind
-                      if await self._supersede_with_claims(project_id, memory_id, successor)]
+                      if await self._supersede_for_claim(project_id, memory_id, restored)]
         brought_back: list[str] = []
         memory_id = restored.get("source_memory_id") if restored is not None else None
         if memory_id:
             doc = await self._store.get(MEMORIES, project_id, memory_id)
             if (doc is not None and not doc.get("is_deleted") and doc["listing"] == "superseded"
-                    and doc.get("superseded_by") in replaced_by):
+                    and replaced_by_this(doc)):
                 async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
                     await self._set_status(project_id, memory_id, "active", superseded_by=None)
                 self.events.publish(project_id, doc["subject_id"], "memory.updated",
@@ -399,16 +419,45 @@ class Memories:
                 brought_back.append(memory_id)
         return retracted, superseded, brought_back
 
-    async def _supersede_with_claims(self, project_id: str, memory_id: str, superseded_by: str | None) -> bool:
-        """Supersede an active memory because of a claim (False if it was not active)."""
+    async def _retire_memories(self, project_id: str, asserted: Sequence[Asserted], *,
+                               spare: str | None) -> list[str]:
+        """Supersede the memories behind the claims that ``asserted`` displaced, each by the claim
+        that displaced it, once the memory states no truth (but ``spare``, the asserting
+        memory): recall would otherwise inject a memory beside a truth that replaced what it
+        says. One that still states another truth stays in use, with its other slots."""
+        retired: list[str] = []
+        for result in asserted:
+            for old in result.superseded:
+                for memory_id in await self.truth.memories_behind(project_id, old):
+                    if memory_id != spare and memory_id not in retired and (
+                            await self._supersede_for_claim(project_id, memory_id, result.claim)):
+                        retired.append(memory_id)
+        return retired
+
+    async def _supersede_for_claim(self, project_id: str, memory_id: str, claim: ClaimDoc | None) -> bool:
+        """Supersede an active memory that states no truth any more, because of ``claim`` (the
+        truth now, if any): superseded_by is that claim's memory, superseded_by_claim_id the
+        claim. False if the memory was not active or still states a truth."""
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None or doc["listing"] != "active":
             return False
+        if any(stated["status"] == "active" for _, stated in await self.truth.memory_assertions(project_id, memory_id)):
+            return False
+        by_memory = claim.get("source_memory_id") if claim is not None else None
+        by_claim = claim["claim_id"] if claim is not None else None
         async with self._upkeep.index_repair(project_id, doc["subject_id"], [memory_id, *neighbours(doc)]):
-            await self._set_status(project_id, memory_id, "superseded", superseded_by=superseded_by)
+            await self._set_status(project_id, memory_id, "superseded", superseded_by=by_memory,
+                                   superseded_by_claim_id=by_claim)
         self.events.publish(project_id, doc["subject_id"], "memory.superseded",
-                            {"id": memory_id, "superseded_by": superseded_by})
+                            {"id": memory_id, "superseded_by": by_memory, "superseded_by_claim_id": by_claim})
         return True
+
+    def _is_active_in(self, project_id: str) -> Callable[[str], Awaitable[bool]]:
+        """Whether a memory of the project is active (TruthGraph's ``is_active``)."""
+        async def is_active(memory_id: str) -> bool:
+            doc = await self._store.get(MEMORIES, project_id, memory_id)
+            return doc is not None and not doc.get("is_deleted") and doc["listing"] == "active"
+        return is_active
 
     # --- finishing interrupted index writes (the work is IndexUpkeep's) ---------------
 
@@ -487,7 +536,7 @@ class Memories:
         return list(found.values()), indexed
 
     async def _assert_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim], *,
-                             winner: bool = True) -> None:
+                             winner: bool = True) -> list[Asserted]:
         """Assert a memory's claims in the truth graph, one per slot (the last, if it states
         two values for one), with the memory as their source and, for a learned memory, where
         it was learned."""
@@ -496,30 +545,60 @@ class Memories:
         if origin is not None:
             provenance = {"memory_id": doc["id"], "chat_id": origin.get("chat_id"), "job_id": origin.get("job_id"),
                           "message_ids": origin.get("message_ids", []), "learned_at": doc["created_at"]}
-        for claim in {claim.slot: claim for claim in claims}.values():
-            await self.truth.assert_claim(project_id, NewClaim(
-                doc["subject_id"], claim.predicate, claim.value, slot=claim.slot, confidence=doc["confidence"],
-                importance=doc["importance"] / 100, source_memory_id=doc["id"], source_type=doc["source_type"],
-                origin=provenance), winner=winner)
+        return [await self.truth.assert_claim(project_id, NewClaim(
+            doc["subject_id"], claim.predicate, claim.value, slot=claim.slot, confidence=doc["confidence"],
+            importance=doc["importance"] / 100, source_memory_id=doc["id"], source_type=doc["source_type"],
+            origin=provenance), winner=winner) for claim in {claim.slot: claim for claim in claims}.values()]
 
-    async def _set_status(self, project_id: str, memory_id: str, status: str, *, superseded_by: str | None) -> None:
-        """Supersede a memory (``superseded_by``: the memory, or claim, that replaced it) or
-        make it active again; its claims follow (the truth graph's memory_left / memory_back)."""
+    async def _rewrite_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim]) -> None:
+        """A memory's text was rewritten to state ``claims``. A claim it still states (same slot
+        and value) stays as it is; the others are retracted, unless something else still states
+        them; each new one is asserted (the truth only while the memory is active: a restore
+        makes it so) and linked to the claim it replaces in its slot (TruthGraph.link_edit), so
+        that retracting it makes true again what the old one had superseded."""
+        memory_id = doc["id"]
+        by_slot = {claim.slot: claim for claim in claims}
+        kept = {old["claim_id"]: old["slot"] for old in await self.truth.memory_claims(project_id, memory_id)
+                if old["status"] != "retracted" and old["slot"] in by_slot
+                and value_key(old["object_value"]) == value_key(by_slot[old["slot"]].value)}
+        left = await self.truth.retract_memory_claims(project_id, memory_id, "memory_edited",
+                                                      is_active=self._is_active_in(project_id), keep=kept)
+        replaced = {old["slot"]: old for old in left}
+        active = doc["listing"] == "active"
+        asserted = await self._assert_claims(project_id, doc, [claim for claim in by_slot.values()
+                                                               if claim.slot not in kept.values()], winner=active)
+        for result in asserted:
+            old = replaced.get(result.claim["slot"])
+            if result.created and old is not None:
+                await self.truth.link_edit(project_id, result.claim, old)
+        if active:
+            await self._retire_memories(project_id, asserted, spare=memory_id)
+
+    async def _set_status(self, project_id: str, memory_id: str, status: str, *, superseded_by: str | None,
+                          superseded_by_claim_id: str | None = None) -> None:
+        """Supersede a memory (``superseded_by``: the memory that replaced it; with a claim's:
+        that claim, ``superseded_by_claim_id``) or make it active again; its claims follow."""
         doc = await self._store.get(MEMORIES, project_id, memory_id)
         if doc is None:
             return
         stamp = from_timestamp(time.time())
-        doc.update(status=status, listing=status, superseded_by=superseded_by, updated_at=stamp,
+        doc.update(status=status, listing=status, superseded_by=superseded_by,
+                   superseded_by_claim_id=superseded_by_claim_id, updated_at=stamp,
                    superseded_at=stamp if status == "superseded" else None)
         await self._store.put(MEMORIES, project_id, memory_id, doc)
         if status == "active":
-            await self.truth.memory_back(project_id, memory_id)
+            # The memories whose truths it displaces stay active: a restore undoes one
+            # supersede (contract: "undo an incorrect supersede"), it changes no other memory.
+            await self.truth.reinstate_memory_claims(project_id, memory_id)
         else:
-            await self.truth.memory_left(project_id, memory_id, "superseded", "memory_superseded")
+            await self.truth.supersede_memory_claims(project_id, memory_id, "memory_superseded",
+                                                     is_active=self._is_active_in(project_id))
         await self._upkeep.update_index(project_id, doc)
         # Its neighbours gain or lose its words; a restored memory's own neighbours may have changed.
         await self._upkeep.refresh_context(project_id,
                                            [*neighbours(doc), *([memory_id] if status == "active" else [])])
+        for hook in self.on_left if status == "superseded" else ():
+            await hook(project_id, doc["subject_id"], memory_id, "superseded")
 
     async def _reinforce(self, project_id: str, memory_id: str, *, indexed: dict[str, Any] | None = None,
                          stored: dict[str, Any] | None = None) -> None:

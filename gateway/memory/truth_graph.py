@@ -7,11 +7,14 @@ The graph is three kinds of documents:
 * **claims**, each value ever asserted, with a status: ``active`` (the slot's truth; at most
   one per subject and slot), ``superseded`` (a newer claim in the slot, or the memory that
   stated it, replaced it) or ``retracted`` (declared false, or its memory deleted or rewritten);
+  a claim that another active memory, or an API call, also states stays when its memory goes,
+  with that memory (or none) as its source;
 * **assertions**, each statement of a claim by a memory or an API call: the same value stated
   again while it is the truth adds an assertion to the claim it repeats (and raises its
   confidence to the higher of the two) instead of making a new claim;
-* **edges** between claims: ``supersedes`` (a new truth to the one it replaced, or a
-  restored memory's claim to the truth it displaced) and ``retracts`` (a retracted truth to
+* **edges** between claims: ``supersedes`` (a new truth to the one it replaced, a restored
+  memory's claim to the truth it displaced, or a rewritten memory's new claim to the one it
+  replaces in its slot) and ``retracts`` (a retracted truth to
   the earlier claim that became true again). The contract's other edge types (``supports``,
   ``duplicates``, ``related``) are not written: a repeated value is an assertion instead.
 
@@ -26,10 +29,18 @@ recall reads on every turn), is then one index read of small documents, never a 
 through the history. ``GET .../truth`` lists every slot, so it reads a **snapshot**
 instead, one document: the subject's rows as one JSON text, rebuilt from the rows by the
 first read after a change. A writer changes the rows, counts the change (a tally, atomic on
-both backends), then deletes the snapshot. A reader that rebuilds it reads the count before
-the rows and again after storing it, and deletes what it stored if the count moved: a
-change its rows may have missed has then either been counted by that second read, or will
-delete the snapshot itself. No interleaving leaves a stale snapshot in use.
+both backends), then deletes the snapshot. A reader that rebuilds it reads the count (with
+the time of the latest change: an erasure deletes the tally, so the count alone could come
+back to the same number) before the rows and again after storing it, and deletes what it
+stored if either moved: a change its rows may have missed has then either been counted by
+that second read, or will delete the snapshot itself. No interleaving leaves a stale snapshot in use.
+
+Writes to one subject's claims take turns (``TruthGraph.writing``, held by
+gateway/memory/memories.py around each operation). The lock is in-process: gateways sharing
+one Redis can still interleave writes to the same subject, which may then leave a slot two
+active claims until a later assert in the slot supersedes both (reads show the newest). A
+lock across gateways would need one in Redis (SET NX PX) that the document store does not
+offer yet.
 
 This module knows memories by id only; keeping claims and memory versioning in agreement
 is gateway/memory/memories.py's business.
@@ -37,6 +48,7 @@ is gateway/memory/memories.py's business.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -64,9 +76,12 @@ EDGES = Collection("claim_edges", indexes=(("from_claim_id",), ("to_claim_id",),
 
 DEFAULT_RETRACT_REASON = "manual_retraction"
 
-Claim = dict[str, Any]
+# A claim as stored (not gateway.memory.claims.Claim, a memory's statement before it is asserted).
+ClaimDoc = dict[str, Any]
 # Whether an earlier claim may become a slot's truth again when the truth is retracted.
-MayReturn = Callable[[Claim], Awaitable[bool]]
+MayReturn = Callable[[ClaimDoc], Awaitable[bool]]
+# Whether a memory (by id) is active: while one still states a claim, that claim stands.
+IsActive = Callable[[str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -100,17 +115,17 @@ class NewClaim:
 @dataclass(frozen=True)
 class Asserted:
     # The new claim, or the active claim it repeats (created False).
-    claim: Claim
+    claim: ClaimDoc
     created: bool
     # The claims it replaced as the slot's truth.
-    superseded: list[Claim] = field(default_factory=list)
+    superseded: list[ClaimDoc] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Retracted:
-    claim: Claim
+    claim: ClaimDoc
     # The earlier claim that is the slot's truth again, if any.
-    restored: Claim | None
+    restored: ClaimDoc | None
 
 
 def _stamp() -> str:
@@ -121,7 +136,7 @@ def _newest_first(docs: Iterable[dict[str, Any]], key: str) -> list[dict[str, An
     return sorted(docs, key=lambda doc: doc.get(key) or "", reverse=True)
 
 
-def truth_row(claim: Claim) -> dict[str, Any]:
+def truth_row(claim: ClaimDoc) -> dict[str, Any]:
     """A slot and the claim true in it, as the truth routes answer (contract §7)."""
     return {"slot": claim["slot"], "active_claim_id": claim["claim_id"], "predicate": claim["predicate"],
             "object_value": claim["object_value"], "claim_type": claim["claim_type"],
@@ -147,12 +162,25 @@ def _one_per_slot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class TruthGraph:
+    # Writers of one subject's claims take turns (see ``writing``). Striped by subject: a fixed
+    # number of locks, however many subjects.
+    _LOCK_STRIPES = 64
+
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
+        self._locks = [asyncio.Lock() for _ in range(self._LOCK_STRIPES)]
+
+    def writing(self, project_id: str, subject_id: str) -> asyncio.Lock:
+        """The lock every writer of the subject's claims holds (``async with``) around its reads
+        and writes: each write reads whole documents and stores them again, so two at once could
+        lose a retraction or leave a slot two truths. Not re-entrant: take it once, at the top of
+        an operation. It covers the writers in this process only (see the module docstring)."""
+        digest = hashlib.blake2b(f"{project_id}\0{subject_id}".encode(), digest_size=4).digest()
+        return self._locks[int.from_bytes(digest, "big") % self._LOCK_STRIPES]
 
     # --- reading -------------------------------------------------------------------------
 
-    async def claim(self, project_id: str, claim_id: str) -> Claim | None:
+    async def claim(self, project_id: str, claim_id: str) -> ClaimDoc | None:
         return await self._store.get(CLAIMS, project_id, claim_id)
 
     async def truth(self, project_id: str, subject_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -170,7 +198,7 @@ class TruthGraph:
         if snapshot is not None:
             return snapshot["slot_count"], snapshot["slots"]
         changes = await self._changes(project_id, key)
-        if not changes:
+        if changes is None:
             return 0, "[]"  # never given a truth (writing a row counts a change): nothing to read
         rows = [{k: v for k, v in row.items() if k != "subject_id"} for row in await self.truth(project_id, subject_id)]
         slots = orjson.dumps(rows).decode()
@@ -183,10 +211,12 @@ class TruthGraph:
             await self._store.delete(SNAPSHOTS, project_id, key)
         return len(rows), slots
 
-    async def _changes(self, project_id: str, key: str) -> int:
-        """How many changes the subject's truth rows have had (0: never one)."""
+    async def _changes(self, project_id: str, key: str) -> tuple[int, float] | None:
+        """(how many changes the subject's truth rows have had, when the latest was), None if
+        never one. Both, compared: an erasure deletes the tally, so a count alone could come back
+        to the same number with other rows behind it (the time of the latest change does not)."""
         tally = (await self._store.tallies(SNAPSHOTS, project_id, [key])).get(key, {}).get(CHANGES)
-        return tally.count if tally is not None else 0
+        return (tally.count, tally.last_at) if tally is not None else None
 
     async def slot(self, project_id: str, subject_id: str, slot: str) -> dict[str, Any] | None:
         """The slot's truth row, or None."""
@@ -194,15 +224,15 @@ class TruthGraph:
                                       newest_first=True)
         return rows[0] if rows else None
 
-    async def active_in_slot(self, project_id: str, subject_id: str, slot: str) -> list[Claim]:
+    async def active_in_slot(self, project_id: str, subject_id: str, slot: str) -> list[ClaimDoc]:
         """The slot's active claims: one, or none (two only after a race between writers)."""
         return await self._store.find(CLAIMS, project_id, {"subject_id": subject_id, "slot": slot, "status": "active"})
 
-    async def slots(self, project_id: str, subject_id: str, *, limit: int) -> list[tuple[Claim, str]]:
+    async def slots(self, project_id: str, subject_id: str, *, limit: int) -> list[tuple[ClaimDoc, str]]:
         """Every slot the subject has held a claim in, most recently changed first: (the claim
         shown for it, the slot's status). The shown claim is its truth (status ``active``), or,
         with no truth left, its latest claim (``superseded`` or ``retracted``)."""
-        by_slot: dict[str, list[Claim]] = {}
+        by_slot: dict[str, list[ClaimDoc]] = {}
         for claim in await self._store.find(CLAIMS, project_id, {"subject_id": subject_id}):
             by_slot.setdefault(claim["slot"], []).append(claim)
         rows = []
@@ -213,14 +243,15 @@ class TruthGraph:
         rows.sort(key=lambda row: row[0]["updated_at"], reverse=True)
         return rows[:limit]
 
-    async def graph(self, project_id: str, subject_id: str, *, limit: int) -> tuple[list[Claim], list[dict[str, Any]]]:
+    async def graph(self, project_id: str, subject_id: str, *,
+                    limit: int) -> tuple[list[ClaimDoc], list[dict[str, Any]]]:
         """The subject's latest ``limit`` claims and every edge touching them, newest first."""
         claims = await self._store.find(CLAIMS, project_id, {"subject_id": subject_id}, limit=limit,
                                         newest_first=True)
         return claims, await self._edges_touching(project_id, subject_id, claims)
 
     async def history(self, project_id: str, subject_id: str, *, slot: str | None,
-                      limit: int) -> tuple[list[Claim], list[dict[str, Any]]]:
+                      limit: int) -> tuple[list[ClaimDoc], list[dict[str, Any]]]:
         """The subject's latest ``limit`` claims (of one slot, if given) and the supersedes
         edges touching them, newest first."""
         where = {"subject_id": subject_id, "slot": slot} if slot else {"subject_id": subject_id}
@@ -237,7 +268,7 @@ class TruthGraph:
         incoming = await self._store.find(EDGES, project_id, {"to_claim_id": claim_id})
         return _newest_first({edge["edge_id"]: edge for edge in [*outgoing, *incoming]}.values(), "created_at")
 
-    async def memory_assertions(self, project_id: str, memory_id: str) -> list[tuple[dict[str, Any], Claim]]:
+    async def memory_assertions(self, project_id: str, memory_id: str) -> list[tuple[dict[str, Any], ClaimDoc]]:
         """What a memory stated: (its assertion, the claim asserted), oldest first."""
         rows = []
         for assertion in await self._store.find(ASSERTIONS, project_id, {"memory_id": memory_id}):
@@ -246,7 +277,7 @@ class TruthGraph:
                 rows.append((assertion, claim))
         return rows
 
-    async def memories_behind(self, project_id: str, claim: Claim) -> list[str]:
+    async def memories_behind(self, project_id: str, claim: ClaimDoc) -> list[str]:
         """The memories that stated ``claim``: its source first, then any that repeated it."""
         ids = [claim["source_memory_id"]] if claim.get("source_memory_id") else []
         for assertion in await self._store.find(ASSERTIONS, project_id, {"claim_id": claim["claim_id"]}):
@@ -274,7 +305,7 @@ class TruthGraph:
             await self._add_assertion(project_id, repeated, new, stamp)
             return Asserted(repeated, created=False)
         claim_id = new.claim_id or ordered_id("clm_")
-        claim: Claim = {
+        claim: ClaimDoc = {
             "claim_id": claim_id, "project_id": project_id, "subject_id": new.subject_id,
             "predicate": new.predicate, "object_value": new.object_value, "slot": slot,
             "claim_type": new.claim_type or claim_type_of(new.predicate), "confidence": new.confidence,
@@ -291,7 +322,7 @@ class TruthGraph:
                        updated_at=stamp)
         await self._store.put_many(CLAIMS, project_id, [(c["claim_id"], c) for c in (claim, *active)])
         if winner:
-            await self._make_truth(project_id, claim, replacing=active)
+            await self._make_truth(project_id, claim)
         await self._add_edges(project_id, new.subject_id, [(claim_id, old["claim_id"], "supersedes", "new_value", None)
                                                            for old in active], stamp)
         await self._add_assertion(project_id, claim, new, stamp)
@@ -301,7 +332,8 @@ class TruthGraph:
                       may_return: MayReturn | None = None) -> Retracted:
         """Declare a claim false. If it was its slot's truth, the claim it had superseded is the
         truth again (following supersedes edges past retracted claims, and past those
-        ``may_return`` refuses). 404 for an unknown claim, 409 if already retracted."""
+        ``may_return`` refuses), unless the slot has another truth already. 404 for an unknown
+        claim, 409 if already retracted."""
         claim = await self._store.get(CLAIMS, project_id, claim_id)
         if claim is None:
             raise NotFound(f"no claim {claim_id}", code="claim_not_found", claim_id=claim_id)
@@ -311,7 +343,12 @@ class TruthGraph:
         stamp = _stamp()
         was_truth = claim["status"] == "active"
         claim.update(status="retracted", retracted_at=stamp, retract_reason=reason, updated_at=stamp)
-        restored = await self._previous_truth(project_id, claim, may_return) if was_truth else None
+        restored = None
+        if was_truth:
+            others = [c for c in await self.active_in_slot(project_id, claim["subject_id"], claim["slot"])
+                      if c["claim_id"] != claim_id]
+            if not others:  # another truth in the slot (a write that raced this one) stays the only one
+                restored = await self._previous_truth(project_id, claim, may_return)
         changed = [claim]
         if restored is not None:
             restored.update(status="active", superseded_at=None, superseded_by=None, superseded_reason=None,
@@ -319,44 +356,84 @@ class TruthGraph:
             changed.append(restored)
         await self._store.put_many(CLAIMS, project_id, [(c["claim_id"], c) for c in changed])
         if restored is not None:
-            await self._make_truth(project_id, restored, replacing=[claim])
+            await self._make_truth(project_id, restored)
             await self._add_edges(project_id, claim["subject_id"],
                                   [(claim_id, restored["claim_id"], "retracts", DEFAULT_RETRACT_REASON, reason)], stamp)
         elif was_truth:
-            await self._drop_truths(project_id, claim["subject_id"], [claim_id])
+            await self._clear_slot(project_id, claim)
         return Retracted(claim, restored)
 
-    async def memory_left(self, project_id: str, memory_id: str, status: str, reason: str, *,
-                          superseded_too: bool = False) -> list[Claim]:
-        """A memory stopped being active: its claims that were truths become ``status``
-        (superseded with it, or retracted when it is deleted). ``superseded_too``: its
-        superseded claims are retracted as well (its text was rewritten: a restore must not
-        bring back what it no longer says). The slots they held keep no truth: a memory's fate
-        moves its own claims only."""
+    async def memory_claims(self, project_id: str, memory_id: str) -> list[ClaimDoc]:
+        """The claims whose source is the memory (any status)."""
+        return await self._store.find(CLAIMS, project_id, {"source_memory_id": memory_id})
+
+    async def supersede_memory_claims(self, project_id: str, memory_id: str, reason: str, *,
+                                      is_active: IsActive) -> list[ClaimDoc]:
+        """A memory was superseded: its claims that were truths are superseded with it, and their
+        slots keep no truth (a memory's fate moves its own claims only), unless something else
+        still states them (see _still_stated). Returns the claims moved."""
+        return await self._memory_claims_leave(project_id, memory_id, ("active",), is_active,
+                                               lambda claim, stamp: claim.update(
+                                                   status="superseded", superseded_at=stamp, superseded_by=None,
+                                                   superseded_reason=reason, updated_at=stamp))
+
+    async def retract_memory_claims(self, project_id: str, memory_id: str, reason: str, *, is_active: IsActive,
+                                    keep: Iterable[str] = ()) -> list[ClaimDoc]:
+        """A memory was deleted, or its text rewritten: its claims, truths or superseded, are
+        retracted (a restore must not bring back what it no longer says), but those in ``keep``
+        (claim ids it still states) and those something else still states. Returns the claims moved."""
+        kept = set(keep)
+
+        def retract(claim: ClaimDoc, stamp: str) -> None:
+            claim.update(status="retracted", retracted_at=stamp, retract_reason=reason, updated_at=stamp)
+
+        return await self._memory_claims_leave(project_id, memory_id, ("active", "superseded"), is_active, retract,
+                                               kept)
+
+    async def _memory_claims_leave(self, project_id: str, memory_id: str, moving: tuple[str, ...],
+                                   is_active: IsActive, leave: Callable[[ClaimDoc, str], None],
+                                   keep: set[str] | None = None) -> list[ClaimDoc]:
         stamp = _stamp()
         changed = []
-        moving = ("active", "superseded") if superseded_too else ("active",)
-        for claim in await self._store.find(CLAIMS, project_id, {"source_memory_id": memory_id}):
-            if claim["status"] not in moving:
+        for claim in await self.memory_claims(project_id, memory_id):
+            if claim["status"] not in moving or claim["claim_id"] in (keep or ()):
+                continue
+            stated, new_source = await self._still_stated(project_id, claim, memory_id, is_active)
+            if stated:
+                # Another memory, or an API call, states it too: it stands, on that statement now.
+                claim.update(source_memory_id=new_source, updated_at=stamp)
+                await self._store.put(CLAIMS, project_id, claim["claim_id"], claim)
+                if claim["status"] == "active":
+                    await self._make_truth(project_id, claim)
                 continue
             if claim["status"] == "active":
-                await self._drop_truths(project_id, claim["subject_id"], [claim["claim_id"]])
-            if status == "retracted":
-                claim.update(status="retracted", retracted_at=stamp, retract_reason=reason, updated_at=stamp)
-            else:
-                claim.update(status="superseded", superseded_at=stamp, superseded_by=None, superseded_reason=reason,
-                             updated_at=stamp)
+                await self._clear_slot(project_id, claim)
+            leave(claim, stamp)
             changed.append(claim)
         if changed:
             await self._store.put_many(CLAIMS, project_id, [(c["claim_id"], c) for c in changed])
         return changed
 
-    async def memory_back(self, project_id: str, memory_id: str) -> list[Claim]:
+    async def _still_stated(self, project_id: str, claim: ClaimDoc, leaving: str,
+                            is_active: IsActive) -> tuple[bool, str | None]:
+        """Whether an assertion of ``claim`` other than memory ``leaving``'s still stands, and the
+        memory it names: an active memory's first (None: only an API call's, which names none)."""
+        by_api = False
+        for assertion in await self._store.find(ASSERTIONS, project_id, {"claim_id": claim["claim_id"]}):
+            other = assertion.get("memory_id")
+            if other is None:
+                by_api = True
+            elif other != leaving and await is_active(other):
+                return True, other
+        return by_api, None
+
+    async def reinstate_memory_claims(self, project_id: str, memory_id: str) -> list[Asserted]:
         """A memory is active again: its superseded claims are the truths of their slots again,
-        superseding whatever is true there now (a retracted claim stays retracted)."""
+        superseding whatever is true there now (a retracted claim stays retracted). Returns each
+        claim reinstated with the claims it displaced."""
         stamp = _stamp()
         reinstated = []
-        for claim in await self._store.find(CLAIMS, project_id, {"source_memory_id": memory_id}):
+        for claim in await self.memory_claims(project_id, memory_id):
             if claim["status"] != "superseded":
                 continue
             current = [c for c in await self.active_in_slot(project_id, claim["subject_id"], claim["slot"])
@@ -367,12 +444,19 @@ class TruthGraph:
             claim.update(status="active", superseded_at=None, superseded_by=None, superseded_reason=None,
                          updated_at=stamp)
             await self._store.put_many(CLAIMS, project_id, [(c["claim_id"], c) for c in (claim, *current)])
-            await self._make_truth(project_id, claim, replacing=current)
+            await self._make_truth(project_id, claim)
             await self._add_edges(project_id, claim["subject_id"],
                                   [(claim["claim_id"], old["claim_id"], "supersedes", "memory_restored", None)
                                    for old in current], stamp)
-            reinstated.append(claim)
+            reinstated.append(Asserted(claim, created=False, superseded=current))
         return reinstated
+
+    async def link_edit(self, project_id: str, new: ClaimDoc, old: ClaimDoc) -> None:
+        """``new`` is what a memory says in ``old``'s slot since its text was rewritten: a
+        supersedes edge from one to the other, so that retracting ``new`` makes true again what
+        ``old`` had superseded (the walk back passes the retracted ``old``)."""
+        await self._add_edges(project_id, new["subject_id"],
+                              [(new["claim_id"], old["claim_id"], "supersedes", "memory_edited", None)], _stamp())
 
     async def erase_subject(self, project_id: str, subject_id: str) -> int:
         """Delete every claim, assertion and edge of the subject; returns how many claims."""
@@ -385,7 +469,8 @@ class TruthGraph:
 
     # --- internals -----------------------------------------------------------------------
 
-    async def _previous_truth(self, project_id: str, claim: Claim, may_return: MayReturn | None) -> Claim | None:
+    async def _previous_truth(self, project_id: str, claim: ClaimDoc,
+                              may_return: MayReturn | None) -> ClaimDoc | None:
         """The claim ``claim`` superseded, or, if that one was retracted since (or may not
         return), the one that one superseded, and so on; newest edge first, each claim once."""
         seen = {claim["claim_id"]}
@@ -406,24 +491,30 @@ class TruthGraph:
                 frontier.append(earlier["claim_id"])
         return None
 
-    async def _make_truth(self, project_id: str, claim: Claim, *, replacing: Iterable[Claim] = ()) -> None:
-        """Write ``claim``'s truth row, then delete the rows of the claims it replaces as the truth."""
+    async def _make_truth(self, project_id: str, claim: ClaimDoc) -> None:
+        """Write ``claim``'s truth row, then delete every other row of its slot."""
         await self._store.put(TRUTHS, project_id, claim["claim_id"], {"subject_id": claim["subject_id"],
                                                                       **truth_row(claim)})
-        await self._drop_truths(project_id, claim["subject_id"],
-                                [old["claim_id"] for old in replacing if old["claim_id"] != claim["claim_id"]])
+        await self._drop_rows(project_id, claim["subject_id"], claim["slot"], keep=claim["claim_id"])
 
-    async def _drop_truths(self, project_id: str, subject_id: str, claim_ids: list[str]) -> None:
-        """Delete these claims' truth rows, then count a change of the subject's truths and
-        delete its snapshot (always: the caller may have written a row too). In this order:
-        see the module docstring."""
-        for claim_id in claim_ids:
-            await self._store.delete(TRUTHS, project_id, claim_id)
+    async def _clear_slot(self, project_id: str, claim: ClaimDoc) -> None:
+        """``claim``'s slot has no truth now: delete its rows."""
+        await self._drop_rows(project_id, claim["subject_id"], claim["slot"], keep=None)
+
+    async def _drop_rows(self, project_id: str, subject_id: str, slot: str, *, keep: str | None) -> None:
+        """Delete the slot's truth rows but ``keep``'s, then count a change of the subject's
+        truths and delete its snapshot (always: the caller may have written a row too). In this
+        order: see the module docstring. Every row of the slot, not only those of the claims a
+        write replaced: a row a write interrupted by a crash left behind (its claim superseded
+        since) goes at the slot's next change, for one index read."""
+        for row in await self._store.find(TRUTHS, project_id, {"subject_id": subject_id, "slot": slot}):
+            if row["active_claim_id"] != keep:
+                await self._store.delete(TRUTHS, project_id, row["active_claim_id"])
         key = _subject_key(subject_id)
         await self._store.increment(SNAPSHOTS, project_id, [Increment(key, CHANGES, time.time())])
         await self._store.delete(SNAPSHOTS, project_id, key)
 
-    async def _add_assertion(self, project_id: str, claim: Claim, new: NewClaim, stamp: str) -> None:
+    async def _add_assertion(self, project_id: str, claim: ClaimDoc, new: NewClaim, stamp: str) -> None:
         assertion_id = ordered_id("ast_")
         await self._store.put(ASSERTIONS, project_id, assertion_id, {
             "id": assertion_id, "project_id": project_id, "subject_id": claim["subject_id"],
@@ -447,7 +538,8 @@ class TruthGraph:
         if docs:
             await self._store.put_many(EDGES, project_id, docs)
 
-    async def _edges_touching(self, project_id: str, subject_id: str, claims: list[Claim]) -> list[dict[str, Any]]:
+    async def _edges_touching(self, project_id: str, subject_id: str,
+                              claims: list[ClaimDoc]) -> list[dict[str, Any]]:
         ids = {claim["claim_id"] for claim in claims}
         if not ids:
             return []
