@@ -27,9 +27,7 @@ its history is. Every change publishes ``profile.updated`` (contract §13).
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
 import logging
 import math
 import re
@@ -37,6 +35,7 @@ import typing
 import unicodedata
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +43,7 @@ from gateway.clock import now_iso
 from gateway.config import BUILTIN_PROFILE_KEYS, ProfileFieldType, ProjectConfig
 from gateway.ids import ordered_id
 from gateway.store import Collection, DocumentStore
+from gateway.subject_locks import SubjectLocks
 
 log = logging.getLogger("gateway.profiles")
 
@@ -305,18 +305,16 @@ def history_to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Profiles:
-    # Writers of one subject's profile take turns (a read, a decision, a write), so a manual
-    # edit and a learn job landing together cannot both read "no value" and the learned one
-    # win. Striped by subject: a fixed number of locks, however many subjects. (Writers in
-    # other gateway processes on the same Redis are not covered: see docs/features.md.)
-    _LOCK_STRIPES = 64
-
     def __init__(self, store: DocumentStore, events: EventSink,
-                 custom_fields: Mapping[str, Sequence[ProfileField]] | None = None) -> None:
+                 custom_fields: Mapping[str, Sequence[ProfileField]] | None = None,
+                 locks: SubjectLocks | None = None) -> None:
         self._store = store
         self._events = events
         self._schemas = {project_id: (*BUILTIN_FIELDS, *fields) for project_id, fields in (custom_fields or {}).items()}
-        self._locks = [asyncio.Lock() for _ in range(self._LOCK_STRIPES)]
+        # Writers of one subject's profile take turns (a read, a decision, a write), so a manual
+        # edit and a learn job landing together cannot both read "no value" and the learned one
+        # win: in this process, and on Redis across gateways (gateway/subject_locks.py).
+        self._locks = locks or SubjectLocks("profile")
 
     def schema(self, project_id: str) -> tuple[ProfileField, ...]:
         """The project's fields: the built-ins, then those gateway.yaml defines for it."""
@@ -330,9 +328,8 @@ class Profiles:
         key = check_field_key(field_key)
         return FieldUpdate(key, check_value(self.field(project_id, key), key, value), confidence)
 
-    def _lock(self, project_id: str, subject_id: str) -> asyncio.Lock:
-        digest = hashlib.blake2b(f"{project_id}\0{subject_id}".encode(), digest_size=4).digest()
-        return self._locks[int.from_bytes(digest, "big") % self._LOCK_STRIPES]
+    def _lock(self, project_id: str, subject_id: str) -> AbstractAsyncContextManager[Any]:
+        return self._locks.hold(project_id, subject_id)
 
     async def current(self, project_id: str, subject_id: str) -> list[dict[str, Any]]:
         """The subject's fields, in the order they were first set."""

@@ -35,6 +35,7 @@ from gateway.state import AgentState
 from gateway.redaction import register_secrets
 from gateway.store import DocumentStore
 from gateway.store.redis_client import connect_redis
+from gateway.subject_locks import RedisSubjectLocks, SubjectLocks
 
 
 @dataclass
@@ -83,9 +84,15 @@ class Services:
         # Memory and profile events: in process, or fanned out to every gateway through Redis.
         events = (RedisMemoryEvents(redis, config.storage.redis.key_prefix, config.events) if redis is not None
                   else MemoryEvents(config.events))
-        memories = Memories(store, vector_index, memory, embedder, events=events, repairs=jobs)
+        # Writers of one subject's claims, or profile, take turns: across gateways on Redis.
+        def subject_locks(name: str) -> SubjectLocks:
+            return (RedisSubjectLocks(name, redis, config.storage.redis.key_prefix) if redis is not None
+                    else SubjectLocks(name))
+
+        memories = Memories(store, vector_index, memory, embedder, events=events, repairs=jobs,
+                            claim_locks=subject_locks("claims"))
         recalls = RecallEvents(store)
-        profiles = Profiles(store, memories.events, custom_fields(config.projects))
+        profiles = Profiles(store, memories.events, custom_fields(config.projects), locks=subject_locks("profile"))
         # A profile value learned with a memory goes when that memory is deleted or superseded.
         memories.on_left.append(profiles.memory_left)
         policies = MemoryPolicies(store)

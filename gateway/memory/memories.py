@@ -45,6 +45,7 @@ from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, Asserted, ClaimDo
 from gateway.memory.vector_index import IndexQuery, RecallCounts, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
 from gateway.store import Collection, DocumentStore, Increment
+from gateway.subject_locks import SubjectLocks
 
 log = logging.getLogger("gateway.memory")
 
@@ -75,7 +76,8 @@ def to_api(doc: dict[str, Any]) -> dict[str, Any]:
 class Memories:
     def __init__(self, store: DocumentStore, index: VectorIndex, config: MemoryConfig,
                  embedder: Embedder | None = None, lexicon: Lexicon | None = None,
-                 events: MemoryEvents | None = None, repairs: JobQueue | None = None) -> None:
+                 events: MemoryEvents | None = None, repairs: JobQueue | None = None,
+                 claim_locks: SubjectLocks | None = None) -> None:
         self._store = store
         self.events = events or MemoryEvents()
         self._index = index
@@ -86,7 +88,7 @@ class Memories:
         self._upkeep = IndexUpkeep(store, index, self._lexicon, embedder=embedder, repairs=repairs,
                                    repair_after_seconds=config.vectors.repair_after_seconds)
         self._ranking = Ranking(self._lexicon, config.recall)
-        self.truth = TruthGraph(store)
+        self.truth = TruthGraph(store, claim_locks)
         # Called with (project, subject, memory id, "deleted" or "superseded") when a memory leaves
         # use, after its own writes: what was derived from it follows (gateway/profiles.py).
         self.on_left: list[Callable[[str, str, str, str], Awaitable[None]]] = []

@@ -36,11 +36,8 @@ stored if either moved: a change its rows may have missed has then either been c
 that second read, or will delete the snapshot itself. No interleaving leaves a stale snapshot in use.
 
 Writes to one subject's claims take turns (``TruthGraph.writing``, held by
-gateway/memory/memories.py around each operation). The lock is in-process: gateways sharing
-one Redis can still interleave writes to the same subject, which may then leave a slot two
-active claims until a later assert in the slot supersedes both (reads show the newest). A
-lock across gateways would need one in Redis (SET NX PX) that the document store does not
-offer yet.
+gateway/memory/memories.py around each operation): in this process, and on Redis across the
+gateways sharing it (gateway/subject_locks.py).
 
 This module knows memories by id only; keeping claims and memory versioning in agreement
 is gateway/memory/memories.py's business.
@@ -48,12 +45,12 @@ is gateway/memory/memories.py's business.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 
 import orjson
 
@@ -62,6 +59,7 @@ from gateway.errors import Conflict, NotFound
 from gateway.ids import ordered_id
 from gateway.memory.claims import claim_type_of, default_slot, value_key
 from gateway.store import Collection, DocumentStore, Increment
+from gateway.subject_locks import SubjectLocks
 
 CLAIMS = Collection("claims", indexes=(("subject_id",), ("subject_id", "slot"), ("subject_id", "slot", "status"),
                                        ("source_memory_id",)))
@@ -162,21 +160,17 @@ def _one_per_slot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class TruthGraph:
-    # Writers of one subject's claims take turns (see ``writing``). Striped by subject: a fixed
-    # number of locks, however many subjects.
-    _LOCK_STRIPES = 64
-
-    def __init__(self, store: DocumentStore) -> None:
+    def __init__(self, store: DocumentStore, locks: SubjectLocks | None = None) -> None:
         self._store = store
-        self._locks = [asyncio.Lock() for _ in range(self._LOCK_STRIPES)]
+        # Writers of one subject's claims take turns (see ``writing``).
+        self._locks = locks or SubjectLocks("claims")
 
-    def writing(self, project_id: str, subject_id: str) -> asyncio.Lock:
+    def writing(self, project_id: str, subject_id: str) -> AbstractAsyncContextManager[Any]:
         """The lock every writer of the subject's claims holds (``async with``) around its reads
         and writes: each write reads whole documents and stores them again, so two at once could
         lose a retraction or leave a slot two truths. Not re-entrant: take it once, at the top of
-        an operation. It covers the writers in this process only (see the module docstring)."""
-        digest = hashlib.blake2b(f"{project_id}\0{subject_id}".encode(), digest_size=4).digest()
-        return self._locks[int.from_bytes(digest, "big") % self._LOCK_STRIPES]
+        an operation."""
+        return self._locks.hold(project_id, subject_id)
 
     # --- reading -------------------------------------------------------------------------
 
