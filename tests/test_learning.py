@@ -282,12 +282,13 @@ def test_failing_jobs_are_kept_visible_and_retried(start_gateway, storage_sqlite
     gateway = extractor_gateway(start_gateway, storage_sqlite, model="fail-503",
                                 retry_base_seconds=0.2, poll_seconds=0.1)
     turn(gateway, "My favorite tea is oolong")
-    assert wait_until(lambda: jobs(gateway) and jobs(gateway)[0]["attempts"] >= 2)
+    # The first run used the caller's key and met the provider's 503; retries have no key of
+    # the caller's any more (it is held for the first run only) and no configured one. (Waited
+    # for as a whole: a job's attempts count up when a run starts, its last_error when it ends.)
+    assert wait_until(lambda: bool(jobs(gateway)) and jobs(gateway)[0]["attempts"] >= 2
+                      and "no openai API key" in (jobs(gateway)[0]["last_error"] or ""))
     [job] = jobs(gateway)
     assert job["status"] == "failed" and job["chat_id"] == "learn-chat"
-    # The first run used the caller's key and met the provider's 503; retries have no key of
-    # the caller's any more (it is held for the first run only) and no configured one.
-    assert "no openai API key" in job["last_error"]
     assert [r["headers"]["authorization"] for r in gateway.forwarded()
             if r["body"].get("model") == "fail-503"] == [f"Bearer {PROVIDER_KEY}"]
     assert memories(gateway) == []
