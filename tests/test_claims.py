@@ -16,6 +16,7 @@ from gateway.memory.memories import LEGACY_CLAIMS
 from gateway.memory.truth_graph import ASSERTIONS, CLAIMS, EDGES, SNAPSHOTS, TRUTHS
 from gateway.pipeline.recall import PREAMBLE, TRUTHS_PREAMBLE
 from gateway.store import open_redis_store, open_sqlite_store
+from gateway.store.sqlite import SqliteDocumentStore
 from tests.conftest import KEY, KEY_B, PROVIDER_KEY, edge_memory, wait_until
 
 SUBJECT = "claimant"
@@ -48,6 +49,18 @@ def status(rest: httpx.Client, memory_id: str) -> tuple[str, str | None]:
 
 def superseded_by_claim(rest: httpx.Client, memory_id: str) -> str | None:
     return rest.get(f"/memories/{memory_id}").json()["data"]["superseded_by_claim_id"]
+
+
+class RacingStore(SqliteDocumentStore):
+    """A SQLite store that runs ``race`` (once) just before a truth snapshot is stored."""
+
+    race: Any = None
+
+    async def put(self, collection, project_id, doc_id, doc, *, ttl_seconds=None):
+        if collection is SNAPSHOTS and self.race is not None:
+            race, self.race = self.race, None
+            await race()
+        await super().put(collection, project_id, doc_id, doc, ttl_seconds=ttl_seconds)
 
 
 def test_one_truth_per_slot_retract_restores_the_previous_one(gateway_on):
@@ -454,18 +467,6 @@ def test_a_snapshot_built_from_rows_read_before_a_change_is_never_served(tmp_pat
     """A read rebuilds the snapshot from the rows; a change landing between its reading the
     rows and its storing them must not leave the older rows in use."""
     from gateway.memory.truth_graph import NewClaim, TruthGraph
-    from gateway.store.sqlite import SqliteDocumentStore
-
-    class RacingStore(SqliteDocumentStore):
-        """Runs ``race`` (once) just before a snapshot is stored."""
-
-        race: Any = None
-
-        async def put(self, collection, project_id, doc_id, doc, *, ttl_seconds=None):
-            if collection is SNAPSHOTS and self.race is not None:
-                race, self.race = self.race, None
-                await race()
-            await super().put(collection, project_id, doc_id, doc, ttl_seconds=ttl_seconds)
 
     async def scenario() -> list[str]:
         store = RacingStore(str(tmp_path / "race.db"))
@@ -641,16 +642,6 @@ def test_erasure_between_a_snapshot_read_and_its_store_leaves_no_erased_truth(tm
     could bring it back to the count a racing read took, so the read also compares the time
     of the latest change, and drops what it stored (the erased rows)."""
     from gateway.memory.truth_graph import NewClaim, TruthGraph
-    from gateway.store.sqlite import SqliteDocumentStore
-
-    class RacingStore(SqliteDocumentStore):
-        race: Any = None
-
-        async def put(self, collection, project_id, doc_id, doc, *, ttl_seconds=None):
-            if collection is SNAPSHOTS and self.race is not None:
-                race, self.race = self.race, None
-                await race()
-            await super().put(collection, project_id, doc_id, doc, ttl_seconds=ttl_seconds)
 
     async def scenario() -> list[str]:
         store = RacingStore(str(tmp_path / "race.db"))

@@ -44,8 +44,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +59,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
+from bench.processes import free_port, stop, wait_up  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
 RESULTS_START = "<!-- events-results:start -->"
@@ -69,10 +68,6 @@ KEY = "mnx_bench_key"
 SUBJECT = "bench"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_gateway(directory: Path, name: str, storage: dict[str, Any]) -> tuple[subprocess.Popen, str]:
@@ -88,25 +83,14 @@ def start_gateway(directory: Path, name: str, storage: dict[str, Any]) -> tuple[
     process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or process.poll() is not None:
-            stop(process)
-            raise RuntimeError(f"the {name} gateway did not come up")
-        time.sleep(0.1)
-
-
-def stop(process: subprocess.Popen) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
+        wait_up(url + "/health", process)
+    except RuntimeError:
+        stop(process)
+        raise RuntimeError(f"the {name} gateway did not come up") from None
+    return process, url
+
+
 
 
 async def measure(writer_url: str, subscriber_url: str, events: int, pace_ms: float,

@@ -44,8 +44,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +60,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
+from bench.processes import free_port, stop, wait_up  # noqa: E402
 from bench.overhead import corpus  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
@@ -73,10 +72,6 @@ STATEMENTS = ["I have a dog named Rex{i}", "My favorite color is shade {i}", "I 
               "I really enjoy puzzle {i}", "I work at company {i}"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_services(directory: Path, name: str) -> Any:
@@ -278,23 +273,8 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def wait_up(url: str) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def added_latency(requests: int, directory: Path, block: int = 100, warmup: int = 200) -> dict[str, float]:

@@ -394,20 +394,10 @@ def seed_memories(count: int) -> float:
     it took. Stored with ``no_supersede`` so that exactly ``count`` stay active (generated facts
     such as two cousins living in the same city must not version each other away)."""
     memories = list(corpus.seeded_memories(count))
-    headers = {"content-type": "application/json", **PROJECT_AUTH}
 
     def store(chunk: list[tuple[str, str]]) -> None:
-        conn = http.client.HTTPConnection(HOST, PORTS["gateway"], timeout=30)
-        try:
-            for kind, text in chunk:
-                body = {"subject_id": SUBJECT, "text": text, "kind": kind, "no_supersede": True}
-                conn.request("POST", "/api/v1/memories", body=json.dumps(body).encode(), headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
-                if response.status != 201:
-                    raise BenchError(f"seeding memory {text!r} failed: HTTP {response.status} {raw[:300]!r}")
-        finally:
-            conn.close()
+        post_each("/api/v1/memories", [{"subject_id": SUBJECT, "text": text, "kind": kind, "no_supersede": True}
+                                       for kind, text in chunk])
 
     started = time.monotonic()
     # The anchors first, in order, so that every question and statement has its answer even if
@@ -428,16 +418,21 @@ SEEDED_CLAIMS = 100
 
 def seed_claims(count: int) -> None:
     """Give the subject ``count`` claims in distinct slots through ``POST /api/v1/claims``."""
+    post_each("/api/v1/claims", [{"subject_id": SUBJECT, "predicate": f"bench_attribute_{index}",
+                                  "object_value": f"value {index}"} for index in range(count)])
+
+
+def post_each(path: str, bodies: list[dict[str, Any]]) -> None:
+    """POST each body to the gateway in turn on one keep-alive connection; each must be created (201)."""
     headers = {"content-type": "application/json", **PROJECT_AUTH}
     conn = http.client.HTTPConnection(HOST, PORTS["gateway"], timeout=30)
     try:
-        for index in range(count):
-            body = {"subject_id": SUBJECT, "predicate": f"bench_attribute_{index}", "object_value": f"value {index}"}
-            conn.request("POST", "/api/v1/claims", body=json.dumps(body).encode(), headers=headers)
+        for body in bodies:
+            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
             response = conn.getresponse()
             raw = response.read()
             if response.status != 201:
-                raise BenchError(f"seeding claim {index} failed: HTTP {response.status} {raw[:300]!r}")
+                raise BenchError(f"seeding {path} with {body} failed: HTTP {response.status} {raw[:300]!r}")
     finally:
         conn.close()
 

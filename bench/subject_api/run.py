@@ -39,8 +39,6 @@ import argparse
 import datetime as dt
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +56,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
+from bench.processes import free_port, stop, wait_up  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
 RESULTS_START = "<!-- subject-api-results:start -->"
@@ -143,29 +142,10 @@ CASES = [
 # -- running a gateway ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def wait_up(url: str) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def storage_for(backend: str, workdir: Path, redis_url: str, prefix: str) -> dict[str, Any]:

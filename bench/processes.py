@@ -1,0 +1,42 @@
+"""Child processes of a benchmark: a free port to start one on, waiting until it answers, and
+stopping it with everything it started (each is started in its own session, so the whole
+process group goes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_up(url: str, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Until ``url`` answers at all (RuntimeError after ``timeout`` s, or once ``process`` has exited)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or (process is not None and process.poll() is not None):
+            raise RuntimeError(f"{url} did not come up")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
