@@ -383,6 +383,27 @@ class EventsConfig(_Strict):
     max_subscribers_per_project: int = Field(default=100, ge=1, le=100_000)
 
 
+class RecordsRecallConfig(_Strict):
+    """What ``mnx.records.recall`` injects into a turn."""
+
+    # The most relevant records injected, over every recalled type together.
+    limit: int = Field(default=5, ge=1, le=50)
+    # Records whose relevance (the share of the message's words they hold, or cosine with a
+    # dense model) is below this are left out.
+    min_score: float = Field(default=0.2, ge=0, le=1)
+    # The records' JSON in the system message stops before this many characters.
+    max_chars: int = Field(default=4000, ge=200, le=100_000)
+
+
+class RecordsConfig(_Strict):
+    """Schema-backed records (contract §10)."""
+
+    # A query whose filters no index narrows reads at most this many records of the type
+    # before answering 400 query_too_broad (an indexed filter or order_by avoids the read).
+    max_examined: int = Field(default=50_000, ge=100, le=10_000_000)
+    recall: RecordsRecallConfig = RecordsRecallConfig()
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -393,6 +414,7 @@ class GatewayConfig(_Strict):
     memory: MemoryConfig = MemoryConfig()
     learning: LearningConfig = LearningConfig()
     events: EventsConfig = EventsConfig()
+    records: RecordsConfig = RecordsConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

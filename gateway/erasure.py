@@ -39,7 +39,8 @@ __all__ = ["SubjectErased", "SubjectErasure"]
 
 class SubjectErasure:
     def __init__(self, fence: ErasureFence, store: DocumentStore, jobs: JobQueue, *, memories: Any, recalls: Any,
-                 history: Any, state: Any, prompts: Any, policies: Any, profiles: Any = None) -> None:
+                 history: Any, state: Any, prompts: Any, policies: Any, profiles: Any = None,
+                 records: Any = None) -> None:
         self._fence = fence
         self._store = store
         self._jobs = jobs
@@ -50,6 +51,7 @@ class SubjectErasure:
         self._prompts = prompts
         self._policies = policies
         self._profiles = profiles
+        self._records = records
         # Called with the ids of the jobs an erasure deleted (the learner forgets their keys).
         self.on_jobs_voided: list[Callable[[Sequence[str]], None]] = []
 
@@ -95,6 +97,8 @@ class SubjectErasure:
         erased["memory_policies"] = await self._policies.delete_subject_scoped(project_id, subject_id)
         if self._profiles is not None:
             erased["profile_fields"] = await self._profiles.delete_subject(project_id, subject_id)
+        if self._records is not None:
+            erased["records"] = await self._records.erase_subject(project_id, subject_id)
         # Last, after anything above that announced a change: the subject's events not yet
         # delivered leave the replay buffer and the subscribers' queues (every gateway's, on Redis).
         await self._memories.events.forget_subject(project_id, subject_id)

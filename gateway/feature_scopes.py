@@ -11,6 +11,8 @@ turn needs that scope too, as if it had called the route:
     mnx.learn (true, "force")  memories:write
     mnx.state (load)           state:read
     mnx.profile                profiles:read
+    mnx.records.recall         records:read
+    mnx.records.learn          records:write
 
 (``*``, ``<resource>:*`` and the coarse ``read``/``write`` scopes grant them as they grant
 the routes.) The profile fields learning writes come with ``memories:write``, as the
@@ -56,4 +58,17 @@ def authorize_features(options: MnxOptions, principal: Principal) -> MnxOptions:
             raise Forbidden(f"this API key lacks the '{scope}' scope that mnx.{feature} needs",
                             param=f"mnx.{feature}")
         turned_off[feature] = None if feature == "state" else False
+    _authorize_records(options, principal)
     return dataclasses.replace(options, **turned_off) if turned_off else options
+
+
+def _authorize_records(options: MnxOptions, principal: Principal) -> None:
+    """``mnx.records`` is only ever on because the caller asked: a missing scope is a 403."""
+    records = options.records
+    if records is None:
+        return
+    for part, on, scope in (("recall", records.recall, "records:read"),
+                            ("learn", records.learn is not False, "records:write")):
+        if on and not principal.allows(scope):
+            raise Forbidden(f"this API key lacks the '{scope}' scope that mnx.records.{part} needs",
+                            param=f"mnx.records.{part}")

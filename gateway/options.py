@@ -32,6 +32,22 @@ class StateOption:
 
 
 @dataclass(frozen=True)
+class RecordsOption:
+    """``mnx.records`` (contract §10.8)."""
+
+    recall: bool = False
+    # False: no records extraction; "auto": the extractor decides; "force": it always tries.
+    learn: Literal[False, "auto", "force"] = False
+    # Write the learned records before answering, and say what was written (non-streamed turns).
+    sync: bool = False
+    # The record types recalled and learned; None: every type of the project.
+    tables: tuple[str, ...] | None = None
+
+
+MAX_RECORD_TABLES = 50
+
+
+@dataclass(frozen=True)
 class MnxOptions:
     subject_id: str
     chat_id: str
@@ -46,7 +62,7 @@ class MnxOptions:
     profile: bool
     metadata: dict[str, Any] | None
     state: StateOption | None
-    records: dict[str, Any] | None
+    records: RecordsOption | None
     # The options the caller set (in the body or a header), as opposed to configured defaults.
     given: frozenset[str] = frozenset()
 
@@ -130,6 +146,29 @@ def _parse_state(read: Body, value: dict[str, Any] | None) -> StateOption | None
     return StateOption(load=load, key=key or "")
 
 
+def _parse_records(read: Body, value: dict[str, Any] | None) -> RecordsOption | None:
+    if value is None:
+        return None
+    records = Body(value, prefix=_PREFIX + "records.", code=_CODE)
+    asked = value.get("learn")
+    learn: Literal[False, "auto", "force"]
+    if asked is None or asked is False:
+        learn = False
+    elif asked is True or asked == "auto":
+        learn = "auto"
+    elif asked == "force":
+        learn = "force"
+    else:
+        raise read.invalid("records.learn", 'false, "auto" or "force"')
+    tables = records.strings("tables")
+    if tables is not None and (len(tables) > MAX_RECORD_TABLES or not all(tables)):
+        raise read.invalid("records.tables", f"at most {MAX_RECORD_TABLES} type names")
+    # sync means "wait for what learning writes": with learning off there is nothing to wait for.
+    sync = records.flag("sync", default=False, numbers=False) and learn is not False
+    return RecordsOption(recall=records.flag("recall", default=False, numbers=False), learn=learn, sync=sync,
+                         tables=tuple(dict.fromkeys(tables)) if tables else None)
+
+
 def new_subject_id() -> str:
     return "subj_" + secrets.token_hex(8)
 
@@ -168,6 +207,6 @@ def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *,
         profile=read.flag("profile", default=False, numbers=False),
         metadata=read.obj("metadata"),
         state=_parse_state(read, read.obj("state")),
-        records=read.obj("records"),
+        records=_parse_records(read, read.obj("records")),
         given=frozenset(options.given),
     )

@@ -18,6 +18,7 @@ from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.embedding import Embedder
 from gateway.memory.events import MemoryEvents, RedisMemoryEvents
 from gateway.memory.extraction import Extractor
+from gateway.memory.lexical import Lexicon
 from gateway.memory.learning import LEARN_JOB, Learner
 from gateway.memory.memories import REINDEX_JOB, Memories
 from gateway.memory.recall_log import RecallLog
@@ -27,9 +28,13 @@ from gateway.memory_policies import MemoryPolicies
 from gateway.pipeline.context import ContextStage
 from gateway.pipeline.profile import ProfileStage
 from gateway.pipeline.recall import MemoryRecallStage
+from gateway.pipeline.records import RecordsRecallStage
 from gateway.pipeline.stages import AgentStateStage, HistoryStage, SystemPromptStage
 from gateway.profiles import Profiles, custom_fields
 from gateway.prompts import SystemPrompts
+from gateway.records.index import RecordIndex
+from gateway.records.learning import RecordsLearner
+from gateway.records.records import Records
 from gateway.proxy.upstream import Upstream
 from gateway.state import AgentState
 from gateway.redaction import register_secrets
@@ -49,6 +54,8 @@ class Services:
     # Subject profile fields (contract §8); their events go out with the memories' own.
     profiles: Profiles
     policies: MemoryPolicies
+    # Schema-backed records (contract §10), searched in the memories' vector index.
+    records: Records
     vector_index: VectorIndex
     memories: Memories
     recalls: RecallEvents
@@ -58,7 +65,7 @@ class Services:
     learner: Learner
     worker: JobWorker
     upstream: Upstream
-    # The context layers, in seed 003's order (records will slot in before history).
+    # The context layers, in seed 003's order.
     stages: list[ContextStage]
     erasure: SubjectErasure
     fence: ErasureFence
@@ -96,14 +103,18 @@ class Services:
         # A profile value learned with a memory goes when that memory is deleted or superseded.
         memories.on_left.append(profiles.memory_left)
         policies = MemoryPolicies(store)
+        record_index = RecordIndex(vector_index, Lexicon(contextual=memory.vectors.lexical == "contextual"), embedder)
+        records = Records(store, record_index, memories.events, config.records, locks=subject_locks("records"))
         fence: ErasureFence = (RedisErasureFence(redis, config.storage.redis.key_prefix) if redis is not None
                                else LocalErasureFence())
         erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
-                                 prompts=prompts, policies=policies, profiles=profiles)
+                                 prompts=prompts, policies=policies, profiles=profiles, records=records)
         extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
                                                config.learning.extractor, config.providers)
         recall_log = RecallLog(recalls, memories, erasure)
-        learner = Learner(memories, policies, extractor, erasure, profiles=profiles)
+        # The same extractor learns a turn's records (mnx.records.learn), after its memories.
+        learner = Learner(memories, policies, extractor, erasure, profiles=profiles,
+                          records=RecordsLearner(records, extractor))
         erasure.on_jobs_voided.append(learner.forget_keys)
         learning = config.learning
 
@@ -127,6 +138,7 @@ class Services:
             state=state,
             profiles=profiles,
             policies=policies,
+            records=records,
             vector_index=vector_index,
             memories=memories,
             recalls=recalls,
@@ -136,7 +148,8 @@ class Services:
             worker=worker,
             upstream=Upstream(config.providers),
             stages=[SystemPromptStage(prompts), AgentStateStage(state), ProfileStage(profiles),
-                    MemoryRecallStage(memories, recall_log, memory.recall), HistoryStage(history, config.history)],
+                    MemoryRecallStage(memories, recall_log, memory.recall),
+                    RecordsRecallStage(records, config.records.recall), HistoryStage(history, config.history)],
             erasure=erasure,
             fence=fence,
             redis=redis,

@@ -1,6 +1,8 @@
 """Built-in memory extractors: an LLM through LiteLLM, and a heuristic one for offline use.
 
-Both satisfy ``gateway.memory.extraction.Extractor`` and are registered, under the name
+Both satisfy ``gateway.memory.extraction.Extractor``, and extract records too
+(``gateway.records.learning.RecordExtractor``: the LLM with each candidate type's JSON schema,
+the heuristic only what the user spelled out as data). They are registered, under the name
 ``learning.extractor.provider`` gives in gateway.yaml, as ``mnx_gateway.extractors`` entry
 points (pyproject.toml), as third-party extractors are; ``gateway.registry`` builds the
 chosen one with ``(config, providers)``.
@@ -12,11 +14,15 @@ import dataclasses
 import json
 import re
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from gateway.config import ExtractorConfig, ProvidersConfig
+from gateway.errors import GatewayError
 from gateway.memory.extraction import Exchange, ExtractedMemory, extraction_schema, parse_extraction
 from gateway.profiles import canonical_time_zone
+from gateway.records.learning import (CandidateType, ExtractedRecord, RecordsExchange, parse_records_answer,
+                                      records_extraction_input, records_extraction_schema)
+from gateway.records.schema import FieldDef, RecordSchema, validate_data
 from plugins.languages import is_language_name, is_language_tag
 from plugins.provider_model import ProviderModel
 
@@ -276,6 +282,133 @@ def _statement_memory(statement: str, introducing: bool) -> ExtractedMemory | No
     return None
 
 
+# -- records the user spelled out (mnx.records.learn, offline) ---------------------------------
+#
+# Without a model there is no judgement to apply, so the heuristic writes only what the user
+# wrote as data: a JSON object, or a block of "field: value" lines, whose keys are all fields
+# of exactly one candidate type and that carries every required field of it, valid under the
+# schema. Anything else, ordinary chat included, writes nothing. learn: "force" changes none of
+# this: forcing a guess would put invented values into the application's typed tables, which
+# (unlike a memory, where force stores the user's own words as a note) have no neutral form.
+
+# At most this many "{" are tried as the start of a JSON object in one message.
+_MAX_JSON_STARTS = 50
+# "amount: 30", "- Due date = 2024-05-01": a key of a few words, then a value.
+_FIELD_LINE = re.compile(r"^\s*(?:[-*\u2022]\s*)?(?P<key>[A-Za-z_][A-Za-z0-9_ -]{0,63}?)\s*[:=]\s*(?P<value>\S.*?)\s*$")
+# One "Note: ..." line is prose; a field list is at least this many lines.
+_MIN_FIELD_LINES = 2
+_TRUE = frozenset({"true", "yes", "y"})
+_FALSE = frozenset({"false", "no", "n"})
+
+
+def _spelled_objects(text: str) -> list[dict[str, Any]]:
+    """The JSON objects written in a message (a list of objects gives each)."""
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    position, tries = text.find("{"), 0
+    while position != -1 and tries < _MAX_JSON_STARTS:
+        tries += 1
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except ValueError:
+            position = text.find("{", position + 1)
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+        position = text.find("{", end)
+    return found
+
+
+def _field_blocks(text: str) -> list[dict[str, str]]:
+    """Runs of consecutive "field: value" lines, each as one {key: value text}."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in [*text.splitlines(), ""]:
+        match = _FIELD_LINE.match(line)
+        if match and match.group("key").strip() not in current:
+            current[match.group("key").strip()] = match.group("value")
+            continue
+        if len(current) >= _MIN_FIELD_LINES:
+            blocks.append(current)
+        current = {}
+        if match:  # a repeated key starts the next block
+            current[match.group("key").strip()] = match.group("value")
+    return blocks
+
+
+def _spelling(name: str) -> str:
+    return re.sub(r"[\s_-]+", "_", name.strip().lower())
+
+
+def _field_names(schema: RecordSchema) -> dict[str, str]:
+    """How a field may be spelled as a key (its name or display name, any case, spaces for
+    underscores) -> its name."""
+    names: dict[str, str] = {}
+    for name, definition in schema.fields.items():
+        names[_spelling(name)] = name
+        if definition.display_name:
+            names.setdefault(_spelling(definition.display_name), name)
+    return names
+
+
+def _typed(definition: FieldDef, text: str) -> Any:
+    """A value written as text, read as the field's type when it plainly is one; else the text
+    itself (which validation then refuses for a number, a boolean...)."""
+    if definition.array:
+        element = dataclasses.replace(definition, array=False)
+        return [_typed(element, part.strip()) for part in text.split(",") if part.strip()]
+    lowered = text.strip().lower()
+    if definition.type == "integer" and re.fullmatch(r"[+-]?\d{1,16}", lowered):
+        return int(lowered)
+    if definition.type == "number" and re.fullmatch(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?", lowered):
+        number = float(lowered)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if definition.type == "boolean" and lowered in _TRUE | _FALSE:
+        return lowered in _TRUE
+    if definition.type == "enum":
+        for value in definition.values:
+            if value.lower() == lowered:
+                return value
+    return text.strip()
+
+
+def _as_record(keyed: dict[str, Any], types: Sequence[CandidateType], from_text: bool) -> ExtractedRecord | None:
+    """The record ``keyed`` spells out, if its keys are fields of exactly one candidate type and
+    its data is valid for that type; None otherwise."""
+    fitting = []
+    for candidate in types:
+        names = _field_names(candidate.schema)
+        if keyed and all(isinstance(key, str) and _spelling(key) in names for key in keyed):
+            fitting.append((candidate, {names[_spelling(key)]: value for key, value in keyed.items()}))
+    if len(fitting) != 1:
+        return None
+    candidate, data = fitting[0]
+    schema = candidate.schema
+    if from_text:
+        data = {name: _typed(schema.fields[name], value) for name, value in data.items()}
+    try:
+        data = validate_data(schema, data)
+    except GatewayError:
+        return None
+    if any(existing.get("data") == data for existing in candidate.existing):
+        return None  # the subject has that very record already
+    return ExtractedRecord("create", schema.type_name, data)
+
+
+def certain_records(exchange: RecordsExchange) -> list[ExtractedRecord]:
+    """The records the user's messages spell out as data (see above); never an update (which
+    record a message means is a judgement)."""
+    found: list[ExtractedRecord] = []
+    for message in exchange.user_messages:
+        spelled = [(obj, False) for obj in _spelled_objects(message)]
+        spelled += [(block, True) for block in _field_blocks(message)]
+        for keyed, from_text in spelled:
+            record = _as_record(keyed, exchange.types, from_text)
+            if record is not None and record not in found:
+                found.append(record)
+    return found
+
+
 class HeuristicExtractor:
     """No model, no key: plain patterns over the user's own messages."""
 
@@ -290,6 +423,10 @@ class HeuristicExtractor:
         for message in exchange.user_messages:
             memories.extend(heuristic_memories(message))
         return memories
+
+    async def extract_records(self, exchange: RecordsExchange, *,
+                              api_key: str | None = None) -> list[ExtractedRecord]:
+        return certain_records(exchange)
 
 
 # --- the LLM extractor -----------------------------------------------------------------------
@@ -307,6 +444,19 @@ Europe/Berlin, language...), add it to that memory's profile with the value alon
 "User's name is Alice"); leave profile empty otherwise. Return {"memories": []} when there is
 nothing worth remembering."""
 FORCE_PROMPT = "The application asked to remember something from this turn: return at least one memory."
+
+RECORDS_PROMPT = """You keep an application's structured records up to date from one conversation turn.
+The input lists the record types you may write (record_types: each type's fields, and a few of the
+user's existing records of that type that the turn may be about). Return JSON: {"records": [...]}
+following the schema. Each item either creates a record ("create": the type's data, with every
+required field) or updates one of the listed existing records ("update": its record_id and only
+the fields that change). Use only what the user stated or confirmed in this turn; never invent or
+guess a value, and leave out a field you do not know. When the turn is about a listed existing
+record, update it instead of creating a duplicate. Return {"records": []} when the turn states
+nothing for these types."""
+RECORDS_FORCE_PROMPT = ("The application asked to record something from this turn: look hard, and return every "
+                        "record the turn states for these types, at least one if the turn states anything that "
+                        "fits one. Still never invent a value.")
 
 
 class LLMExtractor:
@@ -346,3 +496,28 @@ class LLMExtractor:
                              "json_schema": {"name": "memories", "schema": extraction_schema(exchange.profile_fields),
                                              "strict": True}})
         return parse_extraction(answer.choices[0].message.content or "")
+
+    async def extract_records(self, exchange: RecordsExchange, *,
+                              api_key: str | None = None) -> list[ExtractedRecord]:
+        """The records the turn states, asked of the model with each candidate type's JSON schema;
+        the answer is parsed strictly (parse_records_answer) and validated when written."""
+        from gateway.proxy.upstream import load_litellm
+
+        model = self._model
+        key = model.key(api_key)
+        if not key:
+            raise RuntimeError(f"no {model.provider} API key for the extraction model (configure "
+                               f"learning.extractor.api_key or providers.{model.provider}.api_key)")
+        instructions = RECORDS_PROMPT + (f"\n\n{RECORDS_FORCE_PROMPT}" if exchange.force else "")
+        litellm = load_litellm()
+        # Not "strict": structured outputs' strict mode needs every property required, which
+        # optional fields and partial updates are not; the answer is checked here instead.
+        answer = await litellm.acompletion(
+            model=model.litellm_model, api_key=key, api_base=model.api_base, timeout=model.settings.timeout.read,
+            num_retries=0, max_retries=0,
+            temperature=0, messages=[{"role": "system", "content": instructions},
+                                     {"role": "user", "content": records_extraction_input(exchange)}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "records", "schema": records_extraction_schema(exchange),
+                                             "strict": False}})
+        return parse_records_answer(answer.choices[0].message.content or "", exchange)

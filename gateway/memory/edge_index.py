@@ -117,7 +117,8 @@ class EdgeIndex:
             vectors: dict[str, Any] = {SPARSE: posted(project_id, memory.subject_id, memory.fields, memory.sparse)}
             if memory.dense is not None:
                 vectors[DENSE] = memory.dense
-            payload = packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields)
+            payload = packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields,
+                                     memory.access)
             points.append(Point(point_number(project_id, memory.memory_id), vectors, payload))
         if not points:
             return

@@ -7,6 +7,10 @@ those the policy allows, and stores them through memory versioning, so a new
 favourite supersedes the old one. The profile fields a stored memory states ("my
 name is Alice") are written beside it (gateway.profiles). Memory ids derive from the
 job id, so a job run twice (after a crash) stores nothing twice.
+
+A turn with ``mnx.records.learn`` on carries a ``records`` part (``{"learn", "tables"}``),
+also when memory learning is off: after the memories, the job learns records
+(gateway/records/learning.py), written inside the same erasure fence.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from gateway.memory.extraction import (Exchange, ExtractedMemory, ExtractionErro
                                        require_storable)
 from gateway.memory.memories import Memories
 from gateway.memory_policies import MemoryPolicies, combine
+from gateway.options import RecordsOption
 from gateway.profiles import BUILTIN_FIELDS, EXTRACTED, LEARNED, ProfileField, Profiles
+from gateway.records.learning import ExtractedRecord, RecordsLearner, RecordsTurn, records_payload
 from gateway.redaction import redact
 
 log = logging.getLogger("gateway.learning")
@@ -40,17 +46,24 @@ FORCED_KIND = "note"
 
 def learn_payload(*, subject_id: str, chat_id: str, learn: Any, memory_policy: bool | str,
                   new_messages: Sequence[dict[str, Any]], answer: dict[str, Any], model: str,
-                  request_type: str, message_ids: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The job for one answered turn, or None when there is nothing to learn from."""
-    if learn is False:
+                  request_type: str, message_ids: Sequence[str] = (),
+                  records: RecordsOption | None = None) -> dict[str, Any] | None:
+    """The job for one answered turn, or None when there is nothing to learn from. ``records``:
+    the turn's ``mnx.records`` when the job is to learn records (None when it is not, or when
+    they were learned already: ``sync``)."""
+    records_part = records_payload(records)
+    if learn is False and records_part is None:
         return None
     user_messages = [content_text(m.get("content")) for m in new_messages if m.get("role") == "user"]
     user_messages = [text for text in user_messages if text.strip()]
     if not user_messages:
         return None
-    return {"subject_id": subject_id, "chat_id": chat_id, "learn": learn, "memory_policy": memory_policy,
-            "user_messages": user_messages, "assistant": content_text(answer.get("content")), "model": model,
-            "request_type": request_type, "message_ids": list(message_ids)}
+    payload = {"subject_id": subject_id, "chat_id": chat_id, "learn": learn, "memory_policy": memory_policy,
+               "user_messages": user_messages, "assistant": content_text(answer.get("content")), "model": model,
+               "request_type": request_type, "message_ids": list(message_ids)}
+    if records_part is not None:
+        payload["records"] = records_part
+    return payload
 
 
 def apply_policy(candidates: Sequence[ExtractedMemory], config: dict[str, Any]) -> list[ExtractedMemory]:
@@ -84,6 +97,16 @@ def _key_or_none(plugin: Any, headers: Mapping[str, str]) -> str | None:
         return None  # The caller brought no key for it: the plugin falls back to a configured one.
 
 
+@dataclass(frozen=True)
+class _MemoryPlan:
+    """The memories a job stores: the kept candidates, and how."""
+
+    kept: Sequence[ExtractedMemory]
+    forced: bool
+    origin: dict[str, Any]
+    policy_config: dict[str, Any]
+
+
 class JobFailed(JobError):
     """A learn job failed; the message, kept as the job's last error, holds no secret."""
 
@@ -97,20 +120,27 @@ def learned_visibility(proposed: str, policy_config: dict[str, Any]) -> str:
 
 class Learner:
     def __init__(self, memories: Memories, policies: MemoryPolicies, extractor: Extractor,
-                 erasure: SubjectErasure, profiles: Profiles | None = None) -> None:
+                 erasure: SubjectErasure, profiles: Profiles | None = None,
+                 records: RecordsLearner | None = None) -> None:
         self._memories = memories
         self._policies = policies
         self.extractor = extractor
         self._erasure = erasure
         # Where the profile fields a stored memory states are written (None: nowhere).
         self._profiles = profiles
+        # What learns a turn's records (mnx.records.learn; None: no records are learned).
+        self.records = records
         # Callers' own provider keys for a job's first run, in memory only: never persisted,
         # and taken out when that run starts, so retries and re-runs after a restart use the
         # configured keys.
         self._keys: dict[str, CallerKeys] = {}
 
+    def keys_for(self, caller_keys: Mapping[str, str]) -> CallerKeys:
+        """The caller's own keys for the extraction and embedding models, from its request headers."""
+        return CallerKeys(_key_or_none(self.extractor, caller_keys), _key_or_none(self._memories.embedder, caller_keys))
+
     def remember_keys(self, job_id: str, caller_keys: Mapping[str, str]) -> None:
-        keys = CallerKeys(_key_or_none(self.extractor, caller_keys), _key_or_none(self._memories.embedder, caller_keys))
+        keys = self.keys_for(caller_keys)
         if keys.extractor or keys.embedder:
             self._keys[job_id] = keys
 
@@ -146,6 +176,35 @@ class Learner:
 
     async def _learn(self, job: Job, keys: CallerKeys) -> None:
         payload = job.payload
+        memories = await self._memory_candidates(job, keys) if payload["learn"] is not False else None
+        records_turn = self._records_turn(payload)
+        proposals: list[ExtractedRecord] = []
+        if records_turn is not None and self.records is not None:
+            proposals = await self.records.extract(job.project_id, records_turn, api_key=keys.extractor,
+                                                   embedder_key=keys.embedder, job=f"job {job.id}")
+        if memories is None and not proposals:
+            return
+        # Written only if the subject was not erased since the turn (the job's creation).
+        async with self._erasure.writing(job.project_id, payload["subject_id"], since=job.created_at):
+            if memories is not None:
+                await self._store(job, payload, memories.kept, memories.forced, memories.origin,
+                                  memories.policy_config, keys)
+            if proposals and records_turn is not None and self.records is not None:
+                await self.records.write(job.project_id, records_turn, proposals, run_id=job.id, job_id=job.id,
+                                         embedder_key=keys.embedder)
+
+    @staticmethod
+    def _records_turn(payload: dict[str, Any]) -> RecordsTurn | None:
+        """What the job's ``records`` part asks (None: no records learning)."""
+        part = payload.get("records")
+        if not part:
+            return None
+        return RecordsTurn(payload["subject_id"], payload["chat_id"], payload["user_messages"],
+                           payload.get("assistant", ""), part["learn"], part.get("tables"))
+
+    async def _memory_candidates(self, job: Job, keys: CallerKeys) -> _MemoryPlan | None:
+        """The memories to store from the job's turn, or None when there are none."""
+        payload = job.payload
         policy = await self._policy(job.project_id, payload)
         force = payload["learn"] == "force"
         exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force,
@@ -161,14 +220,12 @@ class Learner:
         if forced:
             kept = [ExtractedMemory(payload["user_messages"][-1][:10_000], FORCED_KIND, 50, 1.0)]
         if not kept:
-            return
+            return None
         for memory in kept:
             require_storable(memory)
         origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
                   "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
-        # Written only if the subject was not erased since the turn (the job's creation).
-        async with self._erasure.writing(job.project_id, payload["subject_id"], since=job.created_at):
-            await self._store(job, payload, kept, forced, origin, policy["config"], keys)
+        return _MemoryPlan(kept, forced, origin, policy["config"])
 
     async def _store(self, job: Job, payload: dict[str, Any], kept: Sequence[ExtractedMemory], forced: bool,
                      origin: dict[str, Any], policy_config: dict[str, Any], keys: CallerKeys) -> None:

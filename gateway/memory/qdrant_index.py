@@ -103,7 +103,8 @@ class QdrantIndex:
                 vectors[DENSE] = memory.dense
             points.append(models.PointStruct(
                 id=point_id(project_id, memory.memory_id), vector=vectors,
-                payload=packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields)))
+                payload=packed_payload(project_id, memory.subject_id, memory.memory_id, memory.fields,
+                                       memory.access)))
         if points:
             await self._client.upsert(self._collection, points, wait=True)
 

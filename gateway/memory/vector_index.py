@@ -96,6 +96,10 @@ class IndexedMemory:
     fields: dict[str, Any]
     sparse: SparseVector
     dense: list[float] | None = None
+    # Who may find the point, when not a memory's own rule (access_keys, from status and
+    # visibility): records (gateway/records/index.py) name their readers themselves. Each
+    # key must embed the project, as access_keys' do, so that tenants stay apart.
+    access: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class IndexQuery:
     # False: only the subject's own memories (versioning); True: plus the project's shared ones.
     include_shared: bool = True
     limit: int = 25
+    # The access keys to match instead of the subject's (and shared) ones: records' readers.
+    access: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,15 +133,17 @@ class VectorHit:
     similarity: float | None = None
 
 
-def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+def packed_payload(project_id: str, subject_id: str, memory_id: str, fields: dict[str, Any],
+                   access: Sequence[str] | None = None) -> dict[str, Any]:
     """A point's payload: the two keys the engine indexes (the project, its tenant key, and
     the access keys) and everything else, the memory id included, packed in one JSON
     string. Qdrant Edge's Python binding takes about 4 µs per payload string it converts,
     more than a point's whole dense vector, so fewer values is a faster bulk insert.
     orjson packs it in a ninth of json's time and unpacks a hit in a quarter (bench/memory_search)."""
     packed = orjson.dumps({"memory_id": memory_id, **fields}).decode()
-    access = access_keys(project_id, subject_id, fields["status"], fields["visibility"])
-    return {"project": project_id, "access": access, "fields": packed}
+    keys = list(access) if access is not None else access_keys(project_id, subject_id, fields["status"],
+                                                               fields["visibility"])
+    return {"project": project_id, "access": keys, "fields": packed}
 
 
 def unpacked_fields(payload: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +171,10 @@ def search_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def searchable_by(project_id: str, query: IndexQuery) -> list[str]:
-    """The access keys a search may match: the subject's own, plus the project's shared."""
+    """The access keys a search may match: the subject's own, plus the project's shared
+    (or the query's own list)."""
+    if query.access is not None:
+        return list(query.access)
     keys = [own_key(project_id, query.subject_id)]
     if query.include_shared:
         keys.append(shared_key(project_id))

@@ -26,7 +26,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.feature_scopes import authorize_features
 from gateway.options import parse_options
 from gateway.pipeline.context import AssembledContext, TurnContext, assemble
-from gateway.pipeline.record import record_turn
+from gateway.pipeline.record import RecordsSync, record_turn, records_summary, wants_records_sync
 from gateway.proxy.body_fields import reject_unknown_fields
 from gateway.proxy.disconnect import ClientLeft, unless_client_leaves
 from gateway.proxy.providers import Route, provider_key, provider_settings, route_model
@@ -116,24 +116,39 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
                                      api_key, settings, headers=forwarded)
 
-        async def answered(message: dict[str, Any] | None) -> None:
-            """A complete answer: the stages' writes (recall events), then history and learning,
-            unless the subject was erased while the turn ran (its data must not come back)."""
-            if not (context.on_answered or options.log or options.learn is not False):
-                return  # a plain proxied turn writes nothing
+        learns_records = options.records is not None and options.records.learn is not False
+
+        async def answered(message: dict[str, Any] | None, sync: RecordsSync | None = None) -> list[dict[str, Any]]:
+            """A complete answer: the stages' writes (recall events), a sync turn's records, then
+            history and learning, unless the subject was erased while the turn ran (its data must
+            not come back). Returns the records written (sync only)."""
+            if not (context.on_answered or options.log or options.learn is not False or learns_records):
+                return []  # a plain proxied turn writes nothing
+            written: list[dict[str, Any]] = []
             try:
                 async with services.erasure.writing(call.project_id, options.subject_id, since=turn.started_at):
+                    # First: a sync write that fails leaves no trace of the turn, as a provider error does.
+                    if sync is not None:
+                        written = await sync.write(call.project_id)
                     await context.answered()
                     if message is not None:
                         await record_turn(turn, message, history=services.history, jobs=services.jobs,
-                                          learner=services.learner, worker=services.worker)
+                                          learner=services.learner, worker=services.worker,
+                                          records_learned=sync is not None)
             except SubjectErased:
                 log.info("the subject of a %s turn was erased while it ran: nothing recorded", spec.request_type)
+                return []
+            return written
+
+        async def streamed(message: dict[str, Any]) -> None:
+            await answered(message)
 
         if body.get("stream"):
+            # Once the stream has begun nothing can be added to the answer: sync or not, a
+            # streamed turn's records are learned by its job (docs/features.md, Records).
             stream = await unless_client_leaves(call.request, services.upstream.open_stream(upstream_call, spec.wire))
             try:
-                return StreamingResponse(relay(stream, spec.new_accumulator(), spec.error_frame, answered),
+                return StreamingResponse(relay(stream, spec.new_accumulator(), spec.error_frame, streamed),
                                          media_type="text/event-stream",
                                          headers={**ids, **stream.headers, "Cache-Control": "no-cache",
                                                   "X-Accel-Buffering": "no"})
@@ -149,7 +164,18 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         log.info("client left before the answer to a %s turn: provider call cancelled, nothing recorded",
                  spec.request_type)
         return Response(status_code=499)  # never sent: nobody is listening
-    await answered(spec.answer_message(answer.body))
+    message = spec.answer_message(answer.body)
+    sync = wants_records_sync(turn)
+    try:
+        prepared = (await RecordsSync.prepare(turn, message, learner=services.learner)
+                    if sync and message is not None else None)
+        written = await answered(message, prepared)
+    except GatewayError as error:
+        error.headers = {**(error.headers or {}), **ids}
+        raise
     if spec.mnx_in_body:
         answer.body["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
+        if sync:
+            answer.body["mnx"]["records"] = written
+            answer.body["records"] = records_summary(written)
     return JSONResponse(answer.body, headers={**ids, **answer.headers})

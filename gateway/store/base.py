@@ -13,15 +13,31 @@ Beside its documents a collection may keep *tallies*: per document and name, a c
 and the time it last changed (how often a memory was recalled, and when). Adding to one
 is a single small write that never rewrites the document, and concurrent additions (from
 several gateways) are never lost, which a read-modify-write of the document would do.
+
+*Ordered indexes* answer ranges and orderings that a static ``Collection.indexes`` cannot
+declare: records carry per-schema fields ("amount", "due_date") that only exist at run time.
+A document lists its own ordered values under ``Collection.ordered`` ({index name: [values]}),
+so the set of indexes grows with the data while every read stays a range lookup on one index:
+``find_ordered`` / ``count_ordered`` with an ``OrderedRange``. Numbers order as numbers, strings
+by their UTF-8 bytes (the one order both SQLite's BINARY collation and Redis's lex ranges share).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from collections.abc import Iterable, Mapping
 
 Document = dict[str, Any]
+
+# A value of an ordered index. Ints are fine too; bools are refused (True == 1 would make "is it
+# true" and "is it one" the same entry): callers turn them into 0/1 themselves. Redis scores are
+# doubles, so integers beyond 2**53 order as their nearest double there (exactly on SQLite).
+OrderedValue = float | str
+
+# SQLite's INTEGER is 64 bits; a larger int cannot be stored as a number.
+_INT64 = 2 ** 63
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,9 @@ class Collection:
     # Fields holding a list of strings, each indexed on its own: a document is found by any
     # of them (only in an index of that one field).
     multi_valued: tuple[str, ...] = ()
+    # The name of a document field holding {index name: [values]}: each value is indexed in order under
+    # that name (numbers as numbers, strings by their UTF-8 bytes), for find_ordered. None: no ordered indexes.
+    ordered: str | None = None
 
     def __post_init__(self) -> None:
         for fields in self.indexes:
@@ -64,6 +83,76 @@ class Collection:
                 entries.append((fields, values))
         return entries
 
+    def ordered_entries(self, doc: Mapping[str, Any]) -> list[tuple[str, OrderedValue]]:
+        """(index name, value) for every ordered value the document lists, each distinct value once.
+
+        Raises ValueError for what a store cannot index faithfully: a value that is neither a finite
+        number nor a string, a string or name containing NUL (Redis separates a text value from the
+        document id with it), and numbers mixed with strings in one index (one index holds one kind,
+        so a range over it means the same thing on every backend)."""
+        if self.ordered is None:
+            return []
+        listed = doc.get(self.ordered)
+        if listed is None:
+            return []
+        if not isinstance(listed, Mapping):
+            raise ValueError(f"collection {self.name!r}: field {self.ordered!r} must map index names to value lists")
+        entries: list[tuple[str, OrderedValue]] = []
+        for name, values in listed.items():
+            _check_index_name(name)
+            if not isinstance(values, (list, tuple)):
+                raise ValueError(f"ordered index {name!r}: values must be a list")
+            # dict.fromkeys: 1 and 1.0 are one entry, as the stores' keys would make them.
+            distinct = list(dict.fromkeys(_checked_value(name, value) for value in values))
+            if len({isinstance(value, str) for value in distinct}) > 1:
+                raise ValueError(f"ordered index {name!r}: numbers and strings cannot share one index")
+            entries += [(name, value) for value in distinct]
+        return entries
+
+
+def _check_index_name(name: Any) -> None:
+    if not isinstance(name, str) or "\x00" in name:
+        raise ValueError(f"an ordered index name must be a string without NUL, not {name!r}")
+
+
+def _checked_value(index: str, value: Any) -> OrderedValue:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"ordered index {index!r}: a string value cannot contain NUL")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"ordered index {index!r}: {value!r} is neither a number nor a string")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"ordered index {index!r}: numbers must be finite, not {value!r}")
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        raise ValueError(f"ordered index {index!r}: {value} does not fit in 64 bits")
+    return value
+
+
+@dataclass(frozen=True)
+class OrderedRange:
+    """Documents with a value of ordered index ``index`` between ``low`` and ``high`` (None: unbounded).
+
+    ``numeric`` says which kind the index holds: a range over numbers never meets strings filed under
+    the same name (and vice versa), so an unbounded side stops at the end of its own kind."""
+
+    index: str
+    numeric: bool
+    low: OrderedValue | None = None
+    low_inclusive: bool = True
+    high: OrderedValue | None = None
+    high_inclusive: bool = True
+
+    def __post_init__(self) -> None:
+        _check_index_name(self.index)
+        for bound in (self.low, self.high):
+            if bound is None:
+                continue
+            if isinstance(bound, str) == self.numeric:
+                kind = "a number" if self.numeric else "a string"
+                raise ValueError(f"ordered index {self.index!r}: bound {bound!r} must be {kind}")
+            _checked_value(self.index, bound)
+
 
 @dataclass(frozen=True)
 class Increment:
@@ -90,7 +179,9 @@ def require_project(project_id: str) -> None:
 class DocumentStore(Protocol):
     async def put(self, collection: Collection, project_id: str, doc_id: str, doc: Document,
                   *, ttl_seconds: float | None = None) -> None:
-        """Insert or replace one document; ``ttl_seconds`` makes it disappear after that long."""
+        """Insert or replace one document; ``ttl_seconds`` makes it disappear after that long.
+        Its index and ordered entries are replaced with it, atomically; ValueError (nothing written)
+        when its ordered values cannot be indexed (see ``Collection.ordered_entries``)."""
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
         """Insert or replace several documents in one round trip, in the given order."""
@@ -110,6 +201,15 @@ class DocumentStore(Protocol):
 
     async def delete_where(self, collection: Collection, project_id: str, where: Mapping[str, str]) -> int:
         """Remove every document matching ``where``; returns how many."""
+
+    async def find_ordered(self, collection: Collection, project_id: str, where: OrderedRange, *,
+                           descending: bool = False, limit: int | None = None, offset: int = 0) -> list[Document]:
+        """Documents with a value in the range, in value order (ties in insertion order; descending
+        reverses both). A document with several values in the range comes once per value: the caller
+        dedupes if it wants documents, and paging stays a plain offset into the index."""
+
+    async def count_ordered(self, collection: Collection, project_id: str, where: OrderedRange) -> int:
+        """How many (document, value) entries are in the range (what find_ordered would page through)."""
 
     async def increment(self, collection: Collection, project_id: str, increments: Iterable[Increment]) -> None:
         """Add to tallies (created at zero), all in one atomic write."""

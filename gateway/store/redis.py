@@ -2,16 +2,34 @@
 
 Layout, for key prefix ``P``, project ``p`` and collection ``c``:
 
-* ``P{p}:c:d:<id>``            hash: ``body`` (JSON), ``seq``, ``idx`` (the index keys it is in)
+* ``P{p}:c:d:<id>``            hash: ``body`` (JSON), ``seq``, ``idx`` (the index keys it is in),
+                                 ``ord`` (its ordered entries: key, member, key, member...)
 * ``P{p}:c:i:<index>=<values>`` sorted set of ids scored by ``seq`` (insertion order)
 * ``P{p}:c:i:``                 the same, for every document of the collection
 * ``P{p}:c:seq``                the collection's insertion counter
 * ``P{p}:c:t:<id>``            hash of the document's tallies: ``<name>`` (count), ``<name>@`` (last time)
+* ``P{p}:c:o:n:<index>``        a numeric ordered index: sorted set scored by value, member
+                                 ``<seq>`` ``<value>`` NUL ``<id>``
+* ``P{p}:c:o:s:<index>``        a text ordered index: sorted set, every score 0, member
+                                 ``<value>`` NUL ``<seq>`` ``<id>``, read with ZRANGEBYLEX
+
+``<seq>`` in an ordered member is the document's seq as 20 decimal digits: equal scores (and equal
+text values) then order by insertion, as SQLite's (value, seq) key does, and the value in a numeric
+member lets one document hold several values of one index. A text member starts with the value, so
+byte order of members is byte order of values (NUL cannot occur in a value, and sorts before every
+other byte: "ab" NUL ... comes before "abc" NUL ...). Reading an entry checks that its document
+still exists with that seq, which tells a live entry from one left behind by an expired document.
 
 ``{p}`` is a Redis Cluster hash tag: all of a project's keys live in one slot, so
 the Lua scripts below (which keep a document and its index entries consistent in
 one atomic step) also work on a cluster. TTL is Redis's own key expiry; index
 entries of expired documents are removed lazily by the reads that meet them.
+
+Keys a script writes to are passed in KEYS. Two kinds of key are known only to the script,
+from what it reads: the documents an index lists (read for their bodies in the same round trip)
+and the entries a replaced or deleted document leaves behind (listed in its ``idx``/``ord``).
+Declaring those too would cost a read before every such call; they carry the same hash tag,
+so they live in the slot of the declared keys and the scripts run on a cluster as they are.
 """
 
 from __future__ import annotations
@@ -23,24 +41,51 @@ from urllib.parse import quote
 import redis.asyncio as redis_asyncio
 
 from gateway.store import codec
-from gateway.store.base import Collection, Document, Increment, Tally, require_project
+from gateway.store.base import Collection, Document, Increment, OrderedRange, OrderedValue, Tally, require_project
 from gateway.store.redis_client import connect_redis
 
-# KEYS: doc key, seq key, then the index keys the new body belongs to.
-# ARGV: body, ttl in ms (0 = none), doc id.
-_PUT = """
+# Shared by the scripts that replace or remove documents: drop a document's ordered entries.
+_DROP_ORDERED = """
+local function drop_ordered(dkey)
+  local old = redis.call('HGET', dkey, 'ord')
+  if old then
+    local entries = cjson.decode(old)
+    for i = 1, #entries, 2 do redis.call('ZREM', entries[i], entries[i + 1]) end
+  end
+end
+"""
+
+# KEYS: doc key, seq key, the index keys the new body belongs to, then its ordered index keys.
+# ARGV: body, ttl in ms (0 = none), doc id, how many index keys, then per ordered entry:
+# its key's position in KEYS, kind ('n' number / 's' string), value (a number as text).
+_PUT = _DROP_ORDERED + """
 local seq = redis.call('HGET', KEYS[1], 'seq')
 if not seq then seq = redis.call('INCR', KEYS[2]) end
 local old = redis.call('HGET', KEYS[1], 'idx')
 if old then
   for _, k in ipairs(cjson.decode(old)) do redis.call('ZREM', k, ARGV[3]) end
 end
+drop_ordered(KEYS[1])
 local idx = {}
-for i = 3, #KEYS do
+for i = 3, 2 + tonumber(ARGV[4]) do
   redis.call('ZADD', KEYS[i], seq, ARGV[3])
   idx[#idx + 1] = KEYS[i]
 end
+local sep, tag, ord = string.char(0), string.format('%020d', tonumber(seq)), {}
+for i = 5, #ARGV, 3 do
+  local key, value, member = KEYS[tonumber(ARGV[i])], ARGV[i + 2], nil
+  if ARGV[i + 1] == 'n' then
+    member = tag .. value .. sep .. ARGV[3]
+    redis.call('ZADD', key, value, member)
+  else
+    member = value .. sep .. tag .. ARGV[3]
+    redis.call('ZADD', key, 0, member)
+  end
+  ord[#ord + 1] = key
+  ord[#ord + 1] = member
+end
 redis.call('HSET', KEYS[1], 'body', ARGV[1], 'seq', seq, 'idx', cjson.encode(idx))
+if #ord > 0 then redis.call('HSET', KEYS[1], 'ord', cjson.encode(ord)) else redis.call('HDEL', KEYS[1], 'ord') end
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 else
@@ -49,11 +94,12 @@ end
 return seq
 """
 
-# KEYS: doc key. ARGV: doc id. Also removes the document's index entries.
-_DELETE = """
+# KEYS: doc key. ARGV: doc id. Also removes the document's index and ordered entries.
+_DELETE = _DROP_ORDERED + """
 local old = redis.call('HGET', KEYS[1], 'idx')
 if not old then return 0 end
 for _, k in ipairs(cjson.decode(old)) do redis.call('ZREM', k, ARGV[1]) end
+drop_ordered(KEYS[1])
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -61,7 +107,7 @@ return 1
 # KEYS: index key. ARGV: doc key prefix, offset, limit (-1 = all), reverse (0/1), mode.
 # mode "find" returns bodies, "count" returns a number, "delete" removes and returns a number.
 # Index entries whose document has expired are dropped on the way.
-_SCAN = """
+_SCAN = _DROP_ORDERED + """
 local ids
 if ARGV[4] == '1' then ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
 else ids = redis.call('ZRANGE', KEYS[1], 0, -1) end
@@ -89,6 +135,7 @@ for _, id in ipairs(ids) do
       if old then
         for _, k in ipairs(cjson.decode(old)) do redis.call('ZREM', k, id) end
       end
+      drop_ordered(dkey)
       redis.call('DEL', dkey)
     end
   end
@@ -112,6 +159,57 @@ end
 return out
 """
 
+# KEYS: one ordered index. ARGV: doc key prefix, kind ('n' / 's'), from, to (ZRANGEBYSCORE or ZRANGEBYLEX
+# bounds, in the command's order: high first when descending), descending (0/1), offset, limit (-1 = all),
+# exact (1: the collection has no expiring documents, so every entry is live), mode ('find' / 'count').
+# "find" returns bodies, "count" a number. An entry is live when its document exists with the seq the
+# entry was written under; others (an expired document's, or one from before it was written anew) are
+# skipped and removed. Exact indexes are paged by the server; others are walked, counting live entries.
+_FIND_ORDERED = """
+local key, prefix, kind, from, to = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local offset, limit, exact, mode = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9]
+local cmd = kind == 'n' and 'ZRANGEBYSCORE' or 'ZRANGEBYLEX'
+if ARGV[5] == '1' then cmd = kind == 'n' and 'ZREVRANGEBYSCORE' or 'ZREVRANGEBYLEX' end
+if mode == 'find' and limit == 0 then return {} end
+local sep = string.char(0)
+local out, seen, stale = {}, 0, {}
+-- True once the page is full.
+local function visit(member, skip)
+  local id, tag
+  if kind == 'n' then
+    id, tag = string.sub(member, string.find(member, sep, 21, true) + 1), string.sub(member, 1, 20)
+  else
+    local at = string.find(member, sep, 1, true)
+    id, tag = string.sub(member, at + 21), string.sub(member, at + 1, at + 20)
+  end
+  local doc = redis.call('HMGET', prefix .. id, 'body', 'seq')
+  if not doc[1] or string.format('%020d', tonumber(doc[2])) ~= tag then
+    stale[#stale + 1] = member
+    return false
+  end
+  seen = seen + 1
+  if mode ~= 'find' or seen <= skip then return false end
+  out[#out + 1] = doc[1]
+  return limit >= 0 and #out >= limit
+end
+if exact then
+  for _, member in ipairs(redis.call(cmd, key, from, to, 'LIMIT', offset, limit)) do visit(member, 0) end
+else
+  local position, batch, done = 0, 500, false
+  while not done do
+    local members = redis.call(cmd, key, from, to, 'LIMIT', position, batch)
+    for _, member in ipairs(members) do
+      done = visit(member, offset)
+      if done then break end
+    end
+    if #members < batch then done = true end
+    position = position + batch
+  end
+end
+for _, member in ipairs(stale) do redis.call('ZREM', key, member) end
+if mode == 'find' then return out end
+return seen
+"""
 
 # KEYS: one tally hash per increment. ARGV: name, by, at for each (in KEYS' order).
 # HINCRBY keeps concurrent increments from several gateways; the time only moves forward.
@@ -137,6 +235,7 @@ class RedisDocumentStore:
         self._delete = self._redis.register_script(_DELETE)
         self._scan = self._redis.register_script(_SCAN)
         self._find_exact = self._redis.register_script(_FIND_EXACT)
+        self._find_ordered = self._redis.register_script(_FIND_ORDERED)
         self._increment = self._redis.register_script(_INCREMENT)
 
     # -- key layout -----------------------------------------------------------------------
@@ -154,10 +253,25 @@ class RedisDocumentStore:
         fields = collection.index_for(where or {})
         return self._index_key(base, fields, tuple((where or {})[f] for f in fields))
 
-    def _put_keys(self, collection: Collection, base: str, doc_id: str, doc: Document) -> list[str]:
+    def _ordered_key(self, base: str, index: str, numeric: bool) -> str:
+        return base + ("o:n:" if numeric else "o:s:") + quote(index, safe="")
+
+    def _put_call(self, collection: Collection, base: str, doc_id: str, doc: Document,
+                  ttl_ms: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of _PUT for this document (ValueError, before anything is sent, for bad ordered values)."""
+        ordered = collection.ordered_entries(doc)
         keys = [base + "d:" + doc_id, base + "seq", self._index_key(base, (), ())]
         keys += [self._index_key(base, f, v) for f, v in collection.index_entries(doc)]
-        return keys
+        args: list[Any] = [codec.encode(doc), ttl_ms, doc_id, len(keys) - 2]
+        positions: dict[str, int] = {}
+        for index, value in ordered:
+            numeric = not isinstance(value, str)
+            key = self._ordered_key(base, index, numeric)
+            if key not in positions:
+                keys.append(key)
+                positions[key] = len(keys)  # Lua counts from 1
+            args += [positions[key], "n" if numeric else "s", _score(value) if numeric else value]
+        return keys, args
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -165,15 +279,16 @@ class RedisDocumentStore:
                   *, ttl_seconds: float | None = None) -> None:
         base = self._base(collection, project_id)
         ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds is not None else 0
-        await self._put(keys=self._put_keys(collection, base, doc_id, doc),
-                        args=[codec.encode(doc), ttl_ms, doc_id])
+        keys, args = self._put_call(collection, base, doc_id, doc, ttl_ms)
+        await self._put(keys=keys, args=args)
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
         base = self._base(collection, project_id)
+        # Every call checked before the first is sent: a bad document writes none of them.
+        calls = [self._put_call(collection, base, doc_id, doc, 0) for doc_id, doc in docs]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for doc_id, doc in docs:
-                await self._put(keys=self._put_keys(collection, base, doc_id, doc),
-                                args=[codec.encode(doc), 0, doc_id], client=pipe)
+            for keys, args in calls:
+                await self._put(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
@@ -241,6 +356,27 @@ class RedisDocumentStore:
             return int(await self._redis.zcard(key))
         return int(await self._scan(keys=[key], args=[base + "d:", 0, -1, 0, "count"]))
 
+    async def find_ordered(self, collection: Collection, project_id: str, where: OrderedRange, *,
+                           descending: bool = False, limit: int | None = None, offset: int = 0) -> list[Document]:
+        base = self._base(collection, project_id)
+        low, high = _bounds(where)
+        args: list[Any] = [base + "d:", "n" if where.numeric else "s", *((high, low) if descending else (low, high)),
+                           1 if descending else 0, offset, -1 if limit is None else limit,
+                           0 if collection.expiring else 1, "find"]
+        bodies = await self._find_ordered(keys=[self._ordered_key(base, where.index, where.numeric)], args=args)
+        return [codec.decode(body) for body in bodies]
+
+    async def count_ordered(self, collection: Collection, project_id: str, where: OrderedRange) -> int:
+        base = self._base(collection, project_id)
+        key = self._ordered_key(base, where.index, where.numeric)
+        low, high = _bounds(where)
+        if collection.expiring:  # entries of expired documents linger until a read meets them
+            return int(await self._find_ordered(keys=[key], args=[base + "d:", "n" if where.numeric else "s",
+                                                                  low, high, 0, 0, -1, 0, "count"]))
+        if where.numeric:
+            return int(await self._redis.zcount(key, low, high))
+        return int(await self._redis.zlexcount(key, low, high))
+
     async def scrub(self) -> None:
         # A deleted key is gone from memory at once; what Redis persists (RDB, AOF) is the
         # operator's configuration, rewritten by Redis itself.
@@ -256,3 +392,23 @@ class RedisDocumentStore:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _score(value: OrderedValue) -> str:
+    # A sorted-set score is a double: repr round-trips it exactly (ints beyond 2**53 round, as they must).
+    return repr(float(value))
+
+
+def _bounds(where: OrderedRange) -> tuple[str, str]:
+    """(min, max) of the range as ZRANGEBYSCORE or ZRANGEBYLEX spell them.
+
+    A text member is value NUL seq id, so the value's entries lie between "v" and "v\\x01" (NUL is
+    refused in values, so no other value lies there): ">= v" is [v, "> v" is [v\\x01, "< v" is (v,
+    "<= v" is (v\\x01."""
+    if where.numeric:
+        low = "-inf" if where.low is None else ("" if where.low_inclusive else "(") + _score(where.low)
+        high = "+inf" if where.high is None else ("" if where.high_inclusive else "(") + _score(where.high)
+        return low, high
+    low = "-" if where.low is None else "[" + str(where.low) + ("" if where.low_inclusive else "\x01")
+    high = "+" if where.high is None else "(" + str(where.high) + ("\x01" if where.high_inclusive else "")
+    return low, high

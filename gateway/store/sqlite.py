@@ -42,7 +42,7 @@ from pathlib import Path
 from collections.abc import Iterable, Iterator, Mapping
 
 from gateway.store import codec
-from gateway.store.base import Collection, Document, Increment, Tally, require_project
+from gateway.store.base import Collection, Document, Increment, OrderedRange, Tally, require_project
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -64,6 +64,18 @@ CREATE TABLE IF NOT EXISTS doc_index (
     PRIMARY KEY (collection, project_id, index_key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_index_by_seq ON doc_index (seq);
+-- Ordered indexes (Collection.ordered). `value` has no declared type on purpose: no affinity, so
+-- numbers stay numbers and text stays text, and SQLite orders every number before every string
+-- and strings by BINARY collation, i.e. by their UTF-8 bytes (as Redis's lex ranges do).
+CREATE TABLE IF NOT EXISTS doc_order (
+    collection  TEXT NOT NULL,
+    project_id  TEXT NOT NULL,
+    index_name  TEXT NOT NULL,
+    value       NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (collection, project_id, index_name, value, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS doc_order_by_seq ON doc_order (seq);
 CREATE TABLE IF NOT EXISTS tallies (
     collection  TEXT NOT NULL,
     project_id  TEXT NOT NULL,
@@ -83,6 +95,48 @@ _SWEEP_INTERVAL_SECONDS = 60.0
 def _index_key(fields: tuple[str, ...], values: tuple[str, ...]) -> str:
     # \x1f (unit separator) cannot appear in field names and is escaped out of values by JSON.
     return "\x1f".join(fields) + "=" + json.dumps(values, ensure_ascii=False)
+
+
+# An unbounded side of an ordered range still gets a bound: the end of its own kind. SQLite
+# orders numbers < text < blobs, so a numeric range runs from -inf to +inf and a text range from
+# '' up to (not including) the empty blob: it never meets values of the other kind, and the
+# query is always one range on the primary key.
+_NUMBERS_FROM, _NUMBERS_TO = float("-inf"), float("inf")
+_TEXT_FROM, _TEXT_TO = "", b""
+
+
+@functools.cache  # a handful of shapes, each a fixed statement
+def ordered_query(low_inclusive: bool, high_inclusive: bool, descending: bool = False, *, count: bool = False) -> str:
+    """The statement find_ordered runs (``count``: the one count_ordered runs).
+
+    Parameters: collection, project, index name, low, high, now, then (find only) limit, offset.
+    A range on doc_order's primary key, read in key order (value then seq: ties in insertion
+    order) or backwards, joined to documents by rowid for the body: SQLite stops at the limit
+    and never sorts, and expired documents are skipped on the way."""
+    order = "DESC" if descending else "ASC"
+    return (f"SELECT {'COUNT(*)' if count else 'd.body'} FROM doc_order o JOIN documents d ON d.seq = o.seq "
+            "WHERE o.collection = ? AND o.project_id = ? AND o.index_name = ? "
+            f"AND o.value {'>=' if low_inclusive else '>'} ? AND o.value {'<=' if high_inclusive else '<'} ? "
+            "AND (d.expires_at IS NULL OR d.expires_at > ?)"
+            + ("" if count else f" ORDER BY o.value {order}, o.seq {order} LIMIT ? OFFSET ?"))
+
+
+_Bound = float | str | bytes
+
+
+def ordered_bounds(where: OrderedRange) -> tuple[_Bound, bool, _Bound, bool]:
+    """(low, low inclusive, high, high inclusive) for ``ordered_query``: unbounded sides at the ends of the kind."""
+    low: _Bound
+    high: _Bound
+    if where.numeric:
+        low, low_inclusive, high, high_inclusive = _NUMBERS_FROM, True, _NUMBERS_TO, True
+    else:
+        low, low_inclusive, high, high_inclusive = _TEXT_FROM, True, _TEXT_TO, False
+    if where.low is not None:
+        low, low_inclusive = where.low, where.low_inclusive
+    if where.high is not None:
+        high, high_inclusive = where.high, where.high_inclusive
+    return low, low_inclusive, high, high_inclusive
 
 
 log = logging.getLogger("gateway.store")
@@ -238,6 +292,7 @@ class SqliteDocumentStore:
 
     def _put_one(self, collection: Collection, project_id: str, doc_id: str, doc: Document,
                  expires_at: float | None) -> None:
+        ordered = collection.ordered_entries(doc)  # raises before anything is written
         (seq,) = self._db.execute(
             "INSERT INTO documents (collection, project_id, doc_id, body, expires_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (collection, project_id, doc_id) DO UPDATE SET body = excluded.body, "
@@ -248,6 +303,11 @@ class SqliteDocumentStore:
         self._db.executemany(
             "INSERT INTO doc_index (collection, project_id, index_key, seq) VALUES (?, ?, ?, ?)",
             [(collection.name, project_id, _index_key(f, v), seq) for f, v in collection.index_entries(doc)],
+        )
+        self._db.execute("DELETE FROM doc_order WHERE seq = ?", (seq,))
+        self._db.executemany(
+            "INSERT INTO doc_order (collection, project_id, index_name, value, seq) VALUES (?, ?, ?, ?, ?)",
+            [(collection.name, project_id, name, value, seq) for name, value in ordered],
         )
 
     async def put(self, collection: Collection, project_id: str, doc_id: str, doc: Document,
@@ -276,15 +336,21 @@ class SqliteDocumentStore:
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
         require_project(project_id)
-        row = self._db.execute(
-            "DELETE FROM documents WHERE collection = ? AND project_id = ? AND doc_id = ? "
-            "RETURNING seq, expires_at",
-            (collection.name, project_id, doc_id),
-        ).fetchone()
-        if row is None:
-            return False
-        self._db.execute("DELETE FROM doc_index WHERE seq = ?", (row[0],))
-        return row[1] is None or row[1] > time.time()
+        self._db.execute("BEGIN")
+        try:
+            row = self._db.execute(
+                "DELETE FROM documents WHERE collection = ? AND project_id = ? AND doc_id = ? "
+                "RETURNING seq, expires_at",
+                (collection.name, project_id, doc_id),
+            ).fetchone()
+            if row is not None:
+                self._db.execute("DELETE FROM doc_index WHERE seq = ?", (row[0],))
+                self._db.execute("DELETE FROM doc_order WHERE seq = ?", (row[0],))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return row is not None and (row[1] is None or row[1] > time.time())
 
     async def delete_where(self, collection: Collection, project_id: str, where: Mapping[str, str]) -> int:
         require_project(project_id)
@@ -299,6 +365,7 @@ class SqliteDocumentStore:
                 (collection.name, project_id, key))]
             self._db.executemany("DELETE FROM documents WHERE seq = ?", [(s,) for s in seqs])
             self._db.executemany("DELETE FROM doc_index WHERE seq = ?", [(s,) for s in seqs])
+            self._db.executemany("DELETE FROM doc_order WHERE seq = ?", [(s,) for s in seqs])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -354,8 +421,9 @@ class SqliteDocumentStore:
             return
         self._next_sweep = now + _SWEEP_INTERVAL_SECONDS
         self._db.execute("BEGIN")
-        self._db.execute("DELETE FROM doc_index WHERE seq IN "
-                         "(SELECT seq FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?)", (now,))
+        for table in ("doc_index", "doc_order"):
+            self._db.execute(f"DELETE FROM {table} WHERE seq IN "
+                             "(SELECT seq FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?)", (now,))
         self._db.execute("DELETE FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
         self._db.execute("COMMIT")
 
@@ -401,6 +469,21 @@ class SqliteDocumentStore:
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         require_project(project_id)
         return self._select("COUNT(*)", collection, project_id, where)[0][0]
+
+    async def find_ordered(self, collection: Collection, project_id: str, where: OrderedRange, *,
+                           descending: bool = False, limit: int | None = None, offset: int = 0) -> list[Document]:
+        require_project(project_id)
+        low, low_inclusive, high, high_inclusive = ordered_bounds(where)
+        sql = ordered_query(low_inclusive, high_inclusive, descending)
+        rows = self._db.execute(sql, (collection.name, project_id, where.index, low, high, time.time(),
+                                      -1 if limit is None else limit, offset))
+        return [codec.decode(body) for (body,) in rows]
+
+    async def count_ordered(self, collection: Collection, project_id: str, where: OrderedRange) -> int:
+        require_project(project_id)
+        low, low_inclusive, high, high_inclusive = ordered_bounds(where)
+        sql = ordered_query(low_inclusive, high_inclusive, count=True)
+        return self._db.execute(sql, (collection.name, project_id, where.index, low, high, time.time())).fetchone()[0]
 
     async def scrub(self) -> None:
         # secure_delete (set by connect) zeroes what a delete frees in the database file, but

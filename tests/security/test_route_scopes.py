@@ -120,6 +120,20 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("PATCH", f"{API}/profiles"): ("profiles:write",),
     ("DELETE", f"{API}/profiles"): ("profiles:write", "profiles:delete"),
     ("GET", f"{API}/profiles/schema"): ("profiles:read",),
+    # Records (contract §10). Query and search read, though POSTed; a soft delete takes
+    # records:write (the scopes) or the gateway's <resource>:delete.
+    ("POST", f"{API}/records/schemas"): ("records:write",),
+    ("GET", f"{API}/records/schemas"): ("records:read",),
+    ("GET", f"{API}/records/schemas/{{type_name}}"): ("records:read",),
+    ("GET", f"{API}/records/{{type_name}}"): ("records:read",),
+    ("POST", f"{API}/records/{{type_name}}"): ("records:write",),
+    ("POST", f"{API}/records/{{type_name}}/batch"): ("records:write",),
+    ("POST", f"{API}/records/{{type_name}}/query"): ("records:read",),
+    ("POST", f"{API}/records/{{type_name}}/search"): ("records:read",),
+    ("GET", f"{API}/records/{{type_name}}/{{record_id}}"): ("records:read",),
+    ("PUT", f"{API}/records/{{type_name}}/{{record_id}}"): ("records:write",),
+    ("DELETE", f"{API}/records/{{type_name}}/{{record_id}}"): ("records:write", "records:delete"),
+    ("GET", f"{API}/records/{{type_name}}/{{record_id}}/history"): ("records:read",),
     # Memory events (contract §13: memories:read or events:read).
     ("GET", f"{API}/events/memories"): ("memories:read", "events:read"),
     # Liveness.
@@ -216,6 +230,7 @@ class Objects:
     prompt_id: str
     policy_id: str
     claim_id: str  # the subject's favorite_color truth (blue), from the second memory
+    record_id: str  # a ticket (type RECORD_TYPE) the subject owns
 
 
 _counter = itertools.count()
@@ -240,7 +255,16 @@ def create_objects(gateway: ScopedGateway) -> Objects:
     made("POST", "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [
         {"role": "user", "content": "hello"}], "mnx": {"subject_id": subject, "chat_id": chat}})
     truth = made("GET", f"{API}/claims/subject/{subject}/slot/favorite_color")
-    return Objects(subject, chat, state_key, old["id"], prompt["id"], policy["id"], truth["active_claim_id"])
+    made("POST", f"{API}/records/schemas", json=RECORD_SCHEMA)
+    record = made("POST", f"{API}/records/{RECORD_TYPE}", json={"owner_id": subject, "data": {
+        "title": "Printer jam", "status": "open"}})
+    return Objects(subject, chat, state_key, old["id"], prompt["id"], policy["id"], truth["active_claim_id"],
+                   record["record_id"])
+
+
+RECORD_TYPE = "scope_ticket"
+RECORD_SCHEMA = {"type_name": RECORD_TYPE, "fields": {"title": {"type": "string", "required": True},
+                                                      "status": {"type": "string"}}}
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +282,8 @@ PATH_VALUES: dict[str, Callable[[Objects], str]] = {
     "subject_id": lambda o: o.subject,
     "claim_id": lambda o: o.claim_id,
     "slot": lambda o: "favorite_color",
+    "type_name": lambda o: RECORD_TYPE,
+    "record_id": lambda o: o.record_id,
 }
 
 # Write handler -> a body that would store or change something if the call were let through.
@@ -274,6 +300,12 @@ VALID_BODIES: dict[str, Callable[[Objects], Any]] = {
     "update_profile": lambda o: {"subject_id": o.subject, "updates": [{"field_key": "name", "value": "Changed"}]},
     "create_claim": lambda o: {"subject_id": o.subject, "predicate": "favorite_color", "object_value": "green"},
     "retract_claim": lambda o: None,
+    "define_schema": lambda o: {**RECORD_SCHEMA, "description": "Changed"},
+    "insert_record": lambda o: {"owner_id": o.subject, "data": {"title": "Another jam"}},
+    "update_record": lambda o: {"data": {"status": "closed"}},
+    "insert_records": lambda o: {"records": [{"owner_id": o.subject, "data": {"title": "Batch jam"}}]},
+    "query_records": lambda o: {"where": {"status": "open"}},
+    "search_records": lambda o: {"query": "printer"},
 }
 
 # Every optional proxy feature off: the route's own scope must be enough for such a turn.

@@ -60,6 +60,11 @@ PROJECT_A = "project-a"
 # The extraction model answers 400 at once (no SDK retries), so a learn job fails on its
 # first run and waits an hour for the next: it stays listed in GET /jobs for the whole test.
 FAILING_EXTRACTOR = "fail-400"
+# A's record types. B names both; before its sweep B defines a type of the first name of its own
+# (so B's redefinition probe answers the same whether or not A's exists), never of the second.
+RECORD_TYPE = "ticket"
+OTHER_RECORD_TYPE = "invoice"
+B_RECORD_SCHEMA = {"type_name": RECORD_TYPE, "fields": {"title": "string", "parent": "ref:ticket"}}
 
 
 def sentinel(label: str) -> str:
@@ -78,6 +83,7 @@ class ProjectA:
     prompts: dict[str, str] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
     claims: dict[str, str] = field(default_factory=dict)  # role -> claim id (the truth graph)
+    records: dict[str, str] = field(default_factory=dict)  # role -> record id (of type RECORD_TYPE)
     sentinels: dict[str, str] = field(default_factory=dict)  # label -> sentinel word
     # Every object id A can read (memories, claims, prompts, policies, jobs, recall events...),
     # collected from A's own reads once everything exists.
@@ -162,6 +168,25 @@ def populate_project_a(gateway, client: httpx.Client) -> ProjectA:
         200)
     expect(client.patch(f"{api}/profiles", json={"subject_id": a.subject, "updates": [
         {"field_key": "nickname", "value": a.mark("nickname")}]}), 200)
+
+    # Records: A's type, a private record of A's subject, a public one of the project, a deleted one.
+    expect(client.post(f"{api}/records/schemas", json={"type_name": RECORD_TYPE, "description": a.mark("rtype"),
+                                                       "fields": {"title": {"type": "string", "required": True,
+                                                                            "description": a.mark("rfield")},
+                                                                  "body": "text"}}), 201)
+
+    expect(client.post(f"{api}/records/schemas", json={"type_name": OTHER_RECORD_TYPE, "description": a.mark("rtype2"),
+                                                       "fields": {"amount": "number"}}), 201)
+
+    def record(role: str, **body: Any) -> None:
+        a.records[role] = expect(client.post(f"{api}/records/{RECORD_TYPE}", json=body), 201)["record_id"]
+
+    record("private", owner_id=a.subject, data={"title": f"Codeword ticket {a.mark('rprivate')}",
+                                                 "body": "the secret codeword"})
+    record("public", data={"title": f"Fruit ticket {a.mark('rpublic')}", "body": "the favorite fruit"})
+    # (Its text is no sentinel: no read of A's shows a deleted record's data.)
+    record("deleted", owner_id=a.subject, data={"title": "Old ticket"})
+    expect(client.delete(f"{api}/records/{RECORD_TYPE}/{a.records['deleted']}"), 200)
 
     # Chat history and a learn job (its extraction fails, so it stays queued).
     expect(chat_turn(client, f"My diary secret is {a.mark('history')}", subject_id=a.subject, chat_id=a.chat,
@@ -249,6 +274,8 @@ A_VALUES_BY_PATH_PARAMETER: dict[str, Callable[[ProjectA], list[str]]] = {
     "subject_id": lambda a: [a.subject],
     "claim_id": lambda a: list(a.claims.values()),
     "slot": lambda a: ["favorite_fruit", "favorite_drink"],  # slots where A has truths
+    "type_name": lambda a: [RECORD_TYPE, OTHER_RECORD_TYPE],
+    "record_id": lambda a: list(a.records.values()),
 }
 
 
@@ -306,6 +333,23 @@ HOSTILE_BODIES: dict[str, Callable[[ProjectA], list[Any]]] = {
     "retract_claim": lambda a: [None, {"reason": "project B says so"}],
     "update_profile": lambda a: [{"subject_id": a.subject, "updates": [
         {"field_key": "name", "value": "Project B"}, {"field_key": "nickname", "value": "written by B"}]}],
+    # B defines a type of the same name (its own), then writes and reads under it naming A's records.
+    "define_schema": lambda a: [{**B_RECORD_SCHEMA, "description": "Project B's"}],
+    "insert_record": lambda a: [
+        {"owner_id": a.subject, "data": {"title": "Project B's ticket"}},
+        # A reference to A's record: no such record in B.
+        {"owner_id": a.subject, "data": {"title": "B's child ticket", "parent": a.records["public"]}},
+    ],
+    "update_record": lambda a: [{"data": {"title": "Project B was here"}}],
+    "insert_records": lambda a: [{"records": [{"owner_id": a.subject, "data": {"title": "B's batch"}},
+                                              {"data": {"title": "B's child", "parent": a.records["private"]}}]}],
+    "query_records": lambda a: [
+        {"where": {"title": {"$contains": "ticket"}}},
+        {"where": {"record_id": {"$in": list(a.records.values())}}},
+        {"owner_id": a.subject, "order_by": "-title"},
+    ],
+    "search_records": lambda a: [{"query": "secret codeword ticket"},
+                                 {"query": "favorite fruit", "owner_id": a.subject}],
 }
 
 @dataclass(frozen=True)
@@ -322,7 +366,7 @@ class Turn:
 def proxy_turns(a: ProjectA) -> list[Turn]:
     ids = {"subject_id": a.subject, "chat_id": a.chat}
     everything = {**ids, "history": True, "recall": True, "log": True, "learn": False, "system_prompt": True,
-                  "state": {"load": True, "key": a.state_key}, "profile": True}
+                  "state": {"load": True, "key": a.state_key}, "profile": True, "records": {"recall": True}}
     return [
         Turn("A's context", everything),
         Turn("A's context, streamed", everything, stream=True),
@@ -449,7 +493,7 @@ def read_everything(client: httpx.Client, probes: list[Probe]) -> dict[str, tupl
     return {probe.describe(): comparable(probe.send(client)) for probe in probes}
 
 
-ID_FIELDS = {"id", "event_id", "memory_id", "superseded_by", "duplicate_of", "claim_id", "active_claim_id",
+ID_FIELDS = {"id", "event_id", "memory_id", "record_id", "superseded_by", "duplicate_of", "claim_id", "active_claim_id",
              "assertion_id", "edge_id", "from_claim_id", "to_claim_id", "source_memory_id"}
 ID_LIST_FIELDS = {"superseded_ids", "prompt_ids", "memory_ids", "superseded_claim_ids", "superseded_memory_ids",
                   "restored_memory_ids"}
@@ -481,7 +525,7 @@ def client_for(gateway, key: str) -> httpx.Client:
 def control_turns_forward_a_context(gateway, a: ProjectA, client: httpx.Client) -> None:
     """The turn B sends, sent with A's key, does carry A's context upstream on every surface."""
     expected = [a.sentinels[label] for label in ("projprompt", "subjprompt", "chatprompt", "state", "codeword",
-                                                 "history", "profile", "nickname")]
+                                                 "history", "profile", "nickname", "rprivate", "rpublic")]
     for endpoint in endpoints():
         if not is_proxy(endpoint):
             continue
@@ -506,7 +550,8 @@ def placeholder_project_a() -> ProjectA:
     a = ProjectA(subject="subject-a", chat="chat-a", state_key="plan-a",
                  memories={"secret": "mem_placeholder", "fruit": "mem_placeholder_fruit"},
                  prompts={"project": "sp_placeholder"}, policies={"project": "mp_placeholder"},
-                 claims={"drink": "clm_placeholder"})
+                 claims={"drink": "clm_placeholder"},
+                 records={"private": "rec_placeholder", "public": "rec_placeholder_public"})
     a.mark("codeword")
     return a
 
@@ -551,11 +596,12 @@ def test_project_b_cannot_read_or_change_project_a_through_any_route(start_gatew
         seen_by_a = read_everything(client_a, reads)
         a.ids = object_ids([body for _, body in seen_by_a.values()]) - {a.subject, a.chat, a.state_key}
         assert set(a.memories.values()) | set(a.prompts.values()) | set(a.policies.values()) | set(
-            a.claims.values()) <= a.ids
+            a.claims.values()) | set(a.records.values()) <= a.ids
         shown = json.dumps(list(seen_by_a.values()))
         unseen = [label for label, word in a.sentinels.items() if word not in shown]
         assert not unseen, f"no read request shows A's {unseen}: B's probes would prove nothing about them"
 
+        expect(client_b.post("/api/v1/records/schemas", json=B_RECORD_SCHEMA), 201)
         sweep = Sweep(gateway, a, client_b)
         forwarded_before_b = len(gateway.forwarded())
         for probe in [*reads, *writes, *others, *reads]:  # reads again once B has written and deleted

@@ -1,0 +1,1 @@
+"""Records (contract §10): schema-backed structured data, queried, searched, recalled and learned."""

@@ -1,0 +1,562 @@
+"""The records service: schemas, validated records, indexed queries, search, erasure.
+
+A record is one document of the ``records`` collection, its data checked against its
+type's schema on every write (gateway/records/schema.py). Beside the API record the
+document keeps what the store indexes:
+
+* ``_live``: the type name while the record is not deleted: listing a type, or a type's
+  records of one owner, is an equality index lookup that never meets deleted records;
+* ``_order``: each indexed field's values ({"<type>\\x1f<field>": [values]}), the store's
+  ordered indexes (gateway/store/base.py ``Collection.ordered``), which answer equality,
+  ranges and ordering on any schema field; a deleted record has none.
+
+A query (gateway/records/query.py) is planned onto those indexes: the most selective
+indexable part of ``where`` fetches the candidates, and every candidate is checked against
+the whole ``where`` before it is returned, so an index only ever narrows. A query that no
+index narrows reads the type's records in pages, up to ``records.max_examined``.
+
+Deletes are soft (``is_deleted``, kept for the audit trail, 404 to reads); every write
+appends to the record's audit trail (``_trail``: who, when, what changed), kept in the record's
+own document: one write per change, and nothing else to erase. A subject's erasure removes
+the records it owns (with their trails) and index points, and the subject from the
+collaborators of others' records.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.clock import from_timestamp
+from gateway.config import RecordsConfig
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.ids import ordered_id
+from gateway.records.index import RecordHit, RecordIndex, owned_key, recall_access, type_key
+from gateway.records.query import Order, Plan, Predicate, index_name, matches, parse_order, parse_where, plan, sort_key
+from gateway.records.schema import (RecordSchema, compatibility_risks, ordered_values, parse_schema, reindex_needed,
+                                    searchable_text, validate_data)
+from gateway.store import Collection, DocumentStore
+from gateway.store.base import OrderedRange
+from gateway.subject_locks import SubjectLocks
+
+log = logging.getLogger("gateway.records")
+
+RECORDS = Collection("records", indexes=(("_live",), ("_live", "owner_id"), ("owner_id",), ("collaborators",)),
+                     multi_valued=("collaborators",), ordered="_order")
+SCHEMAS = Collection("record_schemas")
+# A record's audit trail keeps its latest entries (created, updated..., deleted); older ones
+# are dropped and counted, so that a record changed every minute stays a small document.
+MAX_TRAIL = 100
+
+VISIBILITIES = ("public", "private")
+MAX_COLLABORATORS = 100
+# Candidates are read from the store in pages of this many.
+_PAGE = 256
+# Built-in ordered indexes every live record has (epoch seconds).
+_CREATED = "@created_at"
+_UPDATED = "@updated_at"
+
+
+class SchemaNotFound(NotFound):
+    code = "schema_not_found"
+
+
+class RecordNotFound(NotFound):
+    code = "record_not_found"
+
+
+def to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The API record: the stored document without what only the store reads."""
+    return {key: value for key, value in doc.items() if not key.startswith("_")}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a write came from: the API (and which key) or a chat's learning job."""
+
+    source: str  # "api" | "chat"
+    key_name: str | None = None
+    chat_id: str | None = None
+    job_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in (("source", self.source), ("key_name", self.key_name),
+                                                ("chat_id", self.chat_id), ("job_id", self.job_id)) if value}
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    data: Any
+    owner_id: str | None = None
+    visibility: str | None = None
+    collaborators: Sequence[str] = ()
+
+
+@dataclass
+class QueryPage:
+    records: list[dict[str, Any]]
+    # Where the next page starts, for ``cursor``; None when this page is the last.
+    next_offset: int | None
+
+
+@dataclass
+class _Scan:
+    """Candidates read so far by one query, against ``records.max_examined``."""
+
+    limit: int
+    examined: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def count(self, docs: Sequence[dict[str, Any]]) -> None:
+        self.examined += len(docs)
+        if self.examined > self.limit:
+            raise BadRequest(f"this query reads more than {self.limit} records: filter on an indexed field "
+                             "(anything but text fields) or order by one", code="query_too_broad", param="where",
+                             max_examined=self.limit)
+
+
+class Records:
+    def __init__(self, store: DocumentStore, index: RecordIndex, events: Any, config: RecordsConfig,
+                 locks: SubjectLocks | None = None) -> None:
+        self._store = store
+        self.index = index
+        self._events = events
+        self._config = config
+        # Writers of one record (PUT merges: read, then write) take turns, across gateways on Redis.
+        self._locks = locks or SubjectLocks("records")
+        # Parsed schemas by (project, type), with the stored document's updated_at they were parsed from.
+        self._parsed: dict[tuple[str, str], tuple[str, RecordSchema]] = {}
+
+    # --- schemas -------------------------------------------------------------------------
+
+    async def define_schema(self, project_id: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Define a type, or redefine it (contract: upsert). A redefinition that some stored
+        record would break is refused (409 ``schema_conflict`` with their count), never half
+        applied: records are only ever valid under their type's current schema."""
+        schema = parse_schema(body)
+        async with self._locks.hold(project_id, "schema\x1f" + schema.type_name):
+            stored = await self._store.get(SCHEMAS, project_id, schema.type_name)
+            now = from_timestamp(time.time())
+            reindex: list[str] = []
+            if stored is not None:
+                old = parse_schema(stored)
+                risks = compatibility_risks(old, schema)
+                if risks:
+                    await self._refuse_if_violated(project_id, schema, risks)
+                reindex = reindex_needed(old, schema)
+            doc = {**schema_to_api(project_id, schema), "created_at": stored["created_at"] if stored else now,
+                   "updated_at": now}
+            await self._store.put(SCHEMAS, project_id, schema.type_name, doc)
+            self._parsed.pop((project_id, schema.type_name), None)
+            if reindex:
+                # A field's index kind changed (text became string...): its entries are rewritten.
+                await self._rewrite_type(project_id, schema)
+        return doc, stored is None
+
+    async def _rewrite_type(self, project_id: str, schema: RecordSchema) -> None:
+        offset = 0
+        while True:
+            docs = await self._store.find(RECORDS, project_id, {"_live": schema.type_name}, limit=_PAGE,
+                                          offset=offset)
+            for doc in docs:
+                await self._write(project_id, schema, doc)
+            if len(docs) < _PAGE:
+                return
+            offset += _PAGE
+
+    async def _refuse_if_violated(self, project_id: str, schema: RecordSchema, risks: Sequence[str]) -> None:
+        """409 naming how many live records of the type the new schema would not accept."""
+        violating = 0
+        example: str | None = None
+        offset = 0
+        while True:
+            docs = await self._store.find(RECORDS, project_id, {"_live": schema.type_name}, limit=_PAGE,
+                                          offset=offset)
+            for doc in docs:
+                try:
+                    validate_data(schema, doc["data"])
+                    await self._check_refs(project_id, schema, doc["data"])
+                except BadRequest as error:
+                    violating += 1
+                    example = example or f"{doc['record_id']}: {error.message}"
+            if len(docs) < _PAGE:
+                break
+            offset += _PAGE
+        if violating:
+            raise Conflict(f"{violating} record(s) of type '{schema.type_name}' would not be valid under the new "
+                            f"schema ({'; '.join(risks)}); e.g. {example}. Update or delete them first",
+                            code="schema_conflict", count=violating, changes=list(risks))
+
+    async def schema(self, project_id: str, type_name: str) -> RecordSchema:
+        doc = await self._store.get(SCHEMAS, project_id, type_name)
+        if doc is None:
+            raise SchemaNotFound(f"no record schema named '{type_name}'", param="type_name")
+        cached = self._parsed.get((project_id, type_name))
+        if cached is not None and cached[0] == doc["updated_at"]:
+            return cached[1]
+        schema = parse_schema(doc)
+        self._parsed[(project_id, type_name)] = (doc["updated_at"], schema)
+        return schema
+
+    async def schema_doc(self, project_id: str, type_name: str) -> dict[str, Any]:
+        doc = await self._store.get(SCHEMAS, project_id, type_name)
+        if doc is None:
+            raise SchemaNotFound(f"no record schema named '{type_name}'", param="type_name")
+        return doc
+
+    async def schema_docs(self, project_id: str) -> list[dict[str, Any]]:
+        return await self._store.find(SCHEMAS, project_id)
+
+    # --- records -------------------------------------------------------------------------
+
+    async def insert(self, project_id: str, type_name: str, new: NewRecord, *, provenance: Provenance,
+                     api_key: str | None = None, record_id: str | None = None) -> dict[str, Any]:
+        [record] = await self.insert_many(project_id, type_name, [new], provenance=provenance, api_key=api_key,
+                                          record_ids=[record_id] if record_id else None)
+        return record
+
+    async def insert_many(self, project_id: str, type_name: str, news: Sequence[NewRecord], *,
+                          provenance: Provenance, api_key: str | None = None,
+                          record_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Insert records, all or none: every one is validated first (a bad one is the 400,
+        ``param`` prefixed with ``records[i].`` when there are several), then all are stored in
+        one store write and one index write."""
+        schema = await self.schema(project_id, type_name)
+        docs = []
+        now = _now()
+        for position, new in enumerate(news):
+            try:
+                data = validate_data(schema, new.data)
+                await self._check_refs(project_id, schema, data)
+            except BadRequest as error:
+                if len(news) > 1:
+                    error.extra["param"] = f"records[{position}].{error.extra.get('param', 'data')}"
+                    error.message = f"records[{position}]: {error.message}"
+                raise
+            visibility = new.visibility or ("private" if new.owner_id else "public")
+            doc: dict[str, Any] = {
+                "record_id": record_ids[position] if record_ids else ordered_id("rec_"), "project_id": project_id,
+                "type_name": type_name, "owner_id": new.owner_id, "visibility": visibility,
+                "collaborators": list(dict.fromkeys(new.collaborators)), "data": data, "summary_text": None,
+                "is_deleted": False, "created_at": from_timestamp(now), "updated_at": from_timestamp(now),
+                "provenance": provenance.as_dict(), "_created": now, "_updated": now,
+            }
+            _note(doc, "created", provenance, changed=sorted(data))
+            docs.append(doc)
+        await self._write_many(project_id, schema, docs, api_key=api_key)
+        for doc in docs:
+            self._publish(project_id, doc, "record.created")
+        return [to_api(doc) for doc in docs]
+
+    async def get(self, project_id: str, type_name: str, record_id: str) -> dict[str, Any]:
+        return to_api(await self._live(project_id, type_name, record_id))
+
+    async def update(self, project_id: str, type_name: str, record_id: str, patch: Any, *, provenance: Provenance,
+                     api_key: str | None = None) -> dict[str, Any]:
+        """Merge ``patch`` into the record's data (a null removes a field) and validate the result."""
+        schema = await self.schema(project_id, type_name)
+        changes = validate_data(schema, patch, partial=True)
+        async with self._locks.hold(project_id, record_id):
+            doc = await self._live(project_id, type_name, record_id)
+            merged = {**doc["data"], **changes}
+            merged = {name: value for name, value in merged.items() if value is not None}
+            data = validate_data(schema, merged)
+            await self._check_refs(project_id, schema, {name: data[name] for name in changes if name in data})
+            now = _now()
+            doc = {**doc, "data": data, "updated_at": from_timestamp(now), "_updated": now}
+            _note(doc, "updated", provenance, changed=sorted(changes))
+            await self._write(project_id, schema, doc, api_key=api_key)
+        self._publish(project_id, doc, "record.updated")
+        return to_api(doc)
+
+    async def delete(self, project_id: str, type_name: str, record_id: str, *, provenance: Provenance) -> None:
+        """Soft delete: the record leaves every index and read, its document and trail stay."""
+        schema = await self.schema(project_id, type_name)
+        async with self._locks.hold(project_id, record_id):
+            doc = await self._live(project_id, type_name, record_id)
+            now = _now()
+            doc = {**doc, "is_deleted": True, "deleted_at": from_timestamp(now), "updated_at": from_timestamp(now),
+                   "_updated": now}
+            _note(doc, "deleted", provenance)
+            await self._write(project_id, schema, doc)
+        self._publish(project_id, doc, "record.deleted")
+
+    async def history(self, project_id: str, type_name: str, record_id: str) -> tuple[list[dict[str, Any]], int]:
+        """The record's audit trail, oldest first (also for a deleted record), and how many older
+        entries were dropped (past MAX_TRAIL)."""
+        doc = await self._store.get(RECORDS, project_id, record_id)
+        if doc is None or doc["type_name"] != type_name:
+            raise RecordNotFound(f"no {type_name} record '{record_id}'", param="record_id")
+        return list(doc.get("_trail", ())), int(doc.get("_trail_dropped", 0))
+
+    async def page(self, project_id: str, type_name: str, *, owner_id: str | None, limit: int,
+                   offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the type's live records in creation order, and how many there are."""
+        await self.schema(project_id, type_name)
+        where = {"_live": type_name, **({"owner_id": owner_id} if owner_id else {})}
+        docs = await self._store.find(RECORDS, project_id, where, limit=limit, offset=offset)
+        return [to_api(doc) for doc in docs], await self._store.count(RECORDS, project_id, where)
+
+    # --- query ---------------------------------------------------------------------------
+
+    async def query(self, project_id: str, type_name: str, *, where: Any, order_by: Any, limit: int, offset: int,
+                    owner_id: str | None = None) -> QueryPage:
+        schema = await self.schema(project_id, type_name)
+        predicate = parse_where(schema, where)
+        order = parse_order(schema, order_by)
+        chosen = plan(type_name, schema, predicate, order)
+        if chosen.ordered and predicate is None and owner_id is not None:
+            # One owner's records, ordered: read them by owner and sort, rather than walk the
+            # whole type's order index for the few that are theirs.
+            chosen = Plan(None)
+        wanted = offset + limit
+        scan = _Scan(self._config.max_examined)
+
+        def keep(doc: dict[str, Any]) -> bool:
+            if doc.get("_live") != type_name or doc["record_id"] in scan.seen:
+                return False
+            scan.seen.add(doc["record_id"])
+            if owner_id is not None and doc.get("owner_id") != owner_id:
+                return False
+            return predicate is None or matches(schema, predicate, doc)
+
+        found: list[dict[str, Any]] = []
+        if order is None and chosen.ranges is not None and len(chosen.ranges) == 1 and chosen.ids is None:
+            # One range: its candidates come in the field's order (then creation order), which is
+            # the answer's order; stop as soon as the page is full.
+            async for docs in self._ranged(project_id, chosen.ranges[0], False, scan, first=wanted + 1):
+                found += [doc for doc in docs if keep(doc)]
+                if len(found) > wanted:
+                    break
+        elif chosen.ordered and order is not None:
+            # The candidates come in the requested order: stop as soon as the page is full.
+            assert chosen.ranges is not None and len(chosen.ranges) == 1
+            async for docs in self._ranged(project_id, chosen.ranges[0], order.descending, scan, first=wanted + 1):
+                found += [doc for doc in docs if keep(doc)]
+                if len(found) > wanted:
+                    break
+            if predicate is None and len(found) <= wanted:
+                # Then the records without a value for the order field, which no range holds (last).
+                # (With a where, the range came from it: a record without a value cannot match.)
+                async for docs in self._typed(project_id, type_name, owner_id, scan):
+                    found += [doc for doc in docs if _lacks(doc, order) and keep(doc)]
+                    if len(found) > wanted:
+                        break
+        else:
+            first = wanted + 1 if predicate is None and order is None else _PAGE
+            async for docs in self._candidates(project_id, type_name, chosen, owner_id, scan, first):
+                found += [doc for doc in docs if keep(doc)]
+                if order is None and chosen.ranges is None and chosen.ids is None and len(found) > wanted:
+                    break  # the type's own listing is in creation order already
+            if order is not None:
+                found.sort(key=sort_key(schema, order))
+            elif chosen.ranges is not None or chosen.ids is not None:
+                found.sort(key=lambda doc: (doc["_created"], doc["record_id"]))
+        page = found[offset:wanted]
+        return QueryPage([to_api(doc) for doc in page], wanted if len(found) > wanted else None)
+
+    async def _candidates(self, project_id: str, type_name: str, chosen: Plan, owner_id: str | None,
+                          scan: _Scan, first: int) -> AsyncIterator[list[dict[str, Any]]]:
+        if chosen.ids is not None:
+            docs = [doc for doc in [await self._store.get(RECORDS, project_id, record_id)
+                                    for record_id in chosen.ids] if doc is not None]
+            scan.count(docs)
+            yield docs
+        elif chosen.ranges is not None:
+            for ranged in chosen.ranges:
+                async for docs in self._ranged(project_id, ranged, False, scan):
+                    yield docs
+        else:
+            async for docs in self._typed(project_id, type_name, owner_id, scan, first):
+                yield docs
+
+    async def _ranged(self, project_id: str, ranged: OrderedRange, descending: bool, scan: _Scan,
+                      first: int = _PAGE) -> AsyncIterator[list[dict[str, Any]]]:
+        """The range's records in pages: ``first`` of them (what the page needs when every one
+        matches), then pages of _PAGE."""
+        offset, size = 0, min(first, _PAGE)
+        while True:
+            docs = await self._store.find_ordered(RECORDS, project_id, ranged, descending=descending, limit=size,
+                                                  offset=offset)
+            scan.count(docs)
+            yield docs
+            if len(docs) < size:
+                return
+            offset += size
+            size = _PAGE
+
+    async def _typed(self, project_id: str, type_name: str, owner_id: str | None, scan: _Scan,
+                     first: int = _PAGE) -> AsyncIterator[list[dict[str, Any]]]:
+        """The type's live records (of one owner) in creation order, paged as ``_ranged``."""
+        where = {"_live": type_name, **({"owner_id": owner_id} if owner_id else {})}
+        offset, size = 0, min(first, _PAGE)
+        while True:
+            docs = await self._store.find(RECORDS, project_id, where, limit=size, offset=offset)
+            scan.count(docs)
+            yield docs
+            if len(docs) < size:
+                return
+            offset += size
+            size = _PAGE
+
+    # --- search and recall ---------------------------------------------------------------
+
+    async def search(self, project_id: str, type_name: str, text: str, *, limit: int, where: Any = None,
+                     owner_id: str | None = None, api_key: str | None = None) -> list[RecordHit]:
+        """Hybrid search over the type's records' text fields, filtered by owner and ``where``."""
+        schema = await self.schema(project_id, type_name)
+        predicate = parse_where(schema, where)
+        access = (owned_key(project_id, type_name, owner_id) if owner_id else type_key(project_id, type_name),)
+        # A where filter is checked on the hits: ask for more so that enough are left.
+        depth = limit if predicate is None else min(limit * 5, 500)
+        hits = await self.index.search(project_id, text, access=access, limit=depth, api_key=api_key)
+        if predicate is not None:
+            hits = [hit for hit in hits if matches(schema, predicate, hit.record)]
+        return hits[:limit]
+
+    async def recall(self, project_id: str, subject_id: str, text: str, *, tables: Sequence[str] | None,
+                     api_key: str | None = None) -> list[RecordHit]:
+        """The records of ``tables`` (every type when None) a subject's chat may see that best
+        match ``text``: public ones, and those the subject owns or collaborates on."""
+        settings = self._config.recall
+        type_names = list(tables) if tables else [doc["type_name"] for doc in await self.schema_docs(project_id)]
+        if not type_names:
+            return []
+        hits = await self.index.search(project_id, text, access=recall_access(project_id, subject_id, type_names),
+                                       limit=settings.limit, api_key=api_key)
+        return [hit for hit in hits if hit.similarity >= settings.min_score]
+
+    # --- erasure -------------------------------------------------------------------------
+
+    async def erase_subject(self, project_id: str, subject_id: str) -> int:
+        """Remove the records ``subject_id`` owns (with their trail and index points), and the
+        subject from the collaborators of the others; returns how many records were removed."""
+        await self.index.erase_owner(project_id, subject_id)
+        owned = await self._store.delete_where(RECORDS, project_id, {"owner_id": subject_id})
+        for doc in await self._store.find(RECORDS, project_id, {"collaborators": subject_id}):
+            doc = {**doc, "collaborators": [c for c in doc["collaborators"] if c != subject_id]}
+            schema = await self.schema(project_id, doc["type_name"])
+            await self._write(project_id, schema, doc)
+        return owned
+
+    # --- internals -----------------------------------------------------------------------
+
+    async def _live(self, project_id: str, type_name: str, record_id: str) -> dict[str, Any]:
+        doc = await self._store.get(RECORDS, project_id, record_id)
+        if doc is None or doc["type_name"] != type_name or doc.get("is_deleted"):
+            raise RecordNotFound(f"no {type_name} record '{record_id}'", param="record_id")
+        return doc
+
+    async def _check_refs(self, project_id: str, schema: RecordSchema, data: Mapping[str, Any]) -> None:
+        """Every ref field must name a live record of its target type."""
+        for name, value in data.items():
+            definition = schema.fields.get(name)
+            if definition is None or definition.type != "ref" or value is None:
+                continue
+            for record_id in value if isinstance(value, list) else [value]:
+                target = await self._store.get(RECORDS, project_id, record_id)
+                if target is None or target.get("_live") != definition.ref:
+                    raise BadRequest(f"data.{name}: no {definition.ref} record '{record_id}'",
+                                     code="invalid_reference", param=f"data.{name}")
+
+    async def _write(self, project_id: str, schema: RecordSchema, doc: dict[str, Any], *,
+                     api_key: str | None = None) -> None:
+        await self._write_many(project_id, schema, [doc], api_key=api_key)
+
+    async def _write_many(self, project_id: str, schema: RecordSchema, docs: Sequence[dict[str, Any]], *,
+                          api_key: str | None = None) -> None:
+        """Store records with their index entries (one store write), then their search points."""
+        for doc in docs:
+            _index_entries(schema, doc)
+        await self._store.put_many(RECORDS, project_id, [(doc["record_id"], doc) for doc in docs])
+        await self.index.put(project_id, [(to_api(doc), searchable_text(schema, doc["data"])) for doc in docs],
+                             api_key=api_key)
+
+    def _publish(self, project_id: str, doc: Mapping[str, Any], event: str) -> None:
+        data: dict[str, Any] = {"record_id": doc["record_id"], "type_name": doc["type_name"],
+                                "subject_id": doc.get("owner_id")}
+        if event != "record.deleted":
+            data["data"] = doc["data"]
+            data["updated_at"] = doc["updated_at"]
+        self._events.publish(project_id, doc.get("owner_id"), event, data)
+
+
+def _index_entries(schema: RecordSchema, doc: dict[str, Any]) -> None:
+    """Set what the store indexes: ``_live`` and the ordered entries while the record is live."""
+    if doc.get("is_deleted"):
+        doc.pop("_live", None)
+        doc["_order"] = {}
+        return
+    type_name = doc["_live"] = doc["type_name"]
+    values = ordered_values(schema, doc["data"])
+    order = {index_name(type_name, name): field_values for name, field_values in values.items()}
+    order[index_name(type_name, _CREATED)] = [doc["_created"]]
+    order[index_name(type_name, _UPDATED)] = [doc["_updated"]]
+    if doc.get("owner_id"):
+        order[index_name(type_name, "@owner_id")] = [doc["owner_id"]]
+    doc["_order"] = order
+
+
+def _note(doc: dict[str, Any], action: str, provenance: Provenance, *, changed: Iterable[str] = ()) -> None:
+    """Append this write to the record's trail (a new list: ``doc`` may share the old one)."""
+    trail = [*doc.get("_trail", ()), {"action": action, "changed_fields": list(changed), "at": doc["updated_at"],
+                                      "by": provenance.as_dict()}]
+    if len(trail) > MAX_TRAIL:
+        doc["_trail_dropped"] = doc.get("_trail_dropped", 0) + len(trail) - MAX_TRAIL
+        trail = trail[-MAX_TRAIL:]
+    doc["_trail"] = trail
+
+
+def _now() -> float:
+    """Epoch seconds to the millisecond: exactly the instant the ISO timestamps the API shows
+    (from_timestamp) stand for, so the created/updated indexes and a query's check agree."""
+    return time.time_ns() // 1_000_000 / 1000
+
+
+def _lacks(doc: Mapping[str, Any], order: Order) -> bool:
+    """Whether the record has no value for the order field (such records come last)."""
+    name = order.field.lstrip("@")
+    if name in ("created_at", "updated_at", "owner_id", "record_id"):
+        return not doc.get(name)
+    value = doc["data"].get(name)
+    return value is None or value == []
+
+
+def schema_to_api(project_id: str, schema: RecordSchema) -> dict[str, Any]:
+    return {"project_id": project_id, "type_name": schema.type_name,
+            "fields": {name: definition.to_api() for name, definition in schema.fields.items()},
+            "display_name": schema.display_name, "description": schema.description}
+
+
+def encode_cursor(offset: int, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": fingerprint})).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, fingerprint: str) -> int:
+    """The offset a cursor from ``encode_cursor`` holds; 400 if it is not one, or another query's."""
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        offset, owner = raw["o"], raw["q"]
+    except (ValueError, TypeError, KeyError):
+        raise BadRequest("cursor is not one this API returned", code="invalid_cursor", param="cursor") from None
+    if not isinstance(offset, int) or offset < 0 or owner != fingerprint:
+        raise BadRequest("cursor belongs to another query (where and order_by must stay the same)",
+                         code="invalid_cursor", param="cursor")
+    return offset
+
+
+def query_fingerprint(type_name: str, where: Any, order_by: Any, owner_id: str | None) -> str:
+    """What a cursor is bound to: the query it continues."""
+    text = orjson.dumps([type_name, where, order_by, owner_id], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+__all__ = ["NewRecord", "Predicate", "Provenance", "QueryPage", "RECORDS", "Records", "SCHEMAS",
+           "decode_cursor", "encode_cursor", "query_fingerprint", "to_api"]
