@@ -109,6 +109,8 @@ class Services:
                                else LocalErasureFence())
         erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
                                  prompts=prompts, policies=policies, profiles=profiles, records=records)
+        # Every write of a record enters erasure's section for its subjects (gateway/records/records.py).
+        records.fence = erasure.writing
         extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
                                                config.learning.extractor, config.providers)
         recall_log = RecallLog(recalls, memories, erasure)

@@ -437,6 +437,49 @@ def test_indexed_filters_never_read_the_whole_type(start_gateway, storage):
         assert refused["error"] == "query_too_broad"
 
 
+def test_paging_and_ordering_never_read_what_they_skip(start_gateway, storage):
+    """Under a small records.max_examined, deep pages of the whole type, ordered or not, and a
+    filter no index narrows ordered by an indexed field all answer: the store skips the offset,
+    and the order field's index is walked only until the page is full."""
+    gateway = start_gateway(storage, records={"max_examined": 100})
+    type_name = new_type()
+    with gateway.rest() as rest:
+        define(rest, type_name, {"n": {"type": "integer", "required": True}, "note": "text", "tag": "string"})
+        made = ok(rest.post(f"/records/{type_name}/batch", json={"records": [
+            {"data": {"n": i, "note": "even" if i % 2 == 0 else "odd", **({"tag": f"t{i}"} if i % 3 else {})}}
+            for i in range(300)]}), 201)["records"]
+        assert [r["data"]["n"] for r in query(rest, type_name, offset=250, limit=5)["records"]] == list(range(250, 255))
+        assert [r["data"]["n"] for r in query(rest, type_name, order_by="-created_at", offset=290, limit=20)[
+            "records"]] == list(range(9, -1, -1))
+        assert [r["data"]["n"] for r in query(rest, type_name, order_by="n", offset=297)["records"]] == [297, 298, 299]
+        odd_first = query(rest, type_name, where={"note": {"$contains": "odd"}}, order_by="-n", limit=3)
+        assert [r["data"]["n"] for r in odd_first["records"]] == [299, 297, 295]
+        # An optional field: its index holds the 200 records that have a value.
+        by_tag = [r["data"]["tag"] for r in query(rest, type_name, order_by="tag", offset=190, limit=10)["records"]]
+        assert by_tag == sorted(f"t{i}" for i in range(300) if i % 3)[190:]
+        # A batch, and records made in one millisecond, come back in creation order.
+        ids = [r["record_id"] for r in made]
+        assert [r["record_id"] for r in query(rest, type_name, where={"n": {"$in": [5, 1, 3, 2]}})["records"]] \
+            == [ids[1], ids[2], ids[3], ids[5]]
+        either = query(rest, type_name, where={"$or": [{"n": {"$lt": 3}}, {"tag": "t299"}]})["records"]
+        assert [r["record_id"] for r in either] == [ids[0], ids[1], ids[2], ids[299]]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("", {"data": {"n": 2 ** 64}}),
+    ("", {"data": {"amount": 10 ** 30}}),
+    ("/query", {"where": {"amount": 123456789012345678901234567890}}),
+    ("/query", {"where": {"n": {"$in": [1, 2 ** 70]}}}),
+])
+def test_huge_integers_are_a_400_and_store_nothing(gw, path, body):
+    type_name = new_type()
+    with gw.rest() as rest:
+        define(rest, type_name, {"n": "integer", "amount": "number"})
+        error = error_of(rest.post(f"/records/{type_name}{path}", json=body), 400)
+        assert error["param"].startswith(("data.", "where.")), error
+        assert ok(rest.get(f"/records/{type_name}"))["total"] == 0
+
+
 # --- search ----------------------------------------------------------------------------------
 
 def test_search_finds_records_by_their_text_fields_filtered_by_owner_and_where(gw):
@@ -543,6 +586,120 @@ def test_erasing_a_subject_removes_its_records_and_its_name_from_others(gw):
     # Erin's chat no longer recalls the shared record as a collaborator (it is fay's, private).
     turn(gw, "erin", "offsite trip", records={"recall": True, "tables": [type_name]})
     assert shared["record_id"] not in system_text(gw)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_change_under_way_when_its_owner_is_erased_does_not_bring_anything_back(tmp_path, backend):
+    """A PUT reads the record, the owner is erased, the PUT writes: it must not store the record
+    again, and an edit of another subject's record must not list the erased one again."""
+    if backend == "redis":
+        require_redis()
+    prefix = f"mnxtest:records-erase:{id(tmp_path)}:"
+    storage = ({"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}} if backend == "sqlite" else
+               {"backend": "redis", "redis": {"url": REDIS_URL, "key_prefix": prefix}})
+
+    async def scenario() -> None:
+        from gateway.records.records import RECORDS, NewRecord, Provenance
+
+        services = Services.build(parse_config({"storage": storage, "memory": edge_memory(tmp_path / "index"),
+                                                "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
+        await services.start()
+        records, api = services.records, Provenance("api")
+        try:
+            await records.define_schema("p", {"type_name": "note", "fields": {"text": "string"}})
+            anns = await records.insert("p", "note", NewRecord({"text": "ann's secret"}, owner_id="ann"),
+                                        provenance=api)
+            bobs = await records.insert("p", "note", NewRecord({"text": "bob's plan"}, owner_id="bob",
+                                                               collaborators=["ann", "cy"]), provenance=api)
+            store = services.store
+            real_get = store.get
+
+            async def slow_get(collection, project_id, doc_id):  # the PUTs read, then the erasure runs
+                doc = await real_get(collection, project_id, doc_id)
+                if collection is RECORDS:
+                    await asyncio.sleep(0.3)
+                return doc
+
+            async def erase() -> None:
+                await asyncio.sleep(0.1)
+                await services.erasure.erase("p", "ann")
+
+            store.get = slow_get  # type: ignore[method-assign]
+            outcomes = await asyncio.gather(
+                records.update("p", "note", anns["record_id"], {"text": "edited"}, provenance=api),
+                records.update("p", "note", bobs["record_id"], {"text": "bob edited"}, provenance=api),
+                erase(), return_exceptions=True)
+            store.get = real_get  # type: ignore[method-assign]
+            assert type(outcomes[0]).__name__ == "RecordNotFound", outcomes
+            assert not isinstance(outcomes[1], Exception), outcomes
+            assert await store.get(RECORDS, "p", anns["record_id"]) is None
+            bob_now = await store.get(RECORDS, "p", bobs["record_id"])
+            assert bob_now["collaborators"] == ["cy"] and bob_now["data"] == {"text": "bob edited"}
+            assert await records.recall("p", "ann", "secret edited plan", tables=["note"]) == []
+        finally:
+            await services.aclose()
+            if backend == "redis":
+                drop_redis_prefix(prefix)
+
+    asyncio.run(scenario())
+
+
+def test_a_schema_change_racing_a_write_never_leaves_a_record_its_schema_refuses(tmp_path):
+    """A write validated under the old schema that would land after a redefinition is refused
+    (409 schema_changed); one that lands while the redefinition checks the stored records is
+    checked too, and the redefinition it breaks is undone (409 schema_conflict)."""
+    async def scenario() -> None:
+        from gateway.errors import Conflict
+        from gateway.records.records import RECORDS, NewRecord, Provenance
+
+        services = Services.build(parse_config({
+            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
+            "memory": edge_memory(tmp_path / "index"), "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
+        await services.start()
+        records, api = services.records, Provenance("api")
+        optional = {"type_name": "trip", "fields": {"city": "string", "days": "integer"}}
+        required = {"type_name": "trip", "fields": {"city": "string", "days": {"type": "integer", "required": True}}}
+        try:
+            await records.define_schema("p", optional)
+            # 1. The write validated under "days optional", the schema turned "days required" before it stored.
+            index, real_points = records.index, records.index.points
+
+            async def slow_points(*args, **kwargs):
+                await asyncio.sleep(0.2)
+                return await real_points(*args, **kwargs)
+
+            index.points = slow_points  # type: ignore[method-assign]
+            outcome = await asyncio.gather(
+                records.insert("p", "trip", NewRecord({"city": "Oslo"}), provenance=api),
+                records.define_schema("p", required), return_exceptions=True)
+            index.points = real_points  # type: ignore[method-assign]
+            assert isinstance(outcome[0], Conflict) and outcome[0].code == "schema_changed", outcome
+            assert await services.store.count(RECORDS, "p", {"_live": "trip"}) == 0
+            # 2. A write that lands while a redefinition reads the stored records.
+            await records.define_schema("p", optional)
+            await records.insert("p", "trip", NewRecord({"city": "Rome", "days": 3}), provenance=api)
+            store, real_find = services.store, services.store.find
+
+            async def slow_find(collection, *args, **kwargs):
+                found = await real_find(collection, *args, **kwargs)
+                if collection is RECORDS:
+                    await asyncio.sleep(0.2)
+                return found
+
+            async def late_insert() -> None:
+                await asyncio.sleep(0.05)
+                await records.insert("p", "trip", NewRecord({"city": "Lima"}), provenance=api)
+
+            store.find = slow_find  # type: ignore[method-assign]
+            outcome = await asyncio.gather(records.define_schema("p", required), late_insert(),
+                                           return_exceptions=True)
+            store.find = real_find  # type: ignore[method-assign]
+            assert isinstance(outcome[0], Conflict) and outcome[0].code == "schema_conflict", outcome
+            assert (await records.schema("p", "trip")).fields["days"].required is False
+        finally:
+            await services.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_record_writes_are_published_on_the_event_stream(tmp_path):

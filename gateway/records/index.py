@@ -99,6 +99,14 @@ class RecordIndex:
     async def put(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]], *,
                   api_key: str | None = None) -> None:
         """Index (or re-index) records: each (API record, its searchable text)."""
+        await self.upsert(project_id, await self.points(project_id, entries, api_key=api_key))
+
+    async def upsert(self, project_id: str, points: Sequence[IndexedMemory]) -> None:
+        await self._index.upsert(index_project(project_id), points)
+
+    async def points(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]], *,
+                     api_key: str | None = None) -> list[IndexedMemory]:
+        """The index points of records (embedded with the dense model, if one is configured)."""
         live = [(record, text) for record, text in entries if not record.get("is_deleted")]
         dense: dict[str, list[float]] = {}
         if self.embedder is not None and live:
@@ -114,7 +122,7 @@ class RecordIndex:
                       "terms": [] if deleted else indexed.terms}
             points.append(IndexedMemory(record["record_id"], record.get("owner_id") or "", fields, indexed.vector,
                                         dense.get(record["record_id"]), access=record_access(project_id, record)))
-        await self._index.upsert(index_project(project_id), points)
+        return points
 
     async def search(self, project_id: str, text: str, *, access: tuple[str, ...], limit: int,
                      api_key: str | None = None) -> list[RecordHit]:

@@ -310,10 +310,11 @@ def normalise_element(definition: FieldDef, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidValue(f"must be a number, not {_json_kind(value)}")
         if isinstance(value, int):
-            try:
-                float(value)
-            except OverflowError:
-                raise InvalidValue("is too large for a number") from None
+            # Beyond 2**53 a JSON integer is no longer exact as a number anywhere it goes (the
+            # Redis index's scores, JavaScript clients), and beyond 64 bits nothing stores it.
+            if abs(value) > MAX_INTEGER:
+                raise InvalidValue("must be between -2**53 and 2**53 when an integer (write it as a decimal "
+                                   "number, e.g. 1.5e20, for larger values)")
         elif not math.isfinite(value):
             raise InvalidValue("must be a finite number")
         return value

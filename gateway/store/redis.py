@@ -286,7 +286,9 @@ class RedisDocumentStore:
         base = self._base(collection, project_id)
         # Every call checked before the first is sent: a bad document writes none of them.
         calls = [self._put_call(collection, base, doc_id, doc, 0) for doc_id, doc in docs]
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: all of them or none, also if the connection drops midway (every key is in
+        # the project's hash slot, so a cluster takes the transaction too).
+        async with self._redis.pipeline(transaction=True) as pipe:
             for keys, args in calls:
                 await self._put(keys=keys, args=args, client=pipe)
             await pipe.execute()

@@ -596,7 +596,7 @@ def test_project_b_cannot_read_or_change_project_a_through_any_route(start_gatew
         seen_by_a = read_everything(client_a, reads)
         a.ids = object_ids([body for _, body in seen_by_a.values()]) - {a.subject, a.chat, a.state_key}
         assert set(a.memories.values()) | set(a.prompts.values()) | set(a.policies.values()) | set(
-            a.claims.values()) | set(a.records.values()) <= a.ids
+            a.claims.values()) | {a.records["private"], a.records["public"]} <= a.ids  # (a deleted record shows none)
         shown = json.dumps(list(seen_by_a.values()))
         unseen = [label for label, word in a.sentinels.items() if word not in shown]
         assert not unseen, f"no read request shows A's {unseen}: B's probes would prove nothing about them"
