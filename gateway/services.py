@@ -116,7 +116,7 @@ class Services:
         recall_log = RecallLog(recalls, memories, erasure)
         # The same extractor learns a turn's records (mnx.records.learn), after its memories.
         learner = Learner(memories, policies, extractor, erasure, profiles=profiles,
-                          records=RecordsLearner(records, extractor))
+                          records=RecordsLearner(records, extractor, locks=subject_locks("records-learning")))
         erasure.on_jobs_voided.append(learner.forget_keys)
         learning = config.learning
 

@@ -19,7 +19,7 @@ from gateway.config import parse_config
 from gateway.jobs.queue import Job
 from gateway.memory.learning import LEARN_JOB, learn_payload
 from gateway.options import RecordsOption
-from gateway.records.learning import CandidateType, RecordsExchange
+from gateway.records.learning import CandidateType, ExtractedRecord, RecordsExchange, RecordsTurn
 from gateway.records.records import NewRecord, Provenance
 from gateway.records.schema import parse_schema
 from gateway.services import Services
@@ -30,6 +30,7 @@ ORDER = {"type_name": "order", "description": "an order the user placed",
          "fields": {"item": {"type": "string", "required": True}, "amount": {"type": "number", "required": True},
                     "status": {"type": "enum", "values": ["open", "shipped"]}}}
 CONTACT = {"type_name": "contact", "fields": {"name": {"type": "string", "required": True}, "email": "string"}}
+PURCHASE = {"type_name": "purchase", "fields": {"item": {"type": "string", "required": True}, "buyer": "ref:contact"}}
 LLM = {"extractor": {"provider": "litellm", "model": "extractor"}}
 
 
@@ -227,6 +228,42 @@ def test_a_sync_turn_whose_record_does_not_validate_is_a_422_and_writes_nothing(
     assert response.status_code == 422 and response.json()["error"]["code"] == "records_sync_write_failed"
 
 
+def test_a_sync_turn_whose_record_names_no_record_is_a_422_and_writes_nothing(llm_gateway):
+    define(llm_gateway, CONTACT, PURCHASE)
+    with llm_gateway.rest() as rest:
+        known = rest.post("/records/contact", json={"owner_id": "ines", "data": {"name": "Rui"}}).json()
+    llm_gateway.provider.extraction_answers.append(json.dumps({"records": [
+        {"action": "create", "type_name": "contact", "data": {"name": "Ana Lima"}},
+        {"action": "create", "type_name": "purchase", "data": {"item": "desk", "buyer": "rec_made_up"}}]}))
+    response = turn(llm_gateway, "Ana Lima bought a desk", "ines", sync=True)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "records_sync_write_failed" and "data.buyer" in error["message"]
+    # The contact validated on its own, but a sync turn writes all of its records or none.
+    settle(llm_gateway)
+    assert [r["data"] for r in records_of(llm_gateway, "ines", "contact")] == [{"name": "Rui"}]
+    assert records_of(llm_gateway, "ines", "purchase") == []
+
+    # A reference to a record that exists before the turn is written.
+    llm_gateway.provider.extraction_answers.append(json.dumps({"records": [
+        {"action": "create", "type_name": "purchase", "data": {"item": "desk", "buyer": known["record_id"]}}]}))
+    response = turn(llm_gateway, "Rui bought a desk", "ines", sync=True)
+    assert response.status_code == 200, response.text
+    assert [r["data"] for r in records_of(llm_gateway, "ines", "purchase")] == [
+        {"item": "desk", "buyer": known["record_id"]}]
+
+    # An update naming no record is refused the same way, before the create beside it is written.
+    [purchase] = records_of(llm_gateway, "ines", "purchase")
+    llm_gateway.provider.extraction_answers.append(json.dumps({"records": [
+        {"action": "create", "type_name": "contact", "data": {"name": "Bo"}},
+        {"action": "update", "type_name": "purchase", "record_id": purchase["record_id"],
+         "data": {"buyer": "rec_made_up"}}]}))
+    response = turn(llm_gateway, "the desk was bought by Bo", "ines", sync=True)
+    assert response.status_code == 422 and "data.buyer" in response.json()["error"]["message"]
+    assert [r["data"]["name"] for r in records_of(llm_gateway, "ines", "contact")] == ["Rui"]
+    assert records_of(llm_gateway, "ines", "purchase") == [purchase]
+
+
 def test_the_sdk_reads_what_a_forced_sync_turn_wrote(llm_gateway):
     llm_gateway.provider.extraction_answers.append(proposals({"data": {"item": "piano", "amount": 5000}}))
     client = Mnexium(api_key=KEY, base_url=llm_gateway.api, max_retries=0, openai=ProviderConfig(api_key=PROVIDER_KEY))
@@ -245,12 +282,17 @@ def test_the_sdk_reads_what_a_forced_sync_turn_wrote(llm_gateway):
 
 # --- idempotent jobs ------------------------------------------------------------------------------
 
-def test_a_learn_job_run_twice_writes_its_records_once(provider, tmp_path):
-    services = Services.build(parse_config({
-        "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
+def job_services(provider, tmp_path, storage: dict[str, Any] | None = None) -> Services:
+    """A gateway's services without its HTTP surface, so that a test can run a learn job itself."""
+    return Services.build(parse_config({
+        "storage": storage or {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
         "memory": edge_memory(tmp_path / "index"), "learning": {**LLM, "poll_seconds": 60},
         "providers": {"openai": {"api_base": provider.url + "/v1", "api_key": "sk-configured"}},
         "projects": [{"id": "p", "keys": [{"key": "mnx_live_p"}]}]}))
+
+
+def test_a_learn_job_run_twice_writes_its_records_once(provider, tmp_path):
+    services = job_services(provider, tmp_path)
 
     async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         await services.start()
@@ -260,16 +302,18 @@ def test_a_learn_job_run_twice_writes_its_records_once(provider, tmp_path):
             kettle = await records.insert("p", "order", NewRecord({"item": "red kettle", "amount": 20}, owner_id="ivo"),
                                           provenance=Provenance("api"))
             payload = learn_payload(subject_id="ivo", chat_id="c", learn=False, memory_policy=True,
-                                    new_messages=[{"role": "user", "content": "the red kettle shipped, and I ordered "
-                                                                              "a red mug for 8"}],
+                                    new_messages=[{"role": "user", "content": "the red kettle shipped, it cost "
+                                                                              "22, and I ordered a red mug for 8"}],
                                     answer={"role": "assistant", "content": "noted"}, model="gpt-4o-mini",
                                     request_type="chat", records=RecordsOption(learn="auto"))
             assert payload is not None and payload["records"] == {"learn": "auto", "tables": None}
             job = Job("job_twice", "p", LEARN_JOB, payload, 1, "pending", None, time.time(), time.time())
+            # Two updates of one record: the second is a change of its own, not a repeat of the first.
             answer = json.dumps({"records": [
                 {"action": "create", "type_name": "order", "data": {"item": "red mug", "amount": 8}},
                 {"action": "update", "type_name": "order", "record_id": kettle["record_id"],
-                 "data": {"status": "shipped"}}]})
+                 "data": {"status": "shipped"}},
+                {"action": "update", "type_name": "order", "record_id": kettle["record_id"], "data": {"amount": 22}}]})
             provider.extraction_answers += [answer, answer]
             await services.learner.handle(job)
             await services.learner.handle(job)  # after a crash, say: the same job again
@@ -280,9 +324,52 @@ def test_a_learn_job_run_twice_writes_its_records_once(provider, tmp_path):
             await services.aclose()
 
     page, trail = asyncio.run(scenario())
-    assert sorted(r["data"]["item"] for r in page) == ["red kettle", "red mug"]
-    assert [(e["action"], e["by"].get("job_id")) for e in trail] == [("created", None), ("updated", "job_twice")]
+    assert sorted((r["data"]["item"], r["data"]["amount"], r["data"].get("status")) for r in page) == [
+        ("red kettle", 22, "shipped"), ("red mug", 8, None)]
+    # Each learned update names its job and its place in the extractor's answer.
+    assert [(e["action"], e["by"].get("job_id"), e["changed_fields"]) for e in trail] == [
+        ("created", None, ["amount", "item"]), ("updated", "job_twice#1", ["status"]),
+        ("updated", "job_twice#2", ["amount"])]
     assert len([r for r in provider.requests if r["body"].get("model") == "extractor"]) == 2
+
+
+def test_two_runs_of_a_job_at_once_create_its_record_once(provider, tmp_path, storage_redis):
+    """A job whose lease ran out runs again while its first run is still writing: the second
+    run finds the record the first created, and does not overwrite it."""
+    services = job_services(provider, tmp_path, storage_redis)
+    turn_ = RecordsTurn("ivo", "c", ["a party for my friends"], "noted", "auto")
+    party = {"type_name": "party", "fields": {"theme": {"type": "string", "required": True}, "guests": "ref:contact[]"}}
+
+    async def scenario() -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
+        await services.start()
+        try:
+            records = services.records
+            await records.define_schema("p", CONTACT)
+            await records.define_schema("p", party)
+            friends = await records.insert_many("p", "contact", [NewRecord({"name": f"friend {n}"}, owner_id="ivo")
+                                                                 for n in range(20)], provenance=Provenance("api"))
+            # Each guest is a reference the write reads: time enough for the other run to check
+            # while this one is writing.
+            guests = [friend["record_id"] for friend in friends]
+            learner = services.learner.records
+            assert learner is not None
+            # The model answered each run differently: the record at position 0 is created once all the same.
+            runs = await asyncio.gather(*[
+                learner.write("p", turn_, [ExtractedRecord("create", "party", {"theme": theme, "guests": guests})],
+                              run_id="job_lapsed", job_id="job_lapsed")
+                for theme in ("pirates", "space")])
+            page, _ = await records.page("p", "party", owner_id="ivo", limit=10, offset=0)
+            trail, _ = await records.history("p", "party", page[0]["record_id"])
+            return runs, page, trail
+        finally:
+            await services.aclose()
+
+    runs, page, trail = asyncio.run(scenario())
+    assert sorted(len(writes) for writes in runs) == [0, 1]
+    [created] = [writes for writes in runs if writes][0]
+    [record] = page
+    assert created["record_id"] == record["record_id"] and record["data"]["theme"] == "pirates"
+    assert [e["action"] for e in trail] == ["created"]
 
 
 # --- erasure and scopes ---------------------------------------------------------------------------

@@ -19,9 +19,28 @@ writes, and its callers run it inside ``SubjectErasure.writing``. It runs
   failure is the caller's to know (422 ``records_sync_write_failed``). The job of that turn
   then carries no records part: they are learned once.
 
+Every proposal is checked before the first write, as the write itself will check it
+(``Records.check_record``: the schema, and that each ``ref`` names a live record of its
+type), so that a sync turn does not store some records and then fail on another. A reference
+must name a record that exists before the turn: one proposal cannot point at a record another
+proposal of the same turn creates (the extractor never knows the id that record will get).
+What is left is a race with other writers: a referenced record deleted (or an updated record
+changed) between the check and the write fails that write; the records a sync turn wrote
+before it stay, and its 422 says how many.
+
 A job may run more than once (a crash, a lost lease). A created record's id derives from the
-job id, its position and its type (``record_id_for``), and one that exists is not written
-again; an update is skipped when the record's audit trail already holds this job's update.
+job id, its position in the extractor's answer and its type (``record_id_for``), and one that
+exists is not written again. A learned update's trail entry names the job and the position
+(``by.job_id`` is ``"<job id>#<position>"``, ``update_mark``): a re-run skips an update whose
+mark is in the record's trail, while two proposals of one answer that change the same record
+are both applied. Each check-then-write holds a lock on the record id (``locks``), so that two
+runs of a job at once (the second starting when the first's lease ran out) do not both find
+the record missing and the second overwrite the first's record and trail. The default locks
+are this process's; gateways that share a store need shared ones (RedisSubjectLocks), or a
+re-run on another gateway can still overwrite in the few milliseconds between its check and
+its write. A proposal is recognised by its job, position and type (a create) or record (an
+update), not by its data: a re-run whose extractor answers differently keeps what the first
+run wrote at a position and may write what it did not.
 Learning never deletes: a null the extractor proposes for a field is ignored, not a removal.
 """
 
@@ -39,6 +58,7 @@ from gateway.memory.extraction import ExtractionError
 from gateway.options import MAX_RECORD_TABLES, RecordsOption
 from gateway.records.records import NewRecord, Provenance, RecordNotFound, Records
 from gateway.records.schema import RecordSchema, json_schema, validate_data
+from gateway.subject_locks import SubjectLocks
 
 log = logging.getLogger("gateway.records.learning")
 
@@ -133,6 +153,12 @@ def record_id_for(run_id: str, position: int, type_name: str) -> str:
     return "rec_" + hashlib.sha256(f"{run_id}:{position}:{type_name}".encode()).hexdigest()[:24]
 
 
+def update_mark(job_id: str, position: int) -> str:
+    """The ``job_id`` a learning job's update at ``position`` leaves in the record's trail: what
+    a re-run looks for, so that it repeats none of the job's updates and skips no other."""
+    return f"{job_id}#{position}"
+
+
 def _write_entry(record: Mapping[str, Any], action: str) -> dict[str, Any]:
     return {"record_id": record["record_id"], "type_name": record["type_name"], "action": action}
 
@@ -165,8 +191,10 @@ class _Problems:
 
 
 class RecordsLearner:
-    def __init__(self, records: Records, extractor: Any) -> None:
+    def __init__(self, records: Records, extractor: Any, *, locks: SubjectLocks | None = None) -> None:
         self._records = records
+        # Held on a record id while a job checks whether an earlier run wrote it and writes it.
+        self._locks = locks or SubjectLocks("records-learning")
         # Third-party memory extractors need not extract records: then none are learned. The
         # caller's key for it is the memory extractor's (Learner.keys_for): the same plugin.
         method = getattr(extractor, "extract_records", None)
@@ -244,9 +272,10 @@ class RecordsLearner:
         erasure fence. ``run_id`` makes created ids stable (a job's id); ``job_id`` goes into
         the provenance and marks the updates a re-run must not repeat.
 
-        Not ``strict``: a proposal that fails validation is skipped and logged. ``strict``
-        (sync): every proposal is validated before the first write, and any failure is a
-        RecordsSyncFailed naming each problem (and, if a write itself failed, what was written)."""
+        Every proposal is checked (schema and references) before the first write. Not
+        ``strict``: a proposal that fails is skipped and logged. ``strict`` (sync): any failure
+        is a RecordsSyncFailed naming each problem, and nothing is written (if a write itself
+        fails, a race with another writer, the error says what was written before it)."""
         label = f"job {job_id}" if job_id else "records sync"
         problems = _Problems(strict)
         checked: list[_Checked] = []
@@ -260,16 +289,16 @@ class RecordsLearner:
             raise RecordsSyncFailed(f"{len(problems.found)} of the turn's {len(proposals)} proposed record(s) did "
                                     f"not validate ({first['type_name']}: {first['message']}); nothing was written",
                                     problems=problems.found, written=[])
-        provenance = Provenance("chat", chat_id=turn.chat_id, job_id=job_id)
         written: list[dict[str, Any]] = []
         for item in checked:
             try:
-                entry = await self._write_one(project_id, turn.subject_id, item, provenance, job_id, embedder_key)
+                entry = await self._write_one(project_id, turn, item, job_id, embedder_key)
             except (BadRequest, NotFound) as error:
                 problems.add(item.position, item.proposal, error, label)
                 if strict:
                     raise RecordsSyncFailed(f"a proposed {item.proposal.type_name} record could not be written: "
-                                            f"{error.message}", problems=problems.found, written=written) from None
+                                            f"{error.message} ({len(written)} written before it)",
+                                            problems=problems.found, written=written) from None
                 continue
             if entry is not None:
                 written.append(entry)
@@ -277,15 +306,16 @@ class RecordsLearner:
 
     async def _check(self, project_id: str, subject_id: str, proposal: ExtractedRecord, run_id: str,
                      position: int) -> _Checked:
-        """The proposal's data validated against its schema, and the record it writes; an update
-        may only change a live record of that type the subject owns."""
+        """The proposal checked as its write will check it (schema, references: writing
+        nothing), and the record it writes; an update may only change a live record of that
+        type the subject owns."""
         if proposal.action not in ACTIONS:
             raise BadRequest(f"action must be create or update, not {proposal.action!r}", code="invalid_action",
                              param="action")
-        schema = await self._records.schema(project_id, proposal.type_name)
         if proposal.action == "create":
-            data = validate_data(schema, proposal.data)
+            data = await self._records.check_record(project_id, proposal.type_name, proposal.data)
             return _Checked(position, proposal, data, record_id_for(run_id, position, proposal.type_name))
+        schema = await self._records.schema(project_id, proposal.type_name)
         if not proposal.record_id:
             raise BadRequest("an update names the record_id it changes", code="invalid_record_id", param="record_id")
         current = await self._records.get(project_id, proposal.type_name, proposal.record_id)
@@ -297,42 +327,54 @@ class RecordsLearner:
             validate_data(schema, proposal.data, partial=True)  # the 400 naming it
         # Learning never removes a field: a null proposed is left out, not a deletion.
         changes = {name: value for name, value in proposal.data.items() if value is not None}
-        data = validate_data(schema, changes, partial=True)
-        validate_data(schema, {**current["data"], **data})  # the merged record must still be whole
+        # The changed fields with their references, as Records.update checks them; then the
+        # merged record must still be whole (its unchanged references are not checked again,
+        # as Records.update does not).
+        data = await self._records.check_record(project_id, proposal.type_name, changes, partial=True)
+        validate_data(schema, {**current["data"], **data})
         return _Checked(position, proposal, data, proposal.record_id)
 
-    async def _write_one(self, project_id: str, subject_id: str, item: _Checked, provenance: Provenance,
-                         job_id: str | None, embedder_key: str | None) -> dict[str, Any] | None:
-        """Write one checked proposal; None when an earlier run of the same job already did."""
+    async def _write_one(self, project_id: str, turn: RecordsTurn, item: _Checked, job_id: str | None,
+                         embedder_key: str | None) -> dict[str, Any] | None:
+        """Write one checked proposal; None when there is nothing to change, or an earlier run of
+        the same job already wrote it."""
+        if item.proposal.action == "update" and not item.data:
+            return None  # nothing left to change
+        if job_id is None:
+            return await self._apply(project_id, turn, item, Provenance("chat", chat_id=turn.chat_id), embedder_key)
+        mark = job_id if item.proposal.action == "create" else update_mark(job_id, item.position)
+        # Another run of the job could otherwise write between this check and this write.
+        async with self._locks.hold(project_id, item.record_id):
+            if await self._written_by(project_id, item, mark):
+                return None
+            return await self._apply(project_id, turn, item, Provenance("chat", chat_id=turn.chat_id, job_id=mark),
+                                     embedder_key)
+
+    async def _apply(self, project_id: str, turn: RecordsTurn, item: _Checked, provenance: Provenance,
+                     embedder_key: str | None) -> dict[str, Any]:
         type_name = item.proposal.type_name
         if item.proposal.action == "create":
-            if job_id is not None and await self._exists(project_id, type_name, item.record_id):
-                return None
             record = await self._records.insert(project_id, type_name,
-                                                NewRecord(item.data, owner_id=subject_id, visibility="private"),
+                                                NewRecord(item.data, owner_id=turn.subject_id, visibility="private"),
                                                 provenance=provenance, api_key=embedder_key,
                                                 record_id=item.record_id)
             return _write_entry(record, "created")
-        if not item.data:
-            return None  # nothing left to change
-        if job_id is not None and await self._updated_by(project_id, type_name, item.record_id, job_id):
-            return None
         record = await self._records.update(project_id, type_name, item.record_id, item.data,
                                             provenance=provenance, api_key=embedder_key)
         return _write_entry(record, "updated")
 
-    async def _exists(self, project_id: str, type_name: str, record_id: str) -> bool:
-        """Whether the record was written at all (deleted since included: it is not brought back)."""
+    async def _written_by(self, project_id: str, item: _Checked, mark: str) -> bool:
+        """Whether an earlier run of the job wrote this proposal: for a create, the record exists
+        at all (deleted since included: it is not brought back); for an update, the record's
+        trail holds the update ``mark`` names."""
         try:
-            await self._records.history(project_id, type_name, record_id)
+            trail, _ = await self._records.history(project_id, item.proposal.type_name, item.record_id)
         except RecordNotFound:
             return False
-        return True
-
-    async def _updated_by(self, project_id: str, type_name: str, record_id: str, job_id: str) -> bool:
+        if item.proposal.action == "create":
+            return True
         # The trail keeps the latest MAX_TRAIL writes: a re-run comes long before that many more.
-        trail, _ = await self._records.history(project_id, type_name, record_id)
-        return any(entry.get("action") == "updated" and (entry.get("by") or {}).get("job_id") == job_id
+        return any(entry.get("action") == "updated" and (entry.get("by") or {}).get("job_id") == mark
                    for entry in trail)
 
 
@@ -412,4 +454,4 @@ def parse_records_answer(raw: str, exchange: RecordsExchange) -> list[ExtractedR
 
 __all__ = ["CandidateType", "ExtractedRecord", "RecordExtractor", "RecordsExchange", "RecordsLearner",
            "RecordsSyncFailed", "RecordsTurn", "parse_records_answer", "record_id_for", "records_extraction_input",
-           "records_extraction_schema", "records_payload"]
+           "records_extraction_schema", "records_payload", "update_mark"]
