@@ -33,6 +33,7 @@ BENCHMARKS = {
     "soak": ("| backend | minutes | req/s |", ROOT / "bench" / "soak" / "README.md"),
     "events": ("| backend | events | publish -> subscriber p50 ms", ROOT / "bench" / "README.md"),
     "subject_api": ("| endpoint | backend | claims per subject |", ROOT / "bench" / "README.md"),
+    "records": ("| measure | backend | records of the type |", ROOT / "bench" / "README.md"),
 }
 
 
