@@ -21,6 +21,7 @@ import orjson
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.json_body import json_body
 from gateway.errors import BadRequest, NotFound
 from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, ClaimDoc, NewClaim, truth_row
 from gateway.options import MAX_ID_LENGTH
@@ -135,12 +136,6 @@ def new_claim(data: dict[str, Any]) -> NewClaim:
 # --- response shapes -------------------------------------------------------------------
 
 
-def _json(body: dict[str, Any], status_code: int = 200) -> Response:
-    """A JSON response encoded by orjson: a subject's truths are read often and may be a
-    thousand rows, which the standard library's encoder takes several times longer to write."""
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
-
-
 def _row(stored: dict[str, Any], *, include_source: bool = True) -> dict[str, Any]:
     """A stored truth row (truth_graph.truth_row plus its subject) as the truth routes show it."""
     return {k: v for k, v in stored.items() if k != "subject_id" and (include_source or k != "source")}
@@ -179,7 +174,7 @@ async def create_claim(call: Call) -> Response:
     if not asserted.created:
         # The slot's truth already had this value: one more assertion of that claim.
         result["duplicate_of"] = claim["claim_id"]
-    return _json(result, status_code=201 if asserted.created else 200)
+    return json_body(result, status_code=201 if asserted.created else 200)
 
 
 async def get_claim(call: Call) -> Response:
@@ -190,8 +185,8 @@ async def get_claim(call: Call) -> Response:
         raise NotFound(f"no claim {claim_id}", code="claim_not_found", claim_id=claim_id)
     edges = await truth.edges(call.project_id, claim_id)
     assertions = [_assertion(row, claim) for row in await truth.assertions(call.project_id, claim_id)]
-    return _json({"claim": claim, "assertions": assertions, "edges": edges,
-                  "supersession_chain": [edge for edge in edges if edge["edge_type"] == "supersedes"]})
+    return json_body({"claim": claim, "assertions": assertions, "edges": edges,
+                      "supersession_chain": [edge for edge in edges if edge["edge_type"] == "supersedes"]})
 
 
 async def retract_claim(call: Call) -> Response:
@@ -200,10 +195,10 @@ async def retract_claim(call: Call) -> Response:
     retracted, superseded, restored = await call.services.memories.retract_claim(
         call.project_id, call.request.path_params["claim_id"], reason)
     previous = retracted.restored
-    return _json({"success": True, "claim_id": retracted.claim["claim_id"], "slot": retracted.claim["slot"],
-                  "previous_claim_id": previous["claim_id"] if previous is not None else None,
-                  "restored_previous": previous is not None, "reason": reason,
-                  "superseded_memory_ids": superseded, "restored_memory_ids": restored})
+    return json_body({"success": True, "claim_id": retracted.claim["claim_id"], "slot": retracted.claim["slot"],
+                      "previous_claim_id": previous["claim_id"] if previous is not None else None,
+                      "restored_previous": previous is not None, "reason": reason,
+                      "superseded_memory_ids": superseded, "restored_memory_ids": restored})
 
 
 async def subject_truth(call: Call) -> Response:
@@ -212,8 +207,8 @@ async def subject_truth(call: Call) -> Response:
     truth = call.services.memories.truth
     if not include_source:
         rows = await truth.truth(call.project_id, subject_id)
-        return _json({"subject_id": subject_id, "project_id": call.project_id, "slot_count": len(rows),
-                      "slots": [_row(row, include_source=False) for row in rows]})
+        return json_body({"subject_id": subject_id, "project_id": call.project_id, "slot_count": len(rows),
+                          "slots": [_row(row, include_source=False) for row in rows]})
     # The subject's snapshot, already JSON: spliced in as it is, never decoded and encoded again.
     count, slots = await truth.truth_json(call.project_id, subject_id)
     head = orjson.dumps({"subject_id": subject_id, "project_id": call.project_id, "slot_count": count})
@@ -228,7 +223,7 @@ async def subject_slot(call: Call) -> Response:
     if row is None:
         raise NotFound(f"subject {subject_id} has no truth in slot {slot}", code="slot_not_found",
                        subject_id=subject_id, slot=slot)
-    return _json({"subject_id": subject_id, "project_id": call.project_id, **_row(row)})
+    return json_body({"subject_id": subject_id, "project_id": call.project_id, **_row(row)})
 
 
 async def subject_slots(call: Call) -> Response:
@@ -240,8 +235,8 @@ async def subject_slots(call: Call) -> Response:
         grouped[status if status in ("active", "superseded") else "other"].append(
             {**truth_row(claim), "active_claim_id": claim["claim_id"] if status == "active" else None,
              "status": status})
-    return _json({"subject_id": subject_id, "total": len(rows), "active_count": len(grouped["active"]),
-                  "slots": grouped})
+    return json_body({"subject_id": subject_id, "total": len(rows), "active_count": len(grouped["active"]),
+                      "slots": grouped})
 
 
 async def subject_graph(call: Call) -> Response:
@@ -251,8 +246,8 @@ async def subject_graph(call: Call) -> Response:
     by_type: dict[str, int] = {}
     for edge in edges:
         by_type[edge["edge_type"]] = by_type.get(edge["edge_type"], 0) + 1
-    return _json({"subject_id": subject_id, "claims_count": len(claims), "edges_count": len(edges),
-                  "edges_by_type": by_type, "claims": claims, "edges": edges})
+    return json_body({"subject_id": subject_id, "claims_count": len(claims), "edges_count": len(edges),
+                      "edges_by_type": by_type, "claims": claims, "edges": edges})
 
 
 async def subject_history(call: Call) -> Response:
@@ -265,8 +260,8 @@ async def subject_history(call: Call) -> Response:
     for claim in claims:
         by_slot.setdefault(claim["slot"], []).append(claim)
     # The core engine's shape, and the flat newest-first list the SDK's history() reads ("data").
-    return _json({"subject_id": subject_id, "project_id": call.project_id, "slot_filter": slot,
-                  "by_slot": by_slot, "edges": edges, "total_claims": len(claims), "data": claims})
+    return json_body({"subject_id": subject_id, "project_id": call.project_id, "slot_filter": slot,
+                      "by_slot": by_slot, "edges": edges, "total_claims": len(claims), "data": claims})
 
 
 # Relative to the /api/v1 mount. "/claims/subject/..." has more segments than "/claims/{claim_id}",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.json_body import json_body
 from gateway.errors import BadRequest
 from gateway.options import MAX_ID_LENGTH
 from gateway.records.records import (MAX_COLLABORATORS, VISIBILITIES, NewRecord, Provenance, decode_cursor,
@@ -77,15 +78,15 @@ async def define_schema(call: Call) -> Response:
     if body.get("type_name") in RESERVED_TYPE_NAMES:
         raise BadRequest(f"'{body['type_name']}' is reserved", code="invalid_type_name", param="type_name")
     schema, created = await call.services.records.define_schema(call.project_id, body)
-    return JSONResponse(schema, status_code=201 if created else 200)
+    return json_body(schema, status_code=201 if created else 200)
 
 
 async def list_schemas(call: Call) -> Response:
-    return JSONResponse({"schemas": await call.services.records.schema_docs(call.project_id)})
+    return json_body({"schemas": await call.services.records.schema_docs(call.project_id)})
 
 
 async def get_schema(call: Call) -> Response:
-    return JSONResponse(await call.services.records.schema_doc(call.project_id, _type_name(call)))
+    return json_body(await call.services.records.schema_doc(call.project_id, _type_name(call)))
 
 
 # --- records -------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ async def list_records(call: Call) -> Response:
     offset = query.integer("offset", default=0, minimum=0, maximum=10**9)
     records, total = await call.services.records.page(call.project_id, _type_name(call),
                                                       owner_id=_owner_from_query(call), limit=limit, offset=offset)
-    return JSONResponse({"records": records, "data": records, "count": len(records), "total": total})
+    return json_body({"records": records, "data": records, "count": len(records), "total": total})
 
 
 def _new_record(body: dict[str, Any], prefix: str = "") -> NewRecord:
@@ -121,7 +122,7 @@ async def insert_record(call: Call) -> Response:
     body = await read_json_object(call.request, call.services.config.server.max_body_bytes)
     record = await call.services.records.insert(call.project_id, _type_name(call), _new_record(body),
                                                 provenance=_provenance(call), api_key=_embedding_key(call))
-    return JSONResponse(record, status_code=201)
+    return json_body(record, status_code=201)
 
 
 async def insert_records(call: Call) -> Response:
@@ -139,11 +140,11 @@ async def insert_records(call: Call) -> Response:
         news.append(_new_record(item, prefix=f"records[{position}]."))
     records = await call.services.records.insert_many(call.project_id, _type_name(call), news,
                                                       provenance=_provenance(call), api_key=_embedding_key(call))
-    return JSONResponse({"records": records, "data": records, "count": len(records)}, status_code=201)
+    return json_body({"records": records, "data": records, "count": len(records)}, status_code=201)
 
 
 async def get_record(call: Call) -> Response:
-    return JSONResponse(await call.services.records.get(call.project_id, _type_name(call), _record_id(call)))
+    return json_body(await call.services.records.get(call.project_id, _type_name(call), _record_id(call)))
 
 
 async def update_record(call: Call) -> Response:
@@ -153,18 +154,18 @@ async def update_record(call: Call) -> Response:
                          code="data_required", param="data")
     record = await call.services.records.update(call.project_id, _type_name(call), _record_id(call), body["data"],
                                                 provenance=_provenance(call), api_key=_embedding_key(call))
-    return JSONResponse(record)
+    return json_body(record)
 
 
 async def delete_record(call: Call) -> Response:
     record_id = _record_id(call)
     await call.services.records.delete(call.project_id, _type_name(call), record_id, provenance=_provenance(call))
-    return JSONResponse({"ok": True, "deleted": True, "record_id": record_id})
+    return json_body({"ok": True, "deleted": True, "record_id": record_id})
 
 
 async def record_history(call: Call) -> Response:
     entries, dropped = await call.services.records.history(call.project_id, _type_name(call), _record_id(call))
-    return JSONResponse({"data": entries, "count": len(entries), "dropped": dropped})
+    return json_body({"data": entries, "count": len(entries), "dropped": dropped})
 
 
 # --- query and search ----------------------------------------------------------------------
@@ -187,8 +188,8 @@ async def query_records(call: Call) -> Response:
     page = await call.services.records.query(call.project_id, type_name, where=where, order_by=order_by, limit=limit,
                                              offset=offset, owner_id=owner_id)
     next_cursor = encode_cursor(page.next_offset, fingerprint) if page.next_offset is not None else None
-    return JSONResponse({"records": page.records, "data": page.records, "count": len(page.records),
-                         "next_cursor": next_cursor})
+    return json_body({"records": page.records, "data": page.records, "count": len(page.records),
+                      "next_cursor": next_cursor})
 
 
 async def search_records(call: Call) -> Response:
@@ -205,7 +206,7 @@ async def search_records(call: Call) -> Response:
                                               where=body.get("where"), owner_id=_owner_from_body(body),
                                               api_key=_embedding_key(call))
     found = [{**hit.record, "similarity": hit.similarity} for hit in hits]
-    return JSONResponse({"records": found, "data": found, "count": len(found)})
+    return json_body({"records": found, "data": found, "count": len(found)})
 
 
 _READ = "records:read"

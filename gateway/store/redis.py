@@ -286,6 +286,12 @@ class RedisDocumentStore:
         base = self._base(collection, project_id)
         # Every call checked before the first is sent: a bad document writes none of them.
         calls = [self._put_call(collection, base, doc_id, doc, 0) for doc_id, doc in docs]
+        if len(calls) == 1:
+            # One script is atomic by itself, and one round trip: redis-py sends a pipeline that
+            # holds a script after a SCRIPT EXISTS of its own.
+            [(keys, args)] = calls
+            await self._put(keys=keys, args=args)
+            return
         # MULTI/EXEC: all of them or none, also if the connection drops midway (every key is in
         # the project's hash slot, so a cluster takes the transaction too).
         async with self._redis.pipeline(transaction=True) as pipe:
