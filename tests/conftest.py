@@ -147,6 +147,25 @@ def storage_redis() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
+async def store(request, tmp_path):
+    """A document store of each backend, empty (the store contract tests run on both)."""
+    from gateway.store.redis import RedisDocumentStore
+    from gateway.store.sqlite import SqliteDocumentStore
+
+    if request.param == "sqlite":
+        backend = SqliteDocumentStore(str(tmp_path / "store.db"))
+        yield backend
+        await backend.close()
+    else:
+        require_redis()
+        prefix = f"mnxtest:{secrets.token_hex(6)}:"
+        backend = RedisDocumentStore(REDIS_URL, prefix)
+        yield backend
+        await backend.close()
+        drop_redis_prefix(prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 def storage(request) -> dict[str, Any]:
     """Run a test once per storage backend."""
     return request.getfixturevalue(f"storage_{request.param}")

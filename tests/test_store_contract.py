@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import pytest
 
 from gateway.store import codec
 from gateway.store.base import Collection, Increment, Tally
 from gateway.store.redis import RedisDocumentStore
-from gateway.store.sqlite import SqliteDocumentStore
-from tests.conftest import REDIS_URL, drop_redis_prefix, require_redis
+from tests.conftest import REDIS_URL
 
 NOTES = Collection("notes", indexes=(("subject_id",), ("subject_id", "chat_id")))
 EPHEMERAL = Collection("ephemeral", indexes=(("subject_id",),), expiring=True)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request, tmp_path):
-    if request.param == "sqlite":
-        backend = SqliteDocumentStore(str(tmp_path / "store.db"))
-        yield backend
-        await backend.close()
-    else:
-        require_redis()
-        prefix = f"mnxtest:{secrets.token_hex(6)}:"
-        backend = RedisDocumentStore(REDIS_URL, prefix)
-        yield backend
-        await backend.close()
-        drop_redis_prefix(prefix)
 
 
 async def test_put_then_get_round_trips_nested_json(store):

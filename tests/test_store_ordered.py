@@ -21,21 +21,6 @@ RECORDS = Collection("records", indexes=(("kind",),), ordered="_order")
 EPHEMERAL = Collection("ephemeral", indexes=(("kind",),), expiring=True, ordered="_order")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request, tmp_path):
-    if request.param == "sqlite":
-        backend = SqliteDocumentStore(str(tmp_path / "store.db"))
-        yield backend
-        await backend.close()
-    else:
-        require_redis()
-        prefix = f"mnxtest:{secrets.token_hex(6)}:"
-        backend = RedisDocumentStore(REDIS_URL, prefix)
-        yield backend
-        await backend.close()
-        drop_redis_prefix(prefix)
-
-
 def doc(name: str, **ordered: list) -> dict:
     return {"name": name, "kind": "k", "_order": ordered}
 
