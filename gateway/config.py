@@ -203,6 +203,9 @@ class MnxDefaults(_Strict):
     recall: bool = False
     history: bool = True
     system_prompt: bool = True
+    # mnx.cache: true keeps the prompt's prefix stable across a chat's turns for provider prompt
+    # caches (docs/features.md, Prompt caching); false, the contract's order.
+    cache: bool = False
 
 
 class HistoryConfig(_Strict):
@@ -211,6 +214,11 @@ class HistoryConfig(_Strict):
     token_budget: int = Field(default=8000, ge=0)
     # Upper bound on stored turns read per request, whatever their size.
     max_messages: int = Field(default=500, ge=1)
+    # Cache mode (mnx.cache): the replayed window starts only at a multiple of this many messages
+    # of the chat, so its prefix changes once per this many messages, not every turn (provider
+    # prompt caches reuse an unchanged prefix). Keep it well below what the budget holds: a
+    # window is up to this many minus one messages shorter than the budget allows.
+    cut_chunk_messages: int = Field(default=16, ge=1)
 
 
 class EdgeVectorsConfig(_Strict):

@@ -2,7 +2,8 @@
 
 Turns are stored as they were exchanged, tool calls included, so replaying them
 gives the provider a valid sequence (an assistant ``tool_calls`` message followed
-by its ``tool`` results). Replay is cut to a token budget, oldest turns first.
+by its ``tool`` results). Replay is cut to a token budget, oldest turns first; for
+provider prompt caches (``mnx.cache``) the cut moves in whole chunks of messages.
 """
 
 from __future__ import annotations
@@ -53,24 +54,50 @@ def _chat_doc_id(subject_id: str, chat_id: str) -> str:
     return f"{len(subject_id)}:{subject_id}:{chat_id}"
 
 
+def _fitting_start(messages: list[dict[str, Any]], token_budget: int) -> int:
+    """Where the newest run of ``messages`` whose estimated size fits the budget begins."""
+    used = 0
+    start = len(messages)
+    while start > 0:
+        cost = estimate_tokens(messages[start - 1])
+        if used + cost > token_budget:
+            break
+        used += cost
+        start -= 1
+    return start
+
+
+def _without_leading_tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Providers reject a ``tool`` result with no assistant ``tool_calls`` before it, so a
+    replayed window never starts on one."""
+    start = 0
+    while start < len(messages) and messages[start].get("role") == "tool":
+        start += 1
+    return messages[start:]
+
+
 def fit_to_budget(messages: list[dict[str, Any]], token_budget: int) -> list[dict[str, Any]]:
     """The newest messages whose estimated size fits the budget, in order.
 
     A kept ``tool`` message whose assistant ``tool_calls`` message was cut is dropped
     too: providers reject a tool result with no call before it.
     """
-    kept: list[dict[str, Any]] = []
-    used = 0
-    for message in reversed(messages):
-        cost = estimate_tokens(message)
-        if used + cost > token_budget:
-            break
-        kept.append(message)
-        used += cost
-    kept.reverse()
-    while kept and kept[0].get("role") == "tool":
-        kept.pop(0)
-    return kept
+    return _without_leading_tool_results(messages[_fitting_start(messages, token_budget):])
+
+
+def fit_to_budget_in_chunks(messages: list[dict[str, Any]], token_budget: int, *, first_position: int,
+                            chunk: int) -> list[dict[str, Any]]:
+    """Like ``fit_to_budget``, but the cut falls only on whole chunks of the chat.
+
+    ``messages`` are the chat's newest messages, the first of them at ``first_position`` in the
+    chat (0 = its first stored message). The window the budget allows is shortened so that it
+    starts at a chat position that is a multiple of ``chunk``: as the chat grows, the window's
+    start then stays put for up to ``chunk`` messages and moves a whole chunk at once, instead
+    of one message per turn. Rounding the start up (later) keeps the window inside the budget.
+    """
+    start = first_position + _fitting_start(messages, token_budget)
+    chunk_start = -(-start // chunk) * chunk
+    return _without_leading_tool_results(messages[chunk_start - first_position:])
 
 
 def to_stored(message: dict[str, Any], *, subject_id: str, chat_id: str, event_time: str,
@@ -93,8 +120,15 @@ def to_stored(message: dict[str, Any], *, subject_id: str, chat_id: str, event_t
 
 
 def to_replay(doc: dict[str, Any]) -> dict[str, Any]:
-    """A stored turn as an OpenAI Chat Completions message."""
-    message: dict[str, Any] = {"role": doc["role"], "content": doc.get("content")}
+    """A stored turn as an OpenAI Chat Completions message.
+
+    Without the client's ``cache_control`` marks on its parts: they marked that turn's request,
+    and replayed on every later turn they would pile up past the 4 Anthropic takes (a 400)."""
+    content = doc.get("content")
+    if isinstance(content, list):
+        content = [{key: value for key, value in part.items() if key != "cache_control"}
+                   if isinstance(part, dict) and "cache_control" in part else part for part in content]
+    message: dict[str, Any] = {"role": doc["role"], "content": content}
     for optional in ("tool_calls", "tool_call_id", "name"):
         if doc.get(optional):
             message[optional] = doc[optional]
@@ -142,12 +176,29 @@ class ChatHistory:
         return [doc_id for doc_id, _ in docs]
 
     async def replay(self, project_id: str, subject_id: str, chat_id: str, *, token_budget: int,
-                     max_messages: int) -> list[dict[str, Any]]:
-        """The chat's prior turns as provider messages, cut to the budget."""
-        docs = await self._store.find(MESSAGES, project_id, {"subject_id": subject_id, "chat_id": chat_id},
-                                      limit=max_messages, newest_first=True)
+                     max_messages: int, chunk: int | None = None) -> list[dict[str, Any]]:
+        """The chat's prior turns as provider messages, cut to the budget (and ``max_messages``),
+        oldest first.
+
+        With ``chunk`` (cache mode) the cut moves only in whole chunks of the chat's messages
+        (``fit_to_budget_in_chunks``). Provider prompt caches reuse the longest request prefix
+        they saw before; a cut that drops one old message per turn changes the replayed prefix,
+        and so misses the cache, on every turn of a chat longer than the budget. The price is
+        one count of the chat's messages per turn, and up to ``chunk - 1`` fewer messages
+        replayed than the budget would allow.
+        """
+        where = {"subject_id": subject_id, "chat_id": chat_id}
+        docs = await self._store.find(MESSAGES, project_id, where, limit=max_messages, newest_first=True)
         docs.reverse()
-        return fit_to_budget([to_replay(d) for d in docs], token_budget)
+        messages = [to_replay(d) for d in docs]
+        if chunk is None:
+            return fit_to_budget(messages, token_budget)
+        # The newest messages read are the chat's last ones: the first of them is at total - read.
+        # (A turn stored between the two reads only shifts this turn's cut: rounding up keeps
+        # it inside the budget whatever the count.)
+        total = await self._store.count(MESSAGES, project_id, where)
+        first_position = max(0, total - len(messages))
+        return fit_to_budget_in_chunks(messages, token_budget, first_position=first_position, chunk=chunk)
 
     async def read(self, project_id: str, chat_id: str, subject_id: str | None, limit: int) -> list[dict[str, Any]]:
         where = {"subject_id": subject_id, "chat_id": chat_id} if subject_id else {"chat_id": chat_id}

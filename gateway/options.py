@@ -63,6 +63,8 @@ class MnxOptions:
     metadata: dict[str, Any] | None
     state: StateOption | None
     records: RecordsOption | None
+    # Assemble for provider prompt caches (mnx.cache: true or "auto"): see gateway/pipeline/context.py.
+    cache: bool = False
     # The options the caller set (in the body or a header), as opposed to configured defaults.
     given: frozenset[str] = frozenset()
 
@@ -74,7 +76,7 @@ _CODE = "invalid_mnx"
 _HEADER_KINDS = {
     "subject_id": "text", "chat_id": "text", "learn": "learn", "log": "bool", "recall": "bool", "history": "bool",
     "profile": "bool", "system_prompt": "bool_or_id", "memory_policy": "bool_or_id", "metadata": "json",
-    "state": "json", "records": "json",
+    "state": "json", "records": "json", "cache": "bool_or_auto",
 }
 
 
@@ -93,6 +95,8 @@ def _from_header(raw: str, field: str) -> Any:
     if kind == "bool_or_id":
         lowered = raw.strip().lower()
         return lowered == "true" if lowered in ("true", "false") else raw.strip()
+    if kind == "bool_or_auto":
+        return "auto" if raw.strip().lower() == "auto" else _header_bool(raw, field)
     if kind == "learn":
         return "force" if raw.strip().lower() == "force" else _header_bool(raw, field)
     if kind == "json":
@@ -169,6 +173,17 @@ def _parse_records(read: Body, value: dict[str, Any] | None) -> RecordsOption | 
                          tables=tuple(dict.fromkeys(tables)) if tables else None)
 
 
+def _parse_cache(read: Body, default: bool) -> bool:
+    value = read.value("cache")
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return True
+    raise read.invalid("cache", 'true, false or "auto"')
+
+
 def new_subject_id() -> str:
     return "subj_" + secrets.token_hex(8)
 
@@ -208,5 +223,6 @@ def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *,
         metadata=read.obj("metadata"),
         state=_parse_state(read, read.obj("state")),
         records=_parse_records(read, read.obj("records")),
+        cache=_parse_cache(read, defaults.cache),
         given=frozenset(options.given),
     )

@@ -34,6 +34,7 @@ BENCHMARKS = {
     "events": ("| backend | events | publish -> subscriber p50 ms", ROOT / "bench" / "README.md"),
     "subject_api": ("| endpoint | backend | claims per subject |", ROOT / "bench" / "README.md"),
     "records": ("| measure | backend | records of the type |", ROOT / "bench" / "README.md"),
+    "prompt_cache": ("| scenario | mode | turn 1 |", ROOT / "bench" / "README.md"),
 }
 
 

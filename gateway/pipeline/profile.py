@@ -26,6 +26,7 @@ def render(fields: dict[str, object]) -> str:
 
 class ProfileStage:
     name = "profile"
+    volatile = False  # changes rarely: it stays in the system message in cache mode
 
     def __init__(self, profiles: Profiles) -> None:
         self._profiles = profiles

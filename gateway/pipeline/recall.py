@@ -61,6 +61,7 @@ def render(hits: Sequence[SearchHit], truths: Sequence[dict[str, Any]] = ()) -> 
 
 class MemoryRecallStage:
     name = "memories"
+    volatile = True
 
     def __init__(self, memories: Memories, recall_log: RecallLog, config: RecallConfig) -> None:
         self._memories = memories

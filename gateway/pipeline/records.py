@@ -29,6 +29,7 @@ def latest_user_text(turn: TurnContext) -> str:
 
 class RecordsRecallStage:
     name = "records"
+    volatile = True
 
     def __init__(self, records: Records, config: RecordsRecallConfig) -> None:
         self._records = records

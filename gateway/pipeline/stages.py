@@ -16,6 +16,7 @@ from gateway.state import AgentState
 
 class SystemPromptStage:
     name = "system_prompt"
+    volatile = False
 
     def __init__(self, prompts: SystemPrompts) -> None:
         self._prompts = prompts
@@ -34,6 +35,7 @@ class SystemPromptStage:
 
 class AgentStateStage:
     name = "state"
+    volatile = True
 
     def __init__(self, state: AgentState) -> None:
         self._state = state
@@ -55,6 +57,7 @@ class AgentStateStage:
 
 class HistoryStage:
     name = "history"
+    volatile = False
 
     def __init__(self, history: ChatHistory, config: HistoryConfig) -> None:
         self._history = history
@@ -66,5 +69,8 @@ class HistoryStage:
     async def run(self, turn: TurnContext) -> ContextLayer | None:
         messages = await self._history.replay(turn.project_id, turn.options.subject_id, turn.options.chat_id,
                                               token_budget=self._config.token_budget,
-                                              max_messages=self._config.max_messages)
+                                              max_messages=self._config.max_messages,
+                                              # Cache mode: a replayed prefix that stays the same for
+                                              # whole chunks of turns (ChatHistory.replay says why).
+                                              chunk=self._config.cut_chunk_messages if turn.options.cache else None)
         return ContextLayer(messages=messages) if messages else None

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest, ErrorShape, GatewayError
+from gateway.proxy.cache_breakpoints import chat_breakpoints
 from gateway.proxy.chat_format import CHAT_FORMAT
 from gateway.proxy.request_fields import (BOOLEAN, INTEGER, NAME, NUMBER, OBJECT, STRING, STRING_OR_OBJECT,
                                           STRING_OR_STRINGS, check_each, check_fields)
@@ -188,6 +189,7 @@ CHAT_COMPLETIONS = SurfaceSpec(
     answer_message=_recordable,
     new_accumulator=ChatStreamAccumulator,
     error_frame=_error_frame,
+    cache_breakpoints=chat_breakpoints,
 )
 
 

@@ -134,8 +134,27 @@ def _validate_tool(tool: dict[str, Any], where: str) -> None:
                      code="invalid_tools", required=("name",))
 
 
+def _with_volatile_part(contents: list[dict[str, Any]], volatile: str | None) -> list[dict[str, Any]]:
+    """``contents`` with ``volatile`` as a text part of the latest user content, after any function
+    responses it opens with (cache mode: gateway/pipeline/context.py)."""
+    if not volatile:
+        return contents
+    for index in range(len(contents) - 1, -1, -1):
+        content = contents[index]
+        if content.get("role", "user") == "user":
+            parts = list(content.get("parts") or [])
+            answers = 0
+            while answers < len(parts) and isinstance(parts[answers], dict) and "functionResponse" in parts[answers]:
+                answers += 1
+            changed = [*contents]
+            changed[index] = {**content, "parts": [*parts[:answers], {"text": volatile}, *parts[answers:]]}
+            return changed
+    return contents
+
+
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
-    forwarded = {**body, "contents": merge_contents(messages_to_contents(context.history), body["contents"])}
+    request = _with_volatile_part(body["contents"], context.volatile_text)
+    forwarded = {**body, "contents": merge_contents(messages_to_contents(context.history), request)}
     if isinstance(body.get("tools"), list):
         # A null field is "not set" in Google's JSON, and a tool with nothing set declares
         # nothing: LiteLLM's translation for another provider would iterate a null

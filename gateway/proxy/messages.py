@@ -19,11 +19,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest, ErrorShape, GatewayError
-from gateway.pipeline.context import AssembledContext
+from gateway.pipeline.context import AssembledContext, with_volatile_first
 from gateway.proxy.anthropic_format import (
     MESSAGES_FORMAT, MessagesStreamAccumulator, assistant_to_openai, merge_messages, to_anthropic_messages,
     to_openai_messages, with_system,
 )
+from gateway.proxy.cache_breakpoints import messages_breakpoints
 from gateway.proxy.request_fields import INTEGER, NAME, NUMBER, OBJECT, STRING, STRINGS, check_each, check_fields
 from gateway.proxy.surface import SurfaceSpec, proxy_turn
 from gateway.routing import Call, PathOwner, endpoint
@@ -141,7 +142,8 @@ def validate_messages_body(body: dict[str, Any]) -> None:
 
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
-    forwarded = {**body, "messages": merge_messages(to_anthropic_messages(context.history), body["messages"])}
+    request = with_volatile_first(body["messages"], context.volatile_text, "text")
+    forwarded = {**body, "messages": merge_messages(to_anthropic_messages(context.history), request)}
     system = with_system(body.get("system"), context.system_text)
     if system is not None:
         forwarded["system"] = system
@@ -164,6 +166,7 @@ MESSAGES = SurfaceSpec(
     # On /messages, x-api-key is always the caller's Anthropic key (contract §1).
     native_key_header=lambda route: "x-api-key" if route.provider == "anthropic" else None,
     forwarded_headers=("anthropic-version", "anthropic-beta"),
+    cache_breakpoints=messages_breakpoints,
 )
 
 

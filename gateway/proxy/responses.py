@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
-from gateway.pipeline.context import AssembledContext
+from gateway.pipeline.context import AssembledContext, with_volatile_first
 from gateway.proxy.chat_completions import OPENAI_ERRORS
 from gateway.proxy.responses_format import (
     RESPONSES_FORMAT, ResponsesStreamAccumulator, input_to_messages, messages_to_input, output_to_message,
@@ -127,9 +127,10 @@ def _validate_tool(tool: dict[str, Any], where: str) -> None:
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
     forwarded = dict(body)
-    if context.history:
+    if context.history or context.volatile_text:
         request_items = [{"role": "user", "content": body["input"]}] if isinstance(body["input"], str) \
             else body["input"]
+        request_items = with_volatile_first(request_items, context.volatile_text, "input_text")
         forwarded["input"] = messages_to_input(context.history) + request_items
     instructions = with_instructions(body.get("instructions"), context.system_text)
     if instructions is not None:

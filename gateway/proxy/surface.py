@@ -71,6 +71,9 @@ class SurfaceSpec:
     mnx_in_body: bool = True
     # What recall events and audit call requests of this surface.
     request_type: str = "chat"
+    # Cache mode on an Anthropic route: the forwarded body with prompt-cache breakpoints marked
+    # (gateway/proxy/cache_breakpoints.py). None: this surface adds none.
+    cache_breakpoints: Callable[[dict[str, Any], AssembledContext], dict[str, Any]] | None = None
 
 
 def header_value(value: str) -> str:
@@ -113,8 +116,10 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
                            request_type=spec.request_type, provider_keys=credentials.provider_keys)
         context = await assemble(turn, services.stages)
         forwarded = {name: _forwardable(name, headers[name]) for name in spec.forwarded_headers if name in headers}
-        upstream_call = UpstreamCall(route, {**spec.with_context(body, context), "model": route.model},
-                                     api_key, settings, headers=forwarded)
+        outgoing = spec.with_context(body, context)
+        if options.cache and route.provider == "anthropic" and spec.cache_breakpoints is not None:
+            outgoing = spec.cache_breakpoints(outgoing, context)
+        upstream_call = UpstreamCall(route, {**outgoing, "model": route.model}, api_key, settings, headers=forwarded)
 
         learns_records = options.records is not None and options.records.learn is not False
 
