@@ -94,10 +94,17 @@ def fit_to_budget_in_chunks(messages: list[dict[str, Any]], token_budget: int, *
     starts at a chat position that is a multiple of ``chunk``: as the chat grows, the window's
     start then stays put for up to ``chunk`` messages and moves a whole chunk at once, instead
     of one message per turn. Rounding the start up (later) keeps the window inside the budget.
+
+    When the budget holds fewer messages than a chunk (long messages), rounding up would leave
+    some turns little or no history: a window under half of what the plain cut keeps falls back
+    to the plain cut (that turn's prefix changes; the conversation is not forgotten).
     """
-    start = first_position + _fitting_start(messages, token_budget)
-    chunk_start = -(-start // chunk) * chunk
-    return _without_leading_tool_results(messages[chunk_start - first_position:])
+    fitting = _fitting_start(messages, token_budget)
+    chunk_start = -(-(first_position + fitting) // chunk) * chunk
+    kept = messages[chunk_start - first_position:]
+    if 2 * len(kept) < len(messages) - fitting:
+        kept = messages[fitting:]
+    return _without_leading_tool_results(kept)
 
 
 def to_stored(message: dict[str, Any], *, subject_id: str, chat_id: str, event_time: str,
@@ -119,19 +126,24 @@ def to_stored(message: dict[str, Any], *, subject_id: str, chat_id: str, event_t
     return doc
 
 
+def _unmarked(items: Any) -> Any:
+    """A list of parts or tool calls without the ``cache_control`` marks on its items."""
+    if not isinstance(items, list):
+        return items
+    return [{key: value for key, value in item.items() if key != "cache_control"}
+            if isinstance(item, dict) and "cache_control" in item else item for item in items]
+
+
 def to_replay(doc: dict[str, Any]) -> dict[str, Any]:
     """A stored turn as an OpenAI Chat Completions message.
 
-    Without the client's ``cache_control`` marks on its parts: they marked that turn's request,
-    and replayed on every later turn they would pile up past the 4 Anthropic takes (a 400)."""
-    content = doc.get("content")
-    if isinstance(content, list):
-        content = [{key: value for key, value in part.items() if key != "cache_control"}
-                   if isinstance(part, dict) and "cache_control" in part else part for part in content]
-    message: dict[str, Any] = {"role": doc["role"], "content": content}
+    Without the client's ``cache_control`` marks on its parts and tool calls: they marked that
+    turn's request, and replayed on every later turn they would pile up past the 4 Anthropic
+    takes (a 400)."""
+    message: dict[str, Any] = {"role": doc["role"], "content": _unmarked(doc.get("content"))}
     for optional in ("tool_calls", "tool_call_id", "name"):
         if doc.get(optional):
-            message[optional] = doc[optional]
+            message[optional] = _unmarked(doc[optional]) if optional == "tool_calls" else doc[optional]
     if message["content"] is None and doc["role"] != "assistant":
         message["content"] = ""
     return message

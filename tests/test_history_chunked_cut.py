@@ -126,6 +126,49 @@ async def test_a_chunk_boundary_on_a_tool_result_starts_after_the_results(store)
             assert replays[turn] == replays[turn - 1] + tool_turn(5 * (turn - 1))
 
 
+LONG = "y" * 2000
+
+
+def long_turn(first: int) -> list[dict[str, Any]]:
+    """A user message and an answer, each about 500 tokens."""
+    return [{"role": "user", "content": f"m{first:04d} {LONG}"},
+            {"role": "assistant", "content": f"m{first + 1:04d} {LONG}"}]
+
+
+async def test_a_budget_of_fewer_messages_than_a_chunk_never_replays_a_near_empty_history(store):
+    """The budget holds 5 of these messages, a chunk is 16: rounding the window's start up to a
+    chunk would leave whole turns with 2, 1 or no messages of the chat. A window under half of
+    what the plain cut keeps is the plain cut instead."""
+    budget = 5 * estimate_tokens(long_turn(0)[0])
+    cached = await replays_over_a_growing_chat(store, "long", 30, long_turn, chunk=16, token_budget=budget)
+    plain = await replays_over_a_growing_chat(store, "long-plain", 30, long_turn, chunk=None, token_budget=budget)
+    assert [len(replay) for replay in plain[3:]] == [5] * 27
+    for turn, (replay, whole) in enumerate(zip(cached, plain)):
+        assert 2 * len(replay) >= len(whole) and (replay or not whole), (turn, len(replay), len(whole))
+        assert sum(estimate_tokens(m) for m in replay) <= budget
+        # Always the chat's newest messages, in order, with nothing left out between them.
+        assert [position_of(m) for m in replay] == list(range(2 * turn - len(replay), 2 * turn))
+    # Some turns do replay the chunk's shorter window (a whole chunk's start), the rest the plain cut.
+    assert any(0 < len(replay) < 5 and position_of(replay[0]) % 16 == 0 for replay in cached)
+
+
+async def test_a_clients_cache_control_on_a_stored_tool_call_or_part_is_not_replayed(store):
+    """A client's Anthropic breakpoint marked the request it came in; replayed on every later turn
+    it would pile up past the four Anthropic takes (a 400)."""
+    mark = {"type": "ephemeral"}
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "look it up", "cache_control": mark}]},
+                {"role": "assistant", "content": None, "tool_calls": [{**call, "cache_control": mark}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "found"}]
+    history = ChatHistory(store)
+    await history.append(PROJECT, SUBJECT, "marked", messages)
+    for chunk in (None, 16):
+        replay = await history.replay(PROJECT, SUBJECT, "marked", token_budget=10_000, max_messages=50, chunk=chunk)
+        assert replay == [{"role": "user", "content": [{"type": "text", "text": "look it up"}]},
+                          {"role": "assistant", "content": None, "tool_calls": [call]},
+                          {"role": "tool", "tool_call_id": "call_1", "content": "found"}]
+
+
 def forwarded_history(gateway) -> list[dict[str, Any]]:
     """The replayed messages of the last forwarded request (all but the request's own message)."""
     messages = gateway.forwarded()[-1]["body"]["messages"]

@@ -24,9 +24,10 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.errors import ConfigError
-from gateway.pipeline.context import VOLATILE_PREAMBLE
+from gateway.pipeline.context import SECTION_SEPARATOR, VOLATILE_PREAMBLE
 from gateway.pipeline.recall import PREAMBLE
 from tests.conftest import KEY, PROVIDER_KEY, Gateway
+from tests.prompt_prefix import canonical, canonical_lines, shared_prefix_length
 
 ANTHROPIC_KEY = "sk-ant-caller-key"
 GOOGLE_KEY = "goog-caller-key"
@@ -107,11 +108,6 @@ SURFACES = [CHAT, MESSAGES, GEMINI, RESPONSES]
 # -- measuring what the provider received -------------------------------------------------------
 
 
-def canonical(value: Any) -> bytes:
-    """One JSON value as canonical bytes (sorted keys, no spaces): the same value, the same bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def without_breakpoints(value: Any) -> Any:
     """``value`` without Anthropic ``cache_control`` marks: a breakpoint marks where a cached prefix
     ends (it moves to the newest history message each turn) and is not part of the cached content."""
@@ -140,7 +136,7 @@ class Forwarded:
 
     def serialized(self, messages: list[dict[str, Any]]) -> bytes:
         """The system, then each message, one canonical JSON line each."""
-        return b"".join(canonical(item) + b"\n" for item in [self.system, *messages])
+        return canonical_lines([self.system, *messages])
 
     @property
     def prefix(self) -> bytes:
@@ -156,26 +152,26 @@ class Forwarded:
         return self.messages[self.latest_user]
 
 
-def shared_prefix_length(a: bytes, b: bytes) -> int:
-    length = min(len(a), len(b))
-    if a[:length] == b[:length]:
-        return length
-    low, high = 0, length  # a[:low] == b[:low], a[:high] != b[:high]
-    while high - low > 1:
-        middle = (low + high) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle
-    return low
-
-
 def text_parts(message: dict[str, Any]) -> list[str]:
     """The texts of a message's parts in order, in any of the four formats."""
     content = message.get("content", message.get("parts"))
     if isinstance(content, str):
         return [content]
     return [part["text"] for part in content or [] if isinstance(part, dict) and isinstance(part.get("text"), str)]
+
+
+def volatile_block(message: dict[str, Any], words: str) -> str:
+    """The turn's context at the start of a forwarded user message whose own words are ``words``,
+    checked to be in the documented shape: a string content stays one string (some OpenAI-compatible
+    servers take no parts), the block, a blank line, then the words; a parts list (Gemini's) gets the
+    block as a part of its own, first."""
+    content = message.get("content", message.get("parts"))
+    if isinstance(content, str):
+        assert content.endswith(SECTION_SEPARATOR + words), content
+        return content[:-len(SECTION_SEPARATOR + words)]
+    first, own = content
+    assert own == {"text": words} and set(first) == {"text"}, content
+    return first["text"]
 
 
 def as_text(value: Any) -> str:
@@ -298,13 +294,13 @@ def test_in_cache_mode_only_the_latest_message_changes_from_turn_to_turn(surface
 def test_the_volatile_block_opens_the_latest_user_message_and_never_enters_history(surface, chats, cache_gateway):
     turns = chats[surface.name][1][True]
     for n, forwarded in enumerate(turns):
-        parts = text_parts(forwarded.latest_user_message)
-        # The volatile block first, with its preamble; then the user's own words, unchanged.
-        assert len(parts) == 2 and parts[1] == QUESTIONS[n], parts
-        assert parts[0].startswith(VOLATILE_PREAMBLE)
-        assert injected_memories(parts[0]), f"turn {n + 1} recalled nothing"
+        # The volatile block first, with its preamble; then the user's own words, unchanged
+        # (a string content stays a string: a surface whose client sent parts gets a part).
+        block = volatile_block(forwarded.latest_user_message, QUESTIONS[n])
+        assert block.startswith(VOLATILE_PREAMBLE)
+        assert injected_memories(block), f"turn {n + 1} recalled nothing"
         state = json.dumps(state_value(n), ensure_ascii=False, sort_keys=True)
-        assert f'"{STATE_KEY}"' in parts[0] and state in parts[0]
+        assert f'"{STATE_KEY}"' in block and state in block
         # The user messages replayed from history are the user's words alone. (The assistant's come
         # back as the provider answered: the fake one echoes the whole user message it received.)
         replayed = [m for m in forwarded.messages[:forwarded.latest_user] if m.get("role", "user") == "user"]
@@ -335,7 +331,7 @@ def test_in_the_contracts_order_the_context_is_in_the_system_message_and_the_pre
 def test_recall_is_the_same_in_both_orders(surface, chats, cache_gateway):
     ids, turns = chats[surface.name]
     for n in range(TURNS):
-        cached = injected_memories(text_parts(turns[True][n].latest_user_message)[0])
+        cached = injected_memories(volatile_block(turns[True][n].latest_user_message, QUESTIONS[n]))
         contract = injected_memories(as_text(turns[False][n].system))
         assert cached == contract and cached, (n, cached, contract)
     with cache_gateway.rest() as rest:
@@ -345,8 +341,8 @@ def test_recall_is_the_same_in_both_orders(surface, chats, cache_gateway):
     recalled = {cache: collections.Counter(e["memory_id"] for e in events[cache]) for cache in (True, False)}
     assert recalled[True] == recalled[False]
     # Every memory injected was logged as recalled, under its id.
-    injected = collections.Counter(ids[text] for t in turns[True] for text in injected_memories(
-        text_parts(t.latest_user_message)[0]))
+    injected = collections.Counter(ids[text] for n, t in enumerate(turns[True]) for text in injected_memories(
+        volatile_block(t.latest_user_message, QUESTIONS[n])))
     assert recalled[True] == injected
 
 
@@ -382,7 +378,8 @@ def test_cache_true_or_auto_turns_the_mode_on(cache_gateway, value):
     with cache_gateway.rest() as rest:
         put_state(rest, "ada-option", 0)
     parts = _user_parts(cache_gateway, {"cache": value})
-    assert parts[0].startswith(VOLATILE_PREAMBLE) and parts[1] == "What about the bees?"
+    assert len(parts) == 1 and parts[0].startswith(VOLATILE_PREAMBLE)
+    assert parts[0].endswith(SECTION_SEPARATOR + "What about the bees?")
     assert _user_parts(cache_gateway, {"cache": False}) == ["What about the bees?"]
     assert _user_parts(cache_gateway, {}) == ["What about the bees?"]  # the configured default: the contract
 
@@ -425,3 +422,137 @@ def test_defaults_cache_in_the_config_turns_it_on_for_every_request(module_gatew
     with pytest.raises(ConfigError, match="defaults.cache"):
         parse_config({"projects": projects, "defaults": {"cache": "sometimes"}})
 
+
+
+# -- tool loops, strings and chained Responses turns ----------------------------------------------
+# One placement rule on every surface: the block goes first into the latest user message that holds
+# words of its own. In a tool loop that is the question the loop started from, which every step
+# repeats byte for byte; a message of tool results (Anthropic's tool_result blocks, Gemini's
+# functionResponse parts) is left as the client sent it, which providers require.
+
+TOOL_QUESTION = "What about the bees on the balcony? Check the weather in Lisbon first."
+
+
+def forwarded_for(gateway: Gateway, path: str, body: dict[str, Any], headers: dict[str, str],
+                  subject: str) -> dict[str, Any]:
+    """One cache-mode turn (recall and state on, no history) of a seeded subject; the request the
+    provider received."""
+    seed(gateway, subject)
+    mnx = {"subject_id": subject, "history": False, "recall": True, "cache": True,
+           "state": {"load": True, "key": STATE_KEY}}
+    before = len(gateway.forwarded())
+    response = httpx.post(gateway.url + path, json={**body, "mnx": mnx}, timeout=30,
+                          headers={"x-mnexium-key": KEY, **headers})
+    assert response.status_code == 200, response.text
+    received = gateway.forwarded()[before:]
+    assert len(received) == 1, received
+    return received[0]
+
+
+def assert_this_turns_block(block: str) -> None:
+    assert block.startswith(VOLATILE_PREAMBLE)
+    assert f'"{STATE_KEY}"' in block and "Ada keeps bees on her balcony in Lisbon" in injected_memories(block)
+
+
+GEMINI_CALL = {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Lisbon"}}}]}
+GEMINI_ANSWER = {"role": "user", "parts": [
+    {"functionResponse": {"name": "get_weather", "response": {"forecast": "sunny"}}}]}
+
+
+def test_a_gemini_function_response_turn_carries_the_block_in_the_question(cache_gateway):
+    request = [{"role": "user", "parts": [{"text": TOOL_QUESTION}]}, GEMINI_CALL, GEMINI_ANSWER]
+    received = forwarded_for(cache_gateway, "/v1beta/models/gemini-2.0-flash:generateContent",
+                             {"contents": request}, GEMINI.headers, "ada-gemini-tools")
+    question, call, answer = received["body"]["contents"]
+    assert_this_turns_block(volatile_block(question, TOOL_QUESTION))
+    # The function's answer stays a content of function responses alone, right after its call.
+    assert (call, answer) == (GEMINI_CALL, GEMINI_ANSWER)
+    assert VOLATILE_PREAMBLE not in as_text(received["body"]["systemInstruction"])
+
+
+def test_a_gpt_model_on_the_gemini_surface_keeps_each_tool_call_right_before_its_result(cache_gateway):
+    """Translated by LiteLLM for an OpenAI model, a function response is a ``tool`` message, which
+    must follow the assistant's ``tool_calls`` at once: the block cannot go next to it."""
+    request = [{"role": "user", "parts": [{"text": TOOL_QUESTION}]}, GEMINI_CALL, GEMINI_ANSWER]
+    received = forwarded_for(cache_gateway, "/v1beta/models/gpt-4o-mini:generateContent",
+                             {"contents": request}, {**GEMINI.headers, "x-openai-key": PROVIDER_KEY},
+                             "ada-gemini-gpt-tools")
+    assert received["path"] == "/v1/chat/completions"
+    messages = received["body"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
+    system, question, call, answer = messages
+    assert PROJECT_PROMPT in as_text(system) and VOLATILE_PREAMBLE not in as_text(system)
+    # LiteLLM turns the Gemini parts of the question into text parts: the block's, then the words.
+    block, words = text_parts(question)
+    assert_this_turns_block(block)
+    assert words == TOOL_QUESTION
+    assert [c["function"]["name"] for c in call["tool_calls"]] == ["get_weather"]
+    assert answer["tool_call_id"] == call["tool_calls"][0]["id"]
+    assert VOLATILE_PREAMBLE not in json.dumps(answer)
+
+
+def test_a_messages_tool_continuation_carries_the_block_in_the_question(cache_gateway):
+    call = {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Lisbon"}}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]}
+    body = {"model": "claude-gateway-test", "max_tokens": 64,
+            "messages": [{"role": "user", "content": TOOL_QUESTION}, call, result]}
+    received = forwarded_for(cache_gateway, "/v1/messages", body, MESSAGES.headers, "ada-messages-tools")
+    question, forwarded_call, forwarded_result = received["body"]["messages"]
+    assert_this_turns_block(volatile_block(question, TOOL_QUESTION))
+    # The tool's answer holds its tool_result blocks and nothing else, as Anthropic reads it.
+    assert (forwarded_call, forwarded_result) == (call, result)
+    assert VOLATILE_PREAMBLE not in json.dumps(received["body"]["system"])
+
+
+def test_a_responses_function_call_output_continuation_carries_the_block_in_the_question(cache_gateway):
+    loop = [{"type": "function_call", "call_id": "call_1", "name": "get_weather",
+             "arguments": "{\"city\": \"Lisbon\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
+    body = {"model": "gpt-4o-mini", "input": [{"role": "user", "content": TOOL_QUESTION}, *loop]}
+    received = forwarded_for(cache_gateway, "/v1/responses", body, RESPONSES.headers, "ada-responses-tools")
+    question, *forwarded_loop = received["body"]["input"]
+    assert_this_turns_block(volatile_block(question, TOOL_QUESTION))
+    assert forwarded_loop == loop
+    assert VOLATILE_PREAMBLE not in received["body"]["instructions"]
+
+
+def test_a_string_user_message_stays_a_string_on_chat_completions(cache_gateway):
+    """An OpenAI-compatible server that takes only string contents (many local ones) still reads
+    every message of a cache-mode request."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": TOOL_QUESTION}]}
+    received = forwarded_for(cache_gateway, "/v1/chat/completions", body, CHAT.headers, "ada-strings")
+    messages = received["body"]["messages"]
+    assert all(isinstance(m["content"], str) for m in messages), messages
+    assert [m["role"] for m in messages] == ["system", "system", "user"]
+    assert_this_turns_block(volatile_block(messages[-1], TOOL_QUESTION))
+    assert VOLATILE_PREAMBLE not in messages[0]["content"]
+
+
+@pytest.mark.parametrize("chained", [{"previous_response_id": "resp_fake"}, {"conversation": "conv_ada"}],
+                         ids=["previous_response_id", "conversation"])
+def test_a_responses_turn_chained_to_a_stored_one_carries_its_context_in_the_instructions(cache_gateway, chained):
+    """OpenAI carries a stored turn's input into the next one: a block in the input would pile up
+    there turn after turn. A chained turn's context goes into the instructions, which are not
+    carried over."""
+    subject = f"ada-chained-{next(iter(chained))}"
+    first = forwarded_for(cache_gateway, "/v1/responses", {"model": "gpt-4o-mini", "input": QUESTIONS[0]},
+                          RESPONSES.headers, subject)["body"]
+    # Not chained: the block is in the input, the instructions are the stable system text.
+    assert VOLATILE_PREAMBLE in json.dumps(first["input"]) and VOLATILE_PREAMBLE not in first["instructions"]
+    with cache_gateway.rest() as rest:
+        put_state(rest, subject, 4)  # this turn's state differs from the first turn's
+    mnx = {"subject_id": subject, "history": False, "recall": True, "cache": True,
+           "state": {"load": True, "key": STATE_KEY}}
+    response = httpx.post(cache_gateway.url + "/v1/responses", timeout=30,
+                          headers={"x-mnexium-key": KEY, **RESPONSES.headers},
+                          json={"model": "gpt-4o-mini", "input": QUESTIONS[1], "mnx": mnx, **chained})
+    assert response.status_code == 200, response.text
+    second = cache_gateway.forwarded()[-1]["body"]
+    assert second["input"] == QUESTIONS[1]  # the user's words only, as sent
+    instructions = second["instructions"]
+    assert instructions.startswith(PROJECT_PROMPT) and VOLATILE_PREAMBLE in instructions
+    assert json.dumps(state_value(4), ensure_ascii=False, sort_keys=True) in instructions
+    assert json.dumps(state_value(0), ensure_ascii=False, sort_keys=True) not in instructions
+    assert injected_memories(instructions.split(VOLATILE_PREAMBLE, 1)[1])

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.history import content_text
+from gateway.pipeline.context import VOLATILE_PREAMBLE
 from tests.conftest import KEY, PROVIDER_KEY, Gateway, serve_gateway
 from tests.fake_upstream import FakeProvider, ServerThread, stop_all
 
@@ -45,22 +46,23 @@ def mnx(chat: str, cache: bool = True) -> dict[str, Any]:
     return {"subject_id": "pat", "chat_id": chat, "cache": cache, "history": True, "recall": True, "learn": False}
 
 
-def on_messages(gateway: Gateway, chat: str, messages: list[dict[str, Any]], cache: bool = True,
-                model: str = CLAUDE, **fields: Any) -> dict[str, Any]:
-    """One /v1/messages turn; returns the body the provider received."""
-    response = httpx.post(gateway.url + "/v1/messages", headers=HEADERS, timeout=30, json={
-        "model": model, "max_tokens": 64, "messages": messages, "mnx": mnx(chat, cache), **fields})
-    assert response.status_code == 200, response.text
-    return gateway.forwarded()[-1]["body"]
+def turn_on(path: str) -> Callable[..., dict[str, Any]]:
+    """A function running one turn on ``path`` (/v1/messages or /v1/chat/completions) and returning
+    the body the provider received; named after the surface, for test ids and chat ids."""
+    def turn(gateway: Gateway, chat: str, messages: list[dict[str, Any]], cache: bool = True,
+             model: str = CLAUDE, more_mnx: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        response = httpx.post(gateway.url + path, headers=HEADERS, timeout=30, json={
+            "model": model, "max_tokens": 64, "messages": messages, "mnx": {**mnx(chat, cache), **(more_mnx or {})},
+            **fields})
+        assert response.status_code == 200, response.text
+        return gateway.forwarded()[-1]["body"]
+
+    turn.__name__ = "on_" + path.rsplit("/", 1)[-1]
+    return turn
 
 
-def on_chat(gateway: Gateway, chat: str, messages: list[dict[str, Any]], cache: bool = True,
-            model: str = CLAUDE, **fields: Any) -> dict[str, Any]:
-    """One /v1/chat/completions turn; returns the body the provider received."""
-    response = httpx.post(gateway.url + "/v1/chat/completions", headers=HEADERS, timeout=30, json={
-        "model": model, "max_tokens": 64, "messages": messages, "mnx": mnx(chat, cache), **fields})
-    assert response.status_code == 200, response.text
-    return gateway.forwarded()[-1]["body"]
+on_messages = turn_on("/v1/messages")
+on_chat = turn_on("/v1/chat/completions")
 
 
 def marks(value: Any) -> list[Any]:
@@ -79,16 +81,24 @@ def user(text: str) -> dict[str, Any]:
 
 def assert_marked_at_the_two_prefix_ends(body: dict[str, Any], first_question: str) -> None:
     """The Anthropic request of a chat's second turn in cache mode: system and history marked,
-    this turn's recalled memory in the latest user message, unmarked."""
+    this turn's recalled memory first in the latest user message, unmarked. The client sent that
+    message as a string, which stays one text: a string natively, one text block as LiteLLM
+    translates a string."""
     assert body["system"] == [{"type": "text", "text": PROMPT, "cache_control": EPHEMERAL}]
     first, answer, latest = body["messages"]
     assert first == {"role": "user", "content": [{"type": "text", "text": first_question}]}
     assert answer == {"role": "assistant", "content": [
         {"type": "text", "text": "echo: " + first_question, "cache_control": EPHEMERAL}]}
     assert latest["role"] == "user"
-    volatile, question = latest["content"]
-    assert MEMORY in volatile["text"] and "cache_control" not in volatile
-    assert question == {"type": "text", "text": "Any pizza ideas?"}
+    if isinstance(latest["content"], str):
+        text = latest["content"]
+    else:
+        (block,) = latest["content"]
+        assert block["type"] == "text" and "cache_control" not in block
+        text = block["text"]
+    volatile, separator, question = text.rpartition("\n\n")
+    assert volatile.startswith(VOLATILE_PREAMBLE) and MEMORY in volatile
+    assert (separator, question) == ("\n\n", "Any pizza ideas?")
     assert MEMORY not in json.dumps(body["system"])
     assert marks(body) == [EPHEMERAL, EPHEMERAL]
 
@@ -159,18 +169,45 @@ def test_a_clients_own_part_mark_on_the_translated_path_is_kept_and_none_added(g
     assert marks(body) == [EPHEMERAL]
 
 
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
 def test_history_ending_in_tool_calls_is_marked_at_the_closest_earlier_text(gw):
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    on_chat(gw, "tool-history", [user("Weather in Rome?")], model="claude-x-tool-call", tools=tools)
+    on_chat(gw, "tool-history", [user("Weather in Rome?")], model="claude-x-tool-call", tools=WEATHER_TOOLS)
     # The stored answer is a tool call with no text: the mark falls back to the question before it.
-    body = on_chat(gw, "tool-history", [{"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}],
-                   tools=tools)
-    question, call, result = body["messages"]
+    # (The request answers the call and asks more: its question carries this turn's context.)
+    body = on_chat(gw, "tool-history", [{"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+                                        user("And pizza in Rome?")], tools=WEATHER_TOOLS)
+    question, call, latest = body["messages"]
     assert question["content"] == [{"type": "text", "text": "Weather in Rome?", "cache_control": EPHEMERAL}]
     assert call["role"] == "assistant" and "tool_use" in [block["type"] for block in call["content"]]
     assert not marks(call)
-    assert [block["type"] for block in result["content"]] == ["tool_result"] and not marks(result)
+    # LiteLLM joins the tool's answer and the new question in one user message, the result first.
+    assert [block["type"] for block in latest["content"]] == ["tool_result", "text"] and not marks(latest)
+    assert latest["content"][1]["text"].startswith(VOLATILE_PREAMBLE)
+    assert latest["content"][1]["text"].endswith("\n\nAnd pizza in Rome?")
     assert len(marks(body)) == 2 and body["system"][0]["cache_control"] == EPHEMERAL
+
+
+def test_a_claude_tool_only_continuation_gets_no_marks_and_its_context_in_the_system(gw):
+    """A request of tool results alone has no words of the user to carry this turn's context: it
+    stays in the system text, which then changes from step to step of the tool loop; a mark there
+    would pay for a cache write at every step and never be read."""
+    with gw.rest() as rest:
+        assert rest.put("/state/tour", headers={"x-subject-id": "pat"}, json={"value": {"step": 2}}).is_success
+    state = {"state": {"load": True, "key": "tour"}}
+    on_chat(gw, "tool-only", [user("Pizza places near the Pantheon?")], model="claude-x-tool-call",
+            tools=WEATHER_TOOLS, more_mnx=state)
+    body = on_chat(gw, "tool-only", [{"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}],
+                   tools=WEATHER_TOOLS, more_mnx=state)
+    assert gw.forwarded()[-1]["path"] == "/v1/messages"
+    assert marks(body) == []
+    system = content_text(body["system"])
+    assert system.startswith(PROMPT) and '"step": 2' in system
+    question, call, result = body["messages"]
+    assert question["content"] == [{"type": "text", "text": "Pizza places near the Pantheon?"}]
+    assert [block["type"] for block in result["content"]] == ["tool_result"]
+    assert VOLATILE_PREAMBLE not in json.dumps(body["messages"])
 
 
 @pytest.mark.parametrize("turn, model", [(on_chat, "gpt-4o-mini"), (on_messages, "gpt-4o-mini")])

@@ -74,7 +74,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from bench.processes import free_port, stop, wait_up  # noqa: E402
+from bench.subject_api.run import percentile  # noqa: E402
+from gateway.pipeline.context import VOLATILE_PREAMBLE  # noqa: E402
 from gateway.pipeline.recall import PREAMBLE as RECALL_PREAMBLE  # noqa: E402
+from tests.prompt_prefix import canonical_lines, shared_prefix_length  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
 RESULTS_START = "<!-- prompt-cache-results:start -->"
@@ -161,24 +164,11 @@ def mnx(chat_id: str, cache: bool) -> dict[str, Any]:
 # -- measuring a prompt ---------------------------------------------------------------------
 
 
-def serialized(messages: list[dict[str, Any]]) -> bytes:
-    """A forwarded message list as bytes: one canonical JSON line per message, in order."""
-    return b"".join(json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-                    for m in messages)
-
-
-def shared_prefix_length(a: bytes, b: bytes) -> int:
-    length = min(len(a), len(b))
-    if a[:length] == b[:length]:
-        return length
-    low, high = 0, length  # a[:low] == b[:low], a[:high] != b[:high]
-    while high - low > 1:
-        middle = (low + high) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle
-    return low
+def opens_with_context(message: dict[str, Any]) -> bool:
+    """Whether a forwarded user message begins with the turn's context (cache mode: its string
+    content stays a string, the context first)."""
+    content = message.get("content")
+    return isinstance(content, str) and content.startswith(VOLATILE_PREAMBLE)
 
 
 def shares(prompts: list[bytes]) -> list[float]:
@@ -258,9 +248,9 @@ def run_chats(client: httpx.Client, provider: Any, turns: int) -> dict[bool, lis
             messages = forwarded[0]["body"]["messages"]
             if RECALL_PREAMBLE not in json.dumps(messages[0]) + json.dumps(messages[-1]):
                 raise RuntimeError(f"turn {turn} ({question(turn)!r}) recalled no memory")
-            if cache and not any(isinstance(m.get("content"), list) for m in messages[-1:]):
+            if cache and not opens_with_context(messages[-1]):
                 raise RuntimeError(f"turn {turn}: cache mode forwarded no context in the latest user message")
-            prompts[cache].append(serialized(messages))
+            prompts[cache].append(canonical_lines(messages))
     return prompts
 
 
@@ -291,7 +281,7 @@ async def time_assembly(config_data: dict[str, Any], turns: int, iterations: int
                 elapsed = time.perf_counter() - began
                 if i >= 0:
                     timings[cache].append(elapsed * 1000)
-                in_user_message = isinstance(forwarded["messages"][-1]["content"], list)
+                in_user_message = opens_with_context(forwarded["messages"][-1])
                 if i == -warmup and in_user_message != cache:
                     raise RuntimeError(f"assembly in {'cache' if cache else 'contract'} mode placed the context "
                                        "where it does not belong")
@@ -328,11 +318,6 @@ def run_scenario(scenario: Scenario, workdir: Path, provider: Any, provider_url:
 
 
 # -- reporting ------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def tables(measured: list[Measured], turns: int, iterations: int, smoke: bool) -> str:

@@ -89,6 +89,15 @@ class AssembledContext:
     # Cache mode: this turn's volatile layers, for the start of the latest user message
     # (with VOLATILE_PREAMBLE first); None otherwise.
     volatile_text: str | None = None
+    # Cache mode with a user message to carry the volatile layers: the system text and the
+    # history are the same as the chat's previous turn's (what provider caches may mark).
+    prefix_stable: bool = False
+
+    @property
+    def system_with_volatile(self) -> str | None:
+        """The contract's placement of everything: for a request that cannot carry the volatile
+        layers in a message (a Responses turn chained to a stored one)."""
+        return SECTION_SEPARATOR.join(text for text in (self.system_text, self.volatile_text) if text) or None
 
     async def answered(self) -> None:
         """Run the stages' writes for an answered turn, in stage order."""
@@ -101,38 +110,52 @@ class AssembledContext:
         return head + self.history + with_volatile_first(request_messages, self.volatile_text, "text")
 
 
+def holds_user_text(message: dict[str, Any], role: str = "user") -> bool:
+    """Whether ``message`` is a ``role`` message with words of its own, not only tool results
+    (Anthropic carries a tool's answer in a user message made of ``tool_result`` blocks)."""
+    if message.get("role") != role:
+        return False
+    content = message.get("content")
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and any(
+        not (isinstance(part, dict) and part.get("type") == "tool_result") for part in content)
+
+
 def last_user_index(messages: Sequence[dict[str, Any]], role: str = "user") -> int | None:
-    """Where the latest message of ``role`` is (None if there is none)."""
+    """Where the latest message of ``role`` holding words of its own is (None if there is none).
+
+    This is where a turn's volatile context goes (cache mode), on every surface: in a tool
+    loop it is the question the loop started from, which every step then repeats byte for byte,
+    and which every provider accepts text in (a message of tool results may take none)."""
     for index in range(len(messages) - 1, -1, -1):
-        if messages[index].get("role") == role:
+        if holds_user_text(messages[index], role):
             return index
     return None
 
 
 def with_volatile_first(messages: Sequence[dict[str, Any]], volatile: str | None, part_type: str,
                         role: str = "user") -> list[dict[str, Any]]:
-    """``messages`` with ``volatile`` as the first text part of the latest ``role`` message (OpenAI
-    chat, Anthropic Messages and Responses forms share this shape: ``content`` a string or a
-    list of typed parts; ``part_type`` names a text part: "text" or "input_text")."""
+    """``messages`` with ``volatile`` first in the latest ``role`` message that holds words of its
+    own (``last_user_index``). The OpenAI chat, Anthropic Messages and Responses forms share this
+    shape: ``content`` a string, which stays one (some OpenAI-compatible servers take no parts),
+    or a list of typed parts, which gets a text part first (after any tool results: Anthropic
+    wants them first); ``part_type`` names a text part there: "text" or "input_text"."""
     messages = list(messages)
     at = last_user_index(messages, role) if volatile else None
-    if at is None:
+    if at is None or volatile is None:
         return messages
     message = messages[at]
-    content = message.get("content")
-    first = {"type": part_type, "text": volatile}
-    if isinstance(content, list):
-        # Anthropic wants a message's tool results before anything else in it.
-        results = 0
-        while results < len(content) and isinstance(content[results], dict) and \
-                content[results].get("type") == "tool_result":
-            results += 1
-        parts = [*content[:results], first, *content[results:]]
-    elif content:
-        parts = [first, {"type": part_type, "text": content}]
-    else:
-        parts = [first]
-    messages[at] = {**message, "content": parts}
+    content = message["content"]
+    if isinstance(content, str):
+        messages[at] = {**message, "content": f"{volatile}{SECTION_SEPARATOR}{content}" if content else volatile}
+        return messages
+    results = 0
+    while results < len(content) and isinstance(content[results], dict) and \
+            content[results].get("type") == "tool_result":
+        results += 1
+    messages[at] = {**message, "content": [*content[:results], {"type": part_type, "text": volatile},
+                                           *content[results:]]}
     return messages
 
 
@@ -159,4 +182,5 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
         if layer.on_answered is not None:
             writes.append(layer.on_answered)
     volatile_text = SECTION_SEPARATOR.join([VOLATILE_PREAMBLE, *volatile]) if volatile else None
-    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, writes, volatile_text)
+    return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, writes, volatile_text,
+                            prefix_stable=cache)

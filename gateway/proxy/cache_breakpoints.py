@@ -8,9 +8,9 @@ replayed history. Next turn the history ends one exchange later; Anthropic, look
 from the new mark, finds the prefix cached at this one. Two of the four marks Anthropic
 allows, so a client still has room for its own.
 
-A request that already carries any ``cache_control`` (the client's own, or one replayed in
-an earlier turn's stored messages) is forwarded as it is: the client has placed its
-breakpoints, and more of ours could push the count past Anthropic's limit, a 400.
+A request that already carries any ``cache_control`` of the client's own is forwarded as it
+is: the client has placed its breakpoints, and more of ours could push the count past
+Anthropic's limit, a 400. (Replayed history carries none: gateway/history.py ``to_replay``.)
 
 Two forms get marks: the native Anthropic body (``/messages`` with a claude model) and the
 OpenAI chat body LiteLLM translates for a claude model (``/chat/completions``), where text

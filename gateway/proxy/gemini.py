@@ -135,19 +135,18 @@ def _validate_tool(tool: dict[str, Any], where: str) -> None:
 
 
 def _with_volatile_part(contents: list[dict[str, Any]], volatile: str | None) -> list[dict[str, Any]]:
-    """``contents`` with ``volatile`` as a text part of the latest user content, after any function
-    responses it opens with (cache mode: gateway/pipeline/context.py)."""
+    """``contents`` with ``volatile`` as the first part of the latest user content that holds more
+    than function responses (the rule of gateway/pipeline/context.py ``last_user_index``: a
+    content of function responses takes no text, translated for another provider least of all)."""
     if not volatile:
         return contents
     for index in range(len(contents) - 1, -1, -1):
         content = contents[index]
-        if content.get("role", "user") == "user":
-            parts = list(content.get("parts") or [])
-            answers = 0
-            while answers < len(parts) and isinstance(parts[answers], dict) and "functionResponse" in parts[answers]:
-                answers += 1
+        parts = content.get("parts") or []
+        if content.get("role", "user") == "user" and any(
+                not (isinstance(part, dict) and "functionResponse" in part) for part in parts):
             changed = [*contents]
-            changed[index] = {**content, "parts": [*parts[:answers], {"text": volatile}, *parts[answers:]]}
+            changed[index] = {**content, "parts": [{"text": volatile}, *parts]}
             return changed
     return contents
 

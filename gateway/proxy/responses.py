@@ -127,12 +127,18 @@ def _validate_tool(tool: dict[str, Any], where: str) -> None:
 
 def _with_context(body: dict[str, Any], context: AssembledContext) -> dict[str, Any]:
     forwarded = dict(body)
-    if context.history or context.volatile_text:
+    # A turn chained to one OpenAI stored (previous_response_id, conversation) carries its input
+    # into the next: this turn's volatile context would pile up there, turn after turn. It goes
+    # in the instructions, which are not carried over, as in the contract's order.
+    chained = body.get("previous_response_id") is not None or body.get("conversation") is not None
+    volatile = None if chained else context.volatile_text
+    if context.history or volatile:
         request_items = [{"role": "user", "content": body["input"]}] if isinstance(body["input"], str) \
             else body["input"]
-        request_items = with_volatile_first(request_items, context.volatile_text, "input_text")
+        request_items = with_volatile_first(request_items, volatile, "input_text")
         forwarded["input"] = messages_to_input(context.history) + request_items
-    instructions = with_instructions(body.get("instructions"), context.system_text)
+    system = context.system_with_volatile if chained else context.system_text
+    instructions = with_instructions(body.get("instructions"), system)
     if instructions is not None:
         forwarded["instructions"] = instructions
     return forwarded

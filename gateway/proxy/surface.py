@@ -117,7 +117,9 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         context = await assemble(turn, services.stages)
         forwarded = {name: _forwardable(name, headers[name]) for name in spec.forwarded_headers if name in headers}
         outgoing = spec.with_context(body, context)
-        if options.cache and route.provider == "anthropic" and spec.cache_breakpoints is not None:
+        # (Not when the turn had no user message for its volatile layers: they are then in the
+        # system text, and a mark there would pay for a cache write every step, read never.)
+        if context.prefix_stable and route.provider == "anthropic" and spec.cache_breakpoints is not None:
             outgoing = spec.cache_breakpoints(outgoing, context)
         upstream_call = UpstreamCall(route, {**outgoing, "model": route.model}, api_key, settings, headers=forwarded)
 
