@@ -40,7 +40,8 @@ DEFAULT_ACCEPTED = SECURITY_DIR / "advisories" / "accepted.toml"
 
 # A requirement line of a pip-compile / uv lock file: "name==version" at the start of a
 # line, optionally followed by an environment marker or a line continuation.
-PIN_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)")
+# A pin, with the extras it is installed with if any (``httpx[http2]==0.28.1``: see requirements/README.md).
+PIN_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[A-Za-z0-9._,-]+\])?==(?P<version>[^\s;\\]+)")
 
 
 @dataclass(frozen=True)
