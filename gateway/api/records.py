@@ -15,7 +15,7 @@ from starlette.routing import Route
 from gateway.api.json_body import json_body
 from gateway.errors import BadRequest
 from gateway.options import MAX_ID_LENGTH
-from gateway.records.records import (MAX_COLLABORATORS, VISIBILITIES, NewRecord, Provenance, decode_cursor,
+from gateway.records.records import (MAX_COLLABORATORS, MAX_OFFSET, VISIBILITIES, NewRecord, Provenance, decode_cursor,
                                      encode_cursor, query_fingerprint)
 from gateway.routing import Call, endpoint
 from gateway.validation import Body, Query, read_json_object
@@ -94,7 +94,7 @@ async def get_schema(call: Call) -> Response:
 async def list_records(call: Call) -> Response:
     query = Query(call.request)
     limit = query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE)
-    offset = query.integer("offset", default=0, minimum=0, maximum=10**9)
+    offset = query.integer("offset", default=0, minimum=0, maximum=MAX_OFFSET)
     records, total = await call.services.records.page(call.project_id, _type_name(call),
                                                       owner_id=_owner_from_query(call), limit=limit, offset=offset)
     return json_body({"records": records, "data": records, "count": len(records), "total": total})
@@ -183,7 +183,7 @@ async def query_records(call: Call) -> Response:
     if cursor is not None and body.get("offset") is not None:
         raise BadRequest("give offset or cursor, not both", code="invalid_cursor", param="cursor")
     offset = decode_cursor(cursor, fingerprint) if cursor else read.integer("offset", default=0, minimum=0,
-                                                                             maximum=10**9)
+                                                                             maximum=MAX_OFFSET)
     assert offset is not None
     page = await call.services.records.query(call.project_id, type_name, where=where, order_by=order_by, limit=limit,
                                              offset=offset, owner_id=owner_id)

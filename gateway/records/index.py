@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.memory.embedding import Embedder
 from gateway.memory.lexical import Lexicon
@@ -99,19 +99,24 @@ class RecordIndex:
     async def put(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]], *,
                   api_key: str | None = None) -> None:
         """Index (or re-index) records: each (API record, its searchable text)."""
-        await self.upsert(project_id, await self.points(project_id, entries, api_key=api_key))
+        vectors = await self.embed(entries, api_key=api_key)
+        await self.upsert(project_id, self.points(project_id, entries, vectors))
 
     async def upsert(self, project_id: str, points: Sequence[IndexedMemory]) -> None:
         await self._index.upsert(index_project(project_id), points)
 
-    async def points(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]], *,
-                     api_key: str | None = None) -> list[IndexedMemory]:
-        """The index points of records (embedded with the dense model, if one is configured)."""
+    async def embed(self, entries: Sequence[tuple[dict[str, Any], str]], *,
+                    api_key: str | None = None) -> dict[str, list[float]]:
+        """The live records' dense vectors by record id (none without a dense model)."""
         live = [(record, text) for record, text in entries if not record.get("is_deleted")]
-        dense: dict[str, list[float]] = {}
-        if self.embedder is not None and live:
-            vectors = await self.embedder.embed([text for _, text in live], api_key=api_key)
-            dense = {record["record_id"]: vector for (record, _), vector in zip(live, vectors)}
+        if self.embedder is None or not live:
+            return {}
+        vectors = await self.embedder.embed([text for _, text in live], api_key=api_key)
+        return {record["record_id"]: vector for (record, _), vector in zip(live, vectors)}
+
+    def points(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]],
+               dense: Mapping[str, list[float]]) -> list[IndexedMemory]:
+        """The index points of records, with their dense vectors from ``embed``."""
         points = []
         for record, text in entries:
             deleted = bool(record.get("is_deleted"))

@@ -53,7 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.memory.extraction import ExtractionError
 from gateway.options import MAX_RECORD_TABLES, RecordsOption
 from gateway.records.records import NewRecord, Provenance, RecordNotFound, Records
@@ -282,7 +282,7 @@ class RecordsLearner:
         for position, proposal in enumerate(proposals):
             try:
                 checked.append(await self._check(project_id, turn.subject_id, proposal, run_id, position))
-            except (BadRequest, NotFound) as error:
+            except (BadRequest, NotFound, Conflict) as error:
                 problems.add(position, proposal, error, label)
         if strict and problems.found:
             first = problems.found[0]
@@ -293,7 +293,7 @@ class RecordsLearner:
         for item in checked:
             try:
                 entry = await self._write_one(project_id, turn, item, job_id, embedder_key)
-            except (BadRequest, NotFound) as error:
+            except (BadRequest, NotFound, Conflict) as error:
                 problems.add(item.position, item.proposal, error, label)
                 if strict:
                     raise RecordsSyncFailed(f"a proposed {item.proposal.type_name} record could not be written: "

@@ -65,6 +65,8 @@ VISIBILITIES = ("public", "private")
 MAX_COLLABORATORS = 100
 # Candidates are read from the store in pages of this many.
 _PAGE = 256
+# The deepest page a query may ask for (an offset, or a cursor's).
+MAX_OFFSET = 10**9
 # A query whose where makes more ranges than this ($in of thousands) reads the type instead.
 MAX_RANGES = 200
 # Built-in ordered indexes every live record has (epoch seconds).
@@ -162,12 +164,21 @@ class Records:
         schema = parse_schema(body)
         async with self._locks.hold(project_id, "schema\x1f" + schema.type_name):
             stored = await self._store.get(SCHEMAS, project_id, schema.type_name)
+            if stored is not None and _same_definition(stored, schema_to_api(project_id, schema)):
+                # Apps define their types at every start: the same definition changes nothing
+                # (and does not make writes under way check their schema again).
+                return stored, False
             now = _now()
             old = parse_schema(stored) if stored is not None else None
             risks = compatibility_risks(old, schema) if old is not None else []
+            # References are checked only where the redefinition changes them (a record may point at
+            # a record deleted since: no concern of a change elsewhere in the type).
+            new_refs = {name for name, field in schema.fields.items() if field.type == "ref" and (
+                old is None or name not in old.fields or old.fields[name].type != "ref"
+                or old.fields[name].ref != field.ref)}
             if risks:
-                await self._refuse_if_violated(project_id, schema, risks, self._typed(project_id, schema.type_name,
-                                                                                       None))
+                await self._refuse_if_violated(project_id, schema, risks, new_refs,
+                                               self._typed(project_id, schema.type_name, None))
             version = int(stored.get("version", 0)) + 1 if stored is not None else 1
             doc = {**schema_to_api(project_id, schema), "version": version,
                    "created_at": stored["created_at"] if stored else from_timestamp(now),
@@ -176,8 +187,8 @@ class Records:
             if risks and stored is not None:
                 since = OrderedRange(index_name(schema.type_name, _UPDATED), True, now)
                 try:
-                    await self._refuse_if_violated(project_id, schema, risks, self._ranged(project_id, since, False,
-                                                                                            None))
+                    await self._refuse_if_violated(project_id, schema, risks, new_refs,
+                                                   self._ranged(project_id, since, False, None))
                 except Conflict:
                     await self._store.put(SCHEMAS, project_id, schema.type_name, {**stored, "version": version + 1})
                     raise
@@ -187,11 +198,19 @@ class Records:
         return doc, stored is None
 
     async def _rewrite_type(self, project_id: str, schema: RecordSchema) -> None:
+        """Rewrite the type's records' index entries, each under its write section (a record
+        deleted, changed or erased meanwhile is read again, or left alone)."""
         async for docs in self._typed(project_id, schema.type_name, None):
-            await self._write_many(project_id, schema, docs)
+            for listed in docs:
+                try:
+                    async with self._record_section(project_id, schema.type_name, listed["record_id"], time.time()):
+                        doc = await self._live(project_id, schema.type_name, listed["record_id"])
+                        await self._write_many(project_id, schema, [doc], stamp=False)
+                except RecordNotFound:
+                    continue
 
     async def _refuse_if_violated(self, project_id: str, schema: RecordSchema, risks: Sequence[str],
-                                  pages: AsyncIterator[list[dict[str, Any]]]) -> None:
+                                  refs: set[str], pages: AsyncIterator[list[dict[str, Any]]]) -> None:
         """409 naming how many of these live records the new schema would not accept."""
         violating = 0
         example: str | None = None
@@ -201,7 +220,8 @@ class Records:
                     continue
                 try:
                     validate_data(schema, doc["data"])
-                    await self._check_refs(project_id, schema, doc["data"])
+                    await self._check_refs(project_id, schema,
+                                           {name: value for name, value in doc["data"].items() if name in refs})
                 except BadRequest as error:
                     violating += 1
                     example = example or f"{doc['record_id']}: {error.message}"
@@ -272,7 +292,7 @@ class Records:
         subjects = [subject for doc in docs for subject in (doc["owner_id"], *doc["collaborators"])]
         try:
             async with self._fenced(project_id, subjects, started):
-                await self._write_many(project_id, schema, docs, api_key=api_key)
+                await self._write_many(project_id, schema, docs, api_key=api_key, created=True)
         except SubjectErased as erased:
             raise Conflict(f"subject '{erased}' was erased while this request ran; nothing was stored",
                            code="subject_erased") from None
@@ -348,6 +368,15 @@ class Records:
             # One owner's records, ordered: read them by owner and sort, rather than walk the
             # whole type's order index for the few that are theirs.
             chosen = Plan(None)
+        elif owner_id is not None and chosen.ranges is not None and len(chosen.ranges) <= 10:
+            # The owner narrows too: read by owner when they have fewer records than the where's ranges hold.
+            owned = await self._store.count(RECORDS, project_id, {"_live": type_name, "owner_id": owner_id})
+            in_ranges = 0
+            for ranged in chosen.ranges:
+                in_ranges += await self._store.count_ordered(RECORDS, project_id, ranged)
+                if in_ranges > owned:
+                    chosen = Plan(None)
+                    break
         wanted = offset + limit
         scan = _Scan(self._config.max_examined)
 
@@ -587,18 +616,39 @@ class Records:
         await self._write_many(project_id, schema, [doc], api_key=api_key)
 
     async def _write_many(self, project_id: str, schema: RecordSchema, docs: Sequence[dict[str, Any]], *,
-                          api_key: str | None = None) -> None:
-        """Store records with their index entries (one store write), then their search points."""
-        for doc in docs:
-            _index_entries(schema, doc)
+                          api_key: str | None = None, created: bool = False, stamp: bool = True) -> None:
+        """Store records with their index entries (one store write), then their search points.
+
+        Just before storing, the type's schema is read again: a write validated against one a
+        redefinition has since replaced is checked against the new one (409 ``schema_changed``
+        if it no longer fits), and the records are stamped with the time they are stored (what
+        a redefinition's second look at late writes goes by)."""
         # Embedding (a provider call that may fail) before anything is stored: a failed write stores nothing.
-        points = await self.index.points(project_id, [(to_api(doc), searchable_text(schema, doc["data"]))
-                                                      for doc in docs], api_key=api_key)
-        if await self.schema(project_id, schema.type_name) is not schema:
-            raise Conflict(f"the schema of '{schema.type_name}' changed while this write ran; nothing was stored, "
-                           "send it again", code="schema_changed")
+        vectors = await self.index.embed([(doc, searchable_text(schema, doc["data"])) for doc in docs],
+                                         api_key=api_key)
+        current = await self.schema(project_id, schema.type_name)
+        if current is not schema:
+            for doc in docs:
+                if doc.get("is_deleted"):
+                    continue
+                try:
+                    validate_data(current, doc["data"])
+                except BadRequest as error:
+                    raise Conflict(f"the schema of '{schema.type_name}' changed while this write ran and "
+                                   f"{doc['record_id']} no longer fits it ({error.message}); nothing was stored",
+                                   code="schema_changed") from None
+        now = _now()
+        for doc in docs:
+            if stamp:  # (not for a rewrite of the indexes alone)
+                doc["_updated"], doc["updated_at"] = now, from_timestamp(now)
+                if created:
+                    doc["_created"], doc["created_at"] = now, doc["updated_at"]
+                if doc.get("_trail"):
+                    doc["_trail"][-1]["at"] = doc["updated_at"]
+            _index_entries(current, doc)
         await self._store.put_many(RECORDS, project_id, [(doc["record_id"], doc) for doc in docs])
-        await self.index.upsert(project_id, points)
+        entries = [(to_api(doc), searchable_text(current, doc["data"])) for doc in docs]
+        await self.index.upsert(project_id, self.index.points(project_id, entries, vectors))
 
     def _publish(self, project_id: str, doc: Mapping[str, Any], event: str) -> None:
         data: dict[str, Any] = {"record_id": doc["record_id"], "type_name": doc["type_name"],
@@ -693,6 +743,10 @@ def _lacks(doc: Mapping[str, Any], order: Order) -> bool:
     return value is None or value == []
 
 
+def _same_definition(stored: Mapping[str, Any], defined: Mapping[str, Any]) -> bool:
+    return all(stored.get(key) == defined[key] for key in ("fields", "display_name", "description"))
+
+
 def schema_to_api(project_id: str, schema: RecordSchema) -> dict[str, Any]:
     return {"project_id": project_id, "type_name": schema.type_name,
             "fields": {name: definition.to_api() for name, definition in schema.fields.items()},
@@ -710,7 +764,8 @@ def decode_cursor(cursor: str, fingerprint: str) -> int:
         offset, owner = raw["o"], raw["q"]
     except (ValueError, TypeError, KeyError):
         raise BadRequest("cursor is not one this API returned", code="invalid_cursor", param="cursor") from None
-    if not isinstance(offset, int) or offset < 0 or owner != fingerprint:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET \
+            or owner != fingerprint:
         raise BadRequest("cursor belongs to another query (where and order_by must stay the same)",
                          code="invalid_cursor", param="cursor")
     return offset
