@@ -1,6 +1,6 @@
 """Child processes of a benchmark: a free port to start one on, waiting until it answers, and
 stopping it with everything it started (each is started in its own session, so the whole
-process group goes)."""
+process group goes); and the JSON answer of a request a benchmark makes to one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Any
 
 import httpx
 
@@ -40,3 +41,15 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+class BenchError(RuntimeError):
+    """A request a benchmark relies on failed: the run stops rather than measure the wrong thing."""
+
+
+def json_answer(response: httpx.Response, *expected: int) -> Any:
+    """The response's JSON, if its status is one of ``expected`` (200 when none is given)."""
+    if response.status_code not in (expected or (200,)):
+        raise BenchError(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code} "
+                         f"{response.text[:300]}")
+    return response.json()

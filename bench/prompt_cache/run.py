@@ -73,7 +73,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
-from bench.processes import free_port, stop, wait_up  # noqa: E402
+from bench.processes import free_port, json_answer, stop, wait_up  # noqa: E402
 from bench.subject_api.run import percentile  # noqa: E402
 from gateway.pipeline.context import VOLATILE_PREAMBLE  # noqa: E402
 from gateway.pipeline.recall import PREAMBLE as RECALL_PREAMBLE  # noqa: E402
@@ -208,26 +208,19 @@ def gateway_config(workdir: Path, name: str, port: int, provider_url: str, token
             "defaults": {"learn": False, "log": True, "history": True, "system_prompt": True}}
 
 
-def check(response: httpx.Response, expected: tuple[int, ...] = (200,)) -> Any:
-    if response.status_code not in expected:
-        raise RuntimeError(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code} "
-                           f"{response.text[:300]}")
-    return response.json()
-
-
 def seed(client: httpx.Client) -> None:
-    check(client.post("/api/v1/prompts", json={"name": "concierge", "prompt_text": SYSTEM_PROMPT, "is_default": True}),
-          (200, 201))
-    check(client.patch("/api/v1/profiles", json={"subject_id": SUBJECT, "updates": [
+    json_answer(client.post("/api/v1/prompts", json={"name": "concierge", "prompt_text": SYSTEM_PROMPT,
+                                                     "is_default": True}), 200, 201)
+    json_answer(client.patch("/api/v1/profiles", json={"subject_id": SUBJECT, "updates": [
         {"field_key": key, "value": value} for key, value in PROFILE.items()]}))
     for _, memory in TOPICS:
-        check(client.post("/api/v1/memories", json={"subject_id": SUBJECT, "text": memory}), (200, 201))
+        json_answer(client.post("/api/v1/memories", json={"subject_id": SUBJECT, "text": memory}), 200, 201)
     put_state(client, 0)
 
 
 def put_state(client: httpx.Client, turn: int) -> None:
-    check(client.put(f"/api/v1/state/{STATE_KEY}", headers={"x-subject-id": SUBJECT},
-                     json={"value": state_value(turn)}))
+    json_answer(client.put(f"/api/v1/state/{STATE_KEY}", headers={"x-subject-id": SUBJECT},
+                           json={"value": state_value(turn)}))
 
 
 def run_chats(client: httpx.Client, provider: Any, turns: int) -> dict[bool, list[bytes]]:
@@ -239,7 +232,7 @@ def run_chats(client: httpx.Client, provider: Any, turns: int) -> dict[bool, lis
         for cache in (False, True):
             provider.requests.clear()
             provider.chat_answers.append(answer_body(turn))
-            check(client.post("/v1/chat/completions", json={
+            json_answer(client.post("/v1/chat/completions", json={
                 "model": MODEL, "messages": [{"role": "user", "content": question(turn)}],
                 "mnx": mnx("cache" if cache else "contract", cache)}))
             forwarded = [r for r in provider.requests if r["path"].endswith("/chat/completions")]

@@ -96,7 +96,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from bench.overhead.run import LUA, group_cpu_seconds  # noqa: E402
-from bench.processes import free_port, stop, wait_up  # noqa: E402
+from bench.processes import BenchError, free_port, json_answer, stop, wait_up  # noqa: E402
 from bench.subject_api.run import drop_prefix, percentile, redis_answers, storage_for  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
@@ -258,10 +258,6 @@ def gateway(backend: str, workdir: Path, provider_port: int, redis_url: str) -> 
 # -- measuring ------------------------------------------------------------------------------
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 @dataclass
 class Row:
     measure: str
@@ -274,13 +270,6 @@ class Row:
     cpu_us_per_record: float | None = None
     target: str = ""
     note: str = ""
-
-
-def answer(response: httpx.Response, expected: int = 200) -> Any:
-    if response.status_code != expected:
-        raise BenchError(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code} "
-                         f"{response.text[:300]}")
-    return response.json()
 
 
 def time_posts(client: httpx.Client, path: str, bodies: list[Any], check: Callable[[int, Any], None],
@@ -306,11 +295,11 @@ def time_posts(client: httpx.Client, path: str, bodies: list[Any], check: Callab
 
 def seed(client: httpx.Client, dataset: Dataset) -> float:
     """Define the type and post every record in batches; the seconds the records took."""
-    answer(client.post(f"{API}/records/schemas", json=SCHEMA), 201)
+    json_answer(client.post(f"{API}/records/schemas", json=SCHEMA), 201)
     started = time.perf_counter()
     for start in range(0, len(dataset.records), SEED_BATCH):
         chunk = dataset.records[start:start + SEED_BATCH]
-        made = answer(client.post(f"{API}/records/{TYPE}/batch", json={"records": chunk}), 201)["records"]
+        made = json_answer(client.post(f"{API}/records/{TYPE}/batch", json={"records": chunk}), 201)["records"]
         if len(made) != len(chunk) or any(m["data"]["customer"] != c["data"]["customer"]
                                           for m, c in zip(made, chunk)):
             raise BenchError(f"batch at {start}: the answer does not list the records sent, in order")
@@ -443,7 +432,7 @@ def recall_rows(client: httpx.Client, dataset: Dataset, backend: str, requests: 
     def forwarded_records(body: dict[str, Any]) -> list[str]:
         """Send one turn; the record ids in the system message the provider received."""
         before = provider_log.read_text(errors="replace").count("--> ")
-        reply = answer(client.post("/v1/chat/completions", json=body))
+        reply = json_answer(client.post("/v1/chat/completions", json=body))
         if reply["choices"][0]["message"]["content"] != "echo: " + body["messages"][0]["content"]:
             raise BenchError(f"chat turn: not the provider's echo: {reply}")
         deadline = time.monotonic() + 5
@@ -512,7 +501,7 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, tag: str) -
 
 
 def count_records(client: httpx.Client) -> int:
-    return int(answer(client.get(f"{API}/records/{TYPE}", params={"limit": 1}))["total"])
+    return int(json_answer(client.get(f"{API}/records/{TYPE}", params={"limit": 1}))["total"])
 
 
 def insert_rows(client: httpx.Client, gw: Gateway, backend: str, workdir: Path, args: argparse.Namespace,
@@ -523,7 +512,7 @@ def insert_rows(client: httpx.Client, gw: Gateway, backend: str, workdir: Path, 
     cells = [(single, 1), (batch, 1)] if smoke else [(single, 1), (single, 8), (batch, 1), (batch, 8)]
     for (path, body, per_call), connections in cells:
         # One call by hand first: it must create its records.
-        made = answer(client.post(path, json=body), 201)
+        made = json_answer(client.post(path, json=body), 201)
         if len(made.get("records", [made])) != per_call:
             raise BenchError(f"POST {path} did not create {per_call} records: {str(made)[:300]}")
         before_count = count_records(client)
@@ -534,7 +523,7 @@ def insert_rows(client: httpx.Client, gw: Gateway, backend: str, workdir: Path, 
             started = time.perf_counter()
             for _ in range(calls):
                 began = time.perf_counter()
-                answer(client.post(path, json=body), 201)
+                json_answer(client.post(path, json=body), 201)
                 timings.append((time.perf_counter() - began) * 1000)
             seconds = time.perf_counter() - started
             p50, p99, connections = statistics.median(timings), percentile(timings, 0.99), 1

@@ -33,6 +33,10 @@ from gateway.memory.vector_index import IndexedMemory, IndexQuery, VectorIndex, 
 _SUFFIX = "\x1frecords"
 
 
+# Stands for every type in reader keys: no type name can be "*" (gateway/records/schema.py).
+ANY_TYPE = "*"
+
+
 def index_project(project_id: str) -> str:
     return project_id + _SUFFIX
 
@@ -67,18 +71,22 @@ def record_access(project_id: str, record: dict[str, Any]) -> tuple[str, ...]:
     keys.append(type_key(project_id, type_name))
     if owner:
         keys.append(owned_key(project_id, type_name, owner))
+    # Each reader key twice: for its type, and for any type (a recall over every type of the
+    # project then needs no list of the types, so no store read on the chat's path).
     if record.get("visibility") == "public":
-        keys.append(public_key(project_id, type_name))
+        keys += [public_key(project_id, type_name), public_key(project_id, ANY_TYPE)]
     else:
         readers = dict.fromkeys([owner, *record.get("collaborators", ())])
-        keys += [reader_key(project_id, type_name, subject) for subject in readers if subject]
+        keys += [reader_key(project_id, kind, subject) for subject in readers if subject
+                 for kind in (type_name, ANY_TYPE)]
     return tuple(keys)
 
 
-def recall_access(project_id: str, subject_id: str, type_names: Sequence[str]) -> tuple[str, ...]:
-    """What a subject's chat may recall of these types: public records and those it may read."""
+def recall_access(project_id: str, subject_id: str, type_names: Sequence[str] | None) -> tuple[str, ...]:
+    """What a subject's chat may recall of these types (None: of every type): public records and
+    those it may read."""
     keys: list[str] = []
-    for type_name in type_names:
+    for type_name in type_names or (ANY_TYPE,):
         keys += [public_key(project_id, type_name), reader_key(project_id, type_name, subject_id)]
     return tuple(keys)
 
@@ -95,12 +103,6 @@ class RecordIndex:
         self._index = index
         self._lexicon = lexicon
         self.embedder = embedder
-
-    async def put(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]], *,
-                  api_key: str | None = None) -> None:
-        """Index (or re-index) records: each (API record, its searchable text)."""
-        vectors = await self.embed(entries, api_key=api_key)
-        await self.upsert(project_id, self.points(project_id, entries, vectors))
 
     async def upsert(self, project_id: str, points: Sequence[IndexedMemory]) -> None:
         await self._index.upsert(index_project(project_id), points)

@@ -533,10 +533,7 @@ class Records:
         """The records of ``tables`` (every type when None) a subject's chat may see that best
         match ``text``: public ones, and those the subject owns or collaborates on."""
         settings = self._config.recall
-        type_names = list(tables) if tables else [doc["type_name"] for doc in await self.schema_docs(project_id)]
-        if not type_names:
-            return []
-        hits = await self.index.search(project_id, text, access=recall_access(project_id, subject_id, type_names),
+        hits = await self.index.search(project_id, text, access=recall_access(project_id, subject_id, tables or None),
                                        limit=settings.limit, api_key=api_key)
         return [hit for hit in hits if hit.similarity >= settings.min_score]
 
