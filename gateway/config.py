@@ -195,6 +195,19 @@ class ProvidersConfig(_Strict):
     gemini: ProviderConfig = ProviderConfig(api_base="https://generativelanguage.googleapis.com/v1beta")
 
 
+class SummarizeNumbers(_Strict):
+    """Numbers of a rolling summary (``mnx.summarize_config``); unset ones come from the preset."""
+
+    # History above this many tokens has its older messages folded into the summary.
+    start_at_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    # Older messages are folded in batches of about this many tokens.
+    chunk_size: int | None = Field(default=None, ge=1, le=1_000_000)
+    # The newest messages always replayed word for word.
+    keep_recent_messages: int | None = Field(default=None, ge=0, le=10_000)
+    # About how many tokens the summary may take.
+    summary_target: int | None = Field(default=None, ge=1, le=100_000)
+
+
 class MnxDefaults(_Strict):
     """Defaults for the ``mnx`` options a request leaves unset."""
 
@@ -206,6 +219,10 @@ class MnxDefaults(_Strict):
     # mnx.cache: true keeps the prompt's prefix stable across a chat's turns for provider prompt
     # caches (docs/features.md, Prompt caching); false, the contract's order.
     cache: bool = False
+    # mnx.summarize: false/"off", true (= "balanced"), "light", "balanced" or "aggressive"
+    # (docs/summaries.md); summarize_config overrides the preset's numbers.
+    summarize: bool | Literal["off", "light", "balanced", "aggressive"] = False
+    summarize_config: SummarizeNumbers | None = None
 
 
 class HistoryConfig(_Strict):
@@ -359,6 +376,30 @@ class ExtractorConfig(_Strict):
         return self
 
 
+class SummarizerConfig(_Strict):
+    """What writes a chat's rolling summary (``mnx.summarize``, docs/summaries.md)."""
+
+    # "extractive": keeps the sentences that carry names, numbers, dates and decisions, no model
+    # (the offline default, and honest about being extractive). "litellm": an LLM. Anything else
+    # names a plugin ("mnx_gateway.summarizers").
+    provider: str = "extractive"
+    model: str | None = None
+    api_key: OptionalSecret = None
+    api_base: str | None = None
+    # Longest wait for one summary from the model.
+    timeout_seconds: float = Field(default=60, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _model_given(self) -> SummarizerConfig:
+        if self.provider == "litellm" and not self.model:
+            raise ValueError("the litellm summarizer needs a 'model'")
+        return self
+
+
+class SummarizationConfig(_Strict):
+    summarizer: SummarizerConfig = SummarizerConfig()
+
+
 class LearningConfig(_Strict):
     extractor: ExtractorConfig = ExtractorConfig()
     # A claimed job not finished within this long (its worker died) runs again.
@@ -423,6 +464,7 @@ class GatewayConfig(_Strict):
     learning: LearningConfig = LearningConfig()
     events: EventsConfig = EventsConfig()
     records: RecordsConfig = RecordsConfig()
+    summarization: SummarizationConfig = SummarizationConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

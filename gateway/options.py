@@ -18,6 +18,7 @@ from starlette.datastructures import Headers
 
 from gateway.config import MnxDefaults
 from gateway.errors import BadRequest
+from gateway.summaries.settings import SummarizeSettings, parse_summarize
 from gateway.validation import Body, bool_from_text, invalid, parse_json
 
 MAX_ID_LENGTH = 256
@@ -65,6 +66,8 @@ class MnxOptions:
     records: RecordsOption | None
     # Assemble for provider prompt caches (mnx.cache: true or "auto"): see gateway/pipeline/context.py.
     cache: bool = False
+    # mnx.summarize / summarize_config: rolling summaries of long history (None: off).
+    summarize: SummarizeSettings | None = None
     # The options the caller set (in the body or a header), as opposed to configured defaults.
     given: frozenset[str] = frozenset()
 
@@ -76,7 +79,8 @@ _CODE = "invalid_mnx"
 _HEADER_KINDS = {
     "subject_id": "text", "chat_id": "text", "learn": "learn", "log": "bool", "recall": "bool", "history": "bool",
     "profile": "bool", "system_prompt": "bool_or_id", "memory_policy": "bool_or_id", "metadata": "json",
-    "state": "json", "records": "json", "cache": "bool_or_auto",
+    "state": "json", "records": "json", "cache": "bool_or_auto", "summarize": "bool_or_id",
+    "summarize_config": "json",
 }
 
 
@@ -224,5 +228,6 @@ def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *,
         state=_parse_state(read, read.obj("state")),
         records=_parse_records(read, read.obj("records")),
         cache=_parse_cache(read, defaults.cache),
+        summarize=parse_summarize(read, defaults),
         given=frozenset(options.given),
     )

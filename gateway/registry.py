@@ -14,6 +14,7 @@ Every factory of a kind is called with the same arguments:
 * vector_index -- group ``mnx_gateway.vector_indexes``: ``(config: VectorsConfig, dense_dimensions) -> VectorIndex``
 * embedder -- group ``mnx_gateway.embedders``: ``(config: EmbedderConfig, providers) -> Embedder | None``
 * extractor -- group ``mnx_gateway.extractors``: ``(config: ExtractorConfig, providers) -> Extractor``
+* summarizer -- group ``mnx_gateway.summarizers``: ``(config: SummarizerConfig, providers) -> Summarizer``
 
 ``redis`` is the gateway's shared Redis client (``gateway.store.redis_client``) when
 ``storage.backend`` is redis, else None; ``dense_dimensions`` is the embedder's vector size,
@@ -52,6 +53,7 @@ KINDS: dict[str, Kind] = {
     "vector_index": Kind("mnx_gateway.vector_indexes", "memory.vectors.backend", "vector index"),
     "embedder": Kind("mnx_gateway.embedders", "memory.embedder.provider", "embedder"),
     "extractor": Kind("mnx_gateway.extractors", "learning.extractor.provider", "extractor"),
+    "summarizer": Kind("mnx_gateway.summarizers", "summarization.summarizer.provider", "summarizer"),
 }
 
 
@@ -85,6 +87,7 @@ def configured_names(config: GatewayConfig) -> list[tuple[str, str]]:
         ("vector_index", config.memory.vectors.backend),
         ("embedder", config.memory.embedder.provider),
         ("extractor", config.learning.extractor.provider),
+        ("summarizer", config.summarization.summarizer.provider),
     ]
 
 

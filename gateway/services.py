@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from typing import Any
@@ -41,6 +42,9 @@ from gateway.redaction import register_secrets
 from gateway.store import DocumentStore
 from gateway.store.redis_client import connect_redis
 from gateway.subject_locks import RedisSubjectLocks, SubjectLocks
+from gateway.summaries.folding import SUMMARIZE_JOB, SummaryFolder
+from gateway.summaries.summarizer import Summarizer
+from gateway.summaries.tokens import preload_encodings
 
 
 @dataclass
@@ -63,6 +67,8 @@ class Services:
     recall_log: RecallLog
     jobs: JobQueue
     learner: Learner
+    # Folds long chats into rolling summaries, in jobs (mnx.summarize).
+    summary_folder: SummaryFolder
     worker: JobWorker
     upstream: Upstream
     # The context layers, in seed 003's order.
@@ -118,11 +124,17 @@ class Services:
         learner = Learner(memories, policies, extractor, erasure, profiles=profiles,
                           records=RecordsLearner(records, extractor, locks=subject_locks("records-learning")))
         erasure.on_jobs_voided.append(learner.forget_keys)
+        summarizer: Summarizer = registry.create("summarizer", config.summarization.summarizer.provider,
+                                                 config.summarization.summarizer, config.providers)
+        summary_folder = SummaryFolder(history, summarizer, jobs, erasure)
+        erasure.on_jobs_voided.append(summary_folder.forget_keys)
         learning = config.learning
 
         async def run_job(job: Job) -> None:
             if job.kind == LEARN_JOB:
                 await learner.handle(job)
+            elif job.kind == SUMMARIZE_JOB:
+                await summary_folder.handle(job)
             elif job.kind == REINDEX_JOB:
                 await _repair_index(memories, erasure, job)
             else:
@@ -131,6 +143,7 @@ class Services:
         worker = JobWorker(jobs, run_job, batch=learning.batch, lease_seconds=learning.lease_seconds,
                            poll_seconds=learning.poll_seconds, retry_base_seconds=learning.retry_base_seconds,
                            retry_max_seconds=learning.retry_max_seconds)
+        summary_folder.wake = worker.wake
         return cls(
             config=config,
             store=store,
@@ -147,11 +160,13 @@ class Services:
             recall_log=recall_log,
             jobs=jobs,
             learner=learner,
+            summary_folder=summary_folder,
             worker=worker,
             upstream=Upstream(config.providers),
             stages=[SystemPromptStage(prompts), AgentStateStage(state), ProfileStage(profiles),
                     MemoryRecallStage(memories, recall_log, memory.recall),
-                    RecordsRecallStage(records, config.records.recall), HistoryStage(history, config.history)],
+                    RecordsRecallStage(records, config.records.recall),
+                    HistoryStage(history, config.history, summary_folder)],
             erasure=erasure,
             fence=fence,
             redis=redis,
@@ -166,6 +181,9 @@ class Services:
         # On Redis: the tasks that send this process's events and hear every process's.
         await self.memories.events.start()
         self.worker.start()
+        # Token counts of stored messages use tiktoken's encodings: loaded off the event loop
+        # now rather than by the first request that stores a turn.
+        threading.Thread(target=preload_encodings, name="load-tokenizers", daemon=True).start()
 
     def begin_shutdown(self) -> None:
         """The server is about to wait for open responses before stopping: end those that never

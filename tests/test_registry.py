@@ -27,6 +27,7 @@ BUILT_IN = {
     "vector_index": {"edge", "qdrant"},
     "embedder": {"none", "litellm", "sentence-transformers", "fastembed"},
     "extractor": {"heuristic", "litellm"},
+    "summarizer": {"extractive", "litellm"},
 }
 
 # A third-party package, installed the way pip installs one: its module, and a dist-info

@@ -22,11 +22,18 @@ async def list_chats(call: Call) -> Response:
 async def read_chat(call: Call) -> Response:
     query = Query(call.request)
     chat_id = query.string("chat_id", required=True)
-    messages = await call.services.history.read(
-        call.project_id, chat_id, query.string("subject_id"),
-        limit=query.integer("limit", default=200, minimum=1, maximum=1000))
+    subject_id = query.string("subject_id")
+    limit = query.integer("limit", default=200, minimum=1, maximum=1000)
+    with_summaries = query.flag("include_summaries", default=False)
+    history = call.services.history
+    messages = await history.read(call.project_id, chat_id, subject_id, limit=limit)
     # The docs read "messages", the mnexium SDK reads "data": both carry the same list.
-    return JSONResponse({"messages": messages, "data": messages, "count": len(messages), "chat_id": chat_id})
+    answer = {"messages": messages, "data": messages, "count": len(messages), "chat_id": chat_id}
+    if with_summaries:
+        # The chat's rolling summary (mnx.summarize) and the messages it covers (docs/summaries.md).
+        answer["summaries"] = [summary.to_api()
+                               for summary in await history.summaries.of_chat(call.project_id, chat_id, subject_id)]
+    return JSONResponse(answer)
 
 
 async def delete_chat(call: Call) -> Response:

@@ -12,6 +12,8 @@ from gateway.history import ChatHistory
 from gateway.pipeline.context import ContextLayer, TurnContext
 from gateway.prompts import SystemPrompts, combined_text
 from gateway.state import AgentState
+from gateway.summaries.folding import SummaryFolder, needs_fold, summary_section
+from gateway.summaries.settings import SummarizeSettings
 
 
 class SystemPromptStage:
@@ -56,17 +58,27 @@ class AgentStateStage:
 
 
 class HistoryStage:
+    """The chat's prior turns; with ``mnx.summarize``, its rolling summary and the turns after it.
+
+    With a summary, its text is a section of the gateway's system message (every surface carries
+    one) and the messages after it are replayed as they were; without one yet, the newest
+    messages that fit. Summarization owns the budget then: history is replayed in full up to
+    ``start_at_tokens`` (or ``history.token_budget`` if larger), summarized beyond it."""
+
     name = "history"
     volatile = False
 
-    def __init__(self, history: ChatHistory, config: HistoryConfig) -> None:
+    def __init__(self, history: ChatHistory, config: HistoryConfig, folder: SummaryFolder | None = None) -> None:
         self._history = history
         self._config = config
+        self._folder = folder
 
     def applies(self, turn: TurnContext) -> bool:
         return turn.options.history
 
     async def run(self, turn: TurnContext) -> ContextLayer | None:
+        if turn.options.summarize is not None and self._folder is not None:
+            return await self._with_summary(turn, turn.options.summarize, self._folder)
         messages = await self._history.replay(turn.project_id, turn.options.subject_id, turn.options.chat_id,
                                               token_budget=self._config.token_budget,
                                               max_messages=self._config.max_messages,
@@ -74,3 +86,27 @@ class HistoryStage:
                                               # whole chunks of turns (ChatHistory.replay says why).
                                               chunk=self._config.cut_chunk_messages if turn.options.cache else None)
         return ContextLayer(messages=messages) if messages else None
+
+    async def _with_summary(self, turn: TurnContext, settings: SummarizeSettings,
+                            folder: SummaryFolder) -> ContextLayer | None:
+        project_id, subject_id, chat_id = turn.project_id, turn.options.subject_id, turn.options.chat_id
+        summary = await self._history.summaries.get(project_id, subject_id, chat_id)
+        # (No chunked cut for mnx.cache here: the window starts where the summary ends, which
+        # moves only when a chunk is folded in.)
+        window = await self._history.window(
+            project_id, subject_id, chat_id, token_budget=max(self._config.token_budget, settings.start_at_tokens),
+            max_messages=self._config.max_messages,
+            after_id=summary.end_message_id or None if summary else None,
+            after_count=summary.messages_summarized if summary and not summary.end_message_id else None)
+        if window.anchor_missing:
+            summary = None  # of messages deleted since: the next fold replaces it
+        messages = window.replayable()
+        fold = needs_fold(window, summary, settings)
+        if not messages and summary is None and not fold:
+            return None
+
+        async def request_fold() -> None:
+            await folder.request(project_id, subject_id, chat_id, settings, turn.model, turn.provider_keys)
+
+        return ContextLayer(system_text=summary_section(summary) if summary else None, messages=messages,
+                            on_answered=request_fold if fold else None)
