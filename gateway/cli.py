@@ -1,14 +1,16 @@
-"""``mnx-gateway``: serve, check-config, init, hash-key, --version."""
+"""``mnx-gateway``: serve, check-config, init, hash-key, explain, --version."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import hashlib
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from gateway.config import BUILT_IN_CONFIG, CONFIG_FILE_NAME, GatewayConfig, find_config, load_config
 from gateway.dev_key import check_dev_key_exposure
@@ -95,6 +97,55 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# Where each surface's requests go (Gemini's path names the model).
+_EXPLAIN_PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages",
+                  "gemini": "/v1beta/models/{model}:generateContent"}
+
+
+async def _explain_in_process(config: GatewayConfig, path: str, request: dict[str, Any],
+                              headers: dict[str, str]) -> Any:
+    import httpx
+
+    from gateway.app import create_app
+
+    app = create_app(config)
+    async with app.router.lifespan_context(app):  # opens the stores, as serving does
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            return await client.post(path, json=request, headers=headers, timeout=60)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Print what the gateway would send the provider for a request file (``mnx.explain``)."""
+    import json
+    import os
+
+    import httpx
+
+    request = json.loads(Path(args.request).read_text())
+    if not isinstance(request, dict):
+        raise ConfigError(f"{args.request}: a request body must be a JSON object")
+    mnx = request.get("mnx")
+    request["mnx"] = {**(mnx if isinstance(mnx, dict) else {}), "explain": True}
+    model = args.model or request.get("model") or ""
+    if args.surface == "gemini" and not model:
+        raise ConfigError("--surface gemini needs --model (Gemini carries the model in the URL)")
+    path = _EXPLAIN_PATHS[args.surface].format(model=model)
+    key = args.key or os.environ.get("MNX_GATEWAY_KEY")
+    if not key:
+        raise ConfigError("a project key is needed: --key, or $MNX_GATEWAY_KEY")
+    headers = {"x-mnexium-key": key}
+    answer: Any
+    if args.url:
+        # A running gateway (the embedded stores belong to the process serving them).
+        answer = httpx.post(args.url.rstrip("/") + path, json=request, headers=headers, timeout=60)
+    else:
+        # In process, on the configured stores: for a gateway that is not running (SQLite and
+        # Qdrant Edge take one process at a time), or one on Redis and a Qdrant server.
+        answer = asyncio.run(_explain_in_process(load_config(_config_path(args)), path, request, headers))
+    print(json.dumps(answer.json(), indent=2, ensure_ascii=False))
+    return 0 if answer.status_code == 200 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnx-gateway", description="Self-hosted memory gateway for LLM apps.")
     parser.add_argument("--version", action="version", version=f"mnx-gateway {_version()}")
@@ -117,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     hash_key.add_argument("key", nargs="?",
                           help="the key (prompted for when omitted, so it stays out of shell history)")
     hash_key.set_defaults(run=_hash_key)
+    explain = commands.add_parser("explain", help="print the request the provider would get for a request file, "
+                                                  "stage by stage, without calling it (mnx.explain)")
+    explain.add_argument("request", help="a JSON request body, as the surface takes it (with its mnx options)")
+    explain.add_argument("--surface", choices=sorted(_EXPLAIN_PATHS), default="chat",
+                         help="the API the body is for (default: chat, OpenAI Chat Completions)")
+    explain.add_argument("--model", help="the model (Gemini's URL carries it; others: overrides nothing)")
+    explain.add_argument("--key", help="the project key (default: $MNX_GATEWAY_KEY)")
+    explain.add_argument("--url", help="a running gateway to ask (default: run one in process on --config)")
+    explain.add_argument("--config", help=CONFIG_HELP)
+    explain.set_defaults(run=_explain)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

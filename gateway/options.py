@@ -68,6 +68,8 @@ class MnxOptions:
     cache: bool = False
     # mnx.summarize / summarize_config: rolling summaries of long history (None: off).
     summarize: SummarizeSettings | None = None
+    # mnx.explain: answer with the request the provider would get, without calling it (pipeline/explain.py).
+    explain: bool = False
     # The options the caller set (in the body or a header), as opposed to configured defaults.
     given: frozenset[str] = frozenset()
 
@@ -80,7 +82,7 @@ _HEADER_KINDS = {
     "subject_id": "text", "chat_id": "text", "learn": "learn", "log": "bool", "recall": "bool", "history": "bool",
     "profile": "bool", "system_prompt": "bool_or_id", "memory_policy": "bool_or_id", "metadata": "json",
     "state": "json", "records": "json", "cache": "bool_or_auto", "summarize": "bool_or_id",
-    "summarize_config": "json",
+    "summarize_config": "json", "explain": "bool",
 }
 
 
@@ -229,5 +231,6 @@ def parse_options(mnx: Any, headers: Headers, defaults: MnxDefaults, *,
         records=_parse_records(read, read.obj("records")),
         cache=_parse_cache(read, defaults.cache),
         summarize=parse_summarize(read, defaults),
+        explain=read.flag("explain", default=False, numbers=False),
         given=frozenset(options.given),
     )

@@ -82,6 +82,22 @@ class ContextStage(Protocol):
 
 
 @dataclass(frozen=True)
+class StageReport:
+    """One context stage's part in a turn, kept for ``mnx.explain`` (gateway/pipeline/explain.py)."""
+
+    name: str
+    volatile: bool
+    milliseconds: float
+    layer: ContextLayer | None
+
+
+async def _timed(stage: ContextStage, turn: TurnContext) -> tuple[ContextLayer | None, float]:
+    started = time.perf_counter()
+    layer = await stage.run(turn)
+    return layer, (time.perf_counter() - started) * 1000
+
+
+@dataclass(frozen=True)
 class AssembledContext:
     system_text: str | None
     history: list[dict[str, Any]]
@@ -92,6 +108,8 @@ class AssembledContext:
     # Cache mode with a user message to carry the volatile layers: the system text and the
     # history are the same as the chat's previous turn's (what provider caches may mark).
     prefix_stable: bool = False
+    # mnx.explain: each stage that applied, with its layer and time; None on other turns.
+    stage_reports: list[StageReport] | None = None
 
     @property
     def system_with_volatile(self) -> str | None:
@@ -164,7 +182,13 @@ SECTION_SEPARATOR = "\n\n"
 
 async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> AssembledContext:
     stages = [stage for stage in stages if stage.applies(turn)]
-    if len(stages) > 1:
+    reports: list[StageReport] | None = None
+    if turn.options.explain:
+        timed = await asyncio.gather(*(_timed(stage, turn) for stage in stages))
+        layers = [layer for layer, _ in timed]
+        reports = [StageReport(stage.name, stage.volatile, milliseconds, layer)
+                   for stage, (layer, milliseconds) in zip(stages, timed)]
+    elif len(stages) > 1:
         layers = await asyncio.gather(*(stage.run(turn) for stage in stages))
     else:  # Nothing to overlap: skip the cost of scheduling tasks (the passthrough case).
         layers = [await stage.run(turn) for stage in stages]
@@ -183,4 +207,4 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
             writes.append(layer.on_answered)
     volatile_text = SECTION_SEPARATOR.join([VOLATILE_PREAMBLE, *volatile]) if volatile else None
     return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, writes, volatile_text,
-                            prefix_stable=cache)
+                            prefix_stable=cache, stage_reports=reports)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import string
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.errors import BadRequest, GatewayError
 from gateway.feature_scopes import authorize_features
 from gateway.options import parse_options
 from gateway.pipeline.context import AssembledContext, TurnContext, assemble
+from gateway.pipeline.explain import explanation
 from gateway.pipeline.record import RecordsSync, record_turn, records_summary, wants_records_sync
 from gateway.proxy.body_fields import reject_unknown_fields
 from gateway.proxy.disconnect import ClientLeft, unless_client_leaves
@@ -90,7 +92,32 @@ def _forwardable(name: str, value: str) -> str:
     return value
 
 
+def _explained(spec: SurfaceSpec, upstream_call: UpstreamCall, native: bool, turn: TurnContext,
+               context: AssembledContext, timings: dict[str, float]) -> Response:
+    """The answer to an ``mnx.explain`` turn: the request the provider would get (gateway/pipeline/explain.py)."""
+    if native:
+        native_request = spec.wire.native_request(upstream_call)
+        url: str | None = native_request.url
+        request = native_request.body
+    else:
+        # What LiteLLM would receive; it translates this into the provider's own format.
+        url = None
+        request = {name: value for name, value in upstream_call.body.items() if name in spec.wire.translated}
+    options = turn.options
+    shown = {"subject_id": options.subject_id, "chat_id": options.chat_id, "history": options.history,
+             "log": options.log, "learn": options.learn, "recall": options.recall, "profile": options.profile,
+             "system_prompt": options.system_prompt, "memory_policy": options.memory_policy, "cache": options.cache,
+             "summarize": options.summarize.to_payload() if options.summarize else False}
+    answer = explanation(surface=spec.request_type, provider=upstream_call.route.provider,
+                         model=upstream_call.route.model, native=native, url=url, request=request, context=context,
+                         request_messages=list(turn.messages), options=shown, timings=timings,
+                         secrets=(upstream_call.api_key,))
+    return JSONResponse(answer, headers={"X-Mnx-Chat-Id": header_value(options.chat_id),
+                                         "X-Mnx-Subject-Id": header_value(options.subject_id)})
+
+
 async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
+    started = time.perf_counter()
     services = call.services
     headers = call.request.headers
     body = await read_json_object(call.request, services.config.server.max_body_bytes)
@@ -110,8 +137,14 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         reject_unknown_fields(sent_fields, spec.wire, settings.extra_body_fields if native else ())
         if isinstance(options.memory_policy, str):
             await services.policies.require_usable(call.project_id, options.memory_policy)
-        api_key = provider_key(route.provider, credentials.provider_keys, credentials.provider_bearer, settings,
-                               native_header=spec.native_key_header(route))
+        try:
+            api_key = provider_key(route.provider, credentials.provider_keys, credentials.provider_bearer,
+                                   settings, native_header=spec.native_key_header(route))
+        except BadRequest:
+            if not options.explain:
+                raise
+            api_key = ""  # an explained turn calls no provider: it needs no key
+        prepared_at = time.perf_counter()
         turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
                            request_type=spec.request_type, provider_keys=credentials.provider_keys)
         context = await assemble(turn, services.stages)
@@ -122,6 +155,11 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         if context.prefix_stable and route.provider == "anthropic" and spec.cache_breakpoints is not None:
             outgoing = spec.cache_breakpoints(outgoing, context)
         upstream_call = UpstreamCall(route, {**outgoing, "model": route.model}, api_key, settings, headers=forwarded)
+        if options.explain:
+            assembled_at = time.perf_counter()
+            return _explained(spec, upstream_call, native, turn, context, {
+                "read_and_check": (prepared_at - started) * 1000, "assemble": (assembled_at - prepared_at) * 1000,
+                "total": (assembled_at - started) * 1000})
 
         learns_records = options.records is not None and options.records.learn is not False
 
