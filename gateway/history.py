@@ -88,8 +88,8 @@ class HistoryWindow:
         return sum(self.costs)
 
     def replayable(self) -> list[dict[str, Any]]:
-        """The messages without a leading tool result (its call was left out)."""
-        return _without_leading_tool_results(self.messages)
+        """The messages, starting at a turn's start when older ones were left out (``from_a_turns_start``)."""
+        return from_a_turns_start(self.messages, cut=not self.complete)
 
 
 def _chat_doc_id(subject_id: str, chat_id: str) -> str:
@@ -115,11 +115,17 @@ def _fitting_start(messages: list[dict[str, Any]], token_budget: int, costs: lis
     return start
 
 
-def _without_leading_tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Providers reject a ``tool`` result with no assistant ``tool_calls`` before it, so a
-    replayed window never starts on one."""
+def from_a_turns_start(messages: list[dict[str, Any]], *, cut: bool) -> list[dict[str, Any]]:
+    """``messages`` without what a replay must not start with.
+
+    Never a ``tool`` result: providers reject one with no assistant ``tool_calls`` before it.
+    And when older messages were cut away (``cut``), nothing before the first user message:
+    Anthropic and Gemini refuse a conversation that opens with the assistant's (or model's)
+    turn, so a window cut inside a turn starts at the next one. A chat replayed from its very
+    start is left as the client wrote it."""
     start = 0
-    while start < len(messages) and messages[start].get("role") == "tool":
+    while start < len(messages) and (messages[start].get("role") == "tool" or
+                                     (cut and messages[start].get("role") != "user")):
         start += 1
     return messages[start:]
 
@@ -127,10 +133,11 @@ def _without_leading_tool_results(messages: list[dict[str, Any]]) -> list[dict[s
 def fit_to_budget(messages: list[dict[str, Any]], token_budget: int) -> list[dict[str, Any]]:
     """The newest messages whose estimated size fits the budget, in order.
 
-    A kept ``tool`` message whose assistant ``tool_calls`` message was cut is dropped
-    too: providers reject a tool result with no call before it.
+    A cut window starts at a user message (``from_a_turns_start``): a kept ``tool`` result whose
+    assistant ``tool_calls`` message was cut, or an assistant answer whose question was, goes too.
     """
-    return _without_leading_tool_results(messages[_fitting_start(messages, token_budget):])
+    start = _fitting_start(messages, token_budget)
+    return from_a_turns_start(messages[start:], cut=start > 0)
 
 
 def fit_to_budget_in_chunks(messages: list[dict[str, Any]], token_budget: int, *, first_position: int,
@@ -152,7 +159,7 @@ def fit_to_budget_in_chunks(messages: list[dict[str, Any]], token_budget: int, *
     kept = messages[chunk_start - first_position:]
     if 2 * len(kept) < len(messages) - fitting:
         kept = messages[fitting:]
-    return _without_leading_tool_results(kept)
+    return from_a_turns_start(kept, cut=first_position + len(messages) - len(kept) > 0)
 
 
 def to_stored(message: dict[str, Any], *, subject_id: str, chat_id: str, event_time: str,

@@ -13,6 +13,7 @@ from gateway.config import GatewayConfig, StorageConfig
 from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.erasure_fence import ErasureFence, LocalErasureFence, RedisErasureFence
 from gateway.history import ChatHistory
+from gateway.keys.store import KeyStore
 from gateway.jobs import Job, JobQueue
 from gateway.jobs.worker import JobWorker
 from gateway.memory.backends import open_vector_index, prepare
@@ -126,7 +127,8 @@ class Services:
         erasure.on_jobs_voided.append(learner.forget_keys)
         summarizer: Summarizer = registry.create("summarizer", config.summarization.summarizer.provider,
                                                  config.summarization.summarizer, config.providers)
-        summary_folder = SummaryFolder(history, summarizer, jobs, erasure)
+        summary_folder = SummaryFolder(history, summarizer, jobs, erasure,
+                                       lease_seconds=config.learning.lease_seconds)
         erasure.on_jobs_voided.append(summary_folder.forget_keys)
         learning = config.learning
 
@@ -147,7 +149,7 @@ class Services:
         return cls(
             config=config,
             store=store,
-            keys=KeyRing(config),
+            keys=KeyRing(config, KeyStore(store)),
             history=history,
             prompts=prompts,
             state=state,

@@ -103,22 +103,24 @@ async def test_over_max_messages_the_start_moves_a_whole_chunk_at_a_time(store):
         if turn not in moves:
             assert replays[turn] == replays[turn - 1] + plain_turn(2 * (turn - 1))
     plain = await replays_over_a_growing_chat(store, "max-plain", 20, plain_turn, chunk=None, max_messages=15)
-    assert [len(replay) for replay in plain[8:]] == [15] * 12
+    # 15 read; the oldest of them is an answer whose question was not: a cut window opens with a user message.
+    assert [len(replay) for replay in plain[8:]] == [14] * 12
 
 
 async def test_a_chunk_boundary_on_a_tool_result_starts_after_the_results(store):
     """Five messages a turn, chunk 8: boundaries fall on every kind of message, tool results
-    included; the window then starts after them (a result without its call is refused)."""
+    included; the window then starts at the next user message (a result without its call is
+    refused, and Anthropic and Gemini refuse a conversation that opens with the assistant)."""
     budget = 30 * MESSAGE_COST + 200  # the tool calls' JSON costs a little more
     replays = await replays_over_a_growing_chat(store, "tools", 40, tool_turn, chunk=8, token_budget=budget)
     roles = [m["role"] for turn in range(40) for m in tool_turn(5 * turn)]
     starts = first_positions(replays)
     skipped_results = 0
     for replay, start in zip(replays[1:], starts[1:]):
-        assert start is not None and replay[0]["role"] != "tool"
+        assert start is not None and replay[0]["role"] == "user"
         assert sum(estimate_tokens(m) for m in replay) <= budget
         boundary = start - start % 8
-        assert roles[boundary:start] == ["tool"] * (start - boundary)  # only results skipped
+        assert "user" not in roles[boundary:start]  # only the rest of a cut turn skipped
         skipped_results += start - boundary
     assert skipped_results > 0
     moves = turns_where_the_start_moved(replays)
@@ -143,7 +145,8 @@ async def test_a_budget_of_fewer_messages_than_a_chunk_never_replays_a_near_empt
     budget = 5 * estimate_tokens(long_turn(0)[0])
     cached = await replays_over_a_growing_chat(store, "long", 30, long_turn, chunk=16, token_budget=budget)
     plain = await replays_over_a_growing_chat(store, "long-plain", 30, long_turn, chunk=None, token_budget=budget)
-    assert [len(replay) for replay in plain[3:]] == [5] * 27
+    # 5 fit; the oldest is an answer whose question did not: the window opens with the next question.
+    assert [len(replay) for replay in plain[3:]] == [4] * 27
     for turn, (replay, whole) in enumerate(zip(cached, plain)):
         assert 2 * len(replay) >= len(whole) and (replay or not whole), (turn, len(replay), len(whole))
         assert sum(estimate_tokens(m) for m in replay) <= budget

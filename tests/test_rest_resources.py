@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from gateway.history import estimate_tokens, fit_to_budget
+from gateway.history import fit_to_budget
+from gateway.summaries.tokens import count_tokens, estimate_tokens
 
 
 # -- system prompts ------------------------------------------------------------------------
@@ -177,13 +178,15 @@ def test_history_list_read_delete(gateway_on):
 
 
 def test_replayed_history_is_cut_to_the_token_budget_oldest_first(start_gateway, storage_sqlite):
-    gw = start_gateway(storage_sqlite, history={"token_budget": 60})
+    # A turn here is 72 tokens with gpt-4o-mini's tokenizer (35 + 37): the budget holds two at most.
+    gw = start_gateway(storage_sqlite, history={"token_budget": 150})
     client = gw.openai()
     for i in range(6):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"turn {i} " * 10}],
                                        extra_body={"mnx": {"subject_id": "b", "chat_id": "long"}})
     replayed = gw.forwarded()[-1]["body"]["messages"][:-1]
-    assert replayed and sum(estimate_tokens(m) for m in replayed) <= 60
+    assert replayed and sum(count_tokens(m, "gpt-4o-mini") for m in replayed) <= 150
+    assert [m["role"] for m in replayed] == ["user", "assistant"] * 2
     assert replayed[-1]["content"].startswith("echo: turn 4")
     assert all("turn 0" not in m["content"] for m in replayed)
 
@@ -194,5 +197,9 @@ def test_budget_cut_never_leaves_a_tool_result_without_its_call():
     messages = [{"role": "user", "content": "q"}, call, {"role": "tool", "tool_call_id": "c1", "content": "r"},
                 {"role": "assistant", "content": "done"}]
     budget = sum(estimate_tokens(m) for m in messages[2:])
-    assert fit_to_budget(messages, budget) == [{"role": "assistant", "content": "done"}]
+    # The tool result goes with its call, and so does the answer after it: a cut window starts
+    # with a user message (Anthropic and Gemini refuse one that opens with the assistant).
+    assert fit_to_budget(messages, budget) == []
+    follow_up = [{"role": "user", "content": "thanks"}, {"role": "assistant", "content": "welcome"}]
+    assert fit_to_budget(messages + follow_up, budget + sum(estimate_tokens(m) for m in follow_up)) == follow_up
     assert fit_to_budget(messages, 10_000) == messages

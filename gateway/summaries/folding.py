@@ -11,9 +11,14 @@ the summary so far and the chunk, and the new summary is written before the next
 read. So a job killed midway keeps every fold it finished, and running it again (the queue's
 lease runs out) starts where the stored summary ends: it is idempotent.
 
-A chunk never ends between an assistant's tool calls and their results, and the kept newest
-messages never start with a tool result, so what is replayed is a valid sequence on every
-provider surface.
+A chunk ends only just before a user message, and the kept newest messages begin with one: a
+fold never separates a question from its answer, nor an assistant's tool calls from their
+results, and the messages replayed after the summary open with the user's turn, as Anthropic
+and Gemini require. What is replayed is a valid sequence on every provider surface.
+
+A job folds for at most half its lease (``learning.lease_seconds``) and queues the rest as a
+job of its own, so a slow summarizer never outlives the lease (another worker would then run
+the same job at the same time).
 
 The first crossing: the turn that takes a chat past ``start_at_tokens`` replays, as every turn
 before it, the newest messages that fit (the oldest ones drop out of that turn's prompt); the
@@ -24,6 +29,7 @@ replay summary + recent messages. bench/summaries measures how long that takes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,16 +48,16 @@ log = logging.getLogger("gateway.summaries")
 SUMMARIZE_JOB = "summarize"
 
 
-def _is_tool_result(doc: Mapping[str, Any]) -> bool:
-    return doc.get("role") == "tool"
+def _is_user_turn(doc: Mapping[str, Any]) -> bool:
+    return doc.get("role") == "user"
 
 
 def _kept_from(docs: Sequence[Mapping[str, Any]], keep_recent: int) -> int:
-    """Where the newest ``keep_recent`` messages begin, moved past tool results: a kept part that
-    started with one would replay a result without its call (providers refuse that)."""
+    """Where the kept newest messages begin: the newest ``keep_recent``, and back to the user
+    message their turn began with (0 when there is none: nothing is folded)."""
     start = max(0, len(docs) - keep_recent)
-    while 0 < start < len(docs) and _is_tool_result(docs[start]):
-        start += 1
+    while 0 < start < len(docs) and not _is_user_turn(docs[start]):
+        start -= 1
     return start
 
 
@@ -72,9 +78,9 @@ def needs_fold(window: HistoryWindow, summary: ChatSummary | None, settings: Sum
 def plan_chunks(docs: Sequence[dict[str, Any]], settings: SummarizeSettings, *,
                 summarized: bool) -> list[list[dict[str, Any]]]:
     """The chunks to fold now, oldest first, from ``docs`` (every message after the summary, as
-    stored): whole chunks of at least ``chunk_size`` tokens, a tool call's results in the same
-    chunk as the call. A last part shorter than a chunk waits for more messages. Without a
-    summary yet, nothing until the chat holds more than ``start_at_tokens``."""
+    stored): whole turns, at least ``chunk_size`` tokens a chunk, each ending just before a user
+    message. A last part shorter than a chunk waits for more messages. Without a summary yet,
+    nothing until the chat holds more than ``start_at_tokens``."""
     costs = [stored_tokens(doc) for doc in docs]
     if not summarized and sum(costs) <= settings.start_at_tokens:
         return []
@@ -85,8 +91,8 @@ def plan_chunks(docs: Sequence[dict[str, Any]], settings: SummarizeSettings, *,
     for index in range(end):
         current.append(docs[index])
         tokens += costs[index]
-        ends_a_call = index + 1 < end and _is_tool_result(docs[index + 1])
-        if tokens >= settings.chunk_size and not ends_a_call:
+        at_a_turns_end = index + 1 == len(docs) or _is_user_turn(docs[index + 1])
+        if tokens >= settings.chunk_size and at_a_turns_end:
             chunks.append(current)
             current, tokens = [], 0
     return chunks
@@ -105,16 +111,19 @@ def summary_section(summary: ChatSummary) -> str:
 
 class SummaryFolder:
     def __init__(self, history: ChatHistory, summarizer: Summarizer, jobs: JobQueue,
-                 erasure: SubjectErasure) -> None:
+                 erasure: SubjectErasure, *, lease_seconds: float) -> None:
         self._history = history
         self.summarizer = summarizer
         self._jobs = jobs
         self._erasure = erasure
+        # A job folds for at most half its lease, then queues the rest (see the module docstring).
+        self._fold_seconds = lease_seconds / 2
         # Wakes the job worker (set once it exists: the worker runs this folder's jobs).
         self.wake: Callable[[], None] = lambda: None
-        # Chats with a fold queued by this process: one is enough (another gateway may queue one
-        # too; the job is idempotent).
-        self._queued: set[tuple[str, str, str]] = set()
+        # Chats with a fold queued or running in this process, and its job: one is enough (another
+        # gateway may queue one too; the job is idempotent). Kept while a failed job waits for its
+        # retry, which then does the work.
+        self._queued: dict[tuple[str, str, str], str] = {}
         # Callers' own keys for a job's first run, in memory only (as learning keeps them).
         self._keys: dict[str, str] = {}
 
@@ -124,13 +133,14 @@ class SummaryFolder:
         chat = (project_id, subject_id, chat_id)
         if chat in self._queued:
             return
-        self._queued.add(chat)
+        self._queued[chat] = ""  # taken before the await: a concurrent turn queues no second job
         try:
             job_id = await self._jobs.enqueue(project_id, SUMMARIZE_JOB, summarize_payload(
                 subject_id=subject_id, chat_id=chat_id, settings=settings, model=model))
         except BaseException:
-            self._queued.discard(chat)
+            self._queued.pop(chat, None)
             raise
+        self._queued[chat] = job_id
         try:
             key = self.summarizer.key_for(caller_keys)
         except GatewayError:
@@ -140,14 +150,16 @@ class SummaryFolder:
         self.wake()
 
     def forget_keys(self, job_ids: Sequence[str]) -> None:
-        """Drop the keys held for jobs that will never run (their subject was erased)."""
-        for job_id in job_ids:
+        """Drop the keys (and queued marks) held for jobs that will never run (their subject was erased)."""
+        voided = set(job_ids)
+        for job_id in voided:
             self._keys.pop(job_id, None)
+        for chat in [chat for chat, job_id in self._queued.items() if job_id in voided]:
+            del self._queued[chat]
 
     async def handle(self, job: Job) -> None:
         payload = job.payload
         chat = (job.project_id, payload["subject_id"], payload["chat_id"])
-        self._queued.discard(chat)
         key = self._keys.pop(job.id, None)
         try:
             await self._fold(job, key)
@@ -155,6 +167,9 @@ class SummaryFolder:
             log.info("job %s: its subject was erased; no summary written", job.id)
         except Exception as error:
             raise JobError(redact(f"{type(error).__name__}: {error}", (key,))) from None
+        # Done (not failed: a failed job keeps the mark, its retry will fold): a later turn may queue again.
+        if self._queued.get(chat) == job.id:
+            del self._queued[chat]
 
     async def _fold(self, job: Job, key: str | None) -> None:
         project_id = job.project_id
@@ -172,7 +187,17 @@ class SummaryFolder:
             await summaries.delete(project_id, subject_id, chat_id)
             summary = ChatSummary.empty(subject_id, chat_id)
             docs = await self._history.since(project_id, subject_id, chat_id, after_id=None, after_count=0)
-        for chunk in plan_chunks(docs, settings, summarized=summary.folds > 0):
+        deadline = time.monotonic() + self._fold_seconds
+        chunks = plan_chunks(docs, settings, summarized=summary.folds > 0)
+        for done, chunk in enumerate(chunks):
+            if done and time.monotonic() > deadline:
+                # The rest in a job of its own, before this one's lease runs out.
+                continuation = await self._jobs.enqueue(project_id, SUMMARIZE_JOB, job.payload)
+                self._queued[(project_id, subject_id, chat_id)] = continuation
+                if key:
+                    self._keys[continuation] = key
+                self.wake()
+                return
             written = await self.summarizer.summarize(
                 SummaryRequest(summary.text or None, [to_replay(doc) for doc in chunk], settings.summary_target,
                                model), api_key=key)
