@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import (claims, events, extraction, history, jobs, memories, memory_policies, profiles, prompts,
-                         records, state, subjects)
+from gateway.api import (claims, events, extraction, history, integrations, jobs, memories, memory_policies, profiles,
+                         prompts, records, state, subjects)
 from gateway.config import GatewayConfig
 from gateway.proxy import chat_completions, gemini, messages, responses
 from gateway.redaction import install_log_redaction
@@ -31,7 +31,8 @@ API = "/api/v1"
 # The provider surfaces served under both /api/v1 and /v1, where the OpenAI and Anthropic SDKs' base_url leads.
 _OPENAI_AND_ANTHROPIC = [*chat_completions.routes, *responses.routes, *messages.routes]
 _REST = [*history.routes, *memories.routes, *extraction.routes, *claims.routes, *jobs.routes, *subjects.routes,
-         *prompts.routes, *memory_policies.routes, *state.routes, *profiles.routes, *records.routes, *events.routes]
+         *prompts.routes, *memory_policies.routes, *state.routes, *profiles.routes, *records.routes, *events.routes,
+         *integrations.routes]
 
 
 async def _health(request: Request) -> Response:

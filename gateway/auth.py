@@ -5,6 +5,12 @@ configured key. A presented key is hashed; the first 8 bytes of its digest pick 
 bucket (a dict lookup whose timing depends only on what the caller sent), and the
 full digest is then compared with ``hmac.compare_digest`` against every entry of
 that bucket, so no byte-by-byte early exit ever touches a stored secret.
+
+Keys made at run time (``mnx-gateway keys``, trial keys) live hashed in the document store
+(gateway/keys/store.py). They are looked up second, only for a key the ring does not hold
+and only when it has the prefix every stored key has, so a configured key costs no I/O and
+neither does a provider key sent beside it. A stored key costs one store read per request;
+a revoked one answers 401 ``token_revoked``, an expired one 401 ``token_expired``.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import hmac
 from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden, Unauthorized
+from gateway.keys.store import KeyStore, StoredKey
+from gateway.keys.trial import TrialKeys
 from gateway.proxy.providers import PROVIDER_KEY_HEADERS
 
 # Coarse scopes grant every fine-grained scope of the matching HTTP method.
@@ -63,8 +72,27 @@ class Credentials:
     provider_keys: dict[str, str] = field(default_factory=dict)
 
 
+class MissingKey(Unauthorized):
+    """The request carries no project key at all (a proxy route may then provision a trial key)."""
+
+
+def _stored_principal(key: StoredKey) -> Principal:
+    status = key.status()
+    if status == "revoked":
+        raise Unauthorized("this API key has been revoked", code="token_revoked")
+    if status == "expired":
+        raise Unauthorized("this API key has expired", code="token_expired")
+    return Principal(key.project_id, key.name, frozenset(key.scopes))
+
+
 class KeyRing:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, stored: KeyStore | None = None) -> None:
+        # None: configured keys only (nothing to read from a store).
+        self.stored = stored
+        # None: trials are off (auth.trial.enabled), key-less requests are refused.
+        self.trials = TrialKeys(stored, config.auth.trial) if stored is not None and config.auth.trial.enabled else None
+        # A stored key of a project since removed from the config file opens nothing.
+        self._projects = frozenset(project.id for project in config.projects)
         self._buckets: dict[bytes, list[tuple[bytes, Principal]]] = {}
         for project in config.projects:
             for key in project.keys:
@@ -80,25 +108,38 @@ class KeyRing:
                 found = principal
         return found
 
-    def _lookup(self, presented: str) -> Principal:
+    async def _lookup(self, presented: str) -> Principal:
         found = self._find(presented)
-        if found is None:
+        if found is not None:
+            return found
+        stored = await self.stored.by_key(presented) if self.stored is not None else None
+        if stored is None or not self._still_valid_project(stored):
             raise Unauthorized("invalid API key")
-        return found
+        return _stored_principal(stored)
 
-    def is_project_key(self, value: str) -> bool:
-        """Whether ``value`` is any project's key (of any project, not only the caller's)."""
-        return self._find(value) is not None
+    def _still_valid_project(self, key: StoredKey) -> bool:
+        if key.fingerprint is not None:  # a trial key: refused once trials are turned off
+            return self.trials is not None
+        return key.project_id in self._projects
 
-    def _provider_keys(self, headers: Headers) -> dict[str, str]:
+    async def is_project_key(self, value: str) -> bool:
+        """Whether ``value`` is any project's key (of any project, not only the caller's),
+        configured or stored, revoked and expired ones included: none may ever go upstream."""
+        if self._find(value) is not None:
+            return True
+        return self.stored is not None and await self.stored.by_key(value) is not None
+
+    async def _provider_keys(self, headers: Headers, project_key: str | None) -> dict[str, str]:
+        """The caller's provider keys, ``project_key`` (the one just authenticated: known without
+        another lookup) and every other project key left out."""
         keys = {}
         for name in PROVIDER_KEY_HEADERS:
             value = (headers.get(name) or "").strip()
-            if value and not self.is_project_key(value):
+            if value and value != project_key and not await self.is_project_key(value):
                 keys[name] = value
         return keys
 
-    def authenticate(self, headers: Headers) -> Credentials:
+    async def authenticate(self, headers: Headers) -> Credentials:
         """Resolve the project key by the contract's rule.
 
         1. ``x-mnexium-key`` present: it is the project key, and a Bearer token on the
@@ -114,12 +155,24 @@ class KeyRing:
         if explicit is not None:
             if not explicit.strip():
                 raise Unauthorized("the x-mnexium-key header is empty")
-            principal = self._lookup(explicit.strip())
+            project_key = explicit.strip()
+            principal = await self._lookup(project_key)
             # The same (or another) project key in both headers is not a provider key.
-            spare = bearer if bearer and not self.is_project_key(bearer) else None
-            return Credentials(principal, spare, self._provider_keys(headers))
+            spare = bearer if bearer and bearer != project_key and not await self.is_project_key(bearer) else None
+            return Credentials(principal, spare, await self._provider_keys(headers, project_key))
         if authorization is None:
-            raise Unauthorized("missing API key: send x-mnexium-key or Authorization: Bearer")
+            raise MissingKey("missing API key: send x-mnexium-key or Authorization: Bearer")
         if not bearer:
             raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-        return Credentials(self._lookup(bearer), None, self._provider_keys(headers))
+        return Credentials(await self._lookup(bearer), None, await self._provider_keys(headers, bearer))
+
+    async def admit(self, request: Request, *, trial: bool = False) -> Credentials:
+        """``authenticate``; but on a ``trial`` route, with trials on, a request without any
+        project key is served with its device's trial key (gateway/keys/trial.py)."""
+        try:
+            return await self.authenticate(request.headers)
+        except MissingKey:
+            if not trial or self.trials is None:
+                raise
+        record = await self.trials.for_device(request)
+        return Credentials(_stored_principal(record), None, await self._provider_keys(request.headers, None))

@@ -1,4 +1,4 @@
-"""``mnx-gateway``: serve, check-config, init, hash-key, explain, --version."""
+"""``mnx-gateway``: serve, check-config, init, hash-key, explain, keys, --version."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from gateway.config import BUILT_IN_CONFIG, CONFIG_FILE_NAME, GatewayConfig, find_config, load_config
 from gateway.dev_key import check_dev_key_exposure
 from gateway.errors import ConfigError
+from gateway.keys.commands import add_keys_command
 
 CONFIG_HELP = ("path to the config file (default: $MNX_GATEWAY_CONFIG, else ./gateway.yaml, "
                "else the built-in default)")
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--url", help="a running gateway to ask (default: run one in process on --config)")
     explain.add_argument("--config", help=CONFIG_HELP)
     explain.set_defaults(run=_explain)
+    add_keys_command(commands, CONFIG_HELP)  # keys create|list|revoke|rotate (gateway/keys/commands.py)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

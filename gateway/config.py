@@ -153,6 +153,16 @@ class ProjectConfig(_Strict):
     keys: list[ProjectKey] = Field(min_length=1)
     profile_fields: list[ProfileFieldConfig] = Field(default_factory=list, max_length=100)
 
+    @field_validator("id")
+    @classmethod
+    def _not_a_trial_project(cls, value: str) -> str:
+        # Trial keys get projects named trial_<hash> (gateway/keys/trial.py): a configured
+        # project by that name would share their data. (The stored keys' own partition,
+        # "~gateway-keys", is already out of reach: the pattern above has no "~".)
+        if value.startswith("trial_"):
+            raise ValueError("project ids starting with 'trial_' are reserved for trial projects")
+        return value
+
     @field_validator("profile_fields")
     @classmethod
     def _unique_profile_fields(cls, value: list[ProfileFieldConfig]) -> list[ProfileFieldConfig]:
@@ -376,6 +386,12 @@ class ExtractorConfig(_Strict):
         return self
 
 
+class PromptsConfig(_Strict):
+    # Render {{var}} tokens in system prompts whose template is enabled, from integration values
+    # (the contract's MNX_PROMPT_TEMPLATE_RENDER_ENABLED; gateway/prompt_templates.py).
+    templates_enabled: bool = False
+
+
 class SummarizerConfig(_Strict):
     """What writes a chat's rolling summary (``mnx.summarize``, docs/summaries.md)."""
 
@@ -398,6 +414,12 @@ class SummarizerConfig(_Strict):
 
 class SummarizationConfig(_Strict):
     summarizer: SummarizerConfig = SummarizerConfig()
+    # A request's chunk_size below this is raised to it: each chunk is one summarizer call, paid
+    # by the operator's key on retries, so a tiny chunk must not make every message a call.
+    min_chunk_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    # A request's start_at_tokens above this is lowered to it: summarization replays history up
+    # to start_at_tokens word for word, which must not exceed what the operator allows.
+    max_start_at_tokens: int = Field(default=200_000, ge=1, le=10_000_000)
 
 
 class LearningConfig(_Strict):
@@ -453,6 +475,51 @@ class RecordsConfig(_Strict):
     recall: RecordsRecallConfig = RecordsRecallConfig()
 
 
+_ALLOWED_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+class IntegrationsConfig(_Strict):
+    """Where integrations may call out to, and what they may take back (docs/integrations.md)."""
+
+    # Hostnames pull integrations may call: exact names or "*.example.com" (its subdomains).
+    # Empty: any public host.
+    allowed_hosts: list[str] = []
+    # Loopback, private, link-local, CGNAT, multicast and unspecified addresses are refused
+    # unless this is true (an endpoint on the gateway's own network, or a test's fake).
+    allow_private_networks: bool = False
+    # An answer larger than this is dropped (result reason "response_too_large").
+    max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # The longest any integration's call may take, whatever its own timeout_ms says.
+    max_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
+    # How far a webhook's x-mnx-webhook-timestamp may be from the gateway's clock.
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hostnames(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not _ALLOWED_HOST.match(host):
+                raise ValueError(f"{host!r} is not a lowercase hostname or *.domain pattern")
+        return hosts
+
+
+class TrialConfig(_Strict):
+    """Trial keys for key-less proxy requests (contract §14, gateway/keys/trial.py)."""
+
+    # Off: a proxy request without a project key is a 401, as every other request.
+    enabled: bool = False
+    # Sent with a newly minted trial key (X-Mnx-Claim-Url, mnx.claim_url).
+    claim_url: str = "https://mnexium.com/claim"
+    # What a trial key may do in its own trial project: by default a chat turn with its memory.
+    scopes: list[str] = Field(default_factory=lambda: ["chat:write", "responses:write", "history:read",
+                                                       "history:write", "memories:search", "memories:write",
+                                                       "state:read", "profiles:read"], min_length=1)
+
+
+class AuthConfig(_Strict):
+    trial: TrialConfig = TrialConfig()
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -465,6 +532,9 @@ class GatewayConfig(_Strict):
     events: EventsConfig = EventsConfig()
     records: RecordsConfig = RecordsConfig()
     summarization: SummarizationConfig = SummarizationConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    integrations: IntegrationsConfig = IntegrationsConfig()
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

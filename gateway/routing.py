@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Credentials
 from gateway.errors import MNEXIUM, ErrorShape, GatewayError, error_response
+from gateway.keys.trial import provisioned
 from gateway.store.errors import STORAGE_ERRORS
 
 if TYPE_CHECKING:
@@ -49,13 +50,21 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 def endpoint(handler: Handler, *, scope: str | tuple[str, ...],
-             surface: ErrorShape = MNEXIUM) -> Callable[[Request], Awaitable[Response]]:
+             surface: ErrorShape = MNEXIUM, trial: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """The route's handler behind authentication and ``scope`` (a tuple: any one of them);
-    its errors are answered in the ``surface``'s shape."""
+    its errors are answered in the ``surface``'s shape. ``trial``: a key-less request may be
+    served with a trial key, when auth.trial is enabled (gateway/keys/trial.py)."""
     async def run(request: Request) -> Response:
+        response = await respond(request)
+        minted = provisioned(request)
+        if minted is not None:  # on any answer, errors too: the SDK takes the key from any of them
+            response.headers.update(minted.headers())
+        return response
+
+    async def respond(request: Request) -> Response:
         services: Services = request.app.state.services
         try:
-            credentials = services.keys.authenticate(request.headers)
+            credentials = await services.keys.admit(request, trial=trial)
             credentials.principal.require(scope, request.method)
             return await handler(Call(request, services, credentials))
         except GatewayError as error:

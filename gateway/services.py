@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from dataclasses import dataclass
 
 from typing import Any
@@ -13,6 +13,8 @@ from gateway.config import GatewayConfig, StorageConfig
 from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.erasure_fence import ErasureFence, LocalErasureFence, RedisErasureFence
 from gateway.history import ChatHistory
+from gateway.integrations import Integrations, IntegrationValues
+from gateway.integrations.cache import ValuesCache
 from gateway.keys.store import KeyStore
 from gateway.jobs import Job, JobQueue
 from gateway.jobs.worker import JobWorker
@@ -76,6 +78,9 @@ class Services:
     stages: list[ContextStage]
     erasure: SubjectErasure
     fence: ErasureFence
+    # Integrations (contract §16), and the values they keep, which prompts read (gateway/integrations/).
+    integrations: Integrations
+    integration_values: IntegrationValues
     # The Redis client the store, queue and fence share (Redis backend only).
     redis: Any = None
 
@@ -114,10 +119,16 @@ class Services:
         records = Records(store, record_index, memories.events, config.records, locks=subject_locks("records"))
         fence: ErasureFence = (RedisErasureFence(redis, config.storage.redis.key_prefix) if redis is not None
                                else LocalErasureFence())
+        integration_cache = ValuesCache(store)
         erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
-                                 prompts=prompts, policies=policies, profiles=profiles, records=records)
+                                 prompts=prompts, policies=policies, profiles=profiles, records=records,
+                                 integration_values=integration_cache)
         # Every write of a record enters erasure's section for its subjects (gateway/records/records.py).
         records.fence = erasure.writing
+        integration_cache.fence = erasure.writing
+        integrations = Integrations(store, config.integrations, integration_cache)
+        # What prompt templates render {{var}} tokens from (gateway/prompt_templates.py).
+        integration_values = IntegrationValues(integrations)
         extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
                                                config.learning.extractor, config.providers)
         recall_log = RecallLog(recalls, memories, erasure)
@@ -127,8 +138,8 @@ class Services:
         erasure.on_jobs_voided.append(learner.forget_keys)
         summarizer: Summarizer = registry.create("summarizer", config.summarization.summarizer.provider,
                                                  config.summarization.summarizer, config.providers)
-        summary_folder = SummaryFolder(history, summarizer, jobs, erasure,
-                                       lease_seconds=config.learning.lease_seconds)
+        summary_folder = SummaryFolder(history, summarizer, jobs, erasure, lease_seconds=config.learning.lease_seconds,
+                                       max_messages=config.history.max_messages)
         erasure.on_jobs_voided.append(summary_folder.forget_keys)
         learning = config.learning
 
@@ -165,12 +176,15 @@ class Services:
             summary_folder=summary_folder,
             worker=worker,
             upstream=Upstream(config.providers),
-            stages=[SystemPromptStage(prompts), AgentStateStage(state), ProfileStage(profiles),
+            stages=[SystemPromptStage(prompts, integration_values if config.prompts.templates_enabled else None),
+                    AgentStateStage(state), ProfileStage(profiles),
                     MemoryRecallStage(memories, recall_log, memory.recall),
                     RecordsRecallStage(records, config.records.recall),
-                    HistoryStage(history, config.history, summary_folder)],
+                    HistoryStage(history, config.history, summary_folder, config.summarization)],
             erasure=erasure,
             fence=fence,
+            integrations=integrations,
+            integration_values=integration_values,
             redis=redis,
         )
 
@@ -182,10 +196,11 @@ class Services:
         await self.jobs.release_leases()
         # On Redis: the tasks that send this process's events and hear every process's.
         await self.memories.events.start()
+        # Token counts of stored messages use tiktoken's encodings: loaded now, off the event
+        # loop, rather than by the first request that stores a turn (which would stop every
+        # other request while it loads).
+        await asyncio.to_thread(preload_encodings)
         self.worker.start()
-        # Token counts of stored messages use tiktoken's encodings: loaded off the event loop
-        # now rather than by the first request that stores a turn.
-        threading.Thread(target=preload_encodings, name="load-tokenizers", daemon=True).start()
 
     def begin_shutdown(self) -> None:
         """The server is about to wait for open responses before stopping: end those that never
@@ -219,7 +234,8 @@ def _configured_secrets(config: GatewayConfig) -> list[str]:
     for provider in (providers.openai, providers.anthropic, providers.gemini):
         if provider.api_key is not None:
             secrets.append(provider.api_key.get_secret_value())
-    for plugin_key in (config.memory.embedder.api_key, config.learning.extractor.api_key):
+    for plugin_key in (config.memory.embedder.api_key, config.learning.extractor.api_key,
+                       config.summarization.summarizer.api_key):
         if plugin_key is not None:
             secrets.append(plugin_key.get_secret_value())
     qdrant = config.memory.vectors.qdrant

@@ -35,6 +35,7 @@ BENCHMARKS = {
     "subject_api": ("| endpoint | backend | claims per subject |", ROOT / "bench" / "README.md"),
     "records": ("| measure | backend | records of the type |", ROOT / "bench" / "README.md"),
     "prompt_cache": ("| scenario | mode | turn 1 |", ROOT / "bench" / "README.md"),
+    "summaries": ("| measure | prior turns | replayed messages |", ROOT / "bench" / "README.md"),
 }
 
 

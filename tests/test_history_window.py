@@ -37,8 +37,8 @@ async def test_the_paged_window_keeps_what_a_whole_read_would(store, length):
     history = ChatHistory(store)
     chat_id = f"chat-{length}"
     for start in range(0, length, 50):
-        await history.append(PROJECT, SUBJECT, chat_id, [message(rng, i) for i in range(start, min(length, start + 50))],
-                             model="gpt-4o-mini")
+        batch = [message(rng, i) for i in range(start, min(length, start + 50))]
+        await history.append(PROJECT, SUBJECT, chat_id, batch, model="gpt-4o-mini")
     stored = await all_stored(store, chat_id)
     for budget in (0, 50, 1_000, 5_000, 100_000):
         # Twice: the second read starts from the page size the first one left behind.

@@ -270,3 +270,22 @@ def test_summaries_are_read_by_chat_without_a_subject_and_never_across_projects(
     with gateway.rest(KEY_B) as other:
         answer = other.get("/chat/history/read", params={"chat_id": "shared-id", "include_summaries": "true"}).json()
         assert answer["summaries"] == [] and answer["messages"] == []
+
+
+def test_no_fold_is_queued_when_no_key_could_pay_for_the_summary_model(start_gateway, storage_sqlite):
+    # The summary model is OpenAI's; nothing configures an OpenAI key and the caller sends only
+    # an Anthropic one: a job could only fail, again and again.
+    gateway = start_gateway(storage_sqlite, summarization={"summarizer": {"provider": "litellm",
+                                                                          "model": "gpt-4o-mini"}})
+    for turn in range(12):
+        answer = httpx.post(gateway.url + "/v1/messages", timeout=30,
+                            headers={"x-mnexium-key": KEY, "x-api-key": "sk-ant-caller-key-123456",
+                                     "anthropic-version": "2023-06-01"},
+                            json={"model": "claude-3-5-haiku", "max_tokens": 50,
+                                  "messages": [{"role": "user", "content": turn_text(turn)}],
+                                  "mnx": {"subject_id": "sum-user", "chat_id": "no-key", "learn": False,
+                                          "summarize_config": SMALL}})
+        assert answer.status_code == 200
+    with gateway.rest() as rest:
+        assert rest.get("/jobs").json()["data"] == []
+    assert summaries_of(gateway, "no-key") == []

@@ -63,7 +63,8 @@ def test_a_gateway_killed_mid_fold_finishes_the_summary_after_restart(provider, 
         "memory": {"vectors": {"edge": {"path": str(tmp_path / "memories")}}},
         # A lease shorter than one summarizer call: on Redis the dead process's job is due again soon.
         "learning": {"lease_seconds": 2, "poll_seconds": 0.2, "retry_base_seconds": 0.5},
-        "summarization": {"summarizer": {"provider": "litellm", "model": SUMMARY_MODEL}},
+        # min_chunk_tokens: SMALL's chunks (below the default floor) make several folds in a few turns.
+        "summarization": {"summarizer": {"provider": "litellm", "model": SUMMARY_MODEL}, "min_chunk_tokens": 100},
         "projects": [{"id": "default", "keys": [{"key": KEY}]}],
         "providers": {"openai": {"api_base": provider.url + "/v1", "api_key": CONFIGURED_KEY}},
     }

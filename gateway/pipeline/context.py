@@ -51,6 +51,8 @@ class TurnContext:
     provider_keys: Mapping[str, str] = field(default_factory=dict)
     # When the turn began (epoch seconds): its writes are dropped if the subject is erased after.
     started_at: float = field(default_factory=time.time)
+    # Whether the caller's key holds integrations:read (prompt templates render integration values).
+    may_read_integrations: bool = False
 
 
 # The first line of a turn's volatile context (cache mode), where it stands in a user message.
@@ -66,6 +68,8 @@ class ContextLayer:
     messages: Sequence[dict[str, Any]] = ()
     # What the stage writes once the turn has been answered (see the module docstring).
     on_answered: Callable[[], Awaitable[None]] | None = None
+    # What mnx.explain shows about how the layer was made, beyond its text (e.g. template variables).
+    report: Mapping[str, Any] | None = None
 
 
 class ContextStage(Protocol):

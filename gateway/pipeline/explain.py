@@ -37,6 +37,7 @@ def _stage_part(report: StageReport, context: AssembledContext, model: str | Non
         "messages": len(messages),
         "tokens": (count_text(text, model) if text else 0) + sum(count_tokens(m, model) for m in messages),
         "ms": round(report.milliseconds, 3),
+        **(dict(layer.report) if layer is not None and layer.report else {}),
     }
 
 

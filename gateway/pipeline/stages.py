@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import json
 
-from gateway.config import HistoryConfig
+from gateway.config import HistoryConfig, SummarizationConfig
 from gateway.history import ChatHistory
 from gateway.pipeline.context import ContextLayer, TurnContext
+from gateway.prompt_templates import ValueSource, render
 from gateway.prompts import SystemPrompts, combined_text
 from gateway.state import AgentState
 from gateway.summaries.folding import SummaryFolder, needs_fold, summary_section
-from gateway.summaries.settings import SummarizeSettings
+from gateway.summaries.settings import SummarizeSettings, within_limits
 
 
 class SystemPromptStage:
     name = "system_prompt"
     volatile = False
 
-    def __init__(self, prompts: SystemPrompts) -> None:
+    def __init__(self, prompts: SystemPrompts, template_values: ValueSource | None = None) -> None:
         self._prompts = prompts
+        # Where {{var}} values come from when prompt templates are turned on (None: sent as stored).
+        self._template_values = template_values
 
     def applies(self, turn: TurnContext) -> bool:
         return turn.options.system_prompt is not False
@@ -32,7 +35,14 @@ class SystemPromptStage:
                                                  options.chat_id)
         if not chosen:
             return None
-        return ContextLayer(system_text=combined_text(chosen))
+        if self._template_values is None:
+            return ContextLayer(system_text=combined_text(chosen))
+        # Integration values are the integrations' data: a key without integrations:read gets the
+        # defaults only. An explained turn reads cached values and fetches (and writes) nothing.
+        source = self._template_values if turn.may_read_integrations else None
+        rendered, rendering = await render(chosen, source, project_id=turn.project_id, subject_id=options.subject_id,
+                                           chat_id=options.chat_id, allow_live=not options.explain)
+        return ContextLayer(system_text=combined_text(rendered), report=rendering.report())
 
 
 class AgentStateStage:
@@ -68,10 +78,13 @@ class HistoryStage:
     name = "history"
     volatile = False
 
-    def __init__(self, history: ChatHistory, config: HistoryConfig, folder: SummaryFolder | None = None) -> None:
+    def __init__(self, history: ChatHistory, config: HistoryConfig, folder: SummaryFolder | None = None,
+                 summarization: SummarizationConfig | None = None) -> None:
         self._history = history
         self._config = config
         self._folder = folder
+        # The operator's limits on a request's summarize numbers.
+        self._summarization = summarization or SummarizationConfig()
 
     def applies(self, turn: TurnContext) -> bool:
         return turn.options.history
@@ -87,8 +100,10 @@ class HistoryStage:
                                               chunk=self._config.cut_chunk_messages if turn.options.cache else None)
         return ContextLayer(messages=messages) if messages else None
 
-    async def _with_summary(self, turn: TurnContext, settings: SummarizeSettings,
+    async def _with_summary(self, turn: TurnContext, asked: SummarizeSettings,
                             folder: SummaryFolder) -> ContextLayer | None:
+        settings = within_limits(asked, min_chunk_tokens=self._summarization.min_chunk_tokens,
+                                 max_start_at_tokens=self._summarization.max_start_at_tokens)
         project_id, subject_id, chat_id = turn.project_id, turn.options.subject_id, turn.options.chat_id
         summary = await self._history.summaries.get(project_id, subject_id, chat_id)
         # (No chunked cut for mnx.cache here: the window starts where the summary ends, which
@@ -101,7 +116,7 @@ class HistoryStage:
         if window.anchor_missing:
             summary = None  # of messages deleted since: the next fold replaces it
         messages = window.replayable()
-        fold = needs_fold(window, summary, settings)
+        fold = needs_fold(window, summary, settings, self._config.max_messages)
         if not messages and summary is None and not fold:
             return None
 

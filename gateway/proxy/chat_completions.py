@@ -199,5 +199,6 @@ async def chat_completions(call: Call) -> Response:
 
 # Relative to the /api/v1 and /v1 mounts; every path under /chat/completions answers in OpenAI's shape.
 routes = [PathOwner("/chat/completions", OPENAI_ERRORS, [
-    Route("/chat/completions", endpoint(chat_completions, scope="chat:write", surface=OPENAI_ERRORS), methods=["POST"]),
+    Route("/chat/completions", endpoint(chat_completions, scope="chat:write", surface=OPENAI_ERRORS, trial=True),
+          methods=["POST"]),
 ])]

@@ -176,5 +176,6 @@ async def messages(call: Call) -> Response:
 
 # Relative to the /api/v1 and /v1 mounts; every path under /messages answers in Anthropic's shape.
 routes = [PathOwner("/messages", ANTHROPIC_ERRORS, [
-    Route("/messages", endpoint(messages, scope="chat:write", surface=ANTHROPIC_ERRORS), methods=["POST"]),
+    Route("/messages", endpoint(messages, scope="chat:write", surface=ANTHROPIC_ERRORS, trial=True),
+          methods=["POST"]),
 ])]

@@ -169,6 +169,7 @@ async def responses(call: Call) -> Response:
 # One rule for every provider surface: chat:write (and here the contract's responses:write too);
 # what a turn reads and writes beyond that: gateway/feature_scopes.py.
 routes = [PathOwner("/responses", OPENAI_ERRORS, [
-    Route("/responses", endpoint(responses, scope=("chat:write", "responses:write"), surface=OPENAI_ERRORS),
+    Route("/responses", endpoint(responses, scope=("chat:write", "responses:write"), surface=OPENAI_ERRORS,
+                                 trial=True),
           methods=["POST"]),
 ])]

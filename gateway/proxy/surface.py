@@ -35,6 +35,7 @@ from gateway.proxy.providers import Route, provider_key, provider_settings, rout
 from gateway.proxy.relay import relay
 from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.wire import UpstreamCall, WireFormat
+from gateway.keys.trial import provisioned
 from gateway.routing import Call
 from gateway.validation import read_json_object
 
@@ -122,6 +123,10 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     headers = call.request.headers
     body = await read_json_object(call.request, services.config.server.max_body_bytes)
     mnx = body.pop("mnx", None)
+    if (isinstance(mnx, dict) and mnx.get("regenerate_key") is True and mnx.get("explain") is not True
+            and services.keys.trials is not None):
+        # A trial project's new key goes out with this answer (gateway/keys/trial.py); others: no-op.
+        await services.keys.trials.regenerate(call.request, call.project_id)
     sent_fields = list(body)  # what the client sent, before the URL adds anything (Gemini)
     if spec.from_path is not None:
         spec.from_path(call.request, body)
@@ -146,7 +151,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
             api_key = ""  # an explained turn calls no provider: it needs no key
         prepared_at = time.perf_counter()
         turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
-                           request_type=spec.request_type, provider_keys=credentials.provider_keys)
+                           request_type=spec.request_type, provider_keys=credentials.provider_keys,
+                           may_read_integrations=credentials.principal.allows("integrations:read"))
         context = await assemble(turn, services.stages)
         forwarded = {name: _forwardable(name, headers[name]) for name in spec.forwarded_headers if name in headers}
         outgoing = spec.with_context(body, context)
@@ -220,6 +226,9 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         raise
     if spec.mnx_in_body:
         answer.body["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}
+        minted = provisioned(call.request)
+        if minted is not None:  # shown once: the request that minted the trial key
+            answer.body["mnx"].update(provisioned_key=minted.key, claim_url=minted.claim_url)
         if sync:
             answer.body["mnx"]["records"] = written
             answer.body["records"] = records_summary(written)

@@ -9,7 +9,8 @@ in about five summarizer calls and later chunks come one at a time.
 ``summarize: true`` is "balanced" (the contract leaves it open and suggests it). A
 ``summarize_config`` turns summarization on whatever ``summarize`` says: Mnexium's own test
 client sends ``summarize: "off"`` with a config and expects summaries; its numbers override
-the preset's, or "balanced"'s when no preset is named.
+the named preset's, or the project default's, or "balanced"'s. The operator's limits
+(``within_limits``) apply to every request's numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.config import MnxDefaults, SummarizeNumbers
-from gateway.validation import Body
+from gateway.validation import Body, bool_from_text
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,11 @@ _BOUNDS = {"start_at_tokens": (1, 10_000_000), "chunk_size": (1, 1_000_000), "ke
 
 
 def preset_name(value: Any) -> str | None:
-    """The preset a ``summarize`` value names: None for off; ValueError if it is none of them."""
+    """The preset a ``summarize`` value names: None for off; ValueError if it is none of them.
+    (Headers arrive as text: "true"/"1"/"yes" and any case of a name count too.)"""
+    if isinstance(value, str):
+        flag = bool_from_text(value.strip())
+        value = flag if flag is not None else value.strip().lower()
     if value is False or value == "off":
         return None
     if value is True:
@@ -89,20 +94,31 @@ def _default_numbers(config: SummarizeNumbers | None) -> dict[str, int]:
 
 
 def parse_summarize(read: Body, defaults: MnxDefaults) -> SummarizeSettings | None:
-    """The request's summarization (None: off), from its options, else the project defaults."""
+    """The request's summarization (None: off), from its options, else the project defaults.
+
+    A ``summarize_config`` (even an empty one) turns summarization on; its numbers override
+    the preset the request names, else the project's default preset, else "balanced"."""
     asked = read.value("summarize")
     config = read.obj("summarize_config")
-    if asked is None and config is None:
-        base = preset_name(defaults.summarize)
-        numbers = _default_numbers(defaults.summarize_config)
-    else:
-        try:
-            base = preset_name(asked) if asked is not None else None
-        except ValueError:
-            raise read.invalid("summarize", 'true, false, "off", "light", "balanced" or "aggressive"') from None
-        numbers = _request_numbers(read, config) if config is not None else {}
-        if config is None:
-            return PRESETS[base] if base else None
-    if base is None and not numbers:
-        return None
-    return _with_numbers(PRESETS[base or "balanced"], numbers)
+    try:
+        requested = preset_name(asked) if asked is not None else None
+    except ValueError:
+        raise read.invalid("summarize", 'true, false, "off", "light", "balanced" or "aggressive"') from None
+    default = preset_name(defaults.summarize)
+    if config is not None:
+        return _with_numbers(PRESETS[requested or default or "balanced"], _request_numbers(read, config))
+    if asked is not None:
+        return PRESETS[requested] if requested else None
+    if defaults.summarize_config is not None:
+        return _with_numbers(PRESETS[default or "balanced"], _default_numbers(defaults.summarize_config))
+    return PRESETS[default] if default else None
+
+
+def within_limits(settings: SummarizeSettings, *, min_chunk_tokens: int, max_start_at_tokens: int) -> SummarizeSettings:
+    """``settings`` inside the operator's limits (``summarization.*`` in gateway.yaml): a request
+    cannot make every message a paid summarizer call, nor replay more than the operator allows."""
+    chunk = max(settings.chunk_size, min_chunk_tokens)
+    start = min(settings.start_at_tokens, max_start_at_tokens)
+    if (chunk, start) == (settings.chunk_size, settings.start_at_tokens):
+        return settings
+    return replace(settings, chunk_size=chunk, start_at_tokens=start)

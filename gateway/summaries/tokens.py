@@ -140,8 +140,8 @@ def _encoder(encoding: str) -> Any:
 
 
 def preload_encodings() -> None:
-    """Load the OpenAI encodings now (about 0.3 s each), so that no request pays for it: the
-    gateway calls this on a thread of its own at startup."""
+    """Load the OpenAI encodings now (about 0.3 s each, once per process), so that no request
+    pays for it: the gateway runs this on a thread at startup, before it serves."""
     for encoding in ("o200k_base", "cl100k_base"):
         _encoder(encoding)
 

@@ -136,6 +136,16 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", f"{API}/records/{{type_name}}/{{record_id}}/history"): ("records:read",),
     # Memory events (contract §13: memories:read or events:read).
     ("GET", f"{API}/events/memories"): ("memories:read", "events:read"),
+    # Integrations (contract §16). test, sync (outbound calls) and webhooks (cache writes) take
+    # integrations:write; DELETE also the gateway's <resource>:delete.
+    ("GET", f"{API}/integrations"): ("integrations:read",),
+    ("POST", f"{API}/integrations"): ("integrations:write",),
+    ("GET", f"{API}/integrations/{{integration_id}}"): ("integrations:read",),
+    ("PATCH", f"{API}/integrations/{{integration_id}}"): ("integrations:write",),
+    ("DELETE", f"{API}/integrations/{{integration_id}}"): ("integrations:write", "integrations:delete"),
+    ("POST", f"{API}/integrations/{{integration_id}}/test"): ("integrations:write",),
+    ("POST", f"{API}/integrations/{{integration_id}}/sync"): ("integrations:write",),
+    ("POST", f"{API}/integrations/{{integration_id}}/webhook"): ("integrations:write",),
     # Liveness.
     ("GET", "/health"): PUBLIC,
 }
@@ -231,6 +241,8 @@ class Objects:
     policy_id: str
     claim_id: str  # the subject's favorite_color truth (blue), from the second memory
     record_id: str  # a ticket (type RECORD_TYPE) the subject owns
+    # Pull and webhook; its host does not resolve, so a test or sync let through fails fast (result ok: false).
+    integration_id: str
 
 
 _counter = itertools.count()
@@ -258,13 +270,16 @@ def create_objects(gateway: ScopedGateway) -> Objects:
     made("POST", f"{API}/records/schemas", json=RECORD_SCHEMA)
     record = made("POST", f"{API}/records/{RECORD_TYPE}", json={"owner_id": subject, "data": {
         "title": "Printer jam", "status": "open"}})
+    integration = made("POST", f"{API}/integrations", json=INTEGRATION)
     return Objects(subject, chat, state_key, old["id"], prompt["id"], policy["id"], truth["active_claim_id"],
-                   record["record_id"])
+                   record["record_id"], integration["integration"]["integration_id"])
 
 
 RECORD_TYPE = "scope_ticket"
 RECORD_SCHEMA = {"type_name": RECORD_TYPE, "fields": {"title": {"type": "string", "required": True},
                                                       "status": {"type": "string"}}}
+INTEGRATION = {"name": "scope crm", "mode": "both", "endpoint_url": "https://integration.invalid/data",
+               "webhook_secret": "scope-webhook-secret", "output_map": [{"key": "plan", "path": "customer.plan"}]}
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +299,7 @@ PATH_VALUES: dict[str, Callable[[Objects], str]] = {
     "slot": lambda o: "favorite_color",
     "type_name": lambda o: RECORD_TYPE,
     "record_id": lambda o: o.record_id,
+    "integration_id": lambda o: o.integration_id,
 }
 
 # Write handler -> a body that would store or change something if the call were let through.
@@ -306,6 +322,12 @@ VALID_BODIES: dict[str, Callable[[Objects], Any]] = {
     "insert_records": lambda o: {"records": [{"owner_id": o.subject, "data": {"title": "Batch jam"}}]},
     "query_records": lambda o: {"where": {"status": "open"}},
     "search_records": lambda o: {"query": "printer"},
+    "create_integration": lambda o: {**INTEGRATION, "name": "new"},
+    "update_integration": lambda o: {"description": "Changed", "is_active": False},
+    "test_integration": lambda o: {"subject_id": o.subject},
+    "sync_integration": lambda o: {"subject_id": o.subject},
+    # Unsigned: a call let through is a 400 (signature required), refused ones must change nothing.
+    "integration_webhook": lambda o: {"customer": {"plan": "changed"}},
 }
 
 # Every optional proxy feature off: the route's own scope must be enough for such a turn.

@@ -84,6 +84,7 @@ class ProjectA:
     policies: dict[str, str] = field(default_factory=dict)
     claims: dict[str, str] = field(default_factory=dict)  # role -> claim id (the truth graph)
     records: dict[str, str] = field(default_factory=dict)  # role -> record id (of type RECORD_TYPE)
+    integrations: dict[str, str] = field(default_factory=dict)  # role -> integration id
     sentinels: dict[str, str] = field(default_factory=dict)  # label -> sentinel word
     # Every object id A can read (memories, claims, prompts, policies, jobs, recall events...),
     # collected from A's own reads once everything exists.
@@ -188,6 +189,12 @@ def populate_project_a(gateway, client: httpx.Client) -> ProjectA:
     record("deleted", owner_id=a.subject, data={"title": "Old ticket"})
     expect(client.delete(f"{api}/records/{RECORD_TYPE}/{a.records['deleted']}"), 200)
 
+    # An integration, pull and webhook (its host does not resolve: a pull of it fails fast).
+    a.integrations["crm"] = expect(client.post(f"{api}/integrations", json={
+        "name": f"CRM {a.mark('integration')}", "mode": "both", "endpoint_url": "https://integration.invalid/crm",
+        "webhook_secret": f"whsec-{TOKEN}", "output_map": [{"key": "plan", "path": "customer.plan"}]}),
+        200)["integration"]["integration_id"]
+
     # Chat history and a learn job (its extraction fails, so it stays queued).
     expect(chat_turn(client, f"My diary secret is {a.mark('history')}", subject_id=a.subject, chat_id=a.chat,
                      log=True, history=True, learn=True), 200)
@@ -276,6 +283,7 @@ A_VALUES_BY_PATH_PARAMETER: dict[str, Callable[[ProjectA], list[str]]] = {
     "slot": lambda a: ["favorite_fruit", "favorite_drink"],  # slots where A has truths
     "type_name": lambda a: [RECORD_TYPE, OTHER_RECORD_TYPE],
     "record_id": lambda a: list(a.records.values()),
+    "integration_id": lambda a: list(a.integrations.values()),
 }
 
 
@@ -350,6 +358,13 @@ HOSTILE_BODIES: dict[str, Callable[[ProjectA], list[Any]]] = {
     ],
     "search_records": lambda a: [{"query": "secret codeword ticket"},
                                  {"query": "favorite fruit", "owner_id": a.subject}],
+    # B's own integration under A's id (ids are per project), then B's writes and runs naming it.
+    "create_integration": lambda a: [{"integration_id": a.integrations["crm"], "name": "Project B's", "mode": "webhook",
+                                      "output_map": [{"key": "plan", "path": "plan"}]}],
+    "update_integration": lambda a: [{"name": "Project B was here", "is_active": False}],
+    "test_integration": lambda a: [{"subject_id": a.subject, "chat_id": a.chat}],
+    "sync_integration": lambda a: [{"subject_id": a.subject, "chat_id": a.chat}],
+    "integration_webhook": lambda a: [{"customer": {"plan": "written by B"}}],
 }
 
 @dataclass(frozen=True)
@@ -471,9 +486,11 @@ class Sweep:
         upstream = json.dumps(forwarded)
         for secret in self.leaks(upstream, probe):
             self.violations.append(f"leak upstream: {where} forwarded {secret!r}: {excerpt(upstream, secret)}")
-        if (probe.endpoint.writes and response.is_success and isinstance(probe.json, dict)
-                and probe.json.get("id") in self.a.ids):
-            self.owned.add(probe.json["id"])
+        if probe.endpoint.writes and response.is_success and isinstance(probe.json, dict):
+            # A client-chosen id ("integration_id" for integrations) naming one of A's is now B's too.
+            chosen = probe.json.get("id") or probe.json.get("integration_id")
+            if chosen in self.a.ids:
+                self.owned.add(chosen)
         return response
 
     def leaks(self, text: str, probe: Probe) -> list[str]:
@@ -494,7 +511,7 @@ def read_everything(client: httpx.Client, probes: list[Probe]) -> dict[str, tupl
 
 
 ID_FIELDS = {"id", "event_id", "memory_id", "record_id", "superseded_by", "duplicate_of", "claim_id", "active_claim_id",
-             "assertion_id", "edge_id", "from_claim_id", "to_claim_id", "source_memory_id"}
+             "assertion_id", "edge_id", "from_claim_id", "to_claim_id", "source_memory_id", "integration_id"}
 ID_LIST_FIELDS = {"superseded_ids", "prompt_ids", "memory_ids", "superseded_claim_ids", "superseded_memory_ids",
                   "restored_memory_ids"}
 # Shorter values could turn up in any text by chance; the gateway's ids are far longer.
@@ -551,7 +568,8 @@ def placeholder_project_a() -> ProjectA:
                  memories={"secret": "mem_placeholder", "fruit": "mem_placeholder_fruit"},
                  prompts={"project": "sp_placeholder"}, policies={"project": "mp_placeholder"},
                  claims={"drink": "clm_placeholder"},
-                 records={"private": "rec_placeholder", "public": "rec_placeholder_public"})
+                 records={"private": "rec_placeholder", "public": "rec_placeholder_public"},
+                 integrations={"crm": "int_placeholder"})
     a.mark("codeword")
     return a
 
