@@ -447,7 +447,8 @@ def test_basic_auth_and_a_get_without_a_body(local_gateway, fake, url):
         made = create(client, pull_integration(url, scope="chat", auth_type="basic", auth_secret=AUTH_SECRET,
                                                auth_config={"username": "gateway"},
                                                body_template={"ignored": "{{chat_id}}"}))
-        result = result_of(client.post(f"/integrations/{made['integration_id']}/test", json={"chat_id": "c-1"}))
+        result = result_of(client.post(f"/integrations/{made['integration_id']}/test",
+                                       json={"subject_id": "u-1", "chat_id": "c-1"}))
         assert result["ok"] is True and result["scope"] == "chat"
         call = fake.calls[-1]
         assert call["method"] == "GET" and call["body"] is None
@@ -679,10 +680,12 @@ def test_erasing_a_subject_erases_its_cached_values(start_gateway, storage, url,
         body = json.dumps({"customer": {"plan": "pro"}}).encode()
         assert client.post(f"/integrations/{pushed}/webhook", content=body, headers=signed(
             body, {"x-mnx-subject-id": "gone", "x-mnx-chat-id": "chat-1"})).status_code == 200
-        assert reader.values(pushed, chat_id="chat-1")["plan"] == "pro"
+        assert reader.values(pushed, subject_id="gone", chat_id="chat-1")["plan"] == "pro"
+        # Kept with its subject: another subject reusing the chat id reads none of it.
+        assert reader.values(pushed, subject_id="other", chat_id="chat-1") is None
         assert client.delete("/subjects/gone").status_code == 200
         assert reader.values(pulled, subject_id="gone") is None
-        assert reader.values(pushed, chat_id="chat-1") is None
+        assert reader.values(pushed, subject_id="gone", chat_id="chat-1") is None
         assert reader.values(pulled, subject_id="stays")["name"] == "Ada"
         # The project's own values are no subject's, even when a subject's call wrote them.
         assert reader.values(project_wide)["name"] == "Ada"

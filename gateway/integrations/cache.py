@@ -39,7 +39,12 @@ def scope_id(scope: str, subject_id: str | None, chat_id: str | None) -> str:
         if not chat_id:
             raise BadRequest("this integration is chat-scoped: chat_id is required", code="chat_id_required",
                              param="chat_id")
-        return chat_id
+        # With its subject: another subject reusing the chat id reads none of them, and the
+        # subject's erasure reaches them.
+        if not subject_id:
+            raise BadRequest("this integration is chat-scoped: subject_id is required with chat_id",
+                             code="subject_id_required", param="subject_id")
+        return f"{len(subject_id)}:{subject_id}:{chat_id}"
     return ""
 
 
