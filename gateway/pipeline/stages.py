@@ -6,15 +6,17 @@ Memories and records plug in as further stages between state and history.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 from gateway.config import HistoryConfig, SummarizationConfig
-from gateway.history import ChatHistory
+from gateway.history import ChatHistory, HistoryWindow
 from gateway.pipeline.context import ContextLayer, TurnContext
 from gateway.prompt_templates import ValueSource, render
 from gateway.prompts import SystemPrompts, combined_text
 from gateway.state import AgentState
 from gateway.summaries.folding import SummaryFolder, needs_fold, summary_section
 from gateway.summaries.settings import SummarizeSettings, within_limits
+from gateway.summaries.store import ChatSummary
 
 
 class SystemPromptStage:
@@ -67,6 +69,10 @@ class AgentStateStage:
         return ContextLayer(system_text=text)
 
 
+# Chats remembered as under the summarizing threshold (HistoryStage._short_chats).
+_REMEMBERED_SHORT_CHATS = 10_000
+
+
 class HistoryStage:
     """The chat's prior turns; with ``mnx.summarize``, its rolling summary and the turns after it.
 
@@ -85,6 +91,23 @@ class HistoryStage:
         self._folder = folder
         # The operator's limits on a request's summarize numbers.
         self._summarization = summarization or SummarizationConfig()
+        # Chats (project, subject, chat) whose last summarizing replay read them whole, under the
+        # threshold (the most recently replayed, in process): they have no summary to look up.
+        self._short_chats: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+
+    def _is_short(self, window: HistoryWindow, settings: SummarizeSettings) -> bool:
+        """Read to the chat's start, and under both thresholds: nothing of it can be folded yet."""
+        return (window.complete and window.tokens <= settings.start_at_tokens
+                and len(window.docs) < self._config.max_messages)
+
+    def _remember(self, chat: tuple[str, str, str], short: bool) -> None:
+        if not short:
+            self._short_chats.pop(chat, None)
+            return
+        self._short_chats[chat] = None
+        self._short_chats.move_to_end(chat)
+        if len(self._short_chats) > _REMEMBERED_SHORT_CHATS:
+            self._short_chats.popitem(last=False)
 
     def applies(self, turn: TurnContext) -> bool:
         return turn.options.history
@@ -105,16 +128,29 @@ class HistoryStage:
         settings = within_limits(asked, min_chunk_tokens=self._summarization.min_chunk_tokens,
                                  max_start_at_tokens=self._summarization.max_start_at_tokens)
         project_id, subject_id, chat_id = turn.project_id, turn.options.subject_id, turn.options.chat_id
-        summary = await self._history.summaries.get(project_id, subject_id, chat_id)
-        # (No chunked cut for mnx.cache here: the window starts where the summary ends, which
-        # moves only when a chunk is folded in.)
-        window = await self._history.window(
-            project_id, subject_id, chat_id, token_budget=max(self._config.token_budget, settings.start_at_tokens),
-            max_messages=self._config.max_messages,
-            after_id=summary.end_message_id or None if summary else None,
-            after_count=summary.messages_summarized if summary and not summary.end_message_id else None)
-        if window.anchor_missing:
-            summary = None  # of messages deleted since: the next fold replaces it
+        budget = max(self._config.token_budget, settings.start_at_tokens)
+        chat = (project_id, subject_id, chat_id)
+        window: HistoryWindow | None = None
+        summary: ChatSummary | None = None
+        if chat in self._short_chats:
+            # Read whole and under the threshold last time: no fold can have happened since (a chat
+            # is folded only once it is past the threshold, which this read would show), so no
+            # summary to look up: a chat under the threshold costs what it costs without summaries.
+            window = await self._history.window(project_id, subject_id, chat_id, token_budget=budget,
+                                                max_messages=self._config.max_messages)
+            if not self._is_short(window, settings):
+                window = None
+        if window is None:
+            summary = await self._history.summaries.get(project_id, subject_id, chat_id)
+            # (No chunked cut for mnx.cache here: the window starts where the summary ends, which
+            # moves only when a chunk is folded in.)
+            window = await self._history.window(
+                project_id, subject_id, chat_id, token_budget=budget, max_messages=self._config.max_messages,
+                after_id=summary.end_message_id or None if summary else None,
+                after_count=summary.messages_summarized if summary and not summary.end_message_id else None)
+            if window.anchor_missing:
+                summary = None  # of messages deleted since: the next fold replaces it
+        self._remember(chat, summary is None and self._is_short(window, settings))
         messages = window.replayable()
         fold = needs_fold(window, summary, settings, self._config.max_messages)
         if not messages and summary is None and not fold:
