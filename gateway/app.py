@@ -17,12 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import (claims, events, extraction, history, integrations, jobs, memories, memory_policies, profiles,
-                         prompts, records, state, subjects)
+from gateway.api import (audit, claims, events, extraction, history, integrations, jobs, memories, memory_policies,
+                         profiles, prompts, records, state, subject_export, subjects)
+from gateway import metrics
 from gateway.config import GatewayConfig
+from gateway.http_observer import HttpObserver
 from gateway.proxy import chat_completions, gemini, messages, responses
 from gateway.redaction import install_log_redaction
-from gateway.routing import mount, not_served
+from gateway.request_id import install_request_id_logging
+from gateway.routing import endpoint, mount, not_served
 from gateway.server import BEFORE_SHUTDOWN
 from gateway.services import Services
 
@@ -32,7 +35,7 @@ API = "/api/v1"
 _OPENAI_AND_ANTHROPIC = [*chat_completions.routes, *responses.routes, *messages.routes]
 _REST = [*history.routes, *memories.routes, *extraction.routes, *claims.routes, *jobs.routes, *subjects.routes,
          *prompts.routes, *memory_policies.routes, *state.routes, *profiles.routes, *records.routes, *events.routes,
-         *integrations.routes]
+         *integrations.routes, *audit.routes, *subject_export.routes]
 
 
 async def _health(request: Request) -> Response:
@@ -51,15 +54,22 @@ def _routes() -> list[BaseRoute]:
         mount("/v1", [*_OPENAI_AND_ANTHROPIC, *gemini.routes]),
         mount("/v1beta", gemini.v1beta_routes),
         Route("/health", _health, methods=["GET"]),
+        # Prometheus text format, this process's only (gateway/metrics.py).
+        Route("/metrics", endpoint(metrics.serve_metrics, scope="metrics:read"), methods=["GET"]),
     ]
 
 
 def create_app(config: GatewayConfig, services: Services | None = None) -> Starlette:
     # Whatever logs in this process (the gateway, LiteLLM, httpx, uvicorn) logs no key.
     install_log_redaction()
+    # Every log record carries the id of the request it was written for (gateway/request_id.py).
+    install_request_id_logging()
+    observed = metrics.GatewayMetrics() if config.server.metrics.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Callable[[], None]]]:
+        # The tasks started from here (the job worker's) count into this gateway's metrics.
+        metrics.activate(observed)
         built = services or Services.build(config)
         built.upstream.warm_up()
         await built.start()
@@ -81,4 +91,6 @@ def create_app(config: GatewayConfig, services: Services | None = None) -> Starl
     # Trailing-slash redirects are not_served's: the router's own would also redirect a path only
     # a mount prefix matches ("/v1" to "/v1/"), which no route serves.
     app.router.redirect_slashes = False
+    # Every answer carries X-Request-Id; with metrics on, each is counted (gateway/http_observer.py).
+    app.add_middleware(HttpObserver, metrics=observed)
     return app

@@ -1,4 +1,4 @@
-"""``mnx-gateway``: serve, check-config, init, hash-key, explain, keys, --version."""
+"""``mnx-gateway``: serve, check-config, init, hash-key, explain, keys, export, import, --version."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from gateway.config import BUILT_IN_CONFIG, CONFIG_FILE_NAME, GatewayConfig, find_config, load_config
 from gateway.dev_key import check_dev_key_exposure
 from gateway.errors import ConfigError
+from gateway.export.commands import add_export_commands
 from gateway.keys.commands import add_keys_command
 
 CONFIG_HELP = ("path to the config file (default: $MNX_GATEWAY_CONFIG, else ./gateway.yaml, "
@@ -47,6 +48,7 @@ def _data_locations(config: GatewayConfig) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from gateway import registry
     from gateway.app import create_app
+    from gateway.log_format import configure_logging
     from gateway.server import serve
 
     path = _config_path(args)
@@ -55,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     registry.check_names(config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.server)  # server.log_format, with request ids (gateway/log_format.py)
     if Path(path) == BUILT_IN_CONFIG:
         log.warning("no --config, no $MNX_GATEWAY_CONFIG and no ./gateway.yaml: running the built-in default "
                     "config; data goes to %s (`mnx-gateway init` writes a gateway.yaml to edit)",
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--config", help=CONFIG_HELP)
     explain.set_defaults(run=_explain)
     add_keys_command(commands, CONFIG_HELP)  # keys create|list|revoke|rotate (gateway/keys/commands.py)
+    add_export_commands(commands, CONFIG_HELP)  # export, import (gateway/export/commands.py)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -42,6 +42,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MetricsConfig(_Strict):
+    """GET /metrics (gateway/metrics.py), for keys holding the metrics:read scope."""
+
+    # On by default: the counters cost a few microseconds per request (docs/configuration.md).
+    enabled: bool = True
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
@@ -57,12 +64,15 @@ class ServerConfig(_Strict):
     # 18 an OpenAI SDK request carries plus what proxies add.
     max_headers: int = Field(default=100, ge=32)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: lines for a person; json: one object per line (gateway/log_format.py). Both carry the request id.
+    log_format: Literal["text", "json"] = "text"
     # One log line per request; off by default because it costs CPU on every call.
     access_log: bool = False
     # When stopping, how long open responses may take to finish before they are cut off. A
     # client that stopped reading (a stuck memory event subscriber) would otherwise hold the
     # stop forever; raise it if answers that take longer must finish across a restart.
     shutdown_timeout_seconds: float = Field(default=30, gt=0, le=3600)
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class SqliteConfig(_Strict):
@@ -147,11 +157,25 @@ class ProfileFieldConfig(_Strict):
         return value
 
 
+class UsageLimits(_Strict):
+    """Usage limits (gateway/usage_limits.py); each is off unless set."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    memory_actions_per_month: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+
+
+class ProjectLimits(UsageLimits):
+    # Per key, by key name (configured or made with `mnx-gateway keys create --name`).
+    keys: dict[str, UsageLimits] = {}
+
+
 class ProjectConfig(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = ""
     keys: list[ProjectKey] = Field(min_length=1)
     profile_fields: list[ProfileFieldConfig] = Field(default_factory=list, max_length=100)
+    limits: ProjectLimits = ProjectLimits()
 
     @field_validator("id")
     @classmethod
@@ -516,6 +540,20 @@ class TrialConfig(_Strict):
                                                        "state:read", "profiles:read"], min_length=1)
 
 
+class AuditConfig(_Strict):
+    """The audit log of proxied turns, ``GET /audit/requests`` (gateway/audit_log.py)."""
+
+    # Off by default: when on, whole prompts and answers are kept for retention_days.
+    enabled: bool = False
+    # Records older than this vanish (a TTL on each, on every backend).
+    retention_days: float = Field(default=30, gt=0, le=3650)
+    # A request or answer body whose JSON is larger is kept as its first this many bytes, marked truncated.
+    max_payload_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+    # The surfaces whose turns are recorded.
+    surfaces: tuple[Literal["chat", "responses", "messages", "gemini"], ...] = (
+        "chat", "responses", "messages", "gemini")
+
+
 class AuthConfig(_Strict):
     trial: TrialConfig = TrialConfig()
 
@@ -535,6 +573,7 @@ class GatewayConfig(_Strict):
     prompts: PromptsConfig = PromptsConfig()
     integrations: IntegrationsConfig = IntegrationsConfig()
     auth: AuthConfig = AuthConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

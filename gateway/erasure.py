@@ -40,7 +40,7 @@ __all__ = ["SubjectErased", "SubjectErasure"]
 class SubjectErasure:
     def __init__(self, fence: ErasureFence, store: DocumentStore, jobs: JobQueue, *, memories: Any, recalls: Any,
                  history: Any, state: Any, prompts: Any, policies: Any, profiles: Any = None,
-                 records: Any = None, integration_values: Any = None) -> None:
+                 records: Any = None, integration_values: Any = None, audit: Any = None) -> None:
         self._fence = fence
         self._store = store
         self._jobs = jobs
@@ -54,6 +54,8 @@ class SubjectErasure:
         self._records = records
         # Integration values cached for the subject (gateway/integrations/cache.py).
         self._integration_values = integration_values
+        # The audit log's records of the subject's turns (gateway/audit_log.py).
+        self._audit = audit
         # Called with the ids of the jobs an erasure deleted (the learner forgets their keys).
         self.on_jobs_voided: list[Callable[[Sequence[str]], None]] = []
 
@@ -103,6 +105,8 @@ class SubjectErasure:
             erased["records"] = await self._records.erase_subject(project_id, subject_id)
         if self._integration_values is not None:
             erased["integration_values"] = await self._integration_values.delete_subject(project_id, subject_id)
+        if self._audit is not None:
+            erased["audit_records"] = await self._audit.delete_subject(project_id, subject_id)
         # Last, after anything above that announced a change: the subject's events not yet
         # delivered leave the replay buffer and the subscribers' queues (every gateway's, on Redis).
         await self._memories.events.forget_subject(project_id, subject_id)

@@ -66,6 +66,9 @@ def endpoint(handler: Handler, *, scope: str | tuple[str, ...],
         try:
             credentials = await services.keys.admit(request, trial=trial)
             credentials.principal.require(scope, request.method)
+            # Usage limits (gateway/usage_limits.py): counted and checked before any work.
+            await services.usage.admit(credentials.principal, get_route_path(request.scope),
+                                       proxy=surface is not MNEXIUM)
             return await handler(Call(request, services, credentials))
         except GatewayError as error:
             return error_response(error, surface, headers=error.headers)

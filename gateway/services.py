@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import registry
+from gateway.audit_log import AuditLog
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig, StorageConfig
 from gateway.erasure import SubjectErased, SubjectErasure
@@ -45,6 +46,7 @@ from gateway.redaction import register_secrets
 from gateway.store import DocumentStore
 from gateway.store.redis_client import connect_redis
 from gateway.subject_locks import RedisSubjectLocks, SubjectLocks
+from gateway.usage_limits import UsageLimiter
 from gateway.summaries.folding import SUMMARIZE_JOB, SummaryFolder
 from gateway.summaries.summarizer import Summarizer
 from gateway.summaries.tokens import preload_encodings
@@ -81,6 +83,10 @@ class Services:
     # Integrations (contract §16), and the values they keep, which prompts read (gateway/integrations/).
     integrations: Integrations
     integration_values: IntegrationValues
+    # Usage limits, counted in the store (gateway/usage_limits.py).
+    usage: UsageLimiter
+    # The audit log of proxied turns (gateway/audit_log.py; off unless audit.enabled).
+    audit: AuditLog
     # The Redis client the store, queue and fence share (Redis backend only).
     redis: Any = None
 
@@ -120,11 +126,13 @@ class Services:
         fence: ErasureFence = (RedisErasureFence(redis, config.storage.redis.key_prefix) if redis is not None
                                else LocalErasureFence())
         integration_cache = ValuesCache(store)
+        audit = AuditLog(store, config.audit)
         erasure = SubjectErasure(fence, store, jobs, memories=memories, recalls=recalls, history=history, state=state,
                                  prompts=prompts, policies=policies, profiles=profiles, records=records,
-                                 integration_values=integration_cache)
+                                 integration_values=integration_cache, audit=audit)
         # Every write of a record enters erasure's section for its subjects (gateway/records/records.py).
         records.fence = erasure.writing
+        audit.fence = erasure.writing
         integration_cache.fence = erasure.writing
         integrations = Integrations(store, config.integrations, integration_cache)
         # What prompt templates render {{var}} tokens from (gateway/prompt_templates.py).
@@ -185,6 +193,8 @@ class Services:
             fence=fence,
             integrations=integrations,
             integration_values=integration_values,
+            usage=UsageLimiter(store, config.projects),
+            audit=audit,
             redis=redis,
         )
 
@@ -209,6 +219,7 @@ class Services:
 
     async def aclose(self) -> None:
         await self.recall_log.close()
+        await self.audit.close()
         await self.worker.stop()
         await self.memories.events.aclose()
         await self.jobs.close()

@@ -36,6 +36,7 @@ BENCHMARKS = {
     "records": ("| measure | backend | records of the type |", ROOT / "bench" / "README.md"),
     "prompt_cache": ("| scenario | mode | turn 1 |", ROOT / "bench" / "README.md"),
     "summaries": ("| measure | prior turns | replayed messages |", ROOT / "bench" / "README.md"),
+    "usage_limits": ("| backend, check | p50 ms | p99 ms |", ROOT / "bench" / "README.md"),
 }
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from gateway.store import codec
-from gateway.store.base import Collection, Increment, Tally
+from gateway.store.base import Charge, Collection, Increment, Tally
 from gateway.store.redis import RedisDocumentStore
 from tests.conftest import REDIS_URL
 
@@ -168,3 +169,60 @@ async def test_what_orjson_refuses_is_still_stored_and_read_back(store):
     await store.put(NOTES, "p1", "big", doc)
     assert await store.get(NOTES, "p1", "big") == doc
     assert codec.decode('{"score": NaN}')["score"] != codec.decode('{"score": NaN}')["score"]  # NaN is NaN
+
+
+# -- charge: counters checked and added in one atomic step (usage limits) ---------------------
+
+async def test_charge_adds_up_to_the_limit_and_refuses_without_adding(store):
+    later = time.time() + 60
+    for expected in (1, 2, 3):
+        charged = await store.charge("p1", [Charge("rpm", 1, 3, later)])
+        assert (charged.refused, charged.counts) == (None, (expected,))
+    refused = await store.charge("p1", [Charge("rpm", 1, 3, later)])
+    assert (refused.refused, refused.counts) == (0, (3,))
+    # A check (by=0) asks for room for one more; no limit: always added; other projects: their own.
+    assert (await store.charge("p1", [Charge("rpm", 0, 3, later)])).refused == 0
+    assert (await store.charge("p1", [Charge("rpm", 0, 4, later)])).refused is None
+    assert (await store.charge("p1", [Charge("rpm", 10, None, later)])).counts == (13,)
+    assert (await store.charge("p2", [Charge("rpm", 1, 3, later)])).counts == (1,)
+    with pytest.raises(ValueError):
+        await store.charge("", [Charge("rpm", 1, 3, later)])
+
+
+async def test_charge_is_all_or_nothing_across_counters(store):
+    later = time.time() + 60
+    await store.charge("p1", [Charge("key", 2, None, later)])
+    # The second counter has no room: the first is not added to either.
+    charged = await store.charge("p1", [Charge("project", 1, 5, later), Charge("key", 1, 2, later)])
+    assert (charged.refused, charged.counts) == (1, (0, 2))
+    charged = await store.charge("p1", [Charge("project", 1, 5, later), Charge("key", 1, 3, later)])
+    assert (charged.refused, charged.counts) == (None, (1, 3))
+
+
+async def test_an_expired_counter_starts_again_from_zero(store):
+    await store.charge("p1", [Charge("window", 2, 2, time.time() + 0.3)])
+    assert (await store.charge("p1", [Charge("window", 1, 2, time.time() + 0.3)])).refused == 0
+    await asyncio.sleep(0.4)
+    assert (await store.charge("p1", [Charge("window", 1, 2, time.time() + 60)])).counts == (1,)
+
+
+async def test_concurrent_charges_admit_exactly_the_limit(store):
+    """Two writers at once (on Redis: two clients, as two gateways would be): 100 charges of 1
+    against a limit of 37 are exactly 37 admissions."""
+    other = store
+    if isinstance(store, RedisDocumentStore):
+        other = RedisDocumentStore(REDIS_URL, store._prefix)
+    later = time.time() + 60
+
+    async def writer(backend) -> int:
+        admitted = 0
+        for _ in range(50):
+            charged = await backend.charge("p1", [Charge("hot", 1, 37, later), Charge("all", 1, None, later)])
+            admitted += charged.refused is None
+        return admitted
+
+    results = await asyncio.gather(writer(store), writer(other))
+    if other is not store:
+        await other.close()
+    assert sum(results) == 37
+    assert (await store.charge("p1", [Charge("all", 0, None, later)])).counts == (37,)

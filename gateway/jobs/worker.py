@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from gateway import metrics
 from gateway.jobs.queue import Job, JobError, JobQueue
 from gateway.redaction import redact
 
@@ -75,8 +76,10 @@ class JobWorker:
                 log.warning("job %s (%s) failed on attempt %d, retrying in %.0f s: %s", job.id, job.kind,
                             job.attempts, delay, description)
                 await self._queue.retry_later(job.id, description, delay)
+                metrics.job_finished(job.kind, failed=True)
             else:
                 await self._queue.complete(job.id)
+                metrics.job_finished(job.kind, failed=False)
         return len(jobs)
 
     async def _run(self) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Mapping, Sequence
 
+from gateway import metrics
 from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.errors import Conflict, GatewayError, NotFound, UpstreamError
 from gateway.history import content_text
@@ -254,6 +255,7 @@ class Learner:
                         no_supersede=forced)
         result, _ = await self._memories.create(project_id, new, origin=origin, api_key=keys.embedder,
                                                 claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
+        metrics.memory_learned(result)
         # A memory skipped as a duplicate still states its fields: they name the original.
         await self._learn_profile(project_id, subject_id, memory, result["id"] or result.get("duplicate_of"),
                                   source_type=profile_source)

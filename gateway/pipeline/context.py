@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from gateway import metrics
 from gateway.options import MnxOptions
 
 
@@ -70,6 +71,8 @@ class ContextLayer:
     on_answered: Callable[[], Awaitable[None]] | None = None
     # What mnx.explain shows about how the layer was made, beyond its text (e.g. template variables).
     report: Mapping[str, Any] | None = None
+    # What the audit log records the layer injected, by id (memory ids, record ids...: gateway/audit_log.py).
+    audit: Mapping[str, Any] | None = None
 
 
 class ContextStage(Protocol):
@@ -114,6 +117,8 @@ class AssembledContext:
     prefix_stable: bool = False
     # mnx.explain: each stage that applied, with its layer and time; None on other turns.
     stage_reports: list[StageReport] | None = None
+    # Each contributing stage's ``ContextLayer.audit``, by stage name (for the audit log).
+    injected: dict[str, Any] = field(default_factory=dict)
 
     @property
     def system_with_volatile(self) -> str | None:
@@ -185,7 +190,8 @@ SECTION_SEPARATOR = "\n\n"
 
 
 async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> AssembledContext:
-    stages = [stage for stage in stages if stage.applies(turn)]
+    # Timed per stage when metrics are on (gateway/metrics.py); as they are otherwise.
+    stages = metrics.observed_stages([stage for stage in stages if stage.applies(turn)])
     reports: list[StageReport] | None = None
     if turn.options.explain:
         timed = await asyncio.gather(*(_timed(stage, turn) for stage in stages))
@@ -200,6 +206,7 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
     volatile: list[str] = []
     history: list[dict[str, Any]] = []
     writes: list[Callable[[], Awaitable[None]]] = []
+    injected: dict[str, Any] = {}
     cache = turn.options.cache and last_user_index(turn.messages) is not None
     for stage, layer in zip(stages, layers):
         if layer is None:
@@ -209,6 +216,8 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
         history.extend(layer.messages)
         if layer.on_answered is not None:
             writes.append(layer.on_answered)
+        if layer.audit is not None:
+            injected[stage.name] = layer.audit
     volatile_text = SECTION_SEPARATOR.join([VOLATILE_PREAMBLE, *volatile]) if volatile else None
     return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, writes, volatile_text,
-                            prefix_stable=cache, stage_reports=reports)
+                            prefix_stable=cache, stage_reports=reports, injected=injected)

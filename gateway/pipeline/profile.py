@@ -36,4 +36,4 @@ class ProfileStage:
 
     async def run(self, turn: TurnContext) -> ContextLayer | None:
         fields = await self._profiles.simple(turn.project_id, turn.options.subject_id)
-        return ContextLayer(system_text=render(fields)) if fields else None
+        return ContextLayer(system_text=render(fields), audit={"fields": sorted(fields)}) if fields else None

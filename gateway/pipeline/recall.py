@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from gateway.config import RecallConfig
 from gateway.errors import GatewayError
 from gateway.history import content_text
+from gateway import metrics
 from gateway.memory.memories import Memories
 from gateway.memory.ranking import SearchHit
 from gateway.memory.recall_log import RecalledTurn, RecallLog
@@ -88,17 +89,19 @@ class MemoryRecallStage:
                                            min_score=self._config.min_score, context=context, api_key=api_key,
                                            use_dense=use_dense)
         truths = await self._truths(turn, hits)
+        audit = {"memory_ids": [hit.memory_id for hit in hits], "claim_ids": [row["active_claim_id"] for row in truths]}
         if not hits:
-            return ContextLayer(system_text=render(hits, truths)) if truths else None
+            return ContextLayer(system_text=render(hits, truths), audit=audit) if truths else None
         recalled_at = time.time()
 
         async def record_recall() -> None:
+            metrics.memories_recalled(len(hits))
             self._recall_log.add(RecalledTurn(turn.project_id, options.subject_id, turn.started_at, recalled_at, hits, {
                 "chat_id": options.chat_id, "message_index": message_index, "chat_logged": int(options.log),
                 "request_type": turn.request_type, "model": turn.model, "metadata": options.metadata or {}}))
 
         # Handed over once the turn is answered: a request that fails recalled nothing.
-        return ContextLayer(system_text=render(hits, truths), on_answered=record_recall)
+        return ContextLayer(system_text=render(hits, truths), on_answered=record_recall, audit=audit)
 
     async def _truths(self, turn: TurnContext, hits: Sequence[SearchHit]) -> list[dict[str, Any]]:
         """The subject's latest ``memory.recall.truths`` truths, but those stated by a recalled

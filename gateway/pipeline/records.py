@@ -43,6 +43,7 @@ class RecordsRecallStage:
         hits = await self._records.recall(turn.project_id, turn.options.subject_id, text, tables=option.tables,
                                           api_key=api_key)
         lines: list[str] = []
+        injected: list[dict[str, str]] = []
         used = len(PREAMBLE)
         for hit in hits:
             record = hit.record
@@ -51,7 +52,8 @@ class RecordsRecallStage:
             if used + len(line) + 1 > self._config.max_chars:
                 break
             lines.append(line)
+            injected.append({"type": record["type_name"], "record_id": record["record_id"]})
             used += len(line) + 1
         if not lines:
             return None
-        return ContextLayer(system_text="\n".join([PREAMBLE, *lines]))
+        return ContextLayer(system_text="\n".join([PREAMBLE, *lines]), audit={"records": injected})

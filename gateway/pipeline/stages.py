@@ -37,14 +37,15 @@ class SystemPromptStage:
                                                  options.chat_id)
         if not chosen:
             return None
+        audit = {"prompt_ids": [prompt["id"] for prompt in chosen]}
         if self._template_values is None:
-            return ContextLayer(system_text=combined_text(chosen))
+            return ContextLayer(system_text=combined_text(chosen), audit=audit)
         # Integration values are the integrations' data: a key without integrations:read gets the
         # defaults only. An explained turn reads cached values and fetches (and writes) nothing.
         source = self._template_values if turn.may_read_integrations else None
         rendered, rendering = await render(chosen, source, project_id=turn.project_id, subject_id=options.subject_id,
                                            chat_id=options.chat_id, allow_live=not options.explain)
-        return ContextLayer(system_text=combined_text(rendered), report=rendering.report())
+        return ContextLayer(system_text=combined_text(rendered), report=rendering.report(), audit=audit)
 
 
 class AgentStateStage:
@@ -66,7 +67,7 @@ class AgentStateStage:
         value = json.dumps(doc["value"], ensure_ascii=False, sort_keys=True)
         # State is data the app wrote, so it is framed as data, not as instructions.
         text = f"Current agent state (key \"{wanted.key}\"), as JSON data:\n{value}"
-        return ContextLayer(system_text=text)
+        return ContextLayer(system_text=text, audit={"state_key": wanted.key})
 
 
 # Chats remembered as under the summarizing threshold (HistoryStage._short_chats).
@@ -121,7 +122,7 @@ class HistoryStage:
                                               # Cache mode: a replayed prefix that stays the same for
                                               # whole chunks of turns (ChatHistory.replay says why).
                                               chunk=self._config.cut_chunk_messages if turn.options.cache else None)
-        return ContextLayer(messages=messages) if messages else None
+        return ContextLayer(messages=messages, audit={"messages": len(messages)}) if messages else None
 
     async def _with_summary(self, turn: TurnContext, asked: SummarizeSettings,
                             folder: SummaryFolder) -> ContextLayer | None:
@@ -159,5 +160,9 @@ class HistoryStage:
         async def request_fold() -> None:
             await folder.request(project_id, subject_id, chat_id, settings, turn.model, turn.provider_keys)
 
+        audit: dict[str, object] = {"messages": len(messages)}
+        if summary is not None:  # the summary stands for the chat's first messages_summarized messages
+            audit["summary"] = {"messages_summarized": summary.messages_summarized,
+                                "end_message_id": summary.end_message_id or None}
         return ContextLayer(system_text=summary_section(summary) if summary else None, messages=messages,
-                            on_answered=request_fold if fold else None)
+                            on_answered=request_fold if fold else None, audit=audit)

@@ -42,10 +42,17 @@ def _openai_error(error: GatewayError) -> dict[str, Any]:
             "type": _OPENAI_TYPES.get(error.status, "api_error"),
             "param": error.extra.get("param"),
             "code": error.code,
+            **_limit_fields(error),
         },
-        # The mnexium SDK reads a top-level "message"; OpenAI clients ignore it.
+        # The mnexium SDK reads a top-level "message" (and a 429's "current" and "limit"); OpenAI clients ignore them.
         "message": error.message,
+        **_limit_fields(error),
     }
+
+
+def _limit_fields(error: GatewayError) -> dict[str, Any]:
+    """A usage limit's ``current`` and ``limit`` (gateway/usage_limits.py), where the envelope has room."""
+    return {name: error.extra[name] for name in ("current", "limit") if name in error.extra}
 
 
 # OpenAI's error envelope, read by the OpenAI SDK on both OpenAI surfaces (this one and /responses).

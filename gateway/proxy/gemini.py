@@ -39,10 +39,14 @@ _GRPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
 
 def _google_error(error: GatewayError) -> dict[str, Any]:
     # Google's ErrorInfo detail is the native place for a machine-readable reason.
+    info: dict[str, Any] = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": error.code,
+                            "domain": "mnx-gateway"}
+    # A usage limit's "current" and "limit": ErrorInfo's metadata is a map of strings.
+    metadata = {name: str(error.extra[name]) for name in ("current", "limit") if name in error.extra}
+    if metadata:
+        info["metadata"] = metadata
     return {"error": {"code": error.status, "message": error.message,
-                      "status": _GRPC_STATUS.get(error.status, "INTERNAL"),
-                      "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": error.code,
-                                   "domain": "mnx-gateway"}]}}
+                      "status": _GRPC_STATUS.get(error.status, "INTERNAL"), "details": [info]}}
 
 
 GEMINI_ERRORS = ErrorShape("gemini", _google_error)

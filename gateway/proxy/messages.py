@@ -37,8 +37,10 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 4
 
 def _anthropic_error(error: GatewayError) -> dict[str, Any]:
     # "code" is ours (Anthropic has none); the SDK keeps unknown keys in the error body.
+    # A usage limit's "current" and "limit" go beside it, as the SDK keeps them too.
+    limits = {name: error.extra[name] for name in ("current", "limit") if name in error.extra}
     return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
-                                       "message": error.message, "code": error.code}}
+                                       "message": error.message, "code": error.code, **limits}}
 
 
 ANTHROPIC_ERRORS = ErrorShape("anthropic", _anthropic_error)

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.erasure import SubjectErased
+from gateway import metrics as gateway_metrics
 from gateway.errors import BadRequest, GatewayError
 from gateway.feature_scopes import authorize_features
 from gateway.options import parse_options
@@ -37,6 +38,7 @@ from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.wire import UpstreamCall, WireFormat
 from gateway.keys.trial import provisioned
 from gateway.routing import Call
+from gateway.usage_limits import tokens_of
 from gateway.validation import read_json_object
 
 
@@ -122,6 +124,9 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     services = call.services
     headers = call.request.headers
     body = await read_json_object(call.request, services.config.server.max_body_bytes)
+    # The turn's audit record (gateway/audit_log.py; None when the log is off): the body as sent.
+    audit = services.audit.begin(call.project_id, spec.request_type, body,
+                                 (*call.credentials.provider_keys.values(), call.credentials.provider_bearer))
     mnx = body.pop("mnx", None)
     if (isinstance(mnx, dict) and mnx.get("regenerate_key") is True and mnx.get("explain") is not True
             and services.keys.trials is not None):
@@ -131,6 +136,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     if spec.from_path is not None:
         spec.from_path(call.request, body)
     options = parse_options(mnx, headers, services.config.defaults, history_default=spec.history_default)
+    gateway_metrics.stage_since("options", started)  # reading the body included
     ids = {"X-Mnx-Chat-Id": header_value(options.chat_id), "X-Mnx-Subject-Id": header_value(options.subject_id)}
     credentials = call.credentials
     try:
@@ -149,11 +155,16 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
             if not options.explain:
                 raise
             api_key = ""  # an explained turn calls no provider: it needs no key
+        # Usage limits: the turn's recall (memory.search) and learning (memory.create), before either runs.
+        await services.usage.memory_actions(credentials.principal, int(options.recall) + int(
+            options.learn is not False and not options.explain))
         prepared_at = time.perf_counter()
         turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
                            request_type=spec.request_type, provider_keys=credentials.provider_keys,
                            may_read_integrations=credentials.principal.allows("integrations:read"))
         context = await assemble(turn, services.stages)
+        if audit is not None:
+            audit.provider, audit.model, audit.injected = route.provider, route.model, context.injected
         forwarded = {name: _forwardable(name, headers[name]) for name in spec.forwarded_headers if name in headers}
         outgoing = spec.with_context(body, context)
         # (Not when the turn had no user message for its volatile layers: they are then in the
@@ -169,12 +180,16 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
 
         learns_records = options.records is not None and options.records.learn is not False
 
-        async def answered(message: dict[str, Any] | None, sync: RecordsSync | None = None) -> list[dict[str, Any]]:
-            """A complete answer: the stages' writes (recall events), a sync turn's records, then
-            history and learning, unless the subject was erased while the turn ran (its data must
-            not come back). Returns the records written (sync only)."""
+        @gateway_metrics.timed("record")
+        async def answered(message: dict[str, Any] | None, sync: RecordsSync | None = None,
+                           whole: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            """A complete answer (``whole``: the provider's, None when streamed): the stages' writes
+            (recall events), a sync turn's records, then history and learning, unless the subject
+            was erased while the turn ran (its data must not come back); the audit record is
+            written behind it. Returns the records written (sync only)."""
             if not (context.on_answered or options.log or options.learn is not False or learns_records):
-                return []  # a plain proxied turn writes nothing
+                await services.audit.answered(audit, options, answer=whole, message=message)
+                return []  # a plain proxied turn writes nothing (but its audit record)
             written: list[dict[str, Any]] = []
             try:
                 async with services.erasure.writing(call.project_id, options.subject_id, since=turn.started_at):
@@ -189,6 +204,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
             except SubjectErased:
                 log.info("the subject of a %s turn was erased while it ran: nothing recorded", spec.request_type)
                 return []
+            await services.audit.answered(audit, options, answer=whole, message=message)
             return written
 
         async def streamed(message: dict[str, Any]) -> None:
@@ -197,9 +213,13 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         if body.get("stream"):
             # Once the stream has begun nothing can be added to the answer: sync or not, a
             # streamed turn's records are learned by its job (docs/features.md, Records).
-            stream = await unless_client_leaves(call.request, services.upstream.open_stream(upstream_call, spec.wire))
+            stream = await unless_client_leaves(call.request, gateway_metrics.forwarded(
+                route.provider, services.upstream.open_stream(upstream_call, spec.wire)))
             try:
-                return StreamingResponse(relay(stream, spec.new_accumulator(), spec.error_frame, streamed),
+                accumulator = spec.new_accumulator()
+                relayed = relay(stream, audit.watching(accumulator) if audit else accumulator, spec.error_frame,
+                                streamed)
+                return StreamingResponse(services.usage.counting_stream(credentials.principal, relayed),
                                          media_type="text/event-stream",
                                          headers={**ids, **stream.headers, "Cache-Control": "no-cache",
                                                   "X-Accel-Buffering": "no"})
@@ -207,9 +227,14 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
                 # Until the response owns the stream, an open provider connection is ours to close.
                 await stream.aclose()
                 raise
-        answer = await unless_client_leaves(call.request, services.upstream.complete(upstream_call, spec.wire))
+        answer = await unless_client_leaves(call.request, gateway_metrics.forwarded(
+            route.provider, services.upstream.complete(upstream_call, spec.wire)))
+        gateway_metrics.count_tokens(route.provider, answer.body)
+        await services.usage.add_tokens(credentials.principal, tokens_of(answer.body))
     except GatewayError as error:
         error.headers = {**(error.headers or {}), **ids}
+        if audit is not None and not options.explain:
+            await services.audit.failed(audit, options, error)
         raise
     except ClientLeft:
         log.info("client left before the answer to a %s turn: provider call cancelled, nothing recorded",
@@ -220,9 +245,11 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     try:
         prepared = (await RecordsSync.prepare(turn, message, learner=services.learner)
                     if sync and message is not None else None)
-        written = await answered(message, prepared)
+        written = await answered(message, prepared, answer.body)
     except GatewayError as error:
         error.headers = {**(error.headers or {}), **ids}
+        if audit is not None:
+            await services.audit.failed(audit, options, error)
         raise
     if spec.mnx_in_body:
         answer.body["mnx"] = {"chat_id": options.chat_id, "subject_id": options.subject_id}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 Document = dict[str, Any]
 
@@ -171,6 +171,29 @@ class Tally:
     last_at: float
 
 
+@dataclass(frozen=True)
+class Charge:
+    """Add ``by`` to the counter ``counter`` unless that would take it past ``limit`` (None: no
+    limit, always added). ``by=0`` adds nothing and asks whether there is room for one more
+    (the counter is below ``limit``). The counter starts at zero and is forgotten at
+    ``expires_at`` (epoch seconds): a fixed window's counter names its window and ends with it."""
+
+    counter: str
+    by: int
+    limit: int | None
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Charged:
+    """What ``DocumentStore.charge`` did: ``refused`` is the position of the first charge that had
+    no room (then nothing was added), or None (all were added). ``counts``: each counter's value
+    after the call, in the order of the charges."""
+
+    refused: int | None
+    counts: tuple[int, ...]
+
+
 def require_project(project_id: str) -> None:
     if not project_id:
         raise ValueError("a project id is required for every storage operation")
@@ -220,6 +243,12 @@ class DocumentStore(Protocol):
 
     async def delete_tallies(self, collection: Collection, project_id: str, doc_ids: Iterable[str]) -> None:
         """Remove every tally of these documents."""
+
+    async def charge(self, project_id: str, charges: Sequence[Charge]) -> Charged:
+        """Check every charge against its limit and, when all have room, add them all; else add none.
+        One atomic step, also between gateways sharing the store: of N concurrent charges of 1
+        against a counter with room for k, exactly k are added. The counters are the project's
+        own (no collection); at most a few per call, all in one round trip on Redis."""
 
     async def scrub(self) -> None:
         """Make deleted documents unrecoverable from the backend's own files (after an

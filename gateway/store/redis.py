@@ -34,14 +34,15 @@ so they live in the slot of the declared keys and the scripts run on a cluster a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as redis_asyncio
 
 from gateway.store import codec
-from gateway.store.base import Collection, Document, Increment, OrderedRange, OrderedValue, Tally, require_project
+from gateway.store.base import (Charge, Charged, Collection, Document, Increment, OrderedRange, OrderedValue, Tally,
+                                require_project)
 from gateway.store.redis_client import connect_redis
 
 # Shared by the scripts that replace or remove documents: drop a document's ordered entries.
@@ -223,6 +224,26 @@ end
 return #KEYS
 """
 
+# KEYS: one counter per charge. ARGV: by, limit (-1: none), expiry in epoch ms, for each (in
+# KEYS' order). Every counter is checked before any is added to: all or nothing, in one step.
+# Returns the refused charge's position (0: none) followed by every counter's value.
+_CHARGE = """
+local counts, refused = {}, 0
+for i = 1, #KEYS do
+  counts[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local by, limit = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
+  if refused == 0 and limit >= 0 and counts[i] + math.max(by, 1) > limit then refused = i end
+end
+if refused == 0 then
+  for i = 1, #KEYS do
+    counts[i] = redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
+    redis.call('PEXPIREAT', KEYS[i], ARGV[3 * i])
+  end
+end
+table.insert(counts, 1, refused)
+return counts
+"""
+
 
 class RedisDocumentStore:
     def __init__(self, redis: str | redis_asyncio.Redis, key_prefix: str = "mnx:") -> None:
@@ -237,6 +258,7 @@ class RedisDocumentStore:
         self._find_exact = self._redis.register_script(_FIND_EXACT)
         self._find_ordered = self._redis.register_script(_FIND_ORDERED)
         self._increment = self._redis.register_script(_INCREMENT)
+        self._charge = self._redis.register_script(_CHARGE)
 
     # -- key layout -----------------------------------------------------------------------
 
@@ -342,6 +364,19 @@ class RedisDocumentStore:
         keys = [base + "t:" + doc_id for doc_id in doc_ids]
         for start in range(0, len(keys), 500):
             await self._redis.delete(*keys[start:start + 500])
+
+    async def charge(self, project_id: str, charges: Sequence[Charge]) -> Charged:
+        require_project(project_id)
+        if not charges:
+            return Charged(None, ())
+        # Under the project's hash tag, so one script reaches every counter on a cluster too.
+        base = f"{self._prefix}{{{quote(project_id, safe='')}}}:~counters:"
+        args: list[Any] = []
+        for charge in charges:
+            args += [charge.by, -1 if charge.limit is None else charge.limit, int(charge.expires_at * 1000)]
+        reply = await self._charge(keys=[base + quote(c.counter, safe="") for c in charges], args=args)
+        refused = int(reply[0])
+        return Charged(refused - 1 if refused else None, tuple(int(count) for count in reply[1:]))
 
     # -- reads ----------------------------------------------------------------------------
 

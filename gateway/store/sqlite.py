@@ -39,10 +39,11 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from gateway.store import codec
-from gateway.store.base import Collection, Document, Increment, OrderedRange, Tally, require_project
+from gateway.store.base import (Charge, Charged, Collection, Document, Increment, OrderedRange, Tally,
+                                require_project)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -85,6 +86,15 @@ CREATE TABLE IF NOT EXISTS tallies (
     last_at     REAL NOT NULL,
     PRIMARY KEY (collection, project_id, doc_id, name)
 ) WITHOUT ROWID;
+-- Counters for DocumentStore.charge (usage limits): one row per project and window counter.
+CREATE TABLE IF NOT EXISTS counters (
+    project_id  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    expires_at  REAL NOT NULL,
+    PRIMARY KEY (project_id, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_by_expiry ON counters (expires_at);
 """
 
 # How often (at most) writes also sweep expired rows out of the file.
@@ -414,6 +424,38 @@ class SqliteDocumentStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    async def charge(self, project_id: str, charges: Sequence[Charge]) -> Charged:
+        require_project(project_id)
+        if not charges:
+            return Charged(None, ())
+        now = time.time()
+        # IMMEDIATE: the write lock is taken before the counters are read, so the read and the
+        # write are one step for every connection to the file, other processes' included (a
+        # deferred transaction could read, then find another writer got in first).
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            counts = []
+            for charge in charges:
+                row = self._db.execute("SELECT count, expires_at FROM counters WHERE project_id = ? AND name = ?",
+                                       (project_id, charge.counter)).fetchone()
+                counts.append(row[0] if row is not None and row[1] > now else 0)
+            refused = next((i for i, (charge, count) in enumerate(zip(charges, counts))
+                            if charge.limit is not None and count + max(charge.by, 1) > charge.limit), None)
+            if refused is None:
+                self._db.executemany(
+                    "INSERT INTO counters (project_id, name, count, expires_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (project_id, name) DO UPDATE SET "
+                    "count = CASE WHEN expires_at > ? THEN count ELSE 0 END + excluded.count, "
+                    "expires_at = excluded.expires_at",
+                    [(project_id, c.counter, c.by, c.expires_at, now) for c in charges])
+                counts = [count + charge.by for count, charge in zip(counts, charges)]
+            self._db.execute("DELETE FROM counters WHERE expires_at <= ?", (now,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return Charged(refused, tuple(counts))
 
     def _maybe_sweep(self) -> None:
         now = time.time()

@@ -95,6 +95,10 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     # Jobs and subject erasure.
     ("GET", f"{API}/jobs"): ("jobs:read",),
     ("DELETE", f"{API}/subjects/{{subject_id}}"): ("subjects:delete",),
+    # Everything of one subject as JSONL (gateway/api/subject_export.py): a scope of its own.
+    ("GET", f"{API}/subjects/{{subject_id}}/export"): ("subjects:export",),
+    # The audit log (contract §15).
+    ("GET", f"{API}/audit/requests"): ("audit:read",),
     # System prompts. Deleting one takes prompts:write (gateway/app.py), unlike the other
     # resources, whose DELETE takes <resource>:delete.
     ("GET", f"{API}/prompts"): ("prompts:read",),
@@ -148,6 +152,8 @@ EXPECTED_SCOPES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("POST", f"{API}/integrations/{{integration_id}}/webhook"): ("integrations:write",),
     # Liveness.
     ("GET", "/health"): PUBLIC,
+    # Prometheus metrics of the process (gateway/metrics.py).
+    ("GET", "/metrics"): ("metrics:read",),
 }
 
 # The coarse scope each HTTP method is granted by (docs/features.md: Projects, keys and scopes).
@@ -378,7 +384,10 @@ def everything_readable(gateway: ScopedGateway, objects: Objects) -> dict[str, t
     """What the admin key reads through every GET route about ``objects`` (the 'nothing changed' witness)."""
     reads = {}
     for endpoint in endpoints():
-        if endpoint.method == "GET" and not is_proxy(endpoint):
+        # GET /metrics counts every call, these reads included: it witnesses no stored data. A
+        # subject export is the other reads again, stamped with the time it was made.
+        if (endpoint.method == "GET" and not is_proxy(endpoint) and endpoint.path != "/metrics"
+                and not endpoint.path.endswith("/export")):
             request = request_for(endpoint, objects)
             reads[f"GET {request.url}"] = comparable(request.send(gateway, KEY))
     return reads
@@ -451,12 +460,23 @@ def test_each_granting_scope_alone_lets_the_call_through(gateway, shared, endpoi
         assert_let_through(response, endpoint, f"only {scope}")
 
 
+# Routes the method's coarse scope deliberately does not grant: GET /metrics shows the whole
+# process's counters, every project's together, so a tenant's "read" key must not read them.
+NOT_GRANTED_BY_COARSE = {"/metrics"}
+
+
 @scoped_routes
 def test_the_methods_coarse_scope_and_the_resource_wildcard_let_the_call_through(gateway, shared, endpoint):
-    labels = [f"coarse {COARSE_BY_METHOD[endpoint.method]}"]
+    labels = [] if endpoint.path in NOT_GRANTED_BY_COARSE else [f"coarse {COARSE_BY_METHOD[endpoint.method]}"]
     labels += [f"wildcard {resource_of(scope)}:*" for scope in expected_scopes(endpoint)]
     for label in labels:
         assert_let_through(request_for(endpoint, shared).send(gateway, key(label)), endpoint, label)
+
+
+def test_the_coarse_read_scope_does_not_read_the_process_wide_metrics(gateway, shared):
+    [endpoint] = [e for e in SCOPED if e.path == "/metrics" and e.method == "GET"]
+    response = request_for(endpoint, shared).send(gateway, key("coarse read"))
+    assert_refused(response, endpoint, 403, "with the coarse read scope")
 
 
 @scoped_routes

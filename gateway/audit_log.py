@@ -1,0 +1,279 @@
+"""The audit log (contract §15, ``audit:`` in gateway.yaml): what each proxied turn asked, what
+context the gateway injected into it (by id, not only as text), and what the provider answered.
+
+Off by default, because it keeps what the privacy promise keeps least of: whole prompts and
+answers, for ``retention_days``. An operator who needs the trail turns it on knowing that.
+
+One document per turn, written once the turn has an outcome (gateway/proxy/surface.py hands it
+over where it records history), behind the answer: in a task of its own, so the client does not
+wait for it, inside the erasure fence with the turn's start as ``since``: a subject erased while
+its turn ran gets no record, and erasing a subject deletes its records (gateway/erasure.py). The
+document holds both of the turn's records, ``request`` and ``response``, which ``GET
+/audit/requests`` lists as two rows sharing the turn's ``audit_id``; one document keeps the write
+to one ``put`` (with the retention as its TTL, so old records vanish on both backends).
+
+What that costs in durability: a record still being written (a millisecond or so) when the
+process is killed is lost; a clean shutdown writes them first, and a listing waits for this
+process's pending records, so a client reads its own turns. A record that cannot be written
+(storage down) is logged, and the turn's answer stands.
+
+What a record holds:
+
+* request: the body as the client sent it (``mnx`` included), the ``mnx`` options as resolved,
+  provider and model, and ``injected``: per context stage, the ids it put in (memory ids, claim
+  ids, record ids, prompt ids, the state key, profile fields, history message count and summary
+  range);
+* response: the HTTP status, the provider's answer as returned (a streamed turn: the message the
+  gateway rebuilt from the stream), the usage tokens the provider reported, or the error a failed
+  turn was answered with.
+
+Provider and project keys travel in headers, which are never stored; the stored text is also
+passed through gateway/redaction.py (anything credential-shaped, the call's own keys by value),
+and a body larger than ``max_payload_bytes`` is kept as a cut JSON text, marked ``truncated``.
+
+Not recorded: an ``mnx.explain`` turn (nothing reached a provider), a turn whose client left
+before the answer, and a stream the provider broke off (their history is not recorded either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+
+import orjson
+
+from gateway.clock import from_timestamp
+from gateway.config import AuditConfig
+from gateway.erasure import SubjectErased
+from gateway.errors import GatewayError
+from gateway.ids import ordered_id
+from gateway.options import MnxOptions
+from gateway.proxy.sse import JsonEventStream
+from gateway.redaction import redact
+from gateway.store import DocumentStore
+from gateway.store.base import Collection
+
+log = logging.getLogger("gateway.audit")
+
+DIRECTIONS = ("request", "response")
+REQUEST_TYPES = ("chat", "responses", "messages", "gemini")
+
+# Every combination of the listing's filters is one declared index (the store reads by index only).
+AUDIT = Collection("audit_turns", expiring=True, indexes=(
+    ("subject_id",), ("chat_id",), ("request_type",), ("subject_id", "chat_id"), ("subject_id", "request_type"),
+    ("chat_id", "request_type"), ("subject_id", "chat_id", "request_type")))
+
+_SECONDS_PER_DAY = 86_400.0
+# Records written behind their answers at once, at most; past it a turn waits for its own record.
+MAX_PENDING = 1000
+
+
+def resolved_options(options: MnxOptions) -> dict[str, Any]:
+    """The turn's ``mnx`` options after defaults, headers and scopes: what the gateway acted on."""
+    return {"subject_id": options.subject_id, "chat_id": options.chat_id, "history": options.history,
+            "log": options.log, "learn": options.learn, "recall": options.recall, "profile": options.profile,
+            "system_prompt": options.system_prompt, "memory_policy": options.memory_policy, "cache": options.cache,
+            "state": {"load": options.state.load, "key": options.state.key} if options.state else None,
+            "records": bool(options.records), "metadata": options.metadata,
+            "summarize": options.summarize.to_payload() if options.summarize else False}
+
+
+def usage_of(answer: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The token counts a provider's answer reports, in whichever format's field carries them."""
+    usage = answer.get("usage") or answer.get("usageMetadata")
+    if isinstance(usage, dict):
+        return usage
+    nested = answer.get("response") or answer.get("message")  # Responses / Anthropic stream events
+    if isinstance(nested, dict):
+        usage = nested.get("usage")
+        if isinstance(usage, dict):
+            return usage
+    return None
+
+
+@dataclass
+class AuditTurn:
+    """One turn's records in the making: begun when the body is read, written once it has an outcome."""
+
+    project_id: str
+    request_type: str
+    # The body as the client sent it (a shallow copy: the turn reads, never changes, its values).
+    body: dict[str, Any]
+    # The caller's keys of this request, redacted by value from everything stored.
+    secrets: tuple[str, ...] = ()
+    started_at: float = field(default_factory=time.time)
+    audit_id: str = field(default_factory=lambda: ordered_id("aud_"))
+    # Per context stage, the ids it injected (gateway/pipeline/context.py ContextLayer.audit).
+    injected: dict[str, Any] = field(default_factory=dict)
+    provider: str | None = None
+    model: str | None = None
+    # Usage seen in a stream's events (the rebuilt message carries none).
+    stream_usage: dict[str, Any] | None = None
+
+    def watching(self, accumulator: JsonEventStream) -> JsonEventStream:
+        """``accumulator`` (which rebuilds a streamed answer) also handing each event's usage to
+        this turn: the events are parsed once, for both."""
+        rebuild = accumulator.on_event
+
+        def on_event(event: dict[str, Any]) -> None:
+            usage = usage_of(event)
+            if usage is not None:  # the latest report of each count wins (Anthropic sends two)
+                self.stream_usage = {**(self.stream_usage or {}), **usage}
+            rebuild(event)
+
+        accumulator.on_event = on_event  # type: ignore[method-assign]
+        return accumulator
+
+
+class AuditLog:
+    def __init__(self, store: DocumentStore, config: AuditConfig) -> None:
+        self._store = store
+        self.config = config
+        self._ttl = config.retention_days * _SECONDS_PER_DAY
+        self._surfaces = frozenset(config.surfaces)
+        # Erasure's write section (gateway/erasure.py ``writing``), set once erasure is built.
+        self.fence: Callable[..., AbstractAsyncContextManager[None]] | None = None
+        # Records being written behind their answers.
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def begin(self, project_id: str, request_type: str, body: dict[str, Any],
+              secrets: Iterable[str | None] = ()) -> AuditTurn | None:
+        """A turn to audit, or None when the log is off (for this surface): then nothing costs."""
+        if not self.config.enabled or request_type not in self._surfaces:
+            return None
+        return AuditTurn(project_id, request_type, dict(body), tuple(s for s in secrets if s))
+
+    async def write(self, turn: AuditTurn, options: MnxOptions, *, status: int, answer: Any = None,
+                    usage: Mapping[str, Any] | None = None, error: Mapping[str, Any] | None = None,
+                    stream: bool = False) -> None:
+        """Store the turn's request and response records (inside the erasure fence: ``_fenced``)."""
+        answered_at = time.time()
+        request = {"body": turn.body, "mnx": resolved_options(options), "injected": turn.injected,
+                   "provider": turn.provider, "model": turn.model, "stream": stream}
+        response: dict[str, Any] = {"status": status, "stream": stream, "usage": usage}
+        if error is not None:
+            response["error"] = error
+        else:
+            response["body"] = answer
+        doc = {"audit_id": turn.audit_id, "subject_id": options.subject_id, "chat_id": options.chat_id,
+               "request_type": turn.request_type, "status": status,
+               "requested_at": from_timestamp(turn.started_at), "answered_at": from_timestamp(answered_at),
+               # Kept as text: read back only by the (rare) listing, never parsed on the turn's path.
+               "request": self._text(request, "body", turn.secrets),
+               "response": self._text(response, "error" if error is not None else "body", turn.secrets)}
+        await self._store.put(AUDIT, turn.project_id, turn.audit_id, doc, ttl_seconds=self._ttl)
+
+    async def answered(self, turn: AuditTurn | None, options: MnxOptions, *, answer: dict[str, Any] | None,
+                       message: dict[str, Any] | None) -> None:
+        """Record an answered turn (behind the answer): the provider's whole ``answer``, or (None:
+        it streamed) the ``message`` rebuilt from the stream, with the usage its events reported."""
+        if turn is None:
+            return
+        if answer is not None:
+            await self._behind(turn, options, status=200, answer=answer, usage=usage_of(answer))
+        else:
+            await self._behind(turn, options, status=200, answer={"message": message}, usage=turn.stream_usage,
+                               stream=True)
+
+    async def failed(self, turn: AuditTurn, options: MnxOptions, error: GatewayError) -> None:
+        """Record a turn answered with ``error`` (refused, or the provider failed), behind the answer."""
+        await self._behind(turn, options, status=error.status,
+                           error={"error": error.code, "message": error.message, **error.extra})
+
+    async def _behind(self, turn: AuditTurn, options: MnxOptions, **record: Any) -> None:
+        """Write the turn's record in a task of its own, so the answer does not wait for it; past
+        MAX_PENDING unwritten records (a slow store), the turn waits for its own: back-pressure, not loss."""
+        if len(self._pending) >= MAX_PENDING:
+            await self._fenced(turn, options, record)
+            return
+        task = asyncio.get_running_loop().create_task(self._fenced(turn, options, record), name="audit-record")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _fenced(self, turn: AuditTurn, options: MnxOptions, record: dict[str, Any]) -> None:
+        """Inside the erasure fence: nothing for a subject erased since the turn began. Never raises."""
+        assert self.fence is not None, "gateway/services.py sets the fence"
+        try:
+            async with self.fence(turn.project_id, options.subject_id, since=turn.started_at):
+                await self.write(turn, options, **record)
+        except SubjectErased:
+            log.info("the subject of a %s turn was erased while it ran: no audit record", turn.request_type)
+        except Exception:
+            log.exception("the audit record of a %s turn could not be written", turn.request_type)
+
+    async def flush(self) -> None:
+        """Wait for the records being written (a read through the API sees its own turns)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        """At shutdown: the records of answered turns are written first."""
+        await self.flush()
+
+    def _text(self, record: dict[str, Any], bulk: str, secrets: tuple[str, ...]) -> str:
+        """``record`` as stored: its JSON, redacted; when that is over ``max_payload_bytes``, with its
+        ``bulk`` field (the body) replaced by the start of that field's JSON, marked truncated."""
+        text = _json(record)
+        limit = self.config.max_payload_bytes
+        if len(text) * 4 > limit and len(text.encode()) > limit:  # (a character is at most 4 bytes)
+            body = _json(record[bulk]).encode()
+            record = {**record, bulk: {"truncated": True, "bytes": len(body),
+                                       "json_prefix": body[:limit].decode(errors="ignore")}}
+            text = _json(record)
+        return redact(text, secrets)
+
+    async def list(self, project_id: str, *, audit_id: str | None = None, subject_id: str | None = None,
+                   chat_id: str | None = None, direction: str | None = None, request_type: str | None = None,
+                   limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Records, newest first (a turn's response before its request), ``limit`` from ``offset``."""
+        await self.flush()
+        per_turn = 1 if direction else 2
+        skip = offset % per_turn
+        if audit_id is not None:
+            doc = await self._store.get(AUDIT, project_id, audit_id)
+            wanted = {"subject_id": subject_id, "chat_id": chat_id, "request_type": request_type}
+            docs = [doc] if doc is not None and all(v is None or doc[k] == v for k, v in wanted.items()) else []
+            docs = docs[offset // per_turn:]
+        else:
+            where = {name: value for name, value in
+                     (("subject_id", subject_id), ("chat_id", chat_id), ("request_type", request_type)) if value}
+            docs = await self._store.find(AUDIT, project_id, where or None, newest_first=True,
+                                          offset=offset // per_turn, limit=-(-(skip + limit) // per_turn))
+        rows = [row for doc in docs for row in _rows(doc, direction)]
+        return rows[skip:skip + limit]
+
+    async def delete_subject(self, project_id: str, subject_id: str) -> int:
+        """Erase the subject's records (gateway/erasure.py); returns how many records went."""
+        return 2 * await self._store.delete_where(AUDIT, project_id, {"subject_id": subject_id})
+
+
+def _json(value: Any) -> str:
+    # orjson: a turn's record is encoded on every audited turn, several times faster than json;
+    # json for what orjson refuses (an integer beyond 64 bits, which a client's JSON may hold).
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # a redaction that cut across a JSON escape (a secret holding a quote): the text
+        return {"unparsed": text}
+
+
+def _rows(doc: Mapping[str, Any], direction: str | None) -> list[dict[str, Any]]:
+    common = {"audit_id": doc["audit_id"], "request_type": doc["request_type"], "chat_id": doc["chat_id"],
+              "subject_id": doc["subject_id"], "status": doc["status"]}
+    rows = []
+    for name, at in (("response", "answered_at"), ("request", "requested_at")):
+        if direction in (None, name):
+            rows.append({**common, "direction": name, "payload": _parsed(doc[name]), "created_at": doc[at]})
+    return rows
