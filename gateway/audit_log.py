@@ -208,13 +208,16 @@ class AuditLog:
             log.exception("the audit record of a %s turn could not be written", turn.request_type)
 
     async def flush(self) -> None:
-        """Wait for the records being written (a read through the API sees its own turns)."""
-        while self._pending:
+        """Wait for the records being written when called (a read through the API sees the turns
+        answered before it; records of turns answered meanwhile are not waited for, or a steady
+        stream of turns could keep a listing waiting forever)."""
+        if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def close(self) -> None:
-        """At shutdown: the records of answered turns are written first."""
-        await self.flush()
+        """At shutdown: the records of answered turns are written first, every one."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     def _text(self, record: dict[str, Any], bulk: str, secrets: tuple[str, ...]) -> str:
         """``record`` as stored: its JSON, redacted; when that is over ``max_payload_bytes``, with its
@@ -222,7 +225,8 @@ class AuditLog:
         text = _json(record)
         limit = self.config.max_payload_bytes
         if len(text) * 4 > limit and len(text.encode()) > limit:  # (a character is at most 4 bytes)
-            body = _json(record[bulk]).encode()
+            # Redacted before the cut too: a key cut in two would no longer match by value.
+            body = redact(_json(record[bulk]), secrets).encode()
             record = {**record, bulk: {"truncated": True, "bytes": len(body),
                                        "json_prefix": body[:limit].decode(errors="ignore")}}
             text = _json(record)

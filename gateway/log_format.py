@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 
 from gateway.config import ServerConfig
+from gateway.redaction import redact
 from gateway.request_id import install_request_id_logging
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
@@ -31,7 +32,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # exc_text is the traceback redaction already made (gateway/redaction.py): formatting
+            # exc_info again would write a key an exception message carries in clear.
+            entry["exception"] = record.exc_text or redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = redact(record.stack_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

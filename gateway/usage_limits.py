@@ -191,13 +191,18 @@ class UsageLimiter:
         if tokens:
             await self._charge(principal, [(TOKENS, tokens)], enforce=False)
 
-    def counting_stream(self, principal: Principal, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``stream`` relayed as it is, its tokens added once it ends (however it ends)."""
+    def counting_stream(self, principal: Principal, stream: AsyncIterator[bytes],
+                        estimate: Callable[[], int] | None = None) -> AsyncIterator[bytes]:
+        """``stream`` relayed as it is, its tokens added once it ends (however it ends). A stream
+        that reports no usage (OpenAI's Chat Completions send it only when the client asks with
+        ``stream_options.include_usage``) is counted by ``estimate`` instead: unreported tokens
+        must not be free under a token limit."""
         if not self._scopes(principal):
             return stream
-        return self._counted(principal, stream)
+        return self._counted(principal, stream, estimate)
 
-    async def _counted(self, principal: Principal, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _counted(self, principal: Principal, stream: AsyncIterator[bytes],
+                       estimate: Callable[[], int] | None) -> AsyncIterator[bytes]:
         seen = StreamTokens()
         try:
             async for chunk in stream:
@@ -210,7 +215,8 @@ class UsageLimiter:
                 if close is not None:  # the relay closes the provider's stream now, not when collected
                     await close()
                 try:
-                    await self.add_tokens(principal, seen.tokens)
+                    tokens = seen.tokens or (estimate() if estimate is not None else 0)
+                    await self.add_tokens(principal, tokens)
                 except Exception:
                     log.warning("the tokens of a streamed turn could not be counted (storage failed)")
 

@@ -282,7 +282,8 @@ def _end(lines: list[str]) -> str:
 
 
 @pytest.mark.parametrize("case", ["not json", "unknown kind", "other project's header", "other project's document",
-                                  "document without its id", "cut short", "not an object", "record without schema"])
+                                  "document without its id", "cut short", "not an object", "record without schema",
+                                  "schema that does not parse", "record without its data"])
 def test_a_bad_file_is_refused_naming_its_line_and_nothing_is_written(case, start_gateway, tmp_path, provider,
                                                                       capsys):
     path, lines = _valid_file(tmp_path, provider.url, start_gateway)
@@ -311,6 +312,15 @@ def test_a_bad_file_is_refused_naming_its_line_and_nothing_is_written(case, star
     elif case == "record without schema":
         body.append(json.dumps({"kind": "records", "id": "rec_1", "data": {
             "record_id": "rec_1", "type_name": "nowhere", "owner_id": SUBJECT, "data": {}}}))
+        bad = len(body)
+    elif case == "schema that does not parse":
+        body.append(json.dumps({"kind": "record_schemas", "id": "t", "data": {"type_name": "t", "fields": []}}))
+        bad = len(body)
+    elif case == "record without its data":
+        body.append(json.dumps({"kind": "record_schemas", "id": "t", "data": {
+            "type_name": "t", "fields": {"title": {"type": "string"}}, "updated_at": "2026-12-02T00:00:00Z"}}))
+        body.append(json.dumps({"kind": "records", "id": "r1", "data": {
+            "record_id": "r1", "type_name": "t", "owner_id": SUBJECT, "collaborators": []}}))
         bad = len(body)
     elif case == "not an object":
         body.insert(1, "[1, 2]")

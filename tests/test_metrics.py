@@ -237,3 +237,29 @@ def test_the_served_log_carries_the_request_id_in_either_format(provider, tmp_pa
         assert "answered HTTP 500" in entry["message"]
     else:
         assert "WARNING gateway.upstream [from-the-client-9]: openai answered HTTP 500" in line
+
+
+def test_the_json_log_format_writes_a_traceback_redacted():
+    """A provider's error text can carry the key it was sent; the JSON format must write the
+    traceback redaction made, not format it again from the exception."""
+    import io
+    import logging
+
+    from gateway.log_format import JsonFormatter
+    from gateway.redaction import install_log_redaction
+
+    install_log_redaction()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.json.redaction")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError("Incorrect API key provided: sk-proj-SECRETSECRET123456")
+        except RuntimeError:
+            logger.error("provider call failed", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "RuntimeError" in written and "SECRETSECRET" not in written

@@ -146,6 +146,18 @@ def test_tokens_of_a_streamed_turn_count(start_gateway, storage):
     assert_refused(chat(gateway), current=15, limit=10, window_seconds=86_400)
 
 
+def test_a_stream_that_reports_no_usage_is_counted_by_estimate(start_gateway, storage_sqlite):
+    """OpenAI's Chat Completions stream usage only when the client asks (stream_options); a stream
+    without it must not be free under a token limit."""
+    gateway = limited(start_gateway, storage_sqlite, tokens_per_day=10)
+    client = gateway.openai()
+    stream = client.chat.completions.create(**CHAT, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == "echo: hello"
+    # Estimated (about four characters a token of the forwarded body and the answer): past 10.
+    response = chat(gateway)
+    assert response.status_code == 429 and response.json()["current"] > 10
+
+
 def test_tokens_count_on_every_surface_streamed_or_not(start_gateway, storage_sqlite):
     """Each surface's own usage shape (Anthropic, Gemini, Responses; whole answers and streams): 15
     tokens a turn from the fake provider, so six turns reach a limit of 90 exactly."""

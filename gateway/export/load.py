@@ -34,7 +34,7 @@ from gateway.memory.truth_graph import SNAPSHOTS
 from gateway.memory.truth_graph import _subject_key as truth_changes_key
 from gateway.records.records import RECORDS, SCHEMAS
 from gateway.records.records import to_api as record_to_api
-from gateway.records.schema import searchable_text
+from gateway.records.schema import parse_schema, searchable_text
 from gateway.store import DocumentStore, Increment
 
 # Documents per store write.
@@ -107,7 +107,36 @@ def read_export(lines: Iterable[bytes], project_id: str) -> ExportFile:
         raise ImportRefused("the file is empty: an export starts with its header line")
     if not ended_at:
         raise ImportRefused(f"line {number}: the file ends without its end line (was it cut short?)")
+    _check_records(parsed)
     return parsed
+
+
+def _check_records(parsed: ExportFile) -> None:
+    """What indexing the file's records will read, read now: a schema that does not parse or a record
+    without its data must refuse the file before anything is written, not fail after."""
+    schemas: dict[str, Any] = {}
+    records: list[_Document] = []
+    for documents in parsed.documents.values():
+        for doc in documents:
+            if doc.kind.collection is SCHEMAS:
+                try:
+                    schemas[doc.data["type_name"]] = parse_schema(doc.data)
+                except Exception as error:  # the parser's own errors, or a document not shaped like one
+                    raise ImportRefused(f"line {doc.line}: this record schema does not parse: {error}") from None
+            elif doc.kind.collection is RECORDS:
+                records.append(doc)
+    for doc in records:
+        data = doc.data.get("data")
+        if not isinstance(data, dict):
+            raise ImportRefused(f"line {doc.line}: a record needs its data (an object)")
+        schema = schemas.get(str(doc.data.get("type_name")))
+        try:
+            record_to_api(doc.data)
+            if schema is not None:
+                searchable_text(schema, data)
+        except Exception as error:
+            raise ImportRefused(f"line {doc.line}: this record cannot be indexed: {type(error).__name__}: "
+                                f"{error}") from None
 
 
 def _entry(number: int, raw: bytes) -> dict[str, Any]:

@@ -11,6 +11,7 @@ and which upstream calls speak it.
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 import time
@@ -207,8 +208,17 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
             await services.audit.answered(audit, options, answer=whole, message=message)
             return written
 
+        streamed_answer: list[dict[str, Any]] = []
+
         async def streamed(message: dict[str, Any]) -> None:
+            streamed_answer.append(message)
             await answered(message)
+
+        def estimated_stream_tokens() -> int:
+            """A stream that reported no usage: about four characters a token of the forwarded body
+            and of the answer (gateway/usage_limits.py counts it so)."""
+            answer_text = json.dumps(streamed_answer[-1], ensure_ascii=False) if streamed_answer else ""
+            return (len(json.dumps(upstream_call.body, ensure_ascii=False)) + len(answer_text) + 3) // 4
 
         if body.get("stream"):
             # Once the stream has begun nothing can be added to the answer: sync or not, a
@@ -219,7 +229,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
                 accumulator = spec.new_accumulator()
                 relayed = relay(stream, audit.watching(accumulator) if audit else accumulator, spec.error_frame,
                                 streamed)
-                return StreamingResponse(services.usage.counting_stream(credentials.principal, relayed),
+                return StreamingResponse(services.usage.counting_stream(credentials.principal, relayed,
+                                                                        estimated_stream_tokens),
                                          media_type="text/event-stream",
                                          headers={**ids, **stream.headers, "Cache-Control": "no-cache",
                                                   "X-Accel-Buffering": "no"})
@@ -230,7 +241,10 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         answer = await unless_client_leaves(call.request, gateway_metrics.forwarded(
             route.provider, services.upstream.complete(upstream_call, spec.wire)))
         gateway_metrics.count_tokens(route.provider, answer.body)
-        await services.usage.add_tokens(credentials.principal, tokens_of(answer.body))
+        try:
+            await services.usage.add_tokens(credentials.principal, tokens_of(answer.body))
+        except Exception:  # the answer is paid for: a counter that cannot be written must not lose it
+            log.warning("the tokens of a %s turn could not be counted (storage failed)", spec.request_type)
     except GatewayError as error:
         error.headers = {**(error.headers or {}), **ids}
         if audit is not None and not options.explain:
