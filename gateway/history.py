@@ -24,25 +24,10 @@ from gateway.clock import now_iso
 from gateway.ids import ordered_id
 from gateway.store import Collection, DocumentStore
 from gateway.summaries.store import ChatSummaries
-from gateway.summaries.tokens import count_tokens, estimate_tokens
+from gateway.summaries.tokens import content_text, count_tokens, estimate_tokens
 
 MESSAGES = Collection("chat_messages", indexes=(("subject_id", "chat_id"), ("chat_id",), ("subject_id",)))
 CHATS = Collection("chats", indexes=(("subject_id",), ("chat_id",)))
-
-
-def content_text(content: Any) -> str:
-    """The readable text of an OpenAI message content (string, parts list or null)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-        return "\n".join(texts)
-    return json.dumps(content, ensure_ascii=False)
 
 
 # The first page a replay reads, newest first; each next page is twice as long.

@@ -89,9 +89,8 @@ def _check_value(value: Any, strings: bool) -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
-async def read_json_object(request: Request, max_bytes: int, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object; 413 as soon as it passes ``max_bytes``.
-    ``allow_empty``: no body at all reads as ``{}`` (for a route whose body is all optional)."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body exactly as sent; 413 as soon as it passes ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -107,7 +106,13 @@ async def read_json_object(request: Request, max_bytes: int, *, allow_empty: boo
             # Stop reading here: the rest of an oversized body is never buffered.
             raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes", max=max_bytes)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, max_bytes: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; 413 as soon as it passes ``max_bytes``.
+    ``allow_empty``: no body at all reads as ``{}`` (for a route whose body is all optional)."""
+    raw = await read_body(request, max_bytes)
     if not raw.strip():
         if allow_empty:
             return {}

@@ -6,14 +6,12 @@ the integration's HMAC signature; see gateway/integrations/webhook.py.
 
 from __future__ import annotations
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.integrations.definitions import to_api
 from gateway.routing import Call, endpoint
-from gateway.validation import Query, read_json_object
+from gateway.validation import Query, read_body, read_json_object
 
 
 async def list_integrations(call: Call) -> Response:
@@ -58,30 +56,14 @@ async def sync_integration(call: Call) -> Response:
 
 
 async def integration_webhook(call: Call) -> Response:
-    raw = await _raw_body(call.request, call.services.config.server.max_body_bytes)
+    # The body exactly as sent: its signature covers these bytes.
+    raw = await read_body(call.request, call.services.config.server.max_body_bytes)
     answer = await call.services.integrations.receive(call.project_id, _id(call), call.request.headers, raw)
     return JSONResponse(answer)
 
 
 def _id(call: Call) -> str:
     return str(call.request.path_params["integration_id"])
-
-
-async def _raw_body(request: Request, max_bytes: int) -> bytes:
-    """The body exactly as sent (its signature covers these bytes); 413 past ``max_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-        if not declared.isdigit():
-            raise BadRequest("invalid Content-Length header")
-        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes", max=max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes", max=max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # Relative to the /api/v1 mount.

@@ -59,12 +59,10 @@ DEFAULT_OPENAI_ENCODING = "o200k_base"
 _OPENAI_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4", "ft:gpt")
 
 
-def _text_of(content: Any) -> str:
+def content_text(content: Any) -> str:
     """The readable text of an OpenAI message content (string, parts list or null).
 
-    The same as ``gateway.history.content_text``, which imports this module: a copy keeps the
-    two modules free of an import cycle.
-    """
+    (Here, not in gateway.history, which re-exports it: history imports this module.)"""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -90,7 +88,7 @@ def estimate_tokens(message: dict[str, Any]) -> int:
     It only has to keep replayed history safely inside a budget; exact counts would
     need a model-specific tokenizer on the hot path.
     """
-    size = len(_text_of(message.get("content")))
+    size = len(content_text(message.get("content")))
     if message.get("tool_calls"):
         size += len(json.dumps(message["tool_calls"]))
     if isinstance(message.get("content"), list):
@@ -191,7 +189,7 @@ def count_tokens(message: dict[str, Any], model: str | None) -> int:
     if encoder is None:
         return estimate_tokens(message)
     content = message.get("content")
-    tokens = MESSAGE_FRAMING_TOKENS + len(encoder.encode_ordinary(_text_of(content)))
+    tokens = MESSAGE_FRAMING_TOKENS + len(encoder.encode_ordinary(content_text(content)))
     if message.get("tool_calls"):
         tokens += len(encoder.encode_ordinary(json.dumps(message["tool_calls"])))
     name = message.get("name")
