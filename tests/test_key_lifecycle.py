@@ -259,7 +259,7 @@ def test_a_keyless_chat_gets_a_trial_key_once_then_reuses_it(start_gateway, stor
     first = keyless_chat(gateway, "device-1", chat_id="first")
     assert first.status_code == 200, first.text
     trial_key = first.headers["x-mnx-key-provisioned"]
-    assert trial_key.startswith("mnx_trial_") and first.headers["x-mnx-claim-url"] == CLAIM_URL
+    assert trial_key.startswith("mnx_trial.") and first.headers["x-mnx-claim-url"] == CLAIM_URL
     assert first.json()["mnx"]["provisioned_key"] == trial_key and first.json()["mnx"]["claim_url"] == CLAIM_URL
     assert gateway.forwarded()[0]["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
 
@@ -284,7 +284,7 @@ def test_a_keyless_chat_gets_a_trial_key_once_then_reuses_it(start_gateway, stor
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True},
                       headers={"user-agent": "device-3", "x-openai-key": PROVIDER_KEY}) as streamed:
         assert streamed.status_code == 200
-        assert streamed.headers["x-mnx-key-provisioned"].startswith("mnx_trial_")
+        assert streamed.headers["x-mnx-key-provisioned"].startswith("mnx_trial.")
         assert "data:" in streamed.read().decode()
 
     # Trial keys are for chats: REST routes still want a key.
@@ -322,7 +322,7 @@ def test_the_mnexium_sdk_without_a_key_runs_on_its_trial_key(start_gateway, stor
         chat = sdk.subject("alice").create_chat(ChatOptions(learn=False))
         assert chat.process("hello").content == "echo: hello"
         trial = sdk.get_trial_info()
-        assert trial is not None and trial["key"].startswith("mnx_trial_")
+        assert trial is not None and trial["key"].startswith("mnx_trial.")
         # From then on the SDK sends the key it was given, and sees its trial project's data.
         chat.process("again")
         assert [c.chat_id for c in sdk.subject("alice").chats.list()] == [chat.id]

@@ -37,7 +37,8 @@ KEY_STORE_PROJECT = "~gateway-keys"
 TRIAL_PROJECT_PREFIX = "trial_"
 
 LIVE_PREFIX = "mnx_live_"
-TRIAL_PREFIX = "mnx_trial_"
+# The contract's form (§14: `mnx_trial.…`).
+TRIAL_PREFIX = "mnx_trial."
 # Every key this module makes starts with one of these, so a value that starts with neither
 # (a provider key, or a configured key of another form) never costs a store read.
 STORED_KEY_PREFIXES = (LIVE_PREFIX, TRIAL_PREFIX)

@@ -3,7 +3,7 @@
 Off unless ``auth.trial.enabled``. Then a chat request (``/chat/completions``, ``/responses``,
 ``/messages``) that carries no project key at all is served in a trial project bound to its
 device: the SHA-256 of the client's address and User-Agent. The first such request mints a
-``mnx_trial_`` key (stored hashed, as every stored key) and answers it once, in the
+``mnx_trial.`` key (stored hashed, as every stored key) and answers it once, in the
 ``X-Mnx-Key-Provisioned`` / ``X-Mnx-Claim-Url`` headers and the ``mnx.provisioned_key`` /
 ``mnx.claim_url`` body fields; later key-less requests from the same device use it silently.
 ``mnx.regenerate_key: true`` revokes the trial project's keys and answers a new one (the
