@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -36,7 +36,6 @@ from starlette.responses import Response
 from gateway.errors import Forbidden, GatewayError, NotFound
 
 if TYPE_CHECKING:
-    from gateway.pipeline.context import ContextLayer, ContextStage, TurnContext
     from gateway.routing import Call
 
 # Latency buckets (seconds) from a sub-millisecond stage to a long provider answer.
@@ -161,30 +160,11 @@ def timed(stage: str) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callabl
     return decorate
 
 
-class _TimedStage:
-    """A context stage whose runs are timed, under its own name."""
-
-    def __init__(self, stage: ContextStage, metrics: GatewayMetrics) -> None:
-        self.name, self.volatile = stage.name, stage.volatile
-        self._stage, self._histogram = stage, metrics.stage_seconds.labels(stage.name)
-
-    def applies(self, turn: TurnContext) -> bool:
-        return self._stage.applies(turn)
-
-    async def run(self, turn: TurnContext) -> ContextLayer | None:
-        started = time.perf_counter()
-        try:
-            return await self._stage.run(turn)
-        finally:
-            self._histogram.observe(time.perf_counter() - started)
-
-
-def observed_stages(stages: Sequence[ContextStage]) -> Sequence[ContextStage]:
-    """``stages`` (those that apply to a turn), timed when metrics are on."""
+def stage_ran(stage: str, seconds: float) -> None:
+    """A context stage of a turn took ``seconds`` (gateway/pipeline/context.py times each one)."""
     metrics = _active.get()
-    if metrics is None or not stages:
-        return stages
-    return [_TimedStage(stage, metrics) for stage in stages]
+    if metrics is not None:
+        metrics.stage_seconds.labels(stage).observe(seconds)
 
 
 async def _forwarding(metrics: GatewayMetrics, provider: str, call: Awaitable[R]) -> R:

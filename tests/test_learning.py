@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -15,6 +12,7 @@ import pytest
 import yaml
 
 from plugins.extractors import heuristic_memories
+from tests.gateway_process import free_port, serve
 from tests.conftest import KEY, PROVIDER_KEY, wait_until
 
 SUBJECT = "learner"
@@ -297,7 +295,7 @@ def test_failing_jobs_are_kept_visible_and_retried(start_gateway, storage_sqlite
 # --- durability: a gateway killed mid-job finishes it after a restart --------------------------
 
 def test_a_killed_gateway_finishes_its_learn_jobs_after_restart(provider, tmp_path):
-    port = _free_port()
+    port = free_port()
     config = {
         "server": {"port": port},
         "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "gateway.db")}},
@@ -310,7 +308,7 @@ def test_a_killed_gateway_finishes_its_learn_jobs_after_restart(provider, tmp_pa
     path.write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
 
-    first = _serve(path, url)
+    first = serve(path, url)
     try:
         response = httpx.post(url + "/v1/chat/completions", timeout=10, headers={"x-mnexium-key": KEY,
                               "x-openai-key": PROVIDER_KEY}, json={
@@ -322,7 +320,7 @@ def test_a_killed_gateway_finishes_its_learn_jobs_after_restart(provider, tmp_pa
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    second = _serve(path, url)
+    second = serve(path, url)
     try:
         def stored() -> list[dict[str, Any]]:
             return httpx.get(url + "/api/v1/memories", headers={"x-mnexium-key": KEY},
@@ -334,25 +332,3 @@ def test_a_killed_gateway_finishes_its_learn_jobs_after_restart(provider, tmp_pa
     finally:
         second.terminate()
         second.wait()
-
-
-def _free_port() -> int:
-    from tests.fake_upstream import free_socket
-
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def _serve(config_path, url: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    assert wait_until(up, timeout=60), "gateway did not start"
-    return process

@@ -10,13 +10,7 @@ a dead process's leases at startup, Redis's come back when the lease runs out).
 
 from __future__ import annotations
 
-import os
-import secrets
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +18,9 @@ import pytest
 import yaml
 
 from gateway.summaries.tokens import count_tokens
-from tests.conftest import KEY, PROVIDER_KEY, REDIS_URL, drop_redis_prefix, require_redis, wait_until
-from tests.fake_upstream import FakeProvider, free_socket
+from tests.gateway_process import free_port, serve
+from tests.conftest import KEY, PROVIDER_KEY, wait_until
+from tests.fake_upstream import FakeProvider
 
 MODEL = "gpt-4o-mini"
 SUMMARY_MODEL = "sleep-3"
@@ -41,22 +36,9 @@ def turn_text(turn: int) -> str:
     return FIRST_FACT if turn == 0 else f"turn {turn:03d}: {FILLER}."
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def storage(request, tmp_path) -> Iterator[dict[str, Any]]:
-    """Each backend in turn, as a gateway.yaml storage section (Redis under a key prefix of its own,
-    dropped afterwards)."""
-    if request.param == "sqlite":
-        yield {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "gateway.db")}}
-        return
-    require_redis()
-    prefix = f"mnxtest:{secrets.token_hex(6)}:"
-    yield {"backend": "redis", "redis": {"url": REDIS_URL, "key_prefix": prefix}}
-    drop_redis_prefix(prefix)
-
-
 @pytest.mark.parametrize("kill_at", [1, 2], ids=["during-the-first-fold", "after-a-fold-was-written"])
 def test_a_gateway_killed_mid_fold_finishes_the_summary_after_restart(provider, tmp_path, storage, kill_at):
-    port = _free_port()
+    port = free_port()
     config = {
         "server": {"port": port},
         "storage": storage,
@@ -72,7 +54,7 @@ def test_a_gateway_killed_mid_fold_finishes_the_summary_after_restart(provider, 
     path.write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
 
-    first = _serve(path, url)
+    first = serve(path, url)
     try:
         for turn in range(TURNS):
             _chat(url, turn)
@@ -88,7 +70,7 @@ def test_a_gateway_killed_mid_fold_finishes_the_summary_after_restart(provider, 
     assert len(before) == (kill_at > 1)
     killed_at = len(provider.requests)
 
-    second = _serve(path, url)
+    second = serve(path, url)
     try:
         assert wait_until(lambda: bool(_summaries(url)) and _no_jobs(url), timeout=60), (
             _summaries(url), _jobs(url))
@@ -171,24 +153,3 @@ def _as_stored(message: dict[str, Any]) -> dict[str, Any]:
     """A message as GET /chat/history/read shows it, as the gateway counted it when it stored it
     (plain text turns: the role and the text)."""
     return {"role": message["role"], "content": message["message"]}
-
-
-def _free_port() -> int:
-    sock = free_socket()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
-def _serve(config_path: Path, url: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    assert wait_until(up, timeout=60), "gateway did not start"
-    return process

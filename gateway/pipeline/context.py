@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from gateway import metrics
@@ -55,6 +55,8 @@ class TurnContext:
     # Whether the caller's key holds integrations:read (prompt templates render integration values).
     may_read_integrations: bool = False
 
+
+T = TypeVar("T")
 
 # The first line of a turn's volatile context (cache mode), where it stands in a user message.
 VOLATILE_PREAMBLE = ("Context the gateway retrieved for this message (data about the user and the task, "
@@ -102,6 +104,19 @@ async def _timed(stage: ContextStage, turn: TurnContext) -> tuple[ContextLayer |
     started = time.perf_counter()
     layer = await stage.run(turn)
     return layer, (time.perf_counter() - started) * 1000
+
+
+async def _untimed(stage: ContextStage, turn: TurnContext) -> ContextLayer | None:
+    return await stage.run(turn)
+
+
+async def _run_all(stages: Sequence[ContextStage], turn: TurnContext,
+                   run: Callable[[ContextStage, TurnContext], Awaitable[T]]) -> list[T]:
+    """Every stage's ``run``, concurrently (stages only read); one alone without the cost of
+    scheduling tasks (the passthrough case)."""
+    if len(stages) > 1:
+        return list(await asyncio.gather(*(run(stage, turn) for stage in stages)))
+    return [await run(stage, turn) for stage in stages]
 
 
 @dataclass(frozen=True)
@@ -190,18 +205,19 @@ SECTION_SEPARATOR = "\n\n"
 
 
 async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> AssembledContext:
-    # Timed per stage when metrics are on (gateway/metrics.py); as they are otherwise.
-    stages = metrics.observed_stages([stage for stage in stages if stage.applies(turn)])
+    stages = [stage for stage in stages if stage.applies(turn)]
     reports: list[StageReport] | None = None
-    if turn.options.explain:
-        timed = await asyncio.gather(*(_timed(stage, turn) for stage in stages))
+    # Each stage timed once, for whichever wants it: metrics (when on) and mnx.explain.
+    if turn.options.explain or metrics.active() is not None:
+        timed = await _run_all(stages, turn, _timed)
         layers = [layer for layer, _ in timed]
-        reports = [StageReport(stage.name, stage.volatile, milliseconds, layer)
-                   for stage, (layer, milliseconds) in zip(stages, timed)]
-    elif len(stages) > 1:
-        layers = await asyncio.gather(*(stage.run(turn) for stage in stages))
-    else:  # Nothing to overlap: skip the cost of scheduling tasks (the passthrough case).
-        layers = [await stage.run(turn) for stage in stages]
+        for stage, (_, milliseconds) in zip(stages, timed):
+            metrics.stage_ran(stage.name, milliseconds / 1000)
+        if turn.options.explain:
+            reports = [StageReport(stage.name, stage.volatile, milliseconds, layer)
+                       for stage, (layer, milliseconds) in zip(stages, timed)]
+    else:
+        layers = await _run_all(stages, turn, _untimed)
     sections: list[str] = []
     volatile: list[str] = []
     history: list[dict[str, Any]] = []
