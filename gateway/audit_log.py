@@ -38,7 +38,6 @@ before the answer, and a stream the provider broke off (their history is not rec
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ from typing import Any
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-import orjson
 
 from gateway.clock import from_timestamp
 from gateway.config import AuditConfig
@@ -56,7 +54,7 @@ from gateway.ids import ordered_id
 from gateway.options import MnxOptions
 from gateway.proxy.sse import JsonEventStream
 from gateway.redaction import redact
-from gateway.store import DocumentStore
+from gateway.store import DocumentStore, codec
 from gateway.store.base import Collection
 
 log = logging.getLogger("gateway.audit")
@@ -222,14 +220,14 @@ class AuditLog:
     def _text(self, record: dict[str, Any], bulk: str, secrets: tuple[str, ...]) -> str:
         """``record`` as stored: its JSON, redacted; when that is over ``max_payload_bytes``, with its
         ``bulk`` field (the body) replaced by the start of that field's JSON, marked truncated."""
-        text = _json(record)
+        text = codec.encode(record)
         limit = self.config.max_payload_bytes
         if len(text) * 4 > limit and len(text.encode()) > limit:  # (a character is at most 4 bytes)
             # Redacted before the cut too: a key cut in two would no longer match by value.
-            body = redact(_json(record[bulk]), secrets).encode()
+            body = redact(codec.encode(record[bulk]), secrets).encode()
             record = {**record, bulk: {"truncated": True, "bytes": len(body),
                                        "json_prefix": body[:limit].decode(errors="ignore")}}
-            text = _json(record)
+            text = codec.encode(record)
         return redact(text, secrets)
 
     async def list(self, project_id: str, *, audit_id: str | None = None, subject_id: str | None = None,
@@ -257,18 +255,9 @@ class AuditLog:
         return 2 * await self._store.delete_where(AUDIT, project_id, {"subject_id": subject_id})
 
 
-def _json(value: Any) -> str:
-    # orjson: a turn's record is encoded on every audited turn, several times faster than json;
-    # json for what orjson refuses (an integer beyond 64 bits, which a client's JSON may hold).
-    try:
-        return orjson.dumps(value, default=str).decode()
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
 def _parsed(text: str) -> Any:
     try:
-        return json.loads(text)
+        return codec.decode(text)
     except ValueError:  # a redaction that cut across a JSON escape (a secret holding a quote): the text
         return {"unparsed": text}
 
