@@ -11,8 +11,11 @@ inside the local lock, so that gateways sharing one Redis take turns too. A leas
 itself (``lease_seconds``) if its gateway dies holding it; a writer that cannot get one within
 ``wait_seconds`` is refused with 503 rather than waiting forever.
 
-Locks are not re-entrant: an operation takes its subject's lock once, at the top. Each user
-(claims, profiles) has its own ``name``, so one may be held while the other is taken.
+An operation takes its subject's lock once, at the top. Each user (claims, profiles) has its own
+``name``, so one may be held while the other is taken. One operation may hold two different keys
+of the same locks (a record type's schema, then each of its records): the stripes are shared by
+many keys, so the task that holds a stripe passes it again (``_Stripe``), or two keys on one
+stripe would wait for each other forever.
 """
 
 from __future__ import annotations
@@ -41,17 +44,38 @@ def _digest(project_id: str, subject_id: str) -> bytes:
     return hashlib.blake2b(f"{project_id}\0{subject_id}".encode(), digest_size=8).digest()
 
 
+class _Stripe:
+    """An asyncio lock that the task holding it passes again (nested holds of keys that share it)."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        if task is not None and self._owner is task:
+            yield  # already this task's: the outer hold releases it
+            return
+        async with self._lock:
+            self._owner = task
+            try:
+                yield
+            finally:
+                self._owner = None
+
+
 class SubjectLocks:
     def __init__(self, name: str) -> None:
         self.name = name
-        self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
+        self._stripes = [_Stripe() for _ in range(_STRIPES)]
 
     def hold(self, project_id: str, subject_id: str) -> AbstractAsyncContextManager[Any]:
         """``async with locks.hold(project, subject):`` around one operation's reads and writes."""
         return self._local(project_id, subject_id)
 
-    def _local(self, project_id: str, subject_id: str) -> asyncio.Lock:
-        return self._locks[int.from_bytes(_digest(project_id, subject_id)[:4], "big") % _STRIPES]
+    def _local(self, project_id: str, subject_id: str) -> AbstractAsyncContextManager[None]:
+        return self._stripes[int.from_bytes(_digest(project_id, subject_id)[:4], "big") % _STRIPES].held()
 
 
 class RedisSubjectLocks(SubjectLocks):

@@ -67,3 +67,57 @@ def test_gateways_sharing_redis_take_turns_and_other_subjects_do_not_wait():
         asyncio.run(scenario())
     finally:
         drop_redis_prefix(prefix)
+
+
+def _two_keys_on_one_stripe() -> tuple[str, str]:
+    """Two different subjects whose locks share a stripe (found by search: 64 stripes)."""
+    from gateway.subject_locks import _STRIPES, _digest
+
+    seen: dict[int, str] = {}
+    for n in range(10_000):
+        subject = f"s{n}"
+        stripe = int.from_bytes(_digest("p", subject)[:4], "big") % _STRIPES
+        if stripe in seen:
+            return seen[stripe], subject
+        seen[stripe] = subject
+    raise AssertionError("no two subjects share a stripe")
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_one_operation_may_hold_two_keys_that_share_a_stripe(backend):
+    """A record type's redefinition holds the type's lock, then each record's: two keys on one
+    stripe must not wait for each other (it hung a schema redefinition forever, about one in 20)."""
+    first, second = _two_keys_on_one_stripe()
+    prefix = f"locks-{secrets.token_hex(4)}:"
+
+    async def scenario() -> None:
+        client = connect_redis(REDIS_URL) if backend == "redis" else None
+        try:
+            locks = RedisSubjectLocks("records", client, prefix) if client else SubjectLocks("records")
+            async with asyncio.timeout(5):
+                async with locks.hold("p", first):
+                    async with locks.hold("p", second):
+                        pass
+            # Another task still waits for the stripe while it is held.
+            entered = asyncio.Event()
+
+            async def other() -> None:
+                async with locks.hold("p", second):
+                    entered.set()
+            async with locks.hold("p", first):
+                waiting = asyncio.create_task(other())
+                await asyncio.sleep(0.05)
+                assert not entered.is_set()
+            await asyncio.wait_for(waiting, 5)
+            assert entered.is_set()
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    if backend == "redis":
+        require_redis()
+    try:
+        asyncio.run(scenario())
+    finally:
+        if backend == "redis":
+            drop_redis_prefix(prefix)
