@@ -7,9 +7,11 @@ for a provider surface, the error shape of every path it owns (gateway.routing.P
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api import (audit, claims, events, extraction, history, integrations, jobs, memories, memory_policies,
                          profiles, prompts, records, state, subject_export, subjects)
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.config import GatewayConfig
 from gateway.http_observer import HttpObserver
 from gateway.proxy import chat_completions, gemini, messages, responses
@@ -59,17 +61,22 @@ def _routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(config: GatewayConfig, services: Services | None = None) -> Starlette:
+def create_app(config: GatewayConfig, services: Services | None = None, *, span_exporter: Any = None) -> Starlette:
+    """The gateway's ASGI app. ``span_exporter`` (tracing on): where spans go instead of OTLP,
+    an OpenTelemetry ``SpanExporter`` (tests: the SDK's ``InMemorySpanExporter``)."""
     # Whatever logs in this process (the gateway, LiteLLM, httpx, uvicorn) logs no key.
     install_log_redaction()
     # Every log record carries the id of the request it was written for (gateway/request_id.py).
     install_request_id_logging()
     observed = metrics.GatewayMetrics() if config.server.metrics.enabled else None
+    # Tracing on without its extra installed: a ConfigError, before anything starts.
+    tracer = tracing.start_tracing(config.tracing, span_exporter)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Callable[[], None]]]:
         # The tasks started from here (the job worker's) count into this gateway's metrics.
         metrics.activate(observed)
+        tracing.activate(tracer)
         built = services or Services.build(config)
         built.upstream.warm_up()
         await built.start()
@@ -86,11 +93,13 @@ def create_app(config: GatewayConfig, services: Services | None = None) -> Starl
             yield {BEFORE_SHUTDOWN: built.begin_shutdown}
         finally:
             await built.aclose()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.shutdown)  # exports the spans still pending
 
     app = Starlette(routes=_routes(), lifespan=lifespan, exception_handlers={HTTPException: not_served})
     # Trailing-slash redirects are not_served's: the router's own would also redirect a path only
     # a mount prefix matches ("/v1" to "/v1/"), which no route serves.
     app.router.redirect_slashes = False
     # Every answer carries X-Request-Id; with metrics on, each is counted (gateway/http_observer.py).
-    app.add_middleware(HttpObserver, metrics=observed)
+    app.add_middleware(HttpObserver, metrics=observed, tracer=tracer)
     return app

@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.log_format import configure_logging
     from gateway.server import serve
+    from gateway.workers import check_workers, serve_workers
 
     path = _config_path(args)
     config = load_config(path)
@@ -63,8 +64,11 @@ def _serve(args: argparse.Namespace) -> int:
                     "config; data goes to %s (`mnx-gateway init` writes a gateway.yaml to edit)",
                     _data_locations(config))
     check_dev_key_exposure(config, host, allowed=args.allow_dev_key)
-    # One worker by design: the embedded backends (SQLite, Qdrant Edge) belong to one
-    # process. Scale out with the Redis backend and more gateway processes.
+    # The embedded backends (SQLite, Qdrant Edge) belong to one process: more than one worker
+    # needs shared ones (Redis, a Qdrant server), checked before anything starts.
+    check_workers(config, args.workers)
+    if args.workers > 1:
+        return serve_workers(config, str(path), args.workers, host=host, port=port)
     # gateway.server configures uvicorn (event loop, HTTP protocol with header limits, logs).
     return serve(create_app(config), config, host=host, port=port)
 
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help=CONFIG_HELP)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="gateway processes sharing the listen socket (default 1); more than one needs "
+                            "shared backends (storage.backend redis; memory.vectors.backend qdrant with a url, "
+                            "or redis)")
     serve.add_argument("--allow-dev-key", action="store_true",
                        help="listen beyond loopback even though the public development key is accepted")
     serve.set_defaults(run=_serve)

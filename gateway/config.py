@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
@@ -89,6 +90,15 @@ class RedisConfig(_Strict):
     pool_timeout_seconds: float = Field(default=10.0, gt=0)
     # A call to a Redis that stops answering fails (503) after this long.
     socket_timeout_seconds: float = Field(default=5.0, gt=0)
+    # url is one node (the seed) of a Redis Cluster: the gateway finds the other masters from it.
+    cluster: bool = False
+
+    @model_validator(mode="after")
+    def _cluster_has_one_database(self) -> RedisConfig:
+        # A cluster has database 0 only: said here, not as a traceback when the gateway starts.
+        if self.cluster and re.fullmatch(r"/?0?", urlsplit(self.url).path) is None:
+            raise ValueError("a Redis Cluster has database 0 only: end the url with /0 (or no database)")
+        return self
 
 
 # A backend or plugin name, as registered under an entry point (gateway/registry.py checks it
@@ -298,11 +308,26 @@ class QdrantVectorsConfig(_Strict):
         return self
 
 
+class RedisVectorsConfig(_Strict):
+    """Redis's own query engine (Redis 8, or Redis Stack's RediSearch): vectors, BM25 and tags."""
+
+    # The query engine indexes database 0 only. It may be the Redis the store uses (storage.redis).
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key the index writes starts with this (points under <key_prefix>pt:).
+    key_prefix: str = Field(default="mnx:vectors:", min_length=1)
+    # The FT index name; fixed for the index's embedder dimensions and lexical kind.
+    index: str = Field(default="mnx_memories", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    max_connections: int = Field(default=64, ge=1, le=10000)
+    socket_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
 class VectorsConfig(_Strict):
-    # edge | qdrant, or an index another package registers (mnx_gateway.vector_indexes).
+    # edge | qdrant | redis, or an index another package registers (mnx_gateway.vector_indexes).
     backend: PluginName = "edge"
     edge: EdgeVectorsConfig = EdgeVectorsConfig()
     qdrant: QdrantVectorsConfig | None = None
+    # Read by backend "redis" only (its defaults: a local Redis, database 0).
+    redis: RedisVectorsConfig = RedisVectorsConfig()
     # Settings for an index from another package, handed to it as they are.
     options: dict[str, Any] = {}
     # A memory write notes a repair job before it touches the store; if the index write has
@@ -558,6 +583,23 @@ class AuthConfig(_Strict):
     trial: TrialConfig = TrialConfig()
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry spans for proxied turns and learning jobs, sent over OTLP/HTTP
+    (gateway/tracing.py; needs the ``tracing`` extra: pip install 'mnx-gateway[tracing]')."""
+
+    # Off by default: off, no OpenTelemetry code is imported or run.
+    enabled: bool = False
+    # The collector's OTLP/HTTP traces URL. Headers (a vendor's API key) come from the standard
+    # OTEL_EXPORTER_OTLP_HEADERS / OTEL_EXPORTER_OTLP_TRACES_HEADERS environment variables.
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    service_name: str = Field(default="mnx-gateway", min_length=1)
+    # The share of turns traced (by trace id; a caller's sampled traceparent is followed).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Debug only: context text (prompts, memories, records, summaries) in span attributes.
+    # Provider keys never are, even then.
+    include_text: bool = False
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -574,6 +616,7 @@ class GatewayConfig(_Strict):
     integrations: IntegrationsConfig = IntegrationsConfig()
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

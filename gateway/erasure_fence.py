@@ -34,7 +34,7 @@ import time
 from typing import Protocol
 from urllib.parse import quote
 
-import redis.asyncio as redis_asyncio
+from gateway.store.redis_client import RedisClient
 
 # How long a tombstone is kept: longer than any work that was running when the subject was
 # erased can still be running (a job's lease, a provider's read timeout). Only the subject
@@ -140,10 +140,11 @@ class RedisErasureFence:
     Keys, for prefix ``P``, project ``p``, subject ``s`` (``{p}`` is the project's Cluster
     hash tag, as in the document store): ``P{p}:erasure:erased:<s>`` the tombstone (the
     erasure's epoch time, expiring), ``P{p}:erasure:writers:<s>`` a sorted set of writer
-    tokens scored by when each registration expires.
+    tokens scored by when each registration expires. ``_ENTER`` and the MULTI of
+    ``wait_for_writers`` touch those two keys only: one slot on a cluster.
     """
 
-    def __init__(self, client: redis_asyncio.Redis, key_prefix: str) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str) -> None:
         self._redis = client  # the gateway's shared client, closed by its owner
         self._prefix = key_prefix
         self._enter = client.register_script(_ENTER)

@@ -1,7 +1,8 @@
 """The ASGI layer around the whole app that sees every HTTP request: it gives the request its
 id (gateway/request_id.py), puts it in the ``X-Request-Id`` header of whatever answers it
 (errors, 404s and event streams included), and, when metrics are on, counts the answer by
-surface, route template, method and status (gateway/metrics.py).
+surface, route template, method and status (gateway/metrics.py). With tracing on, it makes the
+gateway's tracer the request's (gateway/tracing.py), for the proxied turn to open its spans.
 
 A plain ASGI wrapper rather than a Starlette middleware class: it adds no task, no
 request object and no body buffering, so a stream passes through untouched. Its cost per
@@ -14,8 +15,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics as gateway_metrics
+from gateway import tracing
 from gateway.metrics import GatewayMetrics
 from gateway.request_id import HEADER, current_request_id, request_id_from
+from gateway.tracing import GatewayTracer
 
 # Methods counted by name; any other (a client can send any token) is "other", so that a
 # stranger cannot grow the label set.
@@ -24,9 +27,10 @@ UNMATCHED = "unmatched"
 
 
 class HttpObserver:
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None, tracer: GatewayTracer | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
         # (root path, id of the route) -> template: the routes live as long as the app (Route is unhashable).
         self._templates: dict[tuple[str, int], str] = {}
 
@@ -48,9 +52,13 @@ class HttpObserver:
 
         id_token = current_request_id.set(request_id)
         metrics_token = gateway_metrics.activate(self.metrics)
+        # (Tracing off: not even the context variable is set; its default is None.)
+        tracer_token = tracing.activate(self.tracer) if self.tracer is not None else None
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if tracer_token is not None:
+                tracing.deactivate(tracer_token)
             gateway_metrics.deactivate(metrics_token)
             current_request_id.reset(id_token)
             if self.metrics is not None:

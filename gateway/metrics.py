@@ -37,6 +37,7 @@ from gateway.errors import Forbidden, GatewayError, NotFound
 
 if TYPE_CHECKING:
     from gateway.routing import Call
+    from gateway.tracing import TurnTrace
 
 # Latency buckets (seconds) from a sub-millisecond stage to a long provider answer.
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -130,23 +131,30 @@ async def serve_metrics(call: Call) -> Response:
 # -- hooks (each a no-op when metrics are off) -----------------------------------------------
 
 
-def stage_since(stage: str, started: float) -> None:
-    """A stage of a turn that began at ``started`` (``time.perf_counter()``) ended now."""
+def stage_since(stage: str, started: float, trace: TurnTrace | None = None) -> None:
+    """A stage of a turn that began at ``started`` (``time.perf_counter()``) ended now; with
+    ``trace``, the same two readings make the stage's span (gateway/tracing.py)."""
     metrics = _active.get()
+    if metrics is None and trace is None:
+        return
+    ended = time.perf_counter()
     if metrics is not None:
-        metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+        metrics.stage_seconds.labels(stage).observe(ended - started)
+    if trace is not None:
+        trace.stage(stage, started, ended)
 
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def timed(stage: str) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
-    """Decorates a coroutine function whose every call is one ``stage`` of a turn. Meant for a
-    function defined inside the request (as proxy_turn's ``answered``): with metrics off there
-    it is returned as it is."""
+def timed(stage: str, trace: TurnTrace | None = None,
+          ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """Decorates a coroutine function whose every call is one ``stage`` of a turn (and, with
+    ``trace``, a span of it). Meant for a function defined inside the request (as proxy_turn's
+    ``answered``): with metrics and tracing off there it is returned as it is."""
     def decorate(function: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        if _active.get() is None:
+        if _active.get() is None and trace is None:
             return function
 
         @functools.wraps(function)
@@ -155,7 +163,7 @@ def timed(stage: str) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callabl
             try:
                 return await function(*args, **kwargs)
             finally:
-                stage_since(stage, started)
+                stage_since(stage, started, trace)
         return run
     return decorate
 
@@ -194,19 +202,29 @@ _USAGE_FIELDS = (("usage", "prompt_tokens", "completion_tokens"),  # OpenAI Chat
                  ("usageMetadata", "promptTokenCount", "candidatesTokenCount"))  # Gemini
 
 
+def usage_counts(answer: Mapping[str, Any]) -> tuple[int | None, int | None] | None:
+    """(input tokens, output tokens) a whole answer's usage block reports, each None when absent
+    or not a positive count; None when the answer has no usage block (metrics and traces read it)."""
+    for usage_key, input_field, output_field in _USAGE_FIELDS:
+        usage = answer.get(usage_key)
+        if isinstance(usage, dict) and (input_field in usage or output_field in usage):
+            counts = [usage.get(field) for field in (input_field, output_field)]
+            tokens_in, tokens_out = (count if isinstance(count, int) and not isinstance(count, bool) and count > 0
+                                     else None for count in counts)
+            return tokens_in, tokens_out
+    return None
+
+
 def count_tokens(provider: str, answer: Mapping[str, Any]) -> None:
     """The tokens a whole answer's usage block reports (a stream's are not counted)."""
     metrics = _active.get()
     if metrics is None:
         return
-    for usage_key, input_field, output_field in _USAGE_FIELDS:
-        usage = answer.get(usage_key)
-        if isinstance(usage, dict) and (input_field in usage or output_field in usage):
-            for direction, field in (("in", input_field), ("out", output_field)):
-                count = usage.get(field)
-                if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-                    metrics.tokens.labels(provider, direction).inc(count)
-            return
+    counts = usage_counts(answer)
+    if counts is not None:
+        for direction, count in zip(("in", "out"), counts):
+            if count is not None:
+                metrics.tokens.labels(provider, direction).inc(count)
 
 
 def memory_learned(result: Mapping[str, Any]) -> None:

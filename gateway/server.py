@@ -345,14 +345,17 @@ class _StartupConfigErrorCatcher:
                 await send(message)
 
 
-def serve(app: Any, config: GatewayConfig, *, host: str | None = None, port: int | None = None) -> int:
+def serve(app: Any, config: GatewayConfig, *, host: str | None = None, port: int | None = None,
+          sockets: list[Any] | None = None) -> int:
     """Serve ``app`` until stopped, as ``uvicorn.run`` would; returns the exit status.
 
+    ``sockets``: already listening ones to accept on (a worker of ``serve --workers``,
+    gateway/workers.py), instead of binding ``host``:``port``.
     Raises the ConfigError that stopped the app from starting, if one did."""
     guarded = _StartupConfigErrorCatcher(app)
     server = GatewayServer(uvicorn_config(guarded, config, host=host, port=port))
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass
     except SystemExit:

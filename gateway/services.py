@@ -235,7 +235,8 @@ def _shared_redis(storage: StorageConfig) -> Any:
         return None
     settings = storage.redis
     return connect_redis(settings.url, max_connections=settings.max_connections,
-                         pool_timeout=settings.pool_timeout_seconds, socket_timeout=settings.socket_timeout_seconds)
+                         pool_timeout=settings.pool_timeout_seconds, socket_timeout=settings.socket_timeout_seconds,
+                         cluster=settings.cluster)
 
 
 def _configured_secrets(config: GatewayConfig) -> list[str]:

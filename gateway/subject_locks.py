@@ -109,4 +109,4 @@ class RedisSubjectLocks(SubjectLocks):
             try:
                 yield
             finally:
-                await self._client.eval(_RELEASE, 1, key, token)
+                await self._client.eval(_RELEASE, 1, key, token)  # one key: any cluster slot will do

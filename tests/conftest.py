@@ -7,6 +7,7 @@ is down, a failure when CI=true (CI must never silently skip them).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -14,7 +15,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.server import uvicorn_config
 from tests.fake_upstream import FakeProvider, ServerThread, stop_all
+# A real three-master Redis Cluster (session scope), for the tests that also run on one.
+from tests.redis_cluster import RedisClusterServers, redis_cluster  # noqa: F401
 
 def _share_the_default_tls_context() -> None:
     """Build httpx's default TLS context once for the whole run.
@@ -146,23 +149,48 @@ def storage_redis() -> Iterator[dict[str, Any]]:
     drop_redis_prefix(prefix)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request, tmp_path):
-    """A document store of each backend, empty (the store contract tests run on both)."""
+@pytest.fixture
+def storage_redis_cluster(request) -> Iterator[dict[str, Any]]:
+    """The Redis backend on the session's three-master Redis Cluster."""
+    cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+    prefix = f"mnxtest:{secrets.token_hex(6)}:"
+    yield {"backend": "redis", "redis": {"url": cluster.url, "key_prefix": prefix, "cluster": True}}
+    cluster.drop_prefix(prefix)
+
+
+@contextlib.asynccontextmanager
+async def open_test_store(kind: str, request: Any, tmp_path: Any) -> AsyncIterator[Any]:
+    """An empty document store: ``sqlite``, ``redis`` (the server above) or ``redis-cluster``
+    (the session's three-master cluster)."""
     from gateway.store.redis import RedisDocumentStore
     from gateway.store.sqlite import SqliteDocumentStore
 
-    if request.param == "sqlite":
-        backend = SqliteDocumentStore(str(tmp_path / "store.db"))
+    if kind == "sqlite":
+        backend: Any = SqliteDocumentStore(str(tmp_path / "store.db"))
         yield backend
         await backend.close()
-    else:
-        require_redis()
-        prefix = f"mnxtest:{secrets.token_hex(6)}:"
-        backend = RedisDocumentStore(REDIS_URL, prefix)
+        return
+    prefix = f"mnxtest:{secrets.token_hex(6)}:"
+    if kind == "redis-cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        backend = RedisDocumentStore(cluster.url, prefix, cluster=True)
         yield backend
         await backend.close()
-        drop_redis_prefix(prefix)
+        cluster.drop_prefix(prefix)
+        return
+    require_redis()
+    backend = RedisDocumentStore(REDIS_URL, prefix)
+    yield backend
+    await backend.close()
+    drop_redis_prefix(prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request, tmp_path):
+    """A document store of each backend, empty (the store contract tests run on both, and on a
+    Redis Cluster: their modules override this fixture with the ``redis-cluster`` param added)."""
+    async with open_test_store(request.param, request, tmp_path) as backend:
+        yield backend
 
 
 @pytest.fixture(params=["sqlite", "redis"])

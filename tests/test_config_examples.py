@@ -13,7 +13,9 @@ from gateway.config import BUILT_IN_CONFIG, load_config
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "config"
 # The embedded default is gateway.yaml itself (top level), not a copy here.
-EXPECTED = {"redis-qdrant.yaml", "docker.yaml", "local-embeddings.yaml"}
+# config/deploy/ holds the Compose and Kubernetes files (tests/test_deployment_files.py), which use
+# redis-cluster-qdrant.yaml.
+EXPECTED = {"redis-qdrant.yaml", "redis-only.yaml", "redis-cluster-qdrant.yaml", "docker.yaml", "local-embeddings.yaml"}
 
 
 def test_config_holds_the_documented_examples():
@@ -49,6 +51,9 @@ def test_the_examples_use_the_backends_they_are_named_for(monkeypatch):
     monkeypatch.setenv("MNX_API_KEY", "mnx_live_example_key")
     shared = load_config(EXAMPLES / "redis-qdrant.yaml")
     assert (shared.storage.backend, shared.memory.vectors.backend) == ("redis", "qdrant")
+    one_service = load_config(EXAMPLES / "redis-only.yaml")
+    assert (one_service.storage.backend, one_service.memory.vectors.backend) == ("redis", "redis")
+    assert one_service.memory.vectors.redis.url == one_service.storage.redis.url
     local = load_config(EXAMPLES / "local-embeddings.yaml")
     assert local.memory.embedder.provider in {"fastembed", "sentence-transformers"}
     # A dense model's index is not the default BM25-only one: it has a directory of its own.

@@ -168,9 +168,11 @@ def test_a_subscriber_receives_a_learn_cycle_as_it_happens(gateway_on):
         check_learn_cycle(gateway_on, subscriber, "ev-learner")
 
 
-def test_on_redis_an_event_written_through_one_gateway_reaches_a_subscriber_of_another(start_gateway,
-                                                                                       storage_redis):
-    writer, reader = start_gateway(storage_redis), start_gateway(storage_redis)
+@pytest.mark.parametrize("backend", ["redis", "redis_cluster"])
+def test_on_redis_an_event_written_through_one_gateway_reaches_a_subscriber_of_another(start_gateway, request,
+                                                                                       backend):
+    storage = request.getfixturevalue(f"storage_{backend}")
+    writer, reader = start_gateway(storage), start_gateway(storage)
     with Subscriber(reader, subject_id="ev-two") as subscriber, Subscriber(writer, subject_id="ev-two") as local:
         check_learn_cycle(writer, subscriber, "ev-two")
         # The writer's own subscribers get the same events, with the same ids.
@@ -239,7 +241,7 @@ def test_heartbeats_come_at_the_configured_interval(start_gateway, storage_sqlit
         assert all(set(beat.data) == {"timestamp"} and beat.id is None for beat in beats)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis_cluster"])
 def test_last_event_id_resumes_after_the_last_event_received(start_gateway, request, backend):
     storage = request.getfixturevalue(f"storage_{backend}")
     gateway = start_gateway(storage)
@@ -455,11 +457,11 @@ def test_no_key_is_401_and_a_key_without_the_scope_is_403(start_gateway, storage
 
 # --- subject erasure and stopping ---------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis_cluster"])
 def test_erasing_a_subject_drops_its_pending_events(start_gateway, request, backend):
     storage = request.getfixturevalue(f"storage_{backend}")
     gateway = start_gateway(storage, events={"queue_size": 5, **BULKY_EVENTS})
-    gateways = [gateway, start_gateway(storage, events=BULKY_EVENTS)] if backend == "redis" else [gateway]
+    gateways = [gateway, start_gateway(storage, events=BULKY_EVENTS)] if backend != "sqlite" else [gateway]
     stuck = [StuckSubscriber(g, subject_id="ev-erased") for g in gateways]
     try:
         # Enough to fill the socket buffers, so the last events wait in the gateways' queues.

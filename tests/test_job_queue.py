@@ -1,4 +1,5 @@
-"""The job-queue contract, on SQLite and on the real Redis: durable, leased, retried, per project."""
+"""The job-queue contract, on SQLite, on the real Redis and on a real three-master Redis Cluster:
+durable, leased, retried, per project."""
 
 from __future__ import annotations
 
@@ -15,22 +16,29 @@ from gateway.jobs.worker import JobWorker
 from tests.conftest import REDIS_URL, drop_redis_prefix, require_redis
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def make_queue(request, tmp_path):
     prefixes: list[str] = []
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "redis-cluster" else None
 
     def make() -> Any:
         if request.param == "sqlite":
             return SqliteJobQueue(str(tmp_path / "jobs.db"))
-        require_redis()
+        if cluster is None:
+            require_redis()
         prefix = f"mnxtest:{secrets.token_hex(6)}:" if not prefixes else prefixes[0]
         prefixes.append(prefix)
+        if cluster is not None:
+            return RedisJobQueue(cluster.url, prefix, cluster=True)
         return RedisJobQueue(REDIS_URL, prefix)
 
     make.kind = request.param  # type: ignore[attr-defined]
     yield make
     for prefix in set(prefixes):
-        drop_redis_prefix(prefix)
+        if cluster is not None:
+            cluster.drop_prefix(prefix)
+        else:
+            drop_redis_prefix(prefix)
 
 
 def test_enqueue_claim_complete_and_per_project_lists(make_queue):
@@ -46,6 +54,21 @@ def test_enqueue_claim_complete_and_per_project_lists(make_queue):
         for job in claimed:
             await queue.complete(job.id)
         assert await queue.unfinished("p1", 10) == [] and await queue.claim(10, 60) == []
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_voiding_a_subject_removes_its_jobs_only(make_queue):
+    """What an erasure does to the queue: the subject's jobs in that project go, others stay."""
+    async def scenario() -> None:
+        queue = make_queue()
+        gone = [await queue.enqueue("p1", "learn", {"subject_id": "ann", "n": n}) for n in range(3)]
+        kept = [await queue.enqueue("p1", "learn", {"subject_id": "bob"}),
+                await queue.enqueue("p2", "learn", {"subject_id": "ann"})]
+        assert sorted(await queue.void_subject("p1", "ann")) == sorted(gone)
+        assert [j.id for j in await queue.unfinished("p1", 10)] == kept[:1]
+        assert sorted(j.id for j in await queue.claim(10, lease_seconds=60)) == sorted(kept)
         await queue.close()
 
     asyncio.run(scenario())

@@ -159,7 +159,7 @@ print(sorted(m for m in ("qdrant_client", "fastembed", "sentence_transformers", 
                              "none, sentence-transformers)"),
     ("store", "mongo", "storage.backend: no store named 'mongo' (known: redis, sqlite)"),
     ("queue", "mongo", "storage.backend: no job queue named 'mongo' (known: redis, sqlite)"),
-    ("vector_index", "faiss", "memory.vectors.backend: no vector index named 'faiss' (known: edge, qdrant)"),
+    ("vector_index", "faiss", "memory.vectors.backend: no vector index named 'faiss' (known: edge, qdrant, redis)"),
 ])
 def test_an_unknown_name_lists_the_names_that_exist(kind, name, message):
     with pytest.raises(ConfigError) as error:
@@ -239,7 +239,7 @@ def test_check_config_rejects_a_misspelt_name_in_one_line(tmp_path, sections, me
 @pytest.mark.parametrize("sections, message", [
     ({"storage": {"backend": "sqllite"}}, "storage.backend: no store named 'sqllite' (known: redis, sqlite)"),
     ({"memory": {"vectors": {"backend": "qdrnt"}}},
-     "memory.vectors.backend: no vector index named 'qdrnt' (known: edge, qdrant)"),
+     "memory.vectors.backend: no vector index named 'qdrnt' (known: edge, qdrant, redis)"),
 ])
 def test_check_config_rejects_a_misspelt_backend(tmp_path, sections, message):
     """Backends are chosen through the registry too, so a third-party one can be named."""

@@ -1,4 +1,5 @@
-"""One contract for every document store: the same tests on SQLite and on real Redis."""
+"""One contract for every document store: the same tests on SQLite, on real Redis and on a real
+three-master Redis Cluster."""
 
 from __future__ import annotations
 
@@ -10,10 +11,25 @@ import pytest
 from gateway.store import codec
 from gateway.store.base import Charge, Collection, Increment, Tally
 from gateway.store.redis import RedisDocumentStore
-from tests.conftest import REDIS_URL
+from gateway.store.redis_client import is_cluster
+from tests.conftest import REDIS_URL, open_test_store
 
 NOTES = Collection("notes", indexes=(("subject_id",), ("subject_id", "chat_id")))
 EPHEMERAL = Collection("ephemeral", indexes=(("subject_id",),), expiring=True)
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+async def store(request, tmp_path):
+    async with open_test_store(request.param, request, tmp_path) as backend:
+        yield backend
+
+
+def another_gateways_store(store: RedisDocumentStore) -> RedisDocumentStore:
+    """A second client on the same Redis (or cluster), as another gateway would have."""
+    if is_cluster(store._redis):
+        seed = next(iter(store._redis.nodes_manager.startup_nodes.values()))
+        return RedisDocumentStore(f"redis://{seed.host}:{seed.port}/0", store._prefix, cluster=True)
+    return RedisDocumentStore(REDIS_URL, store._prefix)
 
 
 async def test_put_then_get_round_trips_nested_json(store):
@@ -149,7 +165,7 @@ async def test_concurrent_increments_are_never_lost(store, tmp_path):
     """Two writers at once (on Redis: two clients, as two gateways would be): every increment counts."""
     other = store
     if isinstance(store, RedisDocumentStore):
-        other = RedisDocumentStore(REDIS_URL, store._prefix)
+        other = another_gateways_store(store)
 
     async def writer(backend, start: float) -> None:
         for i in range(50):
@@ -211,7 +227,7 @@ async def test_concurrent_charges_admit_exactly_the_limit(store):
     against a limit of 37 are exactly 37 admissions."""
     other = store
     if isinstance(store, RedisDocumentStore):
-        other = RedisDocumentStore(REDIS_URL, store._prefix)
+        other = another_gateways_store(store)
     later = time.time() + 60
 
     async def writer(backend) -> int:

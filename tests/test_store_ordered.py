@@ -15,10 +15,17 @@ import redis.asyncio as redis_asyncio
 from gateway.store.base import Collection, OrderedRange
 from gateway.store.redis import RedisDocumentStore
 from gateway.store.sqlite import SqliteDocumentStore, ordered_bounds, ordered_query
-from tests.conftest import REDIS_URL, drop_redis_prefix, require_redis
+from tests.conftest import REDIS_URL, drop_redis_prefix, open_test_store, require_redis
 
 RECORDS = Collection("records", indexes=(("kind",),), ordered="_order")
 EPHEMERAL = Collection("ephemeral", indexes=(("kind",),), expiring=True, ordered="_order")
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+async def store(request, tmp_path):
+    """Each backend, a Redis Cluster included (the ordered scripts must stay in one slot)."""
+    async with open_test_store(request.param, request, tmp_path) as backend:
+        yield backend
 
 
 def doc(name: str, **ordered: list) -> dict:

@@ -1,4 +1,5 @@
-"""Subject locks: writers of one subject take turns, in one process and across processes on Redis."""
+"""Subject locks: writers of one subject take turns, in one process and across processes on Redis
+(and on a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,15 @@ def test_writers_in_one_process_take_turns():
     assert asyncio.run(overlaps([SubjectLocks("claims")])) == 1
 
 
-def test_gateways_sharing_redis_take_turns_and_other_subjects_do_not_wait():
-    require_redis()
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
+def test_gateways_sharing_redis_take_turns_and_other_subjects_do_not_wait(backend, request):
+    cluster = request.getfixturevalue("redis_cluster") if backend == "redis-cluster" else None
+    if cluster is None:
+        require_redis()
     prefix = f"locks-{secrets.token_hex(4)}:"
 
     async def scenario() -> None:
-        client = connect_redis(REDIS_URL)
+        client = connect_redis(cluster.url, cluster=True) if cluster is not None else connect_redis(REDIS_URL)
         try:
             # Two gateways: each its own in-process locks, one Redis between them.
             gateways: list[SubjectLocks] = [RedisSubjectLocks("claims", client, prefix),
@@ -59,14 +63,20 @@ def test_gateways_sharing_redis_take_turns_and_other_subjects_do_not_wait():
             # Released: the next writer gets it at once, and no lease is left behind.
             async with patient.hold("p", "ann"):
                 pass
-            assert [key async for key in client.scan_iter(match=f"{prefix}*")] == []
+            if cluster is not None:
+                assert sum(cluster.keys_per_master(prefix).values()) == 0
+            else:
+                assert [key async for key in client.scan_iter(match=f"{prefix}*")] == []
         finally:
             await client.aclose()
 
     try:
         asyncio.run(scenario())
     finally:
-        drop_redis_prefix(prefix)
+        if cluster is not None:
+            cluster.drop_prefix(prefix)
+        else:
+            drop_redis_prefix(prefix)
 
 
 def _two_keys_on_one_stripe() -> tuple[str, str]:

@@ -274,7 +274,7 @@ def _charge_many(storage: dict[str, Any], tries: int, results: Any) -> None:
 
     async def run() -> int:
         store: Any = (SqliteDocumentStore(storage["path"]) if "path" in storage
-                      else RedisDocumentStore(storage["url"], storage["prefix"]))
+                      else RedisDocumentStore(storage["url"], storage["prefix"], cluster=storage["cluster"]))
         later = time.time() + 60
         admitted = 0
         for _ in range(tries):
@@ -285,11 +285,15 @@ def _charge_many(storage: dict[str, Any], tries: int, results: Any) -> None:
     results.put(asyncio.run(run()))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_concurrent_charges_from_four_processes_admit_exactly_the_limit(backend, tmp_path):
-    if backend == "redis":
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis-cluster"])
+def test_concurrent_charges_from_four_processes_admit_exactly_the_limit(backend, tmp_path, request):
+    cluster = request.getfixturevalue("redis_cluster") if backend == "redis-cluster" else None
+    storage: dict[str, Any]
+    if cluster is not None:
+        storage = {"url": cluster.url, "prefix": f"mnxtest:{secrets.token_hex(6)}:", "cluster": True}
+    elif backend == "redis":
         require_redis()
-        storage = {"url": REDIS_URL, "prefix": f"mnxtest:{secrets.token_hex(6)}:"}
+        storage = {"url": REDIS_URL, "prefix": f"mnxtest:{secrets.token_hex(6)}:", "cluster": False}
     else:
         storage = {"path": str(tmp_path / "race.db")}
         from gateway.store.sqlite import SqliteDocumentStore
@@ -305,7 +309,9 @@ def test_concurrent_charges_from_four_processes_admit_exactly_the_limit(backend,
     finally:
         for process in processes:
             process.join(timeout=30)
-        if backend == "redis":
+        if cluster is not None:
+            cluster.drop_prefix(storage["prefix"])
+        elif backend == "redis":
             drop_redis_prefix(storage["prefix"])
     assert sum(admitted) == 40
 

@@ -1,6 +1,8 @@
-"""The vector-index contract, run against Qdrant Edge and against qdrant-client (local mode).
+"""The vector-index contract, run against Qdrant Edge, qdrant-client (local mode), Redis's
+query engine (a server the tests start: tests/redis_stack.py) and, when QDRANT_URL names
+one, a real Qdrant server.
 
-Both backends must filter by tenant inside the adapter, keep superseded and deleted
+Every backend must filter by tenant inside the adapter, keep superseded and deleted
 memories out of search, honour visibility, and fuse dense with lexical results.
 """
 
@@ -8,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from gateway.config import EdgeVectorsConfig, QdrantVectorsConfig, VectorsConfig
+from gateway.config import EdgeVectorsConfig, QdrantVectorsConfig, RedisVectorsConfig, VectorsConfig
 from gateway.errors import ConfigError
 from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
+from gateway.memory.redis_index import RedisIndex
 from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery, RecallCounts
+from tests.redis_stack import redis_stack  # noqa: F401  (the fixture, for the redis kind)
 
 LEXICON = Lexicon()
 
@@ -39,17 +46,67 @@ def query(subject: str, text: str, **kwargs: Any) -> IndexQuery:
     return IndexQuery(subject, LEXICON.query_vector(text), **kwargs)
 
 
+# The server-backed kinds' settings for the running test (its own Redis index or Qdrant
+# collection, set by the ``kind`` fixture, which drops it afterwards).
+_server_configs: dict[str, Any] = {}
+
+
 async def open_index(kind: str, path: Any, dims: int | None) -> Any:
     if kind == "edge":
         return EdgeIndex(str(path / "edge"), dims)
-    index = QdrantIndex(QdrantVectorsConfig(location=":memory:"), dims)
+    if kind == "redis":
+        index: Any = RedisIndex(_server_configs["redis"], dims)
+    else:
+        config = _server_configs["qdrant-server"] if kind == "qdrant-server" else QdrantVectorsConfig(
+            location=":memory:")
+        index = QdrantIndex(config, dims)
     await index.open()
     return index
 
 
-@pytest.fixture(params=["edge", "qdrant-local"])
-def kind(request) -> str:
-    return request.param
+def qdrant_server_config() -> QdrantVectorsConfig:
+    """A collection of its own on the Qdrant server QDRANT_URL names (QDRANT_API_KEY if it needs one)."""
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("QDRANT_URL is not set: the contract suite runs against a real Qdrant server only when it "
+                    "names one (e.g. QDRANT_URL=http://127.0.0.1:6333)")
+    return QdrantVectorsConfig.model_validate({"url": url, "api_key": os.environ.get("QDRANT_API_KEY") or None,
+                                               "collection": f"mnx_test_{secrets.token_hex(6)}"})
+
+
+async def drop_qdrant_collection(config: QdrantVectorsConfig) -> None:
+    from qdrant_client import AsyncQdrantClient
+
+    client = AsyncQdrantClient(url=config.url, api_key=config.api_key.get_secret_value() if config.api_key else None)
+    await client.delete_collection(config.collection)
+    await client.close()
+
+
+async def drop_redis_index(config: RedisVectorsConfig) -> None:
+    index = RedisIndex(config, None)
+    await index.drop()
+    await index.close()
+
+
+def redis_index_config(url: str) -> RedisVectorsConfig:
+    name = f"mnx_test_{secrets.token_hex(6)}"
+    return RedisVectorsConfig(url=url, key_prefix=f"mnxtest:{name}:", index=name)
+
+
+@pytest.fixture(params=["edge", "qdrant-local", "redis", "qdrant-server"])
+def kind(request) -> Iterator[str]:
+    if request.param == "redis":
+        config: Any = redis_index_config(request.getfixturevalue("redis_stack"))
+        _server_configs["redis"] = config
+        yield "redis"
+        run(drop_redis_index(config))
+    elif request.param == "qdrant-server":
+        config = qdrant_server_config()
+        _server_configs["qdrant-server"] = config
+        yield "qdrant-server"
+        run(drop_qdrant_collection(config))
+    else:
+        yield request.param
 
 
 def ids(hits: list[Any]) -> list[str]:
@@ -402,3 +459,177 @@ def test_an_edge_index_reopens_with_the_configured_search_threads(tmp_path):
         assert json.loads((tmp_path / "idx" / "edge_config.json").read_text())["max_search_threads"] == 1
 
     run(scenario())
+
+
+# Ids and words a caller controls, with everything the Redis query language (and a Qdrant
+# filter) could read as syntax: tag braces and separators, field names, negation, wildcards,
+# quotes, escapes; and one naming another project outright.
+HOSTILE = ['p} | @project:{*', "-alice*", '"bob" OR *', "x\\\\ @access:{a|b}", "%fuzzy%", "p2 | alice"]
+
+
+def test_hostile_ids_and_words_neither_break_nor_widen_a_search(kind, tmp_path):
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p2", [memory("m", "alice", "Alice keeps bees in the garden")])
+        for i, name in enumerate(HOSTILE):
+            await index.upsert(name, [memory(f"m{i}", name, f"{name} keeps bees in the garden"),
+                                      memory(f"s{i}", "carol", "Shared garden rota", visibility="shared")])
+        for i, name in enumerate(HOSTILE):
+            assert ids(await index.search(name, query(name, "bees garden"))) == [f"m{i}", f"s{i}"]
+            # The query's own words may be anything: they match words, never syntax.
+            assert ids(await index.search(name, query(name, f"{name} bees | * @project:{{p2}} -garden"))) == [
+                f"m{i}", f"s{i}"]
+            assert ids(await index.search(name, query("alice", "bees garden"))) == [f"s{i}"]
+            assert await index.count(name) == 2 and await index.count(name, name) == 1
+        assert ids(await index.search("p2", query("alice", "bees garden p2"))) == ["m"]
+        # Erasing a hostile subject removes its memory only, in its own project only.
+        await index.delete_subject(HOSTILE[0], HOSTILE[0])
+        assert await index.count(HOSTILE[0]) == 1 and await index.count(HOSTILE[0], HOSTILE[0]) == 0
+        assert [await index.count(name) for name in HOSTILE[1:]] == [2] * (len(HOSTILE) - 1)
+        assert await index.count("p2") == 1
+        await index.close()
+
+    run(scenario())
+
+
+def test_a_redis_index_weighs_a_project_wide_word_less_than_a_rare_one(redis_stack):  # noqa: F811
+    """As the embedded index does (test_a_word_the_whole_project_uses_weighs_less_than_a_rare_one):
+    each term's token carries its project's salt, so Redis's BM25 counts a word's documents in
+    the asker's project only."""
+    config = redis_index_config(redis_stack)
+
+    async def scenario() -> None:
+        index = RedisIndex(config, None)
+        await index.open()
+        alice = [memory("coffee", "alice", "Coffee daily"), memory("kenya", "alice", "A long trip to Kenya last year")]
+        await index.upsert("p", alice)
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["coffee", "kenya"]
+        await index.upsert("other", [memory(f"k{i}", "zed", f"Kenya safari number {i}") for i in range(20)])
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["coffee", "kenya"]
+        await index.upsert("p", [memory(f"c{i}", f"drinker{i}", f"Drinks coffee with oat milk {i}") for i in range(20)])
+        assert ids(await index.search("p", query("alice", "coffee kenya"))) == ["kenya", "coffee"]
+        # (Unlike the embedded index's test, no erasure here: RediSearch counts a deleted memory's
+        # words out only when its garbage collector runs, and before late 2025 never took its
+        # length out of the average; see docs/architecture.md.)
+        await index.close()
+
+    try:
+        run(scenario())
+    finally:
+        run(drop_redis_index(config))
+
+
+def test_a_redis_index_checks_its_dimensions_and_lexicon(redis_stack):  # noqa: F811  (the imported fixture)
+    config = redis_index_config(redis_stack)
+
+    async def scenario() -> None:
+        index = RedisIndex(config, 8)
+        await index.open()
+        await index.upsert("p", [memory("m1", "alice", "Alice keeps bees", dense=[1.0] * 8)])
+        await index.close()
+        for dims, message in ((16, "holds 8-dimensional vectors but memory.embedder gives 16"),
+                              (None, "holds 8-dimensional dense vectors but no embedder is configured")):
+            mismatched = RedisIndex(config, dims)
+            with pytest.raises(IndexMismatch, match=message):
+                await mismatched.open()
+            await mismatched.close()
+        # Through the registry, the error names the setting, as for the other backends.
+        plain = open_vector_index(VectorsConfig(backend="redis", redis=config, lexical="plain"), 8)
+        with pytest.raises(ConfigError, match="^memory.vectors.lexical: the Redis index 'mnx_test_.*' holds "
+                                              "contextual BM25 vectors but memory.vectors.lexical is plain"):
+            await prepare(plain)
+        await plain.close()
+        reopened = RedisIndex(config, 8)
+        await reopened.open()
+        assert ids(await reopened.search("p", query("alice", "bees"))) == ["m1"]
+        await reopened.close()
+
+    try:
+        run(scenario())
+    finally:
+        run(drop_redis_index(config))
+
+
+def test_gateways_starting_together_share_one_redis_index(redis_stack):  # noqa: F811  (the imported fixture)
+    """Three gateways opening the same Redis index at once: one creates it, the others find it
+    (even before its record is written), and what one writes the others find."""
+    config = redis_index_config(redis_stack)
+
+    async def scenario() -> None:
+        indexes = [RedisIndex(config, 3) for _ in range(3)]
+        await asyncio.gather(*(index.open() for index in indexes))
+        await indexes[0].upsert("p", [memory("m1", "alice", "Alice keeps bees", dense=[1.0, 0.0, 0.0])])
+        for index in indexes[1:]:
+            assert ids(await index.search("p", query("alice", "bees", dense=[1.0, 0.0, 0.0]))) == ["m1"]
+        for index in indexes:
+            await index.close()
+
+    try:
+        run(scenario())
+    finally:
+        run(drop_redis_index(config))
+
+
+def test_recalls_and_field_updates_leave_redis_scores_as_they_were(redis_stack):  # noqa: F811
+    """A recall touches its memories' counts, and ranking rewrites their fields, all the time:
+    neither may re-index a point, or Redis's BM25 statistics would drift with every recall
+    (each replaced document stays in them until the engine's garbage collector runs)."""
+    config = redis_index_config(redis_stack)
+
+    async def scenario() -> None:
+        index = RedisIndex(config, None)
+        await index.open()
+        await index.upsert("p", [memory("tea", "alice", "Green tea every morning"),
+                                 memory("trip", "alice", "A long trip to Kenya for tea last year"),
+                                 *[memory(f"n{i}", f"s{i}", f"Note number {i} about tea") for i in range(5)]])
+
+        async def scores() -> dict[str, float]:
+            return {hit.memory_id: hit.rank_score for hit in await index.search("p", query("alice", "tea kenya"))}
+
+        before = await scores()
+        for seen in range(1, 30):
+            await index.touch("p", [RecallCounts("tea", seen, 1000.0 + seen), RecallCounts("trip", seen, 1.0)])
+            await index.update_fields("p", "alice", "tea", {**memory("tea", "alice", "Green tea every morning").fields,
+                                                            "importance": seen})
+        assert await scores() == pytest.approx(before)
+        [tea] = [hit for hit in await index.search("p", query("alice", "green tea")) if hit.memory_id == "tea"]
+        assert (tea.fields["importance"], tea.fields["seen_count"], tea.fields["last_seen_at"]) == (29, 29, 1029.0)
+        await index.close()
+
+    try:
+        run(scenario())
+    finally:
+        run(drop_redis_index(config))
+
+
+def test_redis_fuses_its_two_legs_as_qdrant_does(redis_stack):  # noqa: F811
+    """A hit first in both the lexical and the dense ranking scores what Qdrant's weighted RRF
+    gives it (1 / ((p + 1) / w + k - 1) summed over the legs), and one found by a single leg less."""
+    from gateway.memory.vector_index import FUSION_K, LEG_WEIGHTS, fused
+
+    assert fused([("bm25", ["a", "b"]), ("dense", ["b", "c"])], 2) == [
+        ("b", pytest.approx(1 / (2 / 2.0 + FUSION_K - 1) + 1 / (1 / 1.0 + FUSION_K - 1))),
+        ("a", pytest.approx(1 / (1 / 2.0 + FUSION_K - 1)))]
+    config = redis_index_config(redis_stack)
+
+    async def scenario() -> None:
+        index = RedisIndex(config, 3)
+        await index.open()
+        await index.upsert("p", [memory("veg", "a", "Vegetarian, loves Italian cuisine", dense=[1.0, 0.0, 0.0]),
+                                 memory("job", "a", "Works as a nurse", dense=[0.0, 1.0, 0.0]),
+                                 memory("pet", "a", "Has a vegetarian cat", dense=[0.0, 0.0, 1.0])])
+        hits = await index.search("p", query("a", "vegetarian cuisine", dense=[0.9, 0.1, 0.0]))
+
+        def rrf(position: int, leg: str) -> float:
+            return 1 / ((position + 1) / LEG_WEIGHTS[leg] + FUSION_K - 1)
+
+        # Lexically veg then pet; by vector veg, job, pet.
+        assert ids(hits) == ["veg", "pet", "job"]
+        assert [hit.rank_score for hit in hits] == pytest.approx([
+            rrf(0, "bm25") + rrf(0, "dense"), rrf(1, "bm25") + rrf(2, "dense"), rrf(1, "dense")])
+        await index.close()
+
+    try:
+        run(scenario())
+    finally:
+        run(drop_redis_index(config))

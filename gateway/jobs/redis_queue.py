@@ -1,7 +1,8 @@
 """The shared job queue on Redis, for any number of gateways.
 
-Layout, for key prefix ``P`` (``{jobs}`` is a Cluster hash tag: one slot, so the
-Lua scripts stay atomic on a cluster):
+Layout, for key prefix ``P`` (``{jobs}`` is a Cluster hash tag: every key of the queue is in
+one slot, so the Lua scripts and MULTI/EXEC below stay atomic on a cluster; the queue then
+lives on one master, whose load is a few commands per turn):
 
 * ``P{jobs}:due``        sorted set of job ids scored by when each is due
 * ``P{jobs}:job:<id>``   hash: project_id, kind, payload, status, attempts, last_error, created_at
@@ -18,14 +19,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis.asyncio as redis_asyncio
-
 from gateway.ids import ordered_id
 from gateway.jobs.queue import Job
 from gateway.store import codec
-from gateway.store.redis_client import connect_redis
+from gateway.store.redis_client import RedisClient, connect_redis
 
-# KEYS: due set, job key prefix. ARGV: now, limit, lease end.
+# KEYS: due set, job key prefix (not a key: where the job hashes it reads and writes begin,
+# P{jobs}:job:, in the due set's slot). ARGV: now, limit, lease end. No blocking command: a
+# worker polls claim, so nothing holds a cluster connection waiting.
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local jobs = {}
@@ -53,12 +54,12 @@ _VOID_BATCH = 500
 
 
 class RedisJobQueue:
-    def __init__(self, redis: str | redis_asyncio.Redis, key_prefix: str) -> None:
+    def __init__(self, redis: str | RedisClient, key_prefix: str, *, cluster: bool = False) -> None:
         """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
-        to open one of its own."""
+        to open one of its own (a Redis Cluster's seed node with ``cluster``)."""
         self._owns_client = isinstance(redis, str)
         # Any: the client decodes replies to str (connect_redis), which redis-py's types cannot say.
-        self._redis: Any = connect_redis(redis) if isinstance(redis, str) else redis
+        self._redis: Any = connect_redis(redis, cluster=cluster) if isinstance(redis, str) else redis
         base = f"{key_prefix}{{jobs}}:"
         self._due = base + "due"
         self._job_prefix = base + "job:"
@@ -76,6 +77,7 @@ class RedisJobQueue:
                       delay_seconds: float = 0.0) -> str:
         job_id = ordered_id("job_")
         now = time.time()
+        # P{jobs}:job:<id>, P{jobs}:due, P{jobs}:p:<project>: one slot.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._job_prefix + job_id, mapping={
                 "project_id": project_id, "kind": kind, "payload": codec.encode(payload),

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.jobs.queue import Job, JobError, JobQueue
 from gateway.redaction import redact
 
@@ -62,14 +62,21 @@ class JobWorker:
     async def run_once(self) -> int:
         """Claim and run one batch; returns how many jobs it ran."""
         jobs = await self._queue.claim(self._batch, self._lease)
+        tracer = tracing.active()
         for job in jobs:
             # Let requests that arrived meanwhile run between jobs: a batch never holds the loop.
             await asyncio.sleep(0)
+            # A span of its own, linked to the turn that queued the job (gateway/tracing.py).
+            job_trace = tracer.begin_job(job) if tracer is not None else None
             try:
                 await self._handler(job)
             except asyncio.CancelledError:
+                if job_trace is not None:
+                    job_trace.end(asyncio.CancelledError())
                 raise
             except Exception as error:
+                if job_trace is not None:
+                    job_trace.end(error)
                 delay = self.backoff(job.attempts)
                 # Stored (readable through GET /jobs) and logged: never with a key in it.
                 description = redact(str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}")
@@ -78,6 +85,8 @@ class JobWorker:
                 await self._queue.retry_later(job.id, description, delay)
                 metrics.job_finished(job.kind, failed=True)
             else:
+                if job_trace is not None:
+                    job_trace.end()
                 await self._queue.complete(job.id)
                 metrics.job_finished(job.kind, failed=False)
         return len(jobs)

@@ -1,8 +1,8 @@
-"""The vector index backends: Qdrant Edge (embedded) or a Qdrant server.
+"""The vector index backends: Qdrant Edge (embedded), a Qdrant server, or Redis's query engine.
 
-``open_edge_index`` and ``open_qdrant_index`` are registered as ``mnx_gateway.vector_indexes``
+``open_edge_index``, ``open_qdrant_index`` and ``open_redis_index`` are registered as ``mnx_gateway.vector_indexes``
 entry points (pyproject.toml); ``open_vector_index`` opens the configured one through
-``gateway.registry``. Each backend's module (and qdrant_client) is imported only when chosen.
+``gateway.registry``. Each backend's module (and qdrant_client, redis) is imported only when chosen.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def open_qdrant_index(config: VectorsConfig, dense_dimensions: int | None) -> Ve
     if config.qdrant is None:  # gateway.config requires the section for this backend
         raise ConfigError("memory.vectors: backend 'qdrant' needs a 'qdrant' section with a url or location")
     return QdrantIndex(config.qdrant, dense_dimensions, config.lexical)
+
+
+def open_redis_index(config: VectorsConfig, dense_dimensions: int | None) -> VectorIndex:
+    from gateway.memory.redis_index import RedisIndex
+
+    return RedisIndex(config.redis, dense_dimensions, config.lexical)
 
 
 async def prepare(index: VectorIndex) -> None:

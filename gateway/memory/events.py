@@ -45,6 +45,16 @@ Two implementations of one interface, chosen by ``storage.backend`` (gateway/ser
   blocking ``XREAD`` over every project's stream, re-issued whenever the set of projects
   with subscribers changes; pub/sub alone could not resume.
 
+On a Redis Cluster the same design holds, with classic pub/sub: a PUBLISH on any master
+reaches the subscribers of every node (the cluster bus carries it), so each gateway keeps one
+subscription, on whichever node redis-py picks for the channel, and the script that appends an
+event to its project's stream (in the project's slot) publishes it in the same atomic step.
+Sharded pub/sub (SPUBLISH) would spare the cluster bus that broadcast, but a sharded channel
+belongs to a slot: publishing from the project's script would need a channel per project
+(``{p}``-tagged), and each gateway would have to subscribe, per master, to the channels of the
+projects it has subscribers for, re-subscribing as those come and go and as slots move. Memory
+events are a few per turn, so the broadcast costs less than that machinery.
+
 The listener PINGs Redis when its connection has been silent for a while, and takes a
 connection that does not answer for lost (a half-open TCP connection raises nothing): it
 subscribes again and catches up from the streams, as after any lost connection.
@@ -75,6 +85,7 @@ import redis.exceptions
 from gateway.clock import now_iso
 from gateway.config import EventsConfig
 from gateway.store.errors import STORAGE_ERRORS
+from gateway.store.redis_client import is_cluster, queue_script
 
 log = logging.getLogger("gateway.events")
 
@@ -614,9 +625,11 @@ class RedisMemoryEvents(MemoryEvents):
         kept = self.settings.replay_size
         async with self._redis.pipeline(transaction=False) as pipe:
             for item in list(batch):  # a copy: an erasure may take items out of the batch meanwhile
-                await self._publish_script(
-                    keys=[self._stream_key(item.project_id), self._trim_mark_key(item.project_id)],
-                    args=[kept, item.subject_id or "", item.message, self._channel], client=pipe)
+                # Both keys under the project's tag: one slot (events of several projects in one
+                # batch go to their own masters on a cluster; the pipeline is no transaction).
+                await queue_script(self._publish_script, pipe,
+                                   [self._stream_key(item.project_id), self._trim_mark_key(item.project_id)],
+                                   [kept, item.subject_id or "", item.message, self._channel])
             await pipe.execute()
 
     def _drop_outgoing(self, project_id: str, subject_id: str, *, heard_late: bool) -> None:
@@ -666,6 +679,10 @@ class RedisMemoryEvents(MemoryEvents):
         while True:
             pubsub = self._redis.pubsub()
             try:
+                if is_cluster(self._redis):
+                    # A cluster client learns the slots' masters on its first command; the
+                    # subscription looks its channel's master up without one (KeyError before it).
+                    await self._redis.initialize()
                 await self._subscribe(pubsub)
                 if self._listener.first_subscribed_at is None:
                     seconds, microseconds = await self._redis.time()
@@ -751,6 +768,7 @@ class RedisMemoryEvents(MemoryEvents):
 
     async def _replay_after(self, project_id: str, after: EventOrder) -> _ReplayAfter:
         stream = self._stream_key(project_id)
+        # P{p}:memory_events and P{p}:memory_events:trimmed: one slot, so a cluster takes the MULTI too.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._trim_mark_key(project_id))
             # The newest id the stream ever gave (deletions and trimming leave it); an error if

@@ -218,6 +218,20 @@ LEG_WEIGHTS = {SPARSE: 2.0, DENSE: 1.0}
 PREFETCH_MIN = 100
 
 
+def fused(rankings: Sequence[tuple[str, Sequence[str]]], limit: int) -> list[tuple[str, float]]:
+    """Weighted reciprocal-rank fusion of each leg's ranking (vector name, ids best first),
+    best ``limit`` first, for an engine that cannot fuse itself (the Redis query engine): the
+    same fusion and weights as Qdrant's ``Fusion.Rrf(k=FUSION_K, weights=LEG_WEIGHTS)``, where
+    a hit at 0-based position p of a leg of weight w scores 1 / ((p + 1) / w + k - 1), summed
+    over the legs that found it."""
+    scores: dict[str, float] = {}
+    for using, ranking in rankings:
+        weight = LEG_WEIGHTS[using]
+        for position, hit in enumerate(ranking):
+            scores[hit] = scores.get(hit, 0.0) + 1.0 / ((position + 1) / weight + FUSION_K - 1)
+    return sorted(scores.items(), key=lambda scored: -scored[1])[:limit]
+
+
 def search_legs(query: IndexQuery, has_dense: bool) -> list[tuple[str, Any]]:
     """(vector name, query vector) for each ranking a search fuses."""
     legs: list[tuple[str, Any]] = []

@@ -29,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from gateway import metrics
 from gateway.options import MnxOptions
+
+if TYPE_CHECKING:
+    from gateway.tracing import TurnTrace
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class TurnContext:
     started_at: float = field(default_factory=time.time)
     # Whether the caller's key holds integrations:read (prompt templates render integration values).
     may_read_integrations: bool = False
+    # The turn's spans when tracing is on (gateway/tracing.py), else None.
+    trace: TurnTrace | None = None
 
 
 T = TypeVar("T")
@@ -100,10 +105,21 @@ class StageReport:
     layer: ContextLayer | None
 
 
-async def _timed(stage: ContextStage, turn: TurnContext) -> tuple[ContextLayer | None, float]:
+class _Timed(NamedTuple):
+    layer: ContextLayer | None
+    # perf_counter readings around the stage's run.
+    started: float
+    ended: float
+
+    @property
+    def milliseconds(self) -> float:
+        return (self.ended - self.started) * 1000
+
+
+async def _timed(stage: ContextStage, turn: TurnContext) -> _Timed:
     started = time.perf_counter()
     layer = await stage.run(turn)
-    return layer, (time.perf_counter() - started) * 1000
+    return _Timed(layer, started, time.perf_counter())
 
 
 async def _untimed(stage: ContextStage, turn: TurnContext) -> ContextLayer | None:
@@ -207,15 +223,18 @@ SECTION_SEPARATOR = "\n\n"
 async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> AssembledContext:
     stages = [stage for stage in stages if stage.applies(turn)]
     reports: list[StageReport] | None = None
-    # Each stage timed once, for whichever wants it: metrics (when on) and mnx.explain.
-    if turn.options.explain or metrics.active() is not None:
+    # Each stage timed once, for whichever wants it: metrics and traces (when on) and mnx.explain.
+    trace = turn.trace
+    if turn.options.explain or metrics.active() is not None or trace is not None:
         timed = await _run_all(stages, turn, _timed)
-        layers = [layer for layer, _ in timed]
-        for stage, (_, milliseconds) in zip(stages, timed):
-            metrics.stage_ran(stage.name, milliseconds / 1000)
+        layers = [run.layer for run in timed]
+        for stage, run in zip(stages, timed):
+            metrics.stage_ran(stage.name, run.milliseconds / 1000)
+            if trace is not None:
+                trace.context_stage(stage.name, run.started, run.ended, run.layer)
         if turn.options.explain:
-            reports = [StageReport(stage.name, stage.volatile, milliseconds, layer)
-                       for stage, (layer, milliseconds) in zip(stages, timed)]
+            reports = [StageReport(stage.name, stage.volatile, run.milliseconds, run.layer)
+                       for stage, run in zip(stages, timed)]
     else:
         layers = await _run_all(stages, turn, _untimed)
     sections: list[str] = []

@@ -60,6 +60,10 @@ async def record_turn(turn: TurnContext, answer: dict[str, Any], *, history: Cha
                             records=None if records_learned else options.records)
     if payload is None:
         return
+    traceparent = turn.trace.traceparent() if turn.trace is not None else None
+    if traceparent is not None:
+        # The job's span links to its turn's (gateway/tracing.py): the trace context, nothing more.
+        payload["traceparent"] = traceparent
     job_id = await jobs.enqueue(turn.project_id, LEARN_JOB, payload)
     # Paid extraction and embedding models may use the caller's own keys, held in memory
     # for this job's first run only.

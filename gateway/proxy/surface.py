@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.erasure import SubjectErased
 from gateway import metrics as gateway_metrics
+from gateway import tracing
 from gateway.errors import BadRequest, GatewayError
 from gateway.feature_scopes import authorize_features
 from gateway.options import parse_options
@@ -38,7 +39,9 @@ from gateway.proxy.relay import relay
 from gateway.proxy.sse import JsonEventStream
 from gateway.proxy.wire import UpstreamCall, WireFormat
 from gateway.keys.trial import provisioned
+from gateway.request_id import current_request_id
 from gateway.routing import Call
+from gateway.tracing import TurnTrace
 from gateway.usage_limits import tokens_of
 from gateway.validation import read_json_object
 
@@ -121,6 +124,24 @@ def _explained(spec: SurfaceSpec, upstream_call: UpstreamCall, native: bool, tur
 
 
 async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
+    """One turn; with tracing on, its span tree (gateway/tracing.py) around it."""
+    tracer = tracing.active()
+    trace = None if tracer is None else tracer.begin_turn(
+        spec.request_type, call.request.headers,
+        (*call.credentials.provider_keys.values(), call.credentials.provider_bearer))
+    if trace is None:  # tracing off, or this turn not sampled
+        return await _turn(call, spec, None)
+    try:
+        response = await _turn(call, spec, trace)
+    except BaseException as error:
+        trace.end(500, error)
+        raise
+    if not isinstance(response, StreamingResponse):  # a stream's spans end with it (tracing.traced_stream)
+        trace.end(response.status_code)
+    return response
+
+
+async def _turn(call: Call, spec: SurfaceSpec, trace: TurnTrace | None) -> Response:
     started = time.perf_counter()
     services = call.services
     headers = call.request.headers
@@ -137,7 +158,11 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
     if spec.from_path is not None:
         spec.from_path(call.request, body)
     options = parse_options(mnx, headers, services.config.defaults, history_default=spec.history_default)
-    gateway_metrics.stage_since("options", started)  # reading the body included
+    gateway_metrics.stage_since("options", started, trace)  # reading the body included
+    if trace is not None:
+        trace.annotate({"mnx.project_id": call.project_id, "mnx.subject_id": options.subject_id,
+                        "mnx.chat_id": options.chat_id, "mnx.request_id": current_request_id.get() or "",
+                        "mnx.explain": options.explain})
     ids = {"X-Mnx-Chat-Id": header_value(options.chat_id), "X-Mnx-Subject-Id": header_value(options.subject_id)}
     credentials = call.credentials
     try:
@@ -162,7 +187,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         prepared_at = time.perf_counter()
         turn = TurnContext(call.project_id, options, spec.request_messages(body), body["model"],
                            request_type=spec.request_type, provider_keys=credentials.provider_keys,
-                           may_read_integrations=credentials.principal.allows("integrations:read"))
+                           may_read_integrations=credentials.principal.allows("integrations:read"), trace=trace)
         context = await assemble(turn, services.stages)
         if audit is not None:
             audit.provider, audit.model, audit.injected = route.provider, route.model, context.injected
@@ -181,7 +206,7 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
 
         learns_records = options.records is not None and options.records.learn is not False
 
-        @gateway_metrics.timed("record")
+        @gateway_metrics.timed("record", trace)
         async def answered(message: dict[str, Any] | None, sync: RecordsSync | None = None,
                            whole: dict[str, Any] | None = None) -> list[dict[str, Any]]:
             """A complete answer (``whole``: the provider's, None when streamed): the stages' writes
@@ -220,6 +245,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
             answer_text = json.dumps(streamed_answer[-1], ensure_ascii=False) if streamed_answer else ""
             return (len(json.dumps(upstream_call.body, ensure_ascii=False)) + len(answer_text) + 3) // 4
 
+        if trace is not None:  # ended by an error below, or with the answer (a stream: when it ends)
+            trace.forward(route.provider, route.model, streamed=bool(body.get("stream")))
         if body.get("stream"):
             # Once the stream has begun nothing can be added to the answer: sync or not, a
             # streamed turn's records are learned by its job (docs/features.md, Records).
@@ -229,6 +256,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
                 accumulator = spec.new_accumulator()
                 relayed = relay(stream, audit.watching(accumulator) if audit else accumulator, spec.error_frame,
                                 streamed)
+                if trace is not None:
+                    relayed = tracing.traced_stream(relayed, trace, streamed_answer)
                 return StreamingResponse(services.usage.counting_stream(credentials.principal, relayed,
                                                                         estimated_stream_tokens),
                                          media_type="text/event-stream",
@@ -241,6 +270,8 @@ async def proxy_turn(call: Call, spec: SurfaceSpec) -> Response:
         answer = await unless_client_leaves(call.request, gateway_metrics.forwarded(
             route.provider, services.upstream.complete(upstream_call, spec.wire)))
         gateway_metrics.count_tokens(route.provider, answer.body)
+        if trace is not None:
+            trace.forwarded(status=200, answer=answer.body)
         try:
             await services.usage.add_tokens(credentials.principal, tokens_of(answer.body))
         except Exception:  # the answer is paid for: a counter that cannot be written must not lose it

@@ -22,7 +22,8 @@ def open_redis_store(config: StorageConfig, redis: Any) -> DocumentStore:
     """``redis``: the gateway's shared Redis client (gateway.store.redis_client), else the configured URL."""
     from gateway.store.redis import RedisDocumentStore
 
-    return RedisDocumentStore(redis if redis is not None else config.redis.url, config.redis.key_prefix)
+    return RedisDocumentStore(redis if redis is not None else config.redis.url, config.redis.key_prefix,
+                              cluster=config.redis.cluster)
 
 
 __all__ = ["Collection", "Document", "DocumentStore", "Increment", "Tally", "open_redis_store", "open_sqlite_store"]

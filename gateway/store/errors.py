@@ -14,5 +14,10 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,   # includes a pool that stayed exhausted past its timeout
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # A Redis Cluster between states: a master failing over (CLUSTER DOWN, MASTERDOWN), a slot
+    # migrating (TRYAGAIN), or no master known for a slot yet; redis-py retries these first.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     sqlite3.OperationalError,           # locked, disk full, unreadable file
 )

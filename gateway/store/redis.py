@@ -30,6 +30,13 @@ from what it reads: the documents an index lists (read for their bodies in the s
 and the entries a replaced or deleted document leaves behind (listed in its ``idx``/``ord``).
 Declaring those too would cost a read before every such call; they carry the same hash tag,
 so they live in the slot of the declared keys and the scripts run on a cluster as they are.
+
+Every call names one project, so every key it touches is in that project's slot; what is not
+a configured project's data lives under a pseudo-project of its own, one slot each: the API
+keys the gateway issues (``{~gateway-keys}``, gateway/keys/store.py), and each project's usage
+counters (``P{p}:~counters:<counter>``, ``charge``). Audit entries, the recall log, summaries
+and integration values are collections of the project they belong to. Nothing here lists
+keys (SCAN/KEYS would see one master of a cluster): every read starts from an index.
 """
 
 from __future__ import annotations
@@ -38,12 +45,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import redis.asyncio as redis_asyncio
-
 from gateway.store import codec
 from gateway.store.base import (Charge, Charged, Collection, Document, Increment, OrderedRange, OrderedValue, Tally,
                                 require_project)
-from gateway.store.redis_client import connect_redis
+from gateway.store.redis_client import RedisClient, connect_redis, queue_script
 
 # Shared by the scripts that replace or remove documents: drop a document's ordered entries.
 _DROP_ORDERED = """
@@ -246,11 +251,11 @@ return counts
 
 
 class RedisDocumentStore:
-    def __init__(self, redis: str | redis_asyncio.Redis, key_prefix: str = "mnx:") -> None:
+    def __init__(self, redis: str | RedisClient, key_prefix: str = "mnx:", *, cluster: bool = False) -> None:
         """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
-        to open one of its own."""
+        to open one of its own (a Redis Cluster's seed node with ``cluster``)."""
         self._owns_client = isinstance(redis, str)
-        self._redis = connect_redis(redis) if isinstance(redis, str) else redis
+        self._redis = connect_redis(redis, cluster=cluster) if isinstance(redis, str) else redis
         self._prefix = key_prefix
         self._put = self._redis.register_script(_PUT)
         self._delete = self._redis.register_script(_DELETE)
@@ -314,11 +319,12 @@ class RedisDocumentStore:
             [(keys, args)] = calls
             await self._put(keys=keys, args=args)
             return
-        # MULTI/EXEC: all of them or none, also if the connection drops midway (every key is in
-        # the project's hash slot, so a cluster takes the transaction too).
+        # MULTI/EXEC: all of them or none, also if the connection drops midway. Every key
+        # (P{p}:c:d:<id>, P{p}:c:seq, P{p}:c:i:..., P{p}:c:o:...) carries the project's tag,
+        # so a cluster takes the transaction too, on the project's master.
         async with self._redis.pipeline(transaction=True) as pipe:
             for keys, args in calls:
-                await self._put(keys=keys, args=args, client=pipe)
+                await queue_script(self._put, pipe, keys, args)
             await pipe.execute()
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
@@ -362,7 +368,7 @@ class RedisDocumentStore:
     async def delete_tallies(self, collection: Collection, project_id: str, doc_ids: Iterable[str]) -> None:
         base = self._base(collection, project_id)
         keys = [base + "t:" + doc_id for doc_id in doc_ids]
-        for start in range(0, len(keys), 500):
+        for start in range(0, len(keys), 500):  # one multi-key DEL: all P{p}:c:t:<id>, one slot
             await self._redis.delete(*keys[start:start + 500])
 
     async def charge(self, project_id: str, charges: Sequence[Charge]) -> Charged:

@@ -207,7 +207,10 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
+        # -X faulthandler: a start that hangs is aborted below, and the log then holds every
+        # thread's stack (a rare hang in "Waiting for application startup" is not yet explained).
+        self.process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "gateway", "serve",
+                                         "--config", str(self.config_path)],
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=log)
         log.close()
 
@@ -217,7 +220,10 @@ class GatewayProcess:
                 return httpx.get(self.url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        assert wait_until(up, timeout=60, interval=0.05), "gateway did not start:\n" + self.log()
+        if not wait_until(up, timeout=60, interval=0.05):
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(timeout=10)
+            raise AssertionError("gateway did not start (its threads' stacks at the end):\n" + self.log())
         return self
 
     def kill(self) -> None:

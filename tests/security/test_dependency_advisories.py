@@ -231,11 +231,18 @@ def test_the_snapshot_carries_the_litellm_supply_chain_advisories() -> None:
 
 def pyproject_exact_pins(*extras: str) -> dict[str, str]:
     """pyproject.toml's dependencies (and the given extras) as {name: version}; each
-    must be an exact == pin, which is the project's rule."""
+    must be an exact == pin, which is the project's rule. An extra may name another extra of
+    this project (``mnx-gateway[tracing]``): its pins count as the naming extra's own."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     lines = list(project["dependencies"])
-    for extra in extras:
-        lines += project["optional-dependencies"][extra]
+    pending = list(extras)
+    while pending:
+        for line in project["optional-dependencies"][pending.pop()]:
+            requirement = Requirement(line)
+            if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+                pending += sorted(requirement.extras)
+            else:
+                lines.append(line)
     pins = {}
     for line in lines:
         requirement = Requirement(line)
