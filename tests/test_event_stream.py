@@ -283,7 +283,11 @@ def test_an_id_newer_than_any_sent_is_told_of_a_gap_and_gets_the_live_events(sta
     """A client's id from the future (this host's clock was stepped back after a restart, or
     Redis lost its streams): taken at its word it would hide every event to come."""
     gateway = start_gateway(request.getfixturevalue(f"storage_{backend}"))
-    create_memory(gateway, "ev-future", "User sails dinghies")  # the project has a stream on Redis
+    # The project has a stream on Redis. Events are sent after the write answers: wait until this
+    # one has reached a live subscriber, else the next subscriber could get it live too.
+    with Subscriber(gateway, subject_id="ev-future") as witness:
+        create_memory(gateway, "ev-future", "User sails dinghies")
+        witness.wait_for(lambda frames: len(frames) >= 1)
     with Subscriber(gateway, subject_id="ev-future", headers={"Last-Event-ID": last_event_id}) as subscriber:
         [notice] = subscriber.wait_for(lambda frames: len(frames) >= 1)
         assert (notice.event, notice.data["reason"], notice.id) == ("dropped", "resume_gap", None)
