@@ -21,7 +21,8 @@ def free_port() -> int:
 
 
 def serve(config_path: Path | str, url: str) -> subprocess.Popen[bytes]:
-    """The gateway on ``config_path``, once ``url`` answers /health (60 s at most)."""
+    """The gateway on ``config_path``, once ``url`` answers /health (180 s at most: a start under the
+    whole suite on two cores was seen taking over 60 s)."""
     process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -31,5 +32,5 @@ def serve(config_path: Path | str, url: str) -> subprocess.Popen[bytes]:
             return httpx.get(url + "/health", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
-    assert wait_until(up, timeout=60), "gateway did not start"
+    assert wait_until(up, timeout=180), "gateway did not start"
     return process

@@ -194,6 +194,15 @@ def private_redis(tmp_path) -> Iterator[RedisServer]:
 
 # --- a gateway in a subprocess ------------------------------------------------------------------
 
+def _cpu_seconds(pid: int) -> str:
+    """User + system CPU a process has used, from /proc (Linux), as text for a failure message."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return f"{(int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK'):.1f}"
+    except (OSError, IndexError, ValueError):
+        return "unknown"
+
+
 class GatewayProcess:
     """``python -m gateway serve`` on a config file; SIGKILL it and start it again on the same data."""
 
@@ -220,10 +229,14 @@ class GatewayProcess:
                 return httpx.get(self.url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        if not wait_until(up, timeout=60, interval=0.05):
+        # 180 s: under the whole suite on two cores (three-gateway and worker tests beside this one)
+        # a start was seen still importing LiteLLM after 60 s, its main thread busy, not blocked.
+        if not wait_until(up, timeout=180, interval=0.05):
+            cpu = _cpu_seconds(self.process.pid)
             self.process.send_signal(signal.SIGABRT)
             self.process.wait(timeout=10)
-            raise AssertionError("gateway did not start (its threads' stacks at the end):\n" + self.log())
+            raise AssertionError(f"gateway did not start in 180 s ({cpu} s of CPU: little means it was starved or "
+                                 "blocked, not slow); its threads' stacks at the end:\n" + self.log())
         return self
 
     def kill(self) -> None:
