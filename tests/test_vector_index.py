@@ -93,13 +93,20 @@ def redis_index_config(url: str) -> RedisVectorsConfig:
     return RedisVectorsConfig(url=url, key_prefix=f"mnxtest:{name}:", index=name)
 
 
+@pytest.fixture
+def redis_index(redis_stack) -> Iterator[RedisVectorsConfig]:  # noqa: F811  (the imported fixture)
+    """A Redis index of this test's own on the query-engine server, dropped afterwards."""
+    config = redis_index_config(redis_stack)
+    yield config
+    run(drop_redis_index(config))
+
+
 @pytest.fixture(params=["edge", "qdrant-local", "redis", "qdrant-server"])
 def kind(request) -> Iterator[str]:
     if request.param == "redis":
-        config: Any = redis_index_config(request.getfixturevalue("redis_stack"))
+        config: Any = request.getfixturevalue("redis_index")  # dropped by that fixture
         _server_configs["redis"] = config
         yield "redis"
-        run(drop_redis_index(config))
     elif request.param == "qdrant-server":
         config = qdrant_server_config()
         _server_configs["qdrant-server"] = config
@@ -492,11 +499,11 @@ def test_hostile_ids_and_words_neither_break_nor_widen_a_search(kind, tmp_path):
     run(scenario())
 
 
-def test_a_redis_index_weighs_a_project_wide_word_less_than_a_rare_one(redis_stack):  # noqa: F811
+def test_a_redis_index_weighs_a_project_wide_word_less_than_a_rare_one(redis_index):
     """As the embedded index does (test_a_word_the_whole_project_uses_weighs_less_than_a_rare_one):
     each term's token carries its project's salt, so Redis's BM25 counts a word's documents in
     the asker's project only."""
-    config = redis_index_config(redis_stack)
+    config = redis_index
 
     async def scenario() -> None:
         index = RedisIndex(config, None)
@@ -513,14 +520,11 @@ def test_a_redis_index_weighs_a_project_wide_word_less_than_a_rare_one(redis_sta
         # length out of the average; see docs/architecture.md.)
         await index.close()
 
-    try:
-        run(scenario())
-    finally:
-        run(drop_redis_index(config))
+    run(scenario())
 
 
-def test_a_redis_index_checks_its_dimensions_and_lexicon(redis_stack):  # noqa: F811  (the imported fixture)
-    config = redis_index_config(redis_stack)
+def test_a_redis_index_checks_its_dimensions_and_lexicon(redis_index):
+    config = redis_index
 
     async def scenario() -> None:
         index = RedisIndex(config, 8)
@@ -544,16 +548,13 @@ def test_a_redis_index_checks_its_dimensions_and_lexicon(redis_stack):  # noqa: 
         assert ids(await reopened.search("p", query("alice", "bees"))) == ["m1"]
         await reopened.close()
 
-    try:
-        run(scenario())
-    finally:
-        run(drop_redis_index(config))
+    run(scenario())
 
 
-def test_gateways_starting_together_share_one_redis_index(redis_stack):  # noqa: F811  (the imported fixture)
+def test_gateways_starting_together_share_one_redis_index(redis_index):
     """Three gateways opening the same Redis index at once: one creates it, the others find it
     (even before its record is written), and what one writes the others find."""
-    config = redis_index_config(redis_stack)
+    config = redis_index
 
     async def scenario() -> None:
         indexes = [RedisIndex(config, 3) for _ in range(3)]
@@ -564,17 +565,14 @@ def test_gateways_starting_together_share_one_redis_index(redis_stack):  # noqa:
         for index in indexes:
             await index.close()
 
-    try:
-        run(scenario())
-    finally:
-        run(drop_redis_index(config))
+    run(scenario())
 
 
-def test_recalls_and_field_updates_leave_redis_scores_as_they_were(redis_stack):  # noqa: F811
+def test_recalls_and_field_updates_leave_redis_scores_as_they_were(redis_index):
     """A recall touches its memories' counts, and ranking rewrites their fields, all the time:
     neither may re-index a point, or Redis's BM25 statistics would drift with every recall
     (each replaced document stays in them until the engine's garbage collector runs)."""
-    config = redis_index_config(redis_stack)
+    config = redis_index
 
     async def scenario() -> None:
         index = RedisIndex(config, None)
@@ -596,13 +594,10 @@ def test_recalls_and_field_updates_leave_redis_scores_as_they_were(redis_stack):
         assert (tea.fields["importance"], tea.fields["seen_count"], tea.fields["last_seen_at"]) == (29, 29, 1029.0)
         await index.close()
 
-    try:
-        run(scenario())
-    finally:
-        run(drop_redis_index(config))
+    run(scenario())
 
 
-def test_redis_fuses_its_two_legs_as_qdrant_does(redis_stack):  # noqa: F811
+def test_redis_fuses_its_two_legs_as_qdrant_does(redis_index):
     """A hit first in both the lexical and the dense ranking scores what Qdrant's weighted RRF
     gives it (1 / ((p + 1) / w + k - 1) summed over the legs), and one found by a single leg less."""
     from gateway.memory.vector_index import FUSION_K, LEG_WEIGHTS, fused
@@ -610,7 +605,7 @@ def test_redis_fuses_its_two_legs_as_qdrant_does(redis_stack):  # noqa: F811
     assert fused([("bm25", ["a", "b"]), ("dense", ["b", "c"])], 2) == [
         ("b", pytest.approx(1 / (2 / 2.0 + FUSION_K - 1) + 1 / (1 / 1.0 + FUSION_K - 1))),
         ("a", pytest.approx(1 / (1 / 2.0 + FUSION_K - 1)))]
-    config = redis_index_config(redis_stack)
+    config = redis_index
 
     async def scenario() -> None:
         index = RedisIndex(config, 3)
@@ -629,7 +624,4 @@ def test_redis_fuses_its_two_legs_as_qdrant_does(redis_stack):  # noqa: F811
             rrf(0, "bm25") + rrf(0, "dense"), rrf(1, "bm25") + rrf(2, "dense"), rrf(1, "dense")])
         await index.close()
 
-    try:
-        run(scenario())
-    finally:
-        run(drop_redis_index(config))
+    run(scenario())
