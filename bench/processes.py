@@ -21,7 +21,13 @@ def free_port() -> int:
         return port
 
 
-def wait_up(url: str, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+# How long a child gateway may take to answer its first request. A quiet machine needs a few
+# seconds (importing LiteLLM is most of it); the CI machine runs the benchmark smokes beside the whole
+# test suite on two cores, where one start took over 60 s.
+START_TIMEOUT_SECONDS = 180.0
+
+
+def wait_up(url: str, process: subprocess.Popen | None = None, timeout: float = START_TIMEOUT_SECONDS) -> None:
     """Until ``url`` answers at all (RuntimeError after ``timeout`` s, or once ``process`` has exited)."""
     deadline = time.time() + timeout
     while True:

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import (audit, claims, events, extraction, history, integrations, jobs, memories, memory_policies,
-                         profiles, prompts, records, state, subject_export, subjects)
-from gateway import metrics, tracing
+from gateway.api import (audit, claims, events, extraction, history, integrations, jobs, key_info, memories,
+                         memory_policies, profiles, prompts, records, state, subject_export, subjects)
+from gateway import dashboard, metrics, tracing
 from gateway.config import GatewayConfig
 from gateway.http_observer import HttpObserver
 from gateway.proxy import chat_completions, gemini, messages, responses
@@ -37,7 +37,7 @@ API = "/api/v1"
 _OPENAI_AND_ANTHROPIC = [*chat_completions.routes, *responses.routes, *messages.routes]
 _REST = [*history.routes, *memories.routes, *extraction.routes, *claims.routes, *jobs.routes, *subjects.routes,
          *prompts.routes, *memory_policies.routes, *state.routes, *profiles.routes, *records.routes, *events.routes,
-         *integrations.routes, *audit.routes, *subject_export.routes]
+         *integrations.routes, *audit.routes, *subject_export.routes, *key_info.routes]
 
 
 async def _health(request: Request) -> Response:
@@ -49,7 +49,7 @@ async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def _routes() -> list[BaseRoute]:
+def _routes(config: GatewayConfig) -> list[BaseRoute]:
     return [
         mount(API, [*_OPENAI_AND_ANTHROPIC, *_REST]),
         # Gemini-native, where the google-genai SDK's base_url leads: v1 (google-genai 3.x's default) and v1beta.
@@ -58,18 +58,19 @@ def _routes() -> list[BaseRoute]:
         Route("/health", _health, methods=["GET"]),
         # Prometheus text format, this process's only (gateway/metrics.py).
         Route("/metrics", endpoint(metrics.serve_metrics, scope="metrics:read"), methods=["GET"]),
+        # The browser dashboard, a client of the REST API above (gateway/dashboard/).
+        *dashboard.routes(config.dashboard, API),
     ]
 
 
 def create_app(config: GatewayConfig, services: Services | None = None, *, span_exporter: Any = None) -> Starlette:
     """The gateway's ASGI app. ``span_exporter`` (tracing on): where spans go instead of OTLP,
-    an OpenTelemetry ``SpanExporter`` (tests: the SDK's ``InMemorySpanExporter``)."""
+    a callable given each turn's finished spans (tests; see gateway.tracing.start_tracing)."""
     # Whatever logs in this process (the gateway, LiteLLM, httpx, uvicorn) logs no key.
     install_log_redaction()
     # Every log record carries the id of the request it was written for (gateway/request_id.py).
     install_request_id_logging()
     observed = metrics.GatewayMetrics() if config.server.metrics.enabled else None
-    # Tracing on without its extra installed: a ConfigError, before anything starts.
     tracer = tracing.start_tracing(config.tracing, span_exporter)
 
     @contextlib.asynccontextmanager
@@ -96,7 +97,7 @@ def create_app(config: GatewayConfig, services: Services | None = None, *, span_
             if tracer is not None:
                 await asyncio.to_thread(tracer.shutdown)  # exports the spans still pending
 
-    app = Starlette(routes=_routes(), lifespan=lifespan, exception_handlers={HTTPException: not_served})
+    app = Starlette(routes=_routes(config), lifespan=lifespan, exception_handlers={HTTPException: not_served})
     # Trailing-slash redirects are not_served's: the router's own would also redirect a path only
     # a mount prefix matches ("/v1" to "/v1/"), which no route serves.
     app.router.redirect_slashes = False

@@ -1,4 +1,4 @@
-"""``mnx-gateway``: serve, check-config, init, hash-key, explain, keys, export, import, --version."""
+"""``mnx-gateway``: serve, check-config, init, hash-key, explain, keys, export, import, reindex, --version."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from gateway.dev_key import check_dev_key_exposure
 from gateway.errors import ConfigError
 from gateway.export.commands import add_export_commands
 from gateway.keys.commands import add_keys_command
+from gateway.memory.index_rebuild_command import add_reindex_command
 
 CONFIG_HELP = ("path to the config file (default: $MNX_GATEWAY_CONFIG, else ./gateway.yaml, "
                "else the built-in default)")
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.set_defaults(run=_explain)
     add_keys_command(commands, CONFIG_HELP)  # keys create|list|revoke|rotate (gateway/keys/commands.py)
     add_export_commands(commands, CONFIG_HELP)  # export, import (gateway/export/commands.py)
+    add_reindex_command(commands, CONFIG_HELP)  # reindex (gateway/memory/index_rebuild_command.py)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

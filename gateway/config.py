@@ -385,6 +385,21 @@ class VersioningConfig(_Strict):
     supersede_threshold: float = Field(default=0.65, gt=0, le=1)
     # How many of the subject's closest active memories are compared with a new one.
     candidates: int = Field(default=8, ge=1, le=100)
+    # Who decides for a learned memory when the extractor can judge (the litellm one can): "llm":
+    # the extraction model itself, shown the subject's memories related to the turn in the same
+    # call (no extra call), with these rules as the fallback and the safety net
+    # (gateway/memory/judgement.py); "rules": these rules alone. The heuristic extractor and the
+    # REST API's POST /memories always use the rules.
+    judge: Literal["llm", "rules"] = "llm"
+    # At most this many related memories are shown to the model, and at most judge_tokens of
+    # their text (estimated at four characters a token); a memory that does not fit is left out.
+    judge_memories: int = Field(default=10, ge=1, le=50)
+    judge_tokens: int = Field(default=800, ge=50, le=20_000)
+    # Weigh the offline paraphrase model (gateway/memory/paraphrase.py: a static embedder shipped
+    # in the package, no download) as one more signal: the same meaning in other words is a
+    # duplicate, a state said to have ended or been replaced on a topic of much the same meaning
+    # an update; never on its own (the holder, numbers, names and polarity must agree too).
+    paraphrase: bool = True
 
     @model_validator(mode="after")
     def _ordered(self) -> VersioningConfig:
@@ -473,7 +488,8 @@ class SummarizationConfig(_Strict):
 
 class LearningConfig(_Strict):
     extractor: ExtractorConfig = ExtractorConfig()
-    # A claimed job not finished within this long (its worker died) runs again.
+    # A claimed job's lease, renewed every third of it while the job runs (gateway/jobs/worker.py):
+    # a job whose worker died or stalled this long runs again.
     lease_seconds: float = Field(default=120, gt=0)
     # Failed jobs are retried after retry_base_seconds, doubling each time, at most retry_max_seconds.
     retry_base_seconds: float = Field(default=2, gt=0)
@@ -579,15 +595,31 @@ class AuditConfig(_Strict):
         "chat", "responses", "messages", "gemini")
 
 
+class DashboardConfig(_Strict):
+    """The browser dashboard at ``path`` (gateway/dashboard/): a page that calls the REST API with the
+    project key its user types, so it shows and changes only what that key's scopes allow."""
+
+    enabled: bool = True
+    # Where the page is served; its script and stylesheet are served under it.
+    path: str = Field(default="/dashboard", pattern=r"^(/[A-Za-z0-9_.\-]+)+$")
+
+    @model_validator(mode="after")
+    def _not_an_api_path(self) -> DashboardConfig:
+        # The page must not shadow a route of the API or the provider surfaces.
+        if self.path.split("/")[1] in ("api", "v1", "v1beta", "health", "metrics"):
+            raise ValueError(f"dashboard.path {self.path!r} would shadow the gateway's own routes")
+        return self
+
+
 class AuthConfig(_Strict):
     trial: TrialConfig = TrialConfig()
 
 
 class TracingConfig(_Strict):
     """OpenTelemetry spans for proxied turns and learning jobs, sent over OTLP/HTTP
-    (gateway/tracing.py; needs the ``tracing`` extra: pip install 'mnx-gateway[tracing]')."""
+    (gateway/tracing.py, gateway/trace_spans.py, gateway/otlp_export.py)."""
 
-    # Off by default: off, no OpenTelemetry code is imported or run.
+    # Off by default: off, no tracing code is imported or run.
     enabled: bool = False
     # The collector's OTLP/HTTP traces URL. Headers (a vendor's API key) come from the standard
     # OTEL_EXPORTER_OTLP_HEADERS / OTEL_EXPORTER_OTLP_TRACES_HEADERS environment variables.
@@ -617,6 +649,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
     tracing: TracingConfig = TracingConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @model_validator(mode="after")
     def _unique_projects_and_keys(self) -> GatewayConfig:

@@ -80,4 +80,4 @@ class HttpObserver:
         surface = shape.name if shape is not None and template != UNMATCHED else "gateway"
         method = scope["method"] if scope["method"] in _METHODS else "other"
         assert self.metrics is not None
-        self.metrics.requests.labels(surface, template, method, str(status)).inc()
+        self.metrics.labelled(self.metrics.requests, surface, template, method, str(status)).inc()

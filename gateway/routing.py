@@ -48,12 +48,17 @@ class Call:
 
 Handler = Callable[[Call], Awaitable[Response]]
 
+# The scope of a route any valid key may call, whatever its scopes: one that tells the caller
+# only about its own key (GET /keys/self).
+ANY_VALID_KEY = None
 
-def endpoint(handler: Handler, *, scope: str | tuple[str, ...],
+
+def endpoint(handler: Handler, *, scope: str | tuple[str, ...] | None,
              surface: ErrorShape = MNEXIUM, trial: bool = False) -> Callable[[Request], Awaitable[Response]]:
-    """The route's handler behind authentication and ``scope`` (a tuple: any one of them);
-    its errors are answered in the ``surface``'s shape. ``trial``: a key-less request may be
-    served with a trial key, when auth.trial is enabled (gateway/keys/trial.py)."""
+    """The route's handler behind authentication and ``scope`` (a tuple: any one of them;
+    ``ANY_VALID_KEY``: authentication only); its errors are answered in the ``surface``'s shape.
+    ``trial``: a key-less request may be served with a trial key, when auth.trial is enabled
+    (gateway/keys/trial.py)."""
     async def run(request: Request) -> Response:
         response = await respond(request)
         minted = provisioned(request)
@@ -65,11 +70,15 @@ def endpoint(handler: Handler, *, scope: str | tuple[str, ...],
         services: Services = request.app.state.services
         try:
             credentials = await services.keys.admit(request, trial=trial)
-            credentials.principal.require(scope, request.method)
+            if scope is not None:  # None: ANY_VALID_KEY
+                credentials.principal.require(scope, request.method)
             # Usage limits (gateway/usage_limits.py): counted and checked before any work.
             await services.usage.admit(credentials.principal, get_route_path(request.scope),
                                        proxy=surface is not MNEXIUM)
-            return await handler(Call(request, services, credentials))
+            # A write is answered only once its memory events are stored (on Redis, the sender's
+            # next round trip): a crash after the answer cannot lose them (gateway/memory/events.py).
+            async with services.memories.events.acknowledged():
+                return await handler(Call(request, services, credentials))
         except GatewayError as error:
             return error_response(error, surface, headers=error.headers)
         except STORAGE_ERRORS as error:

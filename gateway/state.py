@@ -48,12 +48,26 @@ class AgentState:
     async def get(self, project_id: str, subject_id: str, key: str) -> dict[str, Any] | None:
         return await self._store.get(STATE, project_id, _doc_id(subject_id, key))
 
+    async def list_keys(self, project_id: str, subject_id: str, limit: int) -> list[dict[str, Any]]:
+        """The subject's live keys (expired ones are skipped by the store), sorted by key, at most ``limit``.
+
+        One lookup on the subject index. The store returns it in write order, so every key
+        is read to sort them: state is a subject's small scratchpad, not a table, and a
+        sorted store index would miss every key written before it existed."""
+        docs = await self._store.find(STATE, project_id, {"subject_id": subject_id})
+        return sorted(docs, key=lambda doc: doc["key"])[:limit]
+
     async def delete(self, project_id: str, subject_id: str, key: str) -> bool:
         return await self._store.delete(STATE, project_id, _doc_id(subject_id, key))
 
     async def delete_subject(self, project_id: str, subject_id: str) -> int:
         """Every state key of one subject (erasure)."""
         return await self._store.delete_where(STATE, project_id, {"subject_id": subject_id})
+
+
+def to_listing(doc: dict[str, Any]) -> dict[str, Any]:
+    """A key as GET /state lists it: without its value (values can be big; read one by its key)."""
+    return {"key": doc["key"], "ttl": doc["expires_at"], "updated_at": doc["updated_at"]}
 
 
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:

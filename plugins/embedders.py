@@ -9,12 +9,12 @@ one with ``(config, providers)``.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from collections.abc import Mapping, Sequence
 
 from gateway.config import EmbedderConfig, ProvidersConfig
 from gateway.errors import BadRequest, ConfigError, UpstreamError
+from gateway.memory.merged_calls import MergedCalls
 from plugins.provider_model import ProviderModel
 
 
@@ -83,13 +83,14 @@ class SentenceTransformerEmbedder:
         if config.dimensions is not None and config.dimensions != self.dimensions:
             raise ConfigError(f"memory.embedder.dimensions is {config.dimensions} but {config.model} "
                               f"gives {self.dimensions}")
+        self._calls = MergedCalls(lambda texts: self._model.encode(texts, normalize_embeddings=True))
 
     def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         return None
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
-        # Inference is CPU-bound: keep it off the event loop.
-        vectors = await asyncio.to_thread(self._model.encode, list(texts), normalize_embeddings=True)
+        # Inference is CPU-bound: off the event loop, concurrent callers merged into one model call.
+        vectors = await self._calls.embed(texts)
         return [list(map(float, vector)) for vector in vectors]
 
 
@@ -107,10 +108,14 @@ class FastEmbedEmbedder:
             raise ConfigError("memory.embedder.provider is fastembed but it is not installed: "
                               "pip install 'mnx-gateway[fastembed]'") from None
         model = config.model or ""
+        # fastembed's own models, whose size it knows; a local model registered earlier in this
+        # process is listed too, with whatever size its first configuration declared, so it is not.
         known = {description["model"].lower(): description["dim"]
-                 for description in TextEmbedding.list_supported_models()}
+                 for description in TextEmbedding.list_supported_models()
+                 if description["model"].lower() not in _REGISTERED_LOCAL_MODELS}
         dimensions = known.get(model.lower())
-        if dimensions is None:
+        local = dimensions is None
+        if local:
             if not config.model_path:
                 raise ConfigError(f"memory.embedder.model {model!r} is not one of fastembed's models "
                                   "(TextEmbedding.list_supported_models()); to run another ONNX model, "
@@ -125,26 +130,39 @@ class FastEmbedEmbedder:
         options: dict[str, Any] = {"specific_model_path": config.model_path} if config.model_path else {}
         try:
             self._model: Any = TextEmbedding(model, cache_dir=config.cache_dir, **options)
+            # A local model's size is only what the configuration says: one encoding checks it at
+            # start-up, not at the first memory (whose vector the index would refuse).
+            given = len(next(iter(self._model.embed(["dimensions"])))) if local else dimensions
         except Exception as error:  # fastembed reports a failed download or a bad model directory as it likes
             where = (f"from {config.model_path}" if config.model_path else
                      "(downloaded on first start: needs the network once, or set memory.embedder.model_path "
                      "to a local copy)")
             raise ConfigError(f"fastembed could not load {model} {where}: {error}") from None
+        if given != dimensions:
+            raise ConfigError(f"memory.embedder.dimensions is {dimensions} but {model} gives {given}")
+        self._calls = MergedCalls(lambda texts: list(self._model.embed(texts)))
 
     def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         return None
 
     async def embed(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float]]:
-        # ONNX inference is CPU-bound: keep it off the event loop.
-        vectors = await asyncio.to_thread(lambda: list(self._model.embed(list(texts))))
+        # ONNX inference is CPU-bound: off the event loop, concurrent callers merged into one model call.
+        vectors = await self._calls.embed(texts)
         return [vector.tolist() for vector in vectors]
+
+
+# Local models this process has taught fastembed (fastembed refuses a second registration of a name).
+_REGISTERED_LOCAL_MODELS: set[str] = set()
 
 
 def _register_local_model(text_embedding: Any, model: str, dimensions: int) -> None:
     """Teach fastembed a model it has no description of, read as a sentence-transformers
-    model exported to ONNX is: mean pooling, then unit length. Registered once per process:
-    afterwards fastembed lists it, with these dimensions."""
+    model exported to ONNX is: mean pooling, then unit length. Registered once per process; the
+    size registered is only a description (the model's own output is checked after loading)."""
     from fastembed.common.model_description import ModelSource, PoolingType
 
+    if model.lower() in _REGISTERED_LOCAL_MODELS:
+        return
     text_embedding.add_custom_model(model=model, pooling=PoolingType.MEAN, normalization=True,
                                     sources=ModelSource(hf=model), dim=dimensions, model_file="model.onnx")
+    _REGISTERED_LOCAL_MODELS.add(model.lower())

@@ -36,7 +36,7 @@ def _share_the_default_tls_context() -> None:
     the CA bundle, about 40 ms of CPU; it was a tenth of the suite's CPU, yet the tests speak
     plain HTTP to loopback and never use it. The default context is the same every time, so
     the clients share it; any other ``verify`` or a client certificate still goes to httpx.
-    (The gateway builds its own once per process: gateway/proxy/sharded_transport.py.)"""
+    (The gateway builds its own once per process: gateway/proxy/provider_http.py.)"""
     build = httpx_transports.create_ssl_context
     default = functools.cache(build)
 

@@ -100,6 +100,10 @@ def populate(gateway: Any) -> dict[str, Any]:
                                                        "text": "User's favorite color is blue"}))
         made["lab"] = ok(rest.post("/memories", json={"subject_id": SUBJECT,
                                                       "text": "Ada works at the Lovelace analytical laboratory"}))
+        made["veg"] = ok(rest.post("/memories", json={"subject_id": SUBJECT, "text": "User is vegetarian"}))
+        # A duplicate in other words: versioning's judgement is kept (memory_duplicate_wordings).
+        assert ok(rest.post("/memories", json={"subject_id": SUBJECT, "text": "User follows a vegetarian diet"}))[
+            "duplicate_of"] == made["veg"]["id"]
         ok(rest.patch("/profiles", json={"subject_id": SUBJECT, "updates": [{"field_key": "name", "value": "Ada"}]}))
         ok(rest.put("/state/onboarding", headers={"x-subject-id": SUBJECT}, json={"value": {"step": 2}}))
         ok(rest.put("/state/draft", headers={"x-subject-id": SUBJECT}, json={"value": "hi", "ttl_seconds": 3600}))
@@ -160,7 +164,7 @@ def test_a_subject_export_holds_everything_stored_for_the_subject(start_gateway,
         kinds.setdefault(line["kind"], []).append(line)
     # Every version of a memory, the superseded one pointing at what replaced it.
     memories = {line["id"]: line["data"] for line in kinds["memories"]}
-    assert set(memories) == {made["red"]["id"], made["blue"]["id"], made["lab"]["id"]}
+    assert set(memories) == {made["red"]["id"], made["blue"]["id"], made["lab"]["id"], made["veg"]["id"]}
     assert memories[made["red"]["id"]]["listing"] == "superseded"
     assert memories[made["red"]["id"]]["superseded_by"] == made["blue"]["id"]
     # The recalled memory carries its recall count.

@@ -1,11 +1,12 @@
 """The job-queue contract, on SQLite, on the real Redis and on a real three-master Redis Cluster:
-durable, leased, retried, per project."""
+durable, leased per job (a lease token, renewed while a job runs), retried, per project."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from gateway.jobs.redis_queue import RedisJobQueue
 from gateway.jobs.sqlite_queue import SqliteJobQueue
 from gateway.jobs.worker import JobWorker
+from gateway.store.sqlite import connect
 from tests.conftest import REDIS_URL, drop_redis_prefix, require_redis
 
 
@@ -92,7 +94,7 @@ def test_failed_jobs_wait_keep_their_error_and_survive_a_reopen(make_queue):
         queue = make_queue()
         job_id = await queue.enqueue("p", "learn", {"n": 1})
         [job] = await queue.claim(1, 60)
-        await queue.retry_later(job.id, "UpstreamError: 503", delay_seconds=0.3)
+        await queue.retry_later(job.id, "UpstreamError: 503", delay_seconds=0.3, lease=job.lease)
         [listed] = await queue.unfinished("p", 10)
         assert (listed.status, listed.last_error, listed.attempts) == ("failed", "UpstreamError: 503", 1)
         assert listed.due_at > time.time()
@@ -175,3 +177,221 @@ def test_a_job_enqueued_while_the_worker_runs_one_is_run_at_once_not_at_the_next
         return ran["second"] - ran["first"]
 
     assert asyncio.run(scenario()) < 1.0
+
+
+# --- leases: a token per claim, renewed while a job runs ----------------------------------------
+
+def test_a_worker_that_lost_its_lease_cannot_complete_retry_or_renew_the_new_holders_run(make_queue):
+    """Worker A's lease ran out and worker B claimed the job: A's late complete, failure report
+    and renewal change nothing (B's run stays queued and leased to B), and B's complete works."""
+    async def scenario() -> None:
+        worker_a, worker_b = make_queue(), make_queue()
+        job_id = await worker_a.enqueue("p", "learn", {"n": 1})
+        [held_by_a] = await worker_a.claim(1, lease_seconds=0.2)
+        await asyncio.sleep(0.3)  # A stalled past its lease
+        [held_by_b] = await worker_b.claim(1, lease_seconds=60)
+        assert held_by_b.id == job_id and held_by_b.lease != held_by_a.lease and held_by_b.attempts == 2
+        assert await worker_a.complete(job_id, held_by_a.lease) is False
+        assert await worker_a.retry_later(job_id, "RuntimeError: late", 0, lease=held_by_a.lease) is False
+        assert await worker_a.renew(job_id, held_by_a.lease, 60) is False
+        [waiting] = await worker_b.unfinished("p", 10)
+        assert (waiting.id, waiting.status, waiting.last_error, waiting.lease) == (job_id, "pending", None, None)
+        assert await worker_a.claim(1, 60) == []  # still B's: neither done nor due again
+        assert await worker_b.renew(job_id, held_by_b.lease, 60) is True
+        assert await worker_b.complete(job_id, held_by_b.lease) is True
+        assert await worker_b.unfinished("p", 10) == []
+        # A late report about a job that is gone does not bring it back either.
+        assert await worker_a.retry_later(job_id, "RuntimeError: late", 0, lease=held_by_b.lease) is False
+        assert await worker_a.unfinished("p", 10) == [] and await worker_a.claim(1, 60) == []
+        await worker_a.close()
+        await worker_b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_renewed_lease_keeps_the_job_from_other_claims_and_an_enqueuer_can_still_withdraw_its_job(make_queue):
+    async def scenario() -> None:
+        queue = make_queue()
+        job_id = await queue.enqueue("p", "learn", {})
+        [job] = await queue.claim(1, lease_seconds=0.3)
+        assert job.lease and job.due_at > time.time()
+        for _ in range(3):  # 0.6 s in all, twice the lease
+            await asyncio.sleep(0.2)
+            assert await queue.renew(job_id, job.lease, 0.3) is True
+            assert await queue.claim(1, 60) == []
+        # Renewing a lease that ran out is fine as long as nobody claimed the job since: it is still ours.
+        await asyncio.sleep(0.4)
+        assert await queue.renew(job_id, job.lease, 60) is True and await queue.claim(1, 60) == []
+        # A job queued as a safety net (an index repair) is withdrawn by its enqueuer without a lease.
+        assert await queue.complete(job_id) is True
+        assert await queue.complete(job_id) is False and await queue.unfinished("p", 10) == []
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_a_job_running_longer_than_its_lease_is_never_claimed_by_a_second_worker(make_queue):
+    """The heartbeat: a handler alive for over three leases keeps its job; a second worker polling
+    all along never gets it, and the job runs once."""
+    lease = 0.6
+
+    async def scenario() -> None:
+        queue_a, queue_b = make_queue(), make_queue()
+        calls: list[str] = []
+
+        async def slow(job: Any) -> None:
+            calls.append(job.id)
+            await asyncio.sleep(3.5 * lease)
+
+        workers = [JobWorker(queue, slow, lease_seconds=lease, poll_seconds=0.02) for queue in (queue_a, queue_b)]
+        job_id = await queue_a.enqueue("p", "learn", {})
+        for worker in workers:
+            worker.start()
+
+        async def running() -> bool:
+            return bool(calls)
+
+        await _until(running, 5)
+        # While the handler runs, a third party polling the queue never finds the job due.
+        while len(await queue_b.unfinished("p", 10)) == 1:
+            assert await queue_b.claim(10, lease_seconds=60) == []
+            await asyncio.sleep(0.05)
+        for worker in workers:
+            await worker.stop()
+        assert calls == [job_id]
+        await queue_a.close()
+        await queue_b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_longer_than_its_lease_runs_each_job_once_with_two_workers_competing(make_queue):
+    """Worker A claims all eight jobs at once under one lease, but running them takes three leases:
+    the jobs still waiting in A's hands when their lease runs out go to worker B, and A skips them
+    (its renewal fails) instead of running them a second time."""
+    lease, jobs, seconds_per_job = 0.8, 8, 0.3
+
+    async def scenario() -> dict[str, list[str]]:
+        queue_a, queue_b = make_queue(), make_queue()
+        calls: dict[str, list[str]] = {}
+
+        def handler(name: str) -> Any:
+            async def run(job: Any) -> None:
+                calls.setdefault(job.id, []).append(name)
+                await asyncio.sleep(seconds_per_job)
+            return run
+
+        ids = [await queue_a.enqueue("p", "learn", {"n": n}) for n in range(jobs)]
+        worker_a = JobWorker(queue_a, handler("a"), batch=16, lease_seconds=lease, poll_seconds=0.02)
+        worker_b = JobWorker(queue_b, handler("b"), batch=16, lease_seconds=lease, poll_seconds=0.02)
+
+        async def running() -> bool:
+            return bool(calls)
+
+        async def all_done() -> bool:
+            return not await queue_a.unfinished("p", 100)
+
+        worker_a.start()
+        await _until(running, 5)  # A holds the whole batch before B starts polling
+        worker_b.start()
+        await _until(all_done, 20)
+        await worker_a.stop()
+        await worker_b.stop()
+        await queue_a.close()
+        await queue_b.close()
+        assert sorted(calls) == sorted(ids)
+        return calls
+
+    calls = asyncio.run(scenario())
+    assert all(len(runs) == 1 for runs in calls.values()), calls
+    # The batch did outlive its lease: B took over what A had not started in time.
+    assert {runs[0] for runs in calls.values()} == {"a", "b"}, calls
+
+
+def test_a_worker_cancelled_mid_job_leaves_it_due_again_after_the_lease(make_queue):
+    """A crash: the worker's task is cancelled while the handler runs, without completing the job.
+    No heartbeat outlives it: the job is due again once the lease runs out, with one attempt more."""
+    lease = 0.5
+
+    async def scenario() -> None:
+        queue = make_queue()
+        started = asyncio.Event()
+
+        async def hangs(job: Any) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        worker = JobWorker(queue, hangs, lease_seconds=lease, poll_seconds=0.02)
+        job_id = await queue.enqueue("p", "learn", {})
+        worker.start()
+        await asyncio.wait_for(started.wait(), 5)
+        await worker.stop()
+        assert await queue.claim(1, 60) == []  # the lease still holds
+        await asyncio.sleep(lease + 0.2)
+        [again] = await queue.claim(1, 60)
+        assert (again.id, again.attempts) == (job_id, 2)
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_jobs_table_from_before_lease_tokens_is_upgraded_and_its_leases_released(tmp_path):
+    path = str(tmp_path / "jobs.db")
+    old = connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
+                           status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                           due_at REAL NOT NULL, leased INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+        INSERT INTO jobs VALUES ('job_old', 'p', 'learn', '{}', 'pending', 1, NULL, 9999999999, 1, 1);
+    """)
+    old.close()
+
+    async def scenario() -> None:
+        queue = SqliteJobQueue(path)
+        assert await queue.claim(1, 60) == []  # the old lease holds until released
+        assert await queue.release_leases() == 1
+        [job] = await queue.claim(1, 60)
+        assert (job.id, job.attempts) == ("job_old", 2)
+        assert await queue.complete(job.id, job.lease) is True
+        await queue.enqueue("p", "learn", {})  # inserts need not name the old column
+        assert len(await queue.unfinished("p", 10)) == 1
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_whose_jobs_end_while_their_lease_is_being_renewed_finishes_them_all(make_queue):
+    """A lease of a few milliseconds: the heartbeat renews all the time, so jobs often end while
+    a renewal is in flight. Stopping the heartbeat then must not hang the worker (on Redis, the
+    cancellation of a command in flight can be swallowed by redis-py), nor leave a job behind."""
+    jobs = 60
+
+    async def scenario() -> list[int]:
+        queue = make_queue()
+        calls: list[int] = []
+
+        async def brief(job: Any) -> None:
+            calls.append(job.payload["n"])
+            await asyncio.sleep(0.004)
+
+        worker = JobWorker(queue, brief, lease_seconds=0.006, poll_seconds=0.02)
+        for n in range(jobs):
+            await queue.enqueue("p", "learn", {"n": n})
+        worker.start()
+
+        async def all_done() -> bool:
+            return not await queue.unfinished("p", jobs)
+
+        await _until(all_done, 30)
+        await worker.stop()
+        await queue.close()
+        return calls
+
+    assert sorted(asyncio.run(scenario())) == list(range(jobs))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from qdrant_edge import Bm25, Bm25Config
 
-from gateway.memory.lexical import (FOLLOWING_WEIGHT, OWN_WEIGHT, PREVIOUS_WEIGHT, QUESTION_FACTOR, Lexicon,
-                                    question_share)
+from gateway.memory.lexical import (ANSWERED_QUESTION_WEIGHT, FOLLOWING_WEIGHT, OWN_WEIGHT, PREVIOUS_WEIGHT,
+                                    QUESTION_FACTOR, Lexicon, question_share)
 
 QDRANT_BM25 = Bm25(Bm25Config(language="english"))
 
@@ -20,6 +20,7 @@ TRIPLES = [
     ("Running, runs and ran: the stemmer folds them", "", "Ran again today"),
     ("Café, naïve, straße and 東京 are words too", "e-mail me at bob@example.com", ""),
     ("Do you like hiking?", "I hiked the trail twice, twice!", "Yes, hiking hiking hiking"),
+    ("Twice, the last time in May", "Have you been to Kyoto? I loved it.", "Did you go in spring?"),
     ("the and of", "the a an", "only stopwords before this"),
     ("ha " * 3000, "ha ha", "ho " * 2000),
 ]
@@ -37,6 +38,8 @@ def test_a_memory_and_its_neighbours_weigh_what_qdrant_bm25_gives_the_joined_tex
     parts = [(bm25(text), OWN_WEIGHT)]
     if previous:
         parts.append((bm25(f"{previous}\n{text}"), PREVIOUS_WEIGHT))
+        if question_share(previous):
+            parts.append((bm25(previous), ANSWERED_QUESTION_WEIGHT * question_share(previous)))
     if following:
         parts.append((bm25(f"{text}\n{following}"), FOLLOWING_WEIGHT))
     scale = 1.0 - (1.0 - QUESTION_FACTOR) * question_share(text)
@@ -51,6 +54,20 @@ def test_a_memory_and_its_neighbours_weigh_what_qdrant_bm25_gives_the_joined_tex
     assert indexed.terms == sorted(bm25(text))
     neighbours = set().union(*(weights for weights, _ in parts[1:])) - set(bm25(text))
     assert indexed.context_terms == sorted(neighbours)
+
+
+def test_an_answer_is_found_by_the_words_of_the_question_it_follows():
+    """The same reply scores higher for the words of a question it answers than for the same
+    words in a statement it merely follows: an answer rarely repeats what was asked."""
+    lexicon = Lexicon()
+    query = lexicon.query_vector("Kyoto trip")
+
+    def score(previous: str) -> float:
+        stored = lexicon.index_text("Twice, the last time in May", previous)
+        weights = dict(zip(stored.vector.indices, stored.vector.values))
+        return sum(weights.get(term, 0.0) for term in query.indices)
+
+    assert score("Have you been on a Kyoto trip?") > score("I have been on a Kyoto trip.") > 0
 
 
 def test_indexing_is_deterministic_whatever_came_before():

@@ -134,3 +134,34 @@ def test_a_fact_stated_again_word_for_word_is_a_duplicate_without_paying_for_an_
         assert stated.json().get("duplicate_of") == first["id"]
         back = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "User keeps bees"})
         assert back.status_code == 201 and back.json()["created"] is True
+
+
+def test_a_paraphrase_judged_a_duplicate_once_is_known_the_next_time_without_an_embedding(hybrid):
+    """The first time a differently worded fact arrives, versioning searches and compares (one
+    embedding); judged a duplicate, that wording is remembered, so the same wording again is the
+    same duplicate at the cost of one read. Once the memory's text is edited it no longer is."""
+    def embeddings() -> int:
+        return len([r for r in hybrid.forwarded() if r["path"].endswith("/embeddings")])
+
+    with hybrid.rest() as rest:
+        byok = {"x-openai-key": PROVIDER_KEY}
+        first = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT, "text": "User is vegetarian"}).json()
+        before = embeddings()
+        judged = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT,
+                                                            "text": "User follows a vegetarian diet"}).json()
+        assert (judged["skipped"], judged["duplicate_of"]) == (True, first["id"])
+        assert embeddings() == before + 1
+        again = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT,
+                                                           "text": "user follows a  vegetarian diet."}).json()
+        assert (again["skipped"], again["duplicate_of"]) == (True, first["id"])
+        assert embeddings() == before + 1  # no embedding, no search
+        assert rest.get(f"/memories/{first['id']}").json()["data"]["reinforcement_count"] == 2
+        # Another subject's same wording is judged for that subject.
+        elsewhere = rest.post("/memories", headers=byok, json={"subject_id": "someone-else",
+                                                               "text": "User follows a vegetarian diet"})
+        assert elsewhere.status_code == 201
+        # Edited, the memory no longer says what that wording was a duplicate of.
+        rest.patch(f"/memories/{first['id']}", headers=byok, json={"text": "User works night shifts"})
+        after_edit = rest.post("/memories", headers=byok, json={"subject_id": SUBJECT,
+                                                                "text": "User follows a vegetarian diet"}).json()
+        assert after_edit.get("duplicate_of") != first["id"] and after_edit["created"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from gateway.config import parse_config
 from gateway.memory.changes import MemoryEdit, MemoryFields, NewMemory
@@ -63,7 +64,8 @@ def test_a_rerun_learn_job_finishes_an_index_write_a_crash_interrupted(tmp_path)
             "User keeps three beehives"]
         await services.vector_index.delete_subject("p", "ann")  # the index write that never happened
         assert await services.memories.search("p", "ann", "beehives", limit=5) == []
-        await services.learner.handle(job)
+        # Claimed again after the crash: a second attempt.
+        await services.learner.handle(dataclasses.replace(job, attempts=2))
         hits = await services.memories.search("p", "ann", "beehives", limit=5)
         assert [h.text for h in hits] == ["User keeps three beehives"]
         assert len(await services.memories.page_for_subject("p", "ann", limit=10, offset=0)) == 1

@@ -4,6 +4,7 @@ three-master Redis Cluster."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -159,6 +160,29 @@ async def test_tallies_add_up_and_keep_the_latest_time(store):
     assert await store.tallies(NOTES, "p1", ["a", "b"]) == {"b": {"seen": Tally(1, 7.0)}}
     with pytest.raises(ValueError):
         await store.increment(NOTES, "", [Increment("a", "seen", 1.0)])
+
+
+async def test_documents_and_the_tallies_they_add_are_written_together_or_not_at_all(store):
+    """What a batch of recall events does: the events and the counts they add in one write."""
+    counted = Collection("counted", indexes=(("subject_id",),), ordered="_order")
+    events = [("e1", {"subject_id": "u1", "n": 1}), ("e2", {"subject_id": "u1", "n": 2})]
+    await store.put_many_and_increment(NOTES, "p1", events, counted, [Increment("m1", "seen", 10.0, by=2)])
+    assert [d["n"] for d in await store.find(NOTES, "p1", {"subject_id": "u1"})] == [1, 2]
+    assert await store.tallies(counted, "p1", ["m1"]) == {"m1": {"seen": Tally(2, 10.0)}}
+    # Either part may be empty.
+    await store.put_many_and_increment(NOTES, "p1", [], counted, [Increment("m1", "seen", 11.0)])
+    await store.put_many_and_increment(NOTES, "p1", [("e3", {"subject_id": "u1", "n": 3})], counted, [])
+    assert await store.tallies(counted, "p1", ["m1"]) == {"m1": {"seen": Tally(3, 11.0)}}
+    assert await store.count(NOTES, "p1", {"subject_id": "u1"}) == 3
+    # A document the store refuses: no event and no count is written.
+    with pytest.raises(ValueError):
+        await store.put_many_and_increment(counted, "p1", [("ok", {"subject_id": "u1"}),
+                                                           ("bad", {"subject_id": "u1", "_order": {"n": [math.nan]}})],
+                                           counted, [Increment("m1", "seen", 12.0)])
+    assert await store.get(counted, "p1", "ok") is None
+    assert await store.tallies(counted, "p1", ["m1"]) == {"m1": {"seen": Tally(3, 11.0)}}
+    with pytest.raises(ValueError):
+        await store.put_many_and_increment(NOTES, "", events, counted, [])
 
 
 async def test_concurrent_increments_are_never_lost(store, tmp_path):

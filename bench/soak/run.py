@@ -82,6 +82,7 @@ if str(ROOT) not in sys.path:
 from bench import results  # noqa: E402
 from bench.learn.run import free_port  # noqa: E402
 from bench.overhead.run import BenchError, Child, wait_ready  # noqa: E402
+from bench.processes import START_TIMEOUT_SECONDS  # noqa: E402
 
 README = HERE / "README.md"
 RESULTS_START = "<!-- soak-results:start -->"
@@ -558,9 +559,9 @@ def start_processes(backend: str, workdir: Path, redis_url: str, prefix: str) ->
     gateway = Child("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
                     env, workdir / "gateway.log")
     upstream.start()
-    wait_ready(upstream, ports["upstream"], None, 30)
+    wait_ready(upstream, ports["upstream"], None, START_TIMEOUT_SECONDS)
     gateway.start()
-    wait_ready(gateway, ports["gateway"], "/health", 60)
+    wait_ready(gateway, ports["gateway"], "/health", START_TIMEOUT_SECONDS)
     return upstream, gateway, ports["gateway"]
 
 

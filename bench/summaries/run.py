@@ -502,11 +502,14 @@ def measure_crossing(driver: Driver, base_url: str, texts: Texts, index: int, co
             raise BenchError(f"{chat.chat_id}: no fold asked for after {chat.turns} turns")
     first_fold = caught_up = None
     while caught_up is None:
+        # The queue first, then the summary: read the other way round, a fold that stored more and
+        # finished between the two reads made a summary read before it look final (seen under load).
+        queued = driver.jobs_queued()
         summary = driver.summary(chat)
         now = time.perf_counter()
         if summary and first_fold is None:
             first_fold = now
-        if summary and not driver.jobs_queued():
+        if summary and not queued:
             caught_up = now
         elif now - answered > DRAIN_TIMEOUT:
             raise BenchError(f"{chat.chat_id}: the fold did not finish in {DRAIN_TIMEOUT:.0f} s")

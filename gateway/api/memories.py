@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.memory_bodies import memory_edit, new_memory
-from gateway.errors import BadRequest
-from gateway.memory.memories import to_api
+from gateway.errors import BadRequest, NotFound
+from gateway.memory.memories import SearchHit, to_api
+from gateway.memory.scoring import weight_parts
 from gateway.routing import Call, endpoint
 from gateway.validation import Query, read_json_object
 
@@ -91,8 +95,20 @@ async def search_memories(call: Call) -> Response:
         min_score=_min_score(query), context=call.request.query_params.getlist("context"),
         api_key=_embedding_key(call))
     engine = "hybrid" if call.services.memories.embedder is not None else "bm25"
-    return JSONResponse({"data": [h.to_api() for h in hits], "query": q, "count": len(hits), "engine": engine,
-                         "mode": "simple"})
+    data = [h.to_api() for h in hits]
+    if query.flag("explain", default=False):
+        for row, hit in zip(data, hits):
+            row["effective_score_parts"] = _score_parts(call, hit)
+    return JSONResponse({"data": data, "query": q, "count": len(hits), "engine": engine, "mode": "simple"})
+
+
+def _score_parts(call: Call, hit: SearchHit) -> dict[str, float]:
+    """``effective_score`` = ``relevance`` (the hit's match next to the best hit's) x ``weight`` (the
+    memory's own standing: importance, confidence, reinforcement by recalls, freshness), each 0-1
+    (gateway/memory/ranking.py, gateway/memory/scoring.py)."""
+    parts = weight_parts(hit.fields, time.time(), call.services.config.memory.recall)
+    relevance = hit.effective_score / parts["weight"] if parts["weight"] else 0.0
+    return {"relevance": round(relevance, 4), **{name: round(value, 4) for name, value in parts.items()}}
 
 
 async def list_superseded(call: Call) -> Response:
@@ -101,7 +117,25 @@ async def list_superseded(call: Call) -> Response:
     docs = await call.services.memories.superseded(
         call.project_id, _subject(query), limit=query.integer("limit", default=50, minimum=1, maximum=MAX_PAGE),
         offset=query.integer("offset", default=0, minimum=0, maximum=10**9))
-    return JSONResponse({"data": [to_api(d) for d in docs], "count": len(docs)})
+    answer: dict[str, Any] = {"data": [to_api(d) for d in docs], "count": len(docs)}
+    if query.flag("include_successors", default=False):
+        answer["successors"] = await _successors(call, docs)
+    return JSONResponse(answer)
+
+
+async def _successors(call: Call, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The memories that replaced ``docs`` and are not among them (a timeline shows each chain up
+    to the memory in use): read here, beside the page, rather than by one request each."""
+    listed = {doc["id"] for doc in docs}
+    wanted = dict.fromkeys(doc["superseded_by"] for doc in docs
+                           if doc.get("superseded_by") and doc["superseded_by"] not in listed)
+    found = []
+    for memory_id in wanted:
+        try:
+            found.append(to_api(await call.services.memories.get(call.project_id, memory_id)))
+        except NotFound:  # deleted since, or erased: the chain ends at what is left
+            continue
+    return found
 
 
 async def restore_memory(call: Call) -> Response:

@@ -1,10 +1,13 @@
-"""``DELETE /subjects/{subject_id}``: erase everything stored about one subject of a project.
+"""``/subjects``: list a project's subjects, and erase everything stored about one of them.
 
-Not part of the Mnexium contract: a self-hosted gateway has to answer right-to-erasure
-requests, and one call that removes memories, their vectors and claims, recall
-events, chat history and agent state is the only way to be sure nothing is left.
-Unlike DELETE /memories/{id} this is not a soft delete, and it is final: queued and
-running work for the subject cannot write its data back (gateway.erasure).
+Not part of the Mnexium contract. ``DELETE /subjects/{subject_id}``: a self-hosted gateway has
+to answer right-to-erasure requests, and one call that removes memories, their vectors and
+claims, recall events, chat history and agent state is the only way to be sure nothing is left.
+Unlike DELETE /memories/{id} this is not a soft delete, and it is final: queued and running
+work for the subject cannot write its data back (gateway.erasure).
+
+``GET /subjects``: the subjects active lately, with their counts, for browsing (the dashboard);
+how they are found: gateway/subject_directory.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ from __future__ import annotations
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.errors import BadRequest
 from gateway.routing import Call, endpoint
+from gateway.subject_directory import list_subjects
+from gateway.validation import Query
+
+
+# Subject ids are at most this long (gateway/options.py MAX_ID_LENGTH).
+MAX_SEARCH = 256
 
 
 async def erase_subject(call: Call) -> Response:
@@ -21,5 +31,18 @@ async def erase_subject(call: Call) -> Response:
     return JSONResponse({"ok": True, "subject_id": subject_id, "erased": erased})
 
 
+async def browse_subjects(call: Call) -> Response:
+    query = Query(call.request)
+    search = (query.string("q") or "").strip()
+    if len(search) > MAX_SEARCH:
+        raise BadRequest(f"q must be at most {MAX_SEARCH} characters", code="q_too_long", param="q")
+    limit = query.integer("limit", default=50, minimum=1, maximum=200)
+    subjects, complete = await list_subjects(call.services.store, call.project_id, search=search or None, limit=limit)
+    return JSONResponse({"data": [s.to_api() for s in subjects], "count": len(subjects), "complete": complete})
+
+
 # Relative to the /api/v1 mount.
-routes = [Route("/subjects/{subject_id}", endpoint(erase_subject, scope="subjects:delete"), methods=["DELETE"])]
+routes = [
+    Route("/subjects", endpoint(browse_subjects, scope="subjects:read"), methods=["GET"]),
+    Route("/subjects/{subject_id}", endpoint(erase_subject, scope="subjects:delete"), methods=["DELETE"]),
+]

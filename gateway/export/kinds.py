@@ -32,7 +32,7 @@ from gateway.history import CHATS, MESSAGES
 from gateway.integrations.cache import VALUES
 from gateway.integrations.definitions import INTEGRATIONS
 from gateway.memory.index_upkeep import MEMORIES
-from gateway.memory.memories import LEGACY_CLAIMS
+from gateway.memory.memories import DUPLICATE_WORDINGS, LEGACY_CLAIMS
 from gateway.memory.recalls import RECALL_TURNS, RECALLS
 from gateway.memory.truth_graph import ASSERTIONS, CLAIMS, EDGES, SNAPSHOTS, TRUTHS
 from gateway.memory_policies import POLICIES
@@ -105,6 +105,7 @@ class Kind:
 # memories before the claims and recalls naming them).
 SUBJECT_KINDS: tuple[Kind, ...] = (
     Kind(MEMORIES, _field("id"), tallied=True),
+    Kind(DUPLICATE_WORDINGS, _field("id")),
     Kind(CLAIMS, _field("claim_id")),
     Kind(TRUTHS, _field("active_claim_id")),
     Kind(ASSERTIONS, _field("id")),

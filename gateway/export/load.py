@@ -10,9 +10,9 @@ counts, truth changes) are set to the file's values, not added to.
 
 The vector index is then brought in step through the services that own it, as an index
 repair does: every imported memory is re-indexed from its stored document by
-``Memories.reindex`` (with the embedder, if one is configured) and every record through its
-``RecordIndex``. Nothing is published as an event, and an erasure tombstone does not stop an
-import: loading a file is the operator's explicit act.
+``Memories.reindex_many`` (with the embedder, if one is configured, a batch of texts per
+model call) and every record through its ``RecordIndex``. Nothing is published as an event,
+and an erasure tombstone does not stop an import: loading a file is the operator's explicit act.
 """
 
 from __future__ import annotations
@@ -264,8 +264,8 @@ async def write_export(store: DocumentStore, export: ExportFile, *, memories: An
             await store.increment(SNAPSHOTS, project, [Increment(key, TRUTH_CHANGES, last_at, by=count)])
         # A snapshot of the target's old truths would stand for the new count: rebuilt at the next read.
         await store.delete(SNAPSHOTS, project, key)
-    for doc in export.documents.get(MEMORIES.name, []):
-        await memories.reindex(project, doc.doc_id)
+    # Many texts per embedder call: one call per memory made a local model the import's bottleneck.
+    await memories.reindex_many(project, [doc.doc_id for doc in export.documents.get(MEMORIES.name, [])])
     await _reindex_records(project, export.documents.get(RECORDS.name, []), records)
     return export.counts()
 

@@ -3,15 +3,22 @@
 Synchronous statements on the event loop, like the document store (one process,
 one writer, microseconds per statement). A commit in WAL mode survives the process
 being killed, which is what durability has to mean for the embedded default.
+
+A leased job's ``lease`` column holds the token of the claim that leased it (NULL when it is
+not leased); ``due_at`` is then when that lease runs out. Every call that acts on a claim
+(renew, complete, retry_later) is one statement whose ``WHERE id = ? AND lease = ?`` makes the
+check and the write one atomic step: a worker whose job was claimed again by another worker
+finds no row and changes nothing.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
 from gateway.ids import ordered_id
-from gateway.jobs.queue import Job
+from gateway.jobs.queue import Job, JobLeased
 from gateway.store import codec
 from gateway.store.sqlite import connect
 
@@ -25,25 +32,44 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
     due_at      REAL NOT NULL,
-    leased      INTEGER NOT NULL DEFAULT 0,
+    lease       TEXT,
     created_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_due ON jobs (due_at);
 CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project_id, created_at);
 """
 _COLUMNS = "id, project_id, kind, payload, status, attempts, last_error, due_at, created_at"
+# A lease taken before leases had tokens (a file written by an older gateway, whose ``leased``
+# column said only "leased"): nobody holds this token, so the lease just runs out (or is
+# released at startup) like any other.
+_UNTOKENED_LEASE = "before-tokens"
 
 
-def _job(row: tuple[Any, ...]) -> Job:
+def _job(row: tuple[Any, ...], lease: str | None = None) -> Job:
     job_id, project_id, kind, payload, status, attempts, last_error, due_at, created_at = row
     return Job(id=job_id, project_id=project_id, kind=kind, payload=codec.decode(payload), status=status,
-               attempts=attempts, last_error=last_error, due_at=due_at, created_at=created_at)
+               attempts=attempts, last_error=last_error, due_at=due_at, created_at=created_at, lease=lease)
 
 
 class SqliteJobQueue:
     def __init__(self, path: str) -> None:
         self._db = connect(path)
         self._db.executescript(_SCHEMA)
+        self._add_lease_tokens()
+
+    def _add_lease_tokens(self) -> None:
+        """Give a jobs table from before lease tokens its ``lease`` column (its old ``leased``
+        column stays, unused: it has a default, so inserts need not name it)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "lease" not in columns:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN lease TEXT")
+                self._db.execute("UPDATE jobs SET lease = ? WHERE leased = 1", (_UNTOKENED_LEASE,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
                       delay_seconds: float = 0.0) -> str:
@@ -56,24 +82,54 @@ class SqliteJobQueue:
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         now = time.time()
+        lease_end = now + lease_seconds
+        lease = secrets.token_hex(8)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE due_at <= ? ORDER BY due_at LIMIT ?",
                                     (now, limit)).fetchall()
-            self._db.executemany("UPDATE jobs SET attempts = attempts + 1, due_at = ?, leased = 1 WHERE id = ?",
-                                 [(now + lease_seconds, row[0]) for row in rows])
+            self._db.executemany("UPDATE jobs SET attempts = attempts + 1, due_at = ?, lease = ? WHERE id = ?",
+                                 [(lease_end, lease, row[0]) for row in rows])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return [_job(row[:5] + (row[5] + 1,) + row[6:7] + (now + lease_seconds,) + row[8:]) for row in rows]
+        return [_job(row[:5] + (row[5] + 1,) + row[6:7] + (lease_end,) + row[8:], lease) for row in rows]
 
-    async def complete(self, job_id: str) -> None:
-        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    async def renew(self, job_id: str, lease: str, lease_seconds: float) -> bool:
+        return self._db.execute("UPDATE jobs SET due_at = ? WHERE id = ? AND lease = ?",
+                                (time.time() + lease_seconds, job_id, lease)).rowcount == 1
 
-    async def retry_later(self, job_id: str, error: str, delay_seconds: float) -> None:
-        self._db.execute("UPDATE jobs SET status = 'failed', last_error = ?, due_at = ?, leased = 0 WHERE id = ?",
-                         (error[:2000], time.time() + delay_seconds, job_id))
+    async def complete(self, job_id: str, lease: str | None = None) -> bool:
+        if lease is None:
+            return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+        return self._db.execute("DELETE FROM jobs WHERE id = ? AND lease = ?", (job_id, lease)).rowcount == 1
+
+    async def retry_later(self, job_id: str, error: str, delay_seconds: float, *, lease: str) -> bool:
+        return self._db.execute("UPDATE jobs SET status = 'failed', last_error = ?, due_at = ?, lease = NULL "
+                                "WHERE id = ? AND lease = ?",
+                                (error[:2000], time.time() + delay_seconds, job_id, lease)).rowcount == 1
+
+    async def retry_now(self, project_id: str, job_id: str) -> Job | None:
+        now = time.time()
+        # One write transaction: the lease is read and the due time set with nothing in between.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(f"SELECT {_COLUMNS}, lease FROM jobs WHERE id = ? AND project_id = ?",
+                                   (job_id, project_id)).fetchone()
+            # A lease that ran out is no hold: the job is due already and the next claim takes it.
+            leased = row is not None and row[9] is not None and row[7] > now
+            if row is not None and not leased and row[7] > now:
+                self._db.execute("UPDATE jobs SET due_at = ? WHERE id = ?", (now, job_id))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if row is None:
+            return None
+        if leased:
+            raise JobLeased(job_id)
+        return _job(row[:7] + (min(row[7], now),) + row[8:9])
 
     async def void_subject(self, project_id: str, subject_id: str) -> list[str]:
         rows = self._db.execute("DELETE FROM jobs WHERE project_id = ? AND json_extract(payload, '$.subject_id') = ? "
@@ -86,7 +142,8 @@ class SqliteJobQueue:
         return [_job(row) for row in rows]
 
     async def release_leases(self) -> int:
-        return self._db.execute("UPDATE jobs SET due_at = ?, leased = 0 WHERE leased = 1", (time.time(),)).rowcount
+        return self._db.execute("UPDATE jobs SET due_at = ?, lease = NULL WHERE lease IS NOT NULL",
+                                (time.time(),)).rowcount
 
     async def close(self) -> None:
         self._db.close()

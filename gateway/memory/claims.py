@@ -38,9 +38,15 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     # "my favorite <thing> is <value>", "favorite <thing>: <value>"
     ("favorite_{0}", re.compile(rf"^(?:{_POSSESSIVE}\s+)?(?:(?:\w+\s+)?(?:now\s+)?)?favou?rite\s+"
                                 rf"(?P<slot>[a-z][a-z ]{{0,30}}?)\s*(?:is|are|was|:|=)\s+(?P<value>.+?){_END}", re.I)),
+    # "User is engaged to Tom", "I got married", "User divorced Mark": one relationship status at a
+    # time, with the partner when named (married to Tom and married to Sam are two values).
+    ("relationship_status", re.compile(rf"^(?:the\s+)?{_WHO}\s+(?:(?:is|am|are)\s+|'m\s+)?"
+                                       rf"(?:now\s+|just\s+|recently\s+)?(?:got\s+|getting\s+)?(?P<value>(?:single|married|engaged|divorced|"
+                                       rf"separated|widowed|dating)(?:\s+(?:to\s+|from\s+)?(?-i:[A-Z])[\w-]*)?)\b",
+                                       re.I)),
     ("age", re.compile(rf"\b{_WHO}\s+(?:is|am|are|'m)?\s*(?P<value>\d{{1,3}})\s+(?:years?|yrs?)\s+old\b", re.I)),
     ("lives_in", re.compile(rf"\b{_WHO}\s+(?:now\s+|currently\s+)?(?:live|lives|living|reside|resides|"
-                            rf"(?:am|is|are)\s+based|(?:have|has)\s+moved|moved)\s+(?:in|to)\s+(?P<value>.+?){_END}",
+                            rf"(?:am|is|are)\s+based|(?:have|has)\s+moved|moved)\s+(?:in|to|into)\s+(?P<value>.+?){_END}",
                             re.I)),
     ("works_at", re.compile(rf"\b{_WHO}\s+(?:now\s+|currently\s+)?(?:work|works|working)\s+(?:at|for)\s+"
                             rf"(?P<value>.+?){_END}", re.I)),
@@ -48,7 +54,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
                               rf"(?P<value>.+?){_END}", re.I)),
     ("name", re.compile(rf"\b{_WHO}\s+(?:is|am|are|'m)?\s*(?:called|named)\s+(?P<value>.+?){_END}", re.I)),
     # "my <attribute> is <value>": possessed attributes hold one value at a time.
-    ("{0}", re.compile(rf"^{_POSSESSIVE}\s+(?P<slot>[a-z][a-z' ]{{0,40}}?)\s+(?:is|are|was)\s+(?!not\b)"
+    ("{0}", re.compile(rf"^{_POSSESSIVE}\s+(?P<slot>[a-z][a-z' -]{{0,40}}?)\s+(?:is|are|was)\s+(?!not\b)"
                        rf"(?P<value>.+?){_END}", re.I)),
 ]
 
@@ -130,6 +136,8 @@ def extract_claims(text: str) -> list[Claim]:
             continue
         slot = template.format(_slot_name(match.group("slot"))) if "slot" in pattern.groupindex else template
         value = normalized_value(match.group("value"))
+        if slot == "relationship_status":  # "married to Tom" and "married Tom": one value
+            value = re.sub(r"\s+(?:to|from)\s+", " ", value)
         if slot.strip("_") and value and len(value) <= 120:
             return [Claim(slot.strip("_"), value)]
     return []

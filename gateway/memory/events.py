@@ -3,7 +3,8 @@
 Writers (gateway/memory/memories.py, the profiles) call ``publish(project, subject, type,
 data)`` for every change: ``memory.created``, ``.updated``, ``.deleted``, ``.superseded``,
 ``profile.updated``. ``publish`` is synchronous and never waits: a subscriber that is slow,
-stuck or gone costs a writer nothing.
+stuck or gone costs a writer nothing. (On Redis the caller of a write waits for Redis to
+hold its events, never for a subscriber: see "A write's events outlive a crash" below.)
 
 Each event gets an id, ``"<milliseconds>-<sequence>"`` (the format of Redis stream ids),
 ordered within a project: the SSE route sends it as the frame's ``id:``, and a client that
@@ -55,6 +56,38 @@ belongs to a slot: publishing from the project's script would need a channel per
 projects it has subscribers for, re-subscribing as those come and go and as slots move. Memory
 events are a few per turn, so the broadcast costs less than that machinery.
 
+A write's events outlive a crash (on Redis). ``publish`` never waits, so a write's events
+are still in this process's outgoing queue for a moment after the write is stored; a gateway
+SIGKILLed then would lose them for good, though the write stands. So the caller of a write is
+answered only once Redis holds its events: every REST call runs inside ``acknowledged()``
+(gateway/routing.py), which, once the handler is done, waits for the events it published
+to be in their streams (the sender resolves a future per event when its round trip returns);
+a learn job likewise completes only then (gateway/memory/learning.py). A writer never waits
+for a subscriber: the acknowledgement is Redis's, and pub/sub fans out without holding
+anyone. The cost is the sender's round trip after the write's own, shared by every writer
+whose events are in that batch (the sender takes all that are waiting, 64 a round trip).
+A gateway SIGKILLed after the answer has sent the events; one killed before it has answered
+nothing, and the caller cannot tell the write happened but by reading it (as with any write
+cut short). A learn job killed before it completed runs again; its re-run finds the memories
+the killed run stored (their ids derive from the job's) and announces again what the stream
+lacks of them (gateway/memory/reannounce.py). Redis failing between a write and its events:
+the events wait in the outgoing queue as before (capped, retried), the waiting writer is
+answered 503 ``storage_unavailable`` after ``_ACKNOWLEDGE_WAIT_SECONDS`` as a write that met
+a Redis failure half-way is (the write may stand; its events go once Redis is back), and a
+learn job fails and is retried. Events are doubled only when a send's reply is lost after
+Redis ran it (the sender sends the batch again), or when a re-run announces an event of its
+killed run that the stream has trimmed since. Redis's own durability (AOF, replicas) is the
+operator's: a write and its events are in Redis's memory alike.
+
+Options weighed: appending the event in the same Lua script as the memory's document (both
+keys carry the ``{project}`` tag, so a cluster would take it) saves that round trip, but a
+memory write is a dozen store calls through the generic DocumentStore (document, claims,
+index, neighbours, the versions it supersedes), each event would have to ride on the right
+one in every writer (memories, profiles, records) and both stores, and ``memory.created``
+would go out before the memory is searchable. It would spare a learn job's re-run its
+announcement (the events would be stored with the writes), at the price of all that.
+Waiting on the sender keeps one path for every event and every writer, unchanged.
+
 The listener PINGs Redis when its connection has been silent for a while, and takes a
 connection that does not answer for lost (a half-open TCP connection raises nothing): it
 subscribes again and catches up from the streams, as after any lost connection.
@@ -71,11 +104,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -84,6 +118,7 @@ import redis.exceptions
 
 from gateway.clock import now_iso
 from gateway.config import EventsConfig
+from gateway.errors import GatewayError
 from gateway.store.errors import STORAGE_ERRORS
 from gateway.store.redis_client import is_cluster, queue_script
 
@@ -312,6 +347,17 @@ class MemoryEvents:
         self._remember(published)
         self._deliver(published)
 
+    def acknowledged(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Run a write whose caller is answered only once its events are stored (see "A write's
+        events outlive a crash" in the module docstring). In process there is nothing to wait
+        for: ``publish`` has stored the event already, as durably as this backend stores any."""
+        return contextlib.nullcontext()
+
+    async def kept_events(self, project_id: str) -> list[Event]:
+        """The project's events kept for replay, oldest first: what a re-run of a write looks in
+        before announcing again what its killed run wrote."""
+        return (await self._replay_after(project_id, (0, 0))).events
+
     # --- what the SSE route calls --------------------------------------------------------
 
     def subscribe(self, project_id: str, subject_id: str | None) -> Subscription:
@@ -423,6 +469,9 @@ _RETRY_MAX_SECONDS = 5.0
 _START_WAIT_SECONDS = 5.0
 # How long aclose() lets the sender finish sending the events already published.
 _STOP_WAIT_SECONDS = 1.0
+# How long a write acknowledged by ``acknowledged`` waits for Redis to take its events before
+# it fails (503): the socket timeout of a send, and a retry of it.
+_ACKNOWLEDGE_WAIT_SECONDS = 10.0
 # After a subject's erasure, events of it this gateway sent to Redis this recently may have
 # landed after the erasure deleted the subject's entries: they are deleted again. (An
 # erasure made through another gateway is heard on the channel a little after it ran.)
@@ -465,11 +514,30 @@ return gone
 _ERASE_WORD = "erase"
 
 
+# What an event's ``stored`` future holds when the event will never be in Redis (a writer waiting
+# for it fails); None when it is stored, or when nothing is owed (its subject was erased).
+_NOT_STORED_DROPPED = "too many events were waiting for Redis"
+_NOT_STORED_REFUSED = "Redis refused it"
+_NOT_STORED_STOPPING = "the gateway stopped before sending it"
+
+# The ``stored`` futures of the events published inside the current ``acknowledged`` block
+# (a context variable: each request or job has its own, and tasks it starts share its list).
+_AWAITED: contextvars.ContextVar[list[asyncio.Future[str | None]] | None] = contextvars.ContextVar(
+    "memory_events_awaited", default=None)
+
+
 @dataclass
 class _Outgoing:
     project_id: str
     subject_id: str | None
     message: str  # JSON {"p", "s", "t", "d"}: the event without its id, which Redis gives it
+    # Set when a writer waits for the event (``acknowledged``): resolved once Redis has it.
+    stored: asyncio.Future[str | None] | None = None
+
+    def settle(self, not_stored: str | None = None) -> None:
+        """Tell a waiting writer the event is stored (None) or why it never will be."""
+        if self.stored is not None and not self.stored.done():
+            self.stored.set_result(not_stored)
 
 
 @dataclass
@@ -509,6 +577,9 @@ class RedisMemoryEvents(MemoryEvents):
         self._recently_sent: dict[tuple[str, str], float] = {}
         # Erased subjects whose entries the sender deletes again once its current send is over.
         self._erase_again: set[tuple[str, str]] = set()
+        # Set when a writer waits for an event: the sender, pausing between retries, tries at once
+        # (the writer's own write just reached the store, so Redis is likely back).
+        self._writer_waiting = asyncio.Event()
         self._listener = _Listener()
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_script = redis.register_script(_PUBLISH)
@@ -526,15 +597,46 @@ class RedisMemoryEvents(MemoryEvents):
     def publish(self, project_id: str, subject_id: str | None, event: str, data: dict[str, Any]) -> None:
         """Queue the event for the sender task; never waits. Redis gives it its id."""
         if len(self._outgoing) >= OUTGOING_LIMIT:
-            self._outgoing.popleft()
+            self._outgoing.popleft().settle(_NOT_STORED_DROPPED)
             self._outgoing_dropped += 1
             if self._outgoing_dropped in (1, 10, 100) or self._outgoing_dropped % 1000 == 0:
                 log.warning("memory events: %d event(s) dropped, Redis is not taking them fast enough",
                             self._outgoing_dropped)
         data = {**within_budget(data, self.settings.max_event_bytes), "timestamp": now_iso()}
         message = json.dumps({"p": project_id, "s": subject_id, "t": event, "d": data}, separators=(",", ":"))
-        self._outgoing.append(_Outgoing(project_id, subject_id, message))
+        item = _Outgoing(project_id, subject_id, message)
+        awaited = _AWAITED.get()
+        if awaited is not None:
+            item.stored = asyncio.get_running_loop().create_future()
+            awaited.append(item.stored)
+            self._writer_waiting.set()
+        self._outgoing.append(item)
         self._outgoing_ready.set()
+
+    def acknowledged(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._acknowledging()
+
+    @contextlib.asynccontextmanager
+    async def _acknowledging(self) -> AsyncIterator[None]:
+        """Run a write; once it is done, wait until Redis has every event it published (the sender
+        sends them, with any other writer's, in its next round trip). Raises GatewayError 503
+        if Redis has not taken them within ``_ACKNOWLEDGE_WAIT_SECONDS`` or never will; they stay
+        queued meanwhile (see the module docstring). A write that raises waits for nothing."""
+        awaited: list[asyncio.Future[str | None]] = []
+        token = _AWAITED.set(awaited)
+        try:
+            yield
+        finally:
+            _AWAITED.reset(token)
+        if not awaited:
+            return
+        # asyncio.wait, not gather: a timeout must leave the futures to the sender, not cancel them.
+        done, pending = await asyncio.wait(awaited, timeout=_ACKNOWLEDGE_WAIT_SECONDS)
+        reasons = [future.result() for future in done if future.result() is not None]
+        if pending or reasons:
+            why = reasons[0] if reasons else f"Redis did not take it within {_ACKNOWLEDGE_WAIT_SECONDS:g} s"
+            raise GatewayError(f"the change was stored but its memory event was not ({why}); retry later",
+                               code="storage_unavailable", status=503)
 
     # --- subject erasure -----------------------------------------------------------------
 
@@ -570,6 +672,8 @@ class RedisMemoryEvents(MemoryEvents):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        for item in [*self._in_flight, *self._outgoing]:
+            item.settle(_NOT_STORED_STOPPING)
 
     # --- the sender ----------------------------------------------------------------------
 
@@ -606,16 +710,27 @@ class RedisMemoryEvents(MemoryEvents):
                 failure = error
             except Exception:  # Redis refused them (out of memory...): retrying would not help
                 log.exception("memory events: Redis refused %d event(s); they are dropped", len(batch))
+                for item in batch:
+                    item.settle(_NOT_STORED_REFUSED)
                 batch.clear()
             finally:
                 self._on_the_wire = False
                 self._note_sent(batch)  # a failed send may have delivered some of them
+            if failure is None:
+                for item in batch:
+                    item.settle()
             await self._erase_again_now()
             if failure is None:
                 return
             log.warning("memory events: sending %d event(s) to Redis failed (%s: %s); retrying in %.1f s",
                         len(batch), type(failure).__name__, failure, delay)
-            await asyncio.sleep(delay)
+            # A writer waiting for its events cuts the pause short (see _writer_waiting), but
+            # never below the first pause: writers on a Redis that keeps failing must not spin it.
+            self._writer_waiting.clear()
+            await asyncio.sleep(_RETRY_FIRST_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay - _RETRY_FIRST_SECONDS):
+                    await self._writer_waiting.wait()
             delay = min(delay * 2, _RETRY_MAX_SECONDS)
 
     def _take_batch(self, size: int) -> list[_Outgoing]:
@@ -638,10 +753,13 @@ class RedisMemoryEvents(MemoryEvents):
         entries (the batch was on the wire; or, for an erasure heard on the channel, ``heard_late``,
         sent shortly before) are deleted again by the sender."""
         def erased(item: _Outgoing) -> bool:
-            return item.project_id == project_id and item.subject_id == subject_id
+            if item.project_id == project_id and item.subject_id == subject_id:
+                item.settle()  # nothing is owed to its writer: the subject's events are gone by design
+                return True
+            return False
 
         self._outgoing = deque(item for item in self._outgoing if not erased(item))
-        if any(erased(item) for item in self._in_flight):
+        if any(item.project_id == project_id and item.subject_id == subject_id for item in self._in_flight):
             if self._on_the_wire:
                 self._erase_again.add((project_id, subject_id))
             self._in_flight[:] = [item for item in self._in_flight if not erased(item)]

@@ -3,7 +3,9 @@
 Built-in extractors (``plugins/extractors.py``): an LLM through LiteLLM, answering
 in the JSON schema below, and a heuristic one that needs no model, so the embedded
 default learns offline. Third-party extractors register under the
-``mnx_gateway.extractors`` entry point.
+``mnx_gateway.extractors`` entry point. One that judges versioning (``judges_versioning``, as
+the LLM one does) is also shown the subject's related memories and says of each memory whether
+it is new, a duplicate or an update (gateway/memory/judgement.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from gateway.memory.memories import KINDS, VISIBILITIES
+from gateway.memory.judgement import RELATIONS, Judgement, RelatedMemory
 from gateway.profiles import BUILTIN_FIELDS, ProfileField
 
 
@@ -35,6 +38,11 @@ class Exchange:
     # Earlier lines of the conversation, to read ``user_messages`` by (POST /memories/extract's
     # conversation_context): not themselves a source of memories.
     context: Sequence[str] = ()
+    # The subject's active memories the turn may be about, each under a short reference: an
+    # extractor that judges versioning (``judges_versioning``) says of each memory it extracts
+    # whether it is new, a duplicate of one of these or an update of some (``Judgement``).
+    # Empty: no judgement is asked for.
+    related: Sequence[RelatedMemory] = ()
 
 
 @dataclass(frozen=True)
@@ -56,15 +64,26 @@ class ExtractedMemory:
     # Profile fields this memory states ({"name": "Alice"}), written with its id and confidence
     # when it is stored; a policy that leaves the memory out leaves them out too.
     profile_fields: Mapping[str, Any] = field(default_factory=dict)
+    # The extractor's versioning verdict, when it was shown related memories and gave a readable
+    # one; None: the rules decide (gateway/memory/versioning.py).
+    judgement: Judgement | None = None
 
 
 class Extractor(Protocol):
+    # An extractor may also set ``judges_versioning = True``: it is then shown the subject's
+    # related memories (Exchange.related) and returns a Judgement with each memory.
+
     def key_for(self, caller_keys: Mapping[str, str]) -> str | None:
         """The caller's own provider key, when the extractor calls a paid model with it.
         ``caller_keys`` are the provider-key headers the caller sent (``Credentials.provider_keys``)."""
 
     async def extract(self, exchange: Exchange, *, api_key: str | None = None) -> list[ExtractedMemory]:
         """Candidate memories, best first; policy filtering happens after."""
+
+
+def judges_versioning(extractor: object) -> bool:
+    """Whether ``extractor`` answers with a versioning Judgement when shown related memories."""
+    return getattr(extractor, "judges_versioning", False) is True
 
 
 class ExtractionError(Exception):
@@ -135,6 +154,9 @@ class _Memory(BaseModel):
     is_temporal: bool = False
     claims: list[_Claim] = Field(default_factory=list)
     profile: list[_ProfileValue] = Field(default_factory=list)
+    # Read apart (_judgement): a verdict that cannot be read leaves the memory to the rules,
+    # it does not void the whole answer.
+    versioning: Any = None
 
 
 class _Answer(BaseModel):
@@ -142,12 +164,14 @@ class _Answer(BaseModel):
     memories: list[_Memory]
 
 
-def extraction_schema(profile_fields: Sequence[ProfileField] = BUILTIN_FIELDS) -> dict[str, Any]:
+def extraction_schema(profile_fields: Sequence[ProfileField] = BUILTIN_FIELDS,
+                      refs: Sequence[str] = ()) -> dict[str, Any]:
     """The JSON schema the LLM extractor asks for (OpenAI structured outputs, strict); each
-    memory's ``profile`` names the project's profile fields it states."""
+    memory's ``profile`` names the project's profile fields it states. With ``refs`` (the
+    related memories shown), each memory also carries its ``versioning`` verdict on them."""
     described = "; ".join(f"{f.key} ({f.type}): {f.description}" if f.description else f"{f.key} ({f.type})"
                           for f in profile_fields)
-    return {
+    schema = {
         "type": "object", "additionalProperties": False, "required": ["memories"],
         "properties": {"memories": {"type": "array", "items": {
             "type": "object", "additionalProperties": False,
@@ -175,6 +199,15 @@ def extraction_schema(profile_fields: Sequence[ProfileField] = BUILTIN_FIELDS) -
                                                         {"type": "boolean"}]}}}},
             }}}},
     }
+    if refs:
+        memory = schema["properties"]["memories"]["items"]  # type: ignore[index]
+        memory["required"].append("versioning")
+        memory["properties"]["versioning"] = {
+            # What each relation means is in the instructions (plugins/extractors.py JUDGE_PROMPT).
+            "type": "object", "additionalProperties": False, "required": ["relation", "refs"],
+            "properties": {"relation": {"type": "string", "enum": list(RELATIONS)},
+                           "refs": {"type": "array", "items": {"type": "string", "enum": list(refs)}}}}
+    return schema
 
 
 # The schema for a project with the built-in profile fields only.
@@ -194,5 +227,20 @@ def parse_extraction(raw: str) -> list[ExtractedMemory]:
         memories.append(ExtractedMemory(item.text.strip(), kind, item.importance, item.confidence,
                                         tuple(item.tags), visibility, item.is_temporal,
                                         tuple(ExtractedClaim(c.predicate, c.value) for c in item.claims),
-                                        {p.field_key: p.value for p in item.profile}))
+                                        {p.field_key: p.value for p in item.profile}, _judgement(item.versioning)))
     return memories
+
+
+def _judgement(raw: Any) -> Judgement | None:
+    """A memory's ``versioning`` as a Judgement, or None when it is missing or malformed (the
+    rules decide then). Whether its refs are ones the model was shown is checked where they
+    are mapped back to memories (gateway/memory/judgement.py)."""
+    if not isinstance(raw, dict):
+        return None
+    relation, refs = raw.get("relation"), raw.get("refs", [])
+    if relation not in RELATIONS or not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        return None
+    if relation == "new":
+        return Judgement("new")
+    # A duplicate or an update of nothing named says nothing usable.
+    return Judgement(relation, tuple(dict.fromkeys(refs))) if refs else None

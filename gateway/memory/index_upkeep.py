@@ -66,10 +66,25 @@ class IndexUpkeep:
         dense = (await self._embedder.embed([doc["text"]], api_key=api_key))[0] if self._embedder else None
         await self._index.upsert(project_id, [self.indexed(doc, dense)])
 
+    async def reindex_many(self, project_id: str, memory_ids: Sequence[str], *, api_key: str | None = None,
+                           batch: int = 64) -> None:
+        """``reindex`` for many memories: ``batch`` of them per embedder call and per index write
+        (an import re-indexes thousands; one model call each cost most of its time)."""
+        for start in range(0, len(memory_ids), batch):
+            wanted = list(dict.fromkeys(memory_ids[start:start + batch]))
+            docs = [doc for doc in [await self._store.get(MEMORIES, project_id, i) for i in wanted] if doc is not None]
+            if not docs:
+                continue
+            tallies = await self._store.tallies(MEMORIES, project_id, [doc["id"] for doc in docs])
+            docs = [with_tallies(doc, tallies.get(doc["id"])) for doc in docs]
+            dense: list[list[float] | None] = [None] * len(docs)
+            if self._embedder is not None:
+                dense = list(await self._embedder.embed([doc["text"] for doc in docs], api_key=api_key))
+            await self._index.upsert(project_id, [self.indexed(doc, vector) for doc, vector in zip(docs, dense)])
+
     async def repair(self, project_id: str, memory_ids: Sequence[str]) -> None:
         """Run an index-repair job: rewrite each memory's index point from the store."""
-        for memory_id in memory_ids:
-            await self.reindex(project_id, memory_id)
+        await self.reindex_many(project_id, memory_ids)
 
     @asynccontextmanager
     async def index_repair(self, project_id: str, subject_id: str, memory_ids: Sequence[str]) -> AsyncIterator[None]:

@@ -6,7 +6,9 @@ worker then resolves the memory policy, asks the extractor for candidates, keeps
 those the policy allows, and stores them through memory versioning, so a new
 favourite supersedes the old one. The profile fields a stored memory states ("my
 name is Alice") are written beside it (gateway.profiles). Memory ids derive from the
-job id, so a job run twice (after a crash) stores nothing twice.
+job id, so a job run twice (after a crash) stores nothing twice. A job completes only once
+Redis holds the memory events of its writes; a re-run announces those its killed run may
+not have sent (gateway/memory/reannounce.py).
 
 A turn with ``mnx.records.learn`` on carries a ``records`` part (``{"learn", "tables"}``),
 also when memory learning is off: after the memories, the job learns records
@@ -30,8 +32,10 @@ from gateway.jobs.queue import Job, JobError
 from gateway.memory.changes import MemoryFields, NewMemory
 from gateway.memory.claims import Claim
 from gateway.memory.extraction import (Exchange, ExtractedMemory, ExtractionError, Extractor, UnstorableMemory,
-                                       require_storable)
+                                       judges_versioning, require_storable)
+from gateway.memory.judgement import NOTHING_SHOWN, Shown, shown_memories, verdict_for
 from gateway.memory.memories import Memories
+from gateway.memory.reannounce import announce_again
 from gateway.memory_policies import MemoryPolicies, combine
 from gateway.options import RecordsOption
 from gateway.profiles import BUILTIN_FIELDS, EXTRACTED, LEARNED, ProfileField, Profiles
@@ -106,6 +110,8 @@ class _MemoryPlan:
     forced: bool
     origin: dict[str, Any]
     policy_config: dict[str, Any]
+    # The subject's memories the extractor was shown to judge versioning by.
+    shown: Shown = NOTHING_SHOWN
 
 
 class JobFailed(JobError):
@@ -167,7 +173,9 @@ class Learner:
         # The caller's keys serve the first run only, whatever its outcome.
         keys = self._keys.pop(job.id, CallerKeys())
         try:
-            await self._learn(job, keys)
+            # The job is done (not run again) only once Redis holds the events of its writes.
+            async with self._memories.events.acknowledged():
+                await self._learn(job, keys)
         except SubjectErased:
             log.info("job %s: its subject was erased after the turn; nothing stored", job.id)
         except Exception as error:
@@ -188,8 +196,14 @@ class Learner:
         # Written only if the subject was not erased since the turn (the job's creation).
         async with self._erasure.writing(job.project_id, payload["subject_id"], since=job.created_at):
             if memories is not None:
+                if job.attempts > 1:
+                    # An earlier run may have died before the events of its writes left it:
+                    # those first, then this run's own (it skips what is stored already).
+                    await announce_again(self._memories, self._profiles, job.project_id, payload["subject_id"],
+                                         [memory_id_for(job.id, position) for position in range(len(memories.kept))],
+                                         since=job.created_at)
                 await self._store(job, payload, memories.kept, memories.forced, memories.origin,
-                                  memories.policy_config, keys)
+                                  memories.policy_config, keys, shown=memories.shown)
             if proposals and records_turn is not None and self.records is not None:
                 await self.records.write(job.project_id, records_turn, proposals, run_id=job.id, job_id=job.id,
                                          embedder_key=keys.embedder)
@@ -208,8 +222,9 @@ class Learner:
         payload = job.payload
         policy = await self._policy(job.project_id, payload)
         force = payload["learn"] == "force"
+        shown = await self._related(job.project_id, payload["subject_id"], payload["user_messages"])
         exchange = Exchange(payload["user_messages"], payload.get("assistant", ""), policy["policy_text"], force,
-                            profile_fields=self._profile_schema(job.project_id))
+                            profile_fields=self._profile_schema(job.project_id), related=shown.memories)
         try:
             candidates = await self.extractor.extract(exchange, api_key=keys.extractor)
         except ExtractionError as error:
@@ -226,35 +241,61 @@ class Learner:
             require_storable(memory)
         origin = {"chat_id": payload["chat_id"], "message_ids": payload.get("message_ids", []), "job_id": job.id,
                   "request_type": payload.get("request_type"), "policy_ids": policy["policy_ids"]}
-        return _MemoryPlan(kept, forced, origin, policy["config"])
+        return _MemoryPlan(kept, forced, origin, policy["config"], shown)
+
+    async def _related(self, project_id: str, subject_id: str, user_messages: Sequence[str]) -> Shown:
+        """The subject's memories the turn may be about, shown to an extractor that judges
+        versioning (gateway/memory/judgement.py); none when the rules alone decide."""
+        settings = self._memories.versioning
+        if settings.judge != "llm" or not judges_versioning(self.extractor):
+            return NOTHING_SHOWN
+        found = await self._memories.related(project_id, subject_id, "\n".join(user_messages),
+                                             limit=settings.judge_memories)
+        return shown_memories(found, limit=settings.judge_memories, token_budget=settings.judge_tokens)
 
     async def _store(self, job: Job, payload: dict[str, Any], kept: Sequence[ExtractedMemory], forced: bool,
-                     origin: dict[str, Any], policy_config: dict[str, Any], keys: CallerKeys) -> None:
-        for position, memory in enumerate(kept):
-            memory_id = memory_id_for(job.id, position)
-            if await self._memories.exists(job.project_id, memory_id):
+                     origin: dict[str, Any], policy_config: dict[str, Any], keys: CallerKeys, *,
+                     shown: Shown = NOTHING_SHOWN) -> None:
+        planned = [(memory_id_for(job.id, position), memory) for position, memory in enumerate(kept)]
+        # Only a run after the first (a claim counts one attempt) can find its memories stored already.
+        stored = {memory_id for memory_id, _ in planned
+                  if job.attempts > 1 and await self._memories.exists(job.project_id, memory_id)}
+        # The new memories' texts in one embedder call, before any is stored: each is then
+        # stored in turn, so versioning still sees the ones stored just before it.
+        fresh = [memory for memory_id, memory in planned if memory_id not in stored]
+        vectors = iter(await self._memories.dense_vectors([memory.text.strip() for memory in fresh],
+                                                          api_key=keys.embedder))
+        for memory_id, memory in planned:
+            if memory_id in stored:
                 # Stored by an earlier run of this job, which may have died before indexing it
                 # (or before writing its profile fields: writing them again changes nothing).
                 await self._memories.reindex(job.project_id, memory_id, api_key=keys.embedder)
                 await self._learn_profile(job.project_id, payload["subject_id"], memory, memory_id)
                 continue
             await self._store_one(job.project_id, payload["subject_id"], memory, memory_id, forced=forced,
-                                  origin=origin, policy_config=policy_config, keys=keys)
+                                  origin=origin, policy_config=policy_config, keys=keys, dense=next(vectors),
+                                  shown=shown)
 
     async def _store_one(self, project_id: str, subject_id: str, memory: ExtractedMemory, memory_id: str | None, *,
                          forced: bool, origin: dict[str, Any], policy_config: dict[str, Any],
-                         keys: CallerKeys, profile_source: str = LEARNED) -> dict[str, Any]:
+                         keys: CallerKeys, profile_source: str = LEARNED,
+                         dense: list[float] | None = None, shown: Shown = NOTHING_SHOWN) -> dict[str, Any]:
         """One kept candidate stored through versioning (a duplicate is skipped and reinforces the
         original), then the profile fields it states (their ``source_type`` ``profile_source``);
-        returns ``Memories.create``'s answer."""
+        returns ``Memories.create``'s answer. ``dense``: its text's vector, embedded with the
+        others of its turn (``Memories.dense_vectors``). ``shown``: the memories the extractor
+        judged it against (its Judgement is weighed with the rules')."""
         fields = MemoryFields(kind=memory.kind, importance=memory.importance, confidence=memory.confidence,
                               tags=list(memory.tags), is_temporal=memory.is_temporal,
                               visibility=learned_visibility(memory.visibility, policy_config))
         # A forced note is stored even if it repeats something: that is what force asks for.
         new = NewMemory(subject_id, memory.text.strip(), fields, id=memory_id, source_type="inferred",
                         no_supersede=forced)
+        # A forced note is never judged: it replaces nothing.
+        verdict = verdict_for(memory.judgement, shown) if shown.memories and not forced else None
         result, _ = await self._memories.create(project_id, new, origin=origin, api_key=keys.embedder,
-                                                claims=[Claim(c.predicate, c.value) for c in memory.claims] or None)
+                                                claims=[Claim(c.predicate, c.value) for c in memory.claims] or None,
+                                                dense=dense, verdict=verdict)
         metrics.memory_learned(result)
         # A memory skipped as a duplicate still states its fields: they name the original.
         await self._learn_profile(project_id, subject_id, memory, result["id"] or result.get("duplicate_of"),
@@ -275,8 +316,10 @@ class Learner:
         keys = CallerKeys(_key_or_none(self.extractor, caller_keys), _key_or_none(self._memories.embedder, caller_keys))
         policy = await self._policy(project_id, {"memory_policy": memory_policy, "subject_id": subject_id,
                                                  "chat_id": None})
+        # Judged versioning only matters when the memories are stored.
+        shown = await self._related(project_id, subject_id, [text]) if store else NOTHING_SHOWN
         exchange = Exchange([text], "", policy["policy_text"], force, profile_fields=self._profile_schema(project_id),
-                            context=tuple(context))
+                            context=tuple(context), related=shown.memories)
         try:
             candidates = await self.extractor.extract(exchange, api_key=keys.extractor)
         except ExtractionError as error:
@@ -307,11 +350,13 @@ class Learner:
         learned = []
         # The extractor may have taken seconds: a subject erased meanwhile stays erased (409).
         try:
+            vectors = await self._memories.dense_vectors([memory.text.strip() for memory in kept],
+                                                         api_key=keys.embedder)
             async with self._erasure.writing(project_id, subject_id, since=started):
-                for memory in kept:
+                for memory, dense in zip(kept, vectors):
                     result = await self._store_one(project_id, subject_id, memory, None, forced=forced,
                                                    origin=origin, policy_config=policy["config"], keys=keys,
-                                                   profile_source=EXTRACTED)
+                                                   profile_source=EXTRACTED, dense=dense, shown=shown)
                     memory_id = result["id"]
                     claim_ids = ([row["claim_id"] for row in await self._memories.claims(project_id, memory_id)]
                                  if memory_id else [])

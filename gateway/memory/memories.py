@@ -27,10 +27,10 @@ import logging
 import secrets
 import time
 from typing import Any
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from gateway.clock import from_timestamp
-from gateway.config import MemoryConfig
+from gateway.config import MemoryConfig, VersioningConfig
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.jobs.queue import JobQueue
 from gateway.memory.changes import MemoryEdit, NewMemory
@@ -38,9 +38,11 @@ from gateway.memory.claims import Claim, extract_claims, value_key
 from gateway.memory.embedding import Embedder
 from gateway.memory.events import MemoryEvents
 from gateway.memory.index_upkeep import MEMORIES, REINDEX_JOB, IndexUpkeep, neighbours
+from gateway.memory.judgement import Verdict, reconcile
 from gateway.memory.lexical import Lexicon
+from gateway.memory.paraphrase import shared_encoder
 from gateway.memory.ranking import Ranking, SearchHit
-from gateway.memory.reinforcement import REINFORCED, SEEN, index_is_behind, with_tallies
+from gateway.memory.reinforcement import REINFORCED, index_is_behind, seen_counts, with_tallies
 from gateway.memory.truth_graph import DEFAULT_RETRACT_REASON, Asserted, ClaimDoc, NewClaim, Retracted, TruthGraph
 from gateway.memory.vector_index import IndexQuery, RecallCounts, VectorIndex
 from gateway.memory.versioning import Candidate, Comparer, Decision, decide
@@ -49,16 +51,27 @@ from gateway.subject_locks import SubjectLocks
 
 log = logging.getLogger("gateway.memory")
 
-__all__ = ["KINDS", "LEGACY_CLAIMS", "MEMORIES", "REINDEX_JOB", "VISIBILITIES", "Memories", "SearchHit", "to_api"]
+__all__ = ["DUPLICATE_WORDINGS", "KINDS", "LEGACY_CLAIMS", "MEMORIES", "REINDEX_JOB", "VISIBILITIES", "Memories",
+           "SearchHit", "to_api"]
 
 # Where memories' claims were kept before the truth graph: rows no longer written, still read
 # for the memories that have them (see ``claims``) and erased with their subject.
 LEGACY_CLAIMS = Collection("memory_claims", indexes=(("memory_id",), ("subject_id", "predicate"), ("subject_id",)))
 
+# A learned text versioning judged a duplicate of an active memory (worded differently), by
+# (subject, text key): stated again, it is the same duplicate at the cost of one read, not a
+# search and a comparison with each candidate. No text is kept (the key is a hash); a pointer
+# to a memory no longer active is ignored (and replaced by the next decision), and those of a
+# memory whose text is edited are dropped (they matched the old text).
+DUPLICATE_WORDINGS = Collection("memory_duplicate_wordings", indexes=(("subject_id",), ("memory_id",)))
+
 KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction")
 VISIBILITIES = ("private", "shared", "public")
 # How many lines of conversation context a search takes (the latest ones).
 MAX_CONTEXT = 5
+# Texts per embedder call when many are stored or re-indexed at once: large enough that a
+# local model's per-call cost is spread thin, small enough to bound a call's memory and time.
+EMBED_BATCH = 64
 _HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_id", "_previous_text", "_next_id",
            "_next_text", "_claims", "_terms", "_context_terms", "_text_key")
 
@@ -69,8 +82,19 @@ def text_key(text: str) -> str:
     return hashlib.blake2b(normal.encode(), digest_size=12).hexdigest()
 
 
+def _wording_id(subject_id: str, key: str) -> str:
+    return hashlib.blake2b(f"{subject_id}\n{key}".encode(), digest_size=16).hexdigest()
+
+
 def to_api(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in _HIDDEN}
+
+
+def created_event(doc: dict[str, Any]) -> dict[str, Any]:
+    """The data of a stored memory's ``memory.created`` event (contract §13)."""
+    return {"id": doc["id"], "subject_id": doc["subject_id"], "text": doc["text"], "kind": doc["kind"],
+            "visibility": doc["visibility"], "importance": doc["importance"], "tags": doc["tags"],
+            "created_at": doc["created_at"]}
 
 
 class Memories:
@@ -84,7 +108,10 @@ class Memories:
         self._config = config
         self.embedder = embedder
         self._lexicon = lexicon or Lexicon(contextual=config.vectors.lexical == "contextual")
-        self._comparer = Comparer(self._lexicon)
+        # The paraphrase model is read on first use, not here (gateway/memory/paraphrase.py).
+        encoder = shared_encoder() if config.versioning.paraphrase else None
+        self._comparer = Comparer(self._lexicon, encoder.similarity if encoder else None,
+                                  encoder.unknown_words if encoder else None)
         self._upkeep = IndexUpkeep(store, index, self._lexicon, embedder=embedder, repairs=repairs,
                                    repair_after_seconds=config.vectors.repair_after_seconds)
         self._ranking = Ranking(self._lexicon, config.recall)
@@ -92,6 +119,11 @@ class Memories:
         # Called with (project, subject, memory id, "deleted" or "superseded") when a memory leaves
         # use, after its own writes: what was derived from it follows (gateway/profiles.py).
         self.on_left: list[Callable[[str, str, str, str], Awaitable[None]]] = []
+
+    @property
+    def versioning(self) -> VersioningConfig:
+        """``memory.versioning``: learning reads whether an extraction model judges, and how much it is shown."""
+        return self._config.versioning
 
     # --- reading -------------------------------------------------------------------------
 
@@ -172,11 +204,17 @@ class Memories:
 
     async def create(self, project_id: str, new: NewMemory, *, api_key: str | None = None,
                      origin: dict[str, Any] | None = None,
-                     claims: Sequence[Claim] | None = None) -> tuple[dict[str, Any], bool]:
+                     claims: Sequence[Claim] | None = None,
+                     dense: list[float] | None = None,
+                     verdict: Verdict | None = None) -> tuple[dict[str, Any], bool]:
         """(response body, created); a near-duplicate is skipped and reinforces the original.
 
         ``origin`` records where a learned memory came from (chat, messages, job);
-        ``claims`` are an extractor's own, used instead of those read from the text.
+        ``claims`` are an extractor's own, used instead of those read from the text;
+        ``dense`` is the text's vector when the caller embedded it with others
+        (``dense_vectors``), else the embedder is called for this text alone;
+        ``verdict`` is the extraction model's versioning verdict on a learned memory, weighed
+        with the rules' (gateway/memory/judgement.py), and recorded as its ``versioning``.
         """
         subject_id, text, fields = new.subject_id, new.text, new.fields.given()
         memory_id = new.id or f"mem_{secrets.token_hex(12)}"
@@ -194,24 +232,41 @@ class Memories:
             # find that memory first and skip), known without an embedding or a search.
             same = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "_text_key": key}, limit=10)
             original = next((doc for doc in same if doc["listing"] == "active"), None)
+            if original is None:
+                original = await self._known_duplicate(project_id, subject_id, key)
             if original is not None:
                 await self._reinforce(project_id, original["id"], stored=original)
                 return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
                         "duplicate_of": original["id"]}, False
 
-        dense = (await self._embed([text], api_key))[0] if self.embedder else None
+        if self.embedder is None:
+            dense = None
+        elif dense is None:
+            dense = (await self._embed([text], api_key))[0]
         decision = Decision("create")
         searched: dict[str, dict[str, Any]] = {}  # the index fields of the candidates search found
+        # Who decided, when an extraction model judged (None: the rules alone, as ever).
+        versioning: dict[str, Any] | None = None
         if not new.no_supersede:
             found, searched = await self._candidates(project_id, subject_id, text, claims, dense)
             # The memory named in ``supersedes`` is replaced, never a reason to skip this one.
             candidates = [candidate for candidate in found if candidate.memory_id != replaces]
-            decision = decide(self._comparer, self._config.versioning, text, claims, candidates)
+            if verdict is not None and replaces is None:
+                targets = await self._verdict_targets(project_id, subject_id, verdict, candidates)
+                decision, versioning = reconcile(self._comparer, self._config.versioning, text, claims, candidates,
+                                                 targets, verdict)
+            else:
+                decision = decide(self._comparer, self._config.versioning, text, claims, candidates)
         if decision.action == "skip":
             assert decision.duplicate_of is not None
             await self._reinforce(project_id, decision.duplicate_of, indexed=searched.get(decision.duplicate_of))
+            if replaces is None:
+                wording_id = _wording_id(subject_id, key)
+                await self._store.put(DUPLICATE_WORDINGS, project_id, wording_id, {
+                    "id": wording_id, "subject_id": subject_id, "memory_id": decision.duplicate_of})
             return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
-                    "duplicate_of": decision.duplicate_of}, False
+                    "duplicate_of": decision.duplicate_of,
+                    **({"versioning": versioning} if versioning is not None else {})}, False
         if replaces is not None and replaces not in decision.superseded_ids:
             replaced = await self._store.get(MEMORIES, project_id, replaces)
             if replaced is not None and replaced["status"] == "active":
@@ -242,6 +297,8 @@ class Memories:
         }
         if origin is not None:
             doc["origin"] = origin
+        if versioning is not None:
+            doc["versioning"] = versioning
         indexed = self._upkeep.indexed(doc, dense)
         before = [previous["id"]] if previous else []
         async with self.truth.writing(project_id, subject_id), self._upkeep.index_repair(
@@ -256,10 +313,7 @@ class Memories:
                 await self._upkeep.link_next(project_id, previous["id"], memory_id)
             for old_id in decision.superseded_ids:
                 await self._set_status(project_id, old_id, "superseded", superseded_by=memory_id)
-        self.events.publish(project_id, subject_id, "memory.created", {
-            "id": memory_id, "subject_id": subject_id, "text": text, "kind": doc["kind"],
-            "visibility": doc["visibility"], "importance": doc["importance"], "tags": doc["tags"],
-            "created_at": stamp})
+        self.events.publish(project_id, subject_id, "memory.created", created_event(doc))
         for old_id in decision.superseded_ids:
             self.events.publish(project_id, subject_id, "memory.superseded", {"id": old_id, "superseded_by": memory_id})
         return {"id": memory_id, **summary, "created": True, "superseded_count": len(decision.superseded_ids),
@@ -295,6 +349,7 @@ class Memories:
             await self._store.put(MEMORIES, project_id, memory_id, doc)
             if "text" in fields:
                 await self._store.delete_where(LEGACY_CLAIMS, project_id, {"memory_id": memory_id})
+                await self._store.delete_where(DUPLICATE_WORDINGS, project_id, {"memory_id": memory_id})
                 await self._rewrite_claims(project_id, doc, claims)
                 await self._index.upsert(project_id, [indexed])
                 await self._upkeep.refresh_context(project_id, neighbours(doc))
@@ -346,6 +401,7 @@ class Memories:
         async with self.truth.writing(project_id, subject_id):
             claims = await self.truth.erase_subject(project_id, subject_id)
         claims += await self._store.delete_where(LEGACY_CLAIMS, project_id, {"subject_id": subject_id})
+        await self._store.delete_where(DUPLICATE_WORDINGS, project_id, {"subject_id": subject_id})
         return {"memories": memories, "claims": claims}
 
     # --- claims through the API (the truth graph, kept in agreement with versioning) -------
@@ -467,9 +523,26 @@ class Memories:
         """Write a stored memory's index point again from the store (see IndexUpkeep.reindex)."""
         await self._upkeep.reindex(project_id, memory_id, api_key=api_key)
 
+    async def reindex_many(self, project_id: str, memory_ids: Sequence[str], *, api_key: str | None = None) -> None:
+        """``reindex`` for many memories, their texts embedded a batch per model call (an import)."""
+        await self._upkeep.reindex_many(project_id, memory_ids, api_key=api_key)
+
     async def repair(self, project_id: str, memory_ids: Sequence[str]) -> None:
         """Run an index-repair job (REINDEX_JOB): rewrite each memory's index point from the store."""
         await self._upkeep.repair(project_id, memory_ids)
+
+    async def dense_vectors(self, texts: Sequence[str], *, api_key: str | None = None) -> list[list[float] | None]:
+        """The dense vectors of texts about to be stored, a batch per embedder call (None each
+        without an embedder), for ``create(dense=...)``. A local model encodes a batch in
+        little more time than one text (bench/embed_ingest), and a text's vector does not
+        depend on what is stored, so versioning still weighs each new memory against those
+        created just before it."""
+        if self.embedder is None or not texts:
+            return [None] * len(texts)
+        vectors: list[list[float] | None] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            vectors += await self._embed(list(texts[start:start + EMBED_BATCH]), api_key)
+        return vectors
 
     # --- search and recall ---------------------------------------------------------------
 
@@ -484,23 +557,19 @@ class Memories:
         hits = await self._index.search(project_id, IndexQuery(subject_id, sparse, dense, limit=limit))
         return self._ranking.rank(query, hits, min_score)
 
-    async def mark_recalled(self, project_id: str, recalls: Sequence[tuple[SearchHit, float]]) -> None:
-        """Count recalls, each (hit, when): the memory's seen tally up and its decay restarted
-        (one small write for all of them), and its counts in the index refreshed where a
-        ranking would notice (gateway/memory/reinforcement.py)."""
-        if not recalls:
-            return
-        await self._store.increment(MEMORIES, project_id,
-                                    [Increment(hit.memory_id, SEEN, when) for hit, when in recalls])
-        by_memory: dict[str, tuple[SearchHit, int, float]] = {}
-        for hit, when in recalls:
-            _, times, latest = by_memory.get(hit.memory_id, (hit, 0, 0.0))
-            by_memory[hit.memory_id] = (hit, times + 1, max(latest, when))
+    async def refresh_recall_counts(self, project_id: str, hits: Mapping[str, SearchHit],
+                                    counted: Sequence[Increment]) -> None:
+        """After recalls were counted (``counted``: their seen increments, written with their events:
+        gateway/memory/recall_log.py), the index's copy of a memory's counts is rewritten where a
+        ranking would notice (gateway/memory/reinforcement.py); ``hits``: each memory as search found it."""
         behind = []
-        for memory_id, (hit, times, latest) in by_memory.items():
-            seen_count = int(hit.fields.get("seen_count") or 0) + times
-            if index_is_behind(hit.fields, seen_count, latest):
-                behind.append(RecallCounts(memory_id, seen_count, latest))
+        for increment in counted:
+            fields = hits[increment.doc_id].fields
+            seen_count = int(fields.get("seen_count") or 0) + increment.by
+            if index_is_behind(fields, seen_count, increment.at):
+                behind.append(RecallCounts(increment.doc_id, seen_count, increment.at))
+        if not behind:
+            return
         try:
             await self._index.touch(project_id, behind)
         except Exception:
@@ -536,6 +605,40 @@ class Memories:
                         found[memory_id] = Candidate(memory_id, other["text"], [
                             Claim(truth["predicate"], truth["object_value"], truth["slot"])])
         return list(found.values()), indexed
+
+    async def related(self, project_id: str, subject_id: str, query: str, *, limit: int) -> list[tuple[str, str]]:
+        """The subject's own active memories a turn may be about, most related first, as (id, text):
+        the best lexical matches of ``query``, then the newest others. A change of value often
+        shares no word with what it changes ("I got married" / "User is single"), so recent
+        memories make up the rest (gateway/memory/judgement.py shows them to the extraction
+        model). Never another subject's memory, nor a shared one: versioning compares a
+        subject's own memories only. No embedder call: the judge costs no model call."""
+        hits = await self._index.search(project_id, IndexQuery(subject_id, self._lexicon.query_vector(query), None,
+                                                               include_shared=False, limit=limit))
+        found = {hit.memory_id: str(hit.fields["text"]) for hit in hits}
+        if len(found) < limit:
+            newest = await self._store.find(MEMORIES, project_id, {"subject_id": subject_id, "listing": "active"},
+                                            limit=limit, newest_first=True)
+            for doc in newest:
+                if len(found) < limit:
+                    found.setdefault(doc["id"], doc["text"])
+        return list(found.items())
+
+    async def _verdict_targets(self, project_id: str, subject_id: str, verdict: Verdict,
+                               candidates: Sequence[Candidate]) -> dict[str, Candidate]:
+        """The memories a verdict names that are still the subject's active ones, by id (those the
+        rules' search found as it found them, the others from the store)."""
+        known = {candidate.memory_id: candidate for candidate in candidates}
+        targets: dict[str, Candidate] = {}
+        for memory_id in verdict.target_ids:
+            if memory_id in known:
+                targets[memory_id] = known[memory_id]
+                continue
+            doc = await self._store.get(MEMORIES, project_id, memory_id)
+            if doc is not None and doc["subject_id"] == subject_id and doc["listing"] == "active":
+                targets[memory_id] = Candidate(memory_id, doc["text"],
+                                               [Claim(p, v) for p, v in doc.get("_claims", [])])
+        return targets
 
     async def _assert_claims(self, project_id: str, doc: dict[str, Any], claims: Sequence[Claim], *,
                              winner: bool = True) -> list[Asserted]:
@@ -602,6 +705,14 @@ class Memories:
         for hook in self.on_left if status == "superseded" else ():
             await hook(project_id, doc["subject_id"], memory_id, "superseded")
 
+    async def _known_duplicate(self, project_id: str, subject_id: str, key: str) -> dict[str, Any] | None:
+        """The active memory a text with this key was last judged a duplicate of, if any."""
+        wording = await self._store.get(DUPLICATE_WORDINGS, project_id, _wording_id(subject_id, key))
+        if wording is None:
+            return None
+        doc = await self._store.get(MEMORIES, project_id, wording["memory_id"])
+        return doc if doc is not None and doc["listing"] == "active" else None
+
     async def _reinforce(self, project_id: str, memory_id: str, *, indexed: dict[str, Any] | None = None,
                          stored: dict[str, Any] | None = None) -> None:
         """Stating a remembered fact again strengthens it and restarts its decay: its reinforced
@@ -612,8 +723,9 @@ class Memories:
             doc = stored if stored is not None else await self._store.get(MEMORIES, project_id, memory_id)
             if doc is None:
                 return
-            counted = (await self._counted(project_id, [dict(doc)]))[0]
-            indexed = {"seen_count": counted["seen_count"], "last_seen_at": counted.get("_last_seen")}
+            tallies = await self._store.tallies(MEMORIES, project_id, [memory_id])
+            seen_count, last_seen = seen_counts(doc, tallies.get(memory_id))
+            indexed = {"seen_count": seen_count, "last_seen_at": last_seen}
         now = time.time()
         await self._store.increment(MEMORIES, project_id, [Increment(memory_id, REINFORCED, now)])
         seen_count = int(indexed.get("seen_count") or 0)

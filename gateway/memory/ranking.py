@@ -46,9 +46,9 @@ class Ranking:
 
     def query_vector(self, query: str, context: Sequence[str]) -> SparseVector:
         """The lexical query: the query's terms, and at a lower weight those of the conversation context."""
-        weights = {index: 1.0 for index in self._lexicon.query_vector(query).indices}
+        weights = dict.fromkeys(self._lexicon.query_ids(query), 1.0)
         for line in context:
-            for index in self._lexicon.query_vector(line).indices:
+            for index in self._lexicon.query_ids(line):
                 weights.setdefault(index, CONTEXT_TERM_WEIGHT)
         ordered = sorted(weights)
         return SparseVector(ordered, [weights[i] for i in ordered])

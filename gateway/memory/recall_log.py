@@ -4,8 +4,9 @@ What a turn recalled is written once the turn is answered (a turn that fails rec
 nothing): a recall event per memory, and the memory's seen tally (gateway/memory/
 reinforcement.py). Doing that inside the request cost more than the recall itself, so a
 turn only hands its recalls to this log, and the log writes everything handed to it within
-``flush_delay_seconds`` in one batch: one store write for every turn's events, one for the
-counts, and the few index updates a ranking would notice.
+``flush_delay_seconds`` in one batch: one atomic store write for every turn's events and the
+counts they add (a memory recalled by several turns of the batch is one tally row), then the
+few index updates a ranking would notice.
 
 What a crash can lose: the recalls of turns answered in the last ``flush_delay_seconds``
 (5 ms by default) before a SIGKILL or power loss, which are in memory only; a clean
@@ -35,7 +36,8 @@ from gateway.erasure import SubjectErased, SubjectErasure
 from gateway.ids import ordered_id
 from gateway.memory.memories import Memories
 from gateway.memory.ranking import SearchHit
-from gateway.memory.recalls import RecalledMemory, RecallEvents, turn_document
+from gateway.memory.recalls import RecallEvents, turn_document
+from gateway.memory.reinforcement import seen_increments
 
 log = logging.getLogger("gateway.memory")
 
@@ -65,7 +67,7 @@ class RecalledTurn:
     def document(self) -> tuple[str, dict[str, Any]]:
         return turn_document(self.project_id, self.turn_id, {"subject_id": self.subject_id, **self.details,
                                                              "recalled_at": from_timestamp(self.recalled_at)},
-                             [RecalledMemory(hit.memory_id, hit.text, round(hit.score * 100, 1)) for hit in self.hits])
+                             [(hit.memory_id, hit.text, round(hit.score * 100, 1)) for hit in self.hits])
 
 
 class RecallLog:
@@ -157,7 +159,9 @@ class RecallLog:
                 pass
 
     async def _record(self, project_id: str, turns: Sequence[RecalledTurn]) -> None:
-        # The events first: written again after a failure, they replace themselves (fixed ids). The
-        # counts last: an increment is the one write a retry would repeat.
-        await self._recalls.record(project_id, [turn.document() for turn in turns])
-        await self._memories.mark_recalled(project_id, [(hit, turn.recalled_at) for turn in turns for hit in turn.hits])
+        counted = seen_increments((hit.memory_id, turn.recalled_at) for turn in turns for hit in turn.hits)
+        # The events and the seen counts they add: one atomic write (one commit on SQLite), so a
+        # batch retried after a failure neither loses nor doubles a count.
+        await self._recalls.record(project_id, [turn.document() for turn in turns], counted)
+        await self._memories.refresh_recall_counts(project_id, {hit.memory_id: hit for turn in turns
+                                                                for hit in turn.hits}, counted)

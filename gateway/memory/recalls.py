@@ -13,11 +13,11 @@ new ones and erased with them; they are all older than any turn document.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from collections.abc import Sequence
 
-from gateway.store import Collection, DocumentStore
+from gateway.memory.index_upkeep import MEMORIES
+from gateway.store import Collection, DocumentStore, Increment
 
 RECALL_TURNS = Collection("recall_turns", indexes=(("chat_id",), ("memory_ids",), ("subject_id",)),
                           multi_valued=("memory_ids",))
@@ -25,22 +25,15 @@ RECALL_TURNS = Collection("recall_turns", indexes=(("chat_id",), ("memory_ids",)
 RECALLS = Collection("memory_recalls", indexes=(("chat_id",), ("memory_id",), ("subject_id",)))
 
 
-@dataclass(frozen=True)
-class RecalledMemory:
-    memory_id: str
-    text: str
-    # 0-100, as recall events report it.
-    similarity_score: float
-
-
 def turn_document(project_id: str, turn_id: str, turn: dict[str, Any],
-                  memories: Sequence[RecalledMemory]) -> tuple[str, dict]:
+                  memories: Sequence[tuple[str, str, float]]) -> tuple[str, dict]:
     """(id, document) of one turn's recalls. ``turn``: subject_id, chat_id, message_index,
-    chat_logged, request_type, model, metadata, recalled_at (the fields every event shares)."""
-    unique = list({memory.memory_id: memory for memory in memories}.values())
+    chat_logged, request_type, model, metadata, recalled_at (the fields every event shares);
+    ``memories``: each recalled memory's (memory_id, text, similarity_score 0-100)."""
+    unique = list({memory[0]: memory for memory in memories}.values())
     return turn_id, {"turn_id": turn_id, "project_id": project_id, **turn,
-                     "memory_ids": [memory.memory_id for memory in unique],
-                     "hits": [[memory.memory_id, memory.text, memory.similarity_score] for memory in unique]}
+                     "memory_ids": [memory[0] for memory in unique],
+                     "hits": [[memory_id, text, score] for memory_id, text, score in unique]}
 
 
 def _events(doc: dict[str, Any], only: str | None = None) -> list[dict[str, Any]]:
@@ -60,9 +53,12 @@ class RecallEvents:
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
 
-    async def record(self, project_id: str, turns: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Store turn documents (``turn_document``), all in one write."""
-        await self._store.put_many(RECALL_TURNS, project_id, turns)
+    async def record(self, project_id: str, turns: Sequence[tuple[str, dict[str, Any]]],
+                     counts: Sequence[Increment] = ()) -> None:
+        """Store turn documents (``turn_document``) and add ``counts`` to the recalled memories'
+        tallies (``reinforcement.seen_increments``), all in one atomic write: written again after
+        a failure, the documents replace themselves (fixed ids) and the counts were never added."""
+        await self._store.put_many_and_increment(RECALL_TURNS, project_id, turns, MEMORIES, counts)
 
     async def for_chat(self, project_id: str, chat_id: str, limit: int) -> list[dict[str, Any]]:
         """The chat's recall events, oldest first (up to ``limit``)."""

@@ -14,10 +14,11 @@ minute is a change in the fourth decimal of a memory's weight.
 from __future__ import annotations
 
 from typing import Any
+from collections.abc import Iterable
 
 from gateway.clock import from_timestamp
 from gateway.memory.scoring import SEEN_SATURATION
-from gateway.store import Tally
+from gateway.store import Increment, Tally
 
 # Tally names.
 SEEN = "seen"  # recalled into a turn
@@ -44,6 +45,29 @@ def with_tallies(doc: dict[str, Any], tallies: dict[str, Tally] | None) -> dict[
     if latest:
         doc["_last_seen"] = latest
     return doc
+
+
+def seen_counts(doc: dict[str, Any], tallies: dict[str, Tally] | None) -> tuple[int, float | None]:
+    """(seen_count, last seen or reinforced, epoch seconds) of ``doc`` with its tallies: what the
+    index keeps of them, read without formatting the API's timestamps."""
+    seen_count, latest = doc.get("seen_count", 0), doc.get("_last_seen") or 0.0
+    seen, reinforced = (tallies or {}).get(SEEN), (tallies or {}).get(REINFORCED)
+    if seen is not None:
+        seen_count += seen.count
+        latest = max(latest, seen.last_at)
+    if reinforced is not None:
+        latest = max(latest, reinforced.last_at)
+    return seen_count, latest or None
+
+
+def seen_increments(recalls: Iterable[tuple[str, float]]) -> list[Increment]:
+    """The seen tallies' increments for recalls, each (memory id, when): one per memory, however
+    many turns of a batch recalled it (one row to write, not one per turn)."""
+    counted: dict[str, tuple[int, float]] = {}
+    for memory_id, when in recalls:
+        times, latest = counted.get(memory_id, (0, 0.0))
+        counted[memory_id] = (times + 1, max(latest, when))
+    return [Increment(memory_id, SEEN, latest, times) for memory_id, (times, latest) in counted.items()]
 
 
 def index_is_behind(indexed: dict[str, Any], seen_count: int, last_seen: float) -> bool:

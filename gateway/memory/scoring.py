@@ -21,6 +21,20 @@ _REINFORCEMENT_SATURATION = math.log1p(SEEN_SATURATION)
 
 
 def weight(fields: dict[str, Any], now: float, config: RecallConfig) -> float:
+    importance, confidence, reinforcement, freshness = _factors(fields, now, config)
+    standing = 0.55 + 0.25 * importance + 0.1 * confidence + 0.1 * reinforcement
+    return standing * (0.6 + 0.4 * freshness)
+
+
+def weight_parts(fields: dict[str, Any], now: float, config: RecallConfig) -> dict[str, float]:
+    """What ``weight`` is made of, each 0-1, and the weight: how a search explains its ranking."""
+    importance, confidence, reinforcement, freshness = _factors(fields, now, config)
+    return {"importance": importance, "confidence": confidence, "reinforcement": reinforcement,
+            "freshness": freshness, "weight": weight(fields, now, config)}
+
+
+def _factors(fields: dict[str, Any], now: float, config: RecallConfig) -> tuple[float, float, float, float]:
+    """(importance, confidence, reinforcement, freshness) of a memory's index fields."""
     importance = float(fields.get("importance", 50)) / 100
     confidence = float(fields.get("confidence", 0.8))
     seen = int(fields.get("seen_count", 0))
@@ -28,5 +42,4 @@ def weight(fields: dict[str, Any], now: float, config: RecallConfig) -> float:
     half_life = config.temporal_half_life_days if fields.get("is_temporal") else config.half_life_days
     freshness = 0.5 ** (max(0.0, now - last_touched) / DAY / half_life)
     reinforcement = min(1.0, math.log1p(seen) / _REINFORCEMENT_SATURATION)
-    standing = 0.55 + 0.25 * importance + 0.1 * confidence + 0.1 * reinforcement
-    return standing * (0.6 + 0.4 * freshness)
+    return importance, confidence, reinforcement, freshness

@@ -10,7 +10,8 @@ the provider's, and a second call could mean a second generation.
 httpcore's trace events tell which case it was: ``connection.connect_tcp.*`` only happens
 on a new connection, ``*.receive_response_headers.complete`` once the answer began.
 
-The gateway's pooled client and the client LiteLLM's OpenAI calls use both send through it.
+The client LiteLLM's OpenAI calls use sends through it; the native passthrough's client
+(provider_http.py) retries the same case itself.
 """
 
 from __future__ import annotations

@@ -237,6 +237,12 @@ class DocumentStore(Protocol):
     async def increment(self, collection: Collection, project_id: str, increments: Iterable[Increment]) -> None:
         """Add to tallies (created at zero), all in one atomic write."""
 
+    async def put_many_and_increment(self, collection: Collection, project_id: str,
+                                     docs: Iterable[tuple[str, Document]], tallied: Collection,
+                                     increments: Iterable[Increment]) -> None:
+        """``put_many(collection, ...)`` and ``increment(tallied, ...)`` as one atomic write: a
+        batch of events and the counts they add go in together or not at all."""
+
     async def tallies(self, collection: Collection, project_id: str,
                       doc_ids: Iterable[str]) -> dict[str, dict[str, Tally]]:
         """The tallies of these documents, by document id then name (documents with none are left out)."""

@@ -310,22 +310,7 @@ class RedisDocumentStore:
         await self._put(keys=keys, args=args)
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
-        base = self._base(collection, project_id)
-        # Every call checked before the first is sent: a bad document writes none of them.
-        calls = [self._put_call(collection, base, doc_id, doc, 0) for doc_id, doc in docs]
-        if len(calls) == 1:
-            # One script is atomic by itself, and one round trip: redis-py sends a pipeline that
-            # holds a script after a SCRIPT EXISTS of its own.
-            [(keys, args)] = calls
-            await self._put(keys=keys, args=args)
-            return
-        # MULTI/EXEC: all of them or none, also if the connection drops midway. Every key
-        # (P{p}:c:d:<id>, P{p}:c:seq, P{p}:c:i:..., P{p}:c:o:...) carries the project's tag,
-        # so a cluster takes the transaction too, on the project's master.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for keys, args in calls:
-                await queue_script(self._put, pipe, keys, args)
-            await pipe.execute()
+        await self.put_many_and_increment(collection, project_id, docs, collection, ())
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
         base = self._base(collection, project_id)
@@ -339,15 +324,43 @@ class RedisDocumentStore:
                                     args=[base + "d:", 0, -1, 0, "delete"]))
 
     async def increment(self, collection: Collection, project_id: str, increments: Iterable[Increment]) -> None:
+        keys, args = self._increment_call(self._base(collection, project_id), increments)
+        if keys:
+            # One script, so the whole batch is one atomic write (all keys share the project's slot).
+            await self._increment(keys=keys, args=args)
+
+    async def put_many_and_increment(self, collection: Collection, project_id: str,
+                                     docs: Iterable[tuple[str, Document]], tallied: Collection,
+                                     increments: Iterable[Increment]) -> None:
         base = self._base(collection, project_id)
+        # Every call checked before the first is sent: a bad document writes nothing.
+        calls = [(self._put, *self._put_call(collection, base, doc_id, doc, 0)) for doc_id, doc in docs]
+        keys, args = self._increment_call(self._base(tallied, project_id), increments)
+        if keys:
+            calls.append((self._increment, keys, args))
+        if len(calls) == 1:
+            # One script is atomic by itself, and one round trip: redis-py sends a pipeline that
+            # holds a script after a SCRIPT EXISTS of its own.
+            script, keys, args = calls[0]
+            await script(keys=keys, args=args)
+        elif calls:
+            # MULTI/EXEC: all of them or none, also if the connection drops midway. Every key
+            # (P{p}:c:d:<id>, P{p}:c:seq, P{p}:c:i:..., P{p}:c:o:..., P{p}:c:t:<id>) carries the
+            # project's tag, so a cluster takes the transaction too, on the project's master.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for script, keys, args in calls:
+                    await queue_script(script, pipe, keys, args)
+                await pipe.execute()
+
+    @staticmethod
+    def _increment_call(base: str, increments: Iterable[Increment]) -> tuple[list[str], list[Any]]:
+        """The increment script's keys and arguments for these increments."""
         keys: list[str] = []
         args: list[Any] = []
         for increment in increments:
             keys.append(base + "t:" + increment.doc_id)
             args += [increment.name, increment.by, repr(float(increment.at))]
-        if keys:
-            # One script, so the whole batch is one atomic write (all keys share the project's slot).
-            await self._increment(keys=keys, args=args)
+        return keys, args
 
     async def tallies(self, collection: Collection, project_id: str,
                       doc_ids: Iterable[str]) -> dict[str, dict[str, Tally]]:

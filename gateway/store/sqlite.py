@@ -334,15 +334,7 @@ class SqliteDocumentStore:
         self._maybe_sweep()
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
-        require_project(project_id)
-        self._db.execute("BEGIN")
-        try:
-            for doc_id, doc in docs:
-                self._put_one(collection, project_id, doc_id, doc, None)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        await self.put_many_and_increment(collection, project_id, docs, collection, ())
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
         require_project(project_id)
@@ -383,13 +375,22 @@ class SqliteDocumentStore:
         return len(seqs)
 
     async def increment(self, collection: Collection, project_id: str, increments: Iterable[Increment]) -> None:
+        await self.put_many_and_increment(collection, project_id, (), collection, increments)
+
+    async def put_many_and_increment(self, collection: Collection, project_id: str,
+                                     docs: Iterable[tuple[str, Document]], tallied: Collection,
+                                     increments: Iterable[Increment]) -> None:
         require_project(project_id)
-        rows = [(collection.name, project_id, i.doc_id, i.name, i.by, i.at) for i in increments]
-        if not rows:
+        docs = list(docs)
+        rows = [(tallied.name, project_id, i.doc_id, i.name, i.by, i.at) for i in increments]
+        if not docs and not rows:
             return
-        # A row of a few dozen bytes per tally: far less to write than the document it counts for.
+        # One transaction, one commit: each commit writes every page it touched into the WAL.
         self._db.execute("BEGIN")
         try:
+            for doc_id, doc in docs:
+                self._put_one(collection, project_id, doc_id, doc, None)
+            # A row of a few dozen bytes per tally: far less to write than the document it counts for.
             self._db.executemany(
                 "INSERT INTO tallies (collection, project_id, doc_id, name, count, last_at) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (collection, project_id, doc_id, name) DO UPDATE SET count = count + excluded.count, "

@@ -85,6 +85,7 @@ class ProjectA:
     claims: dict[str, str] = field(default_factory=dict)  # role -> claim id (the truth graph)
     records: dict[str, str] = field(default_factory=dict)  # role -> record id (of type RECORD_TYPE)
     integrations: dict[str, str] = field(default_factory=dict)  # role -> integration id
+    job: str = ""  # the learn job that keeps failing (waiting an hour for its next run)
     sentinels: dict[str, str] = field(default_factory=dict)  # label -> sentinel word
     # Every object id A can read (memories, claims, prompts, policies, jobs, recall events...),
     # collected from A's own reads once everything exists.
@@ -208,6 +209,7 @@ def populate_project_a(gateway, client: httpx.Client) -> ProjectA:
         jobs = expect(client.get(f"{api}/jobs"), 200)["data"]
         return len(jobs) == 1 and jobs[0]["status"] == "failed"
     assert wait_until(job_failed, timeout=20), client.get(f"{api}/jobs").text
+    a.job = expect(client.get(f"{api}/jobs"), 200)["data"][0]["id"]
     return a
 
 
@@ -284,6 +286,7 @@ A_VALUES_BY_PATH_PARAMETER: dict[str, Callable[[ProjectA], list[str]]] = {
     "type_name": lambda a: [RECORD_TYPE, OTHER_RECORD_TYPE],
     "record_id": lambda a: list(a.records.values()),
     "integration_id": lambda a: list(a.integrations.values()),
+    "job_id": lambda a: [a.job],  # B asks to run A's failing job now
 }
 
 
@@ -298,6 +301,8 @@ def query_variants(a: ProjectA) -> list[dict[str, str]]:
         {"chat_id": a.chat},
         {"memory_id": a.memories["secret"]},
         {"memory_id": a.memories["secret"], "stats": "true"},
+        # A's subject as a search term (GET /subjects lists a subject found by its exact id).
+        {"q": a.subject},
     ]
 
 
@@ -339,6 +344,7 @@ HOSTILE_BODIES: dict[str, Callable[[ProjectA], list[Any]]] = {
          "source_memory_id": a.memories["fruit"]},
     ],
     "retract_claim": lambda a: [None, {"reason": "project B says so"}],
+    "retry_job": lambda a: [None],
     "update_profile": lambda a: [{"subject_id": a.subject, "updates": [
         {"field_key": "name", "value": "Project B"}, {"field_key": "nickname", "value": "written by B"}]}],
     # B defines a type of the same name (its own), then writes and reads under it naming A's records.
@@ -575,7 +581,7 @@ def placeholder_project_a() -> ProjectA:
                  prompts={"project": "sp_placeholder"}, policies={"project": "mp_placeholder"},
                  claims={"drink": "clm_placeholder"},
                  records={"private": "rec_placeholder", "public": "rec_placeholder_public"},
-                 integrations={"crm": "int_placeholder"})
+                 integrations={"crm": "int_placeholder"}, job="job_placeholder")
     a.mark("codeword")
     return a
 
