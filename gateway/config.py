@@ -424,6 +424,11 @@ class RecallConfig(_Strict):
     # The subject's current claim truths injected beside the memories, the latest to become
     # true first (those whose memory was recalled are not repeated); 0: none.
     truths: int = Field(default=20, ge=0, le=200)
+    # Recall events and counts are written in one batch this long after the first answer that
+    # has some (gateway/memory/recall_log.py). Longer: fewer, larger writes (the same memory
+    # recalled by several turns is one tally row); what a SIGKILL or power loss can lose is the
+    # recalls of the turns answered in this window.
+    events_flush_ms: float = Field(default=5, ge=0, le=1000)
 
 
 class MemoryConfig(_Strict):

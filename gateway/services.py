@@ -139,7 +139,8 @@ class Services:
         integration_values = IntegrationValues(integrations)
         extractor: Extractor = registry.create("extractor", config.learning.extractor.provider,
                                                config.learning.extractor, config.providers)
-        recall_log = RecallLog(recalls, memories, erasure)
+        recall_log = RecallLog(recalls, memories, erasure,
+                               flush_delay_seconds=config.memory.recall.events_flush_ms / 1000)
         # The same extractor learns a turn's records (mnx.records.learn), after its memories.
         learner = Learner(memories, policies, extractor, erasure, profiles=profiles,
                           records=RecordsLearner(records, extractor, locks=subject_locks("records-learning")))

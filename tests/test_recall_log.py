@@ -14,7 +14,7 @@ from gateway.config import parse_config
 from gateway.memory.changes import NewMemory
 from gateway.memory.memories import MEMORIES
 from gateway.memory.recall_log import RecalledTurn, RecallLog
-from gateway.memory.recalls import RECALLS
+from gateway.memory.recalls import RECALL_TURNS, RECALLS
 from gateway.services import Services
 from tests.conftest import edge_memory
 
@@ -134,3 +134,33 @@ def test_counts_an_older_gateway_kept_in_the_document_are_added_to_the_tallies(t
         await services.aclose()
 
     asyncio.run(scenario())
+
+
+def test_recall_events_are_written_after_the_configured_flush_delay(tmp_path):
+    """memory.recall.events_flush_ms decides how long a turn's recalls wait in memory: with a
+    long delay nothing is in the store yet, and the batch lands once the delay has passed."""
+    async def scenario() -> None:
+        services = Services.build(parse_config({
+            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
+            "memory": {**edge_memory(tmp_path / "index"), "recall": {"events_flush_ms": 300}},
+            "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
+        services.recall_log.add(await recalled_turn(services, "cy", "Cy grows tomatoes", chat_id="cy-chat"))
+        stored = services.store.find
+        await asyncio.sleep(0.1)
+        assert await stored(RECALL_TURNS, "p", {"chat_id": "cy-chat"}) == []  # still waiting, in memory
+        await asyncio.sleep(0.5)
+        [document] = await stored(RECALL_TURNS, "p", {"chat_id": "cy-chat"})
+        assert document["hits"][0][1] == "Cy grows tomatoes"
+        await services.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_flush_delay_setting_is_bounded():
+    for bad in (-1, 1001, "soon"):
+        try:
+            parse_config({"memory": {"recall": {"events_flush_ms": bad}}})
+        except Exception as error:
+            assert "events_flush_ms" in str(error)
+        else:
+            raise AssertionError(f"events_flush_ms {bad!r} was accepted")

@@ -9,8 +9,10 @@ counts they add (a memory recalled by several turns of the batch is one tally ro
 few index updates a ranking would notice.
 
 What a crash can lose: the recalls of turns answered in the last ``flush_delay_seconds``
-(5 ms by default) before a SIGKILL or power loss, which are in memory only; a clean
-shutdown writes them first. History and learn jobs are not affected: they are written
+(``memory.recall.events_flush_ms``, 5 ms by default) before a SIGKILL or power loss, which
+are in memory only; a clean shutdown writes them first. A longer delay makes fewer, larger
+batches: at one turn per 1.5 ms, 20 ms gathers a dozen turns, whose shared memories are one
+tally row each, for four times the window a crash can lose. History and learn jobs are not affected: they are written
 before the answer leaves (gateway/pipeline/record.py). While the store is unreachable the
 log keeps up to ``max_pending`` turns and retries; beyond that it drops the oldest, saying
 so in the log.
@@ -41,7 +43,7 @@ from gateway.memory.reinforcement import seen_increments
 
 log = logging.getLogger("gateway.memory")
 
-FLUSH_DELAY_SECONDS = 0.005
+FLUSH_DELAY_SECONDS = 0.005  # memory.recall.events_flush_ms
 MAX_PENDING_TURNS = 20_000
 # After a failed write, the next attempt waits this long (the store may be restarting).
 RETRY_SECONDS = 1.0
