@@ -11,9 +11,9 @@ few index updates a ranking would notice.
 What a crash can lose: the recalls of turns answered in the last ``flush_delay_seconds``
 (``memory.recall.events_flush_ms``, 5 ms by default) before a SIGKILL or power loss, which
 are in memory only; a clean shutdown writes them first. A longer delay makes fewer, larger
-batches: at one turn per 1.5 ms, 20 ms gathers a dozen turns, whose shared memories are one
-tally row each, for four times the window a crash can lose. History and learn jobs are not affected: they are written
-before the answer leaves (gateway/pipeline/record.py). While the store is unreachable the
+batches (at one turn per 1.5 ms, 20 ms gathers a dozen turns, whose shared memories are one
+tally row each) for a longer window a crash can lose. History and learn jobs are not
+affected: they are written before the answer leaves (gateway/pipeline/record.py). While the store is unreachable the
 log keeps up to ``max_pending`` turns and retries; beyond that it drops the oldest, saying
 so in the log.
 

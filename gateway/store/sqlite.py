@@ -305,8 +305,9 @@ class SqliteDocumentStore:
         ordered = collection.ordered_entries(doc)  # raises before anything is written
         row = (collection.name, project_id, doc_id, codec.encode(doc), expires_at)
         # Most writes store a new document (a message, a recall, a memory under a fresh id): it is
-        # inserted, and has no index rows to clear. Only a document already there is updated, and
-        # its old index rows replaced: two statements fewer for the common case.
+        # inserted, and has no index rows to clear (its seq is AUTOINCREMENT: never one an earlier,
+        # deleted document had). Only a document already there is updated, and its old index rows
+        # replaced: two statements fewer for the common case.
         inserted = self._db.execute(
             "INSERT INTO documents (collection, project_id, doc_id, body, expires_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (collection, project_id, doc_id) DO NOTHING RETURNING seq", row).fetchone()
