@@ -13,9 +13,9 @@ What a crash can lose: the recalls of turns answered in the last ``flush_delay_s
 are in memory only; a clean shutdown writes them first. A longer delay makes fewer, larger
 batches (at one turn per 1.5 ms, 20 ms gathers a dozen turns, whose shared memories are one
 tally row each) for a longer window a crash can lose. History and learn jobs are not
-affected: they are written before the answer leaves (gateway/pipeline/record.py). While the store is unreachable the
-log keeps up to ``max_pending`` turns and retries; beyond that it drops the oldest, saying
-so in the log.
+affected: they are written before the answer leaves (gateway/pipeline/record.py). While the
+store is unreachable the log keeps up to ``max_pending`` turns and retries; beyond that it
+drops the oldest, saying so in the log.
 
 Reads of recall events and counts through the API call ``flush`` first, so a client reads
 its own turns; another gateway sharing the store sees them within the flush delay.
