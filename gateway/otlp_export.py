@@ -112,10 +112,13 @@ def _any_value(value: AttributeValue) -> bytes:
 # Encoded KeyValue messages of scalar attributes already seen: most recur on every turn.
 _encoded_pairs: dict[tuple[str, type, Any], bytes] = {}
 _MAX_CACHED_PAIRS = 4096
+_MAX_CACHED_TEXT = 64
 
 
 def _key_value(key: str, value: AttributeValue) -> bytes:
-    if isinstance(value, (str, bool, int, float)):
+    # Short values only: a long text (mnx.stage.text with tracing.include_text) is not kept in a
+    # process-wide cache after its turn, nor after its subject is erased.
+    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= _MAX_CACHED_TEXT):
         cache_key = (key, type(value), value)
         encoded = _encoded_pairs.get(cache_key)
         if encoded is None:
@@ -263,6 +266,9 @@ class OtlpExporter:
         if status is None or not 200 <= status < 300:
             self._failed += len(spans)
             self._last_problem = problem
+        # Said while the outage lasts (at most every _LOG_EVERY_SECONDS), not only once the queue
+        # empties: under steady traffic to a collector that times out, it never would.
+        self._report_losses()
 
     def _report_losses(self) -> None:
         if not (self._dropped or self._failed):

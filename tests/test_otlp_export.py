@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -100,6 +101,48 @@ def test_a_collector_that_is_down_costs_the_gateway_nothing_but_a_log_line(caplo
             exporter.export([_span(number)])  # never raises, never waits
         exporter.shutdown()
     assert "10 spans not accepted by the collector" in caplog.text
+
+
+def test_a_collector_that_keeps_failing_is_reported_while_spans_keep_coming(monkeypatch, caplog):
+    """The loss is logged during the outage, not only once the queue runs empty (under steady
+    traffic to a collector that answers slowly and badly, it never does)."""
+    monkeypatch.setattr(otlp_export, "MAX_SPANS_PER_REQUEST", 2)
+    monkeypatch.setattr(otlp_export, "_LOG_EVERY_SECONDS", 0.1)
+
+    def failing_collector(body: bytes) -> int:
+        time.sleep(0.05)  # slower than the spans arrive
+        return 503
+
+    exporter = OtlpExporter("unused", "svc", post=failing_collector)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        number = 1
+        while not stop.is_set():
+            exporter.export([_span(number)])
+            number += 1
+            time.sleep(0.005)
+
+    feeder = threading.Thread(target=traffic)
+    with caplog.at_level(logging.WARNING, logger="gateway.tracing"):
+        feeder.start()
+        try:
+            assert wait_until(lambda: "not accepted by the collector" in caplog.text, timeout=5), caplog.text
+            assert "HTTP 503" in caplog.text
+        finally:
+            stop.set()
+            feeder.join()
+            exporter.shutdown()
+
+
+def test_long_texts_are_encoded_but_not_kept_in_the_attribute_cache():
+    text = "Ann keeps bees on her roof in Lisbon " * 10
+    span = FinishedSpan("s", TRACE_ID, 1, None, KIND_CLIENT, 0, 1, {"mnx.stage.text": text, "mnx.stage": "recall"})
+    request = _decoded([span])
+    values = {a.key: _value(a.value) for a in request.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert values["mnx.stage.text"] == text
+    cached = {value for (_, _, value) in otlp_export._encoded_pairs}
+    assert text not in cached and "recall" in cached
 
 
 def test_spans_past_the_bound_are_dropped_oldest_first(monkeypatch, caplog):

@@ -16,6 +16,7 @@ from typing import Any
 from collections.abc import Iterator
 
 import pytest
+from qdrant_edge import SparseVector
 
 from gateway.config import EdgeVectorsConfig, QdrantVectorsConfig, RedisVectorsConfig, VectorsConfig
 from gateway.errors import ConfigError
@@ -23,6 +24,7 @@ from gateway.memory.backends import open_vector_index, prepare
 from gateway.memory.edge_index import FREQUENCIES_FILE, LAYOUT, LAYOUT_FILE, EdgeIndex
 from gateway.memory.lexical import Lexicon
 from gateway.memory.qdrant_index import QdrantIndex
+from gateway.memory.ranking import CONTEXT_TERM_WEIGHT
 from gateway.memory.redis_index import RedisIndex
 from gateway.memory.vector_index import IndexedMemory, IndexMismatch, IndexQuery, RecallCounts
 from tests.redis_stack import redis_stack  # noqa: F401  (the fixture, for the redis kind)
@@ -204,6 +206,25 @@ def test_a_lexical_update_replaces_words_and_fields_but_keeps_the_dense_vector(k
         assert ids(await index.search("p", query("a", "Kyoto"))) == ["trip"]  # its own words stay
         dense_only = await index.search("p", IndexQuery("a", LEXICON.query_vector("the"), dense=[0.9, 0.1, 0.0]))
         assert ids(dense_only)[0] == "trip"
+        await index.close()
+
+    run(scenario())
+
+
+def test_a_query_terms_weight_counts_as_much_as_it_says(kind, tmp_path):
+    """Conversation context enters the lexical query at a lower weight (ranking.CONTEXT_TERM_WEIGHT):
+    two context words must not outweigh the question's own word. Unweighted, the memory holding
+    both context words would win (two matches against one)."""
+    async def scenario() -> None:
+        index = await open_index(kind, tmp_path, None)
+        await index.upsert("p", [memory("louvre", "ann", "Paris Louvre"), memory("berlin", "ann", "Berlin")])
+        question, context = LEXICON.query_vector("berlin"), LEXICON.query_vector("paris louvre")
+        weights = {**dict.fromkeys(context.indices, CONTEXT_TERM_WEIGHT), **dict.fromkeys(question.indices, 1.0)}
+        terms = sorted(weights)
+        weighted = SparseVector(terms, [weights[term] for term in terms])
+        assert ids(await index.search("p", IndexQuery("ann", weighted))) == ["berlin", "louvre"]
+        even = SparseVector(terms, [1.0] * len(terms))
+        assert ids(await index.search("p", IndexQuery("ann", even))) == ["louvre", "berlin"]
         await index.close()
 
     run(scenario())
@@ -519,6 +540,29 @@ def test_a_redis_index_weighs_a_project_wide_word_less_than_a_rare_one(redis_ind
         # words out only when its garbage collector runs, and before late 2025 never took its
         # length out of the average; see docs/architecture.md.)
         await index.close()
+
+    run(scenario())
+
+
+def test_dropping_a_redis_index_whose_prefix_has_pattern_characters_leaves_other_keys(redis_stack):  # noqa: F811
+    """drop() finds the index's keys by their prefix: a * or ? in it is matched as itself."""
+    config = redis_index_config(redis_stack).model_copy(update={"key_prefix": f"mnxtest:{secrets.token_hex(4)}*?:"})
+    bystander = config.key_prefix.replace("*?", "ab") + "f:someone-elses"
+
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(redis_stack)
+        await client.set(bystander, "keep me")
+        index = RedisIndex(config, None)
+        await index.open()
+        await index.upsert("p", [memory("m1", "ann", "Ann keeps bees")])
+        await index.drop()
+        await index.close()
+        assert await client.get(bystander) == b"keep me"
+        assert [key async for key in client.scan_iter(match=f"{config.key_prefix[:-3]}*")] == [bystander.encode()]
+        await client.delete(bystander)
+        await client.aclose()
 
     run(scenario())
 

@@ -21,7 +21,11 @@ Nothing a caller wrote reaches the query language: tag values are hex digests of
 (which embed project and subject ids), and the lexical leg's tokens are derived from the
 lexicon's term ids, so no project id, subject id or query text can break a query or widen it
 to another tenant. A term's token carries a salt of its project, which also keeps each
-project's document frequencies (BM25's IDF) its own, as the embedded index does.
+project's document frequency of a word (BM25's IDF) its own, as the embedded index does; the
+document count and average length BM25 also weighs by are the whole index's.
+
+The lexical leg honours the query's term weights (a conversation-context word counts less
+than the question's own), which the engine's BM25 scorers do not: see _lexical_commands.
 
 The engine has no sparse vectors and (before Redis 8.4's FT.HYBRID) no fusion: the lexical
 and dense legs are two searches sent in one round trip, fused here with the same weighted
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from typing import Any
 from collections.abc import Sequence
 
@@ -250,22 +255,47 @@ class RedisIndex:
             return []
         if len(legs) == 1:
             using, vector = legs[0]
+            if using == SPARSE:
+                weights, commands = self._lexical_commands(project_id, allowed, vector, query.limit)
+                ranked = _weighted_sum(weights, await self._send(commands), query.limit)
+                return await self._read_hits(ranked, [None] * len(ranked))
             reply = await self._client.execute_command(*self._leg_command(project_id, allowed, using, vector,
                                                                           query.limit, fusing=False))
-            ranked = _hits(reply, scores=using == SPARSE, distances=using == DENSE)
-            if using == DENSE:
-                # The engine's cosine distance: the hit's similarity, and its score as on Qdrant.
-                found = [(key, 1.0 - distance) for key, distance in ranked]
-                return await self._read_hits(found, [score for _, score in found])
-            return await self._read_hits(ranked, [None] * len(ranked))
+            # The engine's cosine distance: the hit's similarity, and its score as on Qdrant.
+            found = [(key, 1.0 - distance) for key, distance in _hits(reply, scores=False, distances=True)]
+            return await self._read_hits(found, [score for _, score in found])
         depth = max(PREFETCH_MIN, query.limit)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for using, vector in legs:
-                pipe.execute_command(*self._leg_command(project_id, allowed, using, vector, depth, fusing=True))
-            replies = await pipe.execute()
-        rankings = [(using, [key for key, _ in _hits(reply, scores=False, distances=False)])
-                    for (using, _), reply in zip(legs, replies)]
+        # Both legs in one round trip: the lexical leg's searches (one per term weight), then the dense one.
+        (_, sparse), (_, dense) = legs  # search_legs: the lexical leg, then the dense one
+        weights, commands = self._lexical_commands(project_id, allowed, sparse, depth)
+        replies = await self._send([*commands, self._leg_command(project_id, allowed, DENSE, dense, depth,
+                                                                 fusing=True)])
+        lexical = _weighted_sum(weights, replies[:-1], depth)
+        nearest = _hits(replies[-1], scores=False, distances=False)
+        rankings = [(SPARSE, [key for key, _ in lexical]), (DENSE, [key for key, _ in nearest])]
         return await self._read_hits(fused(rankings, query.limit), None, query.dense or [])
+
+    def _lexical_commands(self, project_id: str, allowed: str, vector: SparseVector,
+                          limit: int) -> tuple[list[float], list[list[Any]]]:
+        """The lexical leg as searches with BM25 scores, one per distinct term weight, and those
+        weights. A query's terms weigh differently (a conversation-context word counts
+        CONTEXT_TERM_WEIGHT of a question's word, as on Qdrant, where the weight multiplies the
+        term's IDF), but the engine's BM25 scorers ignore a query term's $weight (RediSearch
+        2.10). A document's BM25 is a sum over the terms it matches, so each weight's terms are
+        searched apart and the scores added up, times their weight (_weighted_sum)."""
+        groups: dict[float, list[int]] = {}
+        for index, weight in zip(vector.indices, vector.values):
+            groups.setdefault(weight, []).append(index)
+        return list(groups), [self._leg_command(project_id, allowed, SPARSE, SparseVector(ids, [1.0] * len(ids)),
+                                                limit, fusing=False) for ids in groups.values()]
+
+    async def _send(self, commands: list[list[Any]]) -> list[Any]:
+        if len(commands) == 1:
+            return [await self._client.execute_command(*commands[0])]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
 
     async def _read_hits(self, ranked: list[tuple[str, float]], similarities: list[float | None] | None,
                          dense: Sequence[float] = ()) -> list[VectorHit]:
@@ -333,11 +363,23 @@ class RedisIndex:
         except ResponseError as error:
             if "unknown index" not in str(error).lower() and "no such index" not in str(error).lower():
                 raise
-        companions = [key async for key in self._client.scan_iter(match=self._companions + "*", count=1000)]
+        # The prefix is the operator's: a * ? [ or \ in it is matched literally, never as a pattern.
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._companions) + "*"
+        companions = [key async for key in self._client.scan_iter(match=pattern, count=1000)]
         await self._client.delete(self._meta, *companions)
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _weighted_sum(weights: Sequence[float], replies: Sequence[Any], limit: int) -> list[tuple[str, float]]:
+    """Each document's BM25 scores from the searches of one term weight each, times that weight,
+    added up: the best ``limit``, best first."""
+    scores: dict[str, float] = {}
+    for weight, reply in zip(weights, replies):
+        for key, score in _hits(reply, scores=True, distances=False):
+            scores[key] = scores.get(key, 0.0) + weight * score
+    return sorted(scores.items(), key=lambda item: item[1], reverse=True)[:limit]
 
 
 def _hits(reply: list[Any], scores: bool, distances: bool) -> list[tuple[str, float]]:
