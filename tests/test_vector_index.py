@@ -595,6 +595,41 @@ def test_a_redis_index_checks_its_dimensions_and_lexicon(redis_index):
     run(scenario())
 
 
+def test_a_redis_index_left_without_its_record_by_a_crash_is_adopted_only_if_empty_and_ours(redis_index):
+    """A gateway killed between FT.CREATE and writing the index's record: the next start would wait
+    for a record that never comes. It takes over an index that is exactly its own and empty, and
+    still refuses one that holds points (their lexical kind is unknown) or has another schema."""
+    config = redis_index
+
+    async def forget_record() -> None:
+        index = RedisIndex(config, 8)
+        await index._client.delete(index._meta)
+        await index.close()
+
+    async def scenario() -> None:
+        first = RedisIndex(config, 8)
+        await first.open()
+        await first.close()
+        await forget_record()
+        other_size = RedisIndex(config, 16)  # empty, but built for another embedder
+        with pytest.raises(IndexMismatch, match="exists but was not created by the gateway"):
+            await other_size.open()
+        await other_size.close()
+        adopted = RedisIndex(config, 8)
+        await adopted.open()  # no IndexMismatch: it was ours and empty
+        await adopted.upsert("p", [memory("m1", "alice", "Alice keeps bees", dense=[1.0] * 8)])
+        assert ids(await adopted.search("p", query("alice", "bees"))) == ["m1"]
+        await adopted.close()
+        await forget_record()
+        for dims in (8, 16):  # it now holds a point: not adopted, whatever the size asked
+            holding = RedisIndex(config, dims)
+            with pytest.raises(IndexMismatch, match="exists but was not created by the gateway"):
+                await holding.open()
+            await holding.close()
+
+    run(scenario())
+
+
 def test_gateways_starting_together_share_one_redis_index(redis_index):
     """Three gateways opening the same Redis index at once: one creates it, the others find it
     (even before its record is written), and what one writes the others find."""

@@ -184,13 +184,37 @@ class RedisIndex:
                 break
             await asyncio.sleep(0.1)
         else:
-            raise IndexMismatch(f"{where} exists but was not created by the gateway (no {self._meta} key); "
-                                "use another memory.vectors.redis.index", setting="memory.vectors.redis.index")
+            if not await self._is_our_empty_index():
+                raise IndexMismatch(f"{where} exists but was not created by the gateway (no {self._meta} key); "
+                                    "use another memory.vectors.redis.index", setting="memory.vectors.redis.index")
+            # The gateway that created it died before recording it (nothing can have been written
+            # to it since: no gateway could open it): record it now, as that one would have.
+            await self._client.hset(self._meta, mapping={"dense_dimensions": str(self.dense_dimensions or ""),
+                                                         "lexical": self._lexical})
+            return
         dimensions = _text(stored[0]) if stored[0] is not None else ""
         check_dimensions(int(dimensions) if dimensions else None, self.dense_dimensions, where)
         if _text(stored[1]) != self._lexical:
             raise IndexMismatch(f"{where} holds {_text(stored[1])} BM25 vectors but memory.vectors.lexical is "
                                 f"{self._lexical}; use a new index name to switch", setting="memory.vectors.lexical")
+
+    async def _is_our_empty_index(self) -> bool:
+        """Whether the existing index, which has no record, is empty and exactly the one open()
+        would have created (its prefix, fields and vector size): then only its record is missing."""
+        info = _pairs(await self._client.execute_command("FT.INFO", self._index))
+        definition = _pairs(info.get("index_definition") or [])
+        fields = {}
+        for attribute in info.get("attributes") or []:
+            described = _pairs(attribute)
+            fields[_text(described.get("attribute", ""))] = described
+        expected = {"project": "TAG", "access": "TAG", "terms": "TEXT"}
+        if self.dense_dimensions:
+            expected["dense"] = "VECTOR"
+        return (int(info.get("num_docs", 1)) == 0
+                and [_text(prefix) for prefix in definition.get("prefixes") or []] == [self._points]
+                and {name: _text(described.get("type", "")) for name, described in fields.items()} == expected
+                and (not self.dense_dimensions
+                     or int(fields["dense"].get("dim", fields["dense"].get("dimension", 0))) == self.dense_dimensions))
 
     def _keys(self, project_id: str, memory_id: str) -> list[str]:
         """A point's indexed hash and its companion."""
@@ -370,6 +394,12 @@ class RedisIndex:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _pairs(reply: Any) -> dict[str, Any]:
+    """A RESP2 flat list of names and values (FT.INFO's) as a dict, names as text in lower case."""
+    items = list(reply)
+    return {_text(items[at]).lower(): items[at + 1] for at in range(0, len(items) - 1, 2)}
 
 
 def _weighted_sum(weights: Sequence[float], replies: Sequence[Any], limit: int) -> list[tuple[str, float]]:
