@@ -144,10 +144,14 @@ def test_recall_events_are_written_after_the_configured_flush_delay(tmp_path):
             "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "g.db")}},
             "memory": {**edge_memory(tmp_path / "index"), "recall": {"events_flush_ms": 1000}},
             "projects": [{"id": "p", "keys": [{"key": "mnx_k"}]}]}))
-        services.recall_log.add(await recalled_turn(services, "cy", "Cy grows tomatoes", chat_id="cy-chat"))
+        turn = await recalled_turn(services, "cy", "Cy grows tomatoes", chat_id="cy-chat")
+        handed_over = time.monotonic()
+        services.recall_log.add(turn)
         stored = services.store.find
-        await asyncio.sleep(0.1)
-        assert await stored(RECALL_TURNS, "p", {"chat_id": "cy-chat"}) == []  # still waiting, in memory
+        await asyncio.sleep(0.1)  # the default window (5 ms) would have written it by now
+        waiting = await stored(RECALL_TURNS, "p", {"chat_id": "cy-chat"})
+        if time.monotonic() - handed_over < 0.9:  # (a machine too loaded to tell is no evidence)
+            assert waiting == []  # still in memory
         for _ in range(50):  # written once the second has passed (give a loaded machine a few more)
             await asyncio.sleep(0.1)
             if documents := await stored(RECALL_TURNS, "p", {"chat_id": "cy-chat"}):
