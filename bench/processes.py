@@ -53,6 +53,14 @@ class BenchError(RuntimeError):
     """A request a benchmark relies on failed: the run stops rather than measure the wrong thing."""
 
 
+def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A gateway config with ``overlay`` merged in: nested sections merged, any other value replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def json_answer(response: httpx.Response, *expected: int) -> Any:
     """The response's JSON, if its status is one of ``expected`` (200 when none is given)."""
     if response.status_code not in (expected or (200,)):

@@ -31,10 +31,7 @@ WORD_HASH = {"provider": NAME, "model": "word-hash", "dimensions": DIMENSIONS}
 
 @pytest.fixture
 def embed_log(tmp_path, monkeypatch) -> Path:
-    install_word_hash_embedder(tmp_path / "site", monkeypatch)
-    log = tmp_path / "embed-calls.log"
-    monkeypatch.setenv("MNX_TEST_EMBED_LOG", str(log))
-    return log
+    return install_word_hash_embedder(tmp_path, monkeypatch)
 
 
 def memory_section(index: Path) -> dict[str, Any]:

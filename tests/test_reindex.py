@@ -114,10 +114,7 @@ def servers():
 @pytest.fixture
 def word_hash(tmp_path, monkeypatch) -> Path:
     """The word-hash embedder installed; returns the file its calls are logged to."""
-    install_word_hash_embedder(tmp_path / "site", monkeypatch)
-    log = tmp_path / "embed-calls.log"
-    monkeypatch.setenv("MNX_TEST_EMBED_LOG", str(log))
-    return log
+    return install_word_hash_embedder(tmp_path, monkeypatch)
 
 
 def start(provider, storage, tmp_path_factory, servers, memory) -> Any:

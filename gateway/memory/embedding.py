@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import Protocol
 from collections.abc import Mapping, Sequence
 
+# Texts per embedder call when many are stored, re-indexed or merged at once: large enough that
+# a local model's per-call cost is spread thin, small enough to bound a call's memory and time.
+EMBED_BATCH = 64
+
 
 class Embedder(Protocol):
     # The size of every vector ``embed`` returns; fixed for the life of the index.

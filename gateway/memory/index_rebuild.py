@@ -41,10 +41,9 @@ import orjson
 
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.memory.embedding import Embedder
+from gateway.memory.embedding import EMBED_BATCH, Embedder
 from gateway.memory.index_upkeep import MEMORIES, IndexUpkeep
 from gateway.memory.lexical import Lexicon
-from gateway.memory.reinforcement import with_tallies
 from gateway.memory.vector_index import VectorIndex
 from gateway.records.index import RecordIndex, index_project
 from gateway.records.records import RECORDS, SCHEMAS
@@ -53,7 +52,7 @@ from gateway.records.schema import RecordSchema, parse_schema, searchable_text
 from gateway.store import Collection, DocumentStore
 
 # Documents per batch: one store read, one embedder call, one index write, one checkpoint commit.
-DEFAULT_BATCH = 64
+DEFAULT_BATCH = EMBED_BATCH
 # Documents per store read: SQLite skips an offset row by row, so pages of one batch would make
 # a walk over a million documents quadratic.
 READ_PAGE = 1000
@@ -102,9 +101,8 @@ class Part:
 class MemoryPart(Part):
     name, collection, owner_field = "memories", MEMORIES, "subject_id"
 
-    def __init__(self, store: DocumentStore, index: VectorIndex, upkeep: IndexUpkeep,
-                 embedder: Embedder | None) -> None:
-        self._store, self._index, self._upkeep, self._embedder = store, index, upkeep, embedder
+    def __init__(self, index: VectorIndex, upkeep: IndexUpkeep) -> None:
+        self._index, self._upkeep = index, upkeep
 
     def doc_id(self, doc: dict[str, Any]) -> str:
         return str(doc["id"])
@@ -116,19 +114,7 @@ class MemoryPart(Part):
         return digest([doc.get(name) for name in _MEMORY_INPUTS])
 
     async def write(self, project_id: str, docs: list[dict[str, Any]]) -> int:
-        tallies = await self._store.tallies(MEMORIES, project_id, [doc["id"] for doc in docs])
-        counted = [with_tallies(dict(doc), tallies.get(doc["id"])) for doc in docs]
-        # A deleted memory keeps its point (its owner's erasure finds it) but no search can
-        # reach it, nor can it be restored: it needs no vector.
-        wanted = [i for i, doc in enumerate(counted) if doc["listing"] != "deleted"]
-        dense: list[list[float] | None] = [None] * len(counted)
-        if self._embedder is not None and wanted:
-            vectors = await self._embedder.embed([counted[i]["text"] for i in wanted])
-            for i, vector in zip(wanted, vectors):
-                dense[i] = vector
-        points = [self._upkeep.indexed(doc, vector) for doc, vector in zip(counted, dense)]
-        await self._index.upsert(project_id, points)
-        return len(wanted) if self._embedder is not None else 0
+        return await self._upkeep.write_points(project_id, docs)
 
     async def erase_owner(self, project_id: str, owner: str) -> None:
         await self._index.delete_subject(project_id, owner)
@@ -333,7 +319,7 @@ class IndexRebuild:
         self._batch = batch
         self._progress_out = progress_out or sys.stderr
         upkeep = IndexUpkeep(store, index, lexicon, embedder=embedder)
-        self._parts: list[Part] = [MemoryPart(store, index, upkeep, embedder),
+        self._parts: list[Part] = [MemoryPart(index, upkeep),
                                    RecordPart(store, RecordIndex(index, lexicon, embedder))]
 
     async def check_target(self, target: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import find_config, load_config
+from gateway.memory.embedding import EMBED_BATCH
 
 # Larger batches than this gain nothing from a local model and make a remote one's request huge.
 MAX_BATCH = 4096
@@ -66,7 +67,7 @@ def add_reindex_command(commands: Any, config_help: str) -> None:
         "reindex", help="build the memory index a config names (new embedder, lexical kind, or a lost index) "
                         "from the store, resumable, while the gateway serves from its old index")
     reindex.add_argument("--config", help=config_help + "; its memory.vectors must name the new index")
-    reindex.add_argument("--batch", type=_batch_size, default=64,
+    reindex.add_argument("--batch", type=_batch_size, default=EMBED_BATCH,
                          help="memories (or records) per embedder call and index write (default 64)")
     reindex.add_argument("--checkpoint", help="the file recording progress (default: inside the new index's "
                                               "directory for edge, else ./data/reindex-<backend>-<name>.sqlite3)")

@@ -13,7 +13,7 @@ from typing import Any
 from collections.abc import AsyncIterator, Sequence
 
 from gateway.jobs.queue import JobQueue
-from gateway.memory.embedding import Embedder
+from gateway.memory.embedding import EMBED_BATCH, Embedder
 from gateway.memory.lexical import Lexicon
 from gateway.memory.reinforcement import with_tallies
 from gateway.memory.vector_index import IndexedMemory, VectorIndex
@@ -58,29 +58,35 @@ class IndexUpkeep:
         that died between the store write and the index write left the memory listed but
         unsearchable (or deleted but findable); a re-run learn job or an index repair job
         calls this to finish the write."""
-        doc = await self._store.get(MEMORIES, project_id, memory_id)
-        if doc is None:
-            return
-        # The new point carries the memory's counts as they are now, tallies included.
-        with_tallies(doc, (await self._store.tallies(MEMORIES, project_id, [memory_id])).get(memory_id))
-        dense = (await self._embedder.embed([doc["text"]], api_key=api_key))[0] if self._embedder else None
-        await self._index.upsert(project_id, [self.indexed(doc, dense)])
+        await self.reindex_many(project_id, [memory_id], api_key=api_key)
 
     async def reindex_many(self, project_id: str, memory_ids: Sequence[str], *, api_key: str | None = None,
-                           batch: int = 64) -> None:
+                           batch: int = EMBED_BATCH) -> None:
         """``reindex`` for many memories: ``batch`` of them per embedder call and per index write
         (an import re-indexes thousands; one model call each cost most of its time)."""
         for start in range(0, len(memory_ids), batch):
             wanted = list(dict.fromkeys(memory_ids[start:start + batch]))
             docs = [doc for doc in [await self._store.get(MEMORIES, project_id, i) for i in wanted] if doc is not None]
-            if not docs:
-                continue
-            tallies = await self._store.tallies(MEMORIES, project_id, [doc["id"] for doc in docs])
-            docs = [with_tallies(doc, tallies.get(doc["id"])) for doc in docs]
-            dense: list[list[float] | None] = [None] * len(docs)
-            if self._embedder is not None:
-                dense = list(await self._embedder.embed([doc["text"] for doc in docs], api_key=api_key))
-            await self._index.upsert(project_id, [self.indexed(doc, vector) for doc, vector in zip(docs, dense)])
+            if docs:
+                await self.write_points(project_id, docs, api_key=api_key)
+
+    async def write_points(self, project_id: str, docs: Sequence[dict[str, Any]], *,
+                           api_key: str | None = None) -> int:
+        """Write stored memories' index points (one embedder call, one index write); returns how
+        many texts were embedded. Each point carries the memory's counts as they are now, tallies
+        included."""
+        tallies = await self._store.tallies(MEMORIES, project_id, [doc["id"] for doc in docs])
+        counted = [with_tallies(dict(doc), tallies.get(doc["id"])) for doc in docs]
+        # A deleted memory keeps its point (its owner's erasure finds it) but no search can
+        # reach it, nor can it be restored: it needs no vector.
+        wanted = [i for i, doc in enumerate(counted) if doc["listing"] != "deleted"]
+        dense: list[list[float] | None] = [None] * len(counted)
+        if self._embedder is not None and wanted:
+            vectors = await self._embedder.embed([counted[i]["text"] for i in wanted], api_key=api_key)
+            for i, vector in zip(wanted, vectors):
+                dense[i] = vector
+        await self._index.upsert(project_id, [self.indexed(doc, vector) for doc, vector in zip(counted, dense)])
+        return len(wanted) if self._embedder is not None else 0
 
     async def repair(self, project_id: str, memory_ids: Sequence[str]) -> None:
         """Run an index-repair job: rewrite each memory's index point from the store."""

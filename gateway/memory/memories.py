@@ -35,7 +35,7 @@ from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.jobs.queue import JobQueue
 from gateway.memory.changes import MemoryEdit, NewMemory
 from gateway.memory.claims import Claim, extract_claims, value_key
-from gateway.memory.embedding import Embedder
+from gateway.memory.embedding import EMBED_BATCH, Embedder
 from gateway.memory.events import MemoryEvents
 from gateway.memory.index_upkeep import MEMORIES, REINDEX_JOB, IndexUpkeep, neighbours
 from gateway.memory.judgement import Verdict, reconcile
@@ -69,9 +69,6 @@ KINDS = ("fact", "preference", "context", "note", "event", "trait", "instruction
 VISIBILITIES = ("private", "shared", "public")
 # How many lines of conversation context a search takes (the latest ones).
 MAX_CONTEXT = 5
-# Texts per embedder call when many are stored or re-indexed at once: large enough that a
-# local model's per-call cost is spread thin, small enough to bound a call's memory and time.
-EMBED_BATCH = 64
 _HIDDEN = ("listing", "is_deleted", "_created", "_last_seen", "_previous_id", "_previous_text", "_next_id",
            "_next_text", "_claims", "_terms", "_context_terms", "_text_key")
 

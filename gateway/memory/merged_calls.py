@@ -17,12 +17,14 @@ import asyncio
 from typing import Any
 from collections.abc import Callable, Sequence
 
+from gateway.memory.embedding import EMBED_BATCH
+
 # A caller's texts and the future its vectors are set on.
 _Waiting = tuple[list[str], "asyncio.Future[list[Any]]"]
 
 
 class MergedCalls:
-    def __init__(self, encode: Callable[[list[str]], Sequence[Any]], *, max_texts: int = 64) -> None:
+    def __init__(self, encode: Callable[[list[str]], Sequence[Any]], *, max_texts: int = EMBED_BATCH) -> None:
         # Blocking (CPU-bound): run in a worker thread, off the event loop. One vector per text, in order.
         self._encode = encode
         self._max_texts = max_texts
