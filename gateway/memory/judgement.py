@@ -43,8 +43,9 @@ from typing import Any
 from collections.abc import Mapping, Sequence
 
 from gateway.config import VersioningConfig
-from gateway.memory.claims import Claim, value_key
-from gateway.memory.versioning import Candidate, Comparer, Decision, decide, relation
+from gateway.memory.claims import Claim
+from gateway.memory.versioning import Candidate, Comparer, Decision, changes_a_slot, decide, relation
+from gateway.summaries.tokens import count_text
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,6 @@ class Shown:
 NOTHING_SHOWN = Shown()
 
 
-def estimated_tokens(text: str) -> int:
-    """About four characters a token: what bounds the memories shown, for any model."""
-    return (len(text) + 3) // 4
-
-
 def shown_memories(found: Sequence[tuple[str, str]], *, limit: int, token_budget: int) -> Shown:
     """References for the first ``limit`` of ``found`` ((memory id, text), most related first)
     whose texts fit ``token_budget`` together; one that would not fit is left out (cutting it
@@ -96,7 +92,7 @@ def shown_memories(found: Sequence[tuple[str, str]], *, limit: int, token_budget
     for memory_id, text in found:
         if len(memories) == limit:
             break
-        cost = estimated_tokens(text)
+        cost = count_text(text, None)  # about four characters a token, for any model
         if memory_id in ids.values() or spent + cost > token_budget:
             continue
         spent += cost
@@ -128,13 +124,6 @@ def verdict_for(judgement: Judgement | None, shown: Shown) -> Verdict:
     return Verdict(judgement.relation, tuple(shown.ids[ref] for ref in judgement.refs), shown_ids)
 
 
-def _changes_a_slot(claims: Sequence[Claim], others: Sequence[Candidate]) -> bool:
-    """Whether another memory holds one of ``claims``' slots with another value (a change)."""
-    values = {claim.slot: value_key(claim.value) for claim in claims}
-    return any(claim.slot in values and values[claim.slot] != value_key(claim.value)
-               for other in others for claim in other.claims)
-
-
 def reconcile(comparer: Comparer, config: VersioningConfig, text: str, claims: Sequence[Claim],
               candidates: Sequence[Candidate], targets: Mapping[str, Candidate],
               verdict: Verdict) -> tuple[Decision, dict[str, Any]]:
@@ -142,18 +131,20 @@ def reconcile(comparer: Comparer, config: VersioningConfig, text: str, claims: S
 
     ``candidates`` are the memories the rules compare (their own search); ``targets`` the
     memories the verdict names that are still active, by id (see the module's docstring)."""
-    rules = decide(comparer, config, text, claims, candidates)
+    def rules() -> Decision:  # the fallback: the rules alone, computed only when it is taken
+        return decide(comparer, config, text, claims, candidates)
+
     if verdict.relation is None:
-        return rules, {"decided_by": "rules", "set_aside": verdict.unusable}
+        return rules(), {"decided_by": "rules", "set_aside": verdict.unusable}
     judged = {"judgement": verdict.relation}
     if any(memory_id not in targets for memory_id in verdict.target_ids):
-        return rules, {"decided_by": "rules", **judged, "set_aside": "it names a memory no longer active"}
+        return rules(), {"decided_by": "rules", **judged, "set_aside": "it names a memory no longer active"}
     if verdict.relation == "duplicate_of":
         original = targets[verdict.target_ids[0]]
-        if (_changes_a_slot(claims, [*candidates, original])
+        if (changes_a_slot(claims, [*candidates, original])
                 or relation(comparer, config, text, claims, original) == "conflict"):
-            return rules, {"decided_by": "rules", **judged,
-                           "set_aside": "the rules see a changed value, which skipping would lose"}
+            return rules(), {"decided_by": "rules", **judged,
+                             "set_aside": "the rules see a changed value, which skipping would lose"}
         return Decision("skip", duplicate_of=original.memory_id), {"decided_by": "llm", **judged}
     # The memories the model was not shown are the rules' to judge.
     unseen = decide(comparer, config, text, claims,

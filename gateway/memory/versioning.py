@@ -119,12 +119,16 @@ class Comparer:
         return max(lexical, dense_similarity) if dense_similarity is not None else lexical
 
 
-def negated(text: str) -> bool:
-    return statements.negated(text)
-
-
 def _same_value(a: str, b: str) -> bool:
     return value_key(statements.normal_form(a)) == value_key(statements.normal_form(b))
+
+
+def changes_a_slot(claims: Sequence[Claim], others: Sequence[Candidate]) -> bool:
+    """Whether another memory holds one of ``claims``' slots with another value (a change), values
+    compared as ``relation`` compares them."""
+    values = {claim.slot: claim.value for claim in claims}
+    return any(claim.slot in values and not _same_value(values[claim.slot], claim.value)
+               for other in others for claim in other.claims)
 
 
 Relation = Literal["duplicate", "conflict", "unrelated"]
@@ -136,7 +140,7 @@ class Pair:
     def __init__(self, comparer: Comparer, new: str, old: str, dense_similarity: float | None = None) -> None:
         self.comparer, self.new, self.old = comparer, new, old
         self.similarity = comparer.similarity(new, old, dense_similarity)
-        self.flipped = negated(new) != negated(old)
+        self.flipped = statements.negated(new) != statements.negated(old)
         # A change the old statement does not already state ("engaged" -> "married"): by a verb
         # of change, or only by a word of time ("now").
         self.verb_change = bool(statements.change_words(new) - statements.change_words(old))
@@ -268,7 +272,7 @@ def _same_meaning(pair: Pair, config: VersioningConfig) -> Relation | None:
     new_names, old_names = statements.names(pair.new), statements.names(pair.old)
     if (not pair.changed and not pair.one_says_change and meaning >= PARAPHRASE_DUPLICATE and pair.same_numbers
             and (new_names <= old_names or old_names <= new_names)
-            and (new_names & old_names or not (new_names or old_names)) and not negated(pair.new)
+            and (new_names & old_names or not (new_names or old_names)) and not statements.negated(pair.new)
             and not statements.parallel(pair.new, pair.old)
             and pair.comparer.unknown_words(pair.new) == pair.comparer.unknown_words(pair.old)
             and not (statements.adds_a_fact(pair.new) and not statements.adds_a_fact(pair.old))):
