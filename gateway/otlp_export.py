@@ -31,11 +31,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
+
+from gateway import __version__
+from gateway.tracing import AttributeValue
 
 log = logging.getLogger("gateway.tracing")
 
@@ -57,7 +59,6 @@ INSTRUMENTATION_SCOPE = "mnx_gateway"
 KIND_INTERNAL, KIND_SERVER, KIND_CLIENT = 1, 2, 3
 _STATUS_ERROR = 2
 
-AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int]
 
 
 @dataclass(slots=True)
@@ -157,13 +158,6 @@ def encode_span(span: FinishedSpan) -> bytes:
     return bytes(out)
 
 
-def _package_version() -> str:
-    try:
-        return metadata.version("mnx-gateway")
-    except metadata.PackageNotFoundError:
-        return "0"
-
-
 def encode_request(prefix: tuple[bytes, bytes], spans: Iterable[FinishedSpan]) -> bytes:
     """An ``ExportTraceServiceRequest``: one ResourceSpans with one ScopeSpans holding ``spans``.
     ``prefix`` is ``resource_prefix``'s output, the same for every request."""
@@ -177,7 +171,7 @@ def resource_prefix(service_name: str) -> tuple[bytes, bytes]:
     """(the encoded ``resource`` field of ResourceSpans, the encoded ``scope`` field of ScopeSpans)."""
     resource = _attributes(0x0A, {"service.name": service_name, "telemetry.sdk.name": "mnx-gateway",
                                   "telemetry.sdk.language": "python"})
-    scope = _field(0x0A, INSTRUMENTATION_SCOPE.encode()) + _field(0x12, _package_version().encode())
+    scope = _field(0x0A, INSTRUMENTATION_SCOPE.encode()) + _field(0x12, __version__.encode())
     return _field(0x0A, resource), _field(0x0A, scope)
 
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
 from gateway.metrics import usage_counts
-from gateway.otlp_export import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, AttributeValue, FinishedSpan, OtlpExporter
+from gateway.otlp_export import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, FinishedSpan, OtlpExporter
 from gateway.redaction import redact
-from gateway.tracing import MAX_TEXT_CHARS, Attributes, stage_attributes
+from gateway.tracing import MAX_TEXT_CHARS, Attributes, AttributeValue, stage_attributes
 
 if TYPE_CHECKING:
     from gateway.config import TracingConfig

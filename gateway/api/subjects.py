@@ -16,13 +16,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import BadRequest
+from gateway.options import MAX_ID_LENGTH
 from gateway.routing import Call, endpoint
 from gateway.subject_directory import list_subjects
 from gateway.validation import Query
-
-
-# Subject ids are at most this long (gateway/options.py MAX_ID_LENGTH).
-MAX_SEARCH = 256
 
 
 async def erase_subject(call: Call) -> Response:
@@ -34,8 +31,8 @@ async def erase_subject(call: Call) -> Response:
 async def browse_subjects(call: Call) -> Response:
     query = Query(call.request)
     search = (query.string("q") or "").strip()
-    if len(search) > MAX_SEARCH:
-        raise BadRequest(f"q must be at most {MAX_SEARCH} characters", code="q_too_long", param="q")
+    if len(search) > MAX_ID_LENGTH:  # the longest subject id there can be
+        raise BadRequest(f"q must be at most {MAX_ID_LENGTH} characters", code="q_too_long", param="q")
     limit = query.integer("limit", default=50, minimum=1, maximum=200)
     subjects, complete = await list_subjects(call.services.store, call.project_id, search=search or None, limit=limit)
     return JSONResponse({"data": [s.to_api() for s in subjects], "count": len(subjects), "complete": complete})
