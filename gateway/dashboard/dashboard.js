@@ -380,15 +380,15 @@ async function memoriesSection(subject, body, route) {
   }
   body.append(table(`Active memories ${offset + 1}–${offset + answer.data.length}`, columns, answer.data,
     "No active memories."));
-  const pager = h("div", {class: "actions"});
-  if (offset > 0) {
-    pager.append(h("a", {href: link(["subject", subject, "memories"], {offset: Math.max(0, offset - pageSize)})},
-      "Newer"));
-  }
-  if (answer.data.length === pageSize) {
-    pager.append(h("a", {href: link(["subject", subject, "memories"], {offset: offset + pageSize})}, "Older"));
-  }
-  body.append(pager);
+  body.append(pager(["subject", subject, "memories"], offset, pageSize, answer.data.length));
+}
+
+// "Newer" / "Older" links of a page of ``shown`` items at ``offset`` on the route ``path``.
+function pager(path, offset, pageSize, shown) {
+  const links = h("div", {class: "actions"});
+  if (offset > 0) links.append(h("a", {href: link(path, {offset: Math.max(0, offset - pageSize)})}, "Newer"));
+  if (shown === pageSize) links.append(h("a", {href: link(path, {offset: offset + pageSize})}, "Older"));
+  return links;
 }
 
 // Superseded memories as chains, oldest version first, each ending at the memory in use now.
@@ -399,16 +399,9 @@ async function supersededSection(subject, body, route) {
   const pageSize = 50;
   const answer = await get("/memories/superseded",
     {subject_id: subject, limit: pageSize, offset, include_successors: "true"});
-  const pager = h("div", {class: "actions"});
-  if (offset > 0) {
-    pager.append(h("a", {href: link(["subject", subject, "history"], {offset: Math.max(0, offset - pageSize)})},
-      "Newer"));
-  }
-  if (answer.data.length === pageSize) {
-    pager.append(h("a", {href: link(["subject", subject, "history"], {offset: offset + pageSize})}, "Older"));
-  }
+  const links = pager(["subject", subject, "history"], offset, pageSize, answer.data.length);
   if (!answer.data.length) {
-    body.append(h("p", {class: "muted"}, "No memory of this subject has been superseded."), pager);
+    body.append(h("p", {class: "muted"}, "No memory of this subject has been superseded."), links);
     return;
   }
   const byId = new Map([...answer.data, ...answer.successors].map((m) => [m.id, m]));
@@ -443,7 +436,7 @@ async function supersededSection(subject, body, route) {
           }}, "Restore") : null);
     }))));
   }
-  body.append(pager);
+  body.append(links);
 }
 
 async function profileSection(subject, body) {
@@ -641,9 +634,9 @@ async function searchView(route, page) {
 // -- prompts and memory policies ----------------------------------------------------------
 
 const PROMPTS = {title: "System prompts", path: "/prompts", listKey: "prompts", textField: "prompt_text",
-  scope: "prompts", noun: "prompt", route: "prompts", deleteScope: ["prompts:write", "DELETE"]};
+  scope: "prompts", noun: "prompt", route: "prompts"};
 const POLICIES = {title: "Memory policies", path: "/memory/policies", listKey: "policies", textField: "policy_text",
-  scope: "memory_policies", noun: "policy", route: "policies", deleteScope: ["memory_policies:delete", "DELETE"]};
+  scope: "memory_policies", noun: "policy", route: "policies"};
 
 async function scopedTextView(route, page, kind) {
   page.append(h("h1", {}, kind.title));
@@ -698,7 +691,9 @@ function scopeInputs(current) {
   const scopeId = h("input", {type: "text", autocomplete: "off", value: (current && current.scope_id) || ""});
   const isDefault = h("input", {type: "checkbox", checked: Boolean(current ? current.is_default : true)});
   isDefault.id = `f${++fieldCount}-default`;
-  return {scope, scopeId, isDefault, fields: [field("Scope", scope), field("Scope id (subject or chat)", scopeId),
+  // What the request body says of the scope (PATCH and POST alike).
+  const body = () => ({scope: scope.value, scope_id: scopeId.value.trim() || undefined, is_default: isDefault.checked});
+  return {body, fields: [field("Scope", scope), field("Scope id (subject or chat)", scopeId),
     h("div", {class: "field check"}, isDefault,
       h("label", {for: isDefault.id}, "Default at its level (applies without being named)"))]};
 }
@@ -710,8 +705,8 @@ function editForm(kind, item, slot) {
   const form = h("form", {id: "edit-form", "aria-labelledby": "edit-title", onsubmit: async (event) => {
     event.preventDefault();
     try {
-      await call("PATCH", `${kind.path}/${encodeURIComponent(item.id)}`, {body: {[kind.textField]: text.value,
-        scope: scoped.scope.value, scope_id: scoped.scopeId.value.trim() || undefined, is_default: scoped.isDefault.checked}});
+      await call("PATCH", `${kind.path}/${encodeURIComponent(item.id)}`,
+        {body: {[kind.textField]: text.value, ...scoped.body()}});
       say(`Saved ${kind.noun} ${item.name}.`);
       form.remove();
       await render();
@@ -733,8 +728,7 @@ function createForm(kind) {
   return h("form", {"aria-labelledby": "create-title", onsubmit: async (event) => {
     event.preventDefault();
     try {
-      await call("POST", kind.path, {body: {name: name.value.trim(), [kind.textField]: text.value,
-        scope: scoped.scope.value, scope_id: scoped.scopeId.value.trim() || undefined, is_default: scoped.isDefault.checked}});
+      await call("POST", kind.path, {body: {name: name.value.trim(), [kind.textField]: text.value, ...scoped.body()}});
       say(`Created ${kind.noun} ${name.value.trim()}.`);
       await render();
     } catch (failure) {
@@ -746,14 +740,17 @@ function createForm(kind) {
 
 // -- jobs ---------------------------------------------------------------------------------
 
+// The most unfinished jobs a page lists (GET /jobs?limit).
+const JOB_LIMIT = 1000;
+
 async function jobsView(route, page) {
   page.append(h("h1", {}, "Jobs"));
   if (!can("jobs:read")) return refused(page, "jobs:read");
-  const answer = await get("/jobs", {limit: 1000});
+  const answer = await get("/jobs", {limit: JOB_LIMIT});
   const failing = answer.data.filter((j) => j.last_error);
   const mayRetry = can("jobs:write", "POST");
   page.append(h("dl", {class: "facts"},
-    h("dt", {}, "Unfinished jobs (queue depth)"), h("dd", {}, answer.count >= 1000 ? "1000 or more" : answer.count),
+    h("dt", {}, "Unfinished jobs (queue depth)"), h("dd", {}, answer.count >= JOB_LIMIT ? `${JOB_LIMIT} or more` : answer.count),
     h("dt", {}, "Failing (will be retried)"), h("dd", {}, failing.length)));
   page.append(h("p", {class: "muted"}, "Failed jobs are retried on their own, later each time (learning.retry_*)" +
     (mayRetry ? "; Retry now runs a waiting one at once (a job running now cannot be)." : ".")));
@@ -788,7 +785,7 @@ async function retryJob(job) {
     for (let tries = 0; tries < 20; tries++) {
       await new Promise((resolve) => setTimeout(resolve, 250));
       if (currentRoute().parts[0] !== "jobs") return; // the user went elsewhere meanwhile
-      const now = (await get("/jobs", {limit: 1000})).data.find((j) => j.id === job.id);
+      const now = (await get("/jobs", {limit: JOB_LIMIT})).data.find((j) => j.id === job.id);
       if (!now) {
         say(`Job ${job.id} ran and is done.`);
         break;
