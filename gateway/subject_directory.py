@@ -54,12 +54,18 @@ async def list_subjects(store: DocumentStore, project_id: str, *, search: str | 
              if needle is None or needle in subject_id.casefold()]
     found.sort(key=lambda s: s.last_active or "", reverse=True)
     found = found[:limit]
-    if search and search not in latest:
-        found.insert(0, SubjectSummary(search, None))  # kept below only if it holds something
     for summary in found:
-        summary.chats = await store.count(CHATS, project_id, {"subject_id": summary.subject_id})
-        summary.memories = await store.count(MEMORIES, project_id,
-                                             {"subject_id": summary.subject_id, "listing": "active"})
-    found = [s for s in found if s.chats or s.memories or s.subject_id in latest]
+        await _count(store, project_id, summary)
+    if search and search not in latest:
+        # Nothing recent names it: listed first if a subject of exactly that id holds something.
+        exact = await _count(store, project_id, SubjectSummary(search, None))
+        if exact.chats or exact.memories:
+            found = [exact, *found][:limit]
     complete = len(chats) < CHATS_SCANNED and len(memories) < MEMORIES_SCANNED
-    return found[:limit], complete
+    return found, complete
+
+
+async def _count(store: DocumentStore, project_id: str, summary: SubjectSummary) -> SubjectSummary:
+    summary.chats = await store.count(CHATS, project_id, {"subject_id": summary.subject_id})
+    summary.memories = await store.count(MEMORIES, project_id, {"subject_id": summary.subject_id, "listing": "active"})
+    return summary
