@@ -172,6 +172,10 @@ class RedisIndex:
                 raise
             await self._check_existing()
             return
+        await self._record()
+
+    async def _record(self) -> None:
+        """Note what the index was built for (checked by every later open)."""
         await self._client.hset(self._meta, mapping={"dense_dimensions": str(self.dense_dimensions or ""),
                                                      "lexical": self._lexical})
 
@@ -189,8 +193,7 @@ class RedisIndex:
                                     "use another memory.vectors.redis.index", setting="memory.vectors.redis.index")
             # The gateway that created it died before recording it (nothing can have been written
             # to it since: no gateway could open it): record it now, as that one would have.
-            await self._client.hset(self._meta, mapping={"dense_dimensions": str(self.dense_dimensions or ""),
-                                                         "lexical": self._lexical})
+            await self._record()
             return
         dimensions = _text(stored[0]) if stored[0] is not None else ""
         check_dimensions(int(dimensions) if dimensions else None, self.dense_dimensions, where)
