@@ -107,8 +107,7 @@ def _score_parts(call: Call, hit: SearchHit) -> dict[str, float]:
     memory's own standing: importance, confidence, reinforcement by recalls, freshness), each 0-1
     (gateway/memory/ranking.py, gateway/memory/scoring.py)."""
     parts = weight_parts(hit.fields, time.time(), call.services.config.memory.recall)
-    relevance = hit.effective_score / parts["weight"] if parts["weight"] else 0.0
-    return {"relevance": round(relevance, 4), **{name: round(value, 4) for name, value in parts.items()}}
+    return {"relevance": round(hit.relevance, 4), **{name: round(value, 4) for name, value in parts.items()}}
 
 
 async def list_superseded(call: Call) -> Response:

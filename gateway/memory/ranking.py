@@ -29,8 +29,10 @@ class SearchHit:
     fields: dict[str, Any]
     # How well the memory matches the query, 0-1 (share of its terms; cosine with a dense model).
     score: float
-    # The ranking key: relevance relative to the best match, times the memory's weight.
+    # The ranking key: ``relevance`` times the memory's weight (gateway/memory/scoring.py).
     effective_score: float
+    # The engine's score for the memory relative to the best hit's, 0-1.
+    relevance: float
 
     def to_api(self) -> dict[str, Any]:
         return {"id": self.memory_id, "text": self.text, "kind": self.fields.get("kind"),
@@ -69,7 +71,8 @@ class Ranking:
                 score = max(score, hit.similarity)
             if score < min_score:
                 continue
-            effective = hit.rank_score / best * weight(hit.fields, now, self._recall)
-            ranked.append(SearchHit(hit.memory_id, text, hit.fields, score, effective))
+            relevance = hit.rank_score / best
+            ranked.append(SearchHit(hit.memory_id, text, hit.fields, score,
+                                    relevance * weight(hit.fields, now, self._recall), relevance))
         ranked.sort(key=lambda h: h.effective_score, reverse=True)
         return ranked

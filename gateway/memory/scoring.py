@@ -21,16 +21,19 @@ _REINFORCEMENT_SATURATION = math.log1p(SEEN_SATURATION)
 
 
 def weight(fields: dict[str, Any], now: float, config: RecallConfig) -> float:
-    importance, confidence, reinforcement, freshness = _factors(fields, now, config)
-    standing = 0.55 + 0.25 * importance + 0.1 * confidence + 0.1 * reinforcement
-    return standing * (0.6 + 0.4 * freshness)
+    return _combined(*_factors(fields, now, config))
 
 
 def weight_parts(fields: dict[str, Any], now: float, config: RecallConfig) -> dict[str, float]:
     """What ``weight`` is made of, each 0-1, and the weight: how a search explains its ranking."""
     importance, confidence, reinforcement, freshness = _factors(fields, now, config)
     return {"importance": importance, "confidence": confidence, "reinforcement": reinforcement,
-            "freshness": freshness, "weight": weight(fields, now, config)}
+            "freshness": freshness, "weight": _combined(importance, confidence, reinforcement, freshness)}
+
+
+def _combined(importance: float, confidence: float, reinforcement: float, freshness: float) -> float:
+    standing = 0.55 + 0.25 * importance + 0.1 * confidence + 0.1 * reinforcement
+    return standing * (0.6 + 0.4 * freshness)
 
 
 def _factors(fields: dict[str, Any], now: float, config: RecallConfig) -> tuple[float, float, float, float]:
