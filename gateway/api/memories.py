@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.memory_bodies import memory_edit, new_memory
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest
 from gateway.memory.memories import SearchHit, to_api
 from gateway.memory.scoring import weight_parts
 from gateway.routing import Call, endpoint
@@ -128,13 +128,8 @@ async def _successors(call: Call, docs: list[dict[str, Any]]) -> list[dict[str, 
     listed = {doc["id"] for doc in docs}
     wanted = dict.fromkeys(doc["superseded_by"] for doc in docs
                            if doc.get("superseded_by") and doc["superseded_by"] not in listed)
-    found = []
-    for memory_id in wanted:
-        try:
-            found.append(to_api(await call.services.memories.get(call.project_id, memory_id)))
-        except NotFound:  # deleted since, or erased: the chain ends at what is left
-            continue
-    return found
+    # One deleted since, or erased, is left out: the chain ends at what is left.
+    return [to_api(doc) for doc in await call.services.memories.get_many(call.project_id, list(wanted))]
 
 
 async def restore_memory(call: Call) -> Response:

@@ -132,6 +132,13 @@ class Memories:
         doc = await self._stored(project_id, memory_id, allow_deleted=allow_deleted)
         return (await self._counted(project_id, [doc]))[0]
 
+    async def get_many(self, project_id: str, memory_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``get`` for several memories, their counts read together; a memory deleted or erased is
+        left out."""
+        docs = [doc for doc in [await self._store.get(MEMORIES, project_id, i) for i in memory_ids]
+                if doc is not None and not doc.get("is_deleted")]
+        return await self._counted(project_id, docs)
+
     async def _stored(self, project_id: str, memory_id: str, *, allow_deleted: bool = False) -> dict[str, Any]:
         """The stored document, to change and store again (counts as the document has them)."""
         doc = await self._store.get(MEMORIES, project_id, memory_id)
