@@ -285,7 +285,5 @@ async def _reindex_records(project_id: str, docs: list[_Document], records: Any)
     for type_name, typed in by_type.items():
         schema = await records.schema(project_id, type_name)
         for start in range(0, len(typed), _BATCH):
-            entries = [(record_to_api(data), searchable_text(schema, data["data"]))
-                       for data in typed[start:start + _BATCH]]
-            vectors = await records.index.embed(entries)
-            await records.index.upsert(project_id, records.index.points(project_id, entries, vectors))
+            await records.index.rewrite(project_id, [(record_to_api(data), searchable_text(schema, data["data"]))
+                                                     for data in typed[start:start + _BATCH]])

@@ -147,10 +147,8 @@ class RecordPart(Part):
         return digest([record_to_api(doc), await self._text(project_id, doc)])
 
     async def write(self, project_id: str, docs: list[dict[str, Any]]) -> int:
-        entries = [(record_to_api(doc), await self._text(project_id, doc)) for doc in docs]
-        vectors = await self._records.embed(entries)
-        await self._records.upsert(project_id, self._records.points(project_id, entries, vectors))
-        return len(vectors)
+        return await self._records.rewrite(project_id, [(record_to_api(doc), await self._text(project_id, doc))
+                                                        for doc in docs])
 
     async def erase_owner(self, project_id: str, owner: str) -> None:
         await self._records.erase_owner(project_id, owner)

@@ -116,6 +116,13 @@ class RecordIndex:
         vectors = await self.embedder.embed([text for _, text in live], api_key=api_key)
         return {record["record_id"]: vector for (record, _), vector in zip(live, vectors)}
 
+    async def rewrite(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]]) -> int:
+        """Write stored records' points again (an import, a reindex): ``entries`` are each record
+        as the API shows it and its searchable text; returns how many texts were embedded."""
+        vectors = await self.embed(entries)
+        await self.upsert(project_id, self.points(project_id, entries, vectors))
+        return len(vectors)
+
     def points(self, project_id: str, entries: Sequence[tuple[dict[str, Any], str]],
                dense: Mapping[str, list[float]]) -> list[IndexedMemory]:
         """The index points of records, with their dense vectors from ``embed``."""
