@@ -24,6 +24,8 @@ from httpx._transports import default as httpx_transports
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.jobs.redis_queue import RedisJobQueue
+from gateway.jobs.sqlite_queue import SqliteJobQueue
 from gateway.server import uvicorn_config
 from tests.fake_upstream import FakeProvider, ServerThread, stop_all
 # A real three-master Redis Cluster (session scope), for the tests that also run on one.
@@ -274,3 +276,30 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+def make_queue(request, tmp_path):
+    """Opens job queues on one backend (SQLite, Redis, a Redis Cluster); every queue a test opens
+    shares its data (one file, one key prefix)."""
+    prefixes: list[str] = []
+    cluster = request.getfixturevalue("redis_cluster") if request.param == "redis-cluster" else None
+
+    def make() -> Any:
+        if request.param == "sqlite":
+            return SqliteJobQueue(str(tmp_path / "jobs.db"))
+        if cluster is None:
+            require_redis()
+        prefix = f"mnxtest:{secrets.token_hex(6)}:" if not prefixes else prefixes[0]
+        prefixes.append(prefix)
+        if cluster is not None:
+            return RedisJobQueue(cluster.url, prefix, cluster=True)
+        return RedisJobQueue(REDIS_URL, prefix)
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for prefix in set(prefixes):
+        if cluster is not None:
+            cluster.drop_prefix(prefix)
+        else:
+            drop_redis_prefix(prefix)

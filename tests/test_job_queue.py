@@ -4,43 +4,14 @@ durable, leased per job (a lease token, renewed while a job runs), retried, per 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 
-from gateway.jobs.redis_queue import RedisJobQueue
 from gateway.jobs.sqlite_queue import SqliteJobQueue
 from gateway.jobs.worker import JobWorker
 from gateway.store.sqlite import connect
-from tests.conftest import REDIS_URL, drop_redis_prefix, require_redis
-
-
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
-def make_queue(request, tmp_path):
-    prefixes: list[str] = []
-    cluster = request.getfixturevalue("redis_cluster") if request.param == "redis-cluster" else None
-
-    def make() -> Any:
-        if request.param == "sqlite":
-            return SqliteJobQueue(str(tmp_path / "jobs.db"))
-        if cluster is None:
-            require_redis()
-        prefix = f"mnxtest:{secrets.token_hex(6)}:" if not prefixes else prefixes[0]
-        prefixes.append(prefix)
-        if cluster is not None:
-            return RedisJobQueue(cluster.url, prefix, cluster=True)
-        return RedisJobQueue(REDIS_URL, prefix)
-
-    make.kind = request.param  # type: ignore[attr-defined]
-    yield make
-    for prefix in set(prefixes):
-        if cluster is not None:
-            cluster.drop_prefix(prefix)
-        else:
-            drop_redis_prefix(prefix)
 
 
 def test_enqueue_claim_complete_and_per_project_lists(make_queue):

@@ -9,7 +9,6 @@ the same 404; a read-only key is refused with 403 and changes nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Any
 
@@ -17,40 +16,16 @@ import httpx
 import pytest
 
 from gateway.jobs.queue import JobLeased
-from gateway.jobs.redis_queue import RedisJobQueue
-from gateway.jobs.sqlite_queue import SqliteJobQueue
-from tests.conftest import KEY, KEY_B, PROVIDER_KEY, REDIS_URL, drop_redis_prefix, require_redis, wait_until
+from tests.conftest import KEY, KEY_B, PROVIDER_KEY, wait_until
 
 HOUR = 3600.0
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
-def queue_factory(request, tmp_path):
-    """Opens queues on one backend; every queue of a test shares its data (one file, one prefix)."""
-    cluster = request.getfixturevalue("redis_cluster") if request.param == "redis-cluster" else None
-    if request.param == "redis":
-        require_redis()
-    prefix = f"mnxtest:{secrets.token_hex(6)}:"
-
-    def make() -> Any:
-        if request.param == "sqlite":
-            return SqliteJobQueue(str(tmp_path / "jobs.db"))
-        if cluster is not None:
-            return RedisJobQueue(cluster.url, prefix, cluster=True)
-        return RedisJobQueue(REDIS_URL, prefix)
-
-    yield make
-    if cluster is not None:
-        cluster.drop_prefix(prefix)
-    elif request.param == "redis":
-        drop_redis_prefix(prefix)
-
-
 # -- the queue ----------------------------------------------------------------------------------
 
-def test_a_failed_job_waiting_out_its_backoff_is_due_at_once_and_keeps_its_history(queue_factory):
+def test_a_failed_job_waiting_out_its_backoff_is_due_at_once_and_keeps_its_history(make_queue):
     async def scenario() -> None:
-        queue = queue_factory()
+        queue = make_queue()
         job_id = await queue.enqueue("p1", "learn", {"subject_id": "ann"})
         [job] = await queue.claim(1, lease_seconds=60)
         assert await queue.retry_later(job.id, "UpstreamError: 400", HOUR, lease=job.lease)
@@ -71,9 +46,9 @@ def test_a_failed_job_waiting_out_its_backoff_is_due_at_once_and_keeps_its_histo
     asyncio.run(scenario())
 
 
-def test_another_projects_job_and_an_unknown_id_are_not_found_and_stay_as_they_were(queue_factory):
+def test_another_projects_job_and_an_unknown_id_are_not_found_and_stay_as_they_were(make_queue):
     async def scenario() -> None:
-        queue = queue_factory()
+        queue = make_queue()
         job_id = await queue.enqueue("p1", "learn", {}, delay_seconds=HOUR)
         assert await queue.retry_now("p2", job_id) is None
         assert await queue.retry_now("p1", "job_nothing_has_this_id") is None
@@ -86,9 +61,9 @@ def test_another_projects_job_and_an_unknown_id_are_not_found_and_stay_as_they_w
     asyncio.run(scenario())
 
 
-def test_a_job_a_worker_holds_is_refused_and_its_lease_token_still_works(queue_factory):
+def test_a_job_a_worker_holds_is_refused_and_its_lease_token_still_works(make_queue):
     async def scenario() -> None:
-        queue = queue_factory()
+        queue = make_queue()
         job_id = await queue.enqueue("p1", "learn", {})
         [held] = await queue.claim(1, lease_seconds=60)
         with pytest.raises(JobLeased):
@@ -102,9 +77,9 @@ def test_a_job_a_worker_holds_is_refused_and_its_lease_token_still_works(queue_f
     asyncio.run(scenario())
 
 
-def test_a_job_whose_lease_ran_out_is_no_longer_held(queue_factory):
+def test_a_job_whose_lease_ran_out_is_no_longer_held(make_queue):
     async def scenario() -> None:
-        queue = queue_factory()
+        queue = make_queue()
         job_id = await queue.enqueue("p1", "learn", {})
         await queue.claim(1, lease_seconds=0.2)
         await asyncio.sleep(0.3)  # its worker died: the job is due again by itself
