@@ -80,6 +80,60 @@ async def test_closing_the_store_and_the_queue_stops_the_thread(tmp_path):
     assert not Path(f"{db}-wal").exists()
 
 
+async def test_the_store_and_the_queue_on_one_thread_share_one_connection(tmp_path):
+    # SQLite drops a connection's page cache whenever another connection has committed since its
+    # last transaction: on two connections every turn read its pages again (gateway/store/sqlite.py).
+    db = tmp_path / "gateway.db"
+    store, queue = SqliteDocumentStore(str(db)), SqliteJobQueue(str(db))
+    assert store._db.execute.__self__ is queue._db.execute.__self__  # one connection
+    await store.close()
+    await queue.enqueue("p1", "learn", {"subject_id": "s"})  # the queue's hold keeps it open
+    assert len(await queue.unfinished("p1", 10)) == 1
+    await queue.close()
+
+
+def test_gateways_on_two_threads_write_to_one_file_at_once_without_errors(tmp_path):
+    """Each thread (a gateway's event loop) gets its own connection: statements of one thread's
+    transaction never land inside another's."""
+    db = str(tmp_path / "gateway.db")
+    errors: list[BaseException] = []
+
+    async def writes(name: str) -> None:
+        store, queue = SqliteDocumentStore(db), SqliteJobQueue(db)
+        try:
+            for i in range(150):
+                await store.put_many(NOTES, name, [(f"n{i}-{k}", {"subject_id": name}) for k in range(3)])
+                await queue.enqueue(name, "learn", {"subject_id": name})
+                for job in await queue.claim(5, 60):
+                    assert await queue.complete(job.id, job.lease)
+                await asyncio.sleep(0)
+        finally:
+            await store.close()
+            await queue.close()
+
+    def run(name: str) -> None:
+        try:
+            asyncio.run(writes(name))
+        except BaseException as error:  # reported below, with the thread's own traceback
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(f"p{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+
+    async def count() -> list[int]:
+        store = SqliteDocumentStore(db)
+        try:
+            return [await store.count(NOTES, f"p{n}") for n in range(3)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(count()) == [450, 450, 450]
+
+
 def test_a_store_dropped_unclosed_stops_the_thread_too(tmp_path):
     db = tmp_path / "gateway.db"
     store = SqliteDocumentStore(str(db))

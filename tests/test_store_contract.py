@@ -142,6 +142,20 @@ async def test_a_multi_valued_field_finds_a_document_by_each_of_its_values(store
     assert await store.count(TURNS, "p1", {"chat_id": "c1"}) == 1
 
 
+async def test_a_rewritten_document_is_found_by_the_values_it_kept_and_gained_and_not_by_those_it_lost(store):
+    await store.put(TURNS, "p1", "t1", {"chat_id": "c1", "memory_ids": ["m1", "m2"]})
+    await store.put(TURNS, "p1", "t1", {"chat_id": "c2", "memory_ids": ["m2", "m3"]})
+    rewritten = {"chat_id": "c2", "memory_ids": ["m2", "m3"]}
+    for value, found in (("m1", []), ("m2", [rewritten]), ("m3", [rewritten])):
+        assert await store.find(TURNS, "p1", {"memory_ids": value}) == found
+    assert await store.find(TURNS, "p1", {"chat_id": "c1"}) == []
+    assert await store.count(TURNS, "p1", {"chat_id": "c2"}) == 1
+    # Rewritten with every indexed value unchanged: still found once by each.
+    await store.put(TURNS, "p1", "t1", {**rewritten, "note": "counts changed"})
+    assert await store.count(TURNS, "p1", {"memory_ids": "m2"}) == 1
+    assert await store.find(TURNS, "p1", {"chat_id": "c2"}) == [{**rewritten, "note": "counts changed"}]
+
+
 def test_a_multi_valued_field_cannot_be_part_of_a_composite_index():
     with pytest.raises(ValueError, match="on its own"):
         Collection("bad", indexes=(("memory_ids", "chat_id"),), multi_valued=("memory_ids",))

@@ -161,6 +161,15 @@ async def test_replacing_a_document_moves_its_entries_and_keeps_its_place_among_
     assert names(await store.find_ordered(RECORDS, "p1", OrderedRange("s", False))) == ["y"]
 
 
+async def test_a_rewritten_document_keeps_the_ordered_values_it_still_has_once(store):
+    await store.put(RECORDS, "p1", "x", doc("x", n=[1, 2], s=["a"]))
+    await store.put(RECORDS, "p1", "x", doc("x2", n=[2.0, 3], s=["a"]))  # 2.0 is the 2 it had
+    assert await store.find_ordered(RECORDS, "p1", amount_of("n", 1, 1)) == []
+    assert names(await store.find_ordered(RECORDS, "p1", amount_of("n", 2, 3))) == ["x2", "x2"]
+    assert await store.count_ordered(RECORDS, "p1", amount_of("n")) == 2
+    assert names(await store.find_ordered(RECORDS, "p1", OrderedRange("s", False))) == ["x2"]
+
+
 async def test_delete_and_delete_where_remove_the_entries(store):
     await store.put_many(RECORDS, "p1", [
         ("a", {"name": "a", "kind": "keep", "_order": {"n": [1, 2], "s": ["a"]}}),
