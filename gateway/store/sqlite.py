@@ -283,7 +283,9 @@ def _open(path: str) -> _OpenFile:
             opened = _OpenFile(path, None)
         else:
             key = (Path(path).resolve(), threading.get_ident())
-            opened = _open_files.get(key) or _open_files.setdefault(key, _OpenFile(path, key))
+            if key not in _open_files:
+                _open_files[key] = _OpenFile(path, key)
+            opened = _open_files[key]
         opened.holders += 1
     return opened
 
@@ -307,11 +309,11 @@ class GatewayConnection:
     two (history, the learn job, its claim, what it learned, its completion) and each switch
     read the pages again. In 5 s of strace on the overhead benchmark's (g) there were 1.08
     ``pread`` calls per ``pwrite`` with two connections and 0.28 with one (the checkpointer's
-    reads); in process, a loop of history reads and writes and learn jobs took ~10% less CPU. Sharing is
-    safe because every transaction runs without an await inside it (module docstring), so the
-    statements of two components on one event loop never interleave within one. Components
-    opened on different threads (several gateways in one process, as the tests run them, each
-    on its own loop) get connections of their own.
+    reads); in process, a loop of history reads and writes and learn jobs took ~10% less CPU.
+    Sharing is safe because every transaction runs without an await inside it (module
+    docstring), so the statements of two components on one event loop never interleave within
+    one. Components opened on different threads (several gateways in one process, as the tests
+    run them, each on its own loop) get connections of their own.
 
     ``execute``, ``executemany`` and ``executescript`` are the connection's own. ``close``
     (or the hold being collected unclosed) lets go; the last holder closes the connection and
@@ -340,7 +342,7 @@ class GatewayConnection:
 
 def connect(path: str) -> GatewayConnection:
     """A hold on the gateway's SQLite file as every embedded component uses it: one connection
-    per file and process (``GatewayConnection``), autocommit, WAL (a commit survives the process
+    per file and thread (``GatewayConnection``), autocommit, WAL (a commit survives the process
     being killed), NORMAL sync, and secure_delete: deleted content is overwritten with zeros,
     not left in free pages (erasure must mean gone from the file too; see
     SqliteDocumentStore.scrub). It leaves checkpoints to the file's checkpointer thread but for
