@@ -148,9 +148,9 @@ def stage_attributes(name: str, layer: ContextLayer | None) -> dict[str, Attribu
 
 
 async def traced_stream(stream: AsyncIterator[bytes], trace: TurnTrace,
-                        answered: Sequence[Any]) -> AsyncIterator[bytes]:
-    """``stream`` (a relayed answer), ending the forward and turn spans when it ends: the
-    forward span fails unless the answer came whole (``answered`` is then not empty)."""
+                        recorded: Sequence[Any]) -> AsyncIterator[bytes]:
+    """``stream`` (a relayed answer), ending the forward and turn spans when it ends: they fail
+    unless the answer came whole and was recorded (``recorded`` is then not empty)."""
     error: BaseException | None = None
     try:
         async for chunk in stream:
@@ -159,7 +159,7 @@ async def traced_stream(stream: AsyncIterator[bytes], trace: TurnTrace,
         error = raised
         raise
     finally:
-        if error is None and not answered:
+        if error is None and not recorded:
             error = StreamIncomplete("the stream ended before a complete answer was relayed and recorded")
         trace.forwarded(status=200, error=error)
         trace.end(200, error)

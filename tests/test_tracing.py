@@ -3,7 +3,8 @@
 What an operator relies on: each proxied turn, on every surface, is one root span with a child
 per stage (options, each context stage, forward, record), recall's hit count and the provider's
 answer on them; the learning job that runs later on the worker is a span linked to its turn; a
-stream's forward span lasts as long as the stream; a provider error marks the spans failed; no
+stream's forward span lasts as long as the stream; a provider error, or a streamed answer that
+could not be recorded, marks the spans failed; no
 memory, message or prompt text and no key is in any attribute (``include_text`` adds context
 text for debugging, provider keys still redacted); the spans reach a collector over OTLP/HTTP;
 with tracing off no tracing code is loaded at all, and on it needs no OpenTelemetry package.
@@ -17,6 +18,7 @@ the encoding field by field).
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -201,6 +203,29 @@ def test_a_streamed_turns_forward_span_lasts_until_the_stream_ends(traced):
     assert forward.start_ns < record.start_ns
     assert forward.end_ns >= record.end_ns
     assert USER_TEXT not in all_attribute_values(traced.finished())
+
+
+def test_a_streamed_turn_that_cannot_be_recorded_fails_its_spans(traced):
+    # Another process holds the database's write lock: the answer streams, but its history
+    # cannot be written, and the client gets the in-band turn_not_recorded error.
+    blocker = sqlite3.connect(traced.gateway.config.storage.sqlite.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with httpx.Client(timeout=30) as client, client.stream(
+                "POST", traced.url + "/v1/chat/completions",
+                headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY},
+                json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": USER_TEXT}],
+                      "mnx": {"subject_id": "unrecorded", "chat_id": "unrecorded-chat"}}) as response:
+            body = b"".join(response.iter_bytes())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert b"turn_not_recorded" in body
+    assert wait_until(lambda: any(span.name == "mnx.turn" for span in traced.finished()))
+    root, children = turn_spans(traced.finished())
+    assert "mnx.record" in children
+    assert children["mnx.forward"].error is not None
+    assert root.error is not None
 
 
 def test_an_upstream_error_fails_the_forward_and_turn_spans(traced):

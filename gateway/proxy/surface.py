@@ -233,11 +233,15 @@ async def _turn(call: Call, spec: SurfaceSpec, trace: TurnTrace | None) -> Respo
             await services.audit.answered(audit, options, answer=whole, message=message)
             return written
 
+        # A streamed turn's answer once it came whole, and whether it was then recorded (a trace's
+        # spans fail unless it was: the client got the in-band turn_not_recorded error instead).
         streamed_answer: list[dict[str, Any]] = []
+        recorded: list[bool] = []
 
         async def streamed(message: dict[str, Any]) -> None:
             streamed_answer.append(message)
             await answered(message)
+            recorded.append(True)
 
         def estimated_stream_tokens() -> int:
             """A stream that reported no usage: about four characters a token of the forwarded body
@@ -257,7 +261,7 @@ async def _turn(call: Call, spec: SurfaceSpec, trace: TurnTrace | None) -> Respo
                 relayed = relay(stream, audit.watching(accumulator) if audit else accumulator, spec.error_frame,
                                 streamed)
                 if trace is not None:
-                    relayed = tracing.traced_stream(relayed, trace, streamed_answer)
+                    relayed = tracing.traced_stream(relayed, trace, recorded)
                 return StreamingResponse(services.usage.counting_stream(credentials.principal, relayed,
                                                                         estimated_stream_tokens),
                                          media_type="text/event-stream",
