@@ -4,10 +4,10 @@ What an operator relies on: each proxied turn, on every surface, is one root spa
 per stage (options, each context stage, forward, record), recall's hit count and the provider's
 answer on them; the learning job that runs later on the worker is a span linked to its turn; a
 stream's forward span lasts as long as the stream; a provider error, or a streamed answer that
-could not be recorded, marks the spans failed; no
-memory, message or prompt text and no key is in any attribute (``include_text`` adds context
-text for debugging, provider keys still redacted); the spans reach a collector over OTLP/HTTP;
-with tracing off no tracing code is loaded at all, and on it needs no OpenTelemetry package.
+could not be recorded, marks the spans failed; no memory, message or prompt text and no key is
+in any attribute (``include_text`` adds context text for debugging, provider keys still
+redacted); the spans reach a collector over OTLP/HTTP; with tracing off no tracing code is
+loaded at all, and on it needs no OpenTelemetry package.
 
 Spans are read through ``SpanCollector``, handed to ``create_app`` (its documented test hook) in
 place of the OTLP exporter; the OTLP tests send to a small collector of their own and decode
