@@ -88,14 +88,18 @@ class RedisClusterServers:
 
 def _free_ports(count: int) -> list[int]:
     # Held together until all are chosen, so the same port is not handed out twice; a cluster
-    # node also listens on port + 10000 (its bus), so ports whose bus port is taken are skipped.
-    sockets, ports = [], []
+    # node also listens on port + 10000 (its bus), so ports whose bus port is taken are skipped,
+    # and so are ports that are another chosen node's bus port (33351 and 43351 once made the
+    # node on 43351 fail to start: the one on 33351 had its bus there).
+    sockets, ports, claimed = [], [], set()
     while len(ports) < count:
         sock = free_socket()
         port = int(sock.getsockname()[1])
         sockets.append(sock)
-        if port + 10000 <= 65535 and _port_free(port + 10000):
+        bus = port + 10000
+        if bus <= 65535 and not {port, bus} & claimed and _port_free(bus):
             ports.append(port)
+            claimed.update((port, bus))
     for sock in sockets:
         sock.close()
     return ports
@@ -173,13 +177,23 @@ def start_cluster() -> RedisClusterServers:
     return cluster
 
 
+# Free ports are probed, then released for redis-server to bind: another test's connection may
+# take one in between (the suite runs on several workers), so a start that fails is tried again
+# on other ports.
+_START_ATTEMPTS = 3
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
-    try:
-        cluster = start_cluster()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but no Redis Cluster could be started: {error}")
-        pytest.skip(f"no Redis Cluster: {error}")
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            cluster = start_cluster()
+            break
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+            if attempt < _START_ATTEMPTS and shutil.which("redis-server") and shutil.which("redis-cli"):
+                continue
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI=true but no Redis Cluster could be started: {error}")
+            pytest.skip(f"no Redis Cluster: {error}")
     yield cluster
     cluster.stop()
