@@ -60,7 +60,6 @@ KIND_INTERNAL, KIND_SERVER, KIND_CLIENT = 1, 2, 3
 _STATUS_ERROR = 2
 
 
-
 @dataclass(slots=True)
 class FinishedSpan:
     """One ended span, as gateway/trace_spans.py records it and this module exports it.

@@ -98,7 +98,7 @@ def test_events_of_the_one_document_per_event_layout_are_read_and_erased_with_th
                 "similarity_score": 50.0, "request_type": "chat", "model": "m", "metadata": {},
                 "recalled_at": f"2026-01-0{i + 1}T00:00:00.000Z"} for i in range(2)]
         await services.store.put_many(RECALLS, "p", [(e["event_id"], e) for e in old])
-        log = RecallLog(services.recalls, services.memories, services.erasure)
+        log = RecallLog(services.recalls, services.memories, services.erasure, flush_delay_seconds=60)  # flushed below
         log.add(turn)
         await log.flush()
         by_chat = await services.recalls.for_chat("p", "ann-chat", 100)
@@ -123,7 +123,7 @@ def test_counts_an_older_gateway_kept_in_the_document_are_added_to_the_tallies(t
         assert stored is not None
         stored.update(seen_count=3, reinforcement_count=2)  # as a gateway before tallies counted
         await services.store.put(MEMORIES, "p", memory_id, stored)
-        log = RecallLog(services.recalls, services.memories, services.erasure)
+        log = RecallLog(services.recalls, services.memories, services.erasure, flush_delay_seconds=60)  # flushed below
         log.add(turn)
         await log.flush()
         shown = await services.memories.get("p", memory_id)

@@ -68,7 +68,7 @@ def add_reindex_command(commands: Any, config_help: str) -> None:
                         "from the store, resumable, while the gateway serves from its old index")
     reindex.add_argument("--config", help=config_help + "; its memory.vectors must name the new index")
     reindex.add_argument("--batch", type=_batch_size, default=EMBED_BATCH,
-                         help="memories (or records) per embedder call and index write (default 64)")
+                         help=f"memories (or records) per embedder call and index write (default {EMBED_BATCH})")
     reindex.add_argument("--checkpoint", help="the file recording progress (default: inside the new index's "
                                               "directory for edge, else ./data/reindex-<backend>-<name>.sqlite3)")
     reindex.set_defaults(run=_reindex)

@@ -43,7 +43,6 @@ from gateway.memory.reinforcement import seen_increments
 
 log = logging.getLogger("gateway.memory")
 
-FLUSH_DELAY_SECONDS = 0.005  # memory.recall.events_flush_ms
 MAX_PENDING_TURNS = 20_000
 # After a failed write, the next attempt waits this long (the store may be restarting).
 RETRY_SECONDS = 1.0
@@ -74,7 +73,8 @@ class RecalledTurn:
 
 class RecallLog:
     def __init__(self, recalls: RecallEvents, memories: Memories, erasure: SubjectErasure, *,
-                 flush_delay_seconds: float = FLUSH_DELAY_SECONDS, max_pending: int = MAX_PENDING_TURNS) -> None:
+                 flush_delay_seconds: float, max_pending: int = MAX_PENDING_TURNS) -> None:
+        # flush_delay_seconds: memory.recall.events_flush_ms (its default is the config's).
         self._recalls = recalls
         self._memories = memories
         self._erasure = erasure
