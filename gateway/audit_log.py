@@ -5,15 +5,17 @@ Off by default, because it keeps what the privacy promise keeps least of: whole 
 answers, for ``retention_days``. An operator who needs the trail turns it on knowing that.
 
 One document per turn, written once the turn has an outcome (gateway/proxy/surface.py hands it
-over where it records history), behind the answer: in a task of its own, so the client does not
-wait for it, inside the erasure fence with the turn's start as ``since``: a subject erased while
+over where it records history), behind the answer: queued for this process's one audit writer, so
+the client does not wait for it, and written in the order the turns were answered (newest first in
+a listing means answered last, which independent tasks racing to the store would not keep), inside
+the erasure fence with the turn's start as ``since``: a subject erased while
 its turn ran gets no record, and erasing a subject deletes its records (gateway/erasure.py). The
 document holds both of the turn's records, ``request`` and ``response``, which ``GET
 /audit/requests`` lists as two rows sharing the turn's ``audit_id``; one document keeps the write
 to one ``put`` (with the retention as its TTL, so old records vanish on both backends).
 
-What that costs in durability: a record still being written (a millisecond or so) when the
-process is killed is lost; a clean shutdown writes them first, and a listing waits for this
+What that costs in durability: records still queued (a millisecond's worth or so) when the
+process is killed are lost; a clean shutdown writes them first, and a listing waits for this
 process's pending records, so a client reads its own turns. A record that cannot be written
 (storage down) is logged, and the turn's answer stands.
 
@@ -40,15 +42,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 
 from gateway.clock import from_timestamp
 from gateway.config import AuditConfig
-from gateway.erasure import SubjectErased
 from gateway.errors import GatewayError
 from gateway.ids import ordered_id
 from gateway.options import MnxOptions
@@ -68,8 +70,10 @@ AUDIT = Collection("audit_turns", expiring=True, indexes=(
     ("chat_id", "request_type"), ("subject_id", "chat_id", "request_type")))
 
 _SECONDS_PER_DAY = 86_400.0
-# Records written behind their answers at once, at most; past it a turn waits for its own record.
+# Records queued behind their answers, at most; past it a turn waits for its own record.
 MAX_PENDING = 1000
+# Records written in one store write, at most.
+WRITE_BATCH = 256
 
 
 def resolved_options(options: MnxOptions) -> dict[str, Any]:
@@ -129,16 +133,27 @@ class AuditTurn:
         return accumulator
 
 
+# A turn's record waiting for the writer: the turn, its options, and ``_document``'s keyword arguments.
+QueuedRecord = tuple[AuditTurn, MnxOptions, dict[str, Any]]
+
+
 class AuditLog:
     def __init__(self, store: DocumentStore, config: AuditConfig) -> None:
         self._store = store
         self.config = config
         self._ttl = config.retention_days * _SECONDS_PER_DAY
         self._surfaces = frozenset(config.surfaces)
-        # Erasure's write section (gateway/erasure.py ``writing``), set once erasure is built.
-        self.fence: Callable[..., AbstractAsyncContextManager[None]] | None = None
-        # Records being written behind their answers.
-        self._pending: set[asyncio.Task[None]] = set()
+        # Erasure's write section for a batch of subjects (gateway/erasure.py ``writing_many``),
+        # set once erasure is built.
+        self.fence: Callable[[str, Mapping[str, float]], AbstractAsyncContextManager[set[str]]] | None = None
+        # Records queued behind their answers, oldest first, and the one task writing them in that order.
+        self._backlog: deque[QueuedRecord] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        # Records ever queued and ever written (or given up on): a record is written once
+        # ``_written`` reaches the ``_queued`` it was given; waiters park on (that number, future).
+        self._queued = 0
+        self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def begin(self, project_id: str, request_type: str, body: dict[str, Any],
               secrets: Iterable[str | None] = ()) -> AuditTurn | None:
@@ -147,11 +162,10 @@ class AuditLog:
             return None
         return AuditTurn(project_id, request_type, dict(body), tuple(s for s in secrets if s))
 
-    async def write(self, turn: AuditTurn, options: MnxOptions, *, status: int, answer: Any = None,
-                    usage: Mapping[str, Any] | None = None, error: Mapping[str, Any] | None = None,
-                    stream: bool = False) -> None:
-        """Store the turn's request and response records (inside the erasure fence: ``_fenced``)."""
-        answered_at = time.time()
+    def _document(self, turn: AuditTurn, options: MnxOptions, *, answered_at: float, status: int,
+                  answer: Any = None, usage: Mapping[str, Any] | None = None,
+                  error: Mapping[str, Any] | None = None, stream: bool = False) -> dict[str, Any]:
+        """The stored document of the turn: its request and response records."""
         request = {"body": turn.body, "mnx": resolved_options(options), "injected": turn.injected,
                    "provider": turn.provider, "model": turn.model, "stream": stream}
         response: dict[str, Any] = {"status": status, "stream": stream, "usage": usage}
@@ -159,13 +173,12 @@ class AuditLog:
             response["error"] = error
         else:
             response["body"] = answer
-        doc = {"audit_id": turn.audit_id, "subject_id": options.subject_id, "chat_id": options.chat_id,
-               "request_type": turn.request_type, "status": status,
-               "requested_at": from_timestamp(turn.started_at), "answered_at": from_timestamp(answered_at),
-               # Kept as text: read back only by the (rare) listing, never parsed on the turn's path.
-               "request": self._text(request, "body", turn.secrets),
-               "response": self._text(response, "error" if error is not None else "body", turn.secrets)}
-        await self._store.put(AUDIT, turn.project_id, turn.audit_id, doc, ttl_seconds=self._ttl)
+        return {"audit_id": turn.audit_id, "subject_id": options.subject_id, "chat_id": options.chat_id,
+                "request_type": turn.request_type, "status": status,
+                "requested_at": from_timestamp(turn.started_at), "answered_at": from_timestamp(answered_at),
+                # Kept as text: read back only by the (rare) listing, never parsed on the turn's path.
+                "request": self._text(request, "body", turn.secrets),
+                "response": self._text(response, "error" if error is not None else "body", turn.secrets)}
 
     async def answered(self, turn: AuditTurn | None, options: MnxOptions, *, answer: dict[str, Any] | None,
                        message: dict[str, Any] | None) -> None:
@@ -185,37 +198,95 @@ class AuditLog:
                            error={"error": error.code, "message": error.message, **error.extra})
 
     async def _behind(self, turn: AuditTurn, options: MnxOptions, **record: Any) -> None:
-        """Write the turn's record in a task of its own, so the answer does not wait for it; past
+        """Queue the turn's record for the writer, so the answer does not wait for it; past
         MAX_PENDING unwritten records (a slow store), the turn waits for its own: back-pressure, not loss."""
-        if len(self._pending) >= MAX_PENDING:
-            await self._fenced(turn, options, record)
-            return
-        task = asyncio.get_running_loop().create_task(self._fenced(turn, options, record), name="audit-record")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._backlog.append((turn, options, {**record, "answered_at": time.time()}))
+        self._queued += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_backlog(), name="audit-writer")
+        if len(self._backlog) > MAX_PENDING:
+            await self._written_through(self._queued)
 
-    async def _fenced(self, turn: AuditTurn, options: MnxOptions, record: dict[str, Any]) -> None:
-        """Inside the erasure fence: nothing for a subject erased since the turn began. Never raises."""
+    async def _write_backlog(self) -> None:
+        """Write the queued records, oldest first, a batch at a time, until none is left: one batch
+        is one store write, so a slow store makes batches larger rather than the backlog longer."""
+        while self._backlog:
+            batch = [self._backlog.popleft() for _ in range(min(len(self._backlog), WRITE_BATCH))]
+            try:
+                await self._write_batch(batch)
+            finally:
+                self._written += len(batch)
+                self._wake_waiters()
+
+    async def _write_batch(self, batch: list[QueuedRecord]) -> None:
+        """Per project: the batch's subjects enter the erasure fence together (as of each one's
+        earliest turn), and the records of those let in are written in one ``put_many``, in the
+        batch's order. Never raises."""
+        by_project: dict[str, list[QueuedRecord]] = {}
+        for queued in batch:
+            by_project.setdefault(queued[0].project_id, []).append(queued)
+        for project_id, records in by_project.items():
+            try:
+                await self._write_project(project_id, records)
+            except Exception:
+                log.exception("%d audit records could not be written", len(records))
+
+    async def _write_project(self, project_id: str, records: list[QueuedRecord]) -> None:
         assert self.fence is not None, "gateway/services.py sets the fence"
+        sinces: dict[str, float] = {}
+        for turn, options, _ in records:
+            sinces[options.subject_id] = min(turn.started_at, sinces.get(options.subject_id, turn.started_at))
+        async with AsyncExitStack() as sections:
+            admitted = await sections.enter_async_context(self.fence(project_id, sinces))
+            docs = []
+            for turn, options, record in records:
+                allowed = options.subject_id in admitted
+                if not allowed:
+                    # Erased since the subject's earliest turn of the batch began; perhaps not since
+                    # this one did (rare): its own section says.
+                    allowed = bool(await sections.enter_async_context(
+                        self.fence(project_id, {options.subject_id: turn.started_at})))
+                    if not allowed:
+                        log.info("the subject of a %s turn was erased while it ran: no audit record",
+                                 turn.request_type)
+                if allowed and (doc := self._made(turn, options, record)) is not None:
+                    docs.append((turn.audit_id, doc))
+            await self._store.put_many(AUDIT, project_id, docs, ttl_seconds=self._ttl)
+
+    def _made(self, turn: AuditTurn, options: MnxOptions, record: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            async with self.fence(turn.project_id, options.subject_id, since=turn.started_at):
-                await self.write(turn, options, **record)
-        except SubjectErased:
-            log.info("the subject of a %s turn was erased while it ran: no audit record", turn.request_type)
+            return self._document(turn, options, **record)
         except Exception:
-            log.exception("the audit record of a %s turn could not be written", turn.request_type)
+            log.exception("the audit record of a %s turn could not be made", turn.request_type)
+            return None
+
+    def _wake_waiters(self) -> None:
+        waiting = []
+        for target, future in self._waiters:
+            if target > self._written:
+                waiting.append((target, future))
+            elif not future.done():
+                future.set_result(None)
+        self._waiters = waiting
+
+    async def _written_through(self, target: int) -> None:
+        """Return once the first ``target`` records ever queued are written."""
+        if self._written >= target:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        await future
 
     async def flush(self) -> None:
-        """Wait for the records being written when called (a read through the API sees the turns
-        answered before it; records of turns answered meanwhile are not waited for, or a steady
-        stream of turns could keep a listing waiting forever)."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Wait for the records queued when called (a read through the API sees the turns answered
+        before it; records of turns answered meanwhile are not waited for, or a steady stream of
+        turns could keep a listing waiting forever)."""
+        await self._written_through(self._queued)
 
     async def close(self) -> None:
         """At shutdown: the records of answered turns are written first, every one."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._writer is not None:
+            await self._writer
 
     def _text(self, record: dict[str, Any], bulk: str, secrets: tuple[str, ...]) -> str:
         """``record`` as stored: its JSON, redacted; when that is over ``max_payload_bytes``, with its

@@ -14,7 +14,7 @@ queue, one already running, an index repair, a turn answered while the erasure r
 5. asks the store to make the deleted rows unrecoverable from its files (SQLite: zeroed
    pages, write-ahead log truncated).
 
-``writing`` is the section that deferred work writes in.
+``writing`` is the section that deferred work writes in (``writing_many``: for a batch of subjects).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from gateway.erasure_fence import WRITERS_WAIT_SECONDS, ErasureFence, SubjectErased
 from gateway.jobs.queue import JobQueue
@@ -72,11 +72,33 @@ class SubjectErasure:
             yield
         finally:
             await self._fence.leave(project_id, subject_id, token)
-        if time.monotonic() - started >= _RECHECK_AFTER_SECONDS and await self._fence.erased_after(
+        if time.monotonic() - started >= _RECHECK_AFTER_SECONDS and await self._erased_again(
                 project_id, subject_id, since):
-            log.warning("a write for an erased subject outlasted the erasure's wait: erasing it again")
-            await self._delete_data(project_id, subject_id)
             raise SubjectErased(subject_id)
+
+    @asynccontextmanager
+    async def writing_many(self, project_id: str, sinces: Mapping[str, float]) -> AsyncIterator[set[str]]:
+        """``writing`` for several subjects at once (one fence round trip in, one out), for work
+        that writes them in one batch: yields the subjects it may write (those not erased since
+        their ``sinces``). A section that outlasted an erasure's wait erases that subject again."""
+        started = time.monotonic()
+        tokens = await self._fence.enter_many(project_id, sinces)
+        try:
+            yield set(tokens)
+        finally:
+            await self._fence.leave_many(project_id, tokens)
+        if time.monotonic() - started >= _RECHECK_AFTER_SECONDS:
+            for subject_id in tokens:
+                await self._erased_again(project_id, subject_id, sinces[subject_id])
+
+    async def _erased_again(self, project_id: str, subject_id: str, since: float) -> bool:
+        """Erase the subject again if it was erased since ``since`` (by an erasure that stopped
+        waiting for a section still writing); returns whether it did."""
+        if not await self._fence.erased_after(project_id, subject_id, since):
+            return False
+        log.warning("a write for an erased subject outlasted the erasure's wait: erasing it again")
+        await self._delete_data(project_id, subject_id)
+        return True
 
     async def erase(self, project_id: str, subject_id: str) -> dict[str, int]:
         """Erase everything stored for ``subject_id`` in the project; returns what was removed."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import quote
 
@@ -58,6 +59,13 @@ class ErasureFence(Protocol):
 
     async def leave(self, project_id: str, subject_id: str, token: str) -> None:
         """Unregister a writer."""
+
+    async def enter_many(self, project_id: str, sinces: Mapping[str, float]) -> dict[str, str]:
+        """Register a writer for each subject of ``sinces`` not erased at or after its since, in one
+        step (one round trip on Redis); returns the admitted subjects' tokens."""
+
+    async def leave_many(self, project_id: str, tokens: Mapping[str, str]) -> None:
+        """Unregister the writers ``enter_many`` registered."""
 
     async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
         """Whether the subject was erased at or after ``since``."""
@@ -103,6 +111,19 @@ class LocalErasureFence:
         async with self._idle:
             self._idle.notify_all()
 
+    async def enter_many(self, project_id: str, sinces: Mapping[str, float]) -> dict[str, str]:
+        tokens = {}
+        for subject_id, since in sinces.items():
+            try:
+                tokens[subject_id] = await self.enter(project_id, subject_id, since)
+            except SubjectErased:
+                pass
+        return tokens
+
+    async def leave_many(self, project_id: str, tokens: Mapping[str, str]) -> None:
+        for subject_id, token in tokens.items():
+            await self.leave(project_id, subject_id, token)
+
     async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
         erased_at = self._erased_at((project_id, subject_id))
         return erased_at is not None and erased_at >= since
@@ -123,14 +144,22 @@ class LocalErasureFence:
         return True
 
 
-# KEYS: tombstone, writers. ARGV: since, token, writer expiry (epoch s), writers key ttl (ms).
+# KEYS: tombstone and writers of each subject, in pairs. ARGV: token, writer expiry (epoch s),
+# writers key ttl (ms), then each subject's since. Returns 1 (registered) or 0 (erased) per subject.
 # Atomic: a writer is either registered before the tombstone exists, or refused.
 _ENTER = """
-local erased = redis.call('GET', KEYS[1])
-if erased and tonumber(erased) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+local entered = {}
+for i = 1, #KEYS / 2 do
+  local erased = redis.call('GET', KEYS[2 * i - 1])
+  if erased and tonumber(erased) >= tonumber(ARGV[3 + i]) then
+    entered[i] = 0
+  else
+    redis.call('ZADD', KEYS[2 * i], ARGV[2], ARGV[1])
+    redis.call('PEXPIRE', KEYS[2 * i], ARGV[3])
+    entered[i] = 1
+  end
+end
+return entered
 """
 
 
@@ -155,17 +184,35 @@ class RedisErasureFence:
         return base + "erased:" + subject, base + "writers:" + subject
 
     async def enter(self, project_id: str, subject_id: str, since: float) -> str:
-        tombstone, writers = self._keys(project_id, subject_id)
-        token = secrets.token_hex(8)
-        expiry = time.time() + WRITER_TTL_SECONDS
-        entered = await self._enter(keys=[tombstone, writers],
-                                    args=[repr(since), token, repr(expiry), int(WRITER_TTL_SECONDS * 2000)])
-        if not entered:
+        tokens = await self.enter_many(project_id, {subject_id: since})
+        if subject_id not in tokens:
             raise SubjectErased(subject_id)
-        return token
+        return tokens[subject_id]
 
     async def leave(self, project_id: str, subject_id: str, token: str) -> None:
         await self._redis.zrem(self._keys(project_id, subject_id)[1], token)
+
+    async def enter_many(self, project_id: str, sinces: Mapping[str, float]) -> dict[str, str]:
+        if not sinces:
+            return {}
+        # One token for all: each subject has its own writers set, so it is unique within each.
+        token = secrets.token_hex(8)
+        expiry = time.time() + WRITER_TTL_SECONDS
+        keys = [key for subject_id in sinces for key in self._keys(project_id, subject_id)]
+        entered = await self._enter(keys=keys, args=[token, repr(expiry), int(WRITER_TTL_SECONDS * 2000),
+                                                     *(repr(since) for since in sinces.values())])
+        return {subject_id: token for subject_id, admitted in zip(sinces, entered) if admitted}
+
+    async def leave_many(self, project_id: str, tokens: Mapping[str, str]) -> None:
+        if len(tokens) == 1:
+            [(subject_id, token)] = tokens.items()
+            await self.leave(project_id, subject_id, token)
+        elif tokens:
+            # One round trip; the keys share the project's hash tag (one slot on a cluster).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for subject_id, token in tokens.items():
+                    pipe.zrem(self._keys(project_id, subject_id)[1], token)
+                await pipe.execute()
 
     async def erased_after(self, project_id: str, subject_id: str, since: float) -> bool:
         erased = await self._redis.get(self._keys(project_id, subject_id)[0])

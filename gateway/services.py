@@ -132,7 +132,7 @@ class Services:
                                  integration_values=integration_cache, audit=audit)
         # Every write of a record enters erasure's section for its subjects (gateway/records/records.py).
         records.fence = erasure.writing
-        audit.fence = erasure.writing
+        audit.fence = erasure.writing_many
         integration_cache.fence = erasure.writing
         integrations = Integrations(store, config.integrations, integration_cache)
         # What prompt templates render {{var}} tokens from (gateway/prompt_templates.py).

@@ -264,6 +264,32 @@ def test_failed_turns_are_recorded_with_their_status_and_explained_turns_not_at_
     assert "just explain" not in json.dumps(rows(gateway))
 
 
+def test_the_listing_is_in_the_order_the_turns_were_answered(start_gateway, storage):
+    # Answers, provider failures and refusals take different paths to their records; whichever path,
+    # the turn answered last is listed first (each record waits behind the ones answered before it).
+    gateway = start_gateway(storage, audit=ON)
+    expected = []
+    for turn in range(24):
+        kind = turn % 3
+        if kind == 0:
+            status = chat(gateway, f"turn {turn}", subject="orderly").status_code
+        elif kind == 1:
+            status = chat(gateway, f"turn {turn}", subject="orderly", model="fail-503").status_code
+        else:
+            status = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                                headers={"x-mnexium-key": KEY, "x-openai-key": PROVIDER_KEY},
+                                json={"model": "gpt-4o-mini", "messages": f"turn {turn}",
+                                      "mnx": {"subject_id": "orderly"}}).status_code
+        assert status == (200, 503, 400)[kind]
+        expected.append(status)
+    listed = rows(gateway, subject_id="orderly", direction="response")
+    assert [row["status"] for row in listed] == expected[::-1]
+    answered = [row["created_at"] for row in listed]
+    assert answered == sorted(answered, reverse=True)
+    paged = rows(gateway, subject_id="orderly", direction="response", limit=5, offset=5)
+    assert [row["audit_id"] for row in paged] == [row["audit_id"] for row in listed[5:10]]
+
+
 def stored_text(gateway, storage: dict[str, Any]) -> str:
     """Every byte the backend holds for the gateway, as text (the SQLite files, or the Redis keys)."""
     if storage["backend"] == "sqlite":

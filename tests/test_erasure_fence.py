@@ -70,3 +70,24 @@ async def test_the_eraser_waits_for_a_writer_inside_until_it_leaves(fences):
     assert await eraser_side.wait_for_writers("p1", "cy", timeout=5)
     assert 0.1 < time.monotonic() - started < 4
     await leaving
+
+
+async def test_subjects_entered_together_are_each_fenced_as_if_alone(fences):
+    writer_side, eraser_side = fences
+    began = time.time()
+    await asyncio.sleep(0.01)
+    await eraser_side.mark_erased("p1", "eve")
+    after = time.time() + 0.01
+    # eve's work began before her erasure: refused; fay and gus (another's since) are let in.
+    tokens = await writer_side.enter_many("p1", {"eve": began, "fay": began, "gus": after})
+    assert set(tokens) == {"fay", "gus"}
+    # Each admitted subject holds back its own erasure until the batch leaves, and only its own.
+    await eraser_side.mark_erased("p1", "fay")
+    assert not await eraser_side.wait_for_writers("p1", "fay", timeout=0.1)
+    assert not await eraser_side.wait_for_writers("p1", "gus", timeout=0.1)
+    assert await eraser_side.wait_for_writers("p1", "eve", timeout=0.1)
+    await writer_side.leave_many("p1", tokens)
+    assert await eraser_side.wait_for_writers("p1", "fay", timeout=0.5)
+    assert await eraser_side.wait_for_writers("p1", "gus", timeout=0.5)
+    assert await writer_side.enter_many("p1", {"fay": began}) == {}
+    assert await writer_side.enter_many("p1", {}) == {}

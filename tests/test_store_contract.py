@@ -118,6 +118,16 @@ async def test_expired_documents_disappear_from_every_read(store):
     assert await store.count(EPHEMERAL, "p1", {"subject_id": "u1"}) == 2
 
 
+async def test_documents_put_together_expire_together_and_keep_their_order(store):
+    await store.put_many(EPHEMERAL, "p1", [("b", {"subject_id": "u1", "v": 1}), ("a", {"subject_id": "u1", "v": 2})],
+                         ttl_seconds=0.3)
+    await store.put_many(EPHEMERAL, "p1", [("c", {"subject_id": "u1", "v": 3})], ttl_seconds=60)
+    assert [d["v"] for d in await store.find(EPHEMERAL, "p1", {"subject_id": "u1"}, newest_first=True)] == [3, 2, 1]
+    await asyncio.sleep(0.5)
+    assert await store.get(EPHEMERAL, "p1", "a") is None and await store.get(EPHEMERAL, "p1", "b") is None
+    assert [d["v"] for d in await store.find(EPHEMERAL, "p1", {"subject_id": "u1"})] == [3]
+
+
 async def test_rewriting_without_ttl_makes_a_document_permanent(store):
     await store.put(EPHEMERAL, "p1", "k", {"subject_id": "u1"}, ttl_seconds=0.3)
     await store.put(EPHEMERAL, "p1", "k", {"subject_id": "u1", "kept": True})

@@ -206,8 +206,10 @@ class DocumentStore(Protocol):
         Its index and ordered entries are replaced with it, atomically; ValueError (nothing written)
         when its ordered values cannot be indexed (see ``Collection.ordered_entries``)."""
 
-    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
-        """Insert or replace several documents in one round trip, in the given order."""
+    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
+                       *, ttl_seconds: float | None = None) -> None:
+        """Insert or replace several documents in one round trip, in the given order (each
+        disappearing ``ttl_seconds`` later, as with ``put``), atomically."""
 
     async def get(self, collection: Collection, project_id: str, doc_id: str) -> Document | None:
         """One document, or None when it is missing or expired."""

@@ -309,8 +309,10 @@ class RedisDocumentStore:
         keys, args = self._put_call(collection, base, doc_id, doc, ttl_ms)
         await self._put(keys=keys, args=args)
 
-    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
-        await self.put_many_and_increment(collection, project_id, docs, collection, ())
+    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
+                       *, ttl_seconds: float | None = None) -> None:
+        ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds is not None else 0
+        await self._put_and_increment(collection, project_id, docs, ttl_ms, collection, ())
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
         base = self._base(collection, project_id)
@@ -332,9 +334,14 @@ class RedisDocumentStore:
     async def put_many_and_increment(self, collection: Collection, project_id: str,
                                      docs: Iterable[tuple[str, Document]], tallied: Collection,
                                      increments: Iterable[Increment]) -> None:
+        await self._put_and_increment(collection, project_id, docs, 0, tallied, increments)
+
+    async def _put_and_increment(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
+                                 ttl_ms: int, tallied: Collection, increments: Iterable[Increment]) -> None:
+        """``ttl_ms``: each document's time to live (0: none)."""
         base = self._base(collection, project_id)
         # Every call checked before the first is sent: a bad document writes nothing.
-        calls = [(self._put, *self._put_call(collection, base, doc_id, doc, 0)) for doc_id, doc in docs]
+        calls = [(self._put, *self._put_call(collection, base, doc_id, doc, ttl_ms)) for doc_id, doc in docs]
         keys, args = self._increment_call(self._base(tallied, project_id), increments)
         if keys:
             calls.append((self._increment, keys, args))

@@ -420,8 +420,10 @@ class SqliteDocumentStore:
             raise
         self._maybe_sweep()
 
-    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]]) -> None:
-        await self.put_many_and_increment(collection, project_id, docs, collection, ())
+    async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
+                       *, ttl_seconds: float | None = None) -> None:
+        expires_at = time.time() + ttl_seconds if ttl_seconds is not None else None
+        self._put_and_increment(collection, project_id, docs, expires_at, collection, ())
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
         require_project(project_id)
@@ -467,6 +469,10 @@ class SqliteDocumentStore:
     async def put_many_and_increment(self, collection: Collection, project_id: str,
                                      docs: Iterable[tuple[str, Document]], tallied: Collection,
                                      increments: Iterable[Increment]) -> None:
+        self._put_and_increment(collection, project_id, docs, None, tallied, increments)
+
+    def _put_and_increment(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
+                           expires_at: float | None, tallied: Collection, increments: Iterable[Increment]) -> None:
         require_project(project_id)
         docs = list(docs)
         rows = [(tallied.name, project_id, i.doc_id, i.name, i.by, i.at) for i in increments]
@@ -476,7 +482,7 @@ class SqliteDocumentStore:
         self._db.execute("BEGIN")
         try:
             for doc_id, doc in docs:
-                self._put_one(collection, project_id, doc_id, doc, None)
+                self._put_one(collection, project_id, doc_id, doc, expires_at)
             # A row of a few dozen bytes per tally: far less to write than the document it counts for.
             self._db.executemany(
                 "INSERT INTO tallies (collection, project_id, doc_id, name, count, last_at) VALUES (?, ?, ?, ?, ?, ?) "
