@@ -136,9 +136,14 @@ async def test_rewriting_without_ttl_makes_a_document_permanent(store):
 
 
 TURNS = Collection("turns", indexes=(("chat_id",), ("memory_ids",)), multi_valued=("memory_ids",))
+# The same with its memory index deferred (SQLite files those entries late): nothing a caller sees differs.
+DEFERRED_TURNS = Collection("deferred_turns", indexes=(("chat_id",), ("memory_ids",)), multi_valued=("memory_ids",),
+                            deferred=(("memory_ids",),))
+EACH_TURNS = pytest.mark.parametrize("TURNS", [TURNS, DEFERRED_TURNS], ids=["indexed", "deferred"])
 
 
-async def test_a_multi_valued_field_finds_a_document_by_each_of_its_values(store):
+@EACH_TURNS
+async def test_a_multi_valued_field_finds_a_document_by_each_of_its_values(store, TURNS):
     await store.put(TURNS, "p1", "t1", {"chat_id": "c1", "memory_ids": ["m1", "m2", "m2"]})
     await store.put(TURNS, "p1", "t2", {"chat_id": "c1", "memory_ids": ["m2"]})
     assert [d["memory_ids"] for d in await store.find(TURNS, "p1", {"memory_ids": "m1"})] == [["m1", "m2", "m2"]]
@@ -152,7 +157,42 @@ async def test_a_multi_valued_field_finds_a_document_by_each_of_its_values(store
     assert await store.count(TURNS, "p1", {"chat_id": "c1"}) == 1
 
 
-async def test_a_rewritten_document_is_found_by_the_values_it_kept_and_gained_and_not_by_those_it_lost(store):
+async def test_a_deferred_index_sees_every_write_delete_and_expiry_in_bulk(store):
+    from gateway.store.sqlite import FILE_DEFERRED_ROWS
+
+    def memories(n: int) -> list[str]:
+        return [f"m{(n + k) % 10}" for k in range(4)]
+
+    def numbers(docs: list[dict]) -> list[int]:
+        return [doc["n"] for doc in docs]
+
+    # More entries than SQLite keeps waiting: some are filed in bulk on the way, the rest on a read.
+    turns = FILE_DEFERRED_ROWS // 4 + 7
+    for start in range(0, turns, 50):
+        await store.put_many(DEFERRED_TURNS, "p1", [
+            (f"t{n}", {"chat_id": f"c{n % 3}", "n": n, "memory_ids": memories(n)})
+            for n in range(start, min(turns, start + 50))])
+    with_m5 = [n for n in range(turns) if "m5" in memories(n)]
+    assert await store.count(DEFERRED_TURNS, "p1", {"memory_ids": "m5"}) == len(with_m5)
+    assert numbers(await store.find(DEFERRED_TURNS, "p1", {"memory_ids": "m5"}, limit=2, newest_first=True)) == [
+        with_m5[-1], with_m5[-2]]
+    # Deleted through another index, or one by one: gone from the deferred index too.
+    assert await store.delete_where(DEFERRED_TURNS, "p1", {"chat_id": "c0"}) == len(range(0, turns, 3))
+    assert await store.delete(DEFERRED_TURNS, "p1", "t1")
+    left = [n for n in with_m5 if n % 3 and n != 1]
+    assert numbers(await store.find(DEFERRED_TURNS, "p1", {"memory_ids": "m5"})) == left
+    # And expired.
+    expiring = Collection("deferred_expiring", indexes=(("memory_ids",),), multi_valued=("memory_ids",),
+                          deferred=(("memory_ids",),), expiring=True)
+    await store.put(expiring, "p1", "short", {"n": 1, "memory_ids": ["m0"]}, ttl_seconds=0.3)
+    await store.put(expiring, "p1", "kept", {"n": 2, "memory_ids": ["m0"]})
+    await asyncio.sleep(0.5)
+    assert numbers(await store.find(expiring, "p1", {"memory_ids": "m0"})) == [2]
+
+
+@EACH_TURNS
+async def test_a_rewritten_document_is_found_by_the_values_it_kept_and_gained_and_not_by_those_it_lost(
+        store, TURNS):
     await store.put(TURNS, "p1", "t1", {"chat_id": "c1", "memory_ids": ["m1", "m2"]})
     await store.put(TURNS, "p1", "t1", {"chat_id": "c2", "memory_ids": ["m2", "m3"]})
     rewritten = {"chat_id": "c2", "memory_ids": ["m2", "m3"]}

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from gateway.memory.index_upkeep import MEMORIES
 from gateway.store import Collection, DocumentStore, Increment
 
+# The memory ids are deferred (gateway/store/base.py): a turn's eight recalled memories would
+# otherwise be eight index pages written per batch on SQLite, most of a recall batch's writes.
 RECALL_TURNS = Collection("recall_turns", indexes=(("chat_id",), ("memory_ids",), ("subject_id",)),
-                          multi_valued=("memory_ids",))
+                          multi_valued=("memory_ids",), deferred=(("memory_ids",),))
 # The earlier layout: one document per event.
 RECALLS = Collection("memory_recalls", indexes=(("chat_id",), ("memory_id",), ("subject_id",)))
 

@@ -53,11 +53,19 @@ class Collection:
     # The name of a document field holding {index name: [values]}: each value is indexed in order under
     # that name (numbers as numbers, strings by their UTF-8 bytes), for find_ordered. None: no ordered indexes.
     ordered: str | None = None
+    # Declared indexes that are written often and read rarely, whose entries land on many different
+    # pages per write (a turn's recall events, indexed by each recalled memory): a backend may
+    # file their entries late, in bulk, as long as every read sees them (SQLite does; Redis has
+    # no pages to save and writes them at once). Nothing about them changes for a caller.
+    deferred: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         for fields in self.indexes:
             if len(fields) > 1 and set(fields) & set(self.multi_valued):
                 raise ValueError(f"collection {self.name!r}: a multi-valued field is indexed on its own only")
+        for fields in self.deferred:
+            if fields not in self.indexes:
+                raise ValueError(f"collection {self.name!r}: deferred index {fields!r} is not declared")
 
     def index_for(self, where: Mapping[str, str]) -> tuple[str, ...]:
         """The declared index that answers ``where`` exactly (fields in declared order)."""

@@ -65,6 +65,16 @@ CREATE TABLE IF NOT EXISTS doc_index (
     PRIMARY KEY (collection, project_id, index_key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_index_by_seq ON doc_index (seq);
+-- Entries of deferred indexes (Collection.deferred) not yet filed into doc_index. Appended in seq
+-- order, a commit's rows share a page or two, where in doc_index each distinct value takes a page of
+-- its own; they move there in bulk (_file_deferred), and before any read of such an index.
+CREATE TABLE IF NOT EXISTS doc_index_deferred (
+    seq         INTEGER NOT NULL,
+    collection  TEXT NOT NULL,
+    project_id  TEXT NOT NULL,
+    index_key   TEXT NOT NULL,
+    PRIMARY KEY (seq, index_key)
+) WITHOUT ROWID;
 -- Ordered indexes (Collection.ordered). `value` has no declared type on purpose: no affinity, so
 -- numbers stay numbers and text stays text, and SQLite orders every number before every string
 -- and strings by BINARY collation, i.e. by their UTF-8 bytes (as Redis's lex ranges do).
@@ -97,8 +107,15 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE INDEX IF NOT EXISTS counters_by_expiry ON counters (expires_at);
 """
 
+# The tables of a document's index entries (each row names its document's seq): a deleted
+# document's rows go from each.
+_ENTRY_TABLES = ("doc_index", "doc_index_deferred", "doc_order")
+
 # How often (at most) writes also sweep expired rows out of the file.
 _SWEEP_INTERVAL_SECONDS = 60.0
+# Deferred index entries are filed into doc_index once this many wait (a few milliseconds of
+# work, once per ~128 turns that recalled eight memories each).
+FILE_DEFERRED_ROWS = 1024
 
 
 @functools.lru_cache(maxsize=4096)  # the same subjects and chats come back on every turn
@@ -355,6 +372,9 @@ class SqliteDocumentStore:
         self._db = connect(path)
         self._db.executescript(_SCHEMA)
         self._next_sweep = 0.0
+        # Deferred index entries written through this store and not filed yet (as far as it knows:
+        # only a trigger for filing them; reads check the table itself).
+        (self._deferred_rows,) = self._db.execute("SELECT COUNT(*) FROM doc_index_deferred").fetchone()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -362,7 +382,10 @@ class SqliteDocumentStore:
                  expires_at: float | None) -> None:
         ordered = collection.ordered_entries(doc)  # raises before anything is written
         row = (collection.name, project_id, doc_id, codec.encode(doc), expires_at)
-        index_keys = [_index_key(f, v) for f, v in collection.index_entries(doc)]
+        index_keys: list[str] = []
+        deferred_keys: list[str] = []
+        for fields, values in collection.index_entries(doc):
+            (deferred_keys if fields in collection.deferred else index_keys).append(_index_key(fields, values))
         # Most writes store a new document (a message, a recall, a memory under a fresh id): it is
         # inserted, and has no index rows to clear (its seq is AUTOINCREMENT: never one an earlier,
         # deleted document had).
@@ -373,11 +396,18 @@ class SqliteDocumentStore:
             (seq,) = self._db.execute(
                 "UPDATE documents SET body = ?, expires_at = ? WHERE collection = ? AND project_id = ? AND doc_id = ? "
                 "RETURNING seq", row[3:] + row[:3]).fetchone()
-            self._replace_index_rows(collection, project_id, seq, index_keys, ordered)
+            if collection.deferred:  # (rare) its entries not filed yet are filed first, then compared as any
+                self._file_deferred(seq)
+            self._replace_index_rows(collection, project_id, seq, index_keys + deferred_keys, ordered)
             return
         (seq,) = inserted
         self._db.executemany("INSERT INTO doc_index (collection, project_id, index_key, seq) VALUES (?, ?, ?, ?)",
                              [(collection.name, project_id, key, seq) for key in index_keys])
+        if deferred_keys:
+            self._db.executemany(
+                "INSERT INTO doc_index_deferred (seq, collection, project_id, index_key) VALUES (?, ?, ?, ?)",
+                [(seq, collection.name, project_id, key) for key in deferred_keys])
+            self._deferred_rows += len(deferred_keys)
         if ordered:
             self._db.executemany(
                 "INSERT INTO doc_order (collection, project_id, index_name, value, seq) VALUES (?, ?, ?, ?, ?)",
@@ -407,6 +437,34 @@ class SqliteDocumentStore:
             self._db.executemany("INSERT INTO doc_order (collection, project_id, index_name, value, seq) "
                                  "VALUES (?, ?, ?, ?, ?)", [(*names, *entry, seq) for entry in new_order - old_order])
 
+    def _file_deferred(self, seq: int | None = None) -> None:
+        """Move deferred index entries into doc_index (only document ``seq``'s, given one), in key
+        order: the entries of one value go onto its page together. Inside the caller's transaction."""
+        which, args = ("WHERE seq = ?", (seq,)) if seq is not None else ("", ())
+        # OR IGNORE: an entry already filed (which a filing cut short by a crash cannot leave, as it
+        # is one transaction) must not fail the write that files it again.
+        self._db.execute("INSERT OR IGNORE INTO doc_index (collection, project_id, index_key, seq) SELECT "
+                         f"collection, project_id, index_key, seq FROM doc_index_deferred {which} "
+                         "ORDER BY collection, project_id, index_key, seq", args)
+        self._db.execute(f"DELETE FROM doc_index_deferred {which}", args)
+
+    def _file_all_deferred(self) -> None:
+        """File every deferred entry, in a transaction of its own."""
+        self._db.execute("BEGIN")
+        try:
+            self._file_deferred()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._deferred_rows = 0
+
+    def _before_reading(self, collection: Collection, fields: tuple[str, ...]) -> None:
+        """A read through a deferred index sees every entry: those waiting are filed first."""
+        if fields in collection.deferred and self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM doc_index_deferred)").fetchone()[0]:
+            self._file_all_deferred()
+
     async def put(self, collection: Collection, project_id: str, doc_id: str, doc: Document,
                   *, ttl_seconds: float | None = None) -> None:
         require_project(project_id)
@@ -419,6 +477,11 @@ class SqliteDocumentStore:
             self._db.execute("ROLLBACK")
             raise
         self._maybe_sweep()
+        self._maybe_file_deferred()
+
+    def _maybe_file_deferred(self) -> None:
+        if self._deferred_rows >= FILE_DEFERRED_ROWS:
+            self._file_all_deferred()
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
                        *, ttl_seconds: float | None = None) -> None:
@@ -435,8 +498,8 @@ class SqliteDocumentStore:
                 (collection.name, project_id, doc_id),
             ).fetchone()
             if row is not None:
-                self._db.execute("DELETE FROM doc_index WHERE seq = ?", (row[0],))
-                self._db.execute("DELETE FROM doc_order WHERE seq = ?", (row[0],))
+                for table in _ENTRY_TABLES:
+                    self._db.execute(f"DELETE FROM {table} WHERE seq = ?", (row[0],))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -449,14 +512,15 @@ class SqliteDocumentStore:
             raise ValueError("delete_where needs a filter")
         fields = collection.index_for(where)
         key = _index_key(fields, tuple(where[f] for f in fields))
+        self._before_reading(collection, fields)
         self._db.execute("BEGIN")
         try:
             seqs = [row[0] for row in self._db.execute(
                 "SELECT seq FROM doc_index WHERE collection = ? AND project_id = ? AND index_key = ?",
                 (collection.name, project_id, key))]
             self._db.executemany("DELETE FROM documents WHERE seq = ?", [(s,) for s in seqs])
-            self._db.executemany("DELETE FROM doc_index WHERE seq = ?", [(s,) for s in seqs])
-            self._db.executemany("DELETE FROM doc_order WHERE seq = ?", [(s,) for s in seqs])
+            for table in _ENTRY_TABLES:
+                self._db.executemany(f"DELETE FROM {table} WHERE seq = ?", [(s,) for s in seqs])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -492,6 +556,7 @@ class SqliteDocumentStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._maybe_file_deferred()
 
     async def tallies(self, collection: Collection, project_id: str,
                       doc_ids: Iterable[str]) -> dict[str, dict[str, Tally]]:
@@ -557,7 +622,7 @@ class SqliteDocumentStore:
             return
         self._next_sweep = now + _SWEEP_INTERVAL_SECONDS
         self._db.execute("BEGIN")
-        for table in ("doc_index", "doc_order"):
+        for table in _ENTRY_TABLES:
             self._db.execute(f"DELETE FROM {table} WHERE seq IN "
                              "(SELECT seq FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?)", (now,))
         self._db.execute("DELETE FROM documents WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
@@ -580,6 +645,7 @@ class SqliteDocumentStore:
         if where:
             fields = collection.index_for(where)
             key = _index_key(fields, tuple(where[f] for f in fields))
+            self._before_reading(collection, fields)
             sql = (f"SELECT {what} FROM doc_index i JOIN documents d ON d.seq = i.seq "
                    "WHERE i.collection = ? AND i.project_id = ? AND i.index_key = ? "
                    "AND (d.expires_at IS NULL OR d.expires_at > ?)" + tail)
