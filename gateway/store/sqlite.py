@@ -441,8 +441,8 @@ class SqliteDocumentStore:
         """Move deferred index entries into doc_index (only document ``seq``'s, given one), in key
         order: the entries of one value go onto its page together. Inside the caller's transaction."""
         which, args = ("WHERE seq = ?", (seq,)) if seq is not None else ("", ())
-        # OR IGNORE: an entry already filed (which a filing cut short by a crash cannot leave, as it
-        # is one transaction) must not fail the write that files it again.
+        # OR IGNORE: filing must never fail a write over an entry already in doc_index (none should
+        # be: an entry leaves the deferred table in the transaction that files it).
         self._db.execute("INSERT OR IGNORE INTO doc_index (collection, project_id, index_key, seq) SELECT "
                          f"collection, project_id, index_key, seq FROM doc_index_deferred {which} "
                          "ORDER BY collection, project_id, index_key, seq", args)
