@@ -150,10 +150,10 @@ class AuditLog:
         self._backlog: deque[QueuedRecord] = deque()
         self._writer: asyncio.Task[None] | None = None
         # Records ever queued and ever written (or given up on): a record is written once
-        # ``_written`` reaches the ``_queued`` it was given; waiters park on (that number, future).
+        # ``_written`` reaches the ``_queued`` it was given; ``_progress`` is notified as it grows.
         self._queued = 0
         self._written = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._progress = asyncio.Condition()
 
     def begin(self, project_id: str, request_type: str, body: dict[str, Any],
               secrets: Iterable[str | None] = ()) -> AuditTurn | None:
@@ -216,7 +216,8 @@ class AuditLog:
                 await self._write_batch(batch)
             finally:
                 self._written += len(batch)
-                self._wake_waiters()
+                async with self._progress:
+                    self._progress.notify_all()
 
     async def _write_batch(self, batch: list[QueuedRecord]) -> None:
         """Per project: the batch's subjects enter the erasure fence together (as of each one's
@@ -260,22 +261,11 @@ class AuditLog:
             log.exception("the audit record of a %s turn could not be made", turn.request_type)
             return None
 
-    def _wake_waiters(self) -> None:
-        waiting = []
-        for target, future in self._waiters:
-            if target > self._written:
-                waiting.append((target, future))
-            elif not future.done():
-                future.set_result(None)
-        self._waiters = waiting
-
     async def _written_through(self, target: int) -> None:
         """Return once the first ``target`` records ever queued are written."""
-        if self._written >= target:
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, future))
-        await future
+        if self._written < target:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._written >= target)
 
     async def flush(self) -> None:
         """Wait for the records queued when called (a read through the API sees the turns answered

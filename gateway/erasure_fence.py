@@ -204,10 +204,7 @@ class RedisErasureFence:
         return {subject_id: token for subject_id, admitted in zip(sinces, entered) if admitted}
 
     async def leave_many(self, project_id: str, tokens: Mapping[str, str]) -> None:
-        if len(tokens) == 1:
-            [(subject_id, token)] = tokens.items()
-            await self.leave(project_id, subject_id, token)
-        elif tokens:
+        if tokens:
             # One round trip; the keys share the project's hash tag (one slot on a cluster).
             async with self._redis.pipeline(transaction=False) as pipe:
                 for subject_id, token in tokens.items():
