@@ -250,6 +250,11 @@ return counts
 """
 
 
+def _ttl_ms(ttl_seconds: float | None) -> int:
+    """A document's time to live as the put script takes it: milliseconds, at least 1; 0 for none."""
+    return max(1, int(ttl_seconds * 1000)) if ttl_seconds is not None else 0
+
+
 class RedisDocumentStore:
     def __init__(self, redis: str | RedisClient, key_prefix: str = "mnx:", *, cluster: bool = False) -> None:
         """``redis``: a client shared with the rest of the gateway (not closed here), or a URL
@@ -305,14 +310,12 @@ class RedisDocumentStore:
     async def put(self, collection: Collection, project_id: str, doc_id: str, doc: Document,
                   *, ttl_seconds: float | None = None) -> None:
         base = self._base(collection, project_id)
-        ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds is not None else 0
-        keys, args = self._put_call(collection, base, doc_id, doc, ttl_ms)
+        keys, args = self._put_call(collection, base, doc_id, doc, _ttl_ms(ttl_seconds))
         await self._put(keys=keys, args=args)
 
     async def put_many(self, collection: Collection, project_id: str, docs: Iterable[tuple[str, Document]],
                        *, ttl_seconds: float | None = None) -> None:
-        ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds is not None else 0
-        await self._put_and_increment(collection, project_id, docs, ttl_ms, collection, ())
+        await self._put_and_increment(collection, project_id, docs, _ttl_ms(ttl_seconds), collection, ())
 
     async def delete(self, collection: Collection, project_id: str, doc_id: str) -> bool:
         base = self._base(collection, project_id)

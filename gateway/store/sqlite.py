@@ -476,6 +476,11 @@ class SqliteDocumentStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._after_writing()
+
+    def _after_writing(self) -> None:
+        """What every document write does once committed: now and then, sweep expired rows out of
+        the file, and file deferred index entries."""
         self._maybe_sweep()
         self._maybe_file_deferred()
 
@@ -556,7 +561,7 @@ class SqliteDocumentStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._maybe_file_deferred()
+        self._after_writing()
 
     async def tallies(self, collection: Collection, project_id: str,
                       doc_ids: Iterable[str]) -> dict[str, dict[str, Tally]]:
