@@ -7,7 +7,6 @@ levels that apply to a request in that order, each ordered by ``priority``.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from gateway.errors import BadRequest
@@ -75,8 +74,7 @@ async def resolve_levels(store: DocumentStore, collection: Collection, project_i
         levels.append(("subject", subject_id))
     if chat_id:
         levels.append(("chat", chat_id))
-    found = await asyncio.gather(*(store.find(collection, project_id, {"scope": s, "scope_id": i})
-                                   for s, i in levels))
+    found = await store.find_each(collection, project_id, [{"scope": s, "scope_id": i} for s, i in levels])
     return layered([d for level in found for d in level if d["is_active"] and (d["is_default"] or not default_only)])
 
 

@@ -708,3 +708,39 @@ def test_a_truth_row_a_crash_left_behind_goes_at_the_slots_next_change(tmp_path)
 
     rows, left = asyncio.run(scenario())
     assert rows == ["green"] and left == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_truths_recall_keeps_in_process_follow_every_change_made_anywhere(backend, request, tmp_path):
+    """``TruthGraph.latest`` (recall's read on every turn) keeps a subject's rows in process:
+    a change through another gateway on the same store (another TruthGraph), an erasure, and
+    a longer read than the one kept all show at the next read."""
+    from gateway.memory.truth_graph import NewClaim, TruthGraph
+    from tests.conftest import open_test_store
+
+    def values(rows: list[dict[str, Any]]) -> list[str]:
+        return [row["object_value"] for row in rows]
+
+    async def scenario() -> None:
+        async with open_test_store(backend, request, tmp_path) as store:
+            reader, writer = TruthGraph(store), TruthGraph(store)
+            assert await reader.latest("p", SUBJECT, limit=5) == []
+            await writer.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "red"))
+            assert values(await reader.latest("p", SUBJECT, limit=5)) == ["red"]
+            await writer.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "blue"))
+            await writer.assert_claim("p", NewClaim(SUBJECT, "home_city", "porto"))
+            assert values(await reader.latest("p", SUBJECT, limit=5)) == ["porto", "blue"]
+            assert values(await reader.latest("p", SUBJECT, limit=1)) == ["porto"]  # from what it kept
+            assert values(await reader.latest("other", SUBJECT, limit=5)) == []  # another project's subject
+            await writer.erase_subject("p", SUBJECT)
+            assert await reader.latest("p", SUBJECT, limit=5) == []
+            await writer.assert_claim("p", NewClaim(SUBJECT, "favorite_color", "green"))
+            assert values(await reader.latest("p", SUBJECT, limit=5)) == ["green"]
+            for n in range(3):
+                await writer.assert_claim("p", NewClaim(SUBJECT, f"fact_{n}", f"value {n}"))
+            assert values(await reader.latest("p", SUBJECT, limit=2)) == ["value 2", "value 1"]
+            # A longer read than the one kept reads the rows again.
+            assert values(await reader.latest("p", SUBJECT, limit=10)) == ["value 2", "value 1", "value 0", "green"]
+            assert await reader.latest("p", SUBJECT, limit=10) == await reader.truth("p", SUBJECT, limit=10)
+
+    asyncio.run(scenario())

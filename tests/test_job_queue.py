@@ -366,3 +366,115 @@ def test_a_worker_whose_jobs_end_while_their_lease_is_being_renewed_finishes_the
         return calls
 
     assert sorted(asyncio.run(scenario())) == list(range(jobs))
+
+
+def test_a_job_enqueued_claimed_is_leased_to_its_enqueuer_and_due_again_only_when_the_lease_runs_out(make_queue):
+    """``enqueue_claimed`` (a worker's handed-over job): one write, the job durable and listed
+    at once, leased to whoever wrote it; nobody else claims it until the lease runs out."""
+    async def scenario() -> None:
+        queue = make_queue()
+        job = await queue.enqueue_claimed("p1", "learn", {"subject_id": "ann", "n": (1, 2)}, lease_seconds=0.4)
+        assert (job.project_id, job.kind, job.attempts, job.status) == ("p1", "learn", 1, "pending")
+        assert job.payload == {"subject_id": "ann", "n": [1, 2]}  # as a claim reads it back: JSON's types
+        assert job.lease and job.due_at > time.time() + 0.2
+        assert [j.id for j in await queue.unfinished("p1", 10)] == [job.id]
+        other = make_queue()  # another worker of the same queue
+        assert await other.claim(10, lease_seconds=60) == []
+        await asyncio.sleep(0.5)  # the enqueuer "died" before running it
+        [again] = await other.claim(10, lease_seconds=60)
+        assert (again.id, again.attempts, again.payload) == (job.id, 2, job.payload)
+        assert await queue.complete(job.id, job.lease) is False  # the first lease is not the job's any more
+        assert await other.complete(again.id, again.lease) is True
+        assert await queue.unfinished("p1", 10) == []
+        await queue.close()
+        await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_enqueued_claimed_completes_with_its_token_and_is_voided_by_an_erasure(make_queue):
+    async def scenario() -> None:
+        queue = make_queue()
+        done = await queue.enqueue_claimed("p1", "learn", {"subject_id": "bob"}, lease_seconds=60)
+        erased = await queue.enqueue_claimed("p1", "learn", {"subject_id": "ann"}, lease_seconds=60)
+        assert await queue.complete(done.id, "not-its-token") is False
+        assert await queue.complete(done.id, done.lease) is True
+        assert await queue.void_subject("p1", "ann") == [erased.id]
+        assert await queue.complete(erased.id, erased.lease) is False  # gone: not brought back
+        assert await queue.unfinished("p1", 10) == [] and await queue.claim(10, 60) == []
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def _submitting_worker(queue: Any, ran: list[Any], **options: Any) -> JobWorker:
+    async def handler(job: Any) -> None:
+        ran.append(job)
+
+    return JobWorker(queue, handler, **options)
+
+
+def test_jobs_submitted_to_a_running_worker_run_there_once_each_even_past_its_room(make_queue):
+    """``submit``: while the worker runs, a job goes straight to it (already claimed); beyond its
+    room (a batch) jobs are queued for a claim instead. Every job runs once, nothing is left."""
+    async def scenario() -> None:
+        queue = make_queue()
+        ran: list[Any] = []
+        # A poll far longer than the test: a job waiting for a poll would never run in time.
+        worker = _submitting_worker(queue, ran, batch=4, poll_seconds=30)
+        worker.start()
+        ids = [await worker.submit("p", "learn", {"n": n}) for n in range(10)]  # 4 handed over, 6 queued
+
+        async def all_done() -> bool:
+            return len(ran) == 10 and not await queue.unfinished("p", 100)
+
+        await _until(all_done, 10)
+        await worker.stop()
+        await queue.close()
+        assert sorted(job.id for job in ran) == sorted(ids)
+        assert [job.payload["n"] for job in ran[:4]] == [0, 1, 2, 3]  # the handed-over ones first, in order
+        assert all(job.attempts == 1 for job in ran)
+
+    asyncio.run(scenario())
+
+
+def test_a_job_submitted_to_a_worker_that_is_not_running_waits_for_any_workers_claim(make_queue):
+    async def scenario() -> None:
+        queue = make_queue()
+        ran: list[Any] = []
+        idle = _submitting_worker(queue, ran)  # never started
+        job_id = await idle.submit("p", "learn", {"n": 1})
+        [claimed] = await make_queue().claim(10, lease_seconds=60)  # due at once, for anyone
+        assert (claimed.id, claimed.attempts) == (job_id, 1)
+        assert ran == []
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_handed_to_a_worker_that_stops_before_running_it_runs_elsewhere_after_its_lease(make_queue):
+    """What a crash or a stop can do to a handed-over job: it is in the store, leased; once the
+    lease runs out another worker (another gateway, or this one restarted) runs it."""
+    lease = 0.5
+
+    async def scenario() -> None:
+        queue = make_queue()
+        first: list[Any] = []
+        worker = _submitting_worker(queue, first, lease_seconds=lease, poll_seconds=30)
+        worker.start()
+        job_id = await worker.submit("p", "learn", {"n": 1})
+        await worker.stop()  # before the wake that would have run it
+        assert first == [] and [j.id for j in await queue.unfinished("p", 10)] == [job_id]
+        second: list[Any] = []
+        other = _submitting_worker(make_queue(), second, lease_seconds=lease, poll_seconds=0.05)
+        other.start()
+
+        async def ran_elsewhere() -> bool:
+            return bool(second) and not await queue.unfinished("p", 10)
+
+        await _until(ran_elsewhere, 5)
+        await other.stop()
+        await queue.close()
+        assert [(job.id, job.attempts) for job in second] == [(job_id, 2)]
+
+    asyncio.run(scenario())

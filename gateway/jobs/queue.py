@@ -68,6 +68,14 @@ class JobQueue(Protocol):
         ``delay_seconds``: a job that only matters if its enqueuer dies first (an index
         repair) is completed by the enqueuer long before it is due."""
 
+    async def enqueue_claimed(self, project_id: str, kind: str, payload: dict[str, Any],
+                              lease_seconds: float) -> Job:
+        """``enqueue`` and a ``claim`` of that one job in one write: the job is persisted
+        (durably, before returning) already leased to the caller until ``lease_seconds`` from
+        now, under a new token, on its first attempt. For a worker that runs it next in this
+        process (JobWorker.submit); if it never does (it stopped, its process died), the lease
+        runs out and the job is due again for any worker, as a claimed job would be."""
+
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         """Lease up to ``limit`` due jobs, oldest due first, each until ``lease_seconds`` from
         now, under one new lease token (``Job.lease``)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.ids import ordered_id
@@ -128,15 +129,29 @@ class RedisJobQueue:
                       delay_seconds: float = 0.0) -> str:
         job_id = ordered_id("job_")
         now = time.time()
+        await self._write_new(job_id, {"project_id": project_id, "kind": kind, "payload": codec.encode(payload),
+                                       "status": "pending", "attempts": 0, "last_error": "", "created_at": now},
+                              due_at=now + delay_seconds)
+        return job_id
+
+    async def enqueue_claimed(self, project_id: str, kind: str, payload: dict[str, Any],
+                              lease_seconds: float) -> Job:
+        job_id = ordered_id("job_")
+        now = time.time()
+        lease = secrets.token_hex(8)
+        fields = {"project_id": project_id, "kind": kind, "payload": codec.encode(payload), "status": "pending",
+                  "attempts": "1", "last_error": "", "created_at": str(now), "lease": lease}
+        await self._write_new(job_id, fields, due_at=now + lease_seconds)
+        # Read as a claim would read it back: the payload a copy, in JSON's types.
+        return self._job(job_id, fields, now + lease_seconds, lease)
+
+    async def _write_new(self, job_id: str, fields: Mapping[str, Any], *, due_at: float) -> None:
         # P{jobs}:job:<id>, P{jobs}:due, P{jobs}:p:<project>: one slot.
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._job_prefix + job_id, mapping={
-                "project_id": project_id, "kind": kind, "payload": codec.encode(payload),
-                "status": "pending", "attempts": 0, "last_error": "", "created_at": now})
-            pipe.zadd(self._due, {job_id: now + delay_seconds})
-            pipe.zadd(self._project_prefix + project_id, {job_id: now})
+            pipe.hset(self._job_prefix + job_id, mapping=fields)
+            pipe.zadd(self._due, {job_id: due_at})
+            pipe.zadd(self._project_prefix + fields["project_id"], {job_id: float(fields["created_at"])})
             await pipe.execute()
-        return job_id
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         now = time.time()

@@ -80,6 +80,18 @@ class SqliteJobQueue:
                          (job_id, project_id, kind, codec.encode(payload), now + delay_seconds, now))
         return job_id
 
+    async def enqueue_claimed(self, project_id: str, kind: str, payload: dict[str, Any],
+                              lease_seconds: float) -> Job:
+        job_id = ordered_id("job_")
+        now = time.time()
+        lease = secrets.token_hex(8)
+        encoded = codec.encode(payload)
+        self._db.execute("INSERT INTO jobs (id, project_id, kind, payload, status, attempts, due_at, lease, "
+                         "created_at) VALUES (?, ?, ?, ?, 'pending', 1, ?, ?, ?)",
+                         (job_id, project_id, kind, encoded, now + lease_seconds, lease, now))
+        # The payload as a claim would read it back (a copy, in JSON's types), not the caller's dict.
+        return _job((job_id, project_id, kind, encoded, "pending", 1, None, now + lease_seconds, now), lease)
+
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         now = time.time()
         lease_end = now + lease_seconds

@@ -5,6 +5,13 @@ polls otherwise, so jobs enqueued by other gateways, retries coming due and jobs
 abandoned by a crashed process are picked up too. A failing job is rescheduled
 with exponential backoff (capped) and its error kept; it is never dropped.
 
+Jobs handed over (``submit``, a turn's learn job): while the worker runs and has room, a job
+queued through it is written already claimed by it (``JobQueue.enqueue_claimed``) and kept in
+memory until its turn, so it costs one write instead of an enqueue, a claim and the claim's
+read. It is as durable as any queued job: the store holds it, leased; if this worker never
+runs it (stopped, killed), the lease runs out and any worker claims it (an embedded gateway
+releases its leases when it starts again), as with a claimed batch the worker did not finish.
+
 Leases (gateway/jobs/queue.py): a claim leases a whole batch until one deadline, but the
 worker runs its jobs one after another, so it keeps each job's lease alive itself:
 
@@ -27,9 +34,11 @@ write per job per third of a lease.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gateway import metrics, tracing
 from gateway.jobs.queue import Job, JobError, JobQueue
@@ -65,6 +74,11 @@ class JobWorker:
         self._retry_base = retry_base_seconds
         self._retry_max = retry_max_seconds
         self._wake = asyncio.Event()
+        # Jobs handed over by ``submit``, claimed already, not started yet.
+        self._handed: collections.deque[Job] = collections.deque()
+        # Whether the next round claims from the queue: after a wake (a job was queued for any
+        # worker) or a poll, not when woken only for handed jobs (a claim would find nothing).
+        self._claim_wanted = True
         self._task: asyncio.Task[None] | None = None
         # Set by stop() besides cancelling the task: a cancellation that lands while a Redis
         # command is in flight can be swallowed by redis-py (see _Heartbeat), and the worker
@@ -75,11 +89,30 @@ class JobWorker:
         return min(self._retry_max, self._retry_base * 2 ** max(0, attempts - 1))
 
     def wake(self) -> None:
+        """A job was queued for claiming: claim soon."""
+        self._claim_wanted = True
+        self._wake_soon()
+
+    def _wake_soon(self) -> None:
         if self._task is not None and not self._wake.is_set():
             asyncio.get_running_loop().call_later(WAKE_DELAY_SECONDS, self._wake.set)
 
+    async def submit(self, project_id: str, kind: str, payload: dict[str, Any]) -> str:
+        """Queue a job to run soon, here if this worker is running and has room for it (handed
+        over, claimed as it is written: see the module docstring), else for any worker's claim
+        (and this one is woken). Returns the job's id."""
+        if self._task is None or self._stopping or len(self._handed) >= self._batch:
+            job_id = await self._queue.enqueue(project_id, kind, payload)
+            self.wake()
+            return job_id
+        job = await self._queue.enqueue_claimed(project_id, kind, payload, self._lease)
+        self._handed.append(job)
+        self._wake_soon()
+        return job.id
+
     def start(self) -> None:
         self._stopping = False
+        self._claim_wanted = True  # jobs may be waiting from before
         self._task = asyncio.create_task(self._run(), name="job-worker")
 
     async def stop(self) -> None:
@@ -97,6 +130,18 @@ class JobWorker:
         """Claim and run one batch; returns how many jobs it claimed (each of them run here,
         unless its lease ran out before its turn and another worker has it)."""
         jobs = await self._queue.claim(self._batch, self._lease)
+        await self._run_claimed(jobs)
+        return len(jobs)
+
+    async def _run_handed(self) -> None:
+        """Run the jobs handed over so far (``submit``), in the order they came."""
+        while self._handed and not self._stopping:
+            jobs = list(self._handed)
+            self._handed.clear()
+            await self._run_claimed(jobs)
+
+    async def _run_claimed(self, jobs: list[Job]) -> None:
+        """Run jobs this worker holds the lease of, one after another."""
         for job in jobs:
             # Let requests that arrived meanwhile run between jobs: a batch never holds the loop.
             await asyncio.sleep(0)
@@ -114,7 +159,6 @@ class JobWorker:
                     continue
                 lease_end = renewed_at + self._lease
             await self._run_job(job, lease_end)
-        return len(jobs)
 
     async def _run_job(self, job: Job, lease_end: float) -> None:
         assert job.lease is not None  # a claimed job
@@ -156,24 +200,30 @@ class JobWorker:
 
     async def _run(self) -> None:
         while not self._stopping:
-            # Cleared before claiming: a job enqueued while this batch runs sets it again, so
-            # the wait below returns at once for it.
+            # Cleared before running anything: a job queued or handed over meanwhile sets it
+            # again, so the wait below returns at once for it.
             self._wake.clear()
             try:
-                ran = await self.run_once()
+                await self._run_handed()
+                if self._claim_wanted:
+                    self._claim_wanted = False
+                    if await self.run_once() >= self._batch:
+                        self._claim_wanted = True  # a full batch: more may be due
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # Tried again after the poll's wait (a store that failed may be restarting).
                 log.exception("the job queue failed; retrying")
-                ran = 0
-            if ran >= self._batch:
-                continue  # a full batch: more may be due
+                self._claim_wanted = True
+            else:
+                if self._claim_wanted or self._handed:
+                    continue
             # A part batch took every job that was due: claiming again at once would only find
             # none (a write transaction per job at low load), so wait for a wake or the poll.
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             except TimeoutError:
-                pass
+                self._claim_wanted = True
 
 
 def _lost(job: Job) -> None:

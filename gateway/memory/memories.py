@@ -222,8 +222,6 @@ class Memories:
         """
         subject_id, text, fields = new.subject_id, new.text, new.fields.given()
         memory_id = new.id or f"mem_{secrets.token_hex(12)}"
-        if claims is None:
-            claims = extract_claims(text) if new.extract_claims else []
         replaces = new.supersedes
         if await self._store.get(MEMORIES, project_id, memory_id) is not None:
             raise Conflict(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
@@ -243,6 +241,10 @@ class Memories:
                 return {"id": None, **summary, "created": False, "skipped": True, "reason": "duplicate",
                         "duplicate_of": original["id"]}, False
 
+        # Read from the text only now: a word-for-word duplicate (most of what a subject says
+        # again) is settled above without them.
+        if claims is None:
+            claims = extract_claims(text) if new.extract_claims else []
         if self.embedder is None:
             dense = None
         elif dense is None:

@@ -48,7 +48,8 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 
@@ -159,9 +160,23 @@ def _one_per_slot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+# Subjects whose latest truth rows ``TruthGraph.latest`` keeps in process (the least recently
+# read go first): a few KB each.
+_KEPT_SUBJECTS = 1024
+
+
+class _KeptRows(NamedTuple):
+    # The subject's change count (and time of the latest) the rows were read under.
+    changes: tuple[int, float]
+    rows: list[dict[str, Any]]
+    # Every row the subject had (the read came back short of its limit).
+    complete: bool
+
+
 class TruthGraph:
     def __init__(self, store: DocumentStore, locks: SubjectLocks | None = None) -> None:
         self._store = store
+        self._latest: OrderedDict[tuple[str, str], _KeptRows] = OrderedDict()
         # Writers of one subject's claims take turns (see ``writing``).
         self._locks = locks or SubjectLocks("claims")
 
@@ -181,6 +196,27 @@ class TruthGraph:
         """The subject's truth rows (truth_row, plus ``subject_id``), one per slot, the latest
         to become true first; at most ``limit``. One index read."""
         rows = await self._store.find(TRUTHS, project_id, {"subject_id": subject_id}, limit=limit, newest_first=True)
+        return _one_per_slot(rows)
+
+    async def latest(self, project_id: str, subject_id: str, *, limit: int) -> list[dict[str, Any]]:
+        """``truth(limit=limit)`` for a reader on every turn (recall): the rows read last are kept in
+        this process with the subject's change count they were read under, and read again only
+        once that count moved (a change here or by another gateway on the same store). One small
+        tally read instead of ``limit`` rows. Read in the snapshot's order (count first, then
+        rows: see the module docstring), so a change the rows missed has moved the count."""
+        changes = await self._changes(project_id, _subject_key(subject_id))
+        if changes is None:  # no change ever counted (or erased since): nothing worth keeping
+            return await self.truth(project_id, subject_id, limit=limit)
+        kept_key = (project_id, subject_id)
+        kept = self._latest.get(kept_key)
+        if kept is not None and kept.changes == changes and (kept.complete or len(kept.rows) >= limit):
+            self._latest.move_to_end(kept_key)
+            return _one_per_slot(kept.rows[:limit])
+        rows = await self._store.find(TRUTHS, project_id, {"subject_id": subject_id}, limit=limit, newest_first=True)
+        self._latest[kept_key] = _KeptRows(changes, rows, complete=len(rows) < limit)
+        self._latest.move_to_end(kept_key)
+        if len(self._latest) > _KEPT_SUBJECTS:
+            self._latest.popitem(last=False)
         return _one_per_slot(rows)
 
     async def truth_json(self, project_id: str, subject_id: str) -> tuple[int, str]:

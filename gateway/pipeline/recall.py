@@ -10,8 +10,8 @@ event per memory and reinforces each (seen_count, last_seen_at) in a batch just 
 Recall also brings what the contract calls claims (§3.1): the subject's current truths
 from the truth graph (gateway/memory/truth_graph.py), the latest to become true first, at most
 ``memory.recall.truths``, as a second quoted list. A truth whose memory was recalled is
-left out, so a fact reaches the model once. It costs one bounded index read per turn (rarely
-more: see ``_truths``).
+left out, so a fact reaches the model once. It costs one small tally read per turn, and one
+bounded index read after the subject's truths changed (rarely more: see ``_truths``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ class MemoryRecallStage:
 
     async def _truths(self, turn: TurnContext, hits: Sequence[SearchHit]) -> list[dict[str, Any]]:
         """The subject's latest ``memory.recall.truths`` truths, but those stated by a recalled
-        memory. One index read of small rows, taking as many more than wanted as the recalled
+        memory. One index read of small rows (none while the subject's truths have not changed
+        since the last turn read them: TruthGraph.latest), taking as many more than wanted as the recalled
         memories state claims; a memory may be the source of more truths than its text states
         (claims posted with its id), so a read that came up short is repeated, twice as long,
         until it has enough or the subject has no more."""
@@ -115,7 +116,7 @@ class MemoryRecallStage:
         recalled = {hit.memory_id for hit in hits}
         limit = wanted + sum(max(1, len(hit.fields.get("claims") or ())) for hit in hits)
         while True:
-            latest = await self._memories.truth.truth(turn.project_id, turn.options.subject_id, limit=limit)
+            latest = await self._memories.truth.latest(turn.project_id, turn.options.subject_id, limit=limit)
             kept = [row for row in latest if row["source"]["memory_id"] not in recalled]
             if len(kept) >= wanted or len(latest) < limit:
                 return kept[:wanted]

@@ -20,7 +20,6 @@ from typing import Any
 from collections.abc import Sequence
 
 from gateway.history import ChatHistory, content_text
-from gateway.jobs.queue import JobQueue
 from gateway.jobs.worker import JobWorker
 from gateway.memory.learning import LEARN_JOB, Learner, learn_payload
 from gateway.pipeline.context import TurnContext
@@ -42,11 +41,11 @@ def new_turn_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     return [m for m in messages[start:] if m.get("role") not in ("system", "developer")]
 
 
-async def record_turn(turn: TurnContext, answer: dict[str, Any], *, history: ChatHistory, jobs: JobQueue,
+async def record_turn(turn: TurnContext, answer: dict[str, Any], *, history: ChatHistory,
                       learner: Learner, worker: JobWorker, records_learned: bool = False) -> None:
     """Append the turn to ``history`` (mnx.log) and queue its learn job (mnx.learn, and
     mnx.records.learn unless ``records_learned``: a sync turn wrote them already); ``learner``
-    holds the caller's keys for the job, and ``worker`` is woken to run it now."""
+    holds the caller's keys for the job, and ``worker`` takes it to run soon."""
     options = turn.options
     new_messages = new_turn_messages(turn.messages)
     answer = recorded_answer(answer)
@@ -64,11 +63,12 @@ async def record_turn(turn: TurnContext, answer: dict[str, Any], *, history: Cha
     if traceparent is not None:
         # The job's span links to its turn's (gateway/tracing.py): the trace context, nothing more.
         payload["traceparent"] = traceparent
-    job_id = await jobs.enqueue(turn.project_id, LEARN_JOB, payload)
+    # Handed to this process's worker (gateway/jobs/worker.py), which runs it after a few
+    # milliseconds, once this answer has left.
+    job_id = await worker.submit(turn.project_id, LEARN_JOB, payload)
     # Paid extraction and embedding models may use the caller's own keys, held in memory
-    # for this job's first run only.
+    # for this job's first run only (the worker starts it on a later turn of the loop).
     learner.remember_keys(job_id, turn.provider_keys)
-    worker.wake()
 
 
 def wants_records_sync(turn: TurnContext) -> bool:

@@ -224,7 +224,7 @@ async def _turn(call: Call, spec: SurfaceSpec, trace: TurnTrace | None) -> Respo
                         written = await sync.write(call.project_id)
                     await context.answered()
                     if message is not None:
-                        await record_turn(turn, message, history=services.history, jobs=services.jobs,
+                        await record_turn(turn, message, history=services.history,
                                           learner=services.learner, worker=services.worker,
                                           records_learned=sync is not None)
             except SubjectErased:

@@ -229,6 +229,12 @@ class DocumentStore(Protocol):
                    *, limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[Document]:
         """Documents matching ``where`` (an exact declared index), in insertion order."""
 
+    async def find_each(self, collection: Collection, project_id: str,
+                        wheres: Sequence[Mapping[str, str]]) -> list[list[Document]]:
+        """``find`` of each filter in ``wheres`` (all matches, insertion order), a list per filter
+        in the same order: the reads at once where they wait on the network (Redis), one after
+        another where each is answered without waiting (SQLite: no tasks to schedule)."""
+
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         """How many documents match ``where``."""
 

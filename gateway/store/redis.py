@@ -41,6 +41,7 @@ keys (SCAN/KEYS would see one master of a cluster): every read starts from an in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -420,6 +421,11 @@ class RedisDocumentStore:
         args: list[Any] = [base + "d:", offset, -1 if limit is None else limit, 1 if newest_first else 0, "find"]
         bodies = await script(keys=[self._where_key(collection, base, where)], args=args)
         return [codec.decode(body) for body in bodies]
+
+    async def find_each(self, collection: Collection, project_id: str,
+                        wheres: Sequence[Mapping[str, str]]) -> list[list[Document]]:
+        # Concurrently: one round trip's wait for all of them.
+        return list(await asyncio.gather(*(self.find(collection, project_id, where) for where in wheres)))
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         base = self._base(collection, project_id)

@@ -673,6 +673,12 @@ class SqliteDocumentStore:
                             f" ORDER BY {column} {order} LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
         return [codec.decode(body) for (body,) in rows]
 
+    async def find_each(self, collection: Collection, project_id: str,
+                        wheres: Sequence[Mapping[str, str]]) -> list[list[Document]]:
+        # Each find completes without yielding: gathering them would only add a task apiece
+        # (about 6 us each, twice a turn for the scoped prompt and memory policy).
+        return [await self.find(collection, project_id, where) for where in wheres]
+
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         require_project(project_id)
         return self._select("COUNT(*)", collection, project_id, where)[0][0]
