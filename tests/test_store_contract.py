@@ -71,6 +71,10 @@ async def test_find_each_answers_every_filter_in_order_as_find_would(store):
     assert [[d["i"] for d in docs] for docs in found] == [[2, 5, 8], [], [3], [0, 3, 6]]
     assert found == [await store.find(NOTES, "p1", where) for where in wheres]
     assert await store.find_each(NOTES, "p1", []) == []
+    # A filter twice, and no filter at all (every document), answer as find does too.
+    odd = [{"subject_id": "u1"}, {}, {"subject_id": "u1"}]
+    assert await store.find_each(NOTES, "p1", odd) == [await store.find(NOTES, "p1", where) for where in odd]
+    assert [len(docs) for docs in await store.find_each(NOTES, "p1", odd)] == [3, 9, 3]
 
 
 async def test_documents_missing_an_indexed_field_are_not_in_that_index(store):
