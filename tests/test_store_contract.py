@@ -66,7 +66,8 @@ async def test_find_each_answers_every_filter_in_order_as_find_would(store):
     await store.put_many(NOTES, "p1", [(f"m{i}", {"subject_id": f"u{i % 3}", "chat_id": f"c{i % 2}", "i": i})
                                         for i in range(9)])
     await store.put(NOTES, "p2", "other", {"subject_id": "u0", "i": 99})  # another project: never found
-    wheres = [{"subject_id": "u2"}, {"subject_id": "nobody"}, {"subject_id": "u0", "chat_id": "c1"}, {"subject_id": "u0"}]
+    wheres = [{"subject_id": "u2"}, {"subject_id": "nobody"}, {"subject_id": "u0", "chat_id": "c1"},
+              {"subject_id": "u0"}]
     found = await store.find_each(NOTES, "p1", wheres)
     assert [[d["i"] for d in docs] for docs in found] == [[2, 5, 8], [], [3], [0, 3, 6]]
     assert found == [await store.find(NOTES, "p1", where) for where in wheres]
