@@ -1,4 +1,5 @@
-"""Every benchmark still runs: each bench/*/run.py in its --smoke mode, as a subprocess.
+"""Every benchmark still runs: each bench/*/run.py (and bench/overhead/turn_cost.py) in its --smoke
+mode, as a subprocess.
 
 A benchmark is run by hand, rarely, for minutes; one that broke when the code under it changed
 (an import moved, a route renamed) or that crashes after measuring (as the overhead benchmark
@@ -48,7 +49,13 @@ BENCHMARKS = {
     "versioning": ("| split | config | pairs | accuracy |", ROOT / "bench" / "README.md"),
     "dashboard": ("| page | memories in the subject | REST calls |", ROOT / "bench" / "README.md"),
     "embed_ingest": ("| embedder | create, one call per memory (memories/s) |", ROOT / "bench" / "README.md"),
+    "overhead/turn_cost.py": ("turn cost: ", ROOT / "bench" / "README.md"),
 }
+
+
+def _script(name: str) -> Path:
+    """A benchmark's script: bench/<name>/run.py, or the script ``name`` names under bench/."""
+    return ROOT / "bench" / name if name.endswith(".py") else ROOT / "bench" / name / "run.py"
 
 
 def _readmes() -> dict[Path, bytes]:
@@ -79,7 +86,7 @@ class SmokeRunner:
         with self._lock:
             if self._stopping:
                 return SmokeRun(None, "not started: the tests were stopped")
-            process = subprocess.Popen([sys.executable, str(ROOT / "bench" / name / "run.py"), "--smoke"], cwd=ROOT,
+            process = subprocess.Popen([sys.executable, str(_script(name)), "--smoke"], cwd=ROOT,
                                        env=self._env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        stdin=subprocess.DEVNULL)
             self._running.add(process)
@@ -117,12 +124,12 @@ def test_every_benchmark_smoke_run_exits_0_and_prints_its_table():
             run = future.result()
             header, _ = BENCHMARKS[name]
             if run.returncode is None:
-                failures.append(f"bench/{name}/run.py --smoke still running after {TIMEOUT_SECONDS} s:\n"
+                failures.append(f"{_script(name)} --smoke still running after {TIMEOUT_SECONDS} s:\n"
                                 f"{run.output[-4000:]}")
             elif run.returncode != 0:
-                failures.append(f"bench/{name}/run.py --smoke exited {run.returncode}:\n{run.output[-4000:]}")
+                failures.append(f"{_script(name)} --smoke exited {run.returncode}:\n{run.output[-4000:]}")
             elif header not in run.output:
-                failures.append(f"bench/{name}/run.py --smoke printed no results table:\n{run.output[-4000:]}")
+                failures.append(f"{_script(name)} --smoke printed no results:\n{run.output[-4000:]}")
     finally:
         runner.stop()
     assert not failures, "\n\n".join(failures)

@@ -125,6 +125,9 @@ class JobWorker:
             except asyncio.CancelledError:
                 pass
             self._task = None
+            # Jobs handed over and not started stay leased in the queue until their lease runs out,
+            # then any worker runs them: not this one from memory, after a restart, a second time.
+            self._handed.clear()
 
     async def run_once(self) -> int:
         """Claim and run one batch; returns how many jobs it claimed (each of them run here,

@@ -1,0 +1,190 @@
+"""What one turn of an overhead target costs the gateway, counted the same way every run.
+
+``run.py`` measures throughput under wrk; on a shared VM its numbers move by 10-20% between
+runs of the same code, more than most single changes are worth. This script sends a fixed
+sequence of turns of one target (``run.py``'s (c), (g), (h), (i) or (j)) to a gateway on the
+embedded backend, one after another, after the same seeding as ``run.py`` (300 memories and
+100 claims by default), waits until the learn jobs are done, and reports one of:
+
+* ``instructions``: instructions the gateway process executed per turn, counted by valgrind's
+  callgrind (only while the measured turns run; their learn jobs and recall batches included).
+  The same code and turns give the same count to a fraction of a percent whatever else the
+  machine does, so two checkouts can be compared (``--source``). It counts no time spent in
+  the kernel: a change in syscalls (SQLite's WAL writes, its locks) shows in ``frames``, not here;
+* ``frames``: pages SQLite wrote to its write-ahead log per turn (each a ``pwrite`` of the page
+  and one of its header, on the event loop): a reader holds a snapshot open meanwhile, so the
+  log only grows and its growth is every frame written;
+* ``cpu``: CPU seconds of the gateway process per turn (noisy, like ``run.py``'s).
+
+    python bench/overhead/turn_cost.py --target g --measure instructions --source /tmp/before
+    python bench/overhead/turn_cost.py --target g --measure instructions
+
+``--source`` is a checkout whose gateway is measured (default: this one); the seeding and the
+turns come from this one. Under valgrind a turn takes ~50x longer: 300 turns take ~30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from bench.overhead import run as overhead  # noqa: E402
+
+# The turns before the measured ones (not counted): the statements of (g) are learned once,
+# the chats' first replay is read, the caches fill.
+WARMUP_TURNS = 60
+TURNS_PER_CHAT = 20
+MEASURES = ("instructions", "frames", "cpu")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    targets = [t.key for t in overhead.TARGETS if t.texts or t.key == "c"]
+    parser.add_argument("--target", default="g", choices=targets, help="run.py's target whose turns are sent")
+    parser.add_argument("--measure", default="instructions", choices=MEASURES)
+    parser.add_argument("--turns", type=int, default=300, help="measured turns")
+    parser.add_argument("--memories", type=int, default=overhead.DEFAULT_MEMORIES)
+    parser.add_argument("--source", type=Path, default=overhead.ROOT,
+                        help="the checkout whose gateway is measured (default: this one)")
+    parser.add_argument("--smoke", action="store_true", help="a few turns, measured as cpu, to check it runs")
+    return parser.parse_args()
+
+
+def send_turns(target: overhead.Target, first: int, count: int) -> None:
+    conn = http.client.HTTPConnection(overhead.HOST, overhead.PORTS["gateway"], timeout=300)
+    try:
+        for index in range(first, first + count):
+            body = overhead.request_body(target, f"turn-cost-{index // TURNS_PER_CHAT}", index)
+            conn.request("POST", target.surface.path, body=json.dumps(body).encode(),
+                         headers=overhead.request_headers(target))
+            response = conn.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise overhead.BenchError(f"turn {index}: HTTP {response.status} {answer[:300]!r}")
+    finally:
+        conn.close()
+
+
+def settle() -> None:
+    """Every learn job done and the recall log's batch written."""
+    overhead.drain_learning(300)
+    time.sleep(0.5)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def callgrind(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True)
+
+
+def counted_instructions(out: Path) -> int:
+    """The instructions of the dumps callgrind wrote (the measured turns': counting is on only then)."""
+    total = 0
+    for dump in out.parent.glob(out.name + "*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def main() -> int:
+    args = parse_args()
+    if args.smoke:
+        args.measure, args.turns, args.memories = "cpu", 10, 20
+    source = args.source.resolve()
+    target = next(t for t in overhead.TARGETS if t.key == args.target)
+    workdir = Path(tempfile.mkdtemp(prefix="turn-cost-"))
+    env = {**os.environ, "PYTHONPATH": str(source), "NO_PROXY": "127.0.0.1,localhost",
+           "no_proxy": "127.0.0.1,localhost", "PYTHONDONTWRITEBYTECODE": "1", "MNX_BENCH_DIR": str(workdir)}
+    if args.smoke:  # beside other benchmarks' smoke runs: ports of its own
+        overhead.PORTS.update(upstream=overhead.free_port(), gateway=overhead.free_port())
+    config = overhead.smoke_gateway_config(workdir) if args.smoke else HERE / "gateway.yaml"
+    out = workdir / "callgrind.out"
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    gateway_argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+                    "--port", str(overhead.PORTS["gateway"])]
+    upstream = overhead.Child("fake upstream", [sys.executable, "-m", "tests.fake_upstream", "--port",
+                                                str(overhead.PORTS["upstream"])], env, workdir / "upstream.log")
+    gateway = overhead.Child("gateway", (valgrind if args.measure == "instructions" else []) + gateway_argv,
+                             env, workdir / "gateway.log")
+    overhead.ROOT = source  # the children run from the measured checkout
+    for port in (overhead.PORTS["upstream"], overhead.PORTS["gateway"]):
+        if not overhead.port_is_free(port):
+            raise SystemExit(f"port {port} is taken (another benchmark running?)")
+    upstream.start()
+    gateway.start()
+    try:
+        overhead.wait_ready(upstream, overhead.PORTS["upstream"], None, 30)
+        overhead.wait_ready(gateway, overhead.PORTS["gateway"], "/health", 600)
+        overhead.seed_gateway()
+        if target.uses_memories:
+            overhead.seed_memories(args.memories)
+            overhead.seed_claims(overhead.SEEDED_CLAIMS if not args.smoke else 5)
+        send_turns(target, 0, WARMUP_TURNS if not args.smoke else 3)
+        settle()
+        assert gateway.popen is not None
+        pid, first = gateway.popen.pid, WARMUP_TURNS
+        if args.measure == "instructions":
+            callgrind("-i", "on", str(pid))
+            send_turns(target, first, args.turns)
+            settle()
+            callgrind("-i", "off", str(pid))
+            callgrind("-d", str(pid))
+            time.sleep(2)  # the dump is written by the process itself
+            result = f"{counted_instructions(out) / args.turns / 1e6:.3f} M instructions per turn"
+        elif args.measure == "frames":
+            # A snapshot that reads from the log pins it (it cannot start over, so it only grows), but
+            # one begun when every frame was already copied into the file reads the file alone and
+            # pins nothing: one turn's writes just before make frames not copied yet.
+            send_turns(target, first, 1)
+            reader = sqlite3.connect(workdir / "gateway.db", isolation_level=None)
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM documents").fetchone()
+            log = workdir / "gateway.db-wal"
+            before = log.stat().st_size
+            send_turns(target, first + 1, args.turns)
+            settle()
+            frame_bytes = 24 + reader.execute("PRAGMA page_size").fetchone()[0]
+            grown = log.stat().st_size - before
+            reader.execute("COMMIT")
+            reader.close()
+            if grown <= 0:
+                raise overhead.BenchError("the log started over during the measurement (the snapshot came too "
+                                          "late to pin it): run again")
+            result = f"{grown / frame_bytes / args.turns:.1f} WAL frames per turn"
+        else:
+            started_cpu, started = process_cpu_seconds(pid), time.monotonic()
+            send_turns(target, first, args.turns)
+            settle()
+            cpu = process_cpu_seconds(pid) - started_cpu
+            wall = time.monotonic() - started - 0.5
+            result = f"{cpu / args.turns * 1e3:.3f} ms CPU and {wall / args.turns * 1e3:.3f} ms wall per turn"
+        print(f"turn cost: {target.label}, {args.turns} turns, gateway from {source}: {result}")
+    except overhead.BenchError as error:
+        print(f"turn_cost: {error}\n{gateway.log_tail()}", file=sys.stderr)
+        return 1
+    finally:
+        gateway.stop()
+        upstream.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
