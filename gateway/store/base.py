@@ -232,8 +232,8 @@ class DocumentStore(Protocol):
     async def find_each(self, collection: Collection, project_id: str,
                         wheres: Sequence[Mapping[str, str]]) -> list[list[Document]]:
         """``find`` of each filter in ``wheres`` (all matches, insertion order), a list per filter
-        in the same order: the reads at once where they wait on the network (Redis), one after
-        another where each is answered without waiting (SQLite: no tasks to schedule)."""
+        in the same order, read together: at once where reads wait on the network (Redis), in
+        one statement on SQLite."""
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         """How many documents match ``where``."""
