@@ -45,7 +45,6 @@ from bench.overhead import run as overhead  # noqa: E402
 # The turns before the measured ones (not counted): the statements of (g) are learned once,
 # the chats' first replay is read, the caches fill.
 WARMUP_TURNS = 60
-TURNS_PER_CHAT = 20
 MEASURES = ("instructions", "frames", "cpu")
 
 
@@ -66,7 +65,7 @@ def send_turns(target: overhead.Target, first: int, count: int) -> None:
     conn = http.client.HTTPConnection(overhead.HOST, overhead.PORTS["gateway"], timeout=300)
     try:
         for index in range(first, first + count):
-            body = overhead.request_body(target, f"turn-cost-{index // TURNS_PER_CHAT}", index)
+            body = overhead.request_body(target, f"turn-cost-{index // overhead.SMOKE_TURNS_PER_CHAT}", index)
             conn.request("POST", target.surface.path, body=json.dumps(body).encode(),
                          headers=overhead.request_headers(target))
             response = conn.getresponse()
@@ -81,11 +80,6 @@ def settle() -> None:
     """Every learn job done and the recall log's batch written."""
     overhead.drain_learning(300)
     time.sleep(0.5)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def callgrind(*args: str) -> None:
@@ -169,10 +163,10 @@ def main() -> int:
                                           "late to pin it): run again")
             result = f"{grown / frame_bytes / args.turns:.1f} WAL frames per turn"
         else:
-            started_cpu, started = process_cpu_seconds(pid), time.monotonic()
+            started_cpu, started = overhead.group_cpu_seconds({pid})[pid], time.monotonic()
             send_turns(target, first, args.turns)
             settle()
-            cpu = process_cpu_seconds(pid) - started_cpu
+            cpu = overhead.group_cpu_seconds({pid})[pid] - started_cpu
             wall = time.monotonic() - started - 0.5
             result = f"{cpu / args.turns * 1e3:.3f} ms CPU and {wall / args.turns * 1e3:.3f} ms wall per turn"
         print(f"turn cost: {target.label}, {args.turns} turns, gateway from {source}: {result}")

@@ -73,24 +73,28 @@ class SqliteJobQueue:
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
                       delay_seconds: float = 0.0) -> str:
-        job_id = ordered_id("job_")
-        now = time.time()
-        self._db.execute("INSERT INTO jobs (id, project_id, kind, payload, status, due_at, created_at) "
-                         "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                         (job_id, project_id, kind, codec.encode(payload), now + delay_seconds, now))
+        job_id, _, _ = self._insert(project_id, kind, codec.encode(payload), due_in=delay_seconds, attempts=0,
+                                    lease=None)
         return job_id
 
     async def enqueue_claimed(self, project_id: str, kind: str, payload: dict[str, Any],
                               lease_seconds: float) -> Job:
-        job_id = ordered_id("job_")
-        now = time.time()
         lease = secrets.token_hex(8)
         encoded = codec.encode(payload)
-        self._db.execute("INSERT INTO jobs (id, project_id, kind, payload, status, attempts, due_at, lease, "
-                         "created_at) VALUES (?, ?, ?, ?, 'pending', 1, ?, ?, ?)",
-                         (job_id, project_id, kind, encoded, now + lease_seconds, lease, now))
+        job_id, due_at, now = self._insert(project_id, kind, encoded, due_in=lease_seconds, attempts=1, lease=lease)
         # The payload as a claim would read it back (a copy, in JSON's types), not the caller's dict.
-        return _job((job_id, project_id, kind, encoded, "pending", 1, None, now + lease_seconds, now), lease)
+        return _job((job_id, project_id, kind, encoded, "pending", 1, None, due_at, now), lease)
+
+    def _insert(self, project_id: str, kind: str, encoded_payload: str, *, due_in: float, attempts: int,
+                lease: str | None) -> tuple[str, float, float]:
+        """A new job, due ``due_in`` seconds from now (one statement, its own commit): (its id, when
+        it is due, when it was created)."""
+        job_id = ordered_id("job_")
+        now = time.time()
+        self._db.execute("INSERT INTO jobs (id, project_id, kind, payload, status, attempts, due_at, lease, "
+                         "created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                         (job_id, project_id, kind, encoded_payload, attempts, now + due_in, lease, now))
+        return job_id, now + due_in, now
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         now = time.time()

@@ -195,8 +195,11 @@ class TruthGraph:
     async def truth(self, project_id: str, subject_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The subject's truth rows (truth_row, plus ``subject_id``), one per slot, the latest
         to become true first; at most ``limit``. One index read."""
-        rows = await self._store.find(TRUTHS, project_id, {"subject_id": subject_id}, limit=limit, newest_first=True)
-        return _one_per_slot(rows)
+        return _one_per_slot(await self._rows(project_id, subject_id, limit))
+
+    async def _rows(self, project_id: str, subject_id: str, limit: int | None) -> list[dict[str, Any]]:
+        """The subject's newest ``limit`` truth rows as stored (a slot may have two: ``_one_per_slot``)."""
+        return await self._store.find(TRUTHS, project_id, {"subject_id": subject_id}, limit=limit, newest_first=True)
 
     async def latest(self, project_id: str, subject_id: str, *, limit: int) -> list[dict[str, Any]]:
         """``truth(limit=limit)`` for a reader on every turn (recall): the rows read last are kept in
@@ -212,7 +215,7 @@ class TruthGraph:
         if kept is not None and kept.changes == changes and (kept.complete or len(kept.rows) >= limit):
             self._latest.move_to_end(kept_key)
             return _one_per_slot(kept.rows[:limit])
-        rows = await self._store.find(TRUTHS, project_id, {"subject_id": subject_id}, limit=limit, newest_first=True)
+        rows = await self._rows(project_id, subject_id, limit)
         self._latest[kept_key] = _KeptRows(changes, rows, complete=len(rows) < limit)
         self._latest.move_to_end(kept_key)
         if len(self._latest) > _KEPT_SUBJECTS:

@@ -128,6 +128,12 @@ def _index_key(fields: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "\x1f".join(fields) + "=" + json.dumps(values, ensure_ascii=False)
 
 
+def _where_key(collection: Collection, where: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """(the declared index that answers ``where``, the index key of its values)."""
+    fields = collection.index_for(where)
+    return fields, _index_key(fields, tuple(where[f] for f in fields))
+
+
 # An unbounded side of an ordered range still gets a bound: the end of its own kind. SQLite
 # orders numbers < text < blobs, so a numeric range runs from -inf to +inf and a text range from
 # '' up to (not including) the empty blob: it never meets values of the other kind, and the
@@ -519,8 +525,7 @@ class SqliteDocumentStore:
         require_project(project_id)
         if not where:
             raise ValueError("delete_where needs a filter")
-        fields = collection.index_for(where)
-        key = _index_key(fields, tuple(where[f] for f in fields))
+        fields, key = _where_key(collection, where)
         self._before_reading(collection, fields)
         self._db.execute("BEGIN")
         try:
@@ -652,8 +657,7 @@ class SqliteDocumentStore:
                 tail: str = "", tail_args: tuple = ()) -> list[tuple]:
         now = time.time()
         if where:
-            fields = collection.index_for(where)
-            key = _index_key(fields, tuple(where[f] for f in fields))
+            fields, key = _where_key(collection, where)
             self._before_reading(collection, fields)
             sql = (f"SELECT {what} FROM doc_index i JOIN documents d ON d.seq = i.seq "
                    "WHERE i.collection = ? AND i.project_id = ? AND i.index_key = ? "
@@ -685,10 +689,11 @@ class SqliteDocumentStore:
         require_project(project_id)
         if not wheres:
             return []
-        fields = [collection.index_for(where) for where in wheres]
-        keys = [_index_key(names, tuple(where[name] for name in names)) for names, where in zip(fields, wheres)]
-        if not all(wheres) or len(set(keys)) < len(keys) or len(keys) > _MAX_KEYS_PER_STATEMENT:
-            # (rare: an unfiltered read, a filter twice, a very long list) each on its own
+        if not all(wheres) or len(wheres) > _MAX_KEYS_PER_STATEMENT:
+            # (rare: an unfiltered read, a very long list) each on its own
+            return [await self.find(collection, project_id, where) for where in wheres]
+        fields, keys = zip(*(_where_key(collection, where) for where in wheres))
+        if len(set(keys)) < len(keys):  # (rare: a filter twice) each on its own
             return [await self.find(collection, project_id, where) for where in wheres]
         for names in set(fields):
             self._before_reading(collection, names)
