@@ -15,9 +15,10 @@ from typing import Any
 from gateway.clock import now_iso
 from gateway.errors import BadRequest, NotFound
 from gateway.scoped import (
-    delete_subject_scoped, read_scoped_fields, resolve_levels, save_with_unique_default, scoped_collection,
+    delete_subject_scoped, read_scoped_fields, resolve_levels, resolve_levels_of, save_with_unique_default,
+    scoped_collection,
 )
-from gateway.store import DocumentStore
+from gateway.store import Collection, DocumentStore
 from gateway.validation import Body, addressable_id
 
 PROMPTS = scoped_collection("prompts")
@@ -86,17 +87,24 @@ class SystemPrompts:
         """The prompts that apply to a request, in injection order."""
         return await resolve_levels(self._store, PROMPTS, project_id, subject_id, chat_id, default_only=default_only)
 
-    async def for_request(self, project_id: str, selection: bool | str, subject_id: str,
-                          chat_id: str) -> list[dict[str, Any]]:
-        """What ``mnx.system_prompt`` selects: the resolved defaults, nothing, or one prompt by id."""
+    async def for_request(self, project_id: str, selection: bool | str, subject_id: str, chat_id: str, *,
+                          also: Collection | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """What ``mnx.system_prompt`` selects: the resolved defaults, nothing, or one prompt by id;
+        and with ``also`` (another scoped collection: the memory policies a learning turn follows)
+        while the resolved defaults are selected, that collection's resolved defaults, read in the
+        same statement (else None)."""
         if selection is False:
-            return []
+            return [], None
         if selection is True:
-            return await self.resolve(project_id, subject_id, chat_id)
+            if also is None:
+                return await self.resolve(project_id, subject_id, chat_id), None
+            prompts, others = await resolve_levels_of(self._store, [PROMPTS, also], project_id, subject_id, chat_id,
+                                                      default_only=True)
+            return prompts, others
         prompt = await self._store.get(PROMPTS, project_id, selection)
         if prompt is None:
             raise BadRequest(f"mnx.system_prompt names no prompt of this project: {selection!r}",
                              code="prompt_not_found", param="mnx.system_prompt")
         if not prompt["is_active"]:
             raise BadRequest(f"prompt {selection!r} is inactive", code="prompt_inactive", param="mnx.system_prompt")
-        return [prompt]
+        return [prompt], None

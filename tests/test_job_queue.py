@@ -338,6 +338,40 @@ def test_a_jobs_table_from_before_lease_tokens_is_upgraded_and_its_leases_releas
     asyncio.run(scenario())
 
 
+def test_a_jobs_table_from_before_without_rowid_is_rebuilt_with_its_jobs_and_leases(tmp_path):
+    """The jobs table as gateways before it wrote it (a rowid table): rebuilt keyed by the job id
+    alone, every job kept as it was, a held lease still held by its token."""
+    path = str(tmp_path / "jobs.db")
+    old = connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
+                           status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                           due_at REAL NOT NULL, lease TEXT, created_at REAL NOT NULL);
+        CREATE INDEX jobs_by_due ON jobs (due_at);
+        CREATE INDEX jobs_by_project ON jobs (project_id, created_at);
+        INSERT INTO jobs VALUES ('job_due', 'p', 'learn', '{"n": 1}', 'failed', 2, 'boom', 1, NULL, 1);
+        INSERT INTO jobs VALUES ('job_leased', 'p', 'learn', '{"n": 2}', 'pending', 1, NULL, 9999999999, 'tok', 2);
+    """)
+    old.close()
+
+    async def scenario() -> None:
+        queue = SqliteJobQueue(path)
+        [sql] = queue._db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
+        assert "WITHOUT ROWID" in sql
+        [due] = await queue.claim(5, 60)  # the leased one is not due
+        assert (due.id, due.payload, due.attempts, due.last_error) == ("job_due", {"n": 1}, 3, "boom")
+        assert await queue.complete("job_leased", "someone else") is False
+        assert await queue.complete("job_leased", "tok") is True
+        assert [job.id for job in await queue.unfinished("p", 10)] == ["job_due"]
+        await queue.close()
+        # Opened again: nothing to rebuild, nothing lost.
+        again = SqliteJobQueue(path)
+        assert [job.id for job in await again.unfinished("p", 10)] == ["job_due"]
+        await again.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_worker_whose_jobs_end_while_their_lease_is_being_renewed_finishes_them_all(make_queue):
     """A lease of a few milliseconds: the heartbeat renews all the time, so jobs often end while
     a renewal is in flight. Stopping the heartbeat then must not hang the worker (on Redis, the

@@ -11,9 +11,14 @@ import httpx
 import pytest
 import yaml
 
+from gateway.config import parse_config
+from gateway.jobs.queue import Job
+from gateway.memory.learning import LEARN_JOB, learn_payload
+from gateway.memory_policies import combine
+from gateway.services import Services
 from plugins.extractors import heuristic_memories
 from tests.gateway_process import free_port, serve
-from tests.conftest import KEY, PROVIDER_KEY, wait_until
+from tests.conftest import KEY, PROVIDER_KEY, edge_memory, wait_until
 
 SUBJECT = "learner"
 
@@ -244,6 +249,47 @@ def test_policy_resolution_and_override_precedence(start_gateway, storage_sqlite
     # false: no policy at all, nothing filtered.
     texts, prompt = run("none", memory_policy=False)
     assert len(texts) == 4 and "RULES" not in prompt
+    # A turn that reads no system prompt (so no policies with them): its job resolves them itself.
+    texts, prompt = run("no-prompt", system_prompt=False)
+    assert texts == {"User is vegetarian", "User might like jazz"}
+    assert prompt.index("PROJECT RULES") < prompt.index("SUBJECT RULES")
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "redis"], indirect=True)
+async def test_a_learn_job_follows_the_policies_that_applied_when_its_turn_was_answered(tmp_path, storage):
+    """A turn reads the memory policies with its system prompts, and its job learns under those:
+    a policy made after the answer does not reach back. A job without them (queued by a gateway
+    from before this, or their texts too long to carry) resolves the policies when it runs."""
+    services = Services.build(parse_config({
+        "storage": storage, "memory": edge_memory(tmp_path / "index"), "learning": {"poll_seconds": 60},
+        "projects": [{"id": "p", "keys": [{"key": "mnx_live_p"}]}]}))
+    await services.start()
+    try:
+        turn_time_policy = combine(await services.policies.resolve("p", "ana", "c", default_only=True))
+        assert turn_time_policy["has_policy"] is False
+        # Then, before the job runs: a project default that keeps events only.
+        await services.policies.create("p", {"name": "events only", "policy_text": "Only events.", "is_default": True,
+                                             "config": {"include_kinds": ["event"]}})
+
+        async def learn(job_id: str, message: str, policy: dict[str, Any] | None) -> None:
+            payload = learn_payload(subject_id="ana", chat_id="c", learn=True, memory_policy=True,
+                                    new_messages=[{"role": "user", "content": message}],
+                                    answer={"role": "assistant", "content": "Noted."}, model="gpt-4o-mini",
+                                    request_type="chat", policy=policy)
+            assert payload is not None
+            now = time.time()
+            await services.learner.handle(Job(job_id, "p", LEARN_JOB, payload, 1, "pending", None, now, now))
+
+        await learn("job_turn_time", "I love green tea with honey.", turn_time_policy)
+        await learn("job_from_before", "I play the cello every Sunday.", None)
+        # Policies with long texts do not ride in the job (every job row would be that much bigger):
+        # the job reads them when it runs.
+        long_policy = combine([{"id": "mp_long", "policy_text": "Keep everything. " * 300, "config": {}}])
+        await learn("job_long_policy", "I have a dog named Rex.", long_policy)
+        page = await services.memories.page_for_subject("p", "ana", limit=10, offset=0)
+        assert [doc["text"] for doc in page] == ["User loves green tea with honey"]
+    finally:
+        await services.aclose()
 
 
 def test_learned_memories_are_private_unless_the_policy_lets_the_extractor_share_them(start_gateway, storage_sqlite):

@@ -17,6 +17,8 @@ from tests.conftest import REDIS_URL, open_test_store
 
 NOTES = Collection("notes", indexes=(("subject_id",), ("subject_id", "chat_id")))
 EPHEMERAL = Collection("ephemeral", indexes=(("subject_id",),), expiring=True)
+# Another collection with an index of the same name as NOTES' (find_each across collections).
+OTHER_NOTES = Collection("other_notes", indexes=(("subject_id",),))
 
 
 @pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
@@ -68,14 +70,27 @@ async def test_find_each_answers_every_filter_in_order_as_find_would(store):
     await store.put(NOTES, "p2", "other", {"subject_id": "u0", "i": 99})  # another project: never found
     wheres = [{"subject_id": "u2"}, {"subject_id": "nobody"}, {"subject_id": "u0", "chat_id": "c1"},
               {"subject_id": "u0"}]
-    found = await store.find_each(NOTES, "p1", wheres)
+    found = await store.find_each("p1", [(NOTES, where) for where in wheres])
     assert [[d["i"] for d in docs] for docs in found] == [[2, 5, 8], [], [3], [0, 3, 6]]
     assert found == [await store.find(NOTES, "p1", where) for where in wheres]
-    assert await store.find_each(NOTES, "p1", []) == []
+    assert await store.find_each("p1", []) == []
     # A filter twice, and no filter at all (every document), answer as find does too.
     odd = [{"subject_id": "u1"}, {}, {"subject_id": "u1"}]
-    assert await store.find_each(NOTES, "p1", odd) == [await store.find(NOTES, "p1", where) for where in odd]
-    assert [len(docs) for docs in await store.find_each(NOTES, "p1", odd)] == [3, 9, 3]
+    assert await store.find_each("p1", [(NOTES, where) for where in odd]) == [
+        await store.find(NOTES, "p1", where) for where in odd]
+    assert [len(docs) for docs in await store.find_each("p1", [(NOTES, where) for where in odd])] == [3, 9, 3]
+
+
+async def test_find_each_reads_several_collections_each_query_only_its_own(store):
+    """The same filter in two collections (a turn reads its prompts' and memory policies' levels
+    together): each query gets its own collection's documents, none of the other's."""
+    await store.put_many(NOTES, "p1", [("n1", {"subject_id": "u1", "i": 1}), ("n2", {"subject_id": "u2", "i": 2})])
+    await store.put_many(OTHER_NOTES, "p1", [("t1", {"subject_id": "u1", "i": 10}),
+                                             ("t3", {"subject_id": "u3", "i": 30})])
+    found = await store.find_each("p1", [(NOTES, {"subject_id": "u1"}), (OTHER_NOTES, {"subject_id": "u1"}),
+                                         (NOTES, {"subject_id": "u3"}), (OTHER_NOTES, {"subject_id": "u3"}),
+                                         (OTHER_NOTES, {"subject_id": "u2"})])
+    assert [[d["i"] for d in docs] for docs in found] == [[1], [10], [], [30], []]
 
 
 async def test_documents_missing_an_indexed_field_are_not_in_that_index(store):

@@ -8,9 +8,11 @@ embedded backend, one after another, after the same seeding as ``run.py`` (300 m
 
 * ``instructions``: instructions the gateway process executed per turn, counted by valgrind's
   callgrind (only while the measured turns run; their learn jobs and recall batches included).
-  The same code and turns give the same count to a fraction of a percent whatever else the
-  machine does, so two checkouts can be compared (``--source``). It counts no time spent in
-  the kernel: a change in syscalls (SQLite's WAL writes, its locks) shows in ``frames``, not here;
+  Whatever else the machine does, two runs of the same code differ by up to ~2% (the learn
+  worker's wakes and the recall log's batches follow the clock, which valgrind slows ~50x), so
+  compare checkouts (``--source``) over two runs each, and take differences under ~2% as noise.
+  It counts no time spent in the kernel: a change in syscalls (SQLite's WAL writes, its locks)
+  shows in ``frames``, not here;
 * ``frames``: pages SQLite wrote to its write-ahead log per turn (each a ``pwrite`` of the page
   and one of its header, on the event loop): a reader holds a snapshot open meanwhile, so the
   log cannot start over, and the growth of its frame count (the wal-index's ``mxFrame``) is
@@ -161,8 +163,11 @@ def main() -> int:
     source = args.source.resolve()
     target = next(t for t in overhead.TARGETS if t.key == args.target)
     workdir = Path(tempfile.mkdtemp(prefix="turn-cost-"))
+    # PYTHONHASHSEED fixed: one cause of run-to-run differences fewer (sets and dicts of strings
+    # laid out the same way every run).
     env = {**os.environ, "PYTHONPATH": str(source), "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost", "PYTHONDONTWRITEBYTECODE": "1", "MNX_BENCH_DIR": str(workdir)}
+           "no_proxy": "127.0.0.1,localhost", "PYTHONDONTWRITEBYTECODE": "1", "MNX_BENCH_DIR": str(workdir),
+           "PYTHONHASHSEED": "0"}
     if args.smoke:  # beside other benchmarks' smoke runs: ports of its own
         overhead.PORTS.update(upstream=overhead.free_port(), gateway=overhead.free_port())
     config = overhead.smoke_gateway_config(workdir) if args.smoke else HERE / "gateway.yaml"

@@ -22,8 +22,11 @@ from gateway.jobs.queue import Job, JobLeased
 from gateway.store import codec
 from gateway.store.sqlite import connect
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+# WITHOUT ROWID: a job is written once and deleted once, and each of those touches every
+# B-tree of the table. Keyed by its id alone, the table is one B-tree (a rowid table would be
+# two: its rows, and the id's own index), plus the two indexes below.
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id          TEXT PRIMARY KEY,
     project_id  TEXT NOT NULL,
     kind        TEXT NOT NULL,
@@ -34,7 +37,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     due_at      REAL NOT NULL,
     lease       TEXT,
     created_at  REAL NOT NULL
-);
+) WITHOUT ROWID;
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_by_due ON jobs (due_at);
 CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (project_id, created_at);
 """
@@ -54,22 +59,35 @@ def _job(row: tuple[Any, ...], lease: str | None = None) -> Job:
 class SqliteJobQueue:
     def __init__(self, path: str) -> None:
         self._db = connect(path)
-        self._db.executescript(_SCHEMA)
-        self._add_lease_tokens()
+        self._db.execute(_TABLE.format(name="jobs"))
+        self._upgrade_table()
+        self._db.executescript(_INDEXES)
 
-    def _add_lease_tokens(self) -> None:
-        """Give a jobs table from before lease tokens its ``lease`` column (its old ``leased``
-        column stays, unused: it has a default, so inserts need not name it)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "lease" not in columns:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("ALTER TABLE jobs ADD COLUMN lease TEXT")
-                self._db.execute("UPDATE jobs SET lease = ? WHERE leased = 1", (_UNTOKENED_LEASE,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def _upgrade_table(self) -> None:
+        """Rebuild a jobs table written by an older gateway (a rowid table; before lease tokens, a
+        ``leased`` flag instead of the ``lease`` column) as the one above, its jobs kept. One
+        write transaction: another process opening the file meanwhile waits, then finds it done."""
+        if self._current_layout():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._current_layout():
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+                # A lease taken before leases had tokens holds the one nobody has (_UNTOKENED_LEASE).
+                lease = "lease" if "lease" in columns else "CASE WHEN leased = 1 THEN ? END"
+                self._db.execute(_TABLE.format(name="jobs_upgraded"))
+                self._db.execute(f"INSERT INTO jobs_upgraded ({_COLUMNS}, lease) SELECT {_COLUMNS}, {lease} FROM jobs",
+                                 () if "lease" in columns else (_UNTOKENED_LEASE,))
+                self._db.execute("DROP TABLE jobs")  # its indexes with it
+                self._db.execute("ALTER TABLE jobs_upgraded RENAME TO jobs")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _current_layout(self) -> bool:
+        (sql,) = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+        return "WITHOUT ROWID" in sql.upper()
 
     async def enqueue(self, project_id: str, kind: str, payload: dict[str, Any], *,
                       delay_seconds: float = 0.0) -> str:

@@ -25,8 +25,12 @@ class MemoryFields:
 
     def given(self) -> dict[str, Any]:
         """The fields given, by name (a False is given, a None is not)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {name: getattr(self, name) for name in _MEMORY_FIELD_NAMES}
         return {name: value for name, value in values.items() if value is not None}
+
+
+# Read once: dataclasses.fields() builds its answer on every call (given() runs for every memory learned).
+_MEMORY_FIELD_NAMES = tuple(f.name for f in fields(MemoryFields))
 
 
 @dataclass(frozen=True)

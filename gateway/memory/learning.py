@@ -45,6 +45,10 @@ from gateway.redaction import redact
 log = logging.getLogger("gateway.learning")
 
 LEARN_JOB = "learn"
+# The policies a turn read ride in its job while their texts are this short (characters): longer
+# ones would make every job row (written and deleted each turn) that much bigger, and the job
+# reads those itself.
+MAX_CARRIED_POLICY_TEXT = 4_000
 # What learn: "force" stores when nothing else qualifies: the user's own words, as a note.
 FORCED_KIND = "note"
 
@@ -52,10 +56,13 @@ FORCED_KIND = "note"
 def learn_payload(*, subject_id: str, chat_id: str, learn: Any, memory_policy: bool | str,
                   new_messages: Sequence[dict[str, Any]], answer: dict[str, Any], model: str,
                   request_type: str, message_ids: Sequence[str] = (),
-                  records: RecordsOption | None = None) -> dict[str, Any] | None:
+                  records: RecordsOption | None = None,
+                  policy: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The job for one answered turn, or None when there is nothing to learn from. ``records``:
     the turn's ``mnx.records`` when the job is to learn records (None when it is not, or when
-    they were learned already: ``sync``)."""
+    they were learned already: ``sync``). ``policy``: the memory policies that applied to the
+    turn, combined (``memory_policies.combine``), when it read them: the job follows them (unless
+    their text is long: MAX_CARRIED_POLICY_TEXT); without them it resolves them when it runs."""
     records_part = records_payload(records)
     if learn is False and records_part is None:
         return None
@@ -68,6 +75,8 @@ def learn_payload(*, subject_id: str, chat_id: str, learn: Any, memory_policy: b
                "request_type": request_type, "message_ids": list(message_ids)}
     if records_part is not None:
         payload["records"] = records_part
+    if policy is not None and memory_policy is True and len(policy["policy_text"]) <= MAX_CARRIED_POLICY_TEXT:
+        payload["policy"] = dict(policy)
     return payload
 
 
@@ -160,6 +169,8 @@ class Learner:
         choice = payload.get("memory_policy", True)
         if choice is False:
             return combine([])
+        if choice is True and payload.get("policy") is not None:
+            return payload["policy"]  # the policies that applied when the turn was answered
         if isinstance(choice, str):
             try:
                 policy = await self._policies.get(project_id, choice)
@@ -282,8 +293,9 @@ class Learner:
                          dense: list[float] | None = None, shown: Shown = NOTHING_SHOWN) -> dict[str, Any]:
         """One kept candidate stored through versioning (a duplicate is skipped and reinforces the
         original), then the profile fields it states (their ``source_type`` ``profile_source``);
-        returns ``Memories.create``'s answer. ``dense``: its text's vector, embedded with the
-        others of its turn (``Memories.dense_vectors``). ``shown``: the memories the extractor
+        returns ``Memories.create``'s answer. ``memory_id``: the id ``_store`` named it after its
+        job, known to be unused (None: one is picked). ``dense``: its text's vector, embedded with
+        the others of its turn (``Memories.dense_vectors``). ``shown``: the memories the extractor
         judged it against (its Judgement is weighed with the rules')."""
         fields = MemoryFields(kind=memory.kind, importance=memory.importance, confidence=memory.confidence,
                               tags=list(memory.tags), is_temporal=memory.is_temporal,
@@ -295,7 +307,7 @@ class Learner:
         verdict = verdict_for(memory.judgement, shown) if shown.memories and not forced else None
         result, _ = await self._memories.create(project_id, new, origin=origin, api_key=keys.embedder,
                                                 claims=[Claim(c.predicate, c.value) for c in memory.claims] or None,
-                                                dense=dense, verdict=verdict)
+                                                dense=dense, verdict=verdict, id_unused=memory_id is not None)
         metrics.memory_learned(result)
         # A memory skipped as a duplicate still states its fields: they name the original.
         await self._learn_profile(project_id, subject_id, memory, result["id"] or result.get("duplicate_of"),

@@ -210,7 +210,8 @@ class Memories:
                      origin: dict[str, Any] | None = None,
                      claims: Sequence[Claim] | None = None,
                      dense: list[float] | None = None,
-                     verdict: Verdict | None = None) -> tuple[dict[str, Any], bool]:
+                     verdict: Verdict | None = None,
+                     id_unused: bool = False) -> tuple[dict[str, Any], bool]:
         """(response body, created); a near-duplicate is skipped and reinforces the original.
 
         ``origin`` records where a learned memory came from (chat, messages, job);
@@ -218,12 +219,16 @@ class Memories:
         ``dense`` is the text's vector when the caller embedded it with others
         (``dense_vectors``), else the embedder is called for this text alone;
         ``verdict`` is the extraction model's versioning verdict on a learned memory, weighed
-        with the rules' (gateway/memory/judgement.py), and recorded as its ``versioning``.
+        with the rules' (gateway/memory/judgement.py), and recorded as its ``versioning``;
+        ``id_unused``: the caller knows no memory has ``new.id`` (a learn job's first attempt
+        names its memories after the job; a later one checks them first), so it is not read.
         """
         subject_id, text, fields = new.subject_id, new.text, new.fields.given()
         memory_id = new.id or f"mem_{secrets.token_hex(12)}"
         replaces = new.supersedes
-        if await self._store.get(MEMORIES, project_id, memory_id) is not None:
+        # Only an id the client chose can be taken already (96 random bits are not).
+        if (new.id is not None and not id_unused
+                and await self._store.get(MEMORIES, project_id, memory_id) is not None):
             raise Conflict(f"a memory with id {memory_id} already exists", code="memory_exists", param="id")
         if replaces is not None:
             await self._check_replaceable(project_id, subject_id, replaces)

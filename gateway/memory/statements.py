@@ -33,6 +33,11 @@ import functools
 import re
 import unicodedata
 
+# What one text reads as, kept per text (functools.lru_cache) for the functions below that a
+# learn job calls on the same texts again and again: a new memory's text beside each of its ~8
+# candidates, and the subject's memories, candidates of one job after another.
+_READINGS_CACHED = 8192
+
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
@@ -159,6 +164,7 @@ _APPOSITION = re.compile(r"^(?P<name>[A-Z][\w-]*(?:\s+[A-Z][\w-]*)?),\s+(?P<hold
                          r"their)\s+(?P<relation>[^,]+?),\s+(?P<rest>.+)$")
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def strip_diacritics(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
@@ -188,6 +194,7 @@ def normal_form(text: str) -> str:
     return " ".join(out)
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def uninverted(text: str) -> str:
     """"Alice is the user's manager" -> "user's manager is Alice", "Nina, the user's sister, is a
     chef" -> "user's sister Nina is a chef": the holder chain first."""
@@ -291,6 +298,7 @@ def _looks_like_verb(word: str) -> bool:
     return word.endswith(("s", "ed")) and len(word) > 3
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def values(text: str, *, years: bool = False) -> frozenset[str]:
     """The quantities and calendar values a statement states, in one spelling: numbers, months,
     weekdays. Years only if asked: a year says when something happened, not a value the fact
@@ -313,6 +321,7 @@ def values(text: str, *, years: bool = False) -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def without_qualifiers(text: str) -> str:
     """``text`` without what only qualifies a statement: when ("last year", "every morning",
     "two weeks ago"), how ("socially", "completely": adverbs in -ly) and negation (compared
@@ -326,6 +335,7 @@ def _is_adverb(word: str) -> bool:
     return len(word) > 5 and word.endswith("ly") and word not in _NOT_ADVERBS
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def value_words(text: str) -> frozenset[str]:
     """The words of ``text`` (normal form, lower case) that are values, for taking them out of
     a comparison of what two statements are about."""
@@ -339,11 +349,13 @@ def value_words(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def change_words(text: str) -> frozenset[str]:
     """The words of ``text`` that say a state began, ended or was replaced (verbs of change)."""
     return frozenset(" ".join(match.lower().split()) for match in _CHANGE.findall(text))
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def turns(text: str) -> frozenset[str]:
     """The change words of ``text`` that say a state ended or was replaced, not only that one
     began ("started") or that the user's relationship is in one ("married", "engaged")."""
@@ -356,11 +368,13 @@ def begins_only(words: frozenset[str]) -> bool:
     return bool(words) and all(_BEGINNING.fullmatch(word) for word in words)
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def time_words(text: str) -> frozenset[str]:
     """The words of ``text`` that say it holds from some point on ("now", "these days")."""
     return frozenset(" ".join(match.lower().split()) for match in _NEW_STATE.findall(text))
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def names(text: str) -> frozenset[str]:
     """The capitalised words after the first (names of people, places, products): the values
     a statement is about rather than what it says of them."""
@@ -400,10 +414,12 @@ def adds_a_fact(text: str) -> bool:
     return bool(_JOINED.search(text))
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def says_addition(text: str) -> bool:
     return bool(_ADDITION.search(text))
 
 
+@functools.lru_cache(maxsize=_READINGS_CACHED)
 def negated(text: str) -> bool:
     return bool(_NEGATION.search(text))
 

@@ -92,6 +92,10 @@ class Comparer:
         self._lexicon = lexicon
         self._paraphrase = paraphrase
         self._unknown_words = unknown_words
+        # key_terms and topic_terms by text: a learn job reads its new text beside each of its
+        # candidates, and the subject's memories come back as candidates job after job.
+        self._key_terms: dict[str, frozenset[int]] = {}
+        self._topic_terms: dict[str, frozenset[int]] = {}
 
     def paraphrase(self, a: str, b: str) -> float | None:
         """How alike two texts are in meaning (0-1), or None without a paraphrase model."""
@@ -102,21 +106,38 @@ class Comparer:
         return self._unknown_words(text) if self._unknown_words is not None else frozenset()
 
     def key_terms(self, text: str) -> frozenset[int]:
-        text = statements.normal_form(statements.uninverted(text))
-        words = [_SYNONYMS.get(w, statements.relation_name(w)) for w in _WORD.findall(text.lower())
-                 if w not in _SUBJECT_WORDS and w not in _FILLER_WORDS]
-        return self._lexicon.terms(" ".join(words))
+        found = self._key_terms.get(text)
+        if found is None:
+            normal = statements.normal_form(statements.uninverted(text))
+            words = [_SYNONYMS.get(w, statements.relation_name(w)) for w in _WORD.findall(normal.lower())
+                     if w not in _SUBJECT_WORDS and w not in _FILLER_WORDS]
+            found = _kept(self._key_terms, text, self._lexicon.terms(" ".join(words)))
+        return found
 
     def topic_terms(self, text: str) -> frozenset[int]:
         """The key terms without the values (numbers, dates), when it held, how, or whether it
         is negated: what the statement is about."""
-        return (self.key_terms(statements.without_qualifiers(text))
-                - self._lexicon.terms(" ".join(statements.value_words(text))))
+        found = self._topic_terms.get(text)
+        if found is None:
+            found = _kept(self._topic_terms, text, self.key_terms(statements.without_qualifiers(text))
+                          - self._lexicon.terms(" ".join(statements.value_words(text))))
+        return found
 
     def similarity(self, a: str, b: str, dense_similarity: float | None = None) -> float:
         terms_a, terms_b = self.key_terms(a), self.key_terms(b)
         lexical = 2 * len(terms_a & terms_b) / (len(terms_a) + len(terms_b)) if terms_a and terms_b else 0.0
         return max(lexical, dense_similarity) if dense_similarity is not None else lexical
+
+
+# Texts whose terms a Comparer keeps (it starts over past this: a bound, not an LRU).
+_TERMS_CACHED = 8192
+
+
+def _kept(cache: dict[str, frozenset[int]], text: str, terms: frozenset[int]) -> frozenset[int]:
+    if len(cache) >= _TERMS_CACHED:
+        cache.clear()
+    cache[text] = terms
+    return terms
 
 
 def _same_value(a: str, b: str) -> bool:

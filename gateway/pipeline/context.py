@@ -80,6 +80,9 @@ class ContextLayer:
     report: Mapping[str, Any] | None = None
     # What the audit log records the layer injected, by id (memory ids, record ids...: gateway/audit_log.py).
     audit: Mapping[str, Any] | None = None
+    # The memory policy the turn's learn job follows (memory_policies.combine), when the stage read
+    # it with its own data (the system prompt stage); None: the job resolves it.
+    learn_policy: Mapping[str, Any] | None = None
 
 
 class ContextStage(Protocol):
@@ -150,6 +153,8 @@ class AssembledContext:
     stage_reports: list[StageReport] | None = None
     # Each contributing stage's ``ContextLayer.audit``, by stage name (for the audit log).
     injected: dict[str, Any] = field(default_factory=dict)
+    # A stage's ``ContextLayer.learn_policy``, for the turn's learn job.
+    learn_policy: Mapping[str, Any] | None = None
 
     @property
     def system_with_volatile(self) -> str | None:
@@ -242,6 +247,7 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
     history: list[dict[str, Any]] = []
     writes: list[Callable[[], Awaitable[None]]] = []
     injected: dict[str, Any] = {}
+    learn_policy: Mapping[str, Any] | None = None
     cache = turn.options.cache and last_user_index(turn.messages) is not None
     for stage, layer in zip(stages, layers):
         if layer is None:
@@ -253,6 +259,8 @@ async def assemble(turn: TurnContext, stages: Sequence[ContextStage]) -> Assembl
             writes.append(layer.on_answered)
         if layer.audit is not None:
             injected[stage.name] = layer.audit
+        if layer.learn_policy is not None:
+            learn_policy = layer.learn_policy
     volatile_text = SECTION_SEPARATOR.join([VOLATILE_PREAMBLE, *volatile]) if volatile else None
     return AssembledContext(SECTION_SEPARATOR.join(sections) or None, history, writes, volatile_text,
-                            prefix_stable=cache, stage_reports=reports, injected=injected)
+                            prefix_stable=cache, stage_reports=reports, injected=injected, learn_policy=learn_policy)

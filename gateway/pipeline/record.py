@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.history import ChatHistory, content_text
 from gateway.jobs.worker import JobWorker
@@ -42,10 +42,12 @@ def new_turn_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
 
 
 async def record_turn(turn: TurnContext, answer: dict[str, Any], *, history: ChatHistory,
-                      learner: Learner, worker: JobWorker, records_learned: bool = False) -> None:
+                      learner: Learner, worker: JobWorker, records_learned: bool = False,
+                      learn_policy: Mapping[str, Any] | None = None) -> None:
     """Append the turn to ``history`` (mnx.log) and queue its learn job (mnx.learn, and
     mnx.records.learn unless ``records_learned``: a sync turn wrote them already); ``learner``
-    holds the caller's keys for the job, and ``worker`` takes it to run soon."""
+    holds the caller's keys for the job, and ``worker`` takes it to run soon. ``learn_policy``:
+    the memory policy read while assembling the turn (``AssembledContext.learn_policy``)."""
     options = turn.options
     new_messages = new_turn_messages(turn.messages)
     answer = recorded_answer(answer)
@@ -56,7 +58,7 @@ async def record_turn(turn: TurnContext, answer: dict[str, Any], *, history: Cha
     payload = learn_payload(subject_id=options.subject_id, chat_id=options.chat_id, learn=options.learn,
                             memory_policy=options.memory_policy, new_messages=new_messages, answer=answer,
                             model=turn.model, request_type=turn.request_type, message_ids=message_ids,
-                            records=None if records_learned else options.records)
+                            records=None if records_learned else options.records, policy=learn_policy)
     if payload is None:
         return
     traceparent = turn.trace.traceparent() if turn.trace is not None else None

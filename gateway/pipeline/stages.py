@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 from gateway.config import HistoryConfig, SummarizationConfig
 from gateway.history import ChatHistory, HistoryWindow
+from gateway.memory_policies import POLICIES, combine
 from gateway.pipeline.context import ContextLayer, TurnContext
 from gateway.prompt_templates import ValueSource, render
 from gateway.prompts import SystemPrompts, combined_text
@@ -33,19 +34,26 @@ class SystemPromptStage:
 
     async def run(self, turn: TurnContext) -> ContextLayer | None:
         options = turn.options
-        chosen = await self._prompts.for_request(turn.project_id, options.system_prompt, options.subject_id,
-                                                 options.chat_id)
+        # A turn that will learn under the memory policies that apply reads them with its prompts
+        # (the same levels: one statement on SQLite), and its learn job follows what it read
+        # (ContextLayer.learn_policy) instead of reading them again.
+        reads_policies = options.learn is not False and options.memory_policy is True and not options.explain
+        chosen, policies = await self._prompts.for_request(turn.project_id, options.system_prompt,
+                                                           options.subject_id, options.chat_id,
+                                                           also=POLICIES if reads_policies else None)
+        learn_policy = combine(policies) if policies is not None else None
         if not chosen:
-            return None
+            return ContextLayer(learn_policy=learn_policy) if learn_policy is not None else None
         audit = {"prompt_ids": [prompt["id"] for prompt in chosen]}
         if self._template_values is None:
-            return ContextLayer(system_text=combined_text(chosen), audit=audit)
+            return ContextLayer(system_text=combined_text(chosen), audit=audit, learn_policy=learn_policy)
         # Integration values are the integrations' data: a key without integrations:read gets the
         # defaults only. An explained turn reads cached values and fetches (and writes) nothing.
         source = self._template_values if turn.may_read_integrations else None
         rendered, rendering = await render(chosen, source, project_id=turn.project_id, subject_id=options.subject_id,
                                            chat_id=options.chat_id, allow_live=not options.explain)
-        return ContextLayer(system_text=combined_text(rendered), report=rendering.report(), audit=audit)
+        return ContextLayer(system_text=combined_text(rendered), report=rendering.report(), audit=audit,
+                            learn_policy=learn_policy)
 
 
 class AgentStateStage:

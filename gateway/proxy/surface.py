@@ -226,7 +226,7 @@ async def _turn(call: Call, spec: SurfaceSpec, trace: TurnTrace | None) -> Respo
                     if message is not None:
                         await record_turn(turn, message, history=services.history,
                                           learner=services.learner, worker=services.worker,
-                                          records_learned=sync is not None)
+                                          records_learned=sync is not None, learn_policy=context.learn_policy)
             except SubjectErased:
                 log.info("the subject of a %s turn was erased while it ran: nothing recorded", spec.request_type)
                 return []

@@ -229,11 +229,11 @@ class DocumentStore(Protocol):
                    *, limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[Document]:
         """Documents matching ``where`` (an exact declared index), in insertion order."""
 
-    async def find_each(self, collection: Collection, project_id: str,
-                        wheres: Sequence[Mapping[str, str]]) -> list[list[Document]]:
-        """``find`` of each filter in ``wheres`` (all matches, insertion order), a list per filter
-        in the same order, read together: at once where reads wait on the network (Redis), in
-        one statement on SQLite."""
+    async def find_each(self, project_id: str,
+                        queries: Sequence[tuple[Collection, Mapping[str, str]]]) -> list[list[Document]]:
+        """``find`` of each (collection, filter) in ``queries`` (all matches, insertion order), a
+        list per query in the same order, read together: at once where reads wait on the network
+        (Redis), in one statement on SQLite."""
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         """How many documents match ``where``."""

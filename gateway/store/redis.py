@@ -422,10 +422,10 @@ class RedisDocumentStore:
         bodies = await script(keys=[self._where_key(collection, base, where)], args=args)
         return [codec.decode(body) for body in bodies]
 
-    async def find_each(self, collection: Collection, project_id: str,
-                        wheres: Sequence[Mapping[str, str]]) -> list[list[Document]]:
+    async def find_each(self, project_id: str,
+                        queries: Sequence[tuple[Collection, Mapping[str, str]]]) -> list[list[Document]]:
         # Concurrently: one round trip's wait for all of them.
-        return list(await asyncio.gather(*(self.find(collection, project_id, where) for where in wheres)))
+        return list(await asyncio.gather(*(self.find(collection, project_id, where) for collection, where in queries)))
 
     async def count(self, collection: Collection, project_id: str, where: Mapping[str, str] | None = None) -> int:
         base = self._base(collection, project_id)
