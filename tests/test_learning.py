@@ -13,6 +13,7 @@ import yaml
 
 from gateway.config import parse_config
 from gateway.jobs.queue import Job
+from gateway.memory import statements
 from gateway.memory.learning import LEARN_JOB, learn_payload
 from gateway.memory_policies import combine
 from gateway.services import Services
@@ -253,6 +254,34 @@ def test_policy_resolution_and_override_precedence(start_gateway, storage_sqlite
     texts, prompt = run("no-prompt", system_prompt=False)
     assert texts == {"User is vegetarian", "User might like jazz"}
     assert prompt.index("PROJECT RULES") < prompt.index("SUBJECT RULES")
+
+
+async def test_an_erasure_leaves_no_copy_of_the_subjects_words_in_the_texts_versioning_keeps(tmp_path,
+                                                                                                storage_sqlite):
+    """Versioning keeps what it read of each text (a job weighs its new memory against the
+    subject's others, job after job); erasing a subject empties those caches in this process."""
+    services = Services.build(parse_config({
+        "storage": storage_sqlite, "memory": edge_memory(tmp_path / "index"), "learning": {"poll_seconds": 60},
+        "projects": [{"id": "p", "keys": [{"key": "mnx_live_p"}]}]}))
+    await services.start()
+    try:
+        said = ["I love quorbish tea.", "I love quorbish tea with lemon.", "I hate quorbish tea."]
+        for n, message in enumerate(said):
+            payload = learn_payload(subject_id="ana", chat_id="c", learn=True, memory_policy=True,
+                                    new_messages=[{"role": "user", "content": message}],
+                                    answer={"role": "assistant", "content": "Noted."}, model="gpt-4o-mini",
+                                    request_type="chat")
+            assert payload is not None
+            now = time.time()
+            await services.learner.handle(Job(f"job_{n}", "p", LEARN_JOB, payload, 1, "pending", None, now, now))
+        assert statements.values.cache_info().currsize > 0  # versioning weighed them against each other
+        await services.erasure.erase("p", "ana")
+        assert statements.values.cache_info().currsize == 0
+        assert statements.negated.cache_info().currsize == 0
+        comparer = services.memories._comparer
+        assert not comparer._key_terms and not comparer._topic_terms
+    finally:
+        await services.aclose()
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "redis"], indirect=True)

@@ -124,6 +124,10 @@ class Lexicon:
         """The ids of ``query_vector``, in order (shared: not to be changed)."""
         return self._query_terms(text)[0]
 
+    def forget_texts(self) -> None:
+        """Empty the cache of query terms by text (a subject's erasure)."""
+        self._query_cache.clear()
+
     def terms(self, text: str) -> frozenset[int]:
         """The distinct stemmed, stopword-free terms of ``text`` (as BM25 token ids)."""
         return self._query_terms(text)[1]

@@ -413,6 +413,9 @@ class Memories:
             claims = await self.truth.erase_subject(project_id, subject_id)
         claims += await self._store.delete_where(LEGACY_CLAIMS, project_id, {"subject_id": subject_id})
         await self._store.delete_where(DUPLICATE_WORDINGS, project_id, {"subject_id": subject_id})
+        # This process's caches of texts (versioning's readings, query terms) keep no copy of the
+        # subject's words either; another gateway's lose them as those bounded caches fill.
+        self._comparer.forget_texts()
         return {"memories": memories, "claims": claims}
 
     # --- claims through the API (the truth graph, kept in agreement with versioning) -------

@@ -38,6 +38,13 @@ import unicodedata
 # candidates, and the subject's memories, candidates of one job after another.
 _READINGS_CACHED = 8192
 
+
+def forget_readings() -> None:
+    """Empty every per-text cache here (a subject's erasure: no copy of its words stays in them)."""
+    for cached in (strip_diacritics, normal_form, uninverted, holder, values, without_qualifiers, value_words,
+                   change_words, turns, time_words, names, says_addition, negated):
+        cached.cache_clear()
+
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,

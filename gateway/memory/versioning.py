@@ -97,6 +97,13 @@ class Comparer:
         self._key_terms: dict[str, frozenset[int]] = {}
         self._topic_terms: dict[str, frozenset[int]] = {}
 
+    def forget_texts(self) -> None:
+        """Empty the per-text caches, its own and its lexicon's (a subject's erasure)."""
+        self._key_terms.clear()
+        self._topic_terms.clear()
+        self._lexicon.forget_texts()
+        statements.forget_readings()
+
     def paraphrase(self, a: str, b: str) -> float | None:
         """How alike two texts are in meaning (0-1), or None without a paraphrase model."""
         return self._paraphrase(a, b) if self._paraphrase is not None else None
