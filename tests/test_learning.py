@@ -256,24 +256,34 @@ def test_policy_resolution_and_override_precedence(start_gateway, storage_sqlite
     assert prompt.index("PROJECT RULES") < prompt.index("SUBJECT RULES")
 
 
+def in_process_services(tmp_path, storage: dict[str, Any]) -> Services:
+    return Services.build(parse_config({
+        "storage": storage, "memory": edge_memory(tmp_path / "index"), "learning": {"poll_seconds": 60},
+        "projects": [{"id": "p", "keys": [{"key": "mnx_live_p"}]}]}))
+
+
+async def run_learn_job(services: Services, job_id: str, message: str, policy: dict[str, Any] | None = None) -> None:
+    """The learn job of one turn of subject "ana" in project "p", run by hand (``policy``: what
+    the turn read of the memory policies, as record_turn hands it over)."""
+    payload = learn_payload(subject_id="ana", chat_id="c", learn=True, memory_policy=True,
+                            new_messages=[{"role": "user", "content": message}],
+                            answer={"role": "assistant", "content": "Noted."}, model="gpt-4o-mini",
+                            request_type="chat", policy=policy)
+    assert payload is not None
+    now = time.time()
+    await services.learner.handle(Job(job_id, "p", LEARN_JOB, payload, 1, "pending", None, now, now))
+
+
 async def test_an_erasure_leaves_no_copy_of_the_subjects_words_in_the_texts_versioning_keeps(tmp_path,
                                                                                                 storage_sqlite):
     """Versioning keeps what it read of each text (a job weighs its new memory against the
     subject's others, job after job); erasing a subject empties those caches in this process."""
-    services = Services.build(parse_config({
-        "storage": storage_sqlite, "memory": edge_memory(tmp_path / "index"), "learning": {"poll_seconds": 60},
-        "projects": [{"id": "p", "keys": [{"key": "mnx_live_p"}]}]}))
+    services = in_process_services(tmp_path, storage_sqlite)
     await services.start()
     try:
         said = ["I love quorbish tea.", "I love quorbish tea with lemon.", "I hate quorbish tea."]
         for n, message in enumerate(said):
-            payload = learn_payload(subject_id="ana", chat_id="c", learn=True, memory_policy=True,
-                                    new_messages=[{"role": "user", "content": message}],
-                                    answer={"role": "assistant", "content": "Noted."}, model="gpt-4o-mini",
-                                    request_type="chat")
-            assert payload is not None
-            now = time.time()
-            await services.learner.handle(Job(f"job_{n}", "p", LEARN_JOB, payload, 1, "pending", None, now, now))
+            await run_learn_job(services, f"job_{n}", message)
         assert statements.values.cache_info().currsize > 0  # versioning weighed them against each other
         await services.erasure.erase("p", "ana")
         assert statements.values.cache_info().currsize == 0
@@ -289,9 +299,7 @@ async def test_a_learn_job_follows_the_policies_that_applied_when_its_turn_was_a
     """A turn reads the memory policies with its system prompts, and its job learns under those:
     a policy made after the answer does not reach back. A job without them (queued by a gateway
     from before this, or their texts too long to carry) resolves the policies when it runs."""
-    services = Services.build(parse_config({
-        "storage": storage, "memory": edge_memory(tmp_path / "index"), "learning": {"poll_seconds": 60},
-        "projects": [{"id": "p", "keys": [{"key": "mnx_live_p"}]}]}))
+    services = in_process_services(tmp_path, storage)
     await services.start()
     try:
         turn_time_policy = combine(await services.policies.resolve("p", "ana", "c", default_only=True))
@@ -299,22 +307,12 @@ async def test_a_learn_job_follows_the_policies_that_applied_when_its_turn_was_a
         # Then, before the job runs: a project default that keeps events only.
         await services.policies.create("p", {"name": "events only", "policy_text": "Only events.", "is_default": True,
                                              "config": {"include_kinds": ["event"]}})
-
-        async def learn(job_id: str, message: str, policy: dict[str, Any] | None) -> None:
-            payload = learn_payload(subject_id="ana", chat_id="c", learn=True, memory_policy=True,
-                                    new_messages=[{"role": "user", "content": message}],
-                                    answer={"role": "assistant", "content": "Noted."}, model="gpt-4o-mini",
-                                    request_type="chat", policy=policy)
-            assert payload is not None
-            now = time.time()
-            await services.learner.handle(Job(job_id, "p", LEARN_JOB, payload, 1, "pending", None, now, now))
-
-        await learn("job_turn_time", "I love green tea with honey.", turn_time_policy)
-        await learn("job_from_before", "I play the cello every Sunday.", None)
+        await run_learn_job(services, "job_turn_time", "I love green tea with honey.", turn_time_policy)
+        await run_learn_job(services, "job_from_before", "I play the cello every Sunday.")
         # Policies with long texts do not ride in the job (every job row would be that much bigger):
         # the job reads them when it runs.
         long_policy = combine([{"id": "mp_long", "policy_text": "Keep everything. " * 300, "config": {}}])
-        await learn("job_long_policy", "I have a dog named Rex.", long_policy)
+        await run_learn_job(services, "job_long_policy", "I have a dog named Rex.", long_policy)
         page = await services.memories.page_for_subject("p", "ana", limit=10, offset=0)
         assert [doc["text"] for doc in page] == ["User loves green tea with honey"]
     finally:
