@@ -289,7 +289,7 @@ async def test_an_erasure_leaves_no_copy_of_the_subjects_words_in_the_texts_vers
         assert statements.values.cache_info().currsize == 0
         assert statements.negated.cache_info().currsize == 0
         comparer = services.memories._comparer
-        assert not comparer._key_terms and not comparer._topic_terms
+        assert comparer.key_terms.cache_info().currsize == 0 and comparer.topic_terms.cache_info().currsize == 0
     finally:
         await services.aclose()
 

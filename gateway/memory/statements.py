@@ -32,18 +32,29 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-# What one text reads as, kept per text (functools.lru_cache) for the functions below that a
-# learn job calls on the same texts again and again: a new memory's text beside each of its ~8
-# candidates, and the subject's memories, candidates of one job after another.
+T = TypeVar("T")
+
+# What one text reads as, kept per text for the functions marked @_reading: a learn job calls
+# them on the same texts again and again (a new memory's text beside each of its ~8 candidates,
+# and the subject's memories, candidates of one job after another).
 _READINGS_CACHED = 8192
+_READINGS: list[functools._lru_cache_wrapper[Any]] = []
+
+
+def _reading(function: Callable[..., T]) -> functools._lru_cache_wrapper[T]:
+    cached = functools.lru_cache(maxsize=_READINGS_CACHED)(function)
+    _READINGS.append(cached)
+    return cached
 
 
 def forget_readings() -> None:
     """Empty every per-text cache here (a subject's erasure: no copy of its words stays in them)."""
-    for cached in (strip_diacritics, normal_form, uninverted, holder, values, without_qualifiers, value_words,
-                   change_words, turns, time_words, names, says_addition, negated):
+    for cached in _READINGS:
         cached.cache_clear()
+
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -171,12 +182,12 @@ _APPOSITION = re.compile(r"^(?P<name>[A-Z][\w-]*(?:\s+[A-Z][\w-]*)?),\s+(?P<hold
                          r"their)\s+(?P<relation>[^,]+?),\s+(?P<rest>.+)$")
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def strip_diacritics(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
-@functools.lru_cache(maxsize=8192)
+@_reading
 def normal_form(text: str) -> str:
     """The wording compared for overlap: no diacritics, numbers as digits, units by their name
     ("5 km" as "5 kilometre"), "does not like" as "dislike"."""
@@ -201,7 +212,7 @@ def normal_form(text: str) -> str:
     return " ".join(out)
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def uninverted(text: str) -> str:
     """"Alice is the user's manager" -> "user's manager is Alice", "Nina, the user's sister, is a
     chef" -> "user's sister Nina is a chef": the holder chain first."""
@@ -228,7 +239,7 @@ def _relation(word: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=8192)
+@_reading
 def holder(text: str) -> tuple[str, ...]:
     """Who the fact is about, as the chain of relations that opens the statement: () for the
     user ("User ...", "I ...", "Lives in ..."), ("husband",) for "User's husband ...",
@@ -305,7 +316,7 @@ def _looks_like_verb(word: str) -> bool:
     return word.endswith(("s", "ed")) and len(word) > 3
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def values(text: str, *, years: bool = False) -> frozenset[str]:
     """The quantities and calendar values a statement states, in one spelling: numbers, months,
     weekdays. Years only if asked: a year says when something happened, not a value the fact
@@ -328,7 +339,7 @@ def values(text: str, *, years: bool = False) -> frozenset[str]:
     return frozenset(found)
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def without_qualifiers(text: str) -> str:
     """``text`` without what only qualifies a statement: when ("last year", "every morning",
     "two weeks ago"), how ("socially", "completely": adverbs in -ly) and negation (compared
@@ -342,7 +353,7 @@ def _is_adverb(word: str) -> bool:
     return len(word) > 5 and word.endswith("ly") and word not in _NOT_ADVERBS
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def value_words(text: str) -> frozenset[str]:
     """The words of ``text`` (normal form, lower case) that are values, for taking them out of
     a comparison of what two statements are about."""
@@ -356,13 +367,13 @@ def value_words(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def change_words(text: str) -> frozenset[str]:
     """The words of ``text`` that say a state began, ended or was replaced (verbs of change)."""
     return frozenset(" ".join(match.lower().split()) for match in _CHANGE.findall(text))
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def turns(text: str) -> frozenset[str]:
     """The change words of ``text`` that say a state ended or was replaced, not only that one
     began ("started") or that the user's relationship is in one ("married", "engaged")."""
@@ -375,13 +386,13 @@ def begins_only(words: frozenset[str]) -> bool:
     return bool(words) and all(_BEGINNING.fullmatch(word) for word in words)
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def time_words(text: str) -> frozenset[str]:
     """The words of ``text`` that say it holds from some point on ("now", "these days")."""
     return frozenset(" ".join(match.lower().split()) for match in _NEW_STATE.findall(text))
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def names(text: str) -> frozenset[str]:
     """The capitalised words after the first (names of people, places, products): the values
     a statement is about rather than what it says of them."""
@@ -421,12 +432,12 @@ def adds_a_fact(text: str) -> bool:
     return bool(_JOINED.search(text))
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def says_addition(text: str) -> bool:
     return bool(_ADDITION.search(text))
 
 
-@functools.lru_cache(maxsize=_READINGS_CACHED)
+@_reading
 def negated(text: str) -> bool:
     return bool(_NEGATION.search(text))
 

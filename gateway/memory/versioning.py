@@ -24,6 +24,7 @@ a dense model, their cosine. bench/versioning measures the rules on labelled pai
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -65,6 +66,8 @@ PARAPHRASE_DUPLICATE = 0.8
 PARAPHRASE_CHANGE = 0.6
 
 Action = Literal["create", "skip", "supersede"]
+# Texts whose key and topic terms a Comparer keeps (least recently used dropped past this).
+_TERMS_CACHED = 8192
 
 
 @dataclass(frozen=True)
@@ -92,15 +95,15 @@ class Comparer:
         self._lexicon = lexicon
         self._paraphrase = paraphrase
         self._unknown_words = unknown_words
-        # key_terms and topic_terms by text: a learn job reads its new text beside each of its
-        # candidates, and the subject's memories come back as candidates job after job.
-        self._key_terms: dict[str, frozenset[int]] = {}
-        self._topic_terms: dict[str, frozenset[int]] = {}
+        # Kept by text, as statements' readings are: a learn job reads its new text beside each of
+        # its candidates, and the subject's memories come back as candidates job after job.
+        self.key_terms = functools.lru_cache(maxsize=_TERMS_CACHED)(self._key_terms)
+        self.topic_terms = functools.lru_cache(maxsize=_TERMS_CACHED)(self._topic_terms)
 
     def forget_texts(self) -> None:
         """Empty the per-text caches, its own and its lexicon's (a subject's erasure)."""
-        self._key_terms.clear()
-        self._topic_terms.clear()
+        self.key_terms.cache_clear()
+        self.topic_terms.cache_clear()
         self._lexicon.forget_texts()
         statements.forget_readings()
 
@@ -112,39 +115,23 @@ class Comparer:
         """The words the paraphrase model cannot read (ParaphraseEncoder.unknown_words)."""
         return self._unknown_words(text) if self._unknown_words is not None else frozenset()
 
-    def key_terms(self, text: str) -> frozenset[int]:
-        found = self._key_terms.get(text)
-        if found is None:
-            normal = statements.normal_form(statements.uninverted(text))
-            words = [_SYNONYMS.get(w, statements.relation_name(w)) for w in _WORD.findall(normal.lower())
-                     if w not in _SUBJECT_WORDS and w not in _FILLER_WORDS]
-            found = _kept(self._key_terms, text, self._lexicon.terms(" ".join(words)))
-        return found
+    def _key_terms(self, text: str) -> frozenset[int]:
+        """The terms that carry a text's meaning (``key_terms``, cached)."""
+        normal = statements.normal_form(statements.uninverted(text))
+        words = [_SYNONYMS.get(w, statements.relation_name(w)) for w in _WORD.findall(normal.lower())
+                 if w not in _SUBJECT_WORDS and w not in _FILLER_WORDS]
+        return self._lexicon.terms(" ".join(words))
 
-    def topic_terms(self, text: str) -> frozenset[int]:
+    def _topic_terms(self, text: str) -> frozenset[int]:
         """The key terms without the values (numbers, dates), when it held, how, or whether it
-        is negated: what the statement is about."""
-        found = self._topic_terms.get(text)
-        if found is None:
-            found = _kept(self._topic_terms, text, self.key_terms(statements.without_qualifiers(text))
-                          - self._lexicon.terms(" ".join(statements.value_words(text))))
-        return found
+        is negated: what the statement is about (``topic_terms``, cached)."""
+        return (self.key_terms(statements.without_qualifiers(text))
+                - self._lexicon.terms(" ".join(statements.value_words(text))))
 
     def similarity(self, a: str, b: str, dense_similarity: float | None = None) -> float:
         terms_a, terms_b = self.key_terms(a), self.key_terms(b)
         lexical = 2 * len(terms_a & terms_b) / (len(terms_a) + len(terms_b)) if terms_a and terms_b else 0.0
         return max(lexical, dense_similarity) if dense_similarity is not None else lexical
-
-
-# Texts whose terms a Comparer keeps (it starts over past this: a bound, not an LRU).
-_TERMS_CACHED = 8192
-
-
-def _kept(cache: dict[str, frozenset[int]], text: str, terms: frozenset[int]) -> frozenset[int]:
-    if len(cache) >= _TERMS_CACHED:
-        cache.clear()
-    cache[text] = terms
-    return terms
 
 
 def _same_value(a: str, b: str) -> bool:
