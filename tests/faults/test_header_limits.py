@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import socket
 import subprocess
@@ -305,31 +306,43 @@ def test_the_production_server_config_carries_the_limits(provider):
     assert uvicorn_config(object(), config, host="0.0.0.0", port=9).port == 9
 
 
-def test_mnx_gateway_serve_enforces_the_configured_limit(provider, tmp_path):
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    config = {
-        "server": {"port": port, "max_header_bytes": 2048, "max_headers": 32, "log_level": "warning"},
-        "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "gateway.db")}},
-        "memory": {"vectors": {"edge": {"path": str(tmp_path / "memories")}}},
-        "projects": [{"id": "default", "keys": [{"key": KEY}]}],
-        "providers": {"openai": {"api_base": provider.url + "/v1"}},
-    }
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "gateway.yaml")],
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+def _serves(url: str, head: bytes) -> bool:
     try:
+        return exchange(url, head).status == 200
+    except OSError:
+        return False
+
+
+def test_mnx_gateway_serve_enforces_the_configured_limit(provider, tmp_path):
+    # A key only this gateway knows: the port is free when picked, but another test's gateway
+    # (running in parallel) may take it before this process binds it, and answer /health too.
+    own_key = f"mnx_live_header_limits_{secrets.token_hex(6)}"
+    probe = request_head(MEMORIES, headers=[("x-mnexium-key", own_key)])
+    for _attempt in range(3):
+        sock = free_socket()
+        port = sock.getsockname()[1]
+        sock.close()
+        config = {
+            "server": {"port": port, "max_header_bytes": 2048, "max_headers": 32, "log_level": "warning"},
+            "storage": {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "gateway.db")}},
+            "memory": {"vectors": {"edge": {"path": str(tmp_path / "memories")}}},
+            "projects": [{"id": "default", "keys": [{"key": own_key}]}],
+            "providers": {"openai": {"api_base": provider.url + "/v1"}},
+        }
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
+                                    str(tmp_path / "gateway.yaml")],
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return exchange(url, request_head()).status == 200
-            except OSError:
-                return False
-
-        assert wait_until(up, timeout=60), "gateway did not start"
+        assert wait_until(lambda: _serves(url, probe) or process.poll() is not None,  # noqa: B023 (called now)
+                          timeout=60), "gateway did not start"
+        if process.poll() is None:
+            break
+        # It exited: the port was taken meanwhile. Another one.
+    else:
+        raise AssertionError("three free ports were taken before the gateway could bind them")
+    try:
         assert exchange(url, request_head(size=2048)).status == 200
         with RawConnection(url) as connection:
             connection.send(request_head(size=2049))
